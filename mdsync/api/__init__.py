@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every feature: errors, validation, pagination, routing, OpenAPI."""

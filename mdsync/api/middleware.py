@@ -1,0 +1,112 @@
+"""Middlewares every request passes through, outermost first: request id and security headers,
+CORS, then errors (any exception becomes problem+json; stack traces stay in the server log)."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import uuid
+
+from aiohttp import web
+
+from mdsync.api import errors
+
+log = logging.getLogger("mdsync.http")
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+_SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+ALLOW_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match, X-Request-Id, X-Mdsync-Workspace, X-Mdsync-Context, x-api-key, anthropic-version"
+EXPOSE_HEADERS = "ETag, Retry-After, X-Request-Id, Location, Content-Disposition"
+ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
+def problem_response(error: errors.ApiError, request_id: str | None = None) -> web.Response:
+    body = error.problem()
+    if request_id:
+        body["request_id"] = request_id
+    resp = web.Response(status=error.status, text=json.dumps(body),
+                        content_type="application/problem+json", headers=error.headers)
+    return resp
+
+
+def build(cors_origins: list[str], hsts: bool):
+    origins = frozenset(cors_origins)
+
+    @web.middleware
+    async def request_id(request: web.Request, handler):
+        incoming = request.headers.get("X-Request-Id", "")
+        rid = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
+        request[REQUEST_ID] = rid
+        request_id_var.set(rid)
+        try:
+            resp = await handler(request)
+        except web.HTTPException as exc:  # raised past the error middleware (e.g. a 101 upgrade)
+            resp = exc
+        resp.headers.setdefault("X-Request-Id", rid)
+        headers = resp.headers
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        if hsts:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        return resp
+
+    @web.middleware
+    async def cors(request: web.Request, handler):
+        origin = request.headers.get("Origin")
+        allowed = origin is not None and origin in origins
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+            if not allowed:
+                return web.Response(status=204)  # no CORS headers: the browser refuses
+            return web.Response(status=204, headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": ALLOW_METHODS,
+                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Max-Age": "600",
+                "Vary": "Origin",
+            })
+        resp = await handler(request)
+        if allowed and not resp.prepared:
+            resp.headers["Access-Control-Allow-Origin"] = origin
+            resp.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+            resp.headers.add("Vary", "Origin")
+        return resp
+
+    @web.middleware
+    async def error_handler(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except errors.ApiError as exc:
+            return problem_response(exc, request.get(REQUEST_ID))
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            cls = errors.BY_STATUS.get(exc.status)
+            if cls is None:
+                error = errors.ApiError(exc.reason)
+                error.status, error.slug, error.title = exc.status, "http-error", exc.reason
+            elif exc.status == 404:
+                error = cls("no such resource")
+            elif exc.status == 413:
+                error = cls("the request body is too large")
+            else:
+                error = cls(exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None)
+            for name in ("Allow", "Retry-After"):
+                if name in exc.headers:
+                    error.headers[name] = exc.headers[name]
+            return problem_response(error, request.get(REQUEST_ID))
+        except ConnectionResetError as exc:
+            # the client went away mid-request: nothing to answer
+            log.info("connection lost during %s %s: %s", request.method, request.path, exc.__class__.__name__)
+            raise
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return problem_response(errors.Internal("an unexpected error occurred; see the server log"),
+                                    request.get(REQUEST_ID))
+
+    return [request_id, cors, error_handler]

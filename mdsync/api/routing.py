@@ -1,0 +1,150 @@
+"""Route declarations. Each feature builds a `Routes` table; every entry names its method, path,
+body/query/response models and whether it needs a signed-in caller. The same table registers the
+aiohttp handlers and generates the OpenAPI document, so the two cannot drift apart.
+
+The wrapper around every handler does the uniform parts, in order: authenticate (when the route
+needs a caller), enforce the token's write scope, read and validate the body and the query.
+Authorization on workspaces and documents is the feature's `require(...)` call in the handler.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from mdsync.api import errors
+
+Handler = Callable[..., Awaitable[web.StreamResponse]]
+AuthMode = Literal["none", "user", "optional"]
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+AUTHENTICATOR: web.AppKey[Any] = web.AppKey("authenticator", object)
+BODY_LIMIT: web.AppKey[int] = web.AppKey("body_limit", int)
+# what the wrapper leaves on the request for the handler
+PRINCIPAL: web.RequestKey[Any] = web.RequestKey("principal", object)
+ROUTE_SPEC: web.RequestKey[Any] = web.RequestKey("route_spec", object)
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    auth: AuthMode = "user"
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    status: int = 200
+    raw_body: str | None = None        # content type of a non-JSON body (documented, read by the handler)
+    raw_response: str | None = None    # content type of a non-JSON answer
+    write_scope: bool | None = None    # None: needed for every method but GET/HEAD
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_write_scope(self) -> bool:
+        return self.method not in SAFE_METHODS if self.write_scope is None else self.write_scope
+
+
+class Routes:
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.specs: list[RouteSpec] = []
+
+    def route(self, method: str, path: str, summary: str, **options: Any):
+        def decorate(handler: Handler) -> Handler:
+            self.specs.append(RouteSpec(method, path, handler, summary, self.tag, **options))
+            return handler
+        return decorate
+
+    def get(self, path, summary, **o): return self.route("GET", path, summary, **o)
+    def post(self, path, summary, **o): return self.route("POST", path, summary, **o)
+    def put(self, path, summary, **o): return self.route("PUT", path, summary, **o)
+    def patch(self, path, summary, **o): return self.route("PATCH", path, summary, **o)
+    def delete(self, path, summary, **o): return self.route("DELETE", path, summary, **o)
+
+    def register(self, app: web.Application) -> None:
+        for spec in self.specs:
+            app.router.add_route(spec.method, spec.path, _wrap(spec))
+
+
+def _wrap(spec: RouteSpec) -> Handler:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        request[ROUTE_SPEC] = spec
+        if spec.auth != "none":
+            principal = await request.app[AUTHENTICATOR].authenticate(request, optional=spec.auth == "optional")
+            request[PRINCIPAL] = principal
+            if principal is not None and spec.needs_write_scope and not principal.can_write:
+                raise errors.Forbidden("this token has the read scope only")
+        kwargs: dict[str, Any] = {}
+        if spec.body is not None:
+            kwargs["body"] = await parse_json(request, spec.body)
+        if spec.query is not None:
+            kwargs["query"] = validate(spec.query, dict(request.query), location="query")
+        return await spec.handler(request, **kwargs)
+
+    handler.__name__ = spec.handler.__name__
+    return handler
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The raw request body, refusing (413) anything over `limit` bytes before reading it all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise errors.TooLarge(f"the body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise errors.TooLarge(f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    raw = await read_body(request, request.app[BODY_LIMIT])
+    if not raw.strip():
+        data: Any = {}
+    else:
+        ctype = request.content_type
+        if request.headers.get("Content-Type") and not (ctype == "application/json" or ctype.endswith("+json")):
+            raise errors.UnsupportedMediaType(f"expected application/json, got {ctype}")
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise errors.ValidationFailed.field("body", f"malformed JSON: {exc}") from None
+    return validate(model, data)
+
+
+def validate(model: type[BaseModel], data: Any, location: str | None = None) -> BaseModel:
+    if not isinstance(data, dict):
+        raise errors.ValidationFailed.field(location or "body", "must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            name = ".".join(str(p) for p in err["loc"]) or (location or "body")
+            if location and name != location:
+                name = name  # query parameters are named as sent
+            problems.append({"field": name, "message": err["msg"]})
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise errors.ValidationFailed(summary, errors=problems) from None
+
+
+_PATH_PARAM = re.compile(r"\{([^}:]+)(?::[^}]*)?\}")
+
+
+def openapi_path(path: str) -> str:
+    """aiohttp `{name:regex}` → OpenAPI `{name}`."""
+    return _PATH_PARAM.sub(lambda m: "{" + m.group(1) + "}", path)
+
+
+def path_params(path: str) -> list[str]:
+    return [m.group(1) for m in _PATH_PARAM.finditer(path)]

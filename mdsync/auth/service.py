@@ -1,0 +1,339 @@
+"""Sign-in logic: register, login, refresh with reuse detection, logout, sessions, passwords,
+personal access tokens, first-admin setup, and authenticating each request."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from mdsync import audit, clock
+from mdsync.api.errors import Conflict, Forbidden, Gone, NotFound, RateLimited, Unauthenticated, ValidationFailed
+from mdsync.auth import store
+from mdsync.auth.passwords import Passwords
+from mdsync.auth.throttle import Window
+from mdsync.auth.tokens import PAT_PREFIX, REFRESH_PREFIX, AccessTokens, Principal, opaque
+from mdsync.config import Settings
+from mdsync.db import Database, Tx
+
+log = logging.getLogger("mdsync.auth")
+BAD_CREDENTIALS = "the email or password is incorrect"
+ACCOUNT_WINDOW = 15 * 60
+
+# Registration with an invitation: (tx, invitation token, new user id, email) -> None; raises Gone
+# for an unusable invitation. The workspaces feature installs the real one.
+InvitationHook = Callable[[Tx, str, str, str], None]
+
+
+def _no_invitations(tx: Tx, token: str, user_id: str, email: str) -> None:
+    raise Gone("the invitation is not valid")
+
+
+class AuthService:
+    def __init__(self, db: Database, settings: Settings, secret: str):
+        self.db = db
+        self.settings = settings
+        cfg = settings.auth
+        self.passwords = Passwords(cfg.argon2_time_cost, cfg.argon2_memory_cost, cfg.argon2_parallelism)
+        self.access = AccessTokens(secret, cfg.access_token_ttl)
+        self.login_by_address = Window(cfg.login_attempts_per_address, 60)
+        self.failures_by_account = Window(cfg.login_failures_per_account, ACCOUNT_WINDOW)
+        self.register_by_address = Window(cfg.register_attempts_per_address, 60)
+        self.refresh_by_address = Window(cfg.refresh_attempts_per_address, 60)
+        self.setup_token: str | None = None
+        self.accept_invitation: InvitationHook = _no_invitations
+        # called after commit with (user_id, [session ids]) when sessions end; live sockets listen
+        self.revocation_listeners: list[Callable[[str, list[str] | None], Any]] = []
+        self._trusted = [ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies]
+
+    # -- request identity ------------------------------------------------------------------
+    def client_address(self, request: web.Request) -> str:
+        remote = request.remote or "unknown"
+        forwarded = request.headers.get("X-Forwarded-For")
+        if forwarded and self._is_trusted(remote):
+            hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+            for hop in reversed(hops):
+                if not self._is_trusted(hop):
+                    return hop
+            return hops[0] if hops else remote
+        return remote
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    async def authenticate(self, request: web.Request, optional: bool = False) -> Principal | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if not header:
+            if optional:
+                return None
+            raise Unauthenticated("sign in first: send Authorization: Bearer <token>")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+        principal = await self.principal_from_token(token.strip())
+        if principal is None:
+            raise Unauthenticated("the token is invalid, expired or revoked")
+        return principal
+
+    async def principal_from_token(self, token: str) -> Principal | None:
+        """The caller behind an access JWT or a personal access token, or None."""
+        if token.startswith(PAT_PREFIX):
+            return await self._from_api_token(token)
+        claims = self.access.verify(token)
+        if claims is None:
+            return None
+        row = await store.session_state(self.db, claims.session_id)
+        if row is None or row["user_id"] != claims.user_id or row["revoked_at"] or row["disabled_at"]:
+            return None
+        return Principal(claims.user_id, row["name"], row["email"], bool(row["is_admin"]),
+                         session_id=claims.session_id)
+
+    async def _from_api_token(self, token: str) -> Principal | None:
+        row = await store.api_token_state(self.db, token)
+        if row is None or row["disabled_at"]:
+            return None
+        if row["expires_at"] and row["expires_at"] <= clock.iso():
+            return None
+        # last_used_at to the minute is enough; do not queue a write for every request
+        if not row["last_used_at"] or clock.parse(row["last_used_at"]).timestamp() < clock.timestamp() - 60:
+            self.db.submit(store.touch_api_token, row["id"])
+        return Principal(row["user_id"], row["name"], row["email"], bool(row["is_admin"]),
+                         token_id=row["id"], scopes=tuple(json.loads(row["scopes"])))
+
+    # -- sign-in ---------------------------------------------------------------------------
+    def _pair(self, user: Any, session_id: str, refresh_token: str) -> dict:
+        return {
+            "user": store.user_json(user),
+            "access_token": self.access.issue(user["id"], session_id),
+            "refresh_token": refresh_token,
+            "token_type": "Bearer",
+            "expires_in": self.access.ttl,
+        }
+
+    def _check_password(self, password: str, field: str = "password") -> None:
+        if len(password) < self.settings.auth.password_min_length:
+            raise ValidationFailed.field(field, f"must be at least {self.settings.auth.password_min_length} characters")
+
+    async def register(self, email: str, password: str, name: str, invitation: str | None,
+                       ip: str, user_agent: str | None, device_name: str | None = None) -> dict:
+        wait = self.register_by_address.take(ip)
+        if wait is not None:
+            raise RateLimited(wait, "too many registrations from this address")
+        mode = self.settings.auth.registration
+        if mode == "closed":
+            raise Forbidden("registration is closed on this server; ask an admin for an account")
+        if mode == "invite" and not invitation:
+            raise Forbidden("registration needs an invitation on this server")
+        self._check_password(password)
+        password_hash = await self.passwords.hash(password)
+        refresh_token = opaque(REFRESH_PREFIX)
+        ttl = self.settings.auth.refresh_token_ttl
+
+        def create(tx: Tx):
+            try:
+                user = store.insert_user(tx, email, name, password_hash)
+            except store.EmailTaken:
+                raise Conflict("an account with this email already exists") from None
+            if invitation:
+                self.accept_invitation(tx, invitation, user["id"], email)
+            session_id = store.create_session(tx, user["id"], device_name, user_agent, ttl, refresh_token)
+            audit.record(tx, "user.register", actor_id=user["id"], target_type="user", target_id=user["id"], ip=ip)
+            return user, session_id
+
+        user, session_id = await self.db.write(create)
+        return self._pair(user, session_id, refresh_token)
+
+    async def login(self, email: str, password: str, device_name: str | None, ip: str,
+                    user_agent: str | None) -> dict:
+        wait = self.login_by_address.take(ip)
+        if wait is not None:
+            raise RateLimited(wait, "too many sign-in attempts from this address")
+        wait = self.failures_by_account.retry_after(email)
+        if wait is not None:
+            raise RateLimited(wait, "too many failed sign-ins for this account")
+        user = await store.user_by_email(self.db, email)
+        ok = await self.passwords.verify(user["password_hash"] if user else None, password)
+        if not ok:
+            self.failures_by_account.hit(email)
+            await self.db.write(lambda tx: audit.record(
+                tx, "login.failed", actor_id=user["id"] if user else None, target_type="user",
+                target_id=user["id"] if user else None, ip=ip, detail={"email": email}))
+            raise Unauthenticated(BAD_CREDENTIALS)
+        if user["disabled_at"]:
+            raise Unauthenticated("this account is disabled")
+        self.failures_by_account.clear(email)
+        new_hash = await self.passwords.hash(password) if self.passwords.needs_rehash(user["password_hash"]) else None
+        refresh_token = opaque(REFRESH_PREFIX)
+        ttl = self.settings.auth.refresh_token_ttl
+
+        def sign_in(tx: Tx):
+            if new_hash:
+                store.update_user(tx, user["id"], password_hash=new_hash)
+            session_id = store.create_session(tx, user["id"], device_name, user_agent, ttl, refresh_token)
+            audit.record(tx, "login", actor_id=user["id"], target_type="session", target_id=session_id, ip=ip)
+            return session_id
+
+        session_id = await self.db.write(sign_in)
+        return self._pair(user, session_id, refresh_token)
+
+    async def refresh(self, refresh_token: str, ip: str) -> dict:
+        wait = self.refresh_by_address.take(ip)
+        if wait is not None:
+            raise RateLimited(wait, "too many token refreshes from this address")
+        new_token = opaque(REFRESH_PREFIX)
+        ttl = self.settings.auth.refresh_token_ttl
+
+        def rotate(tx: Tx):
+            row = store.refresh_token_row(tx, refresh_token)
+            if row is None:
+                return "invalid", None
+            if row["spent_at"]:
+                # a spent token presented again: someone holds a copy. End the whole family.
+                store.revoke_session(tx, row["session_id"])
+                audit.record(tx, "session.reuse_detected", actor_id=row["user_id"], target_type="session",
+                             target_id=row["session_id"], ip=ip)
+                return "reused", row
+            if row["revoked_at"] or row["disabled_at"] or row["expires_at"] <= clock.iso():
+                return "invalid", None
+            store.rotate_refresh_token(tx, row["session_id"], refresh_token, new_token, ttl)
+            return "ok", (store.user_by_id_tx(tx, row["user_id"]), row["session_id"])
+
+        outcome, data = await self.db.write(rotate)
+        if outcome == "reused":
+            self._notify_revoked(data["user_id"], [data["session_id"]])
+            raise Unauthenticated("this refresh token was already used; the session has been signed out")
+        if outcome != "ok":
+            raise Unauthenticated("the refresh token is invalid, expired or revoked")
+        user, session_id = data
+        return self._pair(user, session_id, new_token)
+
+    async def logout(self, principal: Principal) -> None:
+        if principal.session_id is None:
+            raise Forbidden("personal access tokens are revoked with DELETE /api/v1/me/tokens/{id}")
+        session_id = principal.session_id
+
+        def revoke(tx: Tx):
+            store.revoke_session(tx, session_id)
+            audit.record(tx, "logout", actor_id=principal.user_id, target_type="session", target_id=session_id)
+
+        await self.db.write(revoke)
+        self._notify_revoked(principal.user_id, [session_id])
+
+    async def revoke_session(self, principal: Principal, session_id: str) -> None:
+        def revoke(tx: Tx):
+            row = store.session_of_user(tx, session_id, principal.user_id)
+            if row is None or row["revoked_at"]:
+                return False
+            store.revoke_session(tx, session_id)
+            audit.record(tx, "session.revoke", actor_id=principal.user_id, target_type="session", target_id=session_id)
+            return True
+
+        if not await self.db.write(revoke):
+            raise NotFound("no such session")
+        self._notify_revoked(principal.user_id, [session_id])
+
+    def _notify_revoked(self, user_id: str, session_ids: list[str] | None) -> None:
+        for listener in self.revocation_listeners:
+            try:
+                listener(user_id, session_ids)
+            except Exception:
+                log.exception("revocation listener failed")
+
+    # -- profile, password, tokens ---------------------------------------------------------
+    async def update_profile(self, principal: Principal, name: str | None, email: str | None) -> dict:
+        changes = {k: v for k, v in (("name", name), ("email", email)) if v is not None}
+
+        def update(tx: Tx):
+            try:
+                user = store.update_user(tx, principal.user_id, **changes)
+            except store.EmailTaken:
+                raise Conflict("an account with this email already exists") from None
+            if changes:
+                audit.record(tx, "user.update", actor_id=principal.user_id, target_type="user",
+                             target_id=principal.user_id, detail={"fields": sorted(changes)})
+            return user
+
+        return store.user_json(await self.db.write(update))
+
+    async def change_password(self, principal: Principal, current: str, new: str, ip: str) -> None:
+        user = await store.user_by_id(self.db, principal.user_id)
+        if not await self.passwords.verify(user["password_hash"], current):
+            raise Forbidden("the current password is incorrect")
+        self._check_password(new, "new_password")
+        new_hash = await self.passwords.hash(new)
+
+        def change(tx: Tx):
+            store.update_user(tx, principal.user_id, password_hash=new_hash)
+            ended = store.revoke_sessions_of(tx, principal.user_id, keep=principal.session_id)
+            audit.record(tx, "user.password_change", actor_id=principal.user_id, target_type="user",
+                         target_id=principal.user_id, ip=ip)
+            return ended
+
+        ended = await self.db.write(change)
+        self._notify_revoked(principal.user_id, ended)
+
+    async def create_api_token(self, principal: Principal, name: str, scopes: list[str],
+                               expires_at: str | None) -> dict:
+        token = opaque(PAT_PREFIX)
+
+        def create(tx: Tx):
+            row = store.insert_api_token(tx, principal.user_id, name, token, scopes, expires_at)
+            audit.record(tx, "token.create", actor_id=principal.user_id, target_type="api_token",
+                         target_id=row["id"], detail={"scopes": scopes})
+            return row
+
+        row = await self.db.write(create)
+        return {**store.api_token_json(row), "token": token}
+
+    async def delete_api_token(self, principal: Principal, token_id: str) -> None:
+        def delete(tx: Tx):
+            if not store.delete_api_token(tx, token_id, principal.user_id):
+                return False
+            audit.record(tx, "token.delete", actor_id=principal.user_id, target_type="api_token", target_id=token_id)
+            return True
+
+        if not await self.db.write(delete):
+            raise NotFound("no such token")
+
+    # -- first admin -----------------------------------------------------------------------
+    async def prepare_setup(self) -> str | None:
+        """A one-time setup token when the server has no user yet (printed by `serve`)."""
+        if await self.db.value("SELECT count(*) FROM users") == 0:
+            self.setup_token = opaque()
+        return self.setup_token
+
+    async def setup(self, setup_token: str, email: str, password: str, name: str, ip: str,
+                    user_agent: str | None) -> dict:
+        expected = self.setup_token
+        if not expected or not hmac.compare_digest(expected.encode(), setup_token.encode("utf-8", "surrogatepass")):
+            if await self.db.value("SELECT count(*) FROM users"):
+                raise Conflict("setup is done: this server already has users")
+            raise Forbidden("the setup token is not valid; it is printed by `mdsync serve` on a server without users")
+        self._check_password(password)
+        password_hash = await self.passwords.hash(password)
+        refresh_token = opaque(REFRESH_PREFIX)
+        ttl = self.settings.auth.refresh_token_ttl
+
+        def create_admin(tx: Tx):
+            if store.count_users(tx):
+                raise Conflict("setup is done: this server already has users")
+            user = store.insert_user(tx, email, name, password_hash, is_admin=True)
+            session_id = store.create_session(tx, user["id"], "setup", user_agent, ttl, refresh_token)
+            audit.record(tx, "admin.setup", actor_id=user["id"], target_type="user", target_id=user["id"], ip=ip)
+            return user, session_id
+
+        user, session_id = await self.db.write(create_admin)
+        self.setup_token = None
+        return self._pair(user, session_id, refresh_token)
+
+    def close(self) -> None:
+        self.passwords.close()

@@ -1,0 +1,173 @@
+"""SQL for users, sessions, refresh tokens and personal access tokens.
+
+Write functions take the writer's `Tx` and run inside its transaction; read functions take the
+`Database` and use a read connection.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from mdsync import clock
+from mdsync.auth.tokens import digest, new_id
+from mdsync.db import Database, Tx
+
+USER_COLUMNS = "id, email, name, is_admin, disabled_at, created_at, password_hash"
+
+
+def user_json(row: sqlite3.Row) -> dict:
+    return {"id": row["id"], "email": row["email"], "name": row["name"],
+            "is_admin": bool(row["is_admin"]), "created_at": row["created_at"]}
+
+
+# -- users -------------------------------------------------------------------------------------
+def insert_user(tx: Tx, email: str, name: str, password_hash: str, is_admin: bool = False) -> sqlite3.Row:
+    now = clock.iso()
+    user_id = new_id()
+    try:
+        tx.execute("INSERT INTO users (id, email, name, password_hash, is_admin, created_at, updated_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)", (user_id, email, name, password_hash, int(is_admin), now, now))
+    except sqlite3.IntegrityError:
+        raise EmailTaken(email) from None
+    return tx.one(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+
+
+class EmailTaken(Exception):
+    pass
+
+
+def user_by_email_tx(tx: Tx, email: str) -> sqlite3.Row | None:
+    return tx.one(f"SELECT {USER_COLUMNS} FROM users WHERE email = ?", (email,))
+
+
+def user_by_id_tx(tx: Tx, user_id: str) -> sqlite3.Row | None:
+    return tx.one(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+
+
+async def user_by_email(db: Database, email: str) -> sqlite3.Row | None:
+    return await db.one(f"SELECT {USER_COLUMNS} FROM users WHERE email = ?", (email,))
+
+
+async def user_by_id(db: Database, user_id: str) -> sqlite3.Row | None:
+    return await db.one(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+
+
+def count_users(tx: Tx) -> int:
+    return tx.value("SELECT count(*) FROM users")
+
+
+def update_user(tx: Tx, user_id: str, **fields) -> sqlite3.Row:
+    allowed = {"name", "email", "password_hash", "is_admin", "disabled_at"}
+    assert set(fields) <= allowed, fields
+    if fields:
+        assignments = ", ".join(f"{name} = ?" for name in fields)  # names from the allow-list above
+        try:
+            tx.execute(f"UPDATE users SET {assignments}, updated_at = ? WHERE id = ?",
+                       (*fields.values(), clock.iso(), user_id))
+        except sqlite3.IntegrityError:
+            raise EmailTaken(fields.get("email")) from None
+    return user_by_id_tx(tx, user_id)
+
+
+def delete_user(tx: Tx, user_id: str) -> None:
+    tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+
+
+def list_users(tx: Tx) -> list[sqlite3.Row]:
+    return tx.all(f"SELECT {USER_COLUMNS} FROM users ORDER BY created_at, email")
+
+
+# -- sessions and refresh tokens ---------------------------------------------------------------
+def create_session(tx: Tx, user_id: str, device_name: str | None, user_agent: str | None,
+                   ttl: int, refresh_token: str) -> str:
+    now = clock.iso()
+    session_id = new_id()
+    tx.execute("INSERT INTO sessions (id, user_id, device_name, user_agent, created_at, last_used_at, expires_at)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (session_id, user_id, device_name, (user_agent or "")[:500] or None, now, now, clock.iso_in(ttl)))
+    tx.execute("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)",
+               (digest(refresh_token), session_id, now))
+    return session_id
+
+
+def refresh_token_row(tx: Tx, refresh_token: str) -> sqlite3.Row | None:
+    return tx.one(
+        "SELECT r.spent_at, s.id AS session_id, s.user_id, s.revoked_at, s.expires_at, u.disabled_at"
+        " FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id"
+        " WHERE r.token_hash = ?", (digest(refresh_token),))
+
+
+def rotate_refresh_token(tx: Tx, session_id: str, old_token: str, new_token: str, ttl: int) -> None:
+    now = clock.iso()
+    tx.execute("UPDATE refresh_tokens SET spent_at = ? WHERE token_hash = ?", (now, digest(old_token)))
+    tx.execute("INSERT INTO refresh_tokens (token_hash, session_id, created_at) VALUES (?, ?, ?)",
+               (digest(new_token), session_id, now))
+    tx.execute("UPDATE sessions SET last_used_at = ?, expires_at = ? WHERE id = ?",
+               (now, clock.iso_in(ttl), session_id))
+
+
+def revoke_session(tx: Tx, session_id: str) -> None:
+    tx.execute("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (clock.iso(), session_id))
+
+
+def revoke_sessions_of(tx: Tx, user_id: str, keep: str | None = None) -> list[str]:
+    rows = tx.all("SELECT id FROM sessions WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
+                  (user_id, keep))
+    tx.execute("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
+               (clock.iso(), user_id, keep))
+    return [row["id"] for row in rows]
+
+
+async def session_state(db: Database, session_id: str) -> sqlite3.Row | None:
+    return await db.one(
+        "SELECT s.user_id, s.revoked_at, s.expires_at, u.email, u.name, u.is_admin, u.disabled_at"
+        " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?", (session_id,))
+
+
+async def list_sessions(db: Database, user_id: str) -> list[sqlite3.Row]:
+    return await db.all(
+        "SELECT id, device_name, user_agent, created_at, last_used_at FROM sessions"
+        " WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? ORDER BY created_at DESC",
+        (user_id, clock.iso()))
+
+
+def session_of_user(tx: Tx, session_id: str, user_id: str) -> sqlite3.Row | None:
+    return tx.one("SELECT id, revoked_at FROM sessions WHERE id = ? AND user_id = ?", (session_id, user_id))
+
+
+# -- personal access tokens --------------------------------------------------------------------
+def insert_api_token(tx: Tx, user_id: str, name: str, token: str, scopes: list[str],
+                     expires_at: str | None) -> sqlite3.Row:
+    token_id = new_id()
+    tx.execute("INSERT INTO api_tokens (id, user_id, name, token_hash, prefix, scopes, created_at, expires_at)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (token_id, user_id, name, digest(token), token[:12], json.dumps(scopes), clock.iso(), expires_at))
+    return tx.one("SELECT * FROM api_tokens WHERE id = ?", (token_id,))
+
+
+def api_token_json(row: sqlite3.Row) -> dict:
+    return {"id": row["id"], "name": row["name"], "prefix": row["prefix"], "scopes": json.loads(row["scopes"]),
+            "created_at": row["created_at"], "expires_at": row["expires_at"], "last_used_at": row["last_used_at"]}
+
+
+async def list_api_tokens(db: Database, user_id: str) -> list[sqlite3.Row]:
+    return await db.all("SELECT * FROM api_tokens WHERE user_id = ? ORDER BY created_at DESC", (user_id,))
+
+
+def delete_api_token(tx: Tx, token_id: str, user_id: str) -> bool:
+    return tx.execute("DELETE FROM api_tokens WHERE id = ? AND user_id = ?", (token_id, user_id)).rowcount > 0
+
+
+async def api_token_state(db: Database, token: str) -> sqlite3.Row | None:
+    return await db.one(
+        "SELECT t.id, t.user_id, t.scopes, t.expires_at, t.last_used_at, u.email, u.name, u.is_admin, u.disabled_at"
+        " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (digest(token),))
+
+
+def touch_api_token(tx: Tx, token_id: str) -> None:
+    tx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (clock.iso(), token_id))
+
+
+def touch_session(tx: Tx, session_id: str) -> None:
+    tx.execute("UPDATE sessions SET last_used_at = ? WHERE id = ?", (clock.iso(), session_id))

@@ -1,0 +1,224 @@
+"""One frozen Settings object: built-in defaults < config.toml < MDSYNC_* environment < flags.
+
+Every key is declared here with its default; `config.example.toml` documents each one (a test
+checks that the two agree). Unknown keys and wrong types fail at start with the key named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_PREFIX = "MDSYNC_"
+CONFIG_ENV = "MDSYNC_CONFIG"
+MiB = 1024 * 1024
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    data_dir: Path = Path("./mdsync-data")
+    public_url: str | None = None
+    secret: str | None = None
+    shutdown_timeout: float = Field(8.0, gt=0)
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+
+
+class AuthSettings(Section):
+    registration: Literal["open", "invite", "closed"] = "invite"
+    access_token_ttl: int = Field(900, gt=0)
+    refresh_token_ttl: int = Field(2592000, gt=0)
+    login_failures_per_account: int = Field(5, ge=1)
+    login_attempts_per_address: int = Field(30, ge=1)
+    register_attempts_per_address: int = Field(10, ge=1)
+    refresh_attempts_per_address: int = Field(120, ge=1)
+    password_min_length: int = Field(8, ge=1, le=1024)
+    argon2_time_cost: int = Field(3, ge=1)
+    argon2_memory_cost: int = Field(65536, ge=8)
+    argon2_parallelism: int = Field(4, ge=1)
+
+
+class CorsSettings(Section):
+    origins: list[str] = []
+
+
+class LimitsSettings(Section):
+    max_body_bytes: int = Field(1 * MiB, gt=0)
+    max_ws_message_bytes: int = Field(16 * MiB, gt=0)
+    max_upload_bytes: int = Field(100 * MiB, gt=0)
+    max_document_bytes: int = Field(16 * MiB, gt=0)
+    max_import_bytes: int = Field(1024 * MiB, gt=0)
+
+
+class S3Settings(Section):
+    endpoint: str | None = None
+    bucket: str | None = None
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    path_style: bool = False
+
+
+class StorageSettings(Section):
+    backend: Literal["local", "s3"] = "local"
+    signed_url_ttl: int = Field(3600, gt=0)
+    s3: S3Settings = S3Settings()
+
+
+class ReplicaSettings(Section):
+    url: str | None = None
+
+
+class ProviderSettings(Section):
+    api_key: str | None = None
+    base_url: str
+
+
+class OpenAISettings(ProviderSettings):
+    base_url: str = "https://api.openai.com/v1"
+
+
+class AnthropicSettings(ProviderSettings):
+    base_url: str = "https://api.anthropic.com"
+
+
+class AISettings(Section):
+    openai: OpenAISettings = OpenAISettings()
+    anthropic: AnthropicSettings = AnthropicSettings()
+    allowed_base_urls: list[str] = []
+    default_max_tokens: int = Field(4096, gt=0)
+    context_max_chars: int = Field(100000, gt=0)
+
+
+class MetricsSettings(Section):
+    token: str | None = None
+
+
+class LogSettings(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(Section):
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
+    cors: CorsSettings = CorsSettings()
+    limits: LimitsSettings = LimitsSettings()
+    storage: StorageSettings = StorageSettings()
+    replica: ReplicaSettings = ReplicaSettings()
+    ai: AISettings = AISettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    @property
+    def db_path(self) -> Path:
+        return self.server.data_dir / "mdsync.db"
+
+    @property
+    def public_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}"
+
+
+class ConfigError(Exception):
+    """A setting is unknown or has the wrong type; the message names the key."""
+
+
+def load(config_file: str | os.PathLike | None = None, environ: dict[str, str] | None = None,
+         overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the Settings: defaults < config file < MDSYNC_* variables < overrides (flags).
+
+    `overrides` uses dotted keys (`{"server.port": 9000}`); None values are ignored.
+    """
+    environ = os.environ if environ is None else environ
+    merged: dict[str, Any] = {}
+    path = config_file or environ.get(CONFIG_ENV)
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                _merge(merged, tomllib.load(fh))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    _merge(merged, _from_environment(environ))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _merge(merged, _nest(dotted.split("."), value))
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _from_environment(environ: dict[str, str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
+        value: Any = raw
+        if raw.strip().startswith(("[", "{")):
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                raise ConfigError(f"{name}: not a valid JSON list or table") from None
+        _merge(result, _nest(keys, value))
+    return result
+
+
+def _nest(keys: list[str], value: Any) -> dict[str, Any]:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _describe(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(part) for part in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown setting {key!r}")
+        else:
+            lines.append(f"setting {key!r}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def ensure_secret(settings: Settings) -> str:
+    """The server secret: configured, else `data_dir/secret` (created once, mode 0600)."""
+    if settings.server.secret:
+        return settings.server.secret
+    path = settings.data_dir / "secret"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value

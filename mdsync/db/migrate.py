@@ -1,0 +1,74 @@
+"""Numbered SQL migrations (`migrations/NNNN_name.sql`), each applied in its own transaction.
+
+Applied versions are recorded in `schema_migrations`. A database whose newest recorded version
+is unknown to this code was written by a newer mdsync: we refuse to touch it.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import dataclass
+from importlib import resources
+
+from mdsync import clock
+
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class SchemaTooNew(Exception):
+    """The database was migrated by a newer mdsync than this one."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available() -> list[Migration]:
+    found = []
+    for entry in resources.files("mdsync.db").joinpath("migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    return found
+
+
+def applied(conn: sqlite3.Connection) -> list[int]:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT"
+    )
+    return [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+
+
+def pending(conn: sqlite3.Connection) -> list[Migration]:
+    done = applied(conn)
+    known = available()
+    newest_known = known[-1].version if known else 0
+    if done and done[-1] > newest_known:
+        raise SchemaTooNew(
+            f"the database is at schema version {done[-1]}, newer than this mdsync knows "
+            f"({newest_known}); upgrade mdsync before starting it on this data"
+        )
+    return [m for m in known if m.version not in done]
+
+
+def apply_migrations(conn: sqlite3.Connection) -> list[Migration]:
+    """Apply every pending migration; returns the ones applied."""
+    todo = pending(conn)
+    for migration in todo:
+        record = (
+            "INSERT INTO schema_migrations (version, name, applied_at) "
+            f"VALUES ({migration.version}, '{migration.name}', '{clock.iso()}');"
+        )
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;\n{migration.sql}\n;{record}\nCOMMIT;")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise RuntimeError(f"migration {migration.version}_{migration.name} failed: {exc}") from exc
+    return todo

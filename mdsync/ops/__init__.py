@@ -1,0 +1,1 @@
+"""Operations: health, readiness, the OpenAPI document, metrics, backups and replication."""

@@ -1,0 +1,65 @@
+"""`mdsync serve`: run the app until SIGTERM/SIGINT, then shut down gracefully.
+
+The ready line (`mdsync listening on http://HOST:PORT`) is printed and flushed after the socket
+is bound and before /healthz first answers. On a signal: stop accepting, let in-flight requests
+finish, run the app's shutdown hooks (rooms flush, sockets close with 1012), close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from mdsync import logs
+from mdsync.app import create_app
+from mdsync.auth.routes import AUTH
+from mdsync.config import Settings
+
+log = logging.getLogger("mdsync.serve")
+
+
+async def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log_class=logs.AccessLogger, handle_signals=False,
+                           shutdown_timeout=settings.server.shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port,
+                       shutdown_timeout=settings.server.shutdown_timeout, reuse_address=True)
+    await site.start()
+    host, port = settings.server.host, settings.server.port
+    if port == 0:
+        port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 (the only way to learn an ephemeral port)
+
+    setup_token = await app[AUTH].prepare_setup()
+    if setup_token:
+        print("mdsync: this server has no users yet. Create the first admin with either:\n"
+              f"  mdsync users create you@example.com --admin --data-dir {settings.data_dir}\n"
+              f"  or POST /api/v1/auth/setup with {{\"setup_token\": \"{setup_token}\", \"email\": …, "
+              "\"password\": …, \"name\": …}\n"
+              "  (the setup token works once, until this process stops)", flush=True)
+    print(f"mdsync listening on http://{host}:{port}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def run(settings: Settings) -> None:
+    logs.configure(settings.log.level, settings.log.format)
+    try:
+        import uvloop
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(serve(settings))
+    sys.stdout.flush()
