@@ -1,0 +1,1 @@
+"""Multi-device sync: the change feed (long-poll and SSE) and Yjs state over HTTP."""
