@@ -1,0 +1,1 @@
+"""Folders, documents, grants, share links, the tree, the trash, and document content."""

@@ -1,0 +1,1 @@
+"""Workspaces, members, invitations and the one permission check (access.py)."""
