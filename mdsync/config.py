@@ -208,17 +208,36 @@ def _describe(exc: ValidationError) -> str:
 
 
 def ensure_secret(settings: Settings) -> str:
-    """The server secret: configured, else `data_dir/secret` (created once, mode 0600)."""
+    """The server secret: configured, else `data_dir/secret` (created once, mode 0600).
+
+    The file is written whole under a temporary name and then linked into place, so a crash
+    mid-write can never leave an empty secret that every later start would sign tokens with.
+    """
     if settings.server.secret:
         return settings.server.secret
     path = settings.data_dir / "secret"
     try:
-        return path.read_text().strip()
+        existing = path.read_text().strip()
     except FileNotFoundError:
-        pass
+        existing = None
+    if existing:
+        return existing
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
+    temp = path.with_name(f".secret-{secrets.token_hex(8)}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(value + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if existing is None:
+            try:
+                os.link(temp, path)  # fails if another process created it meanwhile: use theirs
+            except FileExistsError:
+                return path.read_text().strip() or ensure_secret(settings)
+        else:
+            os.replace(temp, path)  # an empty file left by a crash: replace it
+    finally:
+        temp.unlink(missing_ok=True)
     return value

@@ -26,30 +26,36 @@ async def serve(settings: Settings) -> None:
     app = create_app(settings)
     runner = web.AppRunner(app, access_log_class=logs.AccessLogger, handle_signals=False,
                            shutdown_timeout=settings.server.shutdown_timeout)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port,
-                       shutdown_timeout=settings.server.shutdown_timeout, reuse_address=True)
-    await site.start()
-    host, port = settings.server.host, settings.server.port
-    if port == 0:
-        port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 (the only way to learn an ephemeral port)
-
-    setup_token = await app[AUTH].prepare_setup()
-    if setup_token:
-        print("mdsync: this server has no users yet. Create the first admin with either:\n"
-              f"  mdsync users create you@example.com --admin --data-dir {settings.data_dir}\n"
-              f"  or POST /api/v1/auth/setup with {{\"setup_token\": \"{setup_token}\", \"email\": …, "
-              "\"password\": …, \"name\": …}\n"
-              "  (the setup token works once, until this process stops)", flush=True)
-    print(f"mdsync listening on http://{host}:{port}", flush=True)
-
+    # handlers first: a SIGTERM that arrives while starting still means "stop cleanly", not death
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await runner.cleanup()
+    try:
+        await runner.setup()  # opens the database and applies migrations (on_startup)
+        # asked before the socket opens: between binding and the ready line nothing may await,
+        # so the ready line is out before /healthz can answer anyone
+        setup_token = await app[AUTH].prepare_setup()
+        site = web.TCPSite(runner, settings.server.host, settings.server.port,
+                           shutdown_timeout=settings.server.shutdown_timeout, reuse_address=True)
+        await site.start()
+        host, port = settings.server.host, settings.server.port
+        if port == 0:
+            port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 (the only way to learn an ephemeral port)
+        if setup_token:
+            print("mdsync: this server has no users yet. Create the first admin with either:\n"
+                  f"  mdsync users create you@example.com --admin --data-dir {settings.data_dir}\n"
+                  f"  or POST /api/v1/auth/setup with {{\"setup_token\": \"{setup_token}\", \"email\": …, "
+                  "\"password\": …, \"name\": …}\n"
+                  "  (the setup token works once, until this process stops)", flush=True)
+        print(f"mdsync listening on http://{host}:{port}", flush=True)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        # stop accepting, run shutdown hooks, let in-flight requests finish, close the database
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     log.info("stopped")
 
 

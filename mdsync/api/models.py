@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
@@ -19,9 +20,20 @@ class Out(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# Bidi embeddings, overrides and isolates reorder how *other* people's screens show the text
+# around them (the "Trojan Source" trick); the plain marks U+200E/U+200F stay allowed.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _no_controls(value: str) -> str:
-    if any(ord(ch) < 32 and ch not in "\t" for ch in value) or "\x7f" in value:
-        raise ValueError("must not contain control characters")
+    for ch in value:
+        code = ord(ch)
+        if code < 32 or 0x7F <= code < 0xA0:
+            raise ValueError("must not contain control characters")
+        if 0xD800 <= code < 0xE000:
+            raise ValueError("must not contain unpaired surrogates")
+        if ch in _BIDI_CONTROLS:
+            raise ValueError("must not contain bidirectional override characters")
     return value
 
 
@@ -32,12 +44,15 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 
 def _email(value: str) -> str:
     value = value.strip()
-    local, sep, domain = value.rpartition("@")
-    if not sep or not local or not domain or "." not in domain.strip(".") or " " in value:
-        raise ValueError("is not an email address")
     if len(value) > 320:
         raise ValueError("is longer than 320 characters")
-    _no_controls(value)
+    local, sep, domain = value.rpartition("@")
+    if not sep or not local or not domain or "." not in domain.strip(".") or "@" in local:
+        raise ValueError("is not an email address")
+    # letters, digits, marks, punctuation and symbols only: no spaces, controls, invisible
+    # format characters (zero-width, bidi) or surrogates, which would make look-alike accounts
+    if any(unicodedata.category(ch)[0] in "CZ" for ch in value):
+        raise ValueError("must not contain spaces, control or invisible characters")
     return value.lower()
 
 

@@ -119,7 +119,29 @@ async def parse_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
             data = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
             raise errors.ValidationFailed.field("body", f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise errors.ValidationFailed.field("body", "malformed JSON: nested too deeply") from None
+        if _ESCAPED_SURROGATE.search(raw):
+            _refuse_surrogates(data, [])
     return validate(model, data)
+
+
+# JSON may spell an unpaired UTF-16 surrogate as "\ud800"; no UTF-8 text (SQLite, argon2, other
+# clients) can carry one, so it is refused here, naming the field, instead of failing deep inside.
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_surrogates(value: Any, path: list[str]) -> None:
+    if isinstance(value, str):
+        if any("\ud800" <= ch <= "\udfff" for ch in value):
+            raise errors.ValidationFailed.field(".".join(path) or "body", "must not contain unpaired surrogates")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_surrogates(key, path)
+            _refuse_surrogates(item, [*path, str(key)])
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_surrogates(item, [*path, str(index)])
 
 
 def validate(model: type[BaseModel], data: Any, location: str | None = None) -> BaseModel:

@@ -28,7 +28,7 @@ class LoginIn(Body):
 
 
 class RefreshIn(Body):
-    refresh_token: str = Field(max_length=200)
+    refresh_token: str = Field(max_length=4096)  # anything longer is no token we issued; 422
 
 
 class SetupIn(Body):

@@ -200,7 +200,7 @@ class Database:
                     result = job.fn(tx, *job.args)
                     conn.execute("RELEASE job")
                     outcomes.append((job, result, None, tx._after))
-                except Exception as exc:
+                except BaseException as exc:  # whatever a job raises, its caller hears it; the writer lives on
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     outcomes.append((job, None, exc, []))

@@ -1,0 +1,528 @@
+"""Accounts and sign-in over real HTTP (API.md "Auth and accounts"): every flow end to end,
+forged and stale tokens, disabled users, throttling, personal access tokens and the audit log."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import sys
+from datetime import timedelta
+
+import jwt
+import pytest
+
+from mdsync import clock
+from mdsync.appkeys import DB
+from mdsync.auth.routes import AUTH
+from tests.conftest import PASSWORD, ROOT, bearer, register
+from tests.conftest import test_env as subprocess_env
+
+PROBLEM = "application/problem+json"
+
+
+async def problem(resp, status: int, slug: str) -> dict:
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == PROBLEM
+    body = await resp.json()
+    assert body["type"] == f"urn:mdsync:error:{slug}"
+    assert body["status"] == status
+    return body
+
+
+async def login(client, email: str, password: str = PASSWORD, **extra):
+    return await client.post("/api/v1/auth/login", json={"email": email, "password": password, **extra})
+
+
+async def refresh(client, token: str):
+    return await client.post("/api/v1/auth/refresh", json={"refresh_token": token})
+
+
+async def me_status(client, token: str) -> int:
+    resp = await client.get("/api/v1/me", headers=bearer(token))
+    return resp.status
+
+
+async def audit_actions(client) -> list[str]:
+    rows = await client.app[DB].all("SELECT action FROM audit_log ORDER BY id")
+    return [row["action"] for row in rows]
+
+
+# -- registration ------------------------------------------------------------------------------
+async def test_register_open_answers_the_token_pair(client):
+    resp = await client.post("/api/v1/auth/register",
+                             json={"email": "Ada@Example.com", "password": PASSWORD, "name": " Ada "})
+    assert resp.status == 201
+    body = await resp.json()
+    assert set(body) >= {"user", "access_token", "refresh_token", "expires_in"}
+    assert body["expires_in"] == 900
+    assert body["user"]["email"] == "ada@example.com"
+    assert body["user"]["name"] == "Ada"
+    assert body["user"]["is_admin"] is False
+    assert await me_status(client, body["access_token"]) == 200
+    claims = jwt.decode(body["access_token"], options={"verify_signature": False})
+    assert claims["typ"] == "access" and claims["sub"] == body["user"]["id"]
+    assert claims["exp"] - claims["iat"] == 900
+    assert jwt.get_unverified_header(body["access_token"])["alg"] == "HS256"
+
+
+async def test_register_same_email_in_other_case_is_a_conflict(client):
+    await register(client, email="grace@example.com")
+    resp = await client.post("/api/v1/auth/register",
+                             json={"email": "GRACE@example.com", "password": PASSWORD, "name": "G"})
+    await problem(resp, 409, "conflict")
+
+
+async def test_register_short_password_names_the_field(client):
+    resp = await client.post("/api/v1/auth/register",
+                             json={"email": "a@example.com", "password": "short", "name": "A"})
+    body = await problem(resp, 422, "validation")
+    assert body["errors"][0]["field"] == "password"
+
+
+@pytest.mark.parametrize("invitation", [None, "not-a-real-invitation"])
+async def test_register_closed_is_forbidden(make_client, invitation):
+    client = await make_client(auth__registration="closed")
+    payload = {"email": "a@example.com", "password": PASSWORD, "name": "A"}
+    if invitation:
+        payload["invitation"] = invitation
+    await problem(await client.post("/api/v1/auth/register", json=payload), 403, "forbidden")
+    assert await client.app[DB].value("SELECT count(*) FROM users") == 0
+
+
+async def test_register_invite_mode_needs_an_invitation(make_client):
+    client = await make_client(auth__registration="invite")
+    resp = await client.post("/api/v1/auth/register",
+                             json={"email": "a@example.com", "password": PASSWORD, "name": "A"})
+    await problem(resp, 403, "forbidden")
+    resp = await client.post("/api/v1/auth/register",
+                             json={"email": "a@example.com", "password": PASSWORD, "name": "A",
+                                   "invitation": "made-up"})
+    assert resp.status in (404, 410), await resp.text()  # an unknown invitation never creates a user
+    assert await client.app[DB].value("SELECT count(*) FROM users") == 0
+
+
+# -- login and the same answer for unknown emails ----------------------------------------------
+async def test_login_answers_a_new_session(client):
+    account = await register(client)
+    resp = await login(client, account.email.upper(), device_name="laptop")
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["user"]["id"] == account.id
+    assert body["refresh_token"] != account.refresh_token
+    sessions = await (await client.get("/api/v1/auth/sessions", headers=bearer(body["access_token"]))).json()
+    assert "laptop" in [s["device_name"] for s in sessions["items"]]
+
+
+async def test_unknown_email_and_wrong_password_get_the_same_answer(client):
+    account = await register(client)
+    wrong = await problem(await login(client, account.email, "not the password"), 401, "unauthenticated")
+    unknown = await problem(await login(client, "nobody@example.com", "not the password"), 401, "unauthenticated")
+    wrong.pop("request_id", None)
+    unknown.pop("request_id", None)
+    assert wrong == unknown
+
+
+# -- refresh, reuse, logout ----------------------------------------------------------------------
+async def test_refresh_rotates_and_spends_the_old_token(client):
+    account = await register(client)
+    resp = await refresh(client, account.refresh_token)
+    assert resp.status == 200
+    pair = await resp.json()
+    assert pair["refresh_token"] != account.refresh_token
+    assert pair["user"]["id"] == account.id
+    assert await me_status(client, pair["access_token"]) == 200
+    # and the new one refreshes again
+    assert (await refresh(client, pair["refresh_token"])).status == 200
+
+
+async def test_replayed_refresh_token_revokes_the_whole_family(client):
+    account = await register(client)
+    other = await (await login(client, account.email, device_name="phone")).json()
+    first = await (await refresh(client, account.refresh_token)).json()
+    second = await (await refresh(client, first["refresh_token"])).json()
+
+    # the spent original comes back: someone holds a copy
+    await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")
+    # every token of that family is dead: the newest refresh token and the access tokens
+    await problem(await refresh(client, second["refresh_token"]), 401, "unauthenticated")
+    assert await me_status(client, second["access_token"]) == 401
+    assert await me_status(client, first["access_token"]) == 401
+    assert await me_status(client, account.access_token) == 401
+    # the user's other device is another family and keeps working
+    assert await me_status(client, other["access_token"]) == 200
+    assert (await refresh(client, other["refresh_token"])).status == 200
+    assert "session.reuse_detected" in await audit_actions(client)
+
+
+async def test_unknown_refresh_token_is_401(client):
+    await problem(await refresh(client, "mdr_never-issued"), 401, "unauthenticated")
+
+
+async def test_expired_session_cannot_refresh(client):
+    account = await register(client)
+    clock.advance(2592000 + 10)
+    await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")
+
+
+async def test_logout_ends_this_session_only(client):
+    account = await register(client)
+    other = await (await login(client, account.email)).json()
+    resp = await client.post("/api/v1/auth/logout", headers=account.headers)
+    assert resp.status == 204
+    assert await resp.read() == b""
+    assert await me_status(client, account.access_token) == 401
+    await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")
+    assert await me_status(client, other["access_token"]) == 200
+
+
+# -- sessions ---------------------------------------------------------------------------------------
+async def test_sessions_list_marks_current_and_revoke_is_immediate(client):
+    account = await register(client, device_name="desktop")
+    phone = await (await login(client, account.email, device_name="phone")).json()
+    resp = await client.get("/api/v1/auth/sessions", headers=account.headers)
+    assert resp.status == 200
+    listing = await resp.json()
+    assert listing["next_cursor"] is None
+    by_device = {s["device_name"]: s for s in listing["items"]}
+    assert set(by_device) == {"desktop", "phone"}
+    assert by_device["desktop"]["current"] is True
+    assert by_device["phone"]["current"] is False
+    assert set(by_device["phone"]) >= {"id", "device_name", "user_agent", "created_at", "last_used_at", "current"}
+
+    resp = await client.delete(f"/api/v1/auth/sessions/{by_device['phone']['id']}", headers=account.headers)
+    assert resp.status == 204
+    # the other device's access token stops at once, and so does its refresh token
+    assert await me_status(client, phone["access_token"]) == 401
+    await problem(await refresh(client, phone["refresh_token"]), 401, "unauthenticated")
+    assert await me_status(client, account.access_token) == 200
+    listing = await (await client.get("/api/v1/auth/sessions", headers=account.headers)).json()
+    assert [s["device_name"] for s in listing["items"]] == ["desktop"]
+    # revoking it again, or a session that is not the caller's: 404
+    resp = await client.delete(f"/api/v1/auth/sessions/{by_device['phone']['id']}", headers=account.headers)
+    await problem(resp, 404, "not-found")
+    stranger = await register(client)
+    resp = await client.delete(f"/api/v1/auth/sessions/{by_device['desktop']['id']}", headers=stranger.headers)
+    await problem(resp, 404, "not-found")
+    assert await me_status(client, account.access_token) == 200
+
+
+# -- profile and password ----------------------------------------------------------------------
+async def test_me_and_profile_changes(client):
+    account = await register(client, email="ada@example.com", name="Ada")
+    taken = await register(client, email="grace@example.com")
+    resp = await client.get("/api/v1/me", headers=account.headers)
+    assert resp.status == 200
+    me = await resp.json()
+    assert set(me) == {"id", "email", "name", "is_admin", "created_at"}
+    assert (me["id"], me["email"], me["name"], me["is_admin"]) == (account.id, "ada@example.com", "Ada", False)
+
+    resp = await client.patch("/api/v1/me", json={"name": "Ada L.", "email": "Lovelace@Example.com"},
+                              headers=account.headers)
+    assert resp.status == 200
+    assert (await resp.json())["email"] == "lovelace@example.com"
+    me = await (await client.get("/api/v1/me", headers=account.headers)).json()
+    assert (me["name"], me["email"]) == ("Ada L.", "lovelace@example.com")
+
+    resp = await client.patch("/api/v1/me", json={"email": "GRACE@example.com"}, headers=account.headers)
+    await problem(resp, 409, "conflict")
+    assert (await (await client.get("/api/v1/me", headers=account.headers)).json())["email"] == "lovelace@example.com"
+    assert (await login(client, "lovelace@example.com")).status == 200
+    assert (await login(client, taken.email)).status == 200
+
+
+async def test_password_change_ends_other_sessions_and_keeps_this_one(client):
+    account = await register(client)
+    other = await (await login(client, account.email)).json()
+    resp = await client.post("/api/v1/me/password", headers=account.headers,
+                             json={"current_password": "wrong password", "new_password": "a new password"})
+    await problem(resp, 403, "forbidden")
+    resp = await client.post("/api/v1/me/password", headers=account.headers,
+                             json={"current_password": PASSWORD, "new_password": "short"})
+    body = await problem(resp, 422, "validation")
+    assert body["errors"][0]["field"] == "new_password"
+    assert await me_status(client, other["access_token"]) == 200  # nothing changed yet
+
+    resp = await client.post("/api/v1/me/password", headers=account.headers,
+                             json={"current_password": PASSWORD, "new_password": "a new password"})
+    assert resp.status == 204
+    assert await me_status(client, other["access_token"]) == 401
+    await problem(await refresh(client, other["refresh_token"]), 401, "unauthenticated")
+    assert await me_status(client, account.access_token) == 200
+    assert (await refresh(client, account.refresh_token)).status == 200
+    await problem(await login(client, account.email), 401, "unauthenticated")
+    assert (await login(client, account.email, "a new password")).status == 200
+
+
+# -- personal access tokens ---------------------------------------------------------------------
+async def create_pat(client, account, **body):
+    resp = await client.post("/api/v1/me/tokens", headers=account.headers, json={"name": "script", **body})
+    assert resp.status == 201, await resp.text()
+    return await resp.json()
+
+
+async def test_pat_is_shown_once_and_stored_only_as_its_hash(client, settings):
+    account = await register(client)
+    created = await create_pat(client, account)
+    token = created["token"]
+    assert token.startswith("mds_") and len(token) > 30
+    assert created["scopes"] == ["read", "write"]
+    assert token.startswith(created["prefix"])
+    assert await me_status(client, token) == 200
+
+    listing = await (await client.get("/api/v1/me/tokens", headers=account.headers)).json()
+    assert [t["id"] for t in listing["items"]] == [created["id"]]
+    assert "token" not in listing["items"][0]
+    assert token not in json.dumps(listing)
+
+    stored = await client.app[DB].value("SELECT token_hash FROM api_tokens WHERE id = ?", (created["id"],))
+    assert stored == hashlib.sha256(token.encode()).hexdigest()
+    await client.app[DB].write(lambda tx: None)  # let every queued write land
+    raw = b"".join(p.read_bytes() for p in settings.data_dir.iterdir() if p.name.startswith("mdsync.db"))
+    assert token.encode() not in raw
+    assert token[len(created["prefix"]):].encode() not in raw
+    assert account.refresh_token.encode() not in raw
+
+
+async def test_read_scope_pat_cannot_write(client):
+    account = await register(client)
+    token = (await create_pat(client, account, scopes=["read"]))["token"]
+    assert (await client.get("/api/v1/me", headers=bearer(token))).status == 200
+    assert (await client.get("/api/v1/me/tokens", headers=bearer(token))).status == 200
+    resp = await client.patch("/api/v1/me", headers=bearer(token), json={"name": "Mallory"})
+    await problem(resp, 403, "forbidden")
+    resp = await client.post("/api/v1/me/tokens", headers=bearer(token), json={"name": "escalate"})
+    await problem(resp, 403, "forbidden")
+    resp = await client.post("/api/v1/me/password", headers=bearer(token),
+                             json={"current_password": PASSWORD, "new_password": "another password"})
+    await problem(resp, 403, "forbidden")
+    assert (await (await client.get("/api/v1/me", headers=account.headers)).json())["name"] == "Test User"
+
+
+async def test_pat_expiry_and_delete(client):
+    account = await register(client)
+    expires = (clock.now() + timedelta(hours=1)).isoformat()
+    expiring = await create_pat(client, account, expires_at=expires)
+    lasting = await create_pat(client, account)
+    assert await me_status(client, expiring["token"]) == 200
+    clock.advance(3600 + 1)
+    account = await (await login(client, account.email)).json()  # the old access token expired too
+    assert await me_status(client, expiring["token"]) == 401
+    assert await me_status(client, lasting["token"]) == 200
+
+    resp = await client.delete(f"/api/v1/me/tokens/{lasting['id']}", headers=bearer(account["access_token"]))
+    assert resp.status == 204
+    assert await me_status(client, lasting["token"]) == 401
+    resp = await client.delete(f"/api/v1/me/tokens/{lasting['id']}", headers=bearer(account["access_token"]))
+    await problem(resp, 404, "not-found")
+
+
+async def test_pat_of_another_user_cannot_be_deleted(client):
+    owner = await register(client)
+    pat = await create_pat(client, owner)
+    stranger = await register(client)
+    await problem(await client.delete(f"/api/v1/me/tokens/{pat['id']}", headers=stranger.headers), 404, "not-found")
+    assert await me_status(client, pat["token"]) == 200
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"name": "x", "scopes": ["write"]}, "scopes"),
+    ({"name": "x", "scopes": ["admin"]}, "scopes.0"),
+    ({"name": "x", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+    ({"name": "x", "expires_at": "2099-01-01T00:00:00"}, "expires_at"),
+    ({"name": "   "}, "name"),
+])
+async def test_pat_bad_requests_name_the_field(client, body, field):
+    account = await register(client)
+    resp = await client.post("/api/v1/me/tokens", headers=account.headers, json=body)
+    problem_body = await problem(resp, 422, "validation")
+    assert field in [e["field"] for e in problem_body["errors"]]
+    assert (await (await client.get("/api/v1/me/tokens", headers=account.headers)).json())["items"] == []
+
+
+# -- first admin ---------------------------------------------------------------------------------
+async def test_setup_creates_the_first_admin_once(make_client):
+    client = await make_client(auth__registration="invite")
+    token = await client.app[AUTH].prepare_setup()  # what `mdsync serve` prints on a fresh server
+    assert token
+    payload = {"email": "root@example.com", "password": PASSWORD, "name": "Root"}
+    await problem(await client.post("/api/v1/auth/setup", json={**payload, "setup_token": "guess"}), 403, "forbidden")
+    resp = await client.post("/api/v1/auth/setup", json={**payload, "setup_token": token})
+    assert resp.status == 201
+    body = await resp.json()
+    assert body["user"]["is_admin"] is True
+    assert await me_status(client, body["access_token"]) == 200
+    resp = await client.post("/api/v1/auth/setup", json={**payload, "email": "two@example.com", "setup_token": token})
+    await problem(resp, 409, "conflict")
+    assert await client.app[DB].value("SELECT count(*) FROM users") == 1
+    assert "admin.setup" in await audit_actions(client)
+
+
+async def test_setup_is_a_conflict_once_users_exist(client):
+    await register(client)
+    assert await client.app[AUTH].prepare_setup() is None
+    resp = await client.post("/api/v1/auth/setup", json={"setup_token": "anything", "email": "r@example.com",
+                                                         "password": PASSWORD, "name": "R"})
+    await problem(resp, 409, "conflict")
+
+
+# -- forged, stale and misused tokens ------------------------------------------------------------
+def _b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+async def test_forged_and_stale_tokens_are_401(client, settings):
+    account = await register(client)
+    token = account.access_token
+    claims = jwt.decode(token, options={"verify_signature": False})
+    header, payload, signature = token.split(".")
+    tampered_sig = f"{header}.{payload}.{signature[:-2]}{'A' if signature[-2] != 'A' else 'B'}{signature[-1]}"
+    tampered_claims = f"{header}.{_b64({**claims, 'sub': 'someone-else'})}.{signature}"
+    alg_none = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{payload}."
+    other_secret = jwt.encode(claims, "another server's secret, long enough for HS256", algorithm="HS256")
+    real_key = client.app[AUTH].access._key  # noqa: SLF001 — sign exactly as the server would, but with typ=refresh
+    wrong_type = jwt.encode({**claims, "typ": "refresh"}, real_key, algorithm="HS256")
+    no_type = jwt.encode({k: v for k, v in claims.items() if k != "typ"}, real_key, algorithm="HS256")
+    hs512 = jwt.encode(claims, real_key * 2, algorithm="HS512")
+    secret_file = (settings.data_dir / "secret").read_text().strip()
+    raw_secret = jwt.encode(claims, secret_file, algorithm="HS256")  # the file's secret is not the key itself
+
+    for bad in (tampered_sig, tampered_claims, alg_none, other_secret, wrong_type, no_type, hs512, raw_secret,
+                account.refresh_token, "garbage", "a.b.c"):
+        resp = await client.get("/api/v1/me", headers=bearer(bad))
+        await problem(resp, 401, "unauthenticated")
+    for header_value in ("", "Basic dXNlcjpwYXNz", "Bearer", "Bearer ", f"Token {token}"):
+        resp = await client.get("/api/v1/me", headers={"Authorization": header_value} if header_value else {})
+        await problem(resp, 401, "unauthenticated")
+    assert await me_status(client, token) == 200
+
+    clock.advance(900 + 1)
+    await problem(await client.get("/api/v1/me", headers=account.headers), 401, "unauthenticated")
+    # the refresh token still works after the access token expired
+    assert (await refresh(client, account.refresh_token)).status == 200
+
+
+async def test_refresh_endpoint_refuses_an_access_token(client):
+    account = await register(client)
+    await problem(await refresh(client, account.access_token), 401, "unauthenticated")
+    assert await me_status(client, account.access_token) == 200
+
+
+# -- disabled users (admin CLI on the data dir of the running server) ----------------------------
+async def cli(settings, *args: str, stdin: str | None = None) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "mdsync", *args, "--data-dir", str(settings.data_dir),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=subprocess_env(settings.data_dir), cwd=ROOT)
+    out, _ = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 60)
+    return proc.returncode, out.decode()
+
+
+async def test_disabled_user_is_locked_out_at_once(client, settings):
+    account = await register(client)
+    pat = await create_pat(client, account)
+    code, out = await cli(settings, "users", "disable", account.email)
+    assert code == 0, out
+    assert await me_status(client, account.access_token) == 401
+    assert await me_status(client, pat["token"]) == 401
+    await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")
+    await problem(await login(client, account.email), 401, "unauthenticated")
+
+    code, out = await cli(settings, "users", "enable", account.email)
+    assert code == 0, out
+    assert (await login(client, account.email)).status == 200
+    assert await me_status(client, pat["token"]) == 200
+    # the sessions that the disable ended stay ended
+    assert await me_status(client, account.access_token) == 401
+
+
+async def test_user_created_by_cli_can_sign_in_at_once(client, settings):
+    code, out = await cli(settings, "users", "create", "cli@example.com", "--name", "From CLI",
+                          "--password-stdin", stdin=PASSWORD + "\n")
+    assert code == 0, out
+    resp = await login(client, "cli@example.com")
+    assert resp.status == 200
+    assert (await resp.json())["user"]["name"] == "From CLI"
+
+
+# -- throttling ------------------------------------------------------------------------------------
+async def test_failed_logins_lock_the_account_for_a_while(client):
+    account = await register(client)
+    bystander = await register(client)
+    for _ in range(5):
+        await problem(await login(client, account.email, "wrong password!"), 401, "unauthenticated")
+    resp = await login(client, account.email)  # even the right password waits now
+    await problem(resp, 429, "rate-limited")
+    retry_after = int(resp.headers["Retry-After"])
+    assert 0 < retry_after <= 15 * 60
+    assert (await login(client, bystander.email)).status == 200
+    clock.advance(15 * 60 + 1)
+    assert (await login(client, account.email)).status == 200
+
+
+async def test_successful_login_resets_the_failure_count(client):
+    account = await register(client)
+    for _ in range(4):
+        await login(client, account.email, "wrong password!")
+    assert (await login(client, account.email)).status == 200
+    for _ in range(4):
+        await login(client, account.email, "wrong password!")
+    assert (await login(client, account.email)).status == 200
+
+
+async def test_one_address_is_throttled_across_accounts(make_client):
+    client = await make_client(auth__login_attempts_per_address=3)
+    for n in range(3):
+        await problem(await login(client, f"nobody{n}@example.com"), 401, "unauthenticated")
+    resp = await login(client, "nobody9@example.com")
+    await problem(resp, 429, "rate-limited")
+    assert 0 < int(resp.headers["Retry-After"]) <= 60
+    # another client address (through the trusted local proxy) is not held back
+    resp = await client.post("/api/v1/auth/login", headers={"X-Forwarded-For": "203.0.113.7"},
+                             json={"email": "nobody@example.com", "password": PASSWORD})
+    await problem(resp, 401, "unauthenticated")
+    clock.advance(61)
+    await problem(await login(client, "nobody@example.com"), 401, "unauthenticated")
+
+
+async def test_registration_and_refresh_are_throttled_per_address(make_client):
+    client = await make_client(auth__register_attempts_per_address=2, auth__refresh_attempts_per_address=2)
+    account = await register(client)
+    await register(client)
+    resp = await client.post("/api/v1/auth/register",
+                             json={"email": "third@example.com", "password": PASSWORD, "name": "T"})
+    await problem(resp, 429, "rate-limited")
+    assert "Retry-After" in resp.headers
+    token = account.refresh_token
+    for _ in range(2):
+        resp = await refresh(client, token)
+        assert resp.status == 200
+        token = (await resp.json())["refresh_token"]
+    resp = await refresh(client, token)
+    await problem(resp, 429, "rate-limited")
+    assert "Retry-After" in resp.headers
+    clock.advance(61)
+    assert (await refresh(client, token)).status == 200  # throttled, not spent
+
+
+# -- audit ---------------------------------------------------------------------------------------
+async def test_audit_log_records_sign_ins_tokens_and_passwords(client):
+    account = await register(client)
+    await login(client, account.email)
+    await login(client, account.email, "wrong password!")
+    await login(client, "ghost@example.com", "wrong password!")
+    pat = await create_pat(client, account)
+    await client.post("/api/v1/me/password", headers=account.headers,
+                      json={"current_password": PASSWORD, "new_password": "a new password"})
+    rows = await client.app[DB].all("SELECT action, actor_id, target_id, ip, detail FROM audit_log ORDER BY id")
+    actions = [row["action"] for row in rows]
+    for expected in ("user.register", "login", "login.failed", "token.create", "user.password_change"):
+        assert expected in actions
+    failed = [row for row in rows if row["action"] == "login.failed"]
+    assert [row["actor_id"] for row in failed] == [account.id, None]
+    assert all(row["ip"] == "127.0.0.1" for row in failed)
+    created = next(row for row in rows if row["action"] == "token.create")
+    assert created["target_id"] == pat["id"]
+    assert all(pat["token"] not in (row["detail"] or "") for row in rows)
+    assert all(PASSWORD not in (row["detail"] or "") for row in rows)
