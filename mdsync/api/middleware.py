@@ -32,6 +32,28 @@ def problem_response(error: errors.ApiError, request_id: str | None = None) -> w
     return resp
 
 
+def _from_http_exception(exc: web.HTTPException) -> errors.ApiError:
+    """aiohttp's own 4xx/5xx (no route, wrong method, body over client_max_size, ...) as a problem."""
+    cls = errors.BY_STATUS.get(exc.status)
+    if exc.status == 404:
+        detail = "no such resource"
+    elif exc.status == 413:
+        detail = "the request body is too large"
+    elif exc.text and not exc.text.startswith(str(exc.status)):
+        detail = exc.text
+    else:
+        detail = exc.reason
+    # a plain ApiError dressed as the class of this status: their constructors differ
+    error = errors.ApiError(detail)
+    error.status = exc.status
+    error.slug = cls.slug if cls else "http-error"
+    error.title = cls.title if cls else exc.reason
+    for name in ("Allow", "Retry-After"):
+        if name in exc.headers:
+            error.headers[name] = exc.headers[name]
+    return error
+
+
 def build(cors_origins: list[str], hsts: bool):
     origins = frozenset(cors_origins)
 
@@ -86,20 +108,7 @@ def build(cors_origins: list[str], hsts: bool):
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            cls = errors.BY_STATUS.get(exc.status)
-            if cls is None:
-                error = errors.ApiError(exc.reason)
-                error.status, error.slug, error.title = exc.status, "http-error", exc.reason
-            elif exc.status == 404:
-                error = cls("no such resource")
-            elif exc.status == 413:
-                error = cls("the request body is too large")
-            else:
-                error = cls(exc.text if exc.text and not exc.text.startswith(str(exc.status)) else None)
-            for name in ("Allow", "Retry-After"):
-                if name in exc.headers:
-                    error.headers[name] = exc.headers[name]
-            return problem_response(error, request.get(REQUEST_ID))
+            return problem_response(_from_http_exception(exc), request.get(REQUEST_ID))
         except ConnectionResetError as exc:
             # the client went away mid-request: nothing to answer
             log.info("connection lost during %s %s: %s", request.method, request.path, exc.__class__.__name__)

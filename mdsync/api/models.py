@@ -43,7 +43,8 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 
 
 def _email(value: str) -> str:
-    value = value.strip()
+    # one spelling per address: "é" typed precomposed or as e + combining accent is one account
+    value = unicodedata.normalize("NFC", value.strip())
     if len(value) > 320:
         raise ValueError("is longer than 320 characters")
     local, sep, domain = value.rpartition("@")
