@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from mdsync.api import middleware
@@ -11,7 +13,15 @@ from mdsync.auth import routes as auth_routes
 from mdsync.auth.service import AuthService
 from mdsync.config import Settings, ensure_secret
 from mdsync.db import Database
+from mdsync.documents import content_routes
+from mdsync.documents import routes as document_routes
+from mdsync.documents.content import CONTENT, TextContent
+from mdsync.documents.service import DOCUMENTS, Documents
+from mdsync.documents.sharing import SHARING, Sharing
 from mdsync.ops import health
+from mdsync.workspaces import routes as workspace_routes
+from mdsync.workspaces.invitations import Invitations, registration_hook
+from mdsync.workspaces.service import WORKSPACES, WorkspaceService
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -28,8 +38,16 @@ def create_app(settings: Settings) -> web.Application:
     auth = AuthService(db, settings, ensure_secret(settings))
     app[auth_routes.AUTH] = auth
     app[AUTHENTICATOR] = auth
+    workspaces = WorkspaceService(db, settings.workspaces.purge_grace_seconds)
+    app[WORKSPACES] = workspaces
+    app[workspace_routes.INVITATIONS] = Invitations(db, workspaces, settings.public_url)
+    auth.accept_invitation = registration_hook
+    app[CONTENT] = TextContent(db)  # the collaboration feature replaces it with its Yjs backend
+    app[DOCUMENTS] = Documents(app, db)
+    app[SHARING] = Sharing(app, db, settings.public_url)
 
-    tables = [health.routes, auth_routes.routes]
+    tables = [health.routes, auth_routes.routes,
+              workspace_routes.routes, document_routes.routes, content_routes.routes]
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables
@@ -41,4 +59,11 @@ def create_app(settings: Settings) -> web.Application:
         auth.close()
 
     app.cleanup_ctx.append(database)
+
+    async def workspace_purger(app: web.Application):
+        task = asyncio.create_task(workspaces.run_purger(settings.workspaces.purge_interval))
+        yield
+        task.cancel()
+
+    app.cleanup_ctx.append(workspace_purger)
     return app

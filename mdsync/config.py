@@ -109,6 +109,11 @@ class LogSettings(Section):
     format: Literal["json", "text"] = "json"
 
 
+class WorkspacesSettings(Section):
+    purge_grace_seconds: int = Field(30 * 24 * 3600, ge=0)
+    purge_interval: float = Field(3600.0, gt=0)
+
+
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -119,6 +124,7 @@ class Settings(Section):
     ai: AISettings = AISettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    workspaces: WorkspacesSettings = WorkspacesSettings()
 
     @property
     def data_dir(self) -> Path:

@@ -14,6 +14,7 @@ their access (`access.recheck`) and close or downgrade.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -50,6 +51,15 @@ def workspace_json(row, role: str | None = None) -> dict:
         out["deleted_at"] = row["deleted_at"]
         out["purge_after"] = row["purge_after"]
     return out
+
+
+def keyset(after: Any, size: int = 2) -> tuple[str, ...]:
+    """The decoded `?cursor=` of a list sorted by text keys (…, id); empty strings for page one."""
+    if after is None:
+        return ("",) * size
+    if not (isinstance(after, list) and len(after) == size and all(isinstance(v, str) for v in after)):
+        raise ValidationFailed.field("cursor", "is not a cursor this server issued")
+    return tuple(after)
 
 
 def _slugify(name: str) -> str:
@@ -176,7 +186,7 @@ class WorkspaceService:
 
     async def list_mine(self, user_id: str, after, limit: int) -> list[Any]:
         # sorted by (name, id); `after` is the last (name, id) served
-        name, last_id = after if after else ("", "")
+        name, last_id = keyset(after)
         return await self.db.all(
             "SELECT w.*, m.role FROM members m JOIN workspaces w ON w.id = m.workspace_id"
             " WHERE m.user_id = ? AND w.deleted_at IS NULL AND (w.name, w.id) > (?, ?)"
@@ -249,17 +259,26 @@ class WorkspaceService:
 
         return await self.db.write(purge)
 
+    async def run_purger(self, interval: float) -> None:
+        """Purge expired workspaces now and every `interval` seconds (a task the app runs)."""
+        while True:
+            try:
+                await self.purge_expired()
+            except Exception:
+                log.exception("purging deleted workspaces failed")
+            await asyncio.sleep(interval)
+
     # -- members ---------------------------------------------------------------------------
     async def members(self, workspace_id: str, after, limit: int) -> list[Any]:
-        joined, last_id = after if after else ("", "")
+        joined, last_id = keyset(after)
         return await self.db.all(
-            "SELECT m.user_id, u.name, u.email, m.role, m.created_at FROM members m JOIN users u ON u.id = m.user_id"
+            "SELECT m.user_id, u.name, u.email, m.role, m.created_at AS joined_at FROM members m JOIN users u ON u.id = m.user_id"
             " WHERE m.workspace_id = ? AND (m.created_at, m.user_id) > (?, ?)"
             " ORDER BY m.created_at, m.user_id LIMIT ?", (workspace_id, joined, last_id, limit))
 
     async def member(self, workspace_id: str, user_id: str) -> Any:
         return await self.db.one(
-            "SELECT m.user_id, u.name, u.email, m.role, m.created_at FROM members m JOIN users u ON u.id = m.user_id"
+            "SELECT m.user_id, u.name, u.email, m.role, m.created_at AS joined_at FROM members m JOIN users u ON u.id = m.user_id"
             " WHERE m.workspace_id = ? AND m.user_id = ?", (workspace_id, user_id))
 
     def _may_manage(self, access: Access, target_role: str, new_role: str | None = None) -> None:

@@ -1,0 +1,297 @@
+"""Folders and documents: create, rename, move, reorder, the tree, the trash.
+
+Deleting a folder moves it, every folder below it and every document in them to the trash;
+restoring a document also brings back the trashed folders above it, so it lands where it was.
+Purging removes the document row (features keyed on documents cascade). Every change writes
+its change-feed row in its own transaction: folders `upsert`/`delete`, documents `upsert`
+(also for trash and restore, with `deleted_at` set or cleared) and `delete` on purge.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC
+from typing import Any
+
+from aiohttp import web
+
+from mdsync import audit, clock
+from mdsync.api.errors import Conflict, NotFound, TooLarge, ValidationFailed
+from mdsync.appkeys import SETTINGS
+from mdsync.db import Database, Tx
+from mdsync.documents.content import CONTENT, etag_of
+from mdsync.sync import changes
+from mdsync.workspaces.access import DOC_COLUMNS, Access
+from mdsync.workspaces.service import WORKSPACES, keyset, new_id
+
+DOC_FIELDS = DOC_COLUMNS.replace("d.", "")
+UNSET: Any = object()  # a PATCH field that was not sent (None means "set to null")
+
+
+def folder_json(row) -> dict:
+    return {"id": row["id"], "workspace_id": row["workspace_id"], "parent_id": row["parent_id"], "name": row["name"],
+            "position": row["position"], "created_at": row["created_at"], "updated_at": row["updated_at"],
+            "deleted_at": row["deleted_at"]}
+
+
+def _fill_template(markdown: str, title: str, author: str) -> str:
+    today = clock.now().astimezone(UTC).strftime("%Y-%m-%d")
+    return markdown.replace("{{title}}", title).replace("{{date}}", today).replace("{{author}}", author)
+
+
+class Documents:
+    def __init__(self, app: web.Application, db: Database):
+        self.app = app
+        self.db = db
+        # fn(tx, document_id) run inside the purge transaction before the document row goes
+        self.purge_hooks: list[Callable[[Tx, str], Any]] = []
+
+    def _notify(self, tx: Tx, workspace_id: str, document_id: str | None) -> None:
+        self.app[WORKSPACES].access_changed(tx, workspace_id, None, document_id)
+
+    def document_json(self, row) -> dict:
+        return {"id": row["id"], "workspace_id": row["workspace_id"], "folder_id": row["folder_id"],
+                "title": row["title"], "kind": row["kind"], "content_model": row["content_model"],
+                "position": row["position"], "created_by": row["created_by"], "created_at": row["created_at"],
+                "updated_at": row["updated_at"], "deleted_at": row["deleted_at"], "size": row["size"],
+                "etag": etag_of(self.app[CONTENT], row)}
+
+    # -- shared checks (inside a Tx) -------------------------------------------------------
+    @staticmethod
+    def _live_folder(tx: Tx, workspace_id: str, folder_id: str, field: str) -> Any:
+        row = tx.one("SELECT id, parent_id FROM folders WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL",
+                     (folder_id, workspace_id))
+        if row is None:
+            raise ValidationFailed.field(field, "no such folder in this workspace")
+        return row
+
+    @staticmethod
+    def _next_position(tx: Tx, table: str, column: str, workspace_id: str, parent: str | None) -> float:
+        # table/column come from the two call sites below, never from input
+        value = tx.value(f"SELECT max(position) FROM {table} WHERE workspace_id = ? AND {column} IS ?"
+                         " AND deleted_at IS NULL", (workspace_id, parent))
+        return 0.0 if value is None else float(value) + 1
+
+    # -- folders ---------------------------------------------------------------------------
+    async def create_folder(self, access: Access, name: str, parent_id: str | None, position: float | None) -> dict:
+        ws = access.workspace_id
+
+        def create(tx: Tx):
+            if parent_id is not None:
+                self._live_folder(tx, ws, parent_id, "parent_id")
+            pos = position if position is not None else self._next_position(tx, "folders", "parent_id", ws, parent_id)
+            folder_id, now = new_id(), clock.iso()
+            tx.execute("INSERT INTO folders (id, workspace_id, parent_id, name, position, created_by, created_at, updated_at)"
+                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (folder_id, ws, parent_id, name, pos, access.user_id, now, now))
+            changes.record(tx, ws, "folder", folder_id, "upsert")
+            return tx.one("SELECT * FROM folders WHERE id = ?", (folder_id,))
+
+        return folder_json(await self.db.write(create))
+
+    async def update_folder(self, access: Access, folder_id: str, name: str | None, parent_id: Any,
+                            position: float | None) -> dict:
+        ws = access.workspace_id
+
+        def update(tx: Tx):
+            row = tx.one("SELECT * FROM folders WHERE id = ? AND workspace_id = ?", (folder_id, ws))
+            if row is None or row["deleted_at"]:
+                raise NotFound("no such folder")
+            new_parent, new_position = row["parent_id"], position
+            if parent_id is not UNSET and parent_id != row["parent_id"]:
+                new_parent = parent_id
+                if parent_id is not None:
+                    self._live_folder(tx, ws, parent_id, "parent_id")
+                    if self._is_within(tx, parent_id, folder_id):
+                        raise Conflict("a folder cannot move under itself or below itself")
+                if new_position is None:
+                    new_position = self._next_position(tx, "folders", "parent_id", ws, parent_id)
+            tx.execute("UPDATE folders SET name = ?, parent_id = ?, position = ?, updated_at = ? WHERE id = ?",
+                       (name if name is not None else row["name"], new_parent,
+                        new_position if new_position is not None else row["position"], clock.iso(), folder_id))
+            changes.record(tx, ws, "folder", folder_id, "upsert")
+            return tx.one("SELECT * FROM folders WHERE id = ?", (folder_id,))
+
+        return folder_json(await self.db.write(update))
+
+    @staticmethod
+    def _is_within(tx: Tx, candidate: str, ancestor: str) -> bool:
+        """Is `candidate` the folder `ancestor` or anywhere below it?"""
+        return bool(tx.value(
+            "WITH RECURSIVE up(id, parent_id) AS (SELECT id, parent_id FROM folders WHERE id = ?"
+            " UNION SELECT f.id, f.parent_id FROM folders f JOIN up ON f.id = up.parent_id)"
+            " SELECT 1 FROM up WHERE id = ?", (candidate, ancestor)))
+
+    async def delete_folder(self, access: Access, folder_id: str) -> None:
+        ws = access.workspace_id
+
+        def delete(tx: Tx):
+            subtree = [r["id"] for r in tx.all(
+                "WITH RECURSIVE down(id) AS (SELECT id FROM folders WHERE id = ? AND workspace_id = ? AND deleted_at IS NULL"
+                " UNION SELECT f.id FROM folders f JOIN down ON f.parent_id = down.id WHERE f.deleted_at IS NULL)"
+                " SELECT id FROM down", (folder_id, ws))]
+            if not subtree:
+                raise NotFound("no such folder")
+            now = clock.iso()
+            marks = ",".join("?" * len(subtree))
+            docs = [r["id"] for r in tx.all(
+                f"SELECT id FROM documents WHERE folder_id IN ({marks}) AND deleted_at IS NULL", subtree)]
+            tx.execute(f"UPDATE folders SET deleted_at = ?, updated_at = ? WHERE id IN ({marks})", (now, now, *subtree))
+            if docs:
+                dmarks = ",".join("?" * len(docs))
+                tx.execute(f"UPDATE documents SET deleted_at = ?, updated_at = ? WHERE id IN ({dmarks})", (now, now, *docs))
+            for doc_id in docs:
+                changes.record(tx, ws, "document", doc_id, "upsert")
+                self._notify(tx, ws, doc_id)
+            for fid in subtree:
+                changes.record(tx, ws, "folder", fid, "delete")
+            audit.record(tx, "folder.delete", actor_id=access.user_id, target_type="folder", target_id=folder_id,
+                         workspace_id=ws, detail={"folders": len(subtree), "documents": len(docs)})
+
+        await self.db.write(delete)
+
+    # -- documents -------------------------------------------------------------------------
+    async def create_document(self, access: Access, author_name: str, title: str, folder_id: str | None,
+                              kind: str, content_model: str, markdown: str | None, template_id: str | None) -> dict:
+        ws = access.workspace_id
+        if template_id is not None:
+            template = await self.db.one(f"SELECT {DOC_FIELDS} FROM documents WHERE id = ? AND workspace_id = ?"
+                                         " AND deleted_at IS NULL", (template_id, ws))
+            if template is None:
+                raise ValidationFailed.field("template_id", "no such document in this workspace")
+            source, _ = await self.app[CONTENT].read(template)
+            markdown = _fill_template(source, title, author_name)
+        markdown = markdown or ""
+        limit = self.app[SETTINGS].limits.max_document_bytes
+        size = len(markdown.encode("utf-8"))
+        if size > limit:
+            raise TooLarge(f"the markdown is larger than {limit} bytes")
+
+        def create(tx: Tx):
+            if folder_id is not None:
+                self._live_folder(tx, ws, folder_id, "folder_id")
+            pos = self._next_position(tx, "documents", "folder_id", ws, folder_id)
+            doc_id, now = new_id(), clock.iso()
+            tx.execute("INSERT INTO documents (id, workspace_id, folder_id, title, kind, content_model, markdown, size,"
+                       " position, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (doc_id, ws, folder_id, title, kind, content_model, markdown, size, pos, access.user_id, now, now))
+            changes.record(tx, ws, "document", doc_id, "upsert")
+            return tx.one(f"SELECT {DOC_FIELDS} FROM documents WHERE id = ?", (doc_id,))
+
+        return self.document_json(await self.db.write(create))
+
+    async def list_documents(self, workspace_id: str, after, limit: int, kind: str | None,
+                             folder_id: str | None) -> list[Any]:
+        created, last_id = keyset(after)
+        return await self.db.all(
+            f"SELECT {DOC_FIELDS} FROM documents WHERE workspace_id = ? AND deleted_at IS NULL"
+            " AND (? IS NULL OR kind = ?) AND (? IS NULL OR folder_id = ?) AND (created_at, id) > (?, ?)"
+            " ORDER BY created_at, id LIMIT ?", (workspace_id, kind, kind, folder_id, folder_id, created, last_id, limit))
+
+    async def list_trash(self, workspace_id: str, after, limit: int) -> list[Any]:
+        deleted, last_id = keyset(after)
+        return await self.db.all(
+            f"SELECT {DOC_FIELDS} FROM documents WHERE workspace_id = ? AND deleted_at IS NOT NULL"
+            " AND (deleted_at, id) > (?, ?) ORDER BY deleted_at, id LIMIT ?", (workspace_id, deleted, last_id, limit))
+
+    async def update_document(self, access: Access, title: str | None, folder_id: Any, position: float | None,
+                              kind: str | None) -> dict:
+        ws, doc_id = access.workspace_id, access.document_id
+
+        def update(tx: Tx):
+            row = tx.one("SELECT folder_id, deleted_at FROM documents WHERE id = ?", (doc_id,))
+            if row is None or row["deleted_at"]:
+                raise NotFound("no such document")
+            sets: dict[str, Any] = {}
+            if title is not None:
+                sets["title"] = title
+            if kind is not None:
+                sets["kind"] = kind
+            if folder_id is not UNSET and folder_id != row["folder_id"]:
+                if folder_id is not None:
+                    self._live_folder(tx, ws, folder_id, "folder_id")
+                sets["folder_id"] = folder_id
+                if position is None:
+                    sets["position"] = self._next_position(tx, "documents", "folder_id", ws, folder_id)
+            if position is not None:
+                sets["position"] = position
+            sets["updated_at"] = clock.iso()
+            assignments = ", ".join(f"{column} = ?" for column in sets)  # columns named above, not input
+            tx.execute(f"UPDATE documents SET {assignments} WHERE id = ?", (*sets.values(), doc_id))
+            changes.record(tx, ws, "document", doc_id, "upsert")
+            return tx.one(f"SELECT {DOC_FIELDS} FROM documents WHERE id = ?", (doc_id,))
+
+        return self.document_json(await self.db.write(update))
+
+    async def trash(self, access: Access) -> None:
+        ws, doc_id = access.workspace_id, access.document_id
+
+        def trash(tx: Tx):
+            now = clock.iso()
+            done = tx.execute("UPDATE documents SET deleted_at = ?, updated_at = ? WHERE id = ? AND deleted_at IS NULL",
+                              (now, now, doc_id)).rowcount
+            if not done:
+                raise NotFound("no such document")
+            changes.record(tx, ws, "document", doc_id, "upsert")
+            audit.record(tx, "document.trash", actor_id=access.user_id, target_type="document", target_id=doc_id,
+                         workspace_id=ws)
+            self._notify(tx, ws, doc_id)
+
+        await self.db.write(trash)
+
+    async def restore(self, access: Access) -> dict:
+        ws, doc_id = access.workspace_id, access.document_id
+
+        def restore(tx: Tx):
+            row = tx.one("SELECT folder_id, deleted_at FROM documents WHERE id = ?", (doc_id,))
+            if row is None:
+                raise NotFound("no such document")
+            if row["deleted_at"] is not None:
+                now = clock.iso()
+                # bring back the trashed folders above it, so the document returns to its place
+                trashed_above = tx.all(
+                    "WITH RECURSIVE up(id, parent_id, deleted_at) AS ("
+                    " SELECT id, parent_id, deleted_at FROM folders WHERE id = ?"
+                    " UNION SELECT f.id, f.parent_id, f.deleted_at FROM folders f JOIN up ON f.id = up.parent_id)"
+                    " SELECT id FROM up WHERE deleted_at IS NOT NULL", (row["folder_id"],))
+                for folder in trashed_above:
+                    tx.execute("UPDATE folders SET deleted_at = NULL, updated_at = ? WHERE id = ?", (now, folder["id"]))
+                    changes.record(tx, ws, "folder", folder["id"], "upsert")
+                tx.execute("UPDATE documents SET deleted_at = NULL, updated_at = ? WHERE id = ?", (now, doc_id))
+                changes.record(tx, ws, "document", doc_id, "upsert")
+                audit.record(tx, "document.restore", actor_id=access.user_id, target_type="document",
+                             target_id=doc_id, workspace_id=ws)
+            return tx.one(f"SELECT {DOC_FIELDS} FROM documents WHERE id = ?", (doc_id,))
+
+        return self.document_json(await self.db.write(restore))
+
+    async def purge(self, access: Access) -> None:
+        ws, doc_id = access.workspace_id, access.document_id
+
+        def purge(tx: Tx):
+            for hook in self.purge_hooks:
+                hook(tx, doc_id)
+            if not tx.execute("DELETE FROM documents WHERE id = ?", (doc_id,)).rowcount:
+                raise NotFound("no such document")
+            changes.record(tx, ws, "document", doc_id, "delete")
+            audit.record(tx, "document.purge", actor_id=access.user_id, target_type="document", target_id=doc_id,
+                         workspace_id=ws)
+            self._notify(tx, ws, doc_id)
+
+        await self.db.write(purge)
+
+    # -- the tree --------------------------------------------------------------------------
+    async def tree_json(self, workspace_id: str) -> str:
+        """The whole tree as one JSON text, built by SQLite (10 000 documents in a few ms)."""
+        folders = await self.db.value(
+            "SELECT json_group_array(json(obj)) FROM (SELECT json_object('id', id, 'name', name, 'parent_id', parent_id,"
+            " 'position', position, 'updated_at', updated_at) AS obj FROM folders"
+            " WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY parent_id, position, name)", (workspace_id,))
+        documents = await self.db.value(
+            "SELECT json_group_array(json(obj)) FROM (SELECT json_object('id', id, 'title', title, 'folder_id', folder_id,"
+            " 'position', position, 'kind', kind, 'updated_at', updated_at) AS obj FROM documents"
+            " WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY folder_id, position, title)", (workspace_id,))
+        return f'{{"workspace_id":{json.dumps(workspace_id)},"folders":{folders},"documents":{documents}}}'
+
+
+DOCUMENTS: web.AppKey[Documents] = web.AppKey("documents", Documents)
