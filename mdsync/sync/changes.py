@@ -1,11 +1,13 @@
 """Writing the change feed. Every feature calls `record(tx, ...)` inside the transaction that
 makes the change, so the feed is never rebuilt from guesses. Readers waiting on the feed are
-woken after the commit."""
+woken after the commit (`mdsync/sync/feed.py` reads it)."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
-from typing import Literal
+from functools import partial
+from typing import Literal, NamedTuple
 
 from mdsync import clock
 from mdsync.db import Tx
@@ -13,19 +15,50 @@ from mdsync.db import Tx
 Entity = Literal["document", "folder", "comment", "attachment", "member", "workspace", "version"]
 Op = Literal["upsert", "delete"]
 
-# Wake-up callbacks of the feeds served in this process (one per app), called after a commit
-# that wrote changes. Each app's feed registers at startup and unregisters at cleanup.
-listeners: set[Callable[[], None]] = set()
+
+class Wake(NamedTuple):
+    """What a committed change tells the waiting readers: enough to decide who should look again
+    without a query of their own."""
+
+    database: str    # the database file (several apps, each with its own, can share a process)
+    seq: int
+    workspace_id: str
+    entity: str
+    entity_id: str
+    user_id: str | None
 
 
-def _wake() -> None:
+# Wake-up callbacks of the feeds served in this process (one per app), called on the event loop
+# with one `Wake` per committed change. Each app's feed registers at startup and unregisters at
+# cleanup. A change rolled back with its job never calls them.
+listeners: set[Callable[[Wake], None]] = set()
+
+
+# writer connections -> their database file, asked once per connection. Connections cannot be
+# weakly referenced: the few most recent are held (the entry keeps its id from being reused).
+_files: dict[int, tuple[sqlite3.Connection, str]] = {}
+_FILES_KEPT = 32
+
+
+def database_file(conn: sqlite3.Connection) -> str:
+    """The main database file of `conn`, as SQLite names it (the feed compares the same string)."""
+    entry = _files.get(id(conn))
+    if entry is None or entry[0] is not conn:
+        name = next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
+        if len(_files) >= _FILES_KEPT:
+            _files.pop(next(iter(_files)))
+        entry = _files[id(conn)] = (conn, name)
+    return entry[1]
+
+
+def _wake(change: Wake) -> None:
     for listener in list(listeners):
-        listener()
+        listener(change)
 
 
 def record(tx: Tx, workspace_id: str, entity: Entity, entity_id: str, op: Op, *,
            user_id: str | None = None) -> None:
     """Add one change. `user_id`: only that user sees it (None: every member of the workspace)."""
-    tx.execute("INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)",
-               (workspace_id, entity, entity_id, op, clock.iso(), user_id))
-    tx.after_commit(_wake)
+    seq = tx.execute("INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)",
+                     (workspace_id, entity, entity_id, op, clock.iso(), user_id)).lastrowid
+    tx.after_commit(partial(_wake, Wake(database_file(tx.conn), seq, workspace_id, entity, entity_id, user_id)))

@@ -1,0 +1,342 @@
+"""The change feed, read side: which changes a caller sees, the cursor, and waiting for new ones.
+
+Visibility: a caller sees the changes of the workspaces they are a member of *now* (rows with
+`user_id` NULL) plus the rows addressed to them (`user_id` = theirs) — so a removed member gets
+the one `workspace delete` addressed to them and nothing of that workspace after it.
+
+Cursor: a position in the global `seq` order, opaque to clients. A page holds the visible changes
+with `since < seq <= head`, where `head` is the newest seq when the page was read; a page that is
+not full advances the cursor to `head`, past rows the caller cannot see, so idle clients never
+rescan them. The single writer assigns `seq` in commit order, so a reader never sees a seq while
+a smaller one is still uncommitted: pages never skip or repeat a change.
+
+Waiting: no reader polls the database. `changes.record` wakes this feed after every commit
+(`Feed.on_commit`); the wake-ups of one commit batch are folded into one pass that skips when the
+head did not move, and wakes only the waiters the new changes may concern (their workspaces,
+rows addressed to them, and the user a `member` change is about: a join gives them a workspace
+they did not have). Each woken waiter re-reads once, however many commits arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import heapq
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from mdsync.api.errors import ValidationFailed
+from mdsync.db import Database
+from mdsync.sync.changes import Wake
+
+log = logging.getLogger("mdsync.sync")
+
+MAX_WAIT = 60.0        # seconds a long-poll may wait (API.md Sync)
+HEARTBEAT = 15.0       # seconds between SSE comments on a quiet stream
+CHECK_EVERY = 1.0      # how often a waiter looks whether its client is still there (no query)
+ARMS_PER_QUERY = 200   # workspaces merged in one statement (SQLite allows 500 compound arms)
+
+_CURSOR_TAG = "f1:"
+_COLUMNS = "seq, workspace_id, entity, entity_id, op, at"
+
+
+# -- cursors ---------------------------------------------------------------------------------
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"{_CURSOR_TAG}{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw: str, name: str = "since") -> int:
+    """The seq inside a cursor this server issued; 422 naming `name` for anything else."""
+    try:
+        text = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode("ascii")
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        text = ""
+    digits = text[len(_CURSOR_TAG):] if text.startswith(_CURSOR_TAG) else ""
+    if not digits.isdigit() or len(digits) > 18 or encode_cursor(int(digits)) != raw:
+        raise ValidationFailed.field(name, "is not a cursor this server issued")
+    return int(digits)
+
+
+# -- reading ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Page:
+    changes: list[dict]
+    cursor: int            # the seq the next page starts after
+    has_more: bool
+    workspaces: frozenset[str]   # the caller's workspaces when the page was read
+
+    def body(self) -> dict:
+        return {"changes": self.changes, "cursor": encode_cursor(self.cursor), "has_more": self.has_more}
+
+
+def _shape(row) -> dict:
+    return {"seq": row[0], "workspace_id": row[1], "entity": row[2], "id": row[3], "op": row[4], "at": row[5]}
+
+
+def _merged_sql(arms: int, with_user: bool) -> str:
+    """One statement that merges the callers' workspaces and their own rows in seq order.
+
+    Each arm is a range scan of changes_workspace (workspace_id, seq) or changes_user
+    (user_id, seq) delivering rows already ordered, so SQLite merges them (MERGE (UNION ALL)) and
+    stops at the LIMIT: the cost of a page is its size, not the size of the feed.
+    """
+    # numbered parameters: ?1 since, ?2 head, ?3 limit, ?4 the user, ?5… the workspaces
+    parts = [f"SELECT {_COLUMNS} FROM changes WHERE workspace_id = ?{5 + i} AND user_id IS NULL"
+             " AND seq > ?1 AND seq <= ?2" for i in range(arms)]
+    if with_user:
+        parts.append(f"SELECT {_COLUMNS} FROM changes WHERE user_id = ?4 AND seq > ?1 AND seq <= ?2")
+    return " UNION ALL ".join(parts) + " ORDER BY seq LIMIT ?3"
+
+
+def _ahead(name: str) -> ValidationFailed:
+    return ValidationFailed.field(name, "is ahead of this server's change feed (was the database restored?): "
+                                        "sync in full, then start again with since=now")
+
+
+HEAD_AND_WORKSPACES = (
+    "SELECT (SELECT coalesce(max(seq), 0) FROM changes) AS head,"
+    " (SELECT json_group_array(workspace_id) FROM members WHERE user_id = ?) AS workspaces"
+)
+
+
+async def read_page(db: Database, user_id: str, since: int | None, limit: int) -> Page:
+    """The caller's changes after `since` (None: `now`), at most `limit`."""
+    # head and membership in one statement: one snapshot, so the page below (bounded by head)
+    # is exactly what this membership could see; later joins and removals show on the next page
+    row = await db.one(HEAD_AND_WORKSPACES, (user_id,))
+    head = row["head"]
+    workspaces = frozenset(json.loads(row["workspaces"]))
+    if since is None:
+        return Page([], head, False, workspaces)
+    if since > head:
+        raise _ahead("since")
+    if since == head:
+        return Page([], head, False, workspaces)
+    ordered = sorted(workspaces)
+    chunks = [ordered[i:i + ARMS_PER_QUERY] for i in range(0, len(ordered), ARMS_PER_QUERY)] or [[]]
+    results = []
+    for n, chunk in enumerate(chunks):
+        with_user = n == 0
+        params = (since, head, limit + 1, user_id if with_user else None, *chunk)
+        results.append(await db.all(_merged_sql(len(chunk), with_user), params))
+    rows = results[0] if len(results) == 1 else list(heapq.merge(*results, key=lambda r: r[0]))
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return Page([_shape(r) for r in rows], rows[-1][0], True, workspaces)
+    return Page([_shape(r) for r in rows], head, False, workspaces)
+
+
+# -- waiting ---------------------------------------------------------------------------------
+@dataclass(eq=False)
+class Waiter:
+    """One long-poll or SSE stream waiting for its caller's next change."""
+
+    user_id: str
+    session_id: str | None
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    workspaces: frozenset[str] | None = None   # None until the first read: wake on anything
+    ended: str | None = None                   # "shutdown" or "revoked": stop waiting for good
+
+
+@dataclass
+class FeedStats:
+    """Counters for /metrics and tests: how much waking and re-reading the feed does."""
+
+    commits: int = 0        # Wake notices received (one per recorded change)
+    passes: int = 0         # coalesced wake passes run
+    skipped: int = 0        # passes that found the head unmoved
+    woken: int = 0          # waiter wake-ups handed out
+    reads: int = 0          # pages read by waiters (first reads and re-reads)
+
+
+class Feed:
+    """The change feed of one app: reads pages and parks callers until a change concerns them."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.database: str | None = None  # our file: commits of other apps' databases are ignored
+        self.head = 0                      # newest seq announced by a commit in this process
+        self.closed = False
+        self.stats = FeedStats()
+        self._pending: list[Wake] = []
+        self._scheduled = False
+        self._by_user: dict[str, set[Waiter]] = {}
+        self._by_workspace: dict[str, set[Waiter]] = {}
+        self._unknown: set[Waiter] = set()
+
+    async def start(self) -> None:
+        """After the database opened: learn its file name (as the writer sees it) and head."""
+        rows = await self.db.all("PRAGMA database_list")
+        self.database = next(row[2] for row in rows if row[1] == "main")
+        self.head = await self.db.value("SELECT coalesce(max(seq), 0) FROM changes")
+
+    async def check_cursor(self, since: int, name: str = "since") -> None:
+        """422 for a position this feed has not reached (SSE checks before its answer starts)."""
+        if since > await self.db.value("SELECT coalesce(max(seq), 0) FROM changes"):
+            raise _ahead(name)
+
+    # -- wake-ups (event loop only) ---------------------------------------------------------
+    def on_commit(self, change: Wake) -> None:
+        """Listener for `changes.listeners`: fold every notice of this loop turn into one pass."""
+        if change.database != self.database:
+            return
+        self.stats.commits += 1
+        self._pending.append(change)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._wake_pass)
+
+    def _wake_pass(self) -> None:
+        pending, self._pending, self._scheduled = self._pending, [], False
+        self.stats.passes += 1
+        fresh = [c for c in pending if c.seq > self.head]
+        if not fresh:
+            self.stats.skipped += 1
+            return
+        self.head = max(c.seq for c in fresh)
+        targets = set(self._unknown)
+        for workspace_id in {c.workspace_id for c in fresh if c.user_id is None}:
+            targets |= self._by_workspace.get(workspace_id, set())
+        users = {c.user_id for c in fresh if c.user_id is not None}
+        # a member change names the user (entity id): a joiner has no index entry for it yet
+        users.update(c.entity_id for c in fresh if c.entity == "member")
+        for user_id in users:
+            targets |= self._by_user.get(user_id, set())
+        for waiter in targets:
+            if not waiter.event.is_set():
+                self.stats.woken += 1
+                waiter.event.set()
+
+    def revoke(self, user_id: str, session_ids: list[str] | None) -> None:
+        """AuthService revocation listener: streams of ended sessions stop (None: all of the user's)."""
+        for waiter in list(self._by_user.get(user_id, ())):
+            if session_ids is None or waiter.session_id in session_ids:
+                waiter.ended = "revoked"
+                waiter.event.set()
+
+    def close(self) -> None:
+        """Shutdown: every waiter answers now; streams end."""
+        self.closed = True
+        for waiters in self._by_user.values():
+            for waiter in waiters:
+                waiter.ended = waiter.ended or "shutdown"
+                waiter.event.set()
+
+    # -- waiter bookkeeping -----------------------------------------------------------------
+    def _watch(self, user_id: str, session_id: str | None) -> Waiter:
+        waiter = Waiter(user_id, session_id)
+        self._by_user.setdefault(user_id, set()).add(waiter)
+        self._unknown.add(waiter)
+        if self.closed:
+            waiter.ended = "shutdown"
+        return waiter
+
+    def _know(self, waiter: Waiter, workspaces: frozenset[str]) -> None:
+        if waiter.workspaces == workspaces:
+            return
+        self._unindex(waiter)
+        waiter.workspaces = workspaces
+        for workspace_id in workspaces:
+            self._by_workspace.setdefault(workspace_id, set()).add(waiter)
+
+    def _unindex(self, waiter: Waiter) -> None:
+        self._unknown.discard(waiter)
+        for workspace_id in waiter.workspaces or ():
+            waiters = self._by_workspace.get(workspace_id)
+            if waiters is not None:
+                waiters.discard(waiter)
+                if not waiters:
+                    del self._by_workspace[workspace_id]
+
+    def _unwatch(self, waiter: Waiter) -> None:
+        self._unindex(waiter)
+        waiters = self._by_user.get(waiter.user_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._by_user[waiter.user_id]
+
+    @property
+    def waiting(self) -> int:
+        return sum(len(w) for w in self._by_user.values())
+
+    async def _read(self, waiter: Waiter, since: int | None, limit: int) -> Page:
+        waiter.event.clear()   # a commit during the read sets it again: we look once more
+        page = await read_page(self.db, waiter.user_id, since, limit)
+        self.stats.reads += 1
+        self._know(waiter, page.workspaces)
+        return page
+
+    @staticmethod
+    async def _sleep(waiter: Waiter, seconds: float, alive: Callable[[], bool]) -> bool:
+        """Wait for a wake-up up to `seconds`; False on timeout or when the client went away."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not alive():
+                return False
+            try:
+                # slices only to notice a vanished client: the database is not touched here
+                await asyncio.wait_for(waiter.event.wait(), min(remaining, CHECK_EVERY))
+                return True
+            except TimeoutError:
+                continue
+
+    # -- the two ways to read ---------------------------------------------------------------
+    async def changes(self, user_id: str, session_id: str | None, since: int | None, limit: int,
+                      wait: float, alive: Callable[[], bool] = lambda: True) -> Page:
+        """One page; with `wait` > 0 and nothing new, hold on until a change for this caller
+        commits, `wait` seconds pass, the client leaves, or the server shuts down."""
+        if wait <= 0 or since is None:
+            return await read_page(self.db, user_id, since, limit)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(wait, MAX_WAIT)
+        waiter = self._watch(user_id, session_id)
+        try:
+            while True:
+                page = await self._read(waiter, since, limit)
+                if page.changes or waiter.ended:
+                    return page
+                since = page.cursor   # past rows this caller cannot see: never rescanned
+                if not await self._sleep(waiter, deadline - loop.time(), alive):
+                    return page
+        finally:
+            self._unwatch(waiter)
+
+    async def stream(self, user_id: str, session_id: str | None, since: int | None, limit: int,
+                     alive: Callable[[], bool] = lambda: True,
+                     heartbeat: float | None = None) -> AsyncIterator[Page | None]:
+        """Pages as they come (SSE); None when `heartbeat` seconds (default HEARTBEAT) passed
+        without one. Ends when the client leaves, its session is revoked, or the server shuts down."""
+        heartbeat = HEARTBEAT if heartbeat is None else heartbeat
+        loop = asyncio.get_running_loop()
+        waiter = self._watch(user_id, session_id)
+        try:
+            if since is None:
+                since = (await self._read(waiter, None, limit)).cursor
+            last_sent = loop.time()
+            while not waiter.ended and alive():
+                page = await self._read(waiter, since, limit)
+                since = page.cursor
+                if page.changes:
+                    yield page
+                    last_sent = loop.time()
+                    if page.has_more:
+                        continue
+                # quiet: sleep until woken, sending a heartbeat whenever one is due
+                while not waiter.ended:
+                    due = last_sent + heartbeat - loop.time()
+                    if due <= 0:
+                        yield None
+                        last_sent = loop.time()
+                        continue
+                    if await self._sleep(waiter, due, alive):
+                        break          # woken: read again
+                    if not alive():
+                        return
+        finally:
+            self._unwatch(waiter)

@@ -1,0 +1,150 @@
+"""HTTP routes of the change feed (API.md "Sync"): `GET /sync/changes` (a page, or a long-poll
+with `wait`) and `GET /sync/events` (the same as Server-Sent Events). `install` ties the app's
+feed to commits, session revocations and shutdown."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from aiohttp import web
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from mdsync.api.models import Out
+from mdsync.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from mdsync.api.routing import PRINCIPAL, Routes
+from mdsync.auth.service import AuthService
+from mdsync.db import Database
+from mdsync.sync import changes as change_log
+from mdsync.sync.feed import MAX_WAIT, Feed, decode_cursor, encode_cursor
+
+routes = Routes("sync")
+FEED: web.AppKey[Feed] = web.AppKey("feed", Feed)
+
+
+def _blank_is_default(value):
+    return None if value == "" else value
+
+
+class ChangesQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    since: Annotated[str | None, BeforeValidator(_blank_is_default)] = Field(
+        None, description="a cursor from an earlier answer; `now` for the current position; absent: the beginning")
+    # above the maximum is clamped (Lists convention); 0, negatives and non-integers are 422
+    limit: Annotated[int | None, BeforeValidator(_blank_is_default), Field(ge=1),
+                     AfterValidator(lambda v: None if v is None else min(v, MAX_LIMIT))] = Field(
+        None, description=f"changes per page: default {DEFAULT_LIMIT}, above {MAX_LIMIT} clamped")
+    # above 60 s is clamped like limit; negatives, NaN and non-numbers are 422
+    wait: Annotated[float | None, BeforeValidator(_blank_is_default), Field(ge=0, allow_inf_nan=False),
+                    AfterValidator(lambda v: None if v is None else min(v, MAX_WAIT))] = Field(
+        None, description=f"seconds to hold the request while nothing is new (up to {MAX_WAIT:g})")
+
+
+class EventsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    since: Annotated[str | None, BeforeValidator(_blank_is_default)] = Field(
+        None, description="as for /sync/changes; a `Last-Event-ID` header takes precedence")
+
+
+class ChangeOut(Out):
+    seq: int
+    workspace_id: str
+    entity: str
+    id: str
+    op: str
+    at: str
+
+
+class ChangesOut(Out):
+    changes: list[ChangeOut]
+    cursor: str
+    has_more: bool
+
+
+def _since(raw: str | None, name: str = "since") -> int | None:
+    """The seq to start after: absent is the beginning (0), `now` is None (the current head)."""
+    if raw is None:
+        return 0
+    if raw == "now":
+        return None
+    return decode_cursor(raw, name)
+
+
+def _alive(request: web.Request):
+    # aiohttp does not cancel a handler whose client left (handler_cancellation is off in
+    # `mdsync serve`): a waiting request checks its transport instead
+    def alive() -> bool:
+        transport = request.transport
+        return transport is not None and not transport.is_closing()
+    return alive
+
+
+@routes.get("/api/v1/sync/changes", "Changes in the caller's workspaces after a cursor; `wait` long-polls",
+            query=ChangesQuery, response=ChangesOut)
+async def list_changes(request: web.Request, query: ChangesQuery) -> web.Response:
+    principal = request[PRINCIPAL]
+    page = await request.app[FEED].changes(
+        principal.user_id, principal.session_id, _since(query.since), query.limit or DEFAULT_LIMIT,
+        query.wait or 0.0, alive=_alive(request))
+    return web.json_response(page.body(), headers={"Cache-Control": "no-store"})
+
+
+@routes.get("/api/v1/sync/events", "The change feed as Server-Sent Events (`id` is the cursor)",
+            query=EventsQuery, raw_response="text/event-stream")
+async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse:
+    principal = request[PRINCIPAL]
+    last_event_id = request.headers.get("Last-Event-ID")
+    # a reconnecting EventSource repeats the URL (and its since) but knows a newer position
+    since = _since(last_event_id, "Last-Event-ID") if last_event_id else _since(query.since)
+    feed = request.app[FEED]
+    if since:
+        await feed.check_cursor(since, "Last-Event-ID" if last_event_id else "since")   # a bad position is a 422 before the stream starts
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream; charset=utf-8",
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",      # proxies must not hold events back
+    })
+    await response.prepare(request)
+    alive = _alive(request)
+    try:
+        await response.write(b": mdsync change feed\nretry: 3000\n\n")
+        async for page in feed.stream(principal.user_id, principal.session_id, since, MAX_LIMIT, alive=alive):
+            if page is None:
+                await response.write(b": heartbeat\n\n")
+                continue
+            await response.write("".join(
+                f"id: {encode_cursor(change['seq'])}\nevent: change\ndata: {json.dumps(change)}\n\n"
+                for change in page.changes).encode())
+    except (ConnectionError, RuntimeError):
+        # the client left mid-write (RuntimeError: aiohttp's "cannot write to closing transport")
+        return response
+    if alive():
+        await response.write_eof()
+    return response
+
+
+def install(app: web.Application, db: Database, auth: AuthService) -> Feed:
+    """Create the app's feed. Call after the database's cleanup context is added: the feed
+    starts once the database is open and lets go of the listeners before it closes."""
+    feed = Feed(db)
+    app[FEED] = feed
+
+    async def change_feed(app: web.Application):
+        await feed.start()
+        change_log.listeners.add(feed.on_commit)
+        auth.revocation_listeners.append(feed.revoke)
+        yield
+        change_log.listeners.discard(feed.on_commit)
+        if feed.revoke in auth.revocation_listeners:
+            auth.revocation_listeners.remove(feed.revoke)
+
+    async def end_streams(app: web.Application) -> None:
+        # before aiohttp waits for in-flight requests: long-polls answer, SSE streams end
+        feed.close()
+
+    app.cleanup_ctx.append(change_feed)
+    app.on_shutdown.append(end_streams)
+    return feed
+

@@ -1,0 +1,468 @@
+"""The change feed (API.md "Sync"): `GET /sync/changes` pages, cursors and long-polls, and
+`GET /sync/events` (SSE). Two kinds of callers: one writing, one reading the feed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import aiohttp
+import pytest
+
+from mdsync.appkeys import DB
+from mdsync.sync import feed as feed_module
+from mdsync.sync.routes import FEED
+from tests.conftest import bearer, register
+
+CHANGES = "/api/v1/sync/changes"
+EVENTS = "/api/v1/sync/events"
+
+
+# -- building state through the API ----------------------------------------------------------
+async def new_workspace(client, owner, name="Team") -> str:
+    resp = await client.post("/api/v1/workspaces", json={"name": name}, headers=owner.headers)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+async def join(client, ws: str, admin, member, role="editor") -> None:
+    resp = await client.post(f"/api/v1/workspaces/{ws}/invitations", json={"role": role}, headers=admin.headers)
+    assert resp.status == 201, await resp.text()
+    token = (await resp.json())["token"]
+    resp = await client.post("/api/v1/invitations/accept", json={"token": token}, headers=member.headers)
+    assert resp.status in (200, 201), await resp.text()
+
+
+async def remove(client, ws: str, admin, member) -> None:
+    resp = await client.delete(f"/api/v1/workspaces/{ws}/members/{member.id}", headers=admin.headers)
+    assert resp.status == 204, await resp.text()
+
+
+async def rename(client, ws: str, owner, name: str) -> None:
+    """One visible change in `ws` (a workspace upsert)."""
+    resp = await client.patch(f"/api/v1/workspaces/{ws}", json={"name": name}, headers=owner.headers)
+    assert resp.status == 200, await resp.text()
+
+
+async def new_document(client, ws: str, author, title="Notes") -> str:
+    resp = await client.post(f"/api/v1/workspaces/{ws}/documents", json={"title": title, "markdown": "# hi"},
+                             headers=author.headers)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["id"]
+
+
+async def feed(client, account, **params):
+    resp = await client.get(CHANGES, params={k: str(v) for k, v in params.items()}, headers=account.headers)
+    assert resp.status == 200, await resp.text()
+    return await resp.json()
+
+
+async def everything(client, account, since=None, limit=200) -> list[dict]:
+    """The caller's whole feed, paged."""
+    out = []
+    params = {"limit": limit} if since is None else {"limit": limit, "since": since}
+    while True:
+        page = await feed(client, account, **params)
+        out.extend(page["changes"])
+        params["since"] = page["cursor"]
+        if not page["has_more"]:
+            return out
+
+
+async def until(predicate, timeout=5.0):
+    """Wait for a condition the test cannot be told about (a request parked in the server)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.01)
+
+
+def the_feed(client):
+    return client.server.app[FEED]
+
+
+# -- reading ---------------------------------------------------------------------------------
+async def test_feed_needs_a_signed_in_caller_and_a_read_token_is_enough(client):
+    assert (await client.get(CHANGES)).status == 401
+    assert (await client.get(EVENTS)).status == 401
+    ada = await register(client)
+    resp = await client.post("/api/v1/me/tokens", json={"name": "script", "scopes": ["read"]}, headers=ada.headers)
+    assert resp.status == 201, await resp.text()
+    pat = (await resp.json())["token"]
+    resp = await client.get(CHANGES, headers=bearer(pat))
+    assert resp.status == 200
+    assert set(await resp.json()) == {"changes", "cursor", "has_more"}
+
+
+async def test_a_new_workspace_shows_in_its_owners_feed(client):
+    ada = await register(client)
+    assert (await feed(client, ada))["changes"] == []
+    ws = await new_workspace(client, ada)
+    page = await feed(client, ada)
+    assert page["has_more"] is False
+    assert {(c["entity"], c["id"], c["op"]) for c in page["changes"]} >= {("workspace", ws, "upsert"),
+                                                                           ("member", ada.id, "upsert")}
+    for change in page["changes"]:
+        assert change["workspace_id"] == ws
+        assert set(change) == {"seq", "workspace_id", "entity", "id", "op", "at"}
+        assert change["at"].endswith("Z")
+    # the cursor of a page that was not full is where the next page starts: nothing new
+    assert (await feed(client, ada, since=page["cursor"]))["changes"] == []
+
+
+async def test_since_now_answers_the_current_cursor_and_nothing_else(client):
+    ada = await register(client)
+    ws = await new_workspace(client, ada)
+    now = await feed(client, ada, since="now")
+    assert now["changes"] == [] and now["has_more"] is False
+    await rename(client, ws, ada, "Renamed")
+    after = await feed(client, ada, since=now["cursor"])
+    assert [(c["entity"], c["op"]) for c in after["changes"]] == [("workspace", "upsert")]
+    # `now` ignores wait: it answers at once
+    assert (await feed(client, ada, since="now", wait=30))["cursor"] == after["cursor"]
+
+
+async def test_others_workspaces_never_show(client):
+    ada, bob = await register(client), await register(client)
+    ws_a = await new_workspace(client, ada, "Ada's")
+    ws_b = await new_workspace(client, bob, "Bob's")
+    for i in range(3):
+        await rename(client, ws_b, bob, f"Bob {i}")
+    assert {c["workspace_id"] for c in await everything(client, ada)} == {ws_a}
+    assert {c["workspace_id"] for c in await everything(client, bob)} == {ws_b}
+
+
+async def test_pages_never_skip_or_repeat_a_change(client):
+    ada, bob, cy = await register(client), await register(client), await register(client)
+    shared = await new_workspace(client, ada, "Shared")
+    own = await new_workspace(client, bob, "Bob's")
+    await join(client, shared, ada, bob)
+    other = await new_workspace(client, cy, "Not Bob's")
+    for i in range(40):
+        ws, author = [(shared, ada), (own, bob), (other, cy)][i % 3]
+        if i % 2:
+            await rename(client, ws, author, f"name {i}")
+        else:
+            await new_document(client, ws, author, f"doc {i}")
+    full = await everything(client, bob)
+    seqs = [c["seq"] for c in full]
+    assert seqs == sorted(set(seqs)), "the feed is in seq order without duplicates"
+    assert {c["workspace_id"] for c in full} == {shared, own}
+    assert len(full) >= 28
+    for limit in (1, 3, 7):
+        paged, since, pages = [], None, 0
+        while True:
+            params = {"limit": limit} if since is None else {"limit": limit, "since": since}
+            page = await feed(client, bob, **params)
+            assert len(page["changes"]) <= limit
+            paged.extend(page["changes"])
+            since, pages = page["cursor"], pages + 1
+            if not page["has_more"]:
+                break
+        assert paged == full, f"limit={limit}"
+        assert pages >= len(full) // limit
+
+
+async def test_changes_written_between_pages_come_exactly_once(client):
+    ada = await register(client)
+    ws = await new_workspace(client, ada)
+    seen, since = [], None
+    for i in range(12):
+        await rename(client, ws, ada, f"v{i}")
+        params = {"limit": 2} if since is None else {"limit": 2, "since": since}
+        page = await feed(client, ada, **params)
+        seen.extend(page["changes"])
+        since = page["cursor"]
+    seen.extend(await everything(client, ada, since=since))
+    assert seen == await everything(client, ada)
+
+
+async def test_a_removed_member_gets_one_delete_and_nothing_after(client):
+    ada, bob = await register(client), await register(client)
+    ws = await new_workspace(client, ada)
+    await join(client, ws, ada, bob)
+    await rename(client, ws, ada, "Before")
+    before = await feed(client, bob, limit=200)
+    assert any(c["entity"] == "workspace" and c["op"] == "upsert" for c in before["changes"])
+    await remove(client, ws, ada, bob)
+    await rename(client, ws, ada, "After")
+    after = await everything(client, bob, since=before["cursor"])
+    assert [(c["workspace_id"], c["entity"], c["id"], c["op"]) for c in after] == [(ws, "workspace", ws, "delete")]
+    # from the beginning too: only what is addressed to them is left of that workspace
+    assert [c for c in await everything(client, bob) if c["workspace_id"] == ws and c["op"] == "delete"] \
+        == [c for c in after]
+    # ada still sees everything of it, bob's removal included
+    ada_changes = await everything(client, ada, since=before["cursor"])
+    assert ("member", bob.id, "delete") in {(c["entity"], c["id"], c["op"]) for c in ada_changes}
+
+
+# -- long-polling ----------------------------------------------------------------------------
+async def test_a_long_poll_returns_as_soon_as_a_change_commits(client):
+    ada, bob = await register(client), await register(client)
+    ws = await new_workspace(client, ada)
+    await join(client, ws, ada, bob)
+    cursor = (await feed(client, bob, since="now"))["cursor"]
+    poll = asyncio.ensure_future(feed(client, bob, since=cursor, wait=30))
+    await until(lambda: the_feed(client).waiting == 1)
+    assert not poll.done()
+    doc = await new_document(client, ws, ada)
+    # returned with the change, so before its 30 s wait ran out (a timeout answers no changes)
+    page = await asyncio.wait_for(poll, 10)
+    assert [(c["entity"], c["id"], c["op"]) for c in page["changes"]] == [("document", doc, "upsert")]
+    assert the_feed(client).waiting == 0
+
+
+async def test_a_long_poll_that_sees_nothing_answers_after_its_wait(client):
+    ada = await register(client)
+    await new_workspace(client, ada)
+    cursor = (await feed(client, ada, since="now"))["cursor"]
+    page = await feed(client, ada, since=cursor, wait=0.3)
+    assert page == {"changes": [], "cursor": cursor, "has_more": False}
+
+
+async def test_a_long_poll_is_not_woken_by_other_workspaces(client):
+    ada, bob = await register(client), await register(client)
+    ws_a = await new_workspace(client, ada)
+    ws_b = await new_workspace(client, bob)
+    cursor = (await feed(client, bob, since="now"))["cursor"]
+    pollers = [asyncio.ensure_future(feed(client, bob, since=cursor, wait=30)) for _ in range(10)]
+    stats = the_feed(client).stats
+    await until(lambda: the_feed(client).waiting == 10)
+    reads_before = stats.reads
+    # a storm in ada's workspace: many commits, none of them bob's business
+    for i in range(30):
+        await rename(client, ws_a, ada, f"storm {i}")
+    assert stats.reads == reads_before, "no poller re-read for changes it cannot see"
+    assert not any(p.done() for p in pollers)
+    await rename(client, ws_b, bob, "Mine")
+    pages = await asyncio.wait_for(asyncio.gather(*pollers), 10)
+    assert all([c["workspace_id"] for c in p["changes"]] == [ws_b] for p in pages)
+    assert stats.reads - reads_before == 10, "one re-read per poller for one wake"
+
+
+async def test_a_commit_storm_is_one_re_read_per_waiter(client):
+    ada = await register(client)
+    ws = await new_workspace(client, ada)
+    cursor = (await feed(client, ada, since="now"))["cursor"]
+    stats = the_feed(client).stats
+    pollers = [asyncio.ensure_future(feed(client, ada, since=cursor, wait=30)) for _ in range(5)]
+    await until(lambda: the_feed(client).waiting == 5)
+    reads_before, passes_before = stats.reads, stats.passes
+    # 50 writes in flight at once: group commit folds them into few batches, and each batch's
+    # notices into one wake pass
+    await asyncio.gather(*(rename(client, ws, ada, f"n{i}") for i in range(50)))
+    pages = await asyncio.wait_for(asyncio.gather(*pollers), 10)
+    assert all(p["changes"] for p in pages)
+    assert stats.passes - passes_before < 50
+    assert stats.reads - reads_before <= 5 * (stats.passes - passes_before)
+
+
+async def test_a_removed_member_waiting_gets_the_delete(client):
+    ada, bob = await register(client), await register(client)
+    ws = await new_workspace(client, ada)
+    await join(client, ws, ada, bob)
+    cursor = (await feed(client, bob, since="now"))["cursor"]
+    poll = asyncio.ensure_future(feed(client, bob, since=cursor, wait=30))
+    await until(lambda: the_feed(client).waiting == 1)
+    await remove(client, ws, ada, bob)
+    page = await asyncio.wait_for(poll, 10)
+    assert [(c["entity"], c["op"]) for c in page["changes"]] == [("workspace", "delete")]
+
+
+async def test_joining_wakes_a_waiting_newcomer(client):
+    ada, bob = await register(client), await register(client)
+    ws = await new_workspace(client, ada)
+    cursor = (await feed(client, bob, since="now"))["cursor"]
+    poll = asyncio.ensure_future(feed(client, bob, since=cursor, wait=30))
+    await until(lambda: the_feed(client).waiting == 1)
+    await join(client, ws, ada, bob)
+    page = await asyncio.wait_for(poll, 10)
+    assert {c["workspace_id"] for c in page["changes"]} == {ws}
+
+
+async def test_a_client_that_goes_away_stops_waiting(client):
+    ada = await register(client)
+    await new_workspace(client, ada)
+    cursor = (await feed(client, ada, since="now"))["cursor"]
+    with pytest.raises(asyncio.TimeoutError):
+        await client.get(CHANGES, params={"since": cursor, "wait": "30"}, headers=ada.headers,
+                         timeout=aiohttp.ClientTimeout(total=0.5))
+    await until(lambda: the_feed(client).waiting == 0)
+
+
+# -- bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize("params, field", [
+    ({"since": "garbage"}, "since"),
+    ({"since": "ZjE6LTE"}, "since"),          # base64 of "f1:-1": well-formed, not ours
+    ({"since": "12"}, "since"),               # a bare seq is not a cursor
+    ({"limit": "0"}, "limit"),
+    ({"limit": "-1"}, "limit"),
+    ({"limit": "abc"}, "limit"),
+    ({"limit": "1.5"}, "limit"),
+    ({"wait": "-1"}, "wait"),
+    ({"wait": "abc"}, "wait"),
+    ({"wait": "nan"}, "wait"),
+])
+async def test_bad_input_is_a_422_naming_the_parameter(client, params, field):
+    ada = await register(client)
+    resp = await client.get(CHANGES, params=params, headers=ada.headers)
+    assert resp.status == 422, await resp.text()
+    problem = await resp.json()
+    assert problem["type"] == "urn:mdsync:error:validation"
+    assert [e["field"] for e in problem["errors"]] == [field]
+
+
+async def test_a_cursor_from_the_future_is_a_422(client):
+    ada = await register(client)
+    await new_workspace(client, ada)
+    ahead = feed_module.encode_cursor(10**9)
+    resp = await client.get(CHANGES, params={"since": ahead}, headers=ada.headers)
+    assert resp.status == 422
+    assert (await resp.json())["errors"][0]["field"] == "since"
+    resp = await client.get(EVENTS, headers={**ada.headers, "Last-Event-ID": ahead})
+    assert resp.status == 422
+    assert (await resp.json())["errors"][0]["field"] == "Last-Event-ID"
+
+
+async def test_limit_above_200_and_wait_above_60_are_clamped(client):
+    ada = await register(client)
+    ws = await new_workspace(client, ada)
+    db = client.server.app[DB]
+    await db.write(_many_changes, ws, 250)
+    # limit is clamped to 200 (not refused); wait above 60 s is clamped to 60 s (not refused):
+    # changes are waiting, so the answer is immediate
+    page = await feed(client, ada, limit=1000, wait=1000)
+    assert len(page["changes"]) == 200 and page["has_more"] is True
+
+
+def _many_changes(tx, ws: str, n: int) -> None:
+    from mdsync.sync import changes
+    for _ in range(n):
+        changes.record(tx, ws, "document", str(uuid.uuid4()), "upsert")
+
+
+# -- Server-Sent Events ----------------------------------------------------------------------
+async def read_events(resp, count: int, timeout: float = 10.0) -> list[tuple[str | None, str | None, str]]:
+    """The next `count` events (id, event, data); comments are skipped."""
+    out: list = []
+    block: dict = {}
+    async def read():
+        while len(out) < count:
+            line = (await resp.content.readline()).decode()
+            if line == "":
+                raise EOFError("stream ended")
+            line = line.rstrip("\n")
+            if line == "":
+                if "data" in block:
+                    out.append((block.get("id"), block.get("event"), block["data"]))
+                block.clear()
+            elif not line.startswith(":"):
+                key, _, value = line.partition(":")
+                block[key] = value[1:] if value.startswith(" ") else value
+    await asyncio.wait_for(read(), timeout)
+    return out
+
+
+async def test_sse_delivers_the_same_sequence_as_the_changes_endpoint(client):
+    ada, bob = await register(client), await register(client)
+    ws = await new_workspace(client, ada)
+    await join(client, ws, ada, bob)
+    async with client.get(EVENTS, headers=bob.headers) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        first = await read_events(resp, 2)       # what is already there, from the beginning
+        for i in range(5):
+            await rename(client, ws, ada, f"live {i}")
+        live = await read_events(resp, 5)
+    events = first + live
+    assert all(kind == "change" for _, kind, _ in events)
+    streamed = [json.loads(data) for _, _, data in events]
+    full = await everything(client, bob)
+    assert streamed == full[:7]
+    # each id is a cursor: resuming from it answers what came after
+    resumed = await feed(client, bob, since=events[1][0])
+    assert resumed["changes"] == full[2:]
+
+
+async def test_sse_resumes_from_last_event_id(client):
+    ada = await register(client)
+    ws = await new_workspace(client, ada)
+    for i in range(3):
+        await rename(client, ws, ada, f"v{i}")
+    full = await everything(client, ada)
+    async with client.get(EVENTS, headers=ada.headers) as resp:
+        events = await read_events(resp, 2)
+    last_id = events[-1][0]
+    # the reconnecting EventSource sends the URL again (with its old since) and Last-Event-ID
+    async with client.get(EVENTS, params={"since": "now"},
+                          headers={**ada.headers, "Last-Event-ID": last_id}) as resp:
+        rest = await read_events(resp, len(full) - 2)
+    assert [json.loads(d) for _, _, d in rest] == full[2:]
+
+
+async def test_sse_since_now_sends_only_new_changes_and_heartbeats(client, monkeypatch):
+    monkeypatch.setattr(feed_module, "HEARTBEAT", 0.2)
+    ada = await register(client)
+    ws = await new_workspace(client, ada)
+    async with client.get(EVENTS, params={"since": "now"}, headers=ada.headers) as resp:
+        comments = 0
+        while comments < 3:        # the greeting, then heartbeats on a quiet stream
+            line = await asyncio.wait_for(resp.content.readline(), 5)
+            assert not line.startswith((b"id:", b"data:")), "nothing old is sent"
+            comments += line.startswith(b": ")
+        await rename(client, ws, ada, "New")
+        [(_, kind, data)] = await read_events(resp, 1)
+    assert kind == "change" and json.loads(data)["entity"] == "workspace"
+
+
+async def test_sse_stream_ends_when_its_session_is_revoked(client):
+    ada = await register(client)
+    await new_workspace(client, ada)
+    async with client.get(EVENTS, params={"since": "now"}, headers=ada.headers) as resp:
+        await until(lambda: the_feed(client).waiting == 1)
+        assert (await client.post("/api/v1/auth/logout", headers=ada.headers)).status == 204
+        with pytest.raises(EOFError):
+            await read_events(resp, 1)
+    assert the_feed(client).waiting == 0
+
+
+# -- the query -------------------------------------------------------------------------------
+async def test_pages_are_read_through_the_indexes(client):
+    ada = await register(client)
+    await new_workspace(client, ada)
+    await new_workspace(client, ada, "Second")
+    db = client.server.app[DB]
+    sql = feed_module._merged_sql(2, with_user=True)
+    plan = " | ".join(row[3] for row in await db.all(
+        "EXPLAIN QUERY PLAN " + sql, (0, 10, 51, ada.id, "a", "b")))
+    assert plan.count("USING INDEX changes_workspace (workspace_id=? AND seq>? AND seq<?)") == 2, plan
+    assert "USING INDEX changes_user (user_id=? AND seq>? AND seq<?)" in plan, plan
+    assert "MERGE (UNION ALL)" in plan and "TEMP B-TREE" not in plan, plan
+    plan = " | ".join(row[3] for row in await db.all("EXPLAIN QUERY PLAN " + feed_module.HEAD_AND_WORKSPACES, (ada.id,)))
+    assert "USING INDEX members_user" in plan or "USING COVERING INDEX members_user" in plan, plan
+
+
+# -- shutdown --------------------------------------------------------------------------------
+async def test_streams_and_long_polls_end_cleanly_when_the_server_stops(server_process):
+    server = server_process(env={"MDSYNC_AUTH__REGISTRATION": "open"})
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(server.url("/api/v1/auth/register"),
+                               json={"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"})
+        assert resp.status == 201, await resp.text()
+        headers = bearer((await resp.json())["access_token"])
+        cursor = (await (await http.get(server.url(CHANGES), params={"since": "now"}, headers=headers)).json())["cursor"]
+        stream = await http.get(server.url(EVENTS), params={"since": "now"}, headers=headers)
+        assert stream.status == 200
+        assert (await asyncio.wait_for(stream.content.readline(), 5)).startswith(b":")
+        poll = asyncio.ensure_future(http.get(server.url(CHANGES), params={"since": cursor, "wait": "60"},
+                                              headers=headers))
+        await asyncio.sleep(0.3)   # the poll is parked in the server (nothing can tell us from outside)
+        exit_code = asyncio.ensure_future(asyncio.to_thread(server.terminate))
+        rest = await asyncio.wait_for(stream.read(), 10)       # EOF: the stream ended, not cut
+        assert b"data:" not in rest
+        answer = await asyncio.wait_for(poll, 10)
+        assert answer.status == 200
+        assert (await answer.json()) == {"changes": [], "cursor": cursor, "has_more": False}
+        assert await exit_code == 0
