@@ -1,0 +1,137 @@
+"""One client socket in a room: who it is (from its token), what it may do, and how frames reach it.
+
+`send(framed)` writes an already-framed WebSocket message straight to the socket's transport
+(`write_frame`): the room frames an update once and hands the same bytes to every peer. A peer
+whose write buffer stays over `slow_peer_bytes` for `slow_peer_seconds` (or grows past four times
+that at once) is closed with 1013: one slow client never stalls the room, and it reconnects and
+resyncs instead of silently missing updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("mdsync.collab")
+
+CLOSE_SLOW = 1013
+
+
+def transport_of(ws: web.WebSocketResponse) -> asyncio.Transport | None:
+    """The transport an uncompressed server socket writes to, or None when frames must go
+    through `ws.send_bytes` (compression negotiated, or aiohttp internals not as expected).
+    aiohttp has no public API for writing pre-built frames; this is the one place that reaches in."""
+    writer = getattr(ws, "_writer", None)
+    if writer is None or getattr(writer, "compress", 1) or getattr(writer, "use_mask", True):
+        return None
+    transport = getattr(writer, "transport", None)
+    if transport is None or not hasattr(transport, "get_write_buffer_size"):
+        return None
+    return transport
+
+
+def write_frame(ws: web.WebSocketResponse, transport: asyncio.Transport, framed: bytes) -> int:
+    """Write one pre-built frame (protocol.ws_frame) to the socket; the write-buffer size after it,
+    or -1 when the socket is closing (nothing written)."""
+    if ws.closed or transport.is_closing() or getattr(ws._writer, "_closing", False):  # noqa: SLF001
+        return -1
+    transport.write(framed)
+    return transport.get_write_buffer_size()
+
+
+class Connection:
+    __slots__ = ("ws", "transport", "principal", "access", "user_id", "name", "session_id", "token_id",
+                 "share_link_id", "workspace_id", "document_id", "role", "read_only", "awareness_ids",
+                 "connected_at", "closing", "_slow_timer", "_bound", "_slow_seconds", "room", "_fallback")
+
+    def __init__(self, ws: web.WebSocketResponse, principal: Any, access: Any, *, read_only: bool,
+                 slow_peer_bytes: int, slow_peer_seconds: float):
+        self.ws = ws
+        self.transport = transport_of(ws)
+        self.principal = principal
+        self.access = access
+        self.user_id: str | None = getattr(principal, "user_id", None)
+        self.name: str | None = getattr(principal, "name", None)
+        self.session_id: str | None = getattr(principal, "session_id", None)
+        self.token_id: str | None = getattr(principal, "token_id", None)
+        self.share_link_id: str | None = getattr(access, "share_link_id", None)
+        self.workspace_id: str = access.workspace_id
+        self.document_id: str = access.document_id
+        self.role: str = access.role
+        self.read_only = read_only
+        self.awareness_ids: set[int] = set()
+        self.connected_at = time.time()
+        self.closing = False
+        self.room = None
+        self._slow_timer: asyncio.TimerHandle | None = None
+        self._bound = slow_peer_bytes
+        self._slow_seconds = slow_peer_seconds
+        self._fallback: list[asyncio.Task] | None = None if self.transport is not None else []
+
+    def send(self, framed: bytes) -> None:
+        """Queue a pre-built frame for this peer; never raises, never waits."""
+        if self.closing:
+            return
+        transport = self.transport
+        if transport is None:
+            self._send_fallback(framed)
+            return
+        size = write_frame(self.ws, transport, framed)
+        if size > self._bound:
+            self._over_bound(size)
+
+    def _send_fallback(self, framed: bytes) -> None:
+        # the payload behind the frame header (protocol.ws_frame)
+        n = framed[1] & 0x7F
+        payload = framed[2:] if n < 126 else framed[4:] if n == 126 else framed[10:]
+        task = asyncio.ensure_future(self._send_bytes(payload))
+        self._fallback.append(task)
+        task.add_done_callback(self._fallback.remove)
+
+    async def _send_bytes(self, payload: bytes) -> None:
+        try:
+            await self.ws.send_bytes(payload)
+        except Exception:  # a failing peer must never affect the others
+            self.close_soon(1011, "send failed")
+
+    def _over_bound(self, size: int) -> None:
+        if size > 4 * self._bound:
+            self._slow()
+        elif self._slow_timer is None:
+            self._slow_timer = asyncio.get_running_loop().call_later(self._slow_seconds, self._recheck)
+
+    def _recheck(self) -> None:
+        self._slow_timer = None
+        if self.transport is not None and not self.closing and self.transport.get_write_buffer_size() > self._bound:
+            self._slow()
+
+    def _slow(self) -> None:
+        log.warning("closing a slow peer of document %s (write buffer over %d bytes)", self.document_id, self._bound)
+        if self.room is not None:
+            self.room.manager.stats.slow_closed += 1
+        self.close_soon(CLOSE_SLOW, "slow consumer", abort_after=2.0)
+
+    def close_soon(self, code: int, reason: str = "", abort_after: float = 5.0) -> None:
+        """Close from outside the socket's own handler (revocation, shutdown, slow peer): stop
+        sending at once, send the close frame, drop the transport if the peer does not answer."""
+        if self.closing:
+            return
+        self.closing = True
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+        asyncio.ensure_future(self._close(code, reason, abort_after))
+
+    async def _close(self, code: int, reason: str, abort_after: float) -> None:
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120], drain=False), abort_after)
+        except (Exception, asyncio.CancelledError):
+            pass
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        elif self.transport is None and self.ws._req is not None and self.ws._req.transport is not None:  # noqa: SLF001
+            self.ws._req.transport.abort()  # noqa: SLF001

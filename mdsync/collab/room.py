@@ -1,0 +1,376 @@
+"""A room: one open document, its live `Doc`, the sockets editing it, their awareness, and the
+update log it feeds.
+
+The relay: each incoming update is applied once to the room's Doc, then the sender's own message
+bytes (a sync step 2 re-typed as an update) are framed once and written to every other peer's
+transport. Nothing is re-encoded per peer and no per-peer task or queue is involved (see
+NOTES "Fan-out speed"). Every accepted update is appended to `doc_updates` through the database
+writer, batched per event-loop iteration; the log is compacted into a snapshot past a threshold.
+
+Everything here runs on the event loop without awaiting (except `close`), so a room's state is
+never seen half-changed and a cancelled socket handler cannot leave it inconsistent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pycrdt import Doc, Text
+from pycrdt import get_state as update_state_vector
+
+from mdsync.collab import protocol as p
+from mdsync.collab import store
+from mdsync.collab.protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from mdsync.collab.connection import Connection
+    from mdsync.collab.rooms import RoomManager
+
+log = logging.getLogger("mdsync.collab")
+
+TEXT_NAME = "markdown"
+# The Yjs client id of the deterministic markdown seed: every server seeding the same markdown
+# produces byte-identical CRDT state, so two seeds of one document merge instead of duplicating.
+SEED_CLIENT_ID = 0x6D64_7379  # "mdsy"
+
+
+class DocumentTooLarge(Exception):
+    """Applying this update would grow the document past limits.max_document_bytes."""
+
+
+class Room:
+    def __init__(self, manager: RoomManager, document_id: str, doc: Doc, *, seq: int,
+                 snapshot_bytes: int, log_updates: list[bytes]):
+        self.manager = manager
+        self.document_id = document_id
+        self.doc = doc
+        self.conns: set[Connection] = set()
+        # client id -> (clock, JSON state); "null" states are removed
+        self.awareness: dict[int, tuple[int, str]] = {}
+        # called with (update bytes, user id or None) after each accepted update, on the loop
+        self.update_listeners: list[Callable[[bytes, str | None], Any]] = []
+        self.holds = 0
+        self.closing = False
+        self.closed = asyncio.Event()
+        self.grace_timer: asyncio.TimerHandle | None = None
+        self.loaded_at = time.time()
+        # persistence
+        self.seq = seq                      # last seq handed out (persisted or pending)
+        self.snapshot_bytes = snapshot_bytes
+        self._log: list[bytes] = list(log_updates)   # updates since the snapshot (in the DB or pending)
+        self._log_bytes = sum(len(u) for u in log_updates)
+        self._pending: list[tuple[int, bytes, str | None]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._inflight: set[asyncio.Future] = set()
+        self._loop = asyncio.get_running_loop()
+
+    # ---------------------------------------------------------------------------------------
+    # Public API for other features (REST content, Yjs over HTTP, presence, versions)
+    # ---------------------------------------------------------------------------------------
+    def text(self) -> str:
+        """The live markdown (content model `text`)."""
+        return str(self.doc.get(TEXT_NAME, type=Text))
+
+    def state_vector(self) -> bytes:
+        return self.doc.get_state()
+
+    def encode_state(self, state_vector: bytes | None = None) -> bytes:
+        """The update a peer with `state_vector` lacks (the whole document without one).
+        Raises ValueError for a state vector that does not decode."""
+        return self.doc.get_update(state_vector) if state_vector else self.doc.get_update()
+
+    def apply_update(self, update: bytes, user_id: str | None = None) -> None:
+        """Apply a Yjs update as `user_id` (None: the server): broadcast to every socket and append
+        to the log. Raises ValueError when it does not decode, DocumentTooLarge past the limit."""
+        if update == p.EMPTY_UPDATE:
+            return
+        self._accept(update, user_id, None, None)
+
+    def edit(self, fn: Callable[[Text], Any], user_id: str | None = None) -> bytes | None:
+        """Run `fn(text)` on the live Y.Text('markdown') in one transaction (e.g. a minimal text
+        diff) and broadcast + persist the resulting update, which is returned (None: no change)."""
+        captured: list[bytes] = []
+        subscription = self.doc.observe(lambda event: captured.append(event.update))
+        try:
+            with self.doc.transaction(origin="mdsync"):
+                fn(self.doc.get(TEXT_NAME, type=Text))
+        finally:
+            self.doc.unobserve(subscription)
+        update = b"".join(captured[:1]) if len(captured) == 1 else None
+        if update is None and captured:
+            from pycrdt import merge_updates
+            update = merge_updates(*captured)
+        if not update or update == p.EMPTY_UPDATE:
+            return None
+        self._after_apply(update, user_id, None, None)
+        return update
+
+    def users(self) -> list[dict]:
+        """Who is connected, from their tokens (never from awareness claims): one entry per user."""
+        by_user: dict[str, dict] = {}
+        for conn in self.conns:
+            key = conn.user_id or f"share:{conn.share_link_id}"
+            entry = by_user.get(key)
+            if entry is None:
+                entry = by_user[key] = {"user_id": conn.user_id, "name": conn.name, "role": conn.role,
+                                        "can_write": not conn.read_only, "connections": 0,
+                                        "connected_at": conn.connected_at}
+            entry["connections"] += 1
+            entry["can_write"] = entry["can_write"] or not conn.read_only
+            entry["connected_at"] = min(entry["connected_at"], conn.connected_at)
+        return list(by_user.values())
+
+    @property
+    def size(self) -> int:
+        """Approximate bytes of CRDT state (snapshot + log); exact right after a compaction."""
+        return self.snapshot_bytes + self._log_bytes
+
+    # ---------------------------------------------------------------------------------------
+    # Sockets
+    # ---------------------------------------------------------------------------------------
+    def join(self, conn: Connection) -> None:
+        """Add a socket: from now on it receives every update (its step 2 covers what came before)."""
+        self.conns.add(conn)
+        if not conn.read_only:
+            # ask for what the client has that we lack (offline edits)
+            conn.send(p.ws_frame(p.sync_step1(self.doc.get_state())))
+        if self.awareness:
+            # joiners see who is here at once instead of after the peers' next renewal (~15 s)
+            conn.send(p.ws_frame(self._awareness_states()))
+
+    def leave(self, conn: Connection) -> None:
+        """Remove a socket and broadcast the removal of its awareness states."""
+        self.conns.discard(conn)
+        gone = []
+        for client_id in conn.awareness_ids:
+            current = self.awareness.pop(client_id, None)
+            if current is not None:
+                gone.append((client_id, current[0] + 1, p.NULL_STATE))
+        conn.awareness_ids.clear()
+        if gone and self.conns:
+            self._fanout(p.awareness_message(gone), None)
+
+    def receive(self, conn: Connection, frame: bytes) -> None:
+        """Handle one binary frame from `conn`. Raises ProtocolError (garbage: close that socket)
+        or DocumentTooLarge."""
+        if not frame:
+            raise ProtocolError("empty frame")
+        kind = frame[0]
+        if kind == p.MSG_SYNC:
+            inner, payload, end = p.sync_payload(frame)
+            if inner == p.SYNC_STEP1:
+                try:
+                    reply = self.doc.get_update(payload)
+                except ValueError:
+                    raise ProtocolError("undecodable state vector") from None
+                conn.send(p.ws_frame(p.sync_step2(reply)))
+                return
+            if payload == p.EMPTY_UPDATE:
+                return
+            if conn.read_only:
+                self.manager.stats.readonly_dropped += 1
+                return
+            # forward the sender's bytes: an update message as is, a step 2 re-typed as update
+            message = frame if (inner == p.SYNC_UPDATE and end == len(frame)) else None
+            self._accept(payload, conn.user_id, conn, message)
+        elif kind == p.MSG_AWARENESS:
+            self._receive_awareness(conn, frame)
+        elif kind == p.MSG_QUERY_AWARENESS:
+            conn.send(p.ws_frame(self._awareness_states()))
+        elif kind == p.MSG_AUTH:
+            return  # server → client only; ignore
+        else:
+            raise ProtocolError(f"unknown message type {kind}")
+
+    def _receive_awareness(self, conn: Connection, frame: bytes) -> None:
+        entries = p.parse_awareness(frame)
+        states = self.awareness
+        for client_id, clock, state in entries:
+            current = states.get(client_id)
+            if state == p.NULL_STATE:
+                if current is not None and clock >= current[0]:
+                    del states[client_id]
+                conn.awareness_ids.discard(client_id)
+            elif current is None or clock > current[0]:
+                if client_id not in conn.awareness_ids and len(conn.awareness_ids) >= MAX_AWARENESS_IDS:
+                    raise ProtocolError("too many awareness client ids on one socket")
+                states[client_id] = (clock, state)
+                conn.awareness_ids.add(client_id)
+        # to everyone, the sender included: y-websocket clients reconnect after 30 s without any
+        # message, and the echo of their own awareness renewal is what keeps a lone client alive
+        self._fanout(frame, None)
+
+    def _awareness_states(self) -> bytes:
+        return p.awareness_message([(cid, clock, state) for cid, (clock, state) in self.awareness.items()])
+
+    # ---------------------------------------------------------------------------------------
+    # The hot path
+    # ---------------------------------------------------------------------------------------
+    def _accept(self, update: bytes, user_id: str | None, sender: Connection | None, message: bytes | None) -> None:
+        limit = self.manager.max_document_bytes
+        if self.snapshot_bytes + self._log_bytes + len(update) > limit:
+            self._compact()  # the estimate may be stale: measure before refusing
+            if self.snapshot_bytes + len(update) > limit:
+                raise DocumentTooLarge(f"the document would exceed {limit} bytes")
+        try:
+            self.doc.apply_update(update)
+        except ValueError:
+            raise ProtocolError("undecodable update") from None
+        self._after_apply(update, user_id, sender, message)
+
+    def _after_apply(self, update: bytes, user_id: str | None, sender: Connection | None,
+                     message: bytes | None) -> None:
+        self._fanout(message or p.update_message(update), sender)
+        stats = self.manager.stats
+        stats.updates += 1
+        stats.update_bytes += len(update)
+        # log
+        self.seq += 1
+        self._pending.append((self.seq, update, user_id))
+        self._log.append(update)
+        self._log_bytes += len(update)
+        if self._flush_handle is None:
+            self._flush_handle = self._loop.call_soon(self.flush)
+        for listener in self.update_listeners:
+            try:
+                listener(update, user_id)
+            except Exception:
+                log.exception("update listener failed")
+        for listener in self.manager.update_listeners:
+            try:
+                listener(self, update, user_id)
+            except Exception:
+                log.exception("update listener failed")
+
+    def _fanout(self, message: bytes, exclude: Connection | None) -> None:
+        framed = p.ws_frame(message)
+        sent = 0
+        for conn in self.conns:
+            if conn is not exclude:
+                conn.send(framed)
+                sent += 1
+        self.manager.stats.deliveries += sent
+
+    # ---------------------------------------------------------------------------------------
+    # Persistence
+    # ---------------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Hand the pending updates to the database writer (group commit) as one job."""
+        self._flush_handle = None
+        if self._pending:
+            rows, self._pending = self._pending, []
+            self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
+        if (len(self._log) >= self.manager.snapshot_after_updates
+                or self._log_bytes > max(self.manager.snapshot_after_bytes, self.snapshot_bytes)):
+            self._compact()
+
+    def _track(self, future: asyncio.Future, rows: list | None) -> None:
+        self._inflight.add(future)
+        started = time.perf_counter()
+
+        def done(fut: asyncio.Future) -> None:
+            self._inflight.discard(fut)
+            stats = self.manager.stats
+            if fut.cancelled():
+                return
+            exc = fut.exception()
+            if exc is None:
+                stats.flushes += 1
+                stats.flush_seconds_total += time.perf_counter() - started
+                return
+            stats.flush_errors += 1
+            if rows and not isinstance(exc, sqlite3.IntegrityError):
+                log.error("could not append %d updates of %s (%s): retrying in 1 s", len(rows), self.document_id, exc)
+                self._loop.call_later(1.0, self._retry, rows)
+            else:
+                log.error("write for document %s failed: %s", self.document_id, exc)
+
+        future.add_done_callback(done)
+
+    def _retry(self, rows: list) -> None:
+        self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
+
+    def _compact(self) -> None:
+        """Fold the log into a snapshot: the live Doc's full state, which reflects exactly the
+        updates up to self.seq (everything runs on the loop). Updates the Doc could not integrate
+        yet (missing dependencies) are not in `get_update()`, so they are carried over as log rows."""
+        if self._pending:
+            rows, self._pending = self._pending, []
+            self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
+        if not self._log:
+            return
+        state = self.doc.get_update()
+        seq = self.seq
+        carried = self._not_integrated()
+        self._track(self.manager.db.submit(store.compact, self.document_id, seq, state), None)
+        self.snapshot_bytes = len(state)
+        self._log = []
+        self._log_bytes = 0
+        self.manager.stats.compactions += 1
+        for update in carried:
+            self.seq += 1
+            self._pending.append((self.seq, update, None))
+            self._log.append(update)
+            self._log_bytes += len(update)
+        if carried:
+            rows, self._pending = self._pending, []
+            self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
+
+    def _not_integrated(self) -> list[bytes]:
+        have = decode_state_vector(self.doc.get_state())
+        missing = []
+        for update in self._log:
+            try:
+                wanted = decode_state_vector(update_state_vector(update))
+            except Exception:
+                continue
+            if any(have.get(client, 0) < clock for client, clock in wanted.items()):
+                missing.append(update)
+        return missing
+
+    async def close(self) -> None:
+        """Flush and compact, then wait until every write of this room has committed."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._compact()
+        if self._pending:
+            self.flush()
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    async def drain(self) -> None:
+        """Wait until every update accepted so far is committed (pending ones are flushed now)."""
+        if self._pending:
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self.flush()
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+
+MAX_AWARENESS_IDS = 16
+
+
+def decode_state_vector(sv: bytes) -> dict[int, int]:
+    count, pos = p.read_varuint(sv, 0)
+    out = {}
+    for _ in range(count):
+        client, pos = p.read_varuint(sv, pos)
+        clock, pos = p.read_varuint(sv, pos)
+        out[client] = clock
+    return out
+
+
+def seed_update(markdown: str) -> bytes:
+    """The CRDT state of a fresh document holding `markdown`: always the same bytes for the same
+    text (fixed client id, one insert), so seeding twice merges to one copy."""
+    seed = Doc(client_id=SEED_CLIENT_ID)
+    text = seed.get(TEXT_NAME, type=Text)
+    text += markdown
+    return seed.get_update()

@@ -1,0 +1,58 @@
+"""Routes of real-time collaboration: the document socket and its tickets; `install` wires the
+room manager into the app (revocation listener, SIGTERM flush)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mdsync.api.models import Out
+from mdsync.api.routing import PRINCIPAL, Routes
+from mdsync.collab import socket
+from mdsync.collab.rooms import ROOMS, RoomManager
+from mdsync.collab.tickets import Tickets
+from mdsync.config import Settings
+from mdsync.db import Database
+from mdsync.workspaces import access
+
+routes = Routes("collab")
+
+
+class TicketOut(Out):
+    ticket: str
+    expires_in: int
+
+
+@routes.get("/ws/docs/{document_id}",
+            "Real-time editing over the y-websocket protocol (upgrade; token in ?token=)", auth="none")
+async def document_socket(request: web.Request) -> web.StreamResponse:
+    return await socket.websocket(request)
+
+
+@routes.post("/api/v1/documents/{document_id}/ws-ticket",
+             "A single-use, 60 s ticket to open this document's socket without a token in the URL",
+             response=TicketOut, status=201, write_scope=False)
+async def ws_ticket(request: web.Request) -> web.Response:
+    document_id = request.match_info["document_id"]
+    await access.require(request, "viewer", document_id=document_id)
+    tickets = request.app[socket.TICKETS]
+    ticket = tickets.issue(request[PRINCIPAL], document_id)
+    return web.json_response({"ticket": ticket, "expires_in": int(tickets.ttl)}, status=201)
+
+
+def install(app: web.Application, settings: Settings, db: Database, auth) -> RoomManager:
+    cfg = settings.collab
+    manager = RoomManager(
+        db, grace_seconds=cfg.room_grace_seconds, snapshot_after_updates=cfg.snapshot_after_updates,
+        snapshot_after_bytes=cfg.snapshot_after_bytes, max_document_bytes=settings.limits.max_document_bytes,
+        access_recheck=lambda a: access.recheck(db, a),
+    )
+    app[ROOMS] = manager
+    app[socket.TICKETS] = Tickets()
+    auth.revocation_listeners.append(manager.on_sessions_revoked)
+
+    async def flush_rooms(app: web.Application) -> None:
+        await manager.shutdown()
+
+    # on_shutdown runs before the cleanup contexts: every room is flushed while the database is open
+    app.on_shutdown.append(flush_rooms)
+    return manager

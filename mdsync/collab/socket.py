@@ -1,0 +1,161 @@
+"""The aiohttp WebSocket adapter: `GET /ws/docs/{document_id}` speaking the y-websocket protocol.
+
+Order of a connection: accept the upgrade first (y-websocket retries a refused upgrade forever),
+then authenticate (`?token=` access JWT, PAT or single-use ticket; or `?share=` share-link token)
+and authorize, closing with 4401 (no or bad token, revoked session) / 4404 (no such document, or
+one the caller cannot see) / 4403 (lost access) — y-websocket stops reconnecting on 44xx. Then
+the room is acquired (loaded before anything is served), the socket joins it, and each frame is
+handed to the room. Leaving is synchronous, so a cancelled handler still cleans up.
+
+Tokens travel in the query string: nothing here logs the URL or its query.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from mdsync.api.errors import NotFound
+from mdsync.appkeys import DB, SETTINGS
+from mdsync.auth import store as auth_store
+from mdsync.collab.connection import Connection
+from mdsync.collab.protocol import ProtocolError
+from mdsync.collab.room import DocumentTooLarge
+from mdsync.collab.rooms import CLOSE_FORBIDDEN, CLOSE_RESTART, CLOSE_UNAUTHENTICATED, ROOMS, can_write
+from mdsync.collab.tickets import TICKET_PREFIX, Tickets
+from mdsync.workspaces import access as access_mod
+
+log = logging.getLogger("mdsync.collab")
+
+CLOSE_NOT_FOUND = 4404
+CLOSE_PROTOCOL = 1002
+CLOSE_UNSUPPORTED = 1003
+CLOSE_TOO_BIG = 1009
+CLOSE_TRY_LATER = 1013
+
+TICKETS: web.AppKey[Tickets] = web.AppKey("ws_tickets", Tickets)
+
+
+class Refused(Exception):
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+async def authorize(request: web.Request, document_id: str) -> tuple[Any, Any]:
+    """(principal or None for a share link, Access) of the socket, or Refused with its close code."""
+    from mdsync.auth.routes import AUTH
+
+    app = request.app
+    db = app[DB]
+    token = request.query.get("token")
+    share = request.query.get("share")
+    principal = None
+    if token:
+        if token.startswith(TICKET_PREFIX):
+            principal = app[TICKETS].redeem(token, document_id)
+            if principal is not None and principal.session_id is not None:
+                row = await auth_store.session_state(db, principal.session_id)
+                if row is None or row["revoked_at"] or row["disabled_at"]:
+                    principal = None
+        else:
+            principal = await app[AUTH].principal_from_token(token)
+        if principal is None:
+            raise Refused(CLOSE_UNAUTHENTICATED, "invalid, expired or revoked token")
+    elif not share:
+        raise Refused(CLOSE_UNAUTHENTICATED, "no token")
+    try:
+        if principal is None:
+            raise NotFound("no such document")
+        return principal, await access_mod.resolve(db, principal, document_id=document_id)
+    except NotFound:
+        if not share:
+            raise Refused(CLOSE_NOT_FOUND, "no such document") from None
+    try:
+        return principal, await access_mod.resolve_share(db, share, principal, document_id=document_id)
+    except NotFound:
+        raise Refused(CLOSE_UNAUTHENTICATED if principal is None else CLOSE_NOT_FOUND,
+                      "invalid share link") from None
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    settings = app[SETTINGS]
+    cfg = settings.collab
+    manager = app[ROOMS]
+    document_id = request.match_info["document_id"]
+    ws = web.WebSocketResponse(
+        max_msg_size=settings.limits.max_ws_message_bytes,
+        compress=False,  # frames are built once for all peers; deflate would cost a compression per peer
+        heartbeat=cfg.heartbeat_seconds or None,
+    )
+    if not ws.can_prepare(request).ok:
+        raise web.HTTPBadRequest(text="expected a WebSocket upgrade")
+    await ws.prepare(request)
+    if manager.shutting_down:
+        await ws.close(code=CLOSE_RESTART, message=b"server restarting")
+        return ws
+    try:
+        principal, access = await authorize(request, document_id)
+    except Refused as refused:
+        await ws.close(code=refused.code, message=refused.reason.encode())
+        return ws
+
+    writable = can_write(access) and (principal is None or principal.can_write)
+    conn = Connection(ws, principal, access, read_only=not writable,
+                      slow_peer_bytes=cfg.slow_peer_bytes, slow_peer_seconds=cfg.slow_peer_seconds)
+    if not manager.admit(conn, cfg.max_connections_per_user, cfg.max_connections_per_document):
+        await ws.close(code=CLOSE_TRY_LATER, message=b"too many connections")
+        return ws
+    room = None
+    try:
+        room = await manager.acquire(document_id)  # loaded from snapshot + log before serving
+        conn.room = room
+        room.join(conn)
+        stats = manager.stats
+        async for msg in ws:
+            if conn.closing:
+                continue  # revoked or closing: nothing more lands
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    room.receive(conn, msg.data)
+                except ProtocolError as exc:
+                    stats.garbage_frames += 1
+                    log.warning("malformed frame on document %s from user %s: %s; closing that socket",
+                                document_id, conn.user_id, exc)
+                    await ws.close(code=CLOSE_PROTOCOL, message=b"malformed message")
+                    break
+                except DocumentTooLarge as exc:
+                    await ws.close(code=CLOSE_TOO_BIG, message=str(exc).encode()[:120])
+                    break
+            elif msg.type == WSMsgType.TEXT:
+                stats.garbage_frames += 1
+                log.warning("text frame on document %s from user %s; closing that socket", document_id, conn.user_id)
+                await ws.close(code=CLOSE_UNSUPPORTED, message=b"binary frames only")
+                break
+            elif msg.type == WSMsgType.ERROR:
+                if getattr(msg.data, "code", None) == CLOSE_TOO_BIG or ws.close_code == CLOSE_TOO_BIG:
+                    stats.oversized_closed += 1
+                    log.warning("oversized message on document %s from user %s; closed with 1009",
+                                document_id, conn.user_id)
+                break
+    except Exception:
+        if manager.shutting_down:
+            await ws.close(code=CLOSE_RESTART, message=b"server restarting")
+        else:
+            log.exception("socket on document %s failed", document_id)
+            await ws.close(code=1011, message=b"internal error")
+    finally:
+        # synchronous on purpose: runs completely even when aiohttp cancels this handler
+        conn.closing = True
+        if room is not None:
+            room.leave(conn)
+            manager.release(room)
+        manager.dismiss(conn)
+    return ws
+
+
+__all__ = ["websocket", "authorize", "TICKETS", "CLOSE_FORBIDDEN"]

@@ -1,0 +1,322 @@
+"""Real-time rooms over `/ws/docs/{id}` with an in-process server: relay, awareness, read-only,
+persistence, auth close codes, limits, and the upstream defects NOTES lists (join race, rooms
+served before loading, cleanup on cancellation, awareness for joiners and leavers, malformed
+frames, large bursts)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from pycrdt import Doc, Text
+
+from mdsync.appkeys import DB
+from mdsync.collab import protocol as p
+from mdsync.collab.room import seed_update
+from mdsync.collab.rooms import ROOMS
+from tests.collab_helpers import YClient, eventually, make_document
+from tests.conftest import register
+
+
+async def doc_text_in_db(app, document_id: str) -> str:
+    db = app[DB]
+    doc = Doc()
+    snap = await db.one("SELECT state FROM doc_snapshots WHERE document_id = ?", (document_id,))
+    if snap:
+        doc.apply_update(snap["state"])
+    snap_seq = (await db.value("SELECT seq FROM doc_snapshots WHERE document_id = ?", (document_id,))) or 0
+    for row in await db.all("SELECT data FROM doc_updates WHERE document_id = ? AND seq > ? ORDER BY seq",
+                            (document_id, snap_seq)):
+        doc.apply_update(row["data"])
+    return str(doc.get("markdown", type=Text))
+
+
+@pytest.fixture
+async def collab(make_client):
+    """A client whose rooms unload quickly and compact often (small thresholds)."""
+    return await make_client(collab__room_grace_seconds=0.2, collab__snapshot_after_updates=50)
+
+
+async def test_two_writers_converge_and_updates_persist(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    bob = await register(collab)
+    _, doc_id = await make_document(app, alice.id, members={bob.id: "editor"})
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    b = await YClient.connect(collab, doc_id, bob.access_token)
+    await a.wait_synced()
+    await b.wait_synced()
+    for i in range(200):
+        (a if i % 2 else b).insert(0, f"<{i}>")
+        if i % 20 == 0:
+            await asyncio.sleep(0)
+    assert await eventually(lambda: str(a.text) == str(b.text) and len(str(a.text)) > 600)
+    expected = str(a.text)
+    room = app[ROOMS].loaded(doc_id)
+    assert room.text() == expected
+    await room.drain()
+    assert await doc_text_in_db(app, doc_id) == expected
+    await a.close()
+    await b.close()
+    # the room unloads after the grace period; a new client gets the same text from the database
+    assert await eventually(lambda: app[ROOMS].loaded(doc_id) is None)
+    c = await YClient.connect(collab, doc_id, alice.access_token)
+    await c.wait_synced()
+    assert await eventually(lambda: str(c.text) == expected)
+    await c.close()
+
+
+async def test_viewer_receives_everything_and_its_edits_go_nowhere(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    viewer = await register(collab)
+    _, doc_id = await make_document(app, alice.id, markdown="hello", members={viewer.id: "viewer"})
+    w = await YClient.connect(collab, doc_id, alice.access_token)
+    v = await YClient.connect(collab, doc_id, viewer.access_token)
+    await w.wait_synced()
+    await v.wait_synced()
+    assert str(v.text) == "hello"
+    w.insert(5, " world")
+    assert await eventually(lambda: str(v.text) == "hello world")
+    v.insert(0, "VIEWER ")
+    await asyncio.sleep(0.3)
+    dropped = app[ROOMS].stats.readonly_dropped
+    assert dropped >= 1
+    assert str(w.text) == "hello world"
+    assert app[ROOMS].loaded(doc_id).text() == "hello world"
+    await app[ROOMS].loaded(doc_id).drain()
+    assert await doc_text_in_db(app, doc_id) == "hello world"
+    # awareness of a viewer still flows
+    await v.set_awareness(json.dumps({"user": {"name": "viewer"}}))
+    assert await eventually(lambda: v.doc.client_id in w.awareness)
+    await w.close()
+    await v.close()
+
+
+async def test_seed_is_deterministic_and_never_repeated():
+    assert seed_update("# Title\n") == seed_update("# Title\n")
+    one, two = Doc(), Doc()
+    one.apply_update(seed_update("abc"))
+    two.apply_update(seed_update("abc"))
+    one.apply_update(two.get_update())
+    assert str(one.get("markdown", type=Text)) == "abc"
+
+
+async def test_markdown_seed_is_stored_once(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id, markdown="# Seeded\n")
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    assert str(a.text) == "# Seeded\n"
+    a.insert(9, "more")
+    assert await eventually(lambda: app[ROOMS].loaded(doc_id).text() == "# Seeded\nmore")
+    await a.close()
+    assert await eventually(lambda: app[ROOMS].loaded(doc_id) is None)
+    # the markdown column changing later must not re-seed a document that has CRDT state
+    await app[DB].write(lambda tx: tx.execute("UPDATE documents SET markdown = 'other' WHERE id = ?", (doc_id,)))
+    b = await YClient.connect(collab, doc_id, alice.access_token)
+    await b.wait_synced()
+    assert str(b.text) == "# Seeded\nmore"
+    await b.close()
+
+
+async def test_awareness_to_joiners_and_removed_on_leave(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    await a.set_awareness(json.dumps({"user": {"name": "Alice"}}))
+    # echoed to the sender too (keeps lone y-websocket clients from reconnecting)
+    assert await eventually(lambda: a.doc.client_id in a.awareness)
+    late = await YClient.connect(collab, doc_id, alice.access_token)
+    # the late joiner gets the current states at once, without Alice renewing hers
+    assert await eventually(lambda: a.doc.client_id in late.awareness, timeout=2)
+    assert json.loads(late.awareness[a.doc.client_id]) == {"user": {"name": "Alice"}}
+    await a.close()
+    assert await eventually(lambda: a.doc.client_id not in late.awareness, timeout=3)
+    assert app[ROOMS].loaded(doc_id).awareness == {}
+    # query-awareness is answered
+    await late.send_raw(bytes([p.MSG_QUERY_AWARENESS]))
+    await asyncio.sleep(0.1)
+    await late.close()
+
+
+async def test_join_race_many_clients_on_a_new_room_all_sync(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id, markdown="start")
+    clients = await asyncio.gather(*(YClient.connect(collab, doc_id, alice.access_token) for _ in range(20)))
+    await asyncio.gather(*(c.wait_synced(10) for c in clients))
+    assert all(str(c.text) == "start" for c in clients)
+    assert len(app[ROOMS].loaded(doc_id).conns) == 20
+    await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_room_is_loaded_before_any_client_is_served(collab):
+    """A client's first message is answered from the persisted state, never from an empty doc."""
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    a.insert(0, "persisted text")
+    await eventually(lambda: app[ROOMS].loaded(doc_id).text() == "persisted text")
+    await a.close()
+    assert await eventually(lambda: app[ROOMS].loaded(doc_id) is None)
+    clients = await asyncio.gather(*(YClient.connect(collab, doc_id, alice.access_token) for _ in range(5)))
+    await asyncio.gather(*(c.wait_synced() for c in clients))
+    assert [str(c.text) for c in clients] == ["persisted text"] * 5
+    await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_cancelled_handlers_still_leave_the_room(collab):
+    """aiohttp cancels handlers of dropped connections; the room must still forget them."""
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    await a.set_awareness(json.dumps({"n": 1}))
+    b = await YClient.connect(collab, doc_id, alice.access_token)
+    await b.wait_synced()
+    # drop a's TCP connection without a close handshake
+    a.ws._response.connection.transport.abort()
+    assert await eventually(lambda: len(app[ROOMS].loaded(doc_id).conns) == 1)
+    assert await eventually(lambda: a.doc.client_id not in b.awareness)
+    await b.close()
+    assert await eventually(lambda: app[ROOMS].loaded(doc_id) is None)
+    assert app[ROOMS].connections(doc_id) == []
+
+
+async def test_garbage_and_oversized_frames_close_only_that_socket(make_client):
+    client = await make_client(limits__max_ws_message_bytes=64 * 1024)
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id)
+    good = await YClient.connect(client, doc_id, alice.access_token)
+    await good.wait_synced()
+    cases = [b"\x00\x02\xff\xff\xff", b"\x00\x02\x05abc", b"\x00\x02\x03\x01\x02\x03", b"\x07\x00",
+             b"\x01\x05\x01\x01\x01\x01x", b""]
+    for frame in cases:
+        bad = await YClient.connect(client, doc_id, alice.access_token)
+        await bad.wait_synced()
+        await bad.send_raw(frame)
+        assert await bad.wait_closed() == 1002, frame
+    bad = await YClient.connect(client, doc_id, alice.access_token)
+    await bad.ws.send_str("hello")
+    assert await bad.wait_closed() == 1003
+    big = await YClient.connect(client, doc_id, alice.access_token)
+    await big.wait_synced()
+    await big.send_raw(b"\x00\x02" + p.varbytes(b"x" * 100_000))
+    assert await big.wait_closed() == 1009
+    stats = app[ROOMS].stats
+    assert stats.garbage_frames == len(cases) + 1
+    assert stats.oversized_closed == 1
+    # the room and the good client go on
+    other = await YClient.connect(client, doc_id, alice.access_token)
+    await other.wait_synced()
+    good.insert(0, "still fine")
+    assert await eventually(lambda: str(other.text) == "still fine")
+    await good.close()
+    await other.close()
+
+
+async def test_large_burst_is_neither_dropped_nor_stalled(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    b = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    await b.wait_synced()
+    for i in range(3000):
+        a.insert(len(a.text), "x")
+    assert await eventually(lambda: len(str(b.text)) == 3000, timeout=20)
+    room = app[ROOMS].loaded(doc_id)
+    await room.drain()
+    assert await doc_text_in_db(app, doc_id) == "x" * 3000
+    await a.close()
+    await b.close()
+
+
+async def test_auth_close_codes(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    mallory = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    _, other_doc = await make_document(app, mallory.id)
+    for token, document, code in [(None, doc_id, 4401), ("nonsense", doc_id, 4401),
+                                  (mallory.access_token, doc_id, 4404),
+                                  (alice.access_token, "00000000-0000-4000-8000-000000000000", 4404),
+                                  (alice.access_token, other_doc, 4404)]:
+        c = await YClient.connect(collab, document, token)
+        assert await c.wait_closed() == code, (token, document)
+
+
+async def test_revoked_session_is_closed_and_its_edits_never_land(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    # a second session of alice, which she signs out of
+    resp = await collab.post("/api/v1/auth/login", json={"email": alice.email, "password": alice.password})
+    other = (await resp.json())["access_token"]
+    a = await YClient.connect(collab, doc_id, other)
+    watcher = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    await watcher.wait_synced()
+    resp = await collab.post("/api/v1/auth/logout", headers={"Authorization": f"Bearer {other}"})
+    assert resp.status == 204
+    assert await a.wait_closed() == 4401
+    a.insert(0, "after revocation")
+    await asyncio.sleep(0.2)
+    assert str(watcher.text) == ""
+    await watcher.close()
+
+
+async def test_ticket_is_single_use(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id, markdown="t")
+    resp = await collab.post(f"/api/v1/documents/{doc_id}/ws-ticket", headers=alice.headers)
+    assert resp.status == 201
+    ticket = (await resp.json())["ticket"]
+    c = await YClient.connect(collab, doc_id, ticket)
+    await c.wait_synced()
+    assert str(c.text) == "t"
+    again = await YClient.connect(collab, doc_id, ticket)
+    assert await again.wait_closed() == 4401
+    await c.close()
+
+
+async def test_server_side_edit_reaches_clients_and_log(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id, markdown="abc")
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    async with app[ROOMS].use(doc_id) as room:
+        room.edit(lambda text: text.insert(3, "def"), alice.id)
+        assert room.text() == "abcdef"
+        await room.drain()
+    assert await eventually(lambda: str(a.text) == "abcdef")
+    assert await doc_text_in_db(app, doc_id) == "abcdef"
+    assert [u["user_id"] for u in app[ROOMS].presence(doc_id)] == [alice.id]
+    await a.close()
+
+
+async def test_connection_limits(make_client):
+    client = await make_client(collab__max_connections_per_document=2)
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id)
+    a = await YClient.connect(client, doc_id, alice.access_token)
+    b = await YClient.connect(client, doc_id, alice.access_token)
+    await a.wait_synced()
+    await b.wait_synced()
+    c = await YClient.connect(client, doc_id, alice.access_token)
+    assert await c.wait_closed() == 1013
+    await a.close()
+    await b.close()
