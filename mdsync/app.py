@@ -11,7 +11,6 @@ from mdsync.api.routing import AUTHENTICATOR, BODY_LIMIT
 from mdsync.appkeys import DB, READINESS, ROUTE_TABLES, SETTINGS
 from mdsync.auth import routes as auth_routes
 from mdsync.auth.service import AuthService
-from mdsync.collab import routes as collab_routes
 from mdsync.config import Settings, ensure_secret
 from mdsync.db import Database
 from mdsync.documents import content_routes
@@ -20,6 +19,7 @@ from mdsync.documents.content import CONTENT, TextContent
 from mdsync.documents.service import DOCUMENTS, Documents
 from mdsync.documents.sharing import SHARING, Sharing
 from mdsync.ops import health
+from mdsync.sync import routes as sync_routes
 from mdsync.workspaces import routes as workspace_routes
 from mdsync.workspaces.invitations import Invitations, registration_hook
 from mdsync.workspaces.service import WORKSPACES, WorkspaceService
@@ -47,8 +47,8 @@ def create_app(settings: Settings) -> web.Application:
     app[DOCUMENTS] = Documents(app, db)
     app[SHARING] = Sharing(app, db, settings.public_url)
 
-    tables = [health.routes, auth_routes.routes,
-              workspace_routes.routes, document_routes.routes, content_routes.routes, collab_routes.routes]
+    tables = [health.routes, auth_routes.routes, sync_routes.routes,
+              workspace_routes.routes, document_routes.routes, content_routes.routes]
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables
@@ -60,7 +60,6 @@ def create_app(settings: Settings) -> web.Application:
         auth.close()
 
     app.cleanup_ctx.append(database)
-    collab_routes.install(app, settings, db, auth)
 
     async def workspace_purger(app: web.Application):
         task = asyncio.create_task(workspaces.run_purger(settings.workspaces.purge_interval))
@@ -68,4 +67,5 @@ def create_app(settings: Settings) -> web.Application:
         task.cancel()
 
     app.cleanup_ctx.append(workspace_purger)
+    sync_routes.install(app, db, auth)  # after the database: the feed starts once it is open
     return app
