@@ -11,6 +11,7 @@ from mdsync.api.routing import AUTHENTICATOR, BODY_LIMIT
 from mdsync.appkeys import DB, READINESS, ROUTE_TABLES, SETTINGS
 from mdsync.auth import routes as auth_routes
 from mdsync.auth.service import AuthService
+from mdsync.collab import routes as collab_routes
 from mdsync.config import Settings, ensure_secret
 from mdsync.db import Database
 from mdsync.documents import content_routes
@@ -48,7 +49,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SHARING] = Sharing(app, db, settings.public_url)
 
     tables = [health.routes, auth_routes.routes, sync_routes.routes,
-              workspace_routes.routes, document_routes.routes, content_routes.routes]
+              workspace_routes.routes, document_routes.routes, content_routes.routes, collab_routes.routes]
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables
@@ -60,6 +61,7 @@ def create_app(settings: Settings) -> web.Application:
         auth.close()
 
     app.cleanup_ctx.append(database)
+    collab_routes.install(app, settings, db, auth)
 
     async def workspace_purger(app: web.Application):
         task = asyncio.create_task(workspaces.run_purger(settings.workspaces.purge_interval))
