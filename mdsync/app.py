@@ -19,7 +19,10 @@ from mdsync.documents import routes as document_routes
 from mdsync.documents.content import CONTENT, TextContent
 from mdsync.documents.service import DOCUMENTS, Documents
 from mdsync.documents.sharing import SHARING, Sharing
+from mdsync.ops import backup as ops_backup
 from mdsync.ops import health
+from mdsync.ops import metrics as ops_metrics
+from mdsync.ops import replica as ops_replica
 from mdsync.sync import routes as sync_routes
 from mdsync.workspaces import routes as workspace_routes
 from mdsync.workspaces.invitations import Invitations, registration_hook
@@ -27,8 +30,11 @@ from mdsync.workspaces.service import WORKSPACES, WorkspaceService
 
 
 def create_app(settings: Settings) -> web.Application:
+    metrics = ops_metrics.Metrics()
     app = web.Application(
-        middlewares=middleware.build(settings.cors.origins, hsts=settings.public_url.startswith("https://")),
+        # the metrics middleware is outermost: it sees every answer, including mapped errors
+        middlewares=[ops_metrics.middleware(metrics),
+                     *middleware.build(settings.cors.origins, hsts=settings.public_url.startswith("https://"))],
         # handlers read bodies through routing.read_body with their own limit; this is the ceiling
         client_max_size=max(settings.limits.max_body_bytes, settings.limits.max_document_bytes) + 1024,
     )
@@ -37,6 +43,8 @@ def create_app(settings: Settings) -> web.Application:
     app[READINESS] = {}
     db = Database(settings.db_path, autocheckpoint=settings.replica.url is None)
     app[DB] = db
+    ops_metrics.setup(app, settings, db, metrics)  # before features, which add their own metrics
+    ops_replica.setup(app, settings)
     auth = AuthService(db, settings, ensure_secret(settings))
     app[auth_routes.AUTH] = auth
     app[AUTHENTICATOR] = auth
@@ -48,7 +56,7 @@ def create_app(settings: Settings) -> web.Application:
     app[DOCUMENTS] = Documents(app, db)
     app[SHARING] = Sharing(app, db, settings.public_url)
 
-    tables = [health.routes, auth_routes.routes, sync_routes.routes,
+    tables = [health.routes, ops_metrics.routes, auth_routes.routes, sync_routes.routes,
               workspace_routes.routes, document_routes.routes, content_routes.routes, collab_routes.routes]
     for table in tables:
         table.register(app)
@@ -60,6 +68,8 @@ def create_app(settings: Settings) -> web.Application:
         await db.close()
         auth.close()
 
+    if settings.server.backup_before_migrate:
+        app.cleanup_ctx.append(ops_backup.before_migrate_ctx)
     app.cleanup_ctx.append(database)
     collab_routes.install(app, settings, db, auth)
 

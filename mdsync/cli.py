@@ -86,6 +86,12 @@ def migrate(settings) -> None:
     from mdsync.db.migrate import apply_migrations
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.server.backup_before_migrate:
+        from mdsync.ops.backup import backup_before_migrate
+
+        saved = backup_before_migrate(settings, _progress)
+        if saved:
+            click.echo(f"backed up the database before migrating: {saved}")
     conn = connect(settings.db_path)
     try:
         done = apply_migrations(conn)
@@ -268,6 +274,194 @@ def users_delete(email, yes, settings) -> None:
 # Features add checks that refuse a deletion (e.g. the last owner of a workspace): fn(tx, user_id),
 # raising click.ClickException with the reason.
 USER_DELETE_CHECKS: list = []
+
+
+# -- backups, restore, doctor (mdsync/ops) ------------------------------------------------------
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@main.command()
+@click.option("--to", "dest", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="backup file to write (a tar; .tar.gz / .tgz compresses it)")
+@settings_options
+def backup(dest, settings) -> None:
+    """Write a consistent backup (database + attachments) while the server keeps running."""
+    from mdsync.ops.backup import BackupError, create_backup
+
+    try:
+        manifest = create_backup(settings, dest, _progress)
+    except BackupError as exc:
+        fail(str(exc))
+    click.echo(f"backup written to {manifest['path']}: {manifest['bytes'] // 1024} KiB, schema "
+               f"{manifest['schema_version']}, {manifest['files']['count']} attachments, {manifest['seconds']:.1f} s")
+
+
+@main.command()
+@click.option("--from-replica", is_flag=True, help="restore from the litestream replica (replica.url)")
+@click.option("--from-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="restore from a file written by `mdsync backup`")
+@click.option("--timestamp", default=None, help="with --from-replica: the state as of this time (RFC 3339)")
+@click.option("--force", is_flag=True, help="replace the database in a data dir that has one (it is moved aside)")
+@settings_options
+def restore(from_replica, from_file, timestamp, force, settings) -> None:
+    """Restore a data dir from the replica or a backup file, then verify it (as `mdsync doctor`)."""
+    from mdsync.ops import doctor
+    from mdsync.ops.restore import RestoreError, restore as run_restore
+
+    try:
+        result = run_restore(settings, from_replica=from_replica, from_file=from_file, timestamp=timestamp,
+                             force=force, progress=_progress)
+    except RestoreError as exc:
+        fail(str(exc))
+    click.echo(f"restored {settings.db_path} from {result['source']} (schema {result['schema_version']})")
+    if result["moved_aside"]:
+        click.echo(f"the data it replaced is in {result['moved_aside']}")
+    checks = doctor.run(settings)
+    for check in checks:
+        click.echo(check.line())
+    if any(c.status == "FAIL" for c in checks):
+        fail("the restored data dir does not pass every check (see FAIL above)")
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="config.toml to read (default: $MDSYNC_CONFIG, else built-in defaults)")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="data directory (overrides server.data_dir)")
+def doctor(config_file, data_dir) -> None:
+    """Check config, database, migrations, disk, storage, replica and clock: PASS/FAIL lines."""
+    from mdsync.ops import doctor as checks_module
+
+    try:
+        settings = config.load(config_file, overrides={"server.data_dir": data_dir})
+    except config.ConfigError as exc:
+        click.echo(checks_module.Check("config", "FAIL", str(exc)).line())
+        sys.exit(1)
+    checks = checks_module.run(settings)
+    for check in checks:
+        click.echo(check.line())
+    failed = [c.name for c in checks if c.status == "FAIL"]
+    if failed:
+        click.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+        sys.exit(1)
+    click.echo("all checks passed")
+
+
+# -- workspaces (mdsync/workspaces) -------------------------------------------------------------
+def _refuse_sole_owner(tx, user_id: str) -> None:
+    from mdsync.workspaces.service import sole_owner_workspaces
+
+    owned = sole_owner_workspaces(tx, user_id)
+    if owned:
+        names = ", ".join(f"{row['name']} ({row['id']})" for row in owned)
+        raise click.ClickException(f"this user is the only owner of: {names}; make someone else owner "
+                                   "(mdsync workspaces add-member WS EMAIL --role owner) or delete the workspace first")
+
+
+USER_DELETE_CHECKS.append(_refuse_sole_owner)
+
+
+@main.group()
+def workspaces() -> None:
+    """List and create workspaces, add and remove members."""
+
+
+def _workspace_or_fail(tx, ref: str):
+    row = tx.one("SELECT * FROM workspaces WHERE id = ? OR slug = ?", (ref, ref))
+    if row is None:
+        raise click.ClickException(f"no workspace with id or slug {ref}")
+    return row
+
+
+def _offline_api(settings, fn, *args):
+    """Run a write job whose refusals are API errors (409 last owner, ...) as a CLI failure."""
+    from mdsync.api.errors import ApiError
+
+    try:
+        return offline(settings, fn, *args)
+    except ApiError as exc:
+        fail(exc.detail)
+
+
+@workspaces.command("list")
+@settings_options
+def workspaces_list(settings) -> None:
+    """List every workspace: id, slug, name, members, owners (one per line)."""
+    def read(tx):
+        return tx.all(
+            "SELECT w.id, w.slug, w.name, w.deleted_at, count(m.user_id) AS members,"
+            " group_concat(CASE WHEN m.role = 'owner' THEN u.email END, ',') AS owners"
+            " FROM workspaces w LEFT JOIN members m ON m.workspace_id = w.id LEFT JOIN users u ON u.id = m.user_id"
+            " GROUP BY w.id ORDER BY w.name, w.id")
+
+    rows = offline(settings, read)
+    if not rows:
+        click.echo("no workspaces yet: mdsync workspaces create NAME --owner EMAIL")
+    for row in rows:
+        state = f"deleted {row['deleted_at']}" if row["deleted_at"] else "-"
+        click.echo(f"{row['id']}\t{row['slug']}\t{row['name']}\t{row['members']} members\t"
+                   f"owners: {row['owners'] or '-'}\t{state}")
+
+
+@workspaces.command("create")
+@click.argument("name")
+@click.option("--owner", "owner_email", required=True, help="email of the user who will own it")
+@settings_options
+def workspaces_create(name, owner_email, settings) -> None:
+    """Create a workspace owned by an existing user."""
+    from mdsync.workspaces.service import insert_workspace
+
+    name = name.strip()
+    if not 1 <= len(name) <= 500:
+        fail("the name must be 1-500 characters")
+
+    def create(tx):
+        owner = _user_or_fail(tx, owner_email)
+        return insert_workspace(tx, name, owner["id"])
+
+    row = _offline_api(settings, create)
+    click.echo(f"created workspace {row['name']} ({row['id']}, slug {row['slug']}) owned by {owner_email}")
+
+
+@workspaces.command("add-member")
+@click.argument("workspace")
+@click.argument("email")
+@click.option("--role", type=click.Choice(["viewer", "commenter", "editor", "admin", "owner"]), default="editor",
+              show_default=True, help="their role (an existing member gets this role instead)")
+@settings_options
+def workspaces_add_member(workspace, email, role, settings) -> None:
+    """Add a user to a workspace (by id or slug), or change an existing member's role."""
+    from mdsync.workspaces.service import add_member, member_role, set_role
+
+    def add(tx):
+        ws = _workspace_or_fail(tx, workspace)
+        user = _user_or_fail(tx, email)
+        if member_role(tx, ws["id"], user["id"]) is None:
+            add_member(tx, ws["id"], user["id"], role, actor_id=None, via="cli")
+            return "added"
+        set_role(tx, ws["id"], user["id"], role, actor_id=None)
+        return "changed"
+
+    done = _offline_api(settings, add)
+    click.echo(f"{'added' if done == 'added' else 'set the role of'} {email} {'as' if done == 'added' else 'to'} {role}")
+
+
+@workspaces.command("remove-member")
+@click.argument("workspace")
+@click.argument("email")
+@settings_options
+def workspaces_remove_member(workspace, email, settings) -> None:
+    """Remove a user from a workspace (refused for its only owner)."""
+    from mdsync.workspaces.service import remove_member
+
+    def remove(tx):
+        ws = _workspace_or_fail(tx, workspace)
+        user = _user_or_fail(tx, email)
+        remove_member(tx, ws["id"], user["id"], actor_id=None)
+
+    _offline_api(settings, remove)
+    click.echo(f"removed {email} from {workspace}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ class ServerSettings(Section):
     secret: str | None = None
     shutdown_timeout: float = Field(8.0, gt=0)
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    backup_before_migrate: bool = False
 
 
 class AuthSettings(Section):
@@ -77,6 +78,10 @@ class StorageSettings(Section):
 
 class ReplicaSettings(Section):
     url: str | None = None
+    sync_interval: float = Field(1.0, gt=0)
+    poll_interval: float = Field(1.0, gt=0)
+    max_lag: float = Field(30.0, gt=0)
+    shutdown_timeout: float = Field(10.0, gt=0)
 
 
 class ProviderSettings(Section):
