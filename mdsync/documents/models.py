@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from mdsync.api.models import Body, Name, Out
-from mdsync.workspaces.models import Role
+from mdsync.workspaces.models import Role, reject_null
 
 Kind = Literal["note", "template", "context"]
 ContentModel = Literal["text", "tiptap"]
@@ -35,6 +35,7 @@ class FolderPatch(Body):
     position: Position | None = None
 
     _pos = field_validator("position")(_finite)
+    _not_null = field_validator("name", "position", mode="before")(reject_null)
 
 
 class FolderOut(Out):
@@ -64,6 +65,7 @@ class DocumentPatch(Body):
     kind: Kind | None = None
 
     _pos = field_validator("position")(_finite)
+    _not_null = field_validator("title", "position", "kind", mode="before")(reject_null)
 
 
 class DocumentOut(Out):

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mdsync.api.models import Body, Email, Name, Out
 
 Role = Literal["viewer", "commenter", "editor", "admin", "owner"]
+
+
+def reject_null(value):
+    """PATCH fields that may be left out but not set to null."""
+    if value is None:
+        raise ValueError("must not be null (leave the field out to keep it)")
+    return value
 
 
 class WorkspaceIn(Body):
@@ -18,6 +25,8 @@ class WorkspaceIn(Body):
 class WorkspacePatch(Body):
     name: Name | None = None
     settings: dict[str, Any] | None = None
+
+    _not_null = field_validator("name", "settings", mode="before")(reject_null)
 
 
 class WorkspaceOut(Out):
