@@ -1,0 +1,86 @@
+"""Interop with the real npm clients: yjs 13.6 + y-websocket 3.1 `WebsocketProvider`, run from Node
+(tests/interop/scenario.mjs) against a real server. Every Node run is bounded in time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mdsync.collab.rooms import ROOMS
+from tests.collab_helpers import make_document
+from tests.conftest import register
+from tests.test_collab_relay import doc_text_in_db
+
+INTEROP = Path(__file__).resolve().parent / "interop"
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
+    reason="needs node and `npm ci` in tests/interop (.ci/run does it)")
+
+
+async def run_node(scenario: str, config: dict, timeout: float = 60.0) -> dict:
+    config = {"timeoutMs": int(timeout * 1000) - 2000, **config}
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(INTEROP / "scenario.mjs"), scenario, json.dumps(config), cwd=INTEROP,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"node {scenario} did not finish in {timeout} s")
+    lines = out.decode().strip().splitlines()
+    assert lines, f"node {scenario} printed nothing (exit {proc.returncode}): {err.decode()[-2000:]}"
+    result = json.loads(lines[-1])
+    assert "error" not in result, f"{scenario}: {result['error']} {err.decode()[-2000:]}"
+    return result
+
+
+def ws_base(client) -> str:
+    return f"ws://{client.server.host}:{client.server.port}/ws/docs"
+
+
+async def test_two_writers_and_a_viewer_converge_with_awareness(client):
+    app = client.server.app
+    alice, bob, viewer = await register(client), await register(client), await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="# Shared\n",
+                                    members={bob.id: "editor", viewer.id: "viewer"})
+    result = await run_node("converge", {
+        "url": ws_base(client), "doc": doc_id, "writerA": alice.access_token, "writerB": bob.access_token,
+        "viewer": viewer.access_token, "edits": 1000, "seed": 42}, timeout=90)
+    # the viewer holds its own edit locally; nobody else ever sees it
+    assert result["a"] == result["b"] == result["late"] == result["viewer"].replace("VIEWER-EDIT", "", 1)
+    assert "VIEWER-EDIT" not in result["a"] and len(result["a"]) > 2000
+    assert (result["aSeesB"], result["bSeesA"], result["viewerSeesA"]) == ("B", "A", "A")
+    assert result["removedOnLeave"] is True
+    room = app[ROOMS].loaded(doc_id)
+    assert room.text() == result["a"]
+    await room.drain()
+    stored = await doc_text_in_db(app, doc_id)
+    assert stored == result["a"] and "VIEWER-EDIT" not in stored
+    assert app[ROOMS].stats.readonly_dropped >= 1
+
+
+async def test_offline_edits_merge_on_reconnect(client):
+    app = client.server.app
+    alice, bob = await register(client), await register(client)
+    _, doc_id = await make_document(app, alice.id, members={bob.id: "editor"})
+    result = await run_node("offline", {"url": ws_base(client), "doc": doc_id,
+                                        "writerA": alice.access_token, "writerB": bob.access_token})
+    assert result["a"] == result["b"] == result["fresh"]
+    assert "off" in result["a"] and "on" in result["a"]
+    assert app[ROOMS].loaded(doc_id).text() == result["a"]
+
+
+@pytest.mark.parametrize("case", ["none", "bad", "other-workspace"])
+async def test_provider_gets_close_code_and_stops(client, case):
+    app = client.server.app
+    alice, mallory = await register(client), await register(client)
+    _, doc_id = await make_document(app, alice.id)
+    token = {"none": "", "bad": "not-a-token", "other-workspace": mallory.access_token}[case]
+    result = await run_node("closeCode", {"url": ws_base(client), "doc": doc_id, "token": token}, timeout=20)
+    assert result["closed"] == (4404 if case == "other-workspace" else 4401)
+    assert result["synced"] is False
