@@ -201,6 +201,7 @@ class Supervisor:
         self._stopping = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -208,11 +209,15 @@ class Supervisor:
         write_config(self.settings)
         await asyncio.to_thread(self._stop_orphan)
         self._caught_up_at = time.monotonic()
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.sock)),
+            timeout=aiohttp.ClientTimeout(total=max(self.settings.replica.poll_interval * 3, 5)))
         self._tasks = [asyncio.create_task(self._run(), name="litestream-supervisor"),
                        asyncio.create_task(self._poll_loop(), name="litestream-poll")]
-        # replication starts before the server answers: wait (briefly) for the control socket
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not (self.running and self.sock.exists()):
+        # replication is under way before the server answers: litestream only does a final sync on
+        # SIGTERM for a database it has initialized, which its first sync does; force that now
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not await self._sync_once():
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -221,6 +226,7 @@ class Supervisor:
         self._wake.set()
         proc = self.proc
         if proc is not None and proc.returncode is None:
+            await self._sync_once()  # a litestream restarted moments ago may not have initialized yet
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), self.settings.replica.shutdown_timeout)
@@ -233,6 +239,8 @@ class Supervisor:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
         self.pid_file.unlink(missing_ok=True)
 
     @property
@@ -309,21 +317,25 @@ class Supervisor:
                 log.debug("litestream: %s", text)
 
     # -- lag ------------------------------------------------------------------------------------
+    async def _sync_once(self) -> bool:
+        """Ask litestream to sync the WAL now (its regular job, done on demand) and read back the
+        local and replicated transaction ids. False when it is not reachable."""
+        if not self.running or self._session is None:
+            return False
+        try:
+            async with self._session.post("http://litestream/sync", json={"path": self.db_path}) as resp:
+                answer = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+            return False  # not up yet, or restarting: the lag keeps growing
+        if resp.status != 200 or not isinstance(answer, dict):
+            return False
+        self.observe(int(answer.get("txid", 0)), int(answer.get("replicated_txid", 0)))
+        return True
+
     async def _poll_loop(self) -> None:
-        interval = self.settings.replica.poll_interval
-        connector = aiohttp.UnixConnector(path=str(self.sock))
-        timeout = aiohttp.ClientTimeout(total=max(interval * 3, 5))
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            while not self._stopping:
-                if self.running:
-                    try:
-                        async with session.post("http://litestream/sync", json={"path": self.db_path}) as resp:
-                            answer = await resp.json(content_type=None)
-                        if resp.status == 200:
-                            self.observe(int(answer.get("txid", 0)), int(answer.get("replicated_txid", 0)))
-                    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
-                        pass  # not up yet, or restarting: the lag keeps growing
-                await asyncio.sleep(interval)
+        while not self._stopping:
+            await self._sync_once()
+            await asyncio.sleep(self.settings.replica.poll_interval)
 
     def observe(self, local_txid: int, replicated_txid: int, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
