@@ -163,7 +163,9 @@ async def require(request: web.Request, role: str, *, workspace_id: str | None =
     see it) and refuse (403) when their effective role is below `role`.
 
     `share=True` (document routes only): a caller who is not otherwise allowed to see the
-    document may present a share token for it (header `X-Mdsync-Share` or `?share=`).
+    document may present a share token for it (header `X-Mdsync-Share` or `?share=`) and works
+    with the link's role. Routes without it answer a valid token for that document with 403
+    (the holder can see the document, but a link does not open this route) and never admit them.
     """
     db = request.app[DB]
     principal = request.get(PRINCIPAL)
@@ -175,10 +177,13 @@ async def require(request: web.Request, role: str, *, workspace_id: str | None =
         access = await resolve(db, principal, workspace_id=workspace_id, document_id=document_id,
                                folder_id=folder_id, trashed=trashed)
     except NotFound:
-        token = share_token(request) if share and document_id is not None else None
+        token = share_token(request) if document_id is not None else None
         if token is None:
             raise
         access = await resolve_share(db, token, principal, document_id=document_id)
+        if not share:
+            # the holder can see this document (elsewhere), so this is "not allowed", not "not found"
+            raise Forbidden("a share link does not allow this") from None
     if not access.at_least(role):
         raise Forbidden(f"this needs the {role} role or higher; you are {access.role}")
     return access
