@@ -4,7 +4,6 @@ feed to commits, session revocations and shutdown."""
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from aiohttp import web
@@ -88,7 +87,7 @@ async def list_changes(request: web.Request, query: ChangesQuery) -> web.Respons
     page = await request.app[FEED].changes(
         principal.user_id, principal.session_id, _since(query.since), query.limit or DEFAULT_LIMIT,
         query.wait or 0.0, alive=_alive(request))
-    return web.json_response(page.body(), headers={"Cache-Control": "no-store"})
+    return web.Response(text=page.json(), content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 @routes.get("/api/v1/sync/events", "The change feed as Server-Sent Events (`id` is the cursor)",
@@ -115,8 +114,7 @@ async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse
                 await response.write(b": heartbeat\n\n")
                 continue
             await response.write("".join(
-                f"id: {encode_cursor(change['seq'])}\nevent: change\ndata: {json.dumps(change)}\n\n"
-                for change in page.changes).encode())
+                f"id: {encode_cursor(seq)}\nevent: change\ndata: {change}\n\n" for seq, change in page.rows).encode())
     except (ConnectionError, RuntimeError):
         # the client left mid-write (RuntimeError: aiohttp's "cannot write to closing transport")
         return response
