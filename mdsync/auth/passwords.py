@@ -14,13 +14,16 @@ class Passwords:
         self._hasher = PasswordHasher(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
         # a bounded pool: a burst of logins queues here instead of starving every other thread
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="argon2")
-        # verified against when an email is unknown, so both answers take the same time
-        self._dummy = self._hasher.hash("not a real password, only here for timing")
+        # verified against when an email is unknown, so both answers take the same time; made on
+        # first need, in the pool, so that starting the server does not pay for a hash
+        self._dummy: str | None = None
 
     def hash_sync(self, password: str) -> str:
         return self._hasher.hash(password)
 
     def verify_sync(self, password_hash: str | None, password: str) -> bool:
+        if password_hash is None and self._dummy is None:
+            self._dummy = self._hasher.hash("not a real password, only here for timing")
         try:
             return self._hasher.verify(password_hash or self._dummy, password) and password_hash is not None
         except (VerifyMismatchError, VerificationError, InvalidHashError):
