@@ -1,0 +1,252 @@
+"""The authorization matrix: every endpoint × every kind of caller → the expected status.
+
+Callers: owner, admin, editor, commenter, viewer (members), nonmember (signed in, not in the
+workspace), share (signed in, not a member, sending a share token of the target document in
+`X-Mdsync-Share`) and anonymous (no token).
+
+Each row: method, the route path exactly as declared in its Routes table, the eight expected
+statuses in the order of CALLERS, and optionally a query string, a body and a `setup` that makes
+fresh targets per caller (for deletes and the like, so one caller's success does not change what
+the next one sees). `test_every_route_has_a_row` fails when a route of a covered table has no row.
+
+HOW OTHER FEATURES JOIN THE MATRIX: add your Routes tag to COVERED_TAGS and your rows to ROWS
+(build state through the API in a `setup` if `World` lacks what you need).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mdsync.appkeys import ROUTE_TABLES
+from tests.conftest import Account, register
+from tests.test_folders_documents import document, folder
+from tests.test_share_links import share
+from tests.test_workspaces import invite, join, make_workspace
+
+@pytest.fixture
+async def client(make_client):
+    # many registrations per test: lift the per-address registration throttle
+    return await make_client(auth__register_attempts_per_address=100_000)
+
+
+CALLERS = ("owner", "admin", "editor", "commenter", "viewer", "nonmember", "share", "anonymous")
+COVERED_TAGS = {"workspaces", "documents", "content"}
+
+
+@dataclass
+class World:
+    client: Any
+    ws: str
+    people: dict[str, Account]
+    folder: str
+    doc: str
+    token: str  # a share token (viewer) of `doc`
+
+    def vars(self) -> dict[str, str]:
+        return {"ws": self.ws, "folder": self.folder, "doc": self.doc, "token": self.token,
+                "user": self.people["viewer"].id}
+
+
+async def build_world(client) -> World:
+    owner = await register(client, name="Owner")
+    ws = await make_workspace(client, owner)
+    people = {"owner": owner}
+    for role in ("admin", "editor", "commenter", "viewer"):
+        people[role] = await join(client, owner, ws, role, role.title())
+    people["nonmember"] = await register(client, name="Outsider")
+    people["share"] = await register(client, name="Link holder")
+    f = await folder(client, owner, ws, "Folder")
+    doc = await document(client, owner, ws, "Doc", folder_id=f, markdown="hello")
+    link = await share(client, owner, doc["id"])
+    return World(client, ws, people, f, doc["id"], link["token"])
+
+
+Setup = Callable[[World, str], Awaitable[dict[str, Any]]]
+
+
+@dataclass
+class Row:
+    method: str
+    path: str
+    expect: str  # eight statuses, in the order of CALLERS
+    query: str = ""
+    body: Any = None
+    setup: Setup | None = None  # (world, caller) -> overrides of World.vars() (and "token")
+    fresh_world: bool = False   # a new World for each caller (workspace-wide destructive actions)
+    raw: bytes | None = None    # a non-JSON body (document content)
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.path}{self.query}"
+
+
+# -- setups: fresh targets per caller -------------------------------------------------------------
+async def fresh_doc(w: World, caller: str) -> dict:
+    doc = await document(w.client, w.people["owner"], w.ws, "Fresh", markdown="x")
+    return {"doc": doc["id"], "token": (await share(w.client, w.people["owner"], doc["id"]))["token"]}
+
+
+async def fresh_trashed_doc(w: World, caller: str) -> dict:
+    target = await fresh_doc(w, caller)
+    await w.client.delete(f"/api/v1/documents/{target['doc']}", headers=w.people["owner"].headers)
+    return target
+
+
+async def fresh_folder(w: World, caller: str) -> dict:
+    return {"folder": await folder(w.client, w.people["owner"], w.ws, "Fresh")}
+
+
+async def fresh_member(w: World, caller: str) -> dict:
+    return {"user": (await join(w.client, w.people["owner"], w.ws, "commenter")).id}
+
+
+async def fresh_invitation(w: World, caller: str) -> dict:
+    return {"inv": (await invite(w.client, w.people["owner"], w.ws, "viewer"))["id"]}
+
+
+async def fresh_invitation_token(w: World, caller: str) -> dict:
+    return {"body": {"token": (await invite(w.client, w.people["owner"], w.ws, "viewer"))["token"]}}
+
+
+async def viewer_grant(w: World, caller: str) -> dict:
+    target = await fresh_doc(w, caller)
+    resp = await w.client.put(f"/api/v1/documents/{target['doc']}/grants/{w.people['viewer'].id}",
+                              json={"role": "editor"}, headers=w.people["owner"].headers)
+    assert resp.status == 200
+    return target
+
+
+async def fresh_link(w: World, caller: str) -> dict:
+    link = await share(w.client, w.people["owner"], w.doc)
+    return {"link": link["id"]}
+
+
+async def deleted_workspace(w: World, caller: str) -> dict:
+    resp = await w.client.delete(f"/api/v1/workspaces/{w.ws}", headers=w.people["owner"].headers)
+    assert resp.status == 204
+    return {}
+
+
+# -- the matrix ------------------------------------------------------------------------------------
+#                 owner admin editor commenter viewer nonmember share anonymous
+MEMBERS_READ = "200 200 200 200 200 404 404 401"
+ADMIN_WRITE = "200 200 403 403 403 404 404 401"
+EDITOR_CREATE = "201 201 201 403 403 404 404 401"
+DOC_READ = "200 200 200 200 200 404 200 401"       # share links open these routes
+DOC_EDIT = "200 200 200 403 403 404 403 401"
+DOC_ADMIN = "200 200 403 403 403 404 403 401"
+DOC_EDITOR_LINKS = "200 200 200 403 403 404 403 401"
+
+W, D, C = "/api/v1/workspaces", "/api/v1/documents", "/api/v1"
+ROWS: list[Row] = [
+    # workspaces
+    Row("GET", W, "200 200 200 200 200 200 200 401"),
+    Row("POST", W, "201 201 201 201 201 201 201 401", body={"name": "New"}),
+    Row("GET", W + "/{ws}", MEMBERS_READ),
+    Row("PATCH", W + "/{ws}", ADMIN_WRITE, body={"name": "Renamed"}),
+    Row("DELETE", W + "/{ws}", "204 403 403 403 403 404 404 401", fresh_world=True),
+    Row("POST", W + "/{ws}/restore", "200 403 403 403 403 404 404 401", fresh_world=True, setup=deleted_workspace),
+    Row("POST", W + "/{ws}/transfer", "204 403 403 403 403 404 404 401", fresh_world=True,
+        setup=lambda w, c: _const({"body": {"user_id": w.people["editor"].id}})),
+    # members
+    Row("GET", W + "/{ws}/members", MEMBERS_READ),
+    Row("PATCH", W + "/{ws}/members/{user}", ADMIN_WRITE, body={"role": "viewer"}, setup=fresh_member),
+    Row("DELETE", W + "/{ws}/members/{user}", "204 204 403 403 403 404 404 401", setup=fresh_member),
+    Row("POST", W + "/{ws}/leave", "409 204 204 204 204 404 404 401"),  # the only owner cannot leave
+    # invitations
+    Row("POST", W + "/{ws}/invitations", "201 201 403 403 403 404 404 401", body={"role": "viewer"}),
+    Row("GET", W + "/{ws}/invitations", ADMIN_WRITE),
+    Row("DELETE", W + "/{ws}/invitations/{invitation}", "204 204 403 403 403 404 404 401", setup=fresh_invitation),
+    Row("POST", C + "/invitations/accept", "409 409 409 409 409 200 200 401", setup=fresh_invitation_token),
+    # tree, folders
+    Row("GET", W + "/{ws}/tree", MEMBERS_READ),
+    Row("POST", W + "/{ws}/folders", EDITOR_CREATE, body={"name": "F"}),
+    Row("PATCH", C + "/folders/{folder}", "200 200 200 403 403 404 404 401", body={"name": "G"}),
+    Row("DELETE", C + "/folders/{folder}", "204 204 204 403 403 404 404 401", setup=fresh_folder),
+    # documents
+    Row("GET", W + "/{ws}/documents", MEMBERS_READ),
+    Row("GET", W + "/{ws}/templates", MEMBERS_READ),
+    Row("GET", W + "/{ws}/context", MEMBERS_READ),
+    Row("GET", W + "/{ws}/trash", MEMBERS_READ),
+    Row("POST", W + "/{ws}/documents", EDITOR_CREATE, body={"title": "T"}),
+    Row("GET", D + "/{doc}", DOC_READ),
+    Row("PATCH", D + "/{doc}", DOC_EDIT, body={"title": "Renamed"}),
+    Row("DELETE", D + "/{doc}", "204 204 204 403 403 404 403 401", setup=fresh_doc),
+    Row("DELETE", D + "/{doc}", "204 204 403 403 403 404 403 401", query="?permanent=true", setup=fresh_doc),
+    # a trashed document is invisible through its share link
+    Row("POST", D + "/{doc}/restore", "200 200 200 403 403 404 404 401", setup=fresh_trashed_doc),
+    # content
+    Row("GET", D + "/{doc}/content", DOC_READ),
+    Row("PUT", D + "/{doc}/content", DOC_EDIT, raw=b"# new"),
+    # grants (the target user is the viewer)
+    Row("GET", D + "/{doc}/grants", DOC_ADMIN),
+    Row("GET", D + "/{doc}/grants/{user}", DOC_ADMIN, setup=viewer_grant),
+    Row("PUT", D + "/{doc}/grants/{user}", DOC_ADMIN, body={"role": "commenter"}),
+    Row("DELETE", D + "/{doc}/grants/{user}", "204 204 403 403 403 404 403 401", setup=viewer_grant),
+    # share links
+    Row("POST", D + "/{doc}/share-links", "201 201 201 403 403 404 403 401", body={"role": "viewer"}),
+    Row("GET", D + "/{doc}/share-links", DOC_EDITOR_LINKS),
+    Row("GET", D + "/{doc}/share-links/{link}", DOC_EDITOR_LINKS, setup=fresh_link),
+    Row("DELETE", D + "/{doc}/share-links/{link}", "204 204 204 403 403 404 403 401", setup=fresh_link),
+    Row("GET", C + "/share/{token}", "200 200 200 200 200 200 200 200"),
+]
+
+
+async def _const(value):
+    return value
+
+
+def _fill(path: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        path = path.replace("{" + name + "}", str(value))
+    path = path.replace("{invitation}", values.get("inv", "none"))
+    return path
+
+
+async def _call(world: World, row: Row, caller: str) -> int:
+    values = world.vars()
+    body = row.body
+    if row.setup is not None:
+        extra = await row.setup(world, caller)
+        body = extra.pop("body", body)
+        values.update(extra)
+    headers: dict[str, str] = {}
+    if caller != "anonymous":
+        headers.update(world.people[caller].headers)
+    if caller == "share":
+        headers["X-Mdsync-Share"] = values["token"]
+    url = _fill(row.path, values) + row.query
+    if row.raw is not None:
+        resp = await world.client.request(row.method, url, data=row.raw,
+                                          headers={**headers, "Content-Type": "text/markdown"})
+    else:
+        resp = await world.client.request(row.method, url, json=body, headers=headers)
+    await resp.read()
+    return resp.status
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
+async def test_matrix(client, row: Row):
+    expected = dict(zip(CALLERS, (int(s) for s in row.expect.split()), strict=True))
+    world = None if row.fresh_world else await build_world(client)
+    got = {}
+    for caller in CALLERS:
+        here = await build_world(client) if row.fresh_world else world
+        got[caller] = await _call(here, row, caller)
+    assert got == expected
+
+
+def test_every_route_has_a_row(settings):
+    from mdsync.app import create_app
+
+    app = create_app(settings)
+    declared = {(spec.method, spec.path) for table in app[ROUTE_TABLES] if table.tag in COVERED_TAGS
+                for spec in table.specs}
+    covered = {(row.method, row.path) for row in ROWS}
+    assert declared, "no covered route tables are registered"
+    assert declared - covered == set(), "routes without a row in the authorization matrix"
+    assert covered - declared == set(), "rows for routes that do not exist"
