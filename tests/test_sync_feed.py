@@ -428,6 +428,17 @@ async def test_sse_stream_ends_when_its_session_is_revoked(client):
     assert the_feed(client).waiting == 0
 
 
+async def test_sse_stream_ends_when_its_access_token_expires(make_client):
+    client = await make_client(auth__access_token_ttl=1)
+    ada = await register(client)
+    async with client.get(EVENTS, params={"since": "now"}, headers=ada.headers) as resp:
+        assert resp.status == 200
+        # ends by itself (the client comes back with a fresh token and its Last-Event-ID)
+        with pytest.raises(EOFError):
+            await read_events(resp, 1, timeout=10)
+    assert the_feed(client).waiting == 0
+
+
 # -- the query -------------------------------------------------------------------------------
 async def test_pages_are_read_through_the_indexes(client):
     ada = await register(client)

@@ -25,6 +25,7 @@ import binascii
 import heapq
 import json
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -313,18 +314,20 @@ class Feed:
             self._unwatch(waiter)
 
     async def stream(self, user_id: str, session_id: str | None, since: int | None, limit: int,
-                     alive: Callable[[], bool] = lambda: True,
-                     heartbeat: float | None = None) -> AsyncIterator[Page | None]:
+                     alive: Callable[[], bool] = lambda: True, heartbeat: float | None = None,
+                     lifetime: float | None = None) -> AsyncIterator[Page | None]:
         """Pages as they come (SSE); None when `heartbeat` seconds (default HEARTBEAT) passed
-        without one. Ends when the client leaves, its session is revoked, or the server shuts down."""
+        without one. Ends when the client leaves, its session is revoked, the server shuts down,
+        or after `lifetime` seconds (when the caller's access token expires)."""
         heartbeat = HEARTBEAT if heartbeat is None else heartbeat
         loop = asyncio.get_running_loop()
+        end = loop.time() + lifetime if lifetime is not None else math.inf
         waiter = self._watch(user_id, session_id)
         try:
             if since is None:
                 since = (await self._read(waiter, None, limit)).cursor
             last_sent = loop.time()
-            while not waiter.ended and alive():
+            while not waiter.ended and alive() and loop.time() < end:
                 page = await self._read(waiter, since, limit)
                 since = page.cursor
                 if page.rows:
@@ -334,12 +337,14 @@ class Feed:
                         continue
                 # quiet: sleep until woken, sending a heartbeat whenever one is due
                 while not waiter.ended:
-                    due = last_sent + heartbeat - loop.time()
-                    if due <= 0:
+                    now = loop.time()
+                    if now >= end:
+                        return
+                    if last_sent + heartbeat <= now:
                         yield None
                         last_sent = loop.time()
                         continue
-                    if await self._sleep(waiter, due, alive):
+                    if await self._sleep(waiter, min(last_sent + heartbeat, end) - now, alive):
                         break          # woken: read again
                     if not alive():
                         return

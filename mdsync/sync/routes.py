@@ -9,10 +9,13 @@ from typing import Annotated
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
+from mdsync import clock
 from mdsync.api.models import Out
 from mdsync.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from mdsync.api.routing import PRINCIPAL, Routes
+from mdsync.auth.routes import AUTH
 from mdsync.auth.service import AuthService
+from mdsync.auth.tokens import PAT_PREFIX
 from mdsync.db import Database
 from mdsync.sync import changes as change_log
 from mdsync.sync.feed import MAX_WAIT, Feed, decode_cursor, encode_cursor
@@ -80,6 +83,14 @@ def _alive(request: web.Request):
     return alive
 
 
+def _token_lifetime(request: web.Request) -> float | None:
+    """Seconds the caller's access JWT has left (None for a personal access token): a stream
+    ends with its token, and the client reconnects with a fresh one and its Last-Event-ID."""
+    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+    claims = request.app[AUTH].access.verify(token) if token and not token.startswith(PAT_PREFIX) else None
+    return None if claims is None else max(0.0, claims.expires_at - clock.timestamp())
+
+
 @routes.get("/api/v1/sync/changes", "Changes in the caller's workspaces after a cursor; `wait` long-polls",
             query=ChangesQuery, response=ChangesOut)
 async def list_changes(request: web.Request, query: ChangesQuery) -> web.Response:
@@ -109,7 +120,8 @@ async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse
     alive = _alive(request)
     try:
         await response.write(b": mdsync change feed\nretry: 3000\n\n")
-        async for page in feed.stream(principal.user_id, principal.session_id, since, MAX_LIMIT, alive=alive):
+        async for page in feed.stream(principal.user_id, principal.session_id, since, MAX_LIMIT, alive=alive,
+                                      lifetime=_token_lifetime(request)):
             if page is None:
                 await response.write(b": heartbeat\n\n")
                 continue
