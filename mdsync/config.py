@@ -123,7 +123,7 @@ class CollabSettings(Section):
     room_grace_seconds: float = Field(10.0, ge=0)
     snapshot_after_updates: int = Field(1000, ge=1)
     snapshot_after_bytes: int = Field(1 * MiB, ge=1024)
-    max_connections_per_user: int = Field(100, ge=1)
+    max_connections_per_user: int = Field(1000, ge=1)
     max_connections_per_document: int = Field(500, ge=1)
     slow_peer_bytes: int = Field(8 * MiB, ge=65536)
     slow_peer_seconds: float = Field(10.0, gt=0)

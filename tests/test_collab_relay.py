@@ -320,3 +320,33 @@ async def test_connection_limits(make_client):
     assert await c.wait_closed() == 1013
     await a.close()
     await b.close()
+
+
+async def test_removed_member_is_closed_and_lowered_role_becomes_read_only(collab):
+    app = collab.server.app
+    owner = await register(collab)
+    bob = await register(collab)
+    carol = await register(collab)
+    ws_id, doc_id = await make_document(app, owner.id, members={bob.id: "editor", carol.id: "editor"})
+    watcher = await YClient.connect(collab, doc_id, owner.access_token)
+    b = await YClient.connect(collab, doc_id, bob.access_token)
+    c = await YClient.connect(collab, doc_id, carol.access_token)
+    for x in (watcher, b, c):
+        await x.wait_synced()
+    resp = await collab.delete(f"/api/v1/workspaces/{ws_id}/members/{bob.id}", headers=owner.headers)
+    assert resp.status == 204
+    assert await b.wait_closed() == 4403
+    b.insert(0, "bob after removal")
+    # carol is lowered to viewer: her socket stays open but her edits stop landing
+    resp = await collab.patch(f"/api/v1/workspaces/{ws_id}/members/{carol.id}", json={"role": "viewer"},
+                              headers=owner.headers)
+    assert resp.status == 200
+    assert await eventually(lambda: all(conn.read_only for conn in app[ROOMS].connections(doc_id)
+                                        if conn.user_id == carol.id))
+    c.insert(0, "carol as viewer")
+    await asyncio.sleep(0.3)
+    assert str(watcher.text) == ""
+    assert app[ROOMS].loaded(doc_id).text() == ""
+    assert not c.ws.closed
+    await watcher.close()
+    await c.close()

@@ -225,6 +225,14 @@ class RoomManager:
             if session_ids is None or (conn.session_id is not None and conn.session_id in session_ids):
                 conn.close_soon(CLOSE_UNAUTHENTICATED, "session revoked")
 
+    def reauthorize_soon(self, **which: Any) -> None:
+        """`reauthorize` from synchronous code (after-commit listeners)."""
+        if not self.connections(which.get("document_id")):
+            return
+        task = asyncio.ensure_future(self.reauthorize(**which))
+        self._unloading.add(task)  # keep a reference; shutdown waits for it too
+        task.add_done_callback(self._unloading.discard)
+
     async def reauthorize(self, *, user_id: str | None = None, workspace_id: str | None = None,
                           document_id: str | None = None) -> None:
         """Re-check the access of matching live sockets (after a member removal, a role or grant
@@ -236,7 +244,11 @@ class RoomManager:
             if (user_id is not None and conn.user_id != user_id) or \
                     (workspace_id is not None and conn.workspace_id != workspace_id) or conn.closing:
                 continue
-            access = await self.access_recheck(conn.access)
+            try:
+                access = await self.access_recheck(conn.access)
+            except Exception:
+                log.exception("access re-check failed; closing the socket to be safe")
+                access = None
             if access is None:
                 conn.read_only = True  # no write may land while the close is on its way
                 conn.close_soon(CLOSE_FORBIDDEN, "access revoked")

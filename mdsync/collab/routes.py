@@ -13,6 +13,7 @@ from mdsync.collab.tickets import Tickets
 from mdsync.config import Settings
 from mdsync.db import Database
 from mdsync.workspaces import access
+from mdsync.workspaces.service import WORKSPACES
 
 routes = Routes("collab")
 
@@ -49,6 +50,13 @@ def install(app: web.Application, settings: Settings, db: Database, auth) -> Roo
     app[ROOMS] = manager
     app[socket.TICKETS] = Tickets()
     auth.revocation_listeners.append(manager.on_sessions_revoked)
+    workspaces = app.get(WORKSPACES)
+    if workspaces is not None:
+        # member removed, role lowered, grant or share link revoked, document trashed: re-check
+        # the matching live sockets at once (close 4403 or make them read-only)
+        workspaces.access_listeners.append(
+            lambda workspace_id, user_id, document_id: manager.reauthorize_soon(
+                workspace_id=workspace_id, user_id=user_id, document_id=document_id))
 
     async def flush_rooms(app: web.Application) -> None:
         await manager.shutdown()

@@ -1,0 +1,96 @@
+"""mdsync / anchor ratios from yload JSON lines measured in one run, written into bench/README.md
+under "## Collaboration (bench/collab)" (the section is replaced, the rest of the file kept).
+
+    python bench/collab/ratios.py --anchors results/anchors-X.jsonl --mdsync results/mdsync-Y.jsonl \
+        --readme bench/README.md [--report results-mdsync.md]
+
+A ratio below 1 means mdsync is lower (better for latency, CPU, memory, time); the verdict column
+says whether mdsync matches or beats Hocuspocus on that row (within 10 %, as runs vary that much).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+HEADING = "## Collaboration (bench/collab)"
+ANCHORS = ("hocuspocus", "hocuspocus-sqlite", "ywebsocket", "pycrdt")
+
+# (row name, function of a label's scenario rows → number, lower is better)
+ROWS = [
+    ("S1 fan-out latency p50 ms", lambda r: r["s1"]["latency_ms"]["p50"]),
+    ("S1 fan-out latency p99 ms", lambda r: r["s1"]["latency_ms"]["p99"]),
+    ("S1 server CPU % (edit phase)", lambda r: r["s1"]["server"]["cpu_edit_pct"]),
+    ("S2 connect+sync p99 ms", lambda r: r["s2"]["connect"]["sync_ms"]["p99"]),
+    ("S2 server RSS per connection KB", lambda r: r["s2"]["server"]["rss_per_client_kb"]),
+    ("S2 server CPU s for 1000 connects", lambda r: r["s2"]["server"]["cpu_connect_s"]),
+    ("S3 fresh sync of the 1 MB doc p50 ms", lambda r: r["s3"]["fresh_sync_ms"]["p50"]),
+    ("S3 ingest of 10k edits s", lambda r: r["s3"]["fill_ingest_s"]),
+]
+
+
+def load(path: str) -> dict[str, dict[str, dict]]:
+    by_label: dict[str, dict[str, dict]] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            by_label.setdefault(row["label"], {})[row["scenario"]] = row
+    return by_label
+
+
+def value(fn, rows) -> float | None:
+    try:
+        return float(fn(rows))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def section(anchors: dict, mdsync_rows: dict, anchors_file: str, mdsync_file: str) -> str:
+    present = [a for a in ANCHORS if a in anchors]
+    out = [HEADING, "",
+           "`bench/collab/run.sh`: the shared scenarios (`../shared/bench`, S1 1 doc x 50 clients, S2 500 docs x 2",
+           "clients, S3 1 MB doc) against the anchors and against `mdsync serve` (auth on every socket,",
+           "every update persisted to the SQLite update log) in one run on this machine. Raw JSON lines:",
+           f"`{Path(anchors_file).name}`, `{Path(mdsync_file).name}` (in the work copy's `results/`).",
+           "Ratio = mdsync / anchor (below 1: mdsync lower, i.e. better on every row here).", "",
+           "| metric | mdsync | " + " | ".join(present) + " | ratio vs " + " | ratio vs ".join(present) + " | vs Hocuspocus |",
+           "|---|---:|" + "---:|" * (2 * len(present)) + "---|"]
+    for name, fn in ROWS:
+        mine = value(fn, mdsync_rows)
+        theirs = [value(fn, anchors[a]) for a in present]
+        ratios = [f"{mine / t:.2f}" if mine is not None and t else "–" for t in theirs]
+        hp = value(fn, anchors.get("hocuspocus", {}))
+        verdict = "–" if mine is None or hp is None else ("beats" if mine < hp * 0.9 else "matches" if mine <= hp * 1.1 else "**behind**")
+        fmt = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
+        out.append(f"| {name} | {fmt(mine)} | " + " | ".join(fmt(t) for t in theirs) + " | " + " | ".join(ratios) + f" | {verdict} |")
+    ok = {s: mdsync_rows.get(s, {}).get("ok") for s in ("s1", "s2", "s3")}
+    out += ["", "mdsync scenarios ok (no errors, converged): " + ", ".join(f"{s} {'yes' if v else 'NO'}" for s, v in ok.items()), ""]
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--anchors", required=True)
+    ap.add_argument("--mdsync", required=True)
+    ap.add_argument("--readme", required=True)
+    ap.add_argument("--report")
+    args = ap.parse_args()
+    anchors = load(args.anchors)
+    mine = load(args.mdsync)
+    label = next(iter(mine))
+    text = section(anchors, mine[label], args.anchors, args.mdsync)
+    readme = Path(args.readme)
+    current = readme.read_text() if readme.exists() else "# mdsync benchmarks\n"
+    pattern = re.compile(re.escape(HEADING) + r".*?(?=\n## |\Z)", re.S)
+    if pattern.search(current):
+        current = pattern.sub(lambda _m: text.rstrip("\n"), current)
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    readme.write_text(current.rstrip("\n") + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
