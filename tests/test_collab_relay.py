@@ -350,3 +350,20 @@ async def test_removed_member_is_closed_and_lowered_role_becomes_read_only(colla
     assert not c.ws.closed
     await watcher.close()
     await c.close()
+
+
+async def test_metrics_show_rooms_and_updates(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    a.insert(0, "counted")
+    await eventually(lambda: app[ROOMS].stats.updates >= 1)
+    resp = await collab.get("/metrics")
+    assert resp.status == 200
+    text = await resp.text()
+    assert "mdsync_collab_rooms 1.0" in text
+    assert "mdsync_collab_connections 1.0" in text
+    assert "mdsync_collab_updates_total 1.0" in text
+    await a.close()

@@ -278,6 +278,40 @@ class RoomManager:
         await asyncio.gather(*(self._unload(room) for room in rooms if not room.closing), return_exceptions=True)
 
 
+class CollabCollector:
+    """Prometheus view of the rooms (registered through app[METRICS] when it exists)."""
+
+    def __init__(self, manager: RoomManager):
+        self.manager = manager
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        m, s = self.manager, self.manager.stats
+        yield GaugeMetricFamily("mdsync_collab_rooms", "Documents open in memory", value=len(m.rooms))
+        yield GaugeMetricFamily("mdsync_collab_connections", "Open document sockets",
+                                value=sum(len(c) for c in m.by_document.values()))
+        counters = [
+            ("mdsync_collab_updates", "Yjs updates accepted (sockets and server-side edits)", s.updates),
+            ("mdsync_collab_update_bytes", "Bytes of accepted Yjs updates", s.update_bytes),
+            ("mdsync_collab_deliveries", "Frames written to peers (updates and awareness)", s.deliveries),
+            ("mdsync_collab_readonly_dropped", "Document updates dropped from read-only sockets", s.readonly_dropped),
+            ("mdsync_collab_garbage_frames", "Malformed frames (the socket was closed)", s.garbage_frames),
+            ("mdsync_collab_oversized_closed", "Sockets closed 1009 for an oversized message", s.oversized_closed),
+            ("mdsync_collab_slow_closed", "Sockets closed 1013 for not reading fast enough", s.slow_closed),
+            ("mdsync_collab_refused", "Sockets refused by the connection limits", s.refused),
+            ("mdsync_collab_sockets_admitted", "Sockets admitted", s.connections_total),
+            ("mdsync_collab_flushes", "Update-log appends committed", s.flushes),
+            ("mdsync_collab_flush_errors", "Update-log writes that failed", s.flush_errors),
+            ("mdsync_collab_flush_seconds", "Time from handing updates to the writer to their commit", s.flush_seconds_total),
+            ("mdsync_collab_compactions", "Update logs folded into snapshots", s.compactions),
+            ("mdsync_collab_rooms_loaded", "Rooms loaded", s.rooms_loaded),
+            ("mdsync_collab_rooms_unloaded", "Rooms unloaded", s.rooms_unloaded),
+        ]
+        for name, doc, value in counters:
+            yield CounterMetricFamily(name, doc, value=value)
+
+
 def can_write(access: Any) -> bool:
     from mdsync.workspaces.access import RANK
     return access.share_link_id is None and RANK[access.role] >= RANK["editor"]

@@ -8,7 +8,7 @@ from aiohttp import web
 from mdsync.api.models import Out
 from mdsync.api.routing import PRINCIPAL, Routes
 from mdsync.collab import socket
-from mdsync.collab.rooms import ROOMS, RoomManager
+from mdsync.collab.rooms import ROOMS, CollabCollector, RoomManager
 from mdsync.collab.tickets import Tickets
 from mdsync.config import Settings
 from mdsync.db import Database
@@ -63,4 +63,10 @@ def install(app: web.Application, settings: Settings, db: Database, auth) -> Roo
 
     # on_shutdown runs before the cleanup contexts: every room is flushed while the database is open
     app.on_shutdown.append(flush_rooms)
+    try:
+        from mdsync.ops.metrics import METRICS
+        if METRICS in app:
+            app[METRICS].register(CollabCollector(manager))
+    except ImportError:
+        pass
     return manager
