@@ -367,3 +367,52 @@ async def test_metrics_show_rooms_and_updates(collab):
     assert "mdsync_collab_connections 1.0" in text
     assert "mdsync_collab_updates_total 1.0" in text
     await a.close()
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 300_000])
+async def test_prebuilt_frames_reach_the_client_intact(collab, size):
+    """Connection.send writes protocol.ws_frame bytes straight to the transport: check the framing
+    at every length boundary with a real WebSocket client."""
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    ws = await collab.ws_connect(f"/ws/docs/{doc_id}?token={alice.access_token}", max_msg_size=1 << 22)
+    first = await ws.receive(timeout=5)  # the server's sync step 1
+    assert first.data[:2] == b"\x00\x00"
+    conn = app[ROOMS].connections(doc_id)[0]
+    assert conn.transport is not None  # the direct path is in use, not the fallback
+    payload = bytes(i % 251 for i in range(size))
+    conn.send(p.ws_frame(payload))
+    conn.send(p.ws_frame(b"after"))
+    msg = await ws.receive(timeout=5)
+    assert msg.type.name == "BINARY" and msg.data == payload
+    assert (await ws.receive(timeout=5)).data == b"after"
+    await ws.close()
+
+
+async def test_slow_peer_is_closed_and_the_room_goes_on(make_client):
+    client = await make_client(collab__slow_peer_bytes=65536, collab__slow_peer_seconds=0.3)
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id)
+    writer = await YClient.connect(client, doc_id, alice.access_token)
+    reader = await YClient.connect(client, doc_id, alice.access_token)
+    await writer.wait_synced()
+    await reader.wait_synced()
+    # a peer that never reads: its socket buffers fill up
+    stuck = await client.ws_connect(f"/ws/docs/{doc_id}?token={alice.access_token}")
+    stuck._response.connection.transport.pause_reading()
+    chunk = "y" * 20_000
+    for i in range(400):
+        writer.insert(0, chunk)
+        if i % 10 == 0:
+            await asyncio.sleep(0.01)
+        if app[ROOMS].stats.slow_closed:
+            break
+    assert await eventually(lambda: app[ROOMS].stats.slow_closed == 1, timeout=10)
+    assert await eventually(lambda: len(app[ROOMS].loaded(doc_id).conns) == 2, timeout=10)
+    n = len(str(writer.text))
+    assert await eventually(lambda: len(str(reader.text)) == n, timeout=20)
+    stuck._response.connection.transport.abort()
+    await writer.close()
+    await reader.close()
