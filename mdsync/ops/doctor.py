@@ -9,9 +9,11 @@ from __future__ import annotations
 import email.utils
 import os
 import shutil
+import socket
 import sqlite3
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,8 +146,13 @@ def _replica(settings) -> Check:
         return Check("replica", "SKIP", "replica.url is not set (no continuous replication)")
     shown = replica.redact_url(settings.replica.url)
     try:
-        replica.parse_url(settings.replica.url)
-        files = replica.list_replica(settings.replica.url)
+        endpoint = replica.parse_url(settings.replica.url)["endpoint"]
+        if endpoint:
+            # litestream retries a refused connection for minutes: fail fast on a dead endpoint
+            problem = _unreachable(endpoint)
+            if problem:
+                return Check("replica", "FAIL", f"{shown}: {problem}")
+        files = replica.list_replica(settings.replica.url, timeout=20)
     except replica.ReplicaError as exc:
         return Check("replica", "FAIL", f"{shown}: {exc}")
     if not files:
@@ -153,6 +160,16 @@ def _replica(settings) -> Check:
     latest = max(files, key=lambda f: f.get("max_txid", "") if isinstance(f, dict) else "")
     when = latest.get("created_at") or latest.get("timestamp") or "?"
     return Check("replica", "PASS", f"{shown} is reachable ({len(files)} LTX files, latest {when})")
+
+
+def _unreachable(url: str) -> str | None:
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=5):
+            return None
+    except OSError as exc:
+        return f"cannot connect to {parts.hostname}:{port} ({exc.strerror or exc})"
 
 
 def _newest_timestamp(settings) -> str | None:
