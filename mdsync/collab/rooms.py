@@ -152,7 +152,7 @@ class RoomManager:
                     snapshot_bytes=len(stored.snapshot or b""), log_updates=stored.updates)
         if stored.snapshot is None and not stored.updates:
             # never rebuild a document that has CRDT state from markdown: only a fresh one is seeded
-            markdown = await self._seed_markdown(document_id)
+            markdown = stored.seed_markdown
             if markdown:
                 room.apply_update(seed_update(markdown), None)
                 await room.drain()
@@ -160,12 +160,6 @@ class RoomManager:
         self.stats.rooms_loaded += 1
         self._arm_grace(room)  # unloads unless a joiner holds it by then
         return room
-
-    async def _seed_markdown(self, document_id: str) -> str | None:
-        row = await self.db.one("SELECT markdown, content_model FROM documents WHERE id = ?", (document_id,))
-        if row is None or row["content_model"] != "text":
-            return None
-        return row["markdown"]
 
     async def _unload(self, room: Room) -> None:
         room.closing = True

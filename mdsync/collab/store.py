@@ -20,23 +20,32 @@ class Stored:
     updates: list[bytes]
     last_seq: int
     log_bytes: int
+    seed_markdown: str | None = None  # documents.markdown, only when there is no CRDT state
 
 
 async def load(db: Database, document_id: str) -> Stored:
-    snap = await db.one("SELECT seq, state FROM doc_snapshots WHERE document_id = ?", (document_id,))
-    snapshot_seq = snap["seq"] if snap else 0
+    """The stored CRDT state, plus the markdown to seed from when there is none (one read)."""
     rows = await db.all(
-        "SELECT seq, data FROM doc_updates WHERE document_id = ? AND seq > ? ORDER BY seq",
-        (document_id, snapshot_seq),
-    )
-    updates = [row["data"] for row in rows]
-    return Stored(
-        snapshot=snap["state"] if snap else None,
-        snapshot_seq=snapshot_seq,
-        updates=updates,
-        last_seq=rows[-1]["seq"] if rows else snapshot_seq,
-        log_bytes=sum(len(u) for u in updates),
-    )
+        "WITH snap AS (SELECT seq, state FROM doc_snapshots WHERE document_id = ?1)"
+        " SELECT 0 AS kind, seq, state AS data FROM snap"
+        " UNION ALL SELECT 1, seq, data FROM doc_updates"
+        "  WHERE document_id = ?1 AND seq > COALESCE((SELECT seq FROM snap), 0)"
+        " UNION ALL SELECT 2, 0, markdown FROM documents WHERE id = ?1 AND content_model = 'text'"
+        "  AND NOT EXISTS (SELECT 1 FROM snap)"
+        "  AND NOT EXISTS (SELECT 1 FROM doc_updates WHERE document_id = ?1)"
+        " ORDER BY kind, seq", (document_id,))
+    snapshot, snapshot_seq, updates, last_seq, seed = None, 0, [], 0, None
+    for row in rows:
+        if row["kind"] == 0:
+            snapshot, snapshot_seq = row["data"], row["seq"]
+            last_seq = snapshot_seq
+        elif row["kind"] == 1:
+            updates.append(row["data"])
+            last_seq = row["seq"]
+        else:
+            seed = row["data"]
+    return Stored(snapshot=snapshot, snapshot_seq=snapshot_seq, updates=updates, last_seq=last_seq,
+                  log_bytes=sum(len(u) for u in updates), seed_markdown=seed)
 
 
 def append(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | None]]) -> None:
