@@ -3,6 +3,9 @@ content with ETag / If-Match, grants, bad input that changes nothing, cross-work
 
 from __future__ import annotations
 
+import gzip
+import json
+
 import pytest
 
 from tests.conftest import register
@@ -283,3 +286,27 @@ async def test_cross_workspace_ids_are_not_found(client):
         assert "the plan" not in text and "Secret" not in text and secret_folder not in text.replace(path, "")
     text, _ = await content(client, eve, secret["id"])
     assert text == "the plan"
+
+
+async def test_tree_etag_gzip_and_freshness(client, team):
+    owner, ws = team
+    doc = await document(client, owner, ws, "First", markdown="a")
+    resp = await client.get(f"{API}/workspaces/{ws}/tree", headers={**owner.headers, "Accept-Encoding": "identity"})
+    etag = resp.headers["ETag"]
+    resp = await client.get(f"{API}/workspaces/{ws}/tree", headers={**owner.headers, "If-None-Match": etag})
+    assert resp.status == 304
+    # every kind of change shows at once (the cached tree is rebuilt)
+    await client.put(f"{API}/documents/{doc['id']}/content", data="b", headers=owner.headers)
+    resp = await client.get(f"{API}/workspaces/{ws}/tree", headers={**owner.headers, "If-None-Match": etag})
+    assert resp.status == 200 and resp.headers["ETag"] != etag
+    updated = (await resp.json())["documents"][0]["updated_at"]
+    assert updated > doc["updated_at"]
+    await client.patch(f"{API}/documents/{doc['id']}", json={"title": "Second"}, headers=owner.headers)
+    assert [d["title"] for d in (await tree(client, owner, ws))["documents"]] == ["Second"]
+    # a big tree travels gzipped to clients that accept it
+    for i in range(40):
+        await document(client, owner, ws, f"Doc {i}")
+    resp = await client.get(f"{API}/workspaces/{ws}/tree", headers={**owner.headers, "Accept-Encoding": "gzip"},
+                            auto_decompress=False)
+    assert resp.headers.get("Content-Encoding") == "gzip"
+    assert len(json.loads(gzip.decompress(await resp.read()))["documents"]) == 41

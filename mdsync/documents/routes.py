@@ -12,7 +12,7 @@ from mdsync.api.errors import ValidationFailed
 from mdsync.api.pagination import page
 from mdsync.api.routing import PRINCIPAL, Routes
 from mdsync.documents import models as m
-from mdsync.documents.content import CONTENT
+from mdsync.documents.content import CONTENT, etag_matches
 from mdsync.documents.service import DOCUMENTS, UNSET, Documents, folder_json
 from mdsync.documents.sharing import SHARING, grant_json, link_json
 from mdsync.workspaces.access import require, resolve_share
@@ -34,7 +34,14 @@ def _sent(body, name: str):
             response=m.TreeOut)
 async def tree(request: web.Request) -> web.Response:
     access = await require(request, "viewer", workspace_id=request.match_info["ws"])
-    return web.Response(text=await _docs(request).tree_json(access.workspace_id), content_type="application/json")
+    gzip_ok = "gzip" in request.headers.get("Accept-Encoding", "")
+    body, etag, gzipped = await _docs(request).tree(access.workspace_id, gzip_ok)
+    headers = {"ETag": etag, "Vary": "Accept-Encoding", "Cache-Control": "no-cache"}
+    if etag_matches(request.headers.get("If-None-Match"), etag) and "If-None-Match" in request.headers:
+        return web.Response(status=304, headers=headers)
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 @routes.post("/api/v1/workspaces/{ws}/folders", "Create a folder (editor)", body=m.FolderIn,

@@ -69,7 +69,7 @@ CREATE TABLE documents (
     updated_at    TEXT NOT NULL,
     deleted_at    TEXT
 ) STRICT;
-CREATE INDEX documents_workspace ON documents(workspace_id, deleted_at, folder_id);
+CREATE INDEX documents_workspace ON documents(workspace_id, deleted_at, folder_id, position, title);  -- the tree's order
 CREATE INDEX documents_folder ON documents(folder_id);
 
 CREATE TABLE document_grants (
