@@ -122,3 +122,22 @@ async def test_sigterm_loses_nothing(server_process, tmp_path):
     relayed = result["watcherAtClose"]["text"]
     assert len(relayed) > 0
     assert persisted.startswith(relayed) and everything.startswith(persisted)
+
+
+async def test_tokens_in_socket_urls_are_never_logged(server_process, tmp_path):
+    env = {"MDSYNC_AUTH__REGISTRATION": "open", "MDSYNC_LOG__LEVEL": "debug"}
+    server = server_process(env=env)
+    doc_id, token_a, _ = await prepare(server.base)
+    ws_url = server.base.replace("http://", "ws://") + f"/ws/docs/{doc_id}"
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{ws_url}?token={token_a}") as ws:
+            await ws.receive(timeout=5)
+            await ws.send_bytes(b"\x00\x02\xff")  # garbage: logged as a warning
+            await ws.receive(timeout=5)
+        async with http.ws_connect(f"{ws_url}?token=secret-looking-garbage-token") as ws:
+            msg = await ws.receive(timeout=5)
+            assert ws.close_code == 4401, msg
+    assert server.terminate() == 0
+    output = server.rest_of_output()
+    assert "malformed frame" in output
+    assert token_a not in output and "secret-looking-garbage-token" not in output
