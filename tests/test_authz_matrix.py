@@ -250,3 +250,51 @@ def test_every_route_has_a_row(settings):
     assert declared, "no covered route tables are registered"
     assert declared - covered == set(), "routes without a row in the authorization matrix"
     assert covered - declared == set(), "rows for routes that do not exist"
+
+
+# -- bad input on every endpoint: 422 and nothing changes -------------------------------------------
+STATE_TABLES = ("workspaces", "members", "invitations", "folders", "documents", "document_grants", "share_links",
+                "changes", "audit_log")
+
+
+def _snapshot(client) -> dict[str, list[tuple]]:
+    import sqlite3
+
+    from mdsync.appkeys import SETTINGS
+
+    conn = sqlite3.connect(client.app[SETTINGS].db_path)
+    try:
+        return {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}").fetchall()), key=repr) for t in STATE_TABLES}
+    finally:
+        conn.close()
+
+
+BODY_ROWS = [row for row in ROWS if row.body is not None or row.method in ("POST", "PATCH", "PUT")]
+
+
+@pytest.mark.parametrize("row", BODY_ROWS, ids=[r.id for r in BODY_ROWS])
+async def test_garbage_bodies_change_nothing(client, row: Row):
+    """Every endpoint that takes a JSON body, called by the owner with bodies of the wrong shape
+    or with every field of the wrong type: 422 naming the field, and the database is unchanged."""
+    specs = {(s.method, s.path): s for t in client.app[ROUTE_TABLES] for s in t.specs}
+    spec = specs[(row.method, row.path)]
+    if spec.body is None:
+        pytest.skip("no JSON body")
+    world = await build_world(client)
+    values = world.vars()
+    if row.setup is not None:
+        extra = await row.setup(world, "owner")
+        extra.pop("body", None)
+        values.update(extra)
+    url = _fill(row.path, values) + row.query
+    headers = world.people["owner"].headers
+    before = _snapshot(client)
+    wrong_types = {name: [[1]] for name in spec.body.model_fields}
+    for body in ([1, 2], "text", 42, wrong_types):
+        resp = await client.request(row.method, url, json=body, headers=headers)
+        problem = await resp.json()
+        assert resp.status == 422, (body, problem)
+        assert problem["type"] == "urn:mdsync:error:validation" and problem["errors"][0]["field"]
+    resp = await client.request(row.method, url, data=b"{broken", headers={**headers, "Content-Type": "application/json"})
+    assert resp.status == 422
+    assert _snapshot(client) == before
