@@ -1,0 +1,199 @@
+"""Deployment files: the systemd unit passes `systemd-analyze verify`; the repo's Caddyfile (Debian's
+caddy) in front of mdsync on 127.0.0.1 carries REST and a WebSocket upgrade, compresses, adds
+headers, hides /metrics and keeps tokens out of its log; deploy/install.sh is idempotent."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+
+import aiohttp
+import pytest
+
+from tests.conftest import PASSWORD, ROOT
+from tests.s3server import free_port
+
+UNIT = ROOT / "systemd" / "mdsync.service"
+
+
+def unit_settings() -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing (.ci/run installs it)")
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    # verify checks that ExecStart's binary exists: give it /opt/mdsync/venv/bin/mdsync inside a
+    # private mount namespace (the machine's real /opt is never touched); else a copy of the unit
+    # pointing at this venv's mdsync
+    fake_opt = tmp_path / "opt"
+    (fake_opt / "mdsync" / "venv" / "bin").mkdir(parents=True)
+    shim = fake_opt / "mdsync" / "venv" / "bin" / "mdsync"
+    shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m mdsync \"$@\"\n")
+    shim.chmod(0o755)
+    unshare = shutil.which("unshare")
+    result = None
+    if unshare and os.geteuid() == 0:
+        result = subprocess.run([unshare, "--mount", "sh", "-c",
+                                 f"mount --bind {fake_opt} /opt && systemd-analyze verify {UNIT}"],
+                                capture_output=True, text=True, timeout=60)
+        if "mount" in result.stderr and result.returncode != 0 and "mdsync.service" not in result.stderr:
+            result = None  # no mount namespaces here: fall back
+    if result is None:
+        copy = tmp_path / "mdsync.service"
+        copy.write_text(UNIT.read_text().replace("/opt/mdsync/venv/bin/mdsync", str(shim)))
+        result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "mdsync.service" not in result.stderr, result.stderr  # no warnings about our unit
+
+    settings = unit_settings()
+    assert settings["ExecStart"] == ["/opt/mdsync/venv/bin/mdsync serve --config /etc/mdsync/config.toml "
+                                     "--data-dir /var/lib/mdsync"]
+    for key, value in {"User": "mdsync", "StateDirectory": "mdsync", "ProtectSystem": "strict",
+                       "NoNewPrivileges": "yes", "PrivateTmp": "yes", "Restart": "on-failure",
+                       "KillMode": "mixed"}.items():
+        assert settings[key] == [value], key
+    # long enough for the room flush (server.shutdown_timeout) and litestream's final sync
+    assert int(settings["TimeoutStopSec"][0]) >= 8 + 10 + 10
+
+
+class Caddy:
+    def __init__(self, tmp_path, upstream: str):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        home = tmp_path / "caddy-home"
+        home.mkdir()
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("MDSYNC_")},
+                    "MDSYNC_SITE": self.base, "MDSYNC_UPSTREAM": upstream,
+                    "MDSYNC_CADDY_ADMIN": f"127.0.0.1:{free_port()}",
+                    "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
+        self.log = tmp_path / "caddy.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Caddy":
+        self.proc = subprocess.Popen(["caddy", "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
+                                     env=self.env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("caddy exited:\n" + self.log.read_text())
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("caddy did not start:\n" + self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
+@pytest.fixture
+def caddy_in_front(tmp_path, server_process):
+    if shutil.which("caddy") is None:
+        pytest.skip("caddy missing (.ci/run installs Debian's caddy)")
+    server = server_process(env={"MDSYNC_AUTH__REGISTRATION": "open", "MDSYNC_LOG__LEVEL": "info"})
+    caddy = Caddy(tmp_path, server.base.removeprefix("http://")).start()
+    yield server, caddy
+    caddy.stop()
+
+
+async def test_caddy_in_front_of_mdsync(caddy_in_front):
+    server, caddy = caddy_in_front
+    async with aiohttp.ClientSession(auto_decompress=True) as http:
+        # REST through the proxy
+        async with http.post(f"{caddy.base}/api/v1/auth/register",
+                             json={"email": "caddy@example.com", "password": PASSWORD, "name": "C"}) as resp:
+            assert resp.status == 201, await resp.text()
+            pair = await resp.json()
+            assert resp.headers.get("X-Request-Id"), "the answer did not come from mdsync"
+            assert "max-age" in resp.headers.get("Strict-Transport-Security", "")
+        headers = {"Authorization": f"Bearer {pair['access_token']}"}
+        async with http.get(f"{caddy.base}/api/v1/me", headers=headers) as resp:
+            assert resp.status == 200 and (await resp.json())["email"] == "caddy@example.com"
+        async with http.post(f"{caddy.base}/api/v1/workspaces", json={"name": "W"}, headers=headers) as resp:
+            ws = (await resp.json())["id"]
+        async with http.post(f"{caddy.base}/api/v1/workspaces/{ws}/documents",
+                             json={"title": "Doc", "markdown": "# Hello\n"}, headers=headers) as resp:
+            assert resp.status == 201
+            doc = (await resp.json())["id"]
+        # compression of a large answer
+        async with http.get(f"{caddy.base}/api/v1/openapi.json", headers={"Accept-Encoding": "gzip"}) as resp:
+            assert resp.status == 200
+            assert resp.headers.get("Content-Encoding") in ("gzip", "zstd")
+            await resp.json()
+        # /metrics is not served to the internet through the public site
+        async with http.get(f"{caddy.base}/metrics") as resp:
+            assert resp.status == 404
+
+        # a WebSocket upgrade goes through to mdsync's collaboration socket
+        token = pair["access_token"]
+        async with http.ws_connect(f"{caddy.base.replace('http', 'ws')}/ws/docs/{doc}?token={token}",
+                                   timeout=aiohttp.ClientWSTimeout(ws_close=5)) as ws_conn:
+            message = await ws_conn.receive(timeout=10)
+            assert message.type == aiohttp.WSMsgType.BINARY, message  # y-websocket sync step 1 from mdsync
+            await ws_conn.close()
+        # a refused socket is refused by mdsync (its close code), not by the proxy
+        async with http.ws_connect(f"{caddy.base.replace('http', 'ws')}/ws/docs/{doc}?token=not-a-token") as ws_conn:
+            message = await ws_conn.receive(timeout=10)
+            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert ws_conn.close_code == 4401
+    caddy.stop()
+    log = caddy.log.read_text()
+    assert "/ws/docs/" in log, "caddy logged no access lines"
+    assert token not in log and pair["refresh_token"] not in log
+    assert "REDACTED" in log
+
+
+def test_install_script_is_idempotent(tmp_path):
+    prefix = tmp_path / "root"
+    cmd = ["bash", str(ROOT / "deploy" / "install.sh"), "--prefix", str(prefix), "--domain", "notes.example.org",
+           "--pip-args", "--no-deps", "--python", sys.executable]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    config_file = prefix / "etc" / "mdsync" / "config.toml"
+    config = tomllib.loads(config_file.read_text())
+    assert config["server"]["public_url"] == "https://notes.example.org"
+    assert len(config["server"]["secret"]) >= 40 and len(config["metrics"]["token"]) >= 40
+    assert stat.S_IMODE(config_file.stat().st_mode) == 0o640
+    assert stat.S_IMODE((prefix / "etc" / "mdsync" / "env").stat().st_mode) == 0o600
+    assert (prefix / "etc" / "systemd" / "system" / "mdsync.service").read_text() == UNIT.read_text()
+    assert "notes.example.org {" in (prefix / "etc" / "mdsync" / "Caddyfile").read_text()
+    venv_mdsync = prefix / "opt" / "mdsync" / "venv" / "bin" / "mdsync"
+    assert venv_mdsync.exists()
+    assert "Next steps" in first.stdout and "mdsync users create" in first.stdout
+
+    # the generated config is valid for mdsync
+    from mdsync import config as config_module
+    settings = config_module.load(config_file, environ={})
+    assert settings.server.backup_before_migrate is True
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert tomllib.loads(config_file.read_text())["server"]["secret"] == config["server"]["secret"]
+    assert re.search(r"kept\s+.*config\.toml", second.stdout)
+    assert re.search(r"kept\s+.*mdsync\.service \(unchanged\)", second.stdout)
+
+    dry = subprocess.run([*cmd[:3], str(tmp_path / "dry"), *cmd[4:], "--dry-run"], capture_output=True,
+                         text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "would run" in dry.stdout and not (tmp_path / "dry").exists()
