@@ -240,6 +240,9 @@ async def test_a_long_poll_is_not_woken_by_other_workspaces(client):
     pages = await asyncio.wait_for(asyncio.gather(*pollers), 10)
     assert all([c["workspace_id"] for c in p["changes"]] == [ws_b] for p in pages)
     assert stats.reads - reads_before == 10, "one re-read per poller for one wake"
+    metrics = await (await client.get("/metrics")).text()
+    assert "mdsync_feed_waiting 0.0" in metrics
+    assert f"mdsync_feed_waiter_reads_total {float(stats.reads)}" in metrics
 
 
 async def test_a_commit_storm_is_one_re_read_per_waiter(client):
@@ -257,6 +260,39 @@ async def test_a_commit_storm_is_one_re_read_per_waiter(client):
     assert all(p["changes"] for p in pages)
     assert stats.passes - passes_before < 50
     assert stats.reads - reads_before <= 5 * (stats.passes - passes_before)
+
+
+async def test_two_servers_in_one_process_wake_only_their_own_waiters(make_client):
+    one, two = await make_client(), await make_client()
+    ada, bob = await register(one), await register(two)
+    ws_one, ws_two = await new_workspace(one, ada), await new_workspace(two, bob)
+    for i in range(20):    # server one's feed runs far ahead of server two's
+        await rename(one, ws_one, ada, f"n{i}")
+    cursor = (await feed(two, bob, since="now"))["cursor"]
+    poll = asyncio.ensure_future(feed(two, bob, since=cursor, wait=30))
+    await until(lambda: the_feed(two).waiting == 1)
+    await rename(one, ws_one, ada, "elsewhere")
+    reads = the_feed(two).stats.reads
+    await rename(two, ws_two, bob, "here")       # a lower seq than server one's: still news here
+    page = await asyncio.wait_for(poll, 10)
+    assert [c["workspace_id"] for c in page["changes"]] == [ws_two]
+    assert the_feed(two).stats.reads == reads + 1
+
+
+async def test_every_member_role_reads_the_feed_and_outsiders_see_nothing(client):
+    owner = await register(client)
+    ws = await new_workspace(client, owner)
+    people = {"owner": owner}
+    for role in ("admin", "editor", "commenter", "viewer"):
+        people[role] = await register(client)
+        await join(client, ws, owner, people[role], role)
+    outsider = await register(client)
+    cursor = (await feed(client, owner, since="now"))["cursor"]
+    doc = await new_document(client, ws, owner)
+    for role, account in people.items():
+        page = await feed(client, account, since=cursor)
+        assert [(c["entity"], c["id"]) for c in page["changes"]] == [("document", doc)], role
+    assert await everything(client, outsider) == []
 
 
 async def test_a_removed_member_waiting_gets_the_delete(client):

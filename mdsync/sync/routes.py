@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from mdsync import clock
@@ -17,6 +18,7 @@ from mdsync.auth.routes import AUTH
 from mdsync.auth.service import AuthService
 from mdsync.auth.tokens import PAT_PREFIX
 from mdsync.db import Database
+from mdsync.ops.metrics import METRICS
 from mdsync.sync import changes as change_log
 from mdsync.sync.feed import MAX_WAIT, Feed, decode_cursor, encode_cursor
 
@@ -156,5 +158,27 @@ def install(app: web.Application, db: Database, auth: AuthService) -> Feed:
 
     app.cleanup_ctx.append(change_feed)
     app.on_shutdown.append(end_streams)
+    if METRICS in app:
+        app[METRICS].register(_FeedCollector(feed))
     return feed
+
+
+class _FeedCollector:
+    """/metrics: how many requests wait on the feed, and how much waking and re-reading it does."""
+
+    def __init__(self, feed: Feed):
+        self.feed = feed
+
+    def collect(self):
+        stats = self.feed.stats
+        yield GaugeMetricFamily("mdsync_feed_waiting", "Long-polls and SSE streams waiting for changes",
+                                value=self.feed.waiting)
+        yield CounterMetricFamily("mdsync_feed_commits", "Committed changes announced to the feed",
+                                  value=stats.commits)
+        yield CounterMetricFamily("mdsync_feed_wake_passes", "Coalesced wake-up passes (one per commit batch)",
+                                  value=stats.passes)
+        yield CounterMetricFamily("mdsync_feed_wakeups", "Waiting requests woken by a change that concerns them",
+                                  value=stats.woken)
+        yield CounterMetricFamily("mdsync_feed_waiter_reads", "Pages read by waiting requests (first reads and re-reads)",
+                                  value=stats.reads)
 
