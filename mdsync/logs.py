@@ -48,6 +48,11 @@ def configure(level: str = "info", fmt: str = "json") -> None:
 
 
 class AccessLogger(AbstractAccessLogger):
+    @property
+    def enabled(self) -> bool:
+        # asked once per connection: below info level, aiohttp skips the per-request call
+        return self.logger.isEnabledFor(logging.INFO)
+
     def log(self, request, response, time: float) -> None:
         self.logger.info(
             "%s %s %s", request.method, request.path, response.status,

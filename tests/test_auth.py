@@ -388,8 +388,13 @@ async def test_forged_and_stale_tokens_are_401(client, settings):
     secret_file = (settings.data_dir / "secret").read_text().strip()
     raw_secret = jwt.encode(claims, secret_file, algorithm="HS256")  # the file's secret is not the key itself
 
-    for bad in (tampered_sig, tampered_claims, alg_none, other_secret, wrong_type, no_type, hs512, raw_secret,
-                account.refresh_token, "garbage", "a.b.c"):
+    padded = f"{header}.{payload}.{signature}="
+    junk = f"{header}.{payload}.{signature[:20]}!{signature[21:]}"
+    four_parts = f"{token}.{signature}"
+    huge = f"{header}.{payload}{'A' * 5000}.{signature}"
+    alg_none_signed = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.{signature}"
+    for bad in (tampered_sig, tampered_claims, alg_none, alg_none_signed, other_secret, wrong_type, no_type, hs512,
+                raw_secret, padded, junk, four_parts, huge, account.refresh_token, "garbage", "a.b.c", token + " x"):
         resp = await client.get("/api/v1/me", headers=bearer(bad))
         await problem(resp, 401, "unauthenticated")
     for header_value in ("", "Basic dXNlcjpwYXNz", "Bearer", "Bearer ", f"Token {token}"):

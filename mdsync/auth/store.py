@@ -50,7 +50,7 @@ async def user_by_email(db: Database, email: str) -> sqlite3.Row | None:
 
 
 async def user_by_id(db: Database, user_id: str) -> sqlite3.Row | None:
-    return await db.one(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
+    return await db.lookup(f"SELECT {USER_COLUMNS} FROM users WHERE id = ?", (user_id,))
 
 
 def count_users(tx: Tx) -> int:
@@ -120,7 +120,8 @@ def revoke_sessions_of(tx: Tx, user_id: str, keep: str | None = None) -> list[st
 
 
 async def session_state(db: Database, session_id: str) -> sqlite3.Row | None:
-    return await db.one(
+    """What every request signed with an access token needs: is the session live, who is it."""
+    return await db.lookup(
         "SELECT s.user_id, s.revoked_at, s.expires_at, u.email, u.name, u.is_admin, u.disabled_at"
         " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?", (session_id,))
 
@@ -160,7 +161,7 @@ def delete_api_token(tx: Tx, token_id: str, user_id: str) -> bool:
 
 
 async def api_token_state(db: Database, token: str) -> sqlite3.Row | None:
-    return await db.one(
+    return await db.lookup(
         "SELECT t.id, t.user_id, t.scopes, t.expires_at, t.last_used_at, u.email, u.name, u.is_admin, u.disabled_at"
         " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (digest(token),))
 
