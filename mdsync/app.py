@@ -24,6 +24,7 @@ from mdsync.ops import health
 from mdsync.ops import metrics as ops_metrics
 from mdsync.ops import replica as ops_replica
 from mdsync.sync import routes as sync_routes
+from mdsync.versions import routes as versions_routes
 from mdsync.workspaces import routes as workspace_routes
 from mdsync.workspaces.invitations import Invitations, registration_hook
 from mdsync.workspaces.service import WORKSPACES, WorkspaceService
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> web.Application:
 
     tables = [health.routes, ops_metrics.routes, auth_routes.routes, sync_routes.routes,
               workspace_routes.routes, document_routes.routes, content_routes.routes, collab_routes.routes]
+    tables.append(versions_routes.routes)
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables
@@ -72,6 +74,7 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(ops_backup.before_migrate_ctx)
     app.cleanup_ctx.append(database)
     collab_routes.install(app, settings, db, auth)
+    versions_routes.install(app, settings)  # after collab: it listens to the rooms
 
     async def workspace_purger(app: web.Application):
         task = asyncio.create_task(workspaces.run_purger(settings.workspaces.purge_interval))

@@ -130,6 +130,12 @@ class CollabSettings(Section):
     heartbeat_seconds: float = Field(30.0, ge=0)
 
 
+class VersionsSettings(Section):
+    idle_seconds: float = Field(300.0, gt=0)
+    max_interval_seconds: float = Field(1800.0, gt=0)
+    prune_interval_seconds: float = Field(3600.0, gt=0)
+
+
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -141,6 +147,7 @@ class Settings(Section):
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     collab: CollabSettings = CollabSettings()
+    versions: VersionsSettings = VersionsSettings()
     workspaces: WorkspacesSettings = WorkspacesSettings()
 
     @property
