@@ -1,0 +1,240 @@
+"""The versions feature: `app[VERSIONS]` records, lists, reads, diffs and restores versions and
+thins old automatic ones.
+
+Recording a version takes the live room's Yjs state and markdown in one event-loop step together
+with the document's open burst (its authors), so an update either belongs to this version or
+starts the next burst — never both, never neither.
+
+Restore applies the *difference* between the live text and the version's as one ordinary edit
+through the room (a minimal text diff, `textdiff.edits`): connected editors receive it like any
+other update and their concurrent edits elsewhere merge by the CRDT. A `restore` version of the
+state before is recorded first, so a restore can itself be undone.
+
+For the import feature: `await record_import(app, document_id, user_id)` (or
+`app[VERSIONS].record_import(...)`) records an `import` version of the current state right
+before an import replaces the content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from mdsync import clock
+from mdsync.api.errors import Conflict, NotFound, TooLarge, ValidationFailed
+from mdsync.collab.room import DocumentTooLarge
+from mdsync.db import Database, Tx
+from mdsync.versions import policy, store, textdiff
+from mdsync.versions.scheduler import Bursts
+
+log = logging.getLogger("mdsync.versions")
+
+# Texts above this many characters are diffed in an executor, so a big diff never stalls the loop.
+EXECUTOR_CHARS = 64 * 1024
+
+
+class Versions:
+    def __init__(self, app: web.Application, db: Database):
+        self.app = app
+        self.db = db
+        self.bursts = Bursts()
+        self._digests: dict[str, bytes] = {}  # document -> sha256 of its latest version's markdown
+
+    @property
+    def rooms(self):
+        from mdsync.collab.rooms import ROOMS
+        return self.app[ROOMS]
+
+    # -- recording ---------------------------------------------------------------------------
+    async def markdown_and_state(self, room) -> tuple[str, bytes]:
+        """The room's markdown and whole Yjs state, taken in one loop step (no await between)."""
+        state = room.encode_state()
+        if await self._content_model(room.document_id) == "text":
+            return room.text(), state
+        # a TipTap document: its markdown is the projection the collaboration feature stores
+        markdown = await self.db.value("SELECT markdown FROM documents WHERE id = ?", (room.document_id,))
+        return markdown or "", state
+
+    async def _content_model(self, document_id: str) -> str | None:
+        return await self.db.value("SELECT content_model FROM documents WHERE id = ?", (document_id,))
+
+    async def _snapshot(self, document_id: str, room=None) -> tuple[str, bytes, list[str]]:
+        """(markdown, state, authors since the previous version) — and that burst ends here."""
+        model = await self._content_model(document_id)
+        if model is None:
+            raise NotFound("no such document")
+        if room is None:
+            room = self.rooms.loaded(document_id)
+        if room is None:
+            burst = self.bursts.open.get(document_id)
+            if burst is not None and burst.stash is not None:
+                self.bursts.take(document_id)
+                return burst.stash[0], burst.stash[1], list(burst.authors)
+            async with self.rooms.use(document_id) as loaded:
+                return await self._snapshot(document_id, loaded)
+        if model == "text":
+            markdown, state = room.text(), room.encode_state()
+        else:
+            state = room.encode_state()
+            markdown = await self.db.value("SELECT markdown FROM documents WHERE id = ?", (document_id,)) or ""
+        burst = self.bursts.take(document_id)  # same loop step as the text/state above (text model)
+        return markdown, state, list(burst.authors) if burst else []
+
+    async def _insert(self, document_id: str, kind: str, label: str | None, authors: list[str],
+                      created_by: str | None, markdown: str, state: bytes) -> dict[str, Any] | None:
+        version = await self.db.write(store.insert, document_id, kind, label, authors, created_by, markdown, state)
+        if version is not None:
+            self._digests[document_id] = _digest(markdown)
+        return version
+
+    async def record_auto(self, document_id: str, room=None) -> dict[str, Any] | None:
+        """An automatic version of the document's state now, unless its markdown equals the
+        previous version's (an edit undone, or only CRDT bookkeeping): then none."""
+        try:
+            markdown, state, authors = await self._snapshot(document_id, room)
+        except NotFound:
+            self.bursts.take(document_id)
+            return None
+        digest = self._digests.get(document_id)
+        if digest is None:
+            previous = await store.latest_markdown(self.db, document_id)
+            digest = None if previous is None else _digest(previous)
+        if digest == _digest(markdown):
+            return None
+        version = await self._insert(document_id, "auto", None, authors, None, markdown, state)
+        if version is not None:
+            log.info("automatic version %s of document %s (authors %s)", version["id"], document_id,
+                     ",".join(authors) or "-")
+        return version
+
+    async def record(self, document_id: str, kind: str, label: str | None, user_id: str | None) -> dict[str, Any]:
+        """A version of the current state, of kind named, restore or import (always recorded)."""
+        markdown, state, authors = await self._snapshot(document_id)
+        version = await self._insert(document_id, kind, label, authors, user_id, markdown, state)
+        if version is None:
+            raise NotFound("no such document")
+        return version
+
+    async def record_import(self, document_id: str, user_id: str | None, label: str | None = None) -> dict[str, Any]:
+        """The `import` version the import feature records before an import replaces content."""
+        return await self.record(document_id, "import", label, user_id)
+
+    # -- reading -----------------------------------------------------------------------------
+    async def page(self, document_id: str, after, limit: int) -> list[Any]:
+        if after is not None and not (isinstance(after, list) and len(after) == 2
+                                      and all(isinstance(x, str) for x in after)):
+            raise ValidationFailed.field("cursor", "is not a cursor this server issued")
+        return await store.page(self.db, document_id, after, limit)
+
+    async def get(self, version_id: str, *, with_markdown: bool = False) -> Any:
+        row = await store.get(self.db, version_id, with_markdown=with_markdown)
+        if row is None:
+            raise NotFound("no such version")
+        return row
+
+    async def of_document(self, document_id: str, version_id: str) -> Any:
+        """A version (with markdown) that must belong to `document_id`: a version of another
+        document — in this workspace or another — is not found here (404, like an unknown id)."""
+        row = await store.get(self.db, version_id, with_markdown=True)
+        if row is None or row["document_id"] != document_id:
+            raise NotFound(f"no version {version_id} of this document")
+        return row
+
+    async def current_markdown(self, document_id: str) -> str:
+        """The live text (the room's, loading it if needed)."""
+        if await self._content_model(document_id) != "text":
+            return await self.db.value("SELECT markdown FROM documents WHERE id = ?", (document_id,)) or ""
+        async with self.rooms.use(document_id) as room:
+            return room.text()
+
+    async def diff(self, document_id: str, from_id: str, to_id: str) -> dict[str, Any]:
+        old = await self.of_document(document_id, from_id)
+        if to_id == "current":
+            new_markdown, tofile = await self.current_markdown(document_id), "current"
+        else:
+            new = await self.of_document(document_id, to_id)
+            new_markdown, tofile = new["markdown"], f"version/{to_id}"
+        args = (old["markdown"], new_markdown, f"version/{from_id}", tofile)
+        if len(old["markdown"]) + len(new_markdown) > EXECUTOR_CHARS:
+            result = await asyncio.get_running_loop().run_in_executor(None, textdiff.unified, *args)
+        else:
+            result = textdiff.unified(*args)
+        return {"from": from_id, "to": to_id, "unified": result.unified,
+                "stats": {"added": result.added, "removed": result.removed}}
+
+    # -- restore -----------------------------------------------------------------------------
+    async def restore(self, document: Any, version_id: str, user_id: str) -> None:
+        """Make the document's text the version's, as one edit by `user_id` through the live
+        room; a `restore` version of the state before is recorded first."""
+        document_id = document["id"]
+        version = await self.of_document(document_id, version_id)
+        if document["content_model"] != "text":
+            raise Conflict("restoring a version of a TipTap document is not supported yet")
+        target = version["markdown"]
+        async with self.rooms.use(document_id) as room:
+            await self.record(document_id, "restore", f"Before restoring {version['created_at']}", user_id)
+            loop = asyncio.get_running_loop()
+            for attempt in range(3):
+                current = room.text()
+                if current == target:
+                    break
+                if len(current) + len(target) > EXECUTOR_CHARS and attempt < 2:
+                    changes = await loop.run_in_executor(None, textdiff.edits, current, target)
+                    if room.text() != current:
+                        continue  # someone typed meanwhile: diff again against what is live now
+                else:
+                    changes = textdiff.edits(current, target)
+                try:
+                    room.edit(lambda text, c=changes: textdiff.apply(text, c), user_id)
+                except DocumentTooLarge as exc:
+                    raise TooLarge(str(exc)) from None
+                break
+            await room.drain()
+
+    # -- thinning ----------------------------------------------------------------------------
+    async def prune(self, dry_run: bool = False) -> list[dict[str, Any]]:
+        removed = await self.db.write(prune, clock.now(), dry_run)
+        log_removed(removed, dry_run)
+        return removed
+
+
+def prune(tx: Tx, now, dry_run: bool = False) -> list[dict[str, Any]]:
+    """The thinning job (periodic task and `mdsync versions prune`): remove the automatic
+    versions `policy.keep` does not name; answers what it removed (or would, with dry_run)."""
+    rows = store.auto_versions_before(tx, clock.iso(now - policy.KEEP_ALL))
+    by_document: dict[str, list[Any]] = {}
+    for row in rows:
+        by_document.setdefault(row["document_id"], []).append(row)
+    removed: list[Any] = []
+    for versions in by_document.values():
+        gone = set(policy.thin([(r["id"], r["created_at"]) for r in versions], now))
+        removed.extend(r for r in versions if r["id"] in gone)
+    if not dry_run:
+        store.delete(tx, removed)
+    return [{"id": r["id"], "document_id": r["document_id"], "created_at": r["created_at"]} for r in removed]
+
+
+def log_removed(removed: list[dict[str, Any]], dry_run: bool = False) -> None:
+    verb = "would prune" if dry_run else "pruned"
+    by_document: dict[str, list[str]] = {}
+    for row in removed:
+        by_document.setdefault(row["document_id"], []).append(f"{row['id']} ({row['created_at']})")
+    for document_id, items in by_document.items():
+        log.info("%s %d automatic versions of document %s: %s", verb, len(items), document_id, ", ".join(items))
+
+
+async def record_import(app: web.Application, document_id: str, user_id: str | None,
+                        label: str | None = None) -> dict[str, Any]:
+    """For the import feature: an `import` version of the current state, before the import."""
+    return await app[VERSIONS].record_import(document_id, user_id, label)
+
+
+def _digest(markdown: str) -> bytes:
+    return hashlib.sha256(markdown.encode("utf-8")).digest()
+
+
+VERSIONS: web.AppKey[Versions] = web.AppKey("versions", Versions)

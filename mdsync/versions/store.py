@@ -1,0 +1,82 @@
+"""SQL of the versions table. Writes are jobs for the database writer (`fn(tx, ...)`); reads
+take the Database. Every insert and delete writes its change-feed row in the same transaction."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from mdsync import clock
+from mdsync.db import Database, Tx
+from mdsync.sync import changes
+
+META = "id, document_id, workspace_id, created_at, kind, label, authors, created_by, size"
+
+
+def insert(tx: Tx, document_id: str, kind: str, label: str | None, author_ids: list[str],
+           created_by: str | None, markdown: str, state: bytes) -> dict[str, Any] | None:
+    """Add a version of a live document; None when the document is gone (purged meanwhile)."""
+    workspace_id = tx.value("SELECT workspace_id FROM documents WHERE id = ?", (document_id,))
+    if workspace_id is None:
+        return None
+    authors = _authors(tx, author_ids)
+    row = tx.one(
+        f"INSERT INTO versions (id, document_id, workspace_id, created_at, kind, label, authors, created_by,"
+        f" size, markdown, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {META}",
+        (str(uuid.uuid4()), document_id, workspace_id, clock.iso(), kind, label, json.dumps(authors),
+         created_by, len(markdown.encode("utf-8")), markdown, state))
+    changes.record(tx, workspace_id, "version", row["id"], "upsert")
+    return meta_json(row)
+
+
+def _authors(tx: Tx, user_ids: list[str]) -> list[dict[str, str]]:
+    """[{id, name}] in the order given (names as they are now; a deleted account keeps its id)."""
+    if not user_ids:
+        return []
+    marks = ",".join("?" * len(user_ids))
+    names = {row["id"]: row["name"] for row in tx.all(f"SELECT id, name FROM users WHERE id IN ({marks})", user_ids)}
+    return [{"id": user_id, "name": names.get(user_id)} for user_id in user_ids]
+
+
+def meta_json(row: Any) -> dict[str, Any]:
+    authors = row["authors"]
+    return {"id": row["id"], "document_id": row["document_id"], "workspace_id": row["workspace_id"],
+            "created_at": row["created_at"], "kind": row["kind"], "label": row["label"],
+            "authors": json.loads(authors) if isinstance(authors, str) else authors,
+            "created_by": row["created_by"], "size": row["size"]}
+
+
+async def page(db: Database, document_id: str, after: list | None, limit: int) -> list[Any]:
+    """One page of a document's versions, newest first; `after` is the (created_at, id) of the
+    last one served."""
+    if after is None:
+        return await db.all(f"SELECT {META} FROM versions WHERE document_id = ?"
+                            " ORDER BY created_at DESC, id DESC LIMIT ?", (document_id, limit))
+    return await db.all(f"SELECT {META} FROM versions WHERE document_id = ? AND (created_at, id) < (?, ?)"
+                        " ORDER BY created_at DESC, id DESC LIMIT ?", (document_id, after[0], after[1], limit))
+
+
+async def get(db: Database, version_id: str, *, with_markdown: bool = False) -> Any:
+    columns = META + (", markdown" if with_markdown else "")
+    return await db.one(f"SELECT {columns} FROM versions WHERE id = ?", (version_id,))
+
+
+async def latest_markdown(db: Database, document_id: str) -> str | None:
+    return await db.value("SELECT markdown FROM versions WHERE document_id = ?"
+                          " ORDER BY created_at DESC, id DESC LIMIT 1", (document_id,))
+
+
+def auto_versions_before(tx: Tx, before: str) -> list[Any]:
+    """Every automatic version of documents that have one older than `before`, oldest first:
+    the input of thinning (it needs a bucket's younger versions too)."""
+    return tx.all("SELECT id, document_id, workspace_id, created_at FROM versions WHERE kind = 'auto'"
+                  " AND document_id IN (SELECT DISTINCT document_id FROM versions WHERE kind = 'auto'"
+                  " AND created_at < ?) ORDER BY document_id, created_at, id", (before,))
+
+
+def delete(tx: Tx, rows: list[Any]) -> None:
+    """Delete these versions (rows with id and workspace_id), each a `delete` in the change feed."""
+    for row in rows:
+        tx.execute("DELETE FROM versions WHERE id = ? AND kind = 'auto'", (row["id"],))
+        changes.record(tx, row["workspace_id"], "version", row["id"], "delete")
