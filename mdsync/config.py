@@ -121,6 +121,7 @@ class WorkspacesSettings(Section):
 
 class CollabSettings(Section):
     room_grace_seconds: float = Field(10.0, ge=0)
+    flush_delay_seconds: float = Field(0.05, ge=0, le=0.5)
     snapshot_after_updates: int = Field(1000, ge=1)
     snapshot_after_bytes: int = Field(1 * MiB, ge=1024)
     max_connections_per_user: int = Field(5000, ge=1)

@@ -235,7 +235,8 @@ class Room:
         self._log.append(update)
         self._log_bytes += len(update)
         if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
+            # group commit window: one writer job per room per window, not one per update
+            self._flush_handle = self._loop.call_later(self.manager.flush_delay, self.flush)
         for listener in self.update_listeners:
             try:
                 listener(update, user_id)

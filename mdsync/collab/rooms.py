@@ -66,12 +66,13 @@ class CollabStats:
 class RoomManager:
     def __init__(self, db: Database, *, grace_seconds: float = 10.0, snapshot_after_updates: int = 1000,
                  snapshot_after_bytes: int = 1 << 20, max_document_bytes: int = 16 << 20,
-                 access_recheck: Callable[[Any], Awaitable[Any]] | None = None):
+                 flush_delay: float = 0.05, access_recheck: Callable[[Any], Awaitable[Any]] | None = None):
         self.db = db
         self.grace_seconds = grace_seconds
         self.snapshot_after_updates = snapshot_after_updates
         self.snapshot_after_bytes = snapshot_after_bytes
         self.max_document_bytes = max_document_bytes
+        self.flush_delay = flush_delay
         self.rooms: dict[str, Room] = {}
         self._loading: dict[str, asyncio.Task] = {}
         self._unloading: set[asyncio.Task] = set()

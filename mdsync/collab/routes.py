@@ -45,6 +45,7 @@ def install(app: web.Application, settings: Settings, db: Database, auth) -> Roo
     manager = RoomManager(
         db, grace_seconds=cfg.room_grace_seconds, snapshot_after_updates=cfg.snapshot_after_updates,
         snapshot_after_bytes=cfg.snapshot_after_bytes, max_document_bytes=settings.limits.max_document_bytes,
+        flush_delay=cfg.flush_delay_seconds,
         access_recheck=lambda a: access.recheck(db, a),
     )
     app[ROOMS] = manager
