@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import uuid
 
 import aiohttp
@@ -13,7 +14,8 @@ import pytest
 from mdsync.appkeys import DB
 from mdsync.sync import feed as feed_module
 from mdsync.sync.routes import FEED
-from tests.conftest import bearer, register
+from tests import conftest
+from tests.conftest import MDSYNC, bearer, register
 
 CHANGES = "/api/v1/sync/changes"
 EVENTS = "/api/v1/sync/events"
@@ -316,6 +318,25 @@ async def test_joining_wakes_a_waiting_newcomer(client):
     await join(client, ws, ada, bob)
     page = await asyncio.wait_for(poll, 10)
     assert {c["workspace_id"] for c in page["changes"]} == {ws}
+
+
+async def test_a_change_made_by_the_admin_cli_reaches_a_waiting_poll(make_client, tmp_path, monkeypatch):
+    monkeypatch.setattr(feed_module, "OTHER_WRITERS_EVERY", 0.2)
+    data_dir = tmp_path / "live"
+    client = await make_client(data_dir=data_dir)
+    ada, bob = await register(client), await register(client)
+    ws = await new_workspace(client, ada)
+    await join(client, ws, ada, bob)
+    cursor = (await feed(client, bob, since="now"))["cursor"]
+    poll = asyncio.ensure_future(feed(client, bob, since=cursor, wait=30))
+    await until(lambda: the_feed(client).waiting == 1)
+    # another process commits: no after-commit callback reaches this server
+    done = await asyncio.to_thread(subprocess.run, [*MDSYNC, "workspaces", "remove-member", ws, bob.email,
+                                                    "--data-dir", str(data_dir)],
+                                   env=conftest.test_env(data_dir), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    page = await asyncio.wait_for(poll, 10)
+    assert [(c["entity"], c["op"]) for c in page["changes"]] == [("workspace", "delete")]
 
 
 async def test_a_client_that_goes_away_stops_waiting(client):

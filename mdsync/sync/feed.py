@@ -15,6 +15,8 @@ Waiting: no reader polls the database. `changes.record` wakes this feed after ev
 head did not move, and wakes only the waiters the new changes may concern (their workspaces,
 rows addressed to them, and the user a `member` change is about: a join gives them a workspace
 they did not have). Each woken waiter re-reads once, however many commits arrived meanwhile.
+Commits of other processes (the admin CLI on a live data dir) reach no listener here: while
+anyone waits, one head check per feed every few seconds notices them.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ MAX_WAIT = 60.0        # seconds a long-poll may wait (API.md Sync)
 HEARTBEAT = 15.0       # seconds between SSE comments on a quiet stream
 CHECK_EVERY = 1.0      # how often a waiter looks whether its client is still there (no query)
 ARMS_PER_QUERY = 200   # workspaces merged in one statement (SQLite allows 500 compound arms)
+OTHER_WRITERS_EVERY = 5.0   # seconds between looks for commits of other processes (CLI), while anyone waits
 
 _CURSOR_TAG = "f1:"
 # each change leaves SQLite as its JSON text: no Python object per field, no json.dumps per page
@@ -156,6 +159,7 @@ class FeedStats:
     skipped: int = 0        # passes that found the head unmoved
     woken: int = 0          # waiter wake-ups handed out
     reads: int = 0          # pages read by waiters (first reads and re-reads)
+    outside: int = 0        # commits by other processes noticed by the periodic head check
 
 
 class Feed:
@@ -172,12 +176,43 @@ class Feed:
         self._by_user: dict[str, set[Waiter]] = {}
         self._by_workspace: dict[str, set[Waiter]] = {}
         self._unknown: set[Waiter] = set()
+        self._outside: asyncio.Task | None = None
 
     async def start(self) -> None:
         """After the database opened: learn its file name (as the writer sees it) and head."""
         rows = await self.db.all("PRAGMA database_list")
         self.database = next(row[2] for row in rows if row[1] == "main")
         self.head = await self.db.value("SELECT coalesce(max(seq), 0) FROM changes")
+        self._outside = asyncio.get_running_loop().create_task(self._watch_other_writers())
+
+    async def stop(self) -> None:
+        if self._outside is not None:
+            self._outside.cancel()
+            await asyncio.gather(self._outside, return_exceptions=True)
+            self._outside = None
+
+    async def _watch_other_writers(self) -> None:
+        """Commits of another process (the admin CLI writing to a live server's database) call
+        no listener here: while anyone waits, one query per interval for the whole feed notices
+        them and wakes every waiter (their rows are not known: each re-reads once). Commits of
+        this process never wait for it."""
+        while True:
+            await asyncio.sleep(OTHER_WRITERS_EVERY)
+            if not self._by_user or self._scheduled:
+                continue
+            try:
+                head = await self.db.value("SELECT coalesce(max(seq), 0) FROM changes")
+            except Exception:   # a closing database: the next round (or cleanup) settles it
+                log.debug("feed head check failed", exc_info=True)
+                continue
+            if head > self.head:
+                self.head = head
+                self.stats.outside += 1
+                for waiters in list(self._by_user.values()):
+                    for waiter in waiters:
+                        if not waiter.event.is_set():
+                            self.stats.woken += 1
+                            waiter.event.set()
 
     async def check_cursor(self, since: int, name: str = "since") -> None:
         """422 for a position this feed has not reached (SSE checks before its answer starts)."""

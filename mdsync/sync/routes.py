@@ -148,6 +148,7 @@ def install(app: web.Application, db: Database, auth: AuthService) -> Feed:
         change_log.listeners.add(feed.on_commit)
         auth.revocation_listeners.append(feed.revoke)
         yield
+        await feed.stop()
         change_log.listeners.discard(feed.on_commit)
         if feed.revoke in auth.revocation_listeners:
             auth.revocation_listeners.remove(feed.revoke)
