@@ -34,7 +34,7 @@ async def client(make_client):
 
 
 CALLERS = ("owner", "admin", "editor", "commenter", "viewer", "nonmember", "share", "anonymous")
-COVERED_TAGS = {"workspaces", "documents", "content"}
+COVERED_TAGS = {"workspaces", "documents", "content", "versions"}
 
 
 @dataclass
@@ -125,6 +125,13 @@ async def fresh_link(w: World, caller: str) -> dict:
     return {"link": link["id"]}
 
 
+async def doc_version(w: World, caller: str) -> dict:
+    resp = await w.client.post(f"/api/v1/documents/{w.doc}/versions", json={"label": "v"},
+                               headers=w.people["owner"].headers)
+    assert resp.status == 201
+    return {"version": (await resp.json())["id"]}
+
+
 async def deleted_workspace(w: World, caller: str) -> dict:
     resp = await w.client.delete(f"/api/v1/workspaces/{w.ws}", headers=w.people["owner"].headers)
     assert resp.status == 204
@@ -193,6 +200,13 @@ ROWS: list[Row] = [
     Row("GET", D + "/{doc}/share-links/{link}", DOC_EDITOR_LINKS, setup=fresh_link),
     Row("DELETE", D + "/{doc}/share-links/{link}", "204 204 204 403 403 404 403 401", setup=fresh_link),
     Row("GET", C + "/share/{token}", "200 200 200 200 200 200 200 200"),
+    # versions: viewers read, editors create and restore, share links open none
+    Row("GET", D + "/{doc}/versions", "200 200 200 200 200 404 403 401"),
+    Row("POST", D + "/{doc}/versions", "201 201 201 403 403 404 403 401", body={"label": "Named"}),
+    Row("GET", C + "/versions/{version}", "200 200 200 200 200 404 403 401", setup=doc_version),
+    Row("GET", D + "/{doc}/diff", "200 200 200 200 200 404 403 401", query="?from={version}&to=current",
+        setup=doc_version),
+    Row("POST", C + "/versions/{version}/restore", "200 200 200 403 403 404 403 401", setup=doc_version),
 ]
 
 
@@ -219,7 +233,7 @@ async def _call(world: World, row: Row, caller: str) -> int:
         headers.update(world.people[caller].headers)
     if caller == "share":
         headers["X-Mdsync-Share"] = values["token"]
-    url = _fill(row.path, values) + row.query
+    url = _fill(row.path, values) + _fill(row.query, values)
     if row.raw is not None:
         resp = await world.client.request(row.method, url, data=row.raw,
                                           headers={**headers, "Content-Type": "text/markdown"})
@@ -286,7 +300,7 @@ async def test_garbage_bodies_change_nothing(client, row: Row):
         extra = await row.setup(world, "owner")
         extra.pop("body", None)
         values.update(extra)
-    url = _fill(row.path, values) + row.query
+    url = _fill(row.path, values) + _fill(row.query, values)
     headers = world.people["owner"].headers
     before = _snapshot(client)
     wrong_types = {name: [[1]] for name in spec.body.model_fields}
