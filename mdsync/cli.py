@@ -144,16 +144,18 @@ def _hasher(settings: config.Settings) -> Passwords:
 @settings_options
 def users_create(email, name, admin, password_stdin, settings) -> None:
     """Create a user account."""
-    from mdsync.api.models import Email
+    from mdsync.api.models import Email, Name
     from pydantic import TypeAdapter, ValidationError
 
+    # the same rules as the API's, so the CLI cannot create an account the API would refuse
     try:
         email = TypeAdapter(Email).validate_python(email)
-    except ValidationError:
-        fail(f"{email!r} is not an email address")
-    name = (name or email.split("@")[0]).strip()
-    if not 1 <= len(name) <= 500:
-        fail("the name must be 1-500 characters")
+    except ValidationError as exc:
+        fail(f"{email!r} is not an email address ({exc.errors()[0]['msg']})")
+    try:
+        name = TypeAdapter(Name).validate_python(name or email.split("@")[0])
+    except ValidationError as exc:
+        fail(f"the name is not valid: {exc.errors()[0]['msg']} (1-500 characters, no control characters)")
     password = read_password(password_stdin, settings.auth.password_min_length)
     password_hash = _hasher(settings).hash_sync(password)
 
@@ -462,6 +464,89 @@ def workspaces_remove_member(workspace, email, settings) -> None:
 
     _offline_api(settings, remove)
     click.echo(f"removed {email} from {workspace}")
+
+
+# -- export / import (mdsync/transfer) ----------------------------------------------------------
+def _export_target(tx, ref: str):
+    row = tx.execute("SELECT id, slug, name FROM workspaces WHERE (id = ? OR slug = ?) AND deleted_at IS NULL",
+                     (ref, ref)).fetchone()
+    if row is None:
+        raise click.ClickException(f"no workspace with id or slug {ref}")
+    return row
+
+
+@main.command("export")
+@click.option("--workspace", "workspace", required=True, help="the workspace (id or slug)")
+@click.argument("out", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path))
+@settings_options
+def export_command(workspace, out, settings) -> None:
+    """Write a workspace as a zip of markdown: folders as directories, documents as .md with
+    front matter, mdsync.json. OUT "-" writes the zip to stdout."""
+    from mdsync.db import connect
+    from mdsync.transfer import export
+
+    if not settings.db_path.exists():
+        fail(f"no database at {settings.db_path}")
+    conn = connect(settings.db_path)
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        ws = _export_target(conn, workspace)
+        total = export.count_documents(conn, ws["id"])
+        to_stdout = str(out) == "-"
+        partial = None if to_stdout else out.with_name(out.name + ".partial")
+        target = sys.stdout.buffer if to_stdout else open(partial, "wb")
+        try:
+            with click.progressbar(length=total, label=f"exporting {ws['name']}", file=sys.stderr,
+                                   show_pos=True) as bar:
+                summary = export.write_export(target, conn, ws["id"], export.stored_reader(conn), bar.update)
+            if not to_stdout:
+                target.close()
+                partial.replace(out)
+        except BaseException:
+            if not to_stdout:
+                target.close()
+                partial.unlink(missing_ok=True)
+            raise
+    finally:
+        conn.close()
+    click.echo(f"exported {summary.documents} documents and {summary.folders} folders of {ws['name']} "
+               f"to {out}", err=to_stdout)
+
+
+@main.command("import")
+@click.option("--workspace", "workspace", required=True, help="the workspace (id or slug) to import into")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@settings_options
+def import_command(workspace, source, settings) -> None:
+    """Import a zip (an mdsync export, or any zip of .md files) or a folder of .md files (an
+    Obsidian-style vault) into a workspace. All or nothing: a refused import writes nothing."""
+    from mdsync.transfer import importer
+
+    limits = importer.Limits(settings.limits.max_import_bytes, settings.limits.max_document_bytes)
+    handle = None
+    try:
+        if source.is_dir():
+            src = importer.DirectorySource(source)
+        else:
+            handle = open(source, "rb")
+            src = importer.ZipSource(handle)
+        plan = importer.plan(src, limits)
+
+        def write(tx):
+            ws = _export_target(tx, workspace)
+            return ws, importer.write(tx, plan, src, ws["id"], None, limits, via="cli")
+
+        ws, counts = _offline_api(settings, write)
+    except importer.ImportRefused as exc:
+        fail(f"nothing was imported: {exc}")
+    finally:
+        if handle is not None:
+            handle.close()
+    click.echo(f"imported {counts['documents']} documents and {counts['folders']} folders into {ws['name']}")
+    if plan.skipped_total:
+        click.echo(f"skipped {plan.skipped_total} files:", err=True)
+        for item in plan.skipped:
+            click.echo(f"  {item['path']}: {item['reason']}", err=True)
 
 
 if __name__ == "__main__":

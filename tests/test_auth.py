@@ -466,6 +466,15 @@ async def test_failed_logins_lock_the_account_for_a_while(client):
     assert (await login(client, account.email)).status == 200
 
 
+async def test_a_parallel_burst_of_guesses_gets_no_more_than_the_limit(client):
+    account = await register(client)
+    answers = await asyncio.gather(*(login(client, account.email, f"guess number {n}") for n in range(20)))
+    statuses = sorted(resp.status for resp in answers)
+    assert statuses.count(401) == 5, statuses
+    assert statuses.count(429) == 15, statuses
+    await problem(await login(client, account.email), 429, "rate-limited")
+
+
 async def test_successful_login_resets_the_failure_count(client):
     account = await register(client)
     for _ in range(4):

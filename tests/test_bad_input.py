@@ -335,3 +335,39 @@ async def test_handler_raising_http_exceptions_become_problems(aiohttp_client, s
     resp = await client.get("/busy")
     await check_problem(resp, 429, "rate-limited")
     assert resp.headers["Retry-After"] == "7"
+
+
+# -- plumbing every answer shares: request id, security headers, CORS ------------------------------
+async def test_every_answer_has_a_request_id_and_security_headers(client):
+    for resp in (await client.get("/healthz"), await client.get("/api/v1/me"),
+                 await client.post("/api/v1/auth/login", data=b"{")):
+        assert len(resp.headers["X-Request-Id"]) >= 16
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert resp.headers["X-Frame-Options"] == "DENY"
+        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+    resp = await client.get("/api/v1/me", headers={"X-Request-Id": "trace-42"})
+    assert resp.headers["X-Request-Id"] == "trace-42"
+    assert (await resp.json())["request_id"] == "trace-42"
+    resp = await client.get("/healthz", headers={"X-Request-Id": "bad id\u00e9 with spaces"})
+    assert resp.headers["X-Request-Id"] != "bad id\u00e9 with spaces"
+
+
+async def test_cors_allows_only_configured_origins(make_client):
+    client = await make_client(cors__origins=["tauri://localhost", "http://tauri.localhost"])
+    preflight = {"Origin": "tauri://localhost", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    resp = await client.options("/api/v1/auth/login", headers=preflight)
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "tauri://localhost"
+    assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in resp.headers["Access-Control-Allow-Headers"]
+    resp = await client.post("/api/v1/auth/login", headers={"Origin": "http://tauri.localhost"},
+                             json={"email": "x@example.com", "password": "wrong password!"})
+    assert resp.status == 401  # errors carry the CORS headers too, or the browser hides them
+    assert resp.headers["Access-Control-Allow-Origin"] == "http://tauri.localhost"
+    assert "Retry-After" in resp.headers["Access-Control-Expose-Headers"]
+
+    resp = await client.options("/api/v1/auth/login", headers={**preflight, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in resp.headers
+    resp = await client.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers

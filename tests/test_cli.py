@@ -86,6 +86,10 @@ def test_create_refusals_exit_1_with_a_message(data_dir):
     assert result.returncode == 1 and "at least 8 characters" in result.stderr
     result = create(data_dir, "name@example.com", "--name", "x" * 501)
     assert result.returncode == 1 and "name" in result.stderr
+    result = create(data_dir, "name@example.com", "--name", "evil\u202ename")
+    assert result.returncode == 1 and "name" in result.stderr
+    result = create(data_dir, "zero\u200bwidth@example.com")
+    assert result.returncode == 1 and "not an email address" in result.stderr
     # no terminal and no --password-stdin: refuse instead of hanging
     result = run(data_dir, "users", "create", "tty@example.com", stdin="")
     assert result.returncode == 1 and "--password-stdin" in result.stderr

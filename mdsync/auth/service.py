@@ -157,13 +157,15 @@ class AuthService:
         wait = self.login_by_address.take(ip)
         if wait is not None:
             raise RateLimited(wait, "too many sign-in attempts from this address")
-        wait = self.failures_by_account.retry_after(email)
+        # the attempt counts as a failure from the start and is forgiven on success: counted only
+        # after the (slow) hash, a burst of parallel guesses would all slip in before the first
+        # failure was recorded
+        wait = self.failures_by_account.take(email)
         if wait is not None:
             raise RateLimited(wait, "too many failed sign-ins for this account")
         user = await store.user_by_email(self.db, email)
         ok = await self.passwords.verify(user["password_hash"] if user else None, password)
         if not ok:
-            self.failures_by_account.hit(email)
             await self.db.write(lambda tx: audit.record(
                 tx, "login.failed", actor_id=user["id"] if user else None, target_type="user",
                 target_id=user["id"] if user else None, ip=ip, detail={"email": email}))
