@@ -203,3 +203,20 @@ def test_serve_refuses_a_newer_schema_with_a_clear_message(tmp_path):
     conn = sqlite3.connect(data / "mdsync.db")
     assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 9999
     conn.close()
+
+
+# -- lookup: indexed reads on the event loop ------------------------------------------------------
+async def test_lookup_sees_every_commit_and_holds_no_snapshot(db, tmp_path):
+    note = await db.write(insert, "before")
+    assert (await db.lookup("SELECT body FROM notes WHERE id = ?", (note,)))["body"] == "before"
+    assert await db.lookup("SELECT body FROM notes WHERE id = ?", (-1,)) is None
+    # another process's connection changes the row: the next lookup sees it (no cached snapshot)
+    other = sqlite3.connect(db.path, isolation_level=None)
+    other.execute("UPDATE notes SET body = 'after' WHERE id = ?", (note,))
+    assert (await db.lookup("SELECT body FROM notes WHERE id = ?", (note,)))["body"] == "after"
+    # and no read transaction stays open behind it: a full checkpoint is not blocked
+    busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0
+    other.close()
+    with pytest.raises(sqlite3.OperationalError):
+        await db.lookup("UPDATE notes SET body = 'no'")
