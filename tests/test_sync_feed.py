@@ -85,6 +85,11 @@ def the_feed(client):
     return client.server.app[FEED]
 
 
+async def parked(client, n: int) -> None:
+    """Until `n` requests wait in the feed, each past its first read."""
+    await until(lambda: the_feed(client).waiting == n and the_feed(client).parked == n)
+
+
 # -- reading ---------------------------------------------------------------------------------
 async def test_feed_needs_a_signed_in_caller_and_a_read_token_is_enough(client):
     assert (await client.get(CHANGES)).status == 401
@@ -207,7 +212,7 @@ async def test_a_long_poll_returns_as_soon_as_a_change_commits(client):
     await join(client, ws, ada, bob)
     cursor = (await feed(client, bob, since="now"))["cursor"]
     poll = asyncio.ensure_future(feed(client, bob, since=cursor, wait=30))
-    await until(lambda: the_feed(client).waiting == 1)
+    await parked(client, 1)
     assert not poll.done()
     doc = await new_document(client, ws, ada)
     # returned with the change, so before its 30 s wait ran out (a timeout answers no changes)
@@ -231,7 +236,7 @@ async def test_a_long_poll_is_not_woken_by_other_workspaces(client):
     cursor = (await feed(client, bob, since="now"))["cursor"]
     pollers = [asyncio.ensure_future(feed(client, bob, since=cursor, wait=30)) for _ in range(10)]
     stats = the_feed(client).stats
-    await until(lambda: the_feed(client).waiting == 10)
+    await parked(client, 10)
     reads_before = stats.reads
     # a storm in ada's workspace: many commits, none of them bob's business
     for i in range(30):
@@ -253,7 +258,7 @@ async def test_a_commit_storm_is_one_re_read_per_waiter(client):
     cursor = (await feed(client, ada, since="now"))["cursor"]
     stats = the_feed(client).stats
     pollers = [asyncio.ensure_future(feed(client, ada, since=cursor, wait=30)) for _ in range(5)]
-    await until(lambda: the_feed(client).waiting == 5)
+    await parked(client, 5)
     reads_before, passes_before = stats.reads, stats.passes
     # 50 writes in flight at once: group commit folds them into few batches, and each batch's
     # notices into one wake pass
@@ -272,7 +277,7 @@ async def test_two_servers_in_one_process_wake_only_their_own_waiters(make_clien
         await rename(one, ws_one, ada, f"n{i}")
     cursor = (await feed(two, bob, since="now"))["cursor"]
     poll = asyncio.ensure_future(feed(two, bob, since=cursor, wait=30))
-    await until(lambda: the_feed(two).waiting == 1)
+    await parked(two, 1)
     await rename(one, ws_one, ada, "elsewhere")
     reads = the_feed(two).stats.reads
     await rename(two, ws_two, bob, "here")       # a lower seq than server one's: still news here
@@ -303,7 +308,7 @@ async def test_a_removed_member_waiting_gets_the_delete(client):
     await join(client, ws, ada, bob)
     cursor = (await feed(client, bob, since="now"))["cursor"]
     poll = asyncio.ensure_future(feed(client, bob, since=cursor, wait=30))
-    await until(lambda: the_feed(client).waiting == 1)
+    await parked(client, 1)
     await remove(client, ws, ada, bob)
     page = await asyncio.wait_for(poll, 10)
     assert [(c["entity"], c["op"]) for c in page["changes"]] == [("workspace", "delete")]
@@ -314,7 +319,7 @@ async def test_joining_wakes_a_waiting_newcomer(client):
     ws = await new_workspace(client, ada)
     cursor = (await feed(client, bob, since="now"))["cursor"]
     poll = asyncio.ensure_future(feed(client, bob, since=cursor, wait=30))
-    await until(lambda: the_feed(client).waiting == 1)
+    await parked(client, 1)
     await join(client, ws, ada, bob)
     page = await asyncio.wait_for(poll, 10)
     assert {c["workspace_id"] for c in page["changes"]} == {ws}
@@ -329,7 +334,7 @@ async def test_a_change_made_by_the_admin_cli_reaches_a_waiting_poll(make_client
     await join(client, ws, ada, bob)
     cursor = (await feed(client, bob, since="now"))["cursor"]
     poll = asyncio.ensure_future(feed(client, bob, since=cursor, wait=30))
-    await until(lambda: the_feed(client).waiting == 1)
+    await parked(client, 1)
     # another process commits: no after-commit callback reaches this server
     done = await asyncio.to_thread(subprocess.run, [*MDSYNC, "workspaces", "remove-member", ws, bob.email,
                                                     "--data-dir", str(data_dir)],
@@ -346,7 +351,7 @@ async def test_a_client_that_goes_away_stops_waiting(client):
     with pytest.raises(asyncio.TimeoutError):
         await client.get(CHANGES, params={"since": cursor, "wait": "30"}, headers=ada.headers,
                          timeout=aiohttp.ClientTimeout(total=0.5))
-    await until(lambda: the_feed(client).waiting == 0)
+    await parked(client, 0)
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -478,7 +483,7 @@ async def test_sse_stream_ends_when_its_session_is_revoked(client):
     ada = await register(client)
     await new_workspace(client, ada)
     async with client.get(EVENTS, params={"since": "now"}, headers=ada.headers) as resp:
-        await until(lambda: the_feed(client).waiting == 1)
+        await parked(client, 1)
         assert (await client.post("/api/v1/auth/logout", headers=ada.headers)).status == 204
         with pytest.raises(EOFError):
             await read_events(resp, 1)

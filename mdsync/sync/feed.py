@@ -42,6 +42,7 @@ HEARTBEAT = 15.0       # seconds between SSE comments on a quiet stream
 CHECK_EVERY = 1.0      # how often a waiter looks whether its client is still there (no query)
 ARMS_PER_QUERY = 200   # workspaces merged in one statement (SQLite allows 500 compound arms)
 OTHER_WRITERS_EVERY = 5.0   # seconds between looks for commits of other processes (CLI), while anyone waits
+WAKE_GRACE = 0.5            # how late an own commit's wake-up may be before it counts as someone else's
 
 _CURSOR_TAG = "f1:"
 # each change leaves SQLite as its JSON text: no Python object per field, no json.dumps per page
@@ -74,10 +75,6 @@ class Page:
     cursor: int            # the seq the next page starts after
     has_more: bool
     workspaces: frozenset[str]   # the caller's workspaces when the page was read
-
-    @property
-    def changes(self) -> list[dict]:
-        return [json.loads(row[1]) for row in self.rows]
 
     def json(self) -> str:
         """The answer of GET /sync/changes, assembled from the changes' JSON texts."""
@@ -205,6 +202,10 @@ class Feed:
             except Exception:   # a closing database: the next round (or cleanup) settles it
                 log.debug("feed head check failed", exc_info=True)
                 continue
+            if head <= self.head:
+                continue
+            # our own commits become visible to readers a moment before their wake-ups arrive
+            await asyncio.sleep(WAKE_GRACE)
             if head > self.head:
                 self.head = head
                 self.stats.outside += 1
@@ -303,6 +304,11 @@ class Feed:
     @property
     def waiting(self) -> int:
         return sum(len(w) for w in self._by_user.values())
+
+    @property
+    def parked(self) -> int:
+        """Waiters past their first read (indexed by workspace): what a commit may wake."""
+        return self.waiting - len(self._unknown)
 
     async def _read(self, waiter: Waiter, since: int | None, limit: int) -> Page:
         waiter.event.clear()   # a commit during the read sets it again: we look once more

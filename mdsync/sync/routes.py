@@ -4,6 +4,7 @@ feed to commits, session revocations and shutdown."""
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Annotated
 
 from aiohttp import web
@@ -111,8 +112,8 @@ async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse
     # a reconnecting EventSource repeats the URL (and its since) but knows a newer position
     since = _since(last_event_id, "Last-Event-ID") if last_event_id else _since(query.since)
     feed = request.app[FEED]
-    if since:
-        await feed.check_cursor(since, "Last-Event-ID" if last_event_id else "since")   # a bad position is a 422 before the stream starts
+    if since:   # a position ahead of the feed is a 422 before the stream starts
+        await feed.check_cursor(since, "Last-Event-ID" if last_event_id else "since")
     response = web.StreamResponse(headers={
         "Content-Type": "text/event-stream; charset=utf-8",
         "Cache-Control": "no-store",
@@ -120,17 +121,18 @@ async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse
     })
     await response.prepare(request)
     alive = _alive(request)
+    pages = feed.stream(principal.user_id, principal.session_id, since, MAX_LIMIT, alive=alive,
+                        lifetime=_token_lifetime(request))
     try:
-        await response.write(b": mdsync change feed\nretry: 3000\n\n")
-        async for page in feed.stream(principal.user_id, principal.session_id, since, MAX_LIMIT, alive=alive,
-                                      lifetime=_token_lifetime(request)):
-            if page is None:
-                await response.write(b": heartbeat\n\n")
-                continue
-            await response.write("".join(
-                f"id: {encode_cursor(seq)}\nevent: change\ndata: {change}\n\n" for seq, change in page.rows).encode())
-    except (ConnectionError, RuntimeError):
-        # the client left mid-write (RuntimeError: aiohttp's "cannot write to closing transport")
+        async with aclosing(pages):   # the stream stops waiting as soon as this handler ends
+            await response.write(b": mdsync change feed\nretry: 3000\n\n")
+            async for page in pages:
+                if page is None:
+                    await response.write(b": heartbeat\n\n")
+                    continue
+                await response.write("".join(f"id: {encode_cursor(seq)}\nevent: change\ndata: {change}\n\n"
+                                             for seq, change in page.rows).encode())
+    except ConnectionError:   # the client left mid-write
         return response
     if alive():
         await response.write_eof()
