@@ -120,6 +120,7 @@ async def test_sigterm_loses_nothing(server_process, tmp_path):
     assert result["text"] == result["fresh"] == result["watcher"] == everything
     # every update the server relayed before it closed the sockets (1012) was stored
     relayed = result["watcherAtClose"]["text"]
+    assert result["watcherAtClose"]["code"] == 1012  # "server restarting": clients reconnect
     assert len(relayed) > 0
     assert persisted.startswith(relayed) and everything.startswith(persisted)
 

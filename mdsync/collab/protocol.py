@@ -26,6 +26,9 @@ SYNC_UPDATE = 2
 EMPTY_UPDATE = b"\x00\x00"
 UPDATE_PREFIX = b"\x00\x02"
 NULL_STATE = "null"
+# awareness is presence (names, cursors, selections): kilobytes. Larger is abuse, and would be
+# held in memory and sent to every joiner.
+MAX_AWARENESS_BYTES = 256 * 1024
 
 
 class ProtocolError(ValueError):
@@ -110,6 +113,8 @@ def parse_awareness(frame: bytes) -> list[tuple[int, int, str]]:
     other client's message handler.
     """
     update, _ = read_varbytes(frame, 1)
+    if len(update) > MAX_AWARENESS_BYTES:
+        raise ProtocolError("awareness update too large")
     count, pos = read_varuint(update, 0)
     if count > len(update):
         raise ProtocolError("awareness entry count larger than the message")

@@ -145,8 +145,8 @@ async function durability () {
   const watch = client(cfg.writerB)
   await until(() => a.synced && watch.synced, 20000, 'sync')
   let watcherAtClose = null
-  watch.provider.on('connection-close', () => {
-    if (watcherAtClose === null) watcherAtClose = { at: Date.now(), text: watch.text.toString() }
+  watch.provider.on('connection-close', (ev) => {
+    if (watcherAtClose === null) watcherAtClose = { at: Date.now(), text: watch.text.toString(), code: ev ? ev.code : null }
   })
   const samples = []
   const sampler = setInterval(() => samples.push([Date.now(), watch.text.toString().length]), 50)
