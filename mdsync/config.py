@@ -114,11 +114,6 @@ class LogSettings(Section):
     format: Literal["json", "text"] = "json"
 
 
-class WorkspacesSettings(Section):
-    purge_grace_seconds: int = Field(30 * 24 * 3600, ge=0)
-    purge_interval: float = Field(3600.0, gt=0)
-
-
 class CollabSettings(Section):
     room_grace_seconds: float = Field(10.0, ge=0)
     flush_delay_seconds: float = Field(0.05, ge=0, le=0.5)
@@ -129,6 +124,17 @@ class CollabSettings(Section):
     slow_peer_bytes: int = Field(8 * MiB, ge=65536)
     slow_peer_seconds: float = Field(10.0, gt=0)
     heartbeat_seconds: float = Field(30.0, ge=0)
+    projection_debounce: float = Field(0.5, ge=0)
+    projection_max_delay: float = Field(1.5, gt=0, le=2.0)
+
+
+class SyncSettings(Section):
+    etag_retention_days: float = Field(30.0, gt=0)
+
+
+class WorkspacesSettings(Section):
+    purge_grace_seconds: int = Field(30 * 24 * 3600, ge=0)
+    purge_interval: float = Field(3600.0, gt=0)
 
 
 class VersionsSettings(Section):
@@ -147,9 +153,10 @@ class Settings(Section):
     ai: AISettings = AISettings()
     metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
+    workspaces: WorkspacesSettings = WorkspacesSettings()
+    sync: SyncSettings = SyncSettings()
     collab: CollabSettings = CollabSettings()
     versions: VersionsSettings = VersionsSettings()
-    workspaces: WorkspacesSettings = WorkspacesSettings()
 
     @property
     def data_dir(self) -> Path:

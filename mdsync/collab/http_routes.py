@@ -1,0 +1,146 @@
+"""HTTP routes of collaboration beside the socket: Yjs over HTTP (state vector in, missing update
+out; update in) and presence; `install` puts the Yjs content backend (content.py) at
+`app[CONTENT]` and wires the markdown projection (projection.py) into the room manager.
+
+Every route goes through the live room (`rooms.use`), so what HTTP clients read and write is
+what socket clients see, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+
+from aiohttp import web
+
+from mdsync.api.errors import TooLarge, ValidationFailed
+from mdsync.api.models import Out
+from mdsync.api.routing import Routes, read_body
+from mdsync.appkeys import SETTINGS
+from mdsync.api.models import Body
+from mdsync.collab.content import States, YjsContent
+from mdsync.collab.projection import Projector
+from mdsync.collab.room import DocumentTooLarge
+from mdsync.collab.rooms import ROOMS
+from mdsync.config import Settings
+from mdsync.db import Database
+from mdsync.documents.content import CONTENT
+from mdsync.workspaces.access import require
+
+log = logging.getLogger("mdsync.collab")
+routes = Routes("collab-http")
+OCTETS = "application/octet-stream"
+PROJECTOR: web.AppKey[Projector] = web.AppKey("projector", Projector)
+STATES: web.AppKey[States] = web.AppKey("content_states", States)
+
+
+class YjsQuery(Body):
+    sv: str | None = None
+
+
+class PresenceItem(Out):
+    user_id: str | None
+    name: str | None
+    connections: int
+    read_only: bool
+
+
+class PresenceOut(Out):
+    items: list[PresenceItem]
+
+
+def _state_vector(raw: str | None) -> bytes | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+    except (binascii.Error, ValueError):
+        raise ValidationFailed.field("sv", "must be a base64url-encoded Yjs state vector") from None
+
+
+@routes.get("/api/v1/documents/{doc}/yjs", "The Yjs update the caller lacks (the whole state without ?sv=)",
+            query=YjsQuery, raw_response=OCTETS)
+async def get_yjs(request: web.Request, query: YjsQuery) -> web.Response:
+    access = await require(request, "viewer", document_id=request.match_info["doc"], share=True)
+    sv = _state_vector(query.sv)
+    async with request.app[ROOMS].use(access.document_id) as room:
+        try:
+            update = room.encode_state(sv)
+        except ValueError:
+            raise ValidationFailed.field("sv", "is not a Yjs state vector") from None
+    return web.Response(body=update, headers={"Content-Type": OCTETS, "Cache-Control": "no-store"})
+
+
+@routes.post("/api/v1/documents/{doc}/yjs", "Apply a Yjs update (editor): persisted and sent to live editors",
+             raw_body=OCTETS, status=204)
+async def post_yjs(request: web.Request) -> web.Response:
+    access = await require(request, "editor", document_id=request.match_info["doc"])
+    update = await read_body(request, request.app[SETTINGS].limits.max_document_bytes)
+    if not update:
+        raise ValidationFailed.field("body", "must be a Yjs update (v1 encoding)")
+    async with request.app[ROOMS].use(access.document_id) as room:
+        try:
+            room.apply_update(update, access.user_id)
+        except DocumentTooLarge as exc:
+            raise TooLarge(str(exc)) from None
+        except ValueError:
+            raise ValidationFailed.field("body", "is not a Yjs update (v1 encoding)") from None
+        await room.drain()
+    return web.Response(status=204)
+
+
+@routes.get("/api/v1/documents/{doc}/presence", "Who is connected to the document now (from their tokens)",
+            response=PresenceOut)
+async def presence(request: web.Request) -> web.Response:
+    access = await require(request, "viewer", document_id=request.match_info["doc"], share=True)
+    items = [{"user_id": u["user_id"], "name": u["name"], "connections": u["connections"],
+              "read_only": not u["can_write"]} for u in request.app[ROOMS].presence(access.document_id)]
+    return web.json_response({"items": items})
+
+
+def install(app: web.Application, settings: Settings, db: Database) -> None:
+    """After the room manager is installed: the Yjs content backend replaces the simple one (kept
+    for other content models), and the projection listens to every room."""
+    from mdsync.ops.metrics import METRICS
+
+    rooms = app[ROOMS]
+    states = States(db, settings.sync.etag_retention_days * 86400)
+    metrics = app.get(METRICS)
+    writes = metrics.counter("mdsync_content_writes_total",
+                             "REST content writes on Yjs documents: applied as a diff, merged from a stale"
+                             " ETag, or refused (unknown or expired ETag)", ["result"]) if metrics else None
+    lag = metrics.histogram("mdsync_collab_projection_lag_seconds",
+                            "Time from the first unprojected edit to its markdown projection being stored",
+                            buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)) if metrics else None
+    content = YjsContent(db, rooms, states, fallback=app[CONTENT],
+                         on_result=(lambda kind: writes.labels(kind).inc()) if writes else None)
+    app[CONTENT] = content
+    app[STATES] = states
+    projector = Projector(db, content, states, debounce=settings.collab.projection_debounce,
+                          max_delay=settings.collab.projection_max_delay,
+                          observe_lag=lag.observe if lag else None)
+    app[PROJECTOR] = projector
+    content.projector = projector
+    rooms.update_listeners.append(projector.on_update)
+    rooms.close_hooks.append(projector.on_close)
+
+    async def collector(app: web.Application):
+        async def sweep():
+            while True:
+                try:
+                    await states.collect()
+                except Exception:
+                    log.exception("content state collection failed")
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(sweep())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await projector.flush()  # rooms closed at shutdown have stored theirs; anything left goes now
+
+    app.cleanup_ctx.append(collector)

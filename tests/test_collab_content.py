@@ -1,0 +1,315 @@
+"""Content model `text` over Yjs: REST content reads and writes against the live CRDT (minimal
+diffs, stale-ETag merges, 412 for unknown or expired ETags), the markdown projection (debounce,
+bound while typing, room close, change feed), and reading a document from its CRDT state rather
+than a projection that trails it. In-process server, pycrdt socket clients; the npm-client
+version of the merge is in test_collab_http.py (interop)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+from pycrdt import Doc, Text
+
+from mdsync import clock
+from mdsync.appkeys import DB
+from mdsync.collab import store
+from mdsync.collab.content import apply_text_diff, state_etag, text_ops
+from mdsync.collab.http_routes import STATES
+from mdsync.collab.rooms import ROOMS
+from tests.collab_helpers import YClient, eventually
+from tests.conftest import register
+from tests.test_folders_documents import document
+from tests.test_workspaces import join, make_workspace
+
+API = "/api/v1"
+
+
+@pytest.fixture
+async def client(make_client):
+    return await make_client(collab__room_grace_seconds=0.2)
+
+
+async def get_content(client, who, doc_id) -> tuple[str, str]:
+    resp = await client.get(f"{API}/documents/{doc_id}/content", headers=who.headers)
+    assert resp.status == 200, await resp.text()
+    return await resp.text(), resp.headers["ETag"]
+
+
+async def put_content(client, who, doc_id, body, if_match=None):
+    headers = {**who.headers, "Content-Type": "text/markdown"}
+    if if_match is not None:
+        headers["If-Match"] = if_match
+    return await client.put(f"{API}/documents/{doc_id}/content", data=body if isinstance(body, bytes) else body.encode(),
+                            headers=headers)
+
+
+async def setup_doc(client, markdown="# Title\n\nhello world\n"):
+    owner = await register(client, name="Owner")
+    ws = await make_workspace(client, owner)
+    doc = await document(client, owner, ws, "Doc", markdown=markdown)
+    return owner, ws, doc["id"]
+
+
+async def stored_markdown(client, doc_id) -> str:
+    return await client.server.app[DB].value("SELECT markdown FROM documents WHERE id = ?", (doc_id,))
+
+
+async def wait_unloaded(client, doc_id, timeout=10.0) -> None:
+    rooms = client.server.app[ROOMS]
+    assert await eventually(lambda: doc_id not in rooms.rooms, timeout), "the room did not unload"
+
+
+# -- the diff -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(40))
+def test_text_diff_turns_any_text_into_any_other(seed):
+    rand = random.Random(seed)
+    alphabet = "ab c\n\n#é😀中-"
+    old = "".join(rand.choice(alphabet) for _ in range(rand.randrange(0, 300)))
+    new = list(old)
+    for _ in range(rand.randrange(1, 8)):
+        at = rand.randrange(len(new) + 1)
+        if new and rand.random() < 0.5:
+            del new[at:at + rand.randrange(1, 10)]
+        else:
+            new[at:at] = rand.choice(alphabet) * rand.randrange(1, 5)
+    new = "".join(new)
+    doc = Doc()
+    text = doc.get("markdown", type=Text)
+    text += old
+    with doc.transaction():
+        apply_text_diff(text, new)
+    assert str(text) == new
+
+
+def test_text_diff_is_minimal():
+    old = "# Title\n\n" + "line of text\n" * 500 + "the end\n"
+    new = old.replace("the end", "the very end").replace("# Title", "# Title!")
+    ops = text_ops(old, new)
+    assert sum(end - start for start, end, _ in ops) == 0  # only inserts
+    assert "".join(insert for *_, insert in ops) == "!very "
+
+
+# -- writes ------------------------------------------------------------------------------------
+async def test_put_with_current_etag_is_a_small_edit_for_live_clients(client):
+    owner, _, doc_id = await setup_doc(client, "# Title\n\n" + "some text here\n" * 300 + "hello world\n")
+    live = await YClient.connect(client, doc_id, owner.access_token)
+    await live.wait_synced()
+    deltas, updates = [], []
+    live.text.observe(lambda event: deltas.append(event.delta))
+    live.doc.observe(lambda event: updates.append(event.update))
+    text, etag = await get_content(client, owner, doc_id)
+    resp = await put_content(client, owner, doc_id, text.replace("hello world", "hello brave world"), etag)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.text()).endswith("hello brave world\n")
+    assert resp.headers["ETag"] != etag and resp.headers["ETag"].startswith('"')
+    assert await eventually(lambda: str(live.text).endswith("hello brave world\n"))
+    # the live editor saw one small insert, not the document deleted and written again
+    assert len(deltas) == 1
+    assert [op for op in deltas[0] if "retain" not in op] == [{"insert": "brave "}]
+    assert len(updates) == 1 and len(updates[0]) < 100
+    # the same ETag is now stale; the current one names the state just written
+    assert (await get_content(client, owner, doc_id))[1] == resp.headers["ETag"]
+    await live.close()
+
+
+async def test_put_without_if_match_applies_a_diff_against_the_current_text(client):
+    owner, _, doc_id = await setup_doc(client, "alpha beta gamma\n")
+    live = await YClient.connect(client, doc_id, owner.access_token)
+    await live.wait_synced()
+    deltas = []
+    live.text.observe(lambda event: deltas.append(event.delta))
+    resp = await put_content(client, owner, doc_id, "alpha gamma\n")
+    assert resp.status == 200 and await resp.text() == "alpha gamma\n"
+    assert await eventually(lambda: str(live.text) == "alpha gamma\n")
+    assert [op for op in deltas[0] if "retain" not in op] == [{"delete": 5}]
+    await live.close()
+
+
+async def test_put_with_stale_etag_merges_with_a_live_edit(client):
+    owner, _, doc_id = await setup_doc(client, "# Title\n\nhello world\n")
+    live = await YClient.connect(client, doc_id, owner.access_token)
+    await live.wait_synced()
+    base, etag = await get_content(client, owner, doc_id)
+    live.insert(len(str(live.text)), "typed live\n")
+    room = client.server.app[ROOMS].loaded(doc_id)
+    assert await eventually(lambda: "typed live" in room.text())
+    # the REST client edits the base it read: a new first line, a word replaced
+    body = "Preface\n" + base.replace("hello world", "hello REST")
+    resp = await put_content(client, owner, doc_id, body, etag)
+    assert resp.status == 200, await resp.text()
+    merged = await resp.text()
+    assert merged == "Preface\n# Title\n\nhello REST\ntyped live\n"
+    assert await eventually(lambda: str(live.text) == merged)
+    assert (await get_content(client, owner, doc_id))[0] == merged
+    # the same stale ETag again: replayed from the same base, nothing doubles
+    resp = await put_content(client, owner, doc_id, body, etag)
+    assert resp.status == 200 and await resp.text() == merged
+    await live.close()
+
+
+async def test_stale_etag_from_a_closed_room_still_merges(client):
+    owner, _, doc_id = await setup_doc(client, "one\ntwo\nthree\n")
+    base, etag = await get_content(client, owner, doc_id)
+    await wait_unloaded(client, doc_id)
+    resp = await put_content(client, owner, doc_id, "one\ntwo\nthree\nfour\n")
+    assert resp.status == 200
+    await wait_unloaded(client, doc_id)
+    # a new process would not know more than the database: a fresh States reads only tables
+    client.server.app[STATES]._chains.clear()
+    resp = await put_content(client, owner, doc_id, "zero\n" + base, etag)
+    assert resp.status == 200, await resp.text()
+    assert await resp.text() == "zero\none\ntwo\nthree\nfour\n"
+
+
+async def test_unknown_and_expired_etags_are_412_and_change_nothing(make_client):
+    client = await make_client(sync__etag_retention_days=0.001)  # 86.4 s
+    owner, _, doc_id = await setup_doc(client, "keep me\n")
+    text, etag = await get_content(client, owner, doc_id)
+    resp = await put_content(client, owner, doc_id, "lost", '"nonsense"')
+    assert resp.status == 412
+    assert (await resp.json())["type"] == "urn:mdsync:error:precondition-failed"
+    resp = await put_content(client, owner, doc_id, "changed\n")  # makes `etag` stale
+    assert resp.status == 200
+    clock.advance(100)  # past the retention of `etag` (tokens live 900 s: still signed in)
+    resp = await put_content(client, owner, doc_id, "lost", etag)
+    assert resp.status == 412
+    assert (await get_content(client, owner, doc_id))[0] == "changed\n"
+    # and the expired states are collected; new ones keep working
+    assert await client.server.app[STATES].collect() >= 1
+    text, fresh = await get_content(client, owner, doc_id)
+    live_edit = await put_content(client, owner, doc_id, "changed\nmore\n")
+    assert live_edit.status == 200
+    resp = await put_content(client, owner, doc_id, "first\n" + text, fresh)
+    assert resp.status == 200 and await resp.text() == "first\nchanged\nmore\n"
+
+
+async def test_bad_bodies_change_nothing(make_client):
+    client = await make_client(limits__max_document_bytes=2000)
+    owner, _, doc_id = await setup_doc(client, "original\n")
+    _, etag = await get_content(client, owner, doc_id)
+    resp = await put_content(client, owner, doc_id, b"\xff\xfe not utf-8", etag)
+    assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "body"
+    resp = await put_content(client, owner, doc_id, "x" * 3000, etag)
+    assert resp.status == 413
+    assert await get_content(client, owner, doc_id) == ("original\n", etag)
+
+
+async def test_viewer_reads_but_cannot_write_and_other_workspaces_see_nothing(client):
+    owner, ws, doc_id = await setup_doc(client, "text\n")
+    viewer = await join(client, owner, ws, "viewer")
+    outsider = await register(client)
+    text, etag = await get_content(client, viewer, doc_id)
+    assert text == "text\n"
+    assert (await put_content(client, viewer, doc_id, "no", etag)).status == 403
+    resp = await client.get(f"{API}/documents/{doc_id}/content", headers=outsider.headers)
+    assert resp.status == 404
+    assert (await put_content(client, outsider, doc_id, "no")).status == 404
+    assert (await get_content(client, owner, doc_id))[0] == "text\n"
+
+
+async def test_tiptap_documents_keep_the_simple_backend(client):
+    owner = await register(client)
+    ws = await make_workspace(client, owner)
+    doc = await document(client, owner, ws, "T", markdown="# T\n", content_model="tiptap")
+    text, etag = await get_content(client, owner, doc["id"])
+    assert (text, etag) == ("# T\n", doc["etag"])
+    resp = await put_content(client, owner, doc["id"], "# T2\n", etag)
+    assert resp.status == 200
+    assert (await put_content(client, owner, doc["id"], "# T3\n", etag)).status == 412
+
+
+# -- reads and the projection -----------------------------------------------------------------
+async def test_document_with_crdt_state_is_read_from_it_not_from_a_trailing_projection(client):
+    owner, _, doc_id = await setup_doc(client, "first\n")
+    assert (await put_content(client, owner, doc_id, "first\nsecond\n")).status == 200
+    await wait_unloaded(client, doc_id)
+    assert await stored_markdown(client, doc_id) == "first\nsecond\n"
+    # an edit reached the update log but its projection never got stored (kill -9 in between)
+    db = client.server.app[DB]
+    stored = await store.load(db, doc_id)
+    doc = Doc()
+    for update in ([stored.snapshot] if stored.snapshot else []) + stored.updates:
+        doc.apply_update(update)
+    before = doc.get_state()
+    doc.get("markdown", type=Text).insert(len("first\nsecond\n".encode()), "third\n")
+    await db.write(store.append, doc_id, [(stored.last_seq + 1, doc.get_update(before), owner.id)])
+    assert await stored_markdown(client, doc_id) == "first\nsecond\n"
+    text, etag = await get_content(client, owner, doc_id)
+    assert text == "first\nsecond\nthird\n"
+    assert etag == f'"{state_etag(doc)}"'
+    # ... and once that room closes the projection catches up
+    await wait_unloaded(client, doc_id)
+    assert await stored_markdown(client, doc_id) == "first\nsecond\nthird\n"
+    # now the projection is exact: read without loading the room, same ETag
+    assert await get_content(client, owner, doc_id) == ("first\nsecond\nthird\n", etag)
+    assert client.server.app[ROOMS].loaded(doc_id) is None
+
+
+async def test_socket_edits_reach_rest_reads_and_the_change_feed(client):
+    owner, ws, doc_id = await setup_doc(client, "start\n")
+    resp = await client.get(f"{API}/sync/changes", params={"since": "now"}, headers=owner.headers)
+    cursor = (await resp.json())["cursor"]
+    live = await YClient.connect(client, doc_id, owner.access_token)
+    await live.wait_synced()
+    live.insert(len("start\n"), "from the socket\n")
+    seen = None
+    for _ in range(100):  # bounded: about 5 s
+        text, _ = await get_content(client, owner, doc_id)
+        if "from the socket" in text:
+            seen = text
+            break
+        await asyncio.sleep(0.05)
+    assert seen == "start\nfrom the socket\n"
+    upsert = None
+    for _ in range(50):
+        resp = await client.get(f"{API}/sync/changes", params={"since": cursor, "wait": "1"}, headers=owner.headers)
+        page = await resp.json()
+        cursor = page["cursor"]
+        upsert = next((c for c in page["changes"] if c["entity"] == "document" and c["id"] == doc_id), None)
+        if upsert:
+            break
+    assert upsert is not None and upsert["op"] == "upsert"
+    assert await stored_markdown(client, doc_id) == "start\nfrom the socket\n"
+    meta = await (await client.get(f"{API}/documents/{doc_id}", headers=owner.headers)).json()
+    assert meta["size"] == len("start\nfrom the socket\n")
+    await live.close()
+
+
+async def test_projection_keeps_up_while_typing_goes_on(make_client):
+    # typing every 50 ms never leaves the 0.5 s debounce idle: only the bound stores it meanwhile
+    client = await make_client(collab__projection_debounce=0.5, collab__projection_max_delay=1.0)
+    owner, _, doc_id = await setup_doc(client, "")
+    live = await YClient.connect(client, doc_id, owner.access_token)
+    await live.wait_synced()
+    projected_while_typing = set()
+    for i in range(60):  # 3 s of typing
+        live.insert(len(str(live.text)), f"k{i};")
+        await asyncio.sleep(0.05)
+        if i % 5 == 4:
+            projected_while_typing.add(await stored_markdown(client, doc_id))
+    projected_while_typing.discard("")
+    assert projected_while_typing, "nothing was projected while typing went on"
+    final = str(live.text)
+    for _ in range(60):
+        if await stored_markdown(client, doc_id) == final:
+            break
+        await asyncio.sleep(0.05)
+    assert await stored_markdown(client, doc_id) == final
+    await live.close()
+
+
+async def test_projection_is_stored_when_the_room_closes(make_client):
+    # a debounce far longer than the room's grace: only the close hook can have stored it
+    client = await make_client(collab__room_grace_seconds=0.1, collab__projection_debounce=60,
+                               collab__projection_max_delay=2.0)
+    owner, _, doc_id = await setup_doc(client, "")
+    live = await YClient.connect(client, doc_id, owner.access_token)
+    await live.wait_synced()
+    live.insert(0, "typed then left\n")
+    room = client.server.app[ROOMS].loaded(doc_id)
+    assert await eventually(lambda: room.text() == "typed then left\n")
+    await live.close()
+    await wait_unloaded(client, doc_id, timeout=1.5)
+    assert await stored_markdown(client, doc_id) == "typed then left\n"
