@@ -12,18 +12,20 @@ from mdsync.appkeys import DB, READINESS, ROUTE_TABLES, SETTINGS
 from mdsync.auth import routes as auth_routes
 from mdsync.auth.service import AuthService
 from mdsync.collab import routes as collab_routes
+from mdsync.collab import http_routes as collab_http
 from mdsync.config import Settings, ensure_secret
 from mdsync.db import Database
+from mdsync.ops import backup as ops_backup
 from mdsync.documents import content_routes
 from mdsync.documents import routes as document_routes
 from mdsync.documents.content import CONTENT, TextContent
 from mdsync.documents.service import DOCUMENTS, Documents
 from mdsync.documents.sharing import SHARING, Sharing
-from mdsync.ops import backup as ops_backup
 from mdsync.ops import health
 from mdsync.ops import metrics as ops_metrics
 from mdsync.ops import replica as ops_replica
 from mdsync.sync import routes as sync_routes
+from mdsync.transfer import routes as transfer_routes
 from mdsync.versions import routes as versions_routes
 from mdsync.workspaces import routes as workspace_routes
 from mdsync.workspaces.invitations import Invitations, registration_hook
@@ -57,12 +59,15 @@ def create_app(settings: Settings) -> web.Application:
     app[DOCUMENTS] = Documents(app, db)
     app[SHARING] = Sharing(app, db, settings.public_url)
 
-    tables = [health.routes, ops_metrics.routes, auth_routes.routes, sync_routes.routes,
-              workspace_routes.routes, document_routes.routes, content_routes.routes, collab_routes.routes]
+    tables = [health.routes, ops_metrics.routes, auth_routes.routes, sync_routes.routes, collab_routes.routes,
+              workspace_routes.routes, document_routes.routes, content_routes.routes,
+              transfer_routes.routes]
     tables.append(versions_routes.routes)
+    tables.append(collab_http.routes)
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables
+    health.install(app)
 
     async def database(app: web.Application):
         await db.open()
@@ -73,8 +78,6 @@ def create_app(settings: Settings) -> web.Application:
     if settings.server.backup_before_migrate:
         app.cleanup_ctx.append(ops_backup.before_migrate_ctx)
     app.cleanup_ctx.append(database)
-    collab_routes.install(app, settings, db, auth)
-    versions_routes.install(app, settings)  # after collab: it listens to the rooms
 
     async def workspace_purger(app: web.Application):
         task = asyncio.create_task(workspaces.run_purger(settings.workspaces.purge_interval))
@@ -82,5 +85,8 @@ def create_app(settings: Settings) -> web.Application:
         task.cancel()
 
     app.cleanup_ctx.append(workspace_purger)
+    collab_routes.install(app, settings, db, auth)
+    collab_http.install(app, settings, db)  # after collab: the Yjs content backend and projection
+    versions_routes.install(app, settings)  # after collab: it listens to the rooms
     sync_routes.install(app, db, auth)  # after the database: the feed starts once it is open
     return app

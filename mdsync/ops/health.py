@@ -43,12 +43,16 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/openapi.json", "This API as OpenAPI 3.1", auth="none")
 async def openapi_document(request: web.Request) -> web.Response:
-    document = request.app.get(OPENAPI_CACHE)
-    if document is None:
+    # built once per app, on first request: the route tables are complete by then
+    cache = request.app[OPENAPI_CACHE]
+    if "document" not in cache:
         specs = [spec for table in request.app[ROUTE_TABLES] for spec in table.specs]
-        document = openapi.build(specs, server_url=request.app[SETTINGS].public_url)
-        request.app[OPENAPI_CACHE] = document
-    return web.json_response(document)
+        cache["document"] = openapi.build(specs, server_url=request.app[SETTINGS].public_url)
+    return web.json_response(cache["document"])
 
 
 OPENAPI_CACHE: web.AppKey[dict] = web.AppKey("openapi_cache", dict)
+
+
+def install(app: web.Application) -> None:
+    app[OPENAPI_CACHE] = {}
