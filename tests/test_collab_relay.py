@@ -172,8 +172,14 @@ async def test_room_is_loaded_before_any_client_is_served(collab):
     await asyncio.gather(*(c.close() for c in clients))
 
 
-async def test_cancelled_handlers_still_leave_the_room(collab):
-    """aiohttp cancels handlers of dropped connections; the room must still forget them."""
+async def test_cancelled_handlers_still_leave_the_room(aiohttp_client, tmp_path):
+    """With handler cancellation on (aiohttp cancels the handler of a dropped connection), the
+    room still forgets the socket and its awareness, and unloads once empty."""
+    from mdsync.app import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path / "cancel", collab__room_grace_seconds=0.2)
+    collab = await aiohttp_client(create_app(settings), server_kwargs={"handler_cancellation": True})
     app = collab.server.app
     alice = await register(collab)
     _, doc_id = await make_document(app, alice.id)
@@ -182,6 +188,7 @@ async def test_cancelled_handlers_still_leave_the_room(collab):
     await a.set_awareness(json.dumps({"n": 1}))
     b = await YClient.connect(collab, doc_id, alice.access_token)
     await b.wait_synced()
+    assert await eventually(lambda: a.doc.client_id in b.awareness)
     # drop a's TCP connection without a close handshake
     a.ws._response.connection.transport.abort()
     assert await eventually(lambda: len(app[ROOMS].loaded(doc_id).conns) == 1)
@@ -189,6 +196,22 @@ async def test_cancelled_handlers_still_leave_the_room(collab):
     await b.close()
     assert await eventually(lambda: app[ROOMS].loaded(doc_id) is None)
     assert app[ROOMS].connections(doc_id) == []
+
+
+async def test_quick_leave_loses_no_update(collab):
+    """SQLiteYStore lost most updates of a client that left right after typing: here every one lands."""
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+    for i in range(300):
+        a.insert(len(a.text), f"{i};")
+    expected = str(a.text)
+    await asyncio.sleep(0.05)  # the sends leave the client
+    await a.close()
+    assert await eventually(lambda: app[ROOMS].loaded(doc_id) is None)
+    assert await doc_text_in_db(app, doc_id) == expected
 
 
 async def test_garbage_and_oversized_frames_close_only_that_socket(make_client):
