@@ -439,3 +439,26 @@ async def test_slow_peer_is_closed_and_the_room_goes_on(make_client):
     stuck._response.connection.transport.abort()
     await writer.close()
     await reader.close()
+
+
+async def test_share_link_socket_is_read_only_and_closed_when_revoked(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id, markdown="shared text")
+    resp = await collab.post(f"/api/v1/documents/{doc_id}/share-links", json={"role": "viewer"}, headers=alice.headers)
+    assert resp.status == 201, await resp.text()
+    link = await resp.json()
+    ws = await collab.ws_connect(f"/ws/docs/{doc_id}?share={link['token']}")
+    anon = YClient(ws)
+    await ws.send_bytes(p.sync_step1(anon.doc.get_state()))
+    await anon.wait_synced()
+    assert str(anon.text) == "shared text"
+    anon.insert(0, "anonymous ")
+    await asyncio.sleep(0.2)
+    assert app[ROOMS].loaded(doc_id).text() == "shared text"
+    resp = await collab.delete(f"/api/v1/documents/{doc_id}/share-links/{link['id']}", headers=alice.headers)
+    assert resp.status == 204
+    assert await anon.wait_closed() == 4403
+    bad = await collab.ws_connect(f"/ws/docs/{doc_id}?share=nonsense")
+    msg = await bad.receive(timeout=5)
+    assert bad.close_code == 4401, msg
