@@ -1,0 +1,127 @@
+// Version-history scenarios with the real npm clients (yjs + y-websocket's WebsocketProvider),
+// run by pytest (tests/test_versions_interop.py):  node versions_session.mjs <scenario> '<json config>'
+// Prints one JSON object on stdout; exit 0 when the scenario ran to the end (pytest asserts on the
+// JSON), 1 on an error, 2 on a timeout. Every wait is bounded.
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+
+const [scenario, rawConfig] = process.argv.slice(2)
+const cfg = JSON.parse(rawConfig || '{}')
+const LIMIT_MS = cfg.timeoutMs || 60000
+setTimeout(() => { console.log(JSON.stringify({ error: 'timeout', scenario })); process.exit(2) }, LIMIT_MS).unref()
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+async function until (check, ms = 20000, what = 'condition') {
+  const end = Date.now() + ms
+  while (!check()) {
+    if (Date.now() > end) throw new Error('timed out waiting for ' + what)
+    await sleep(10)
+  }
+}
+
+// A client on a slow network: everything it sends reaches the server `latencyMs` later (in order).
+// Its edits made just before a server-side change are then genuinely concurrent with it.
+function slowSocket (latencyMs) {
+  return class SlowWebSocket extends WebSocket {
+    send (data, ...rest) {
+      const copy = Buffer.from(data)
+      setTimeout(() => { if (this.readyState === WebSocket.OPEN) super.send(copy, ...rest) }, latencyMs)
+    }
+  }
+}
+
+function client (token, { latencyMs = 0 } = {}) {
+  const doc = new Y.Doc()
+  const provider = new WebsocketProvider(cfg.url, cfg.doc, doc, {
+    WebSocketPolyfill: latencyMs ? slowSocket(latencyMs) : WebSocket, params: { token }, disableBc: true, maxBackoffTime: 300
+  })
+  const c = { doc, provider, text: doc.getText('markdown'), synced: false }
+  provider.on('sync', (s) => { if (s) c.synced = true })
+  return c
+}
+
+const done = (result) => { console.log(JSON.stringify(result)); process.exit(0) }
+
+async function type (c, pieces, gapMs) {
+  for (const piece of pieces) {
+    c.text.insert(c.text.length, piece)
+    await sleep(gapMs)
+  }
+}
+
+async function session () {
+  // Three editing bursts separated by idle gaps: A alone, B alone, then A and B together.
+  // After each burst both clients converge; then we stay idle for three gaps.
+  const a = client(cfg.writerA)
+  const b = client(cfg.writerB)
+  await until(() => a.synced && b.synced, 20000, 'sync')
+  const idle = cfg.idleMs
+  const n = cfg.keystrokes || 30
+  const bursts = []
+  const settle = async (label) => {
+    await until(() => a.text.toString() === b.text.toString(), 10000, 'convergence ' + label)
+    bursts.push({ label, endedAt: Date.now(), text: a.text.toString() })
+    await sleep(idle * 3)
+  }
+  await type(a, Array.from({ length: n }, (_, i) => `a${i};`), 10)
+  await settle('A')
+  await type(b, Array.from({ length: n }, (_, i) => `b${i};`), 10)
+  await settle('B')
+  for (let i = 0; i < n; i++) {
+    a.text.insert(0, `A${i};`)
+    b.text.insert(b.text.length, `B${i};`)
+    await sleep(10)
+  }
+  await settle('AB')
+  a.provider.destroy(); b.provider.destroy()
+  done({ bursts })
+}
+
+async function restoreWhileTyping () {
+  // The typist types into paragraph 3 over a slow link (latencyMs); an observer watches. After
+  // `before` keystrokes the restore is requested over HTTP; typing goes on for `after` more.
+  const typist = client(cfg.typist, { latencyMs: cfg.latencyMs || 0 })
+  const observer = client(cfg.observer)
+  await until(() => typist.synced && observer.synced, 20000, 'sync')
+  const typed = []
+  let restoreStatus = null
+  let sawRestoreAt = null
+  observer.text.observe(() => {
+    if (sawRestoreAt === null && observer.text.toString().startsWith(cfg.p1)) sawRestoreAt = typed.length
+  })
+  const keystroke = () => {
+    const t = typist.text.toString()
+    const at = t.indexOf(cfg.p3End)  // the end of paragraph 3, wherever it is now
+    if (at < 0) throw new Error('paragraph 3 is gone: ' + JSON.stringify(t))
+    const piece = `<${typed.length}>`
+    typist.text.insert(at, piece)  // Y.Text indexes UTF-16 units: the text is ASCII here
+    typed.push(piece)
+  }
+  const total = (cfg.before || 20) + (cfg.after || 60)
+  let restoring = null
+  for (let i = 0; i < total; i++) {
+    keystroke()
+    if (i === (cfg.before || 20) - 1) {
+      restoring = fetch(cfg.restoreUrl, { method: 'POST', headers: { Authorization: 'Bearer ' + cfg.restorer } })
+        .then((r) => { restoreStatus = r.status })
+    }
+    await sleep(cfg.gapMs || 5)
+  }
+  await restoring
+  await sleep((cfg.latencyMs || 0) * 2 + 200)  // the typist's last frames are still on the wire
+  const fresh = client(cfg.observer)
+  await until(() => fresh.synced, 20000, 'fresh sync')
+  await until(() => typist.text.toString() === observer.text.toString() &&
+    observer.text.toString() === fresh.text.toString(), 20000, 'convergence')
+  const result = {
+    restoreStatus, typed, sawRestoreAt,
+    typist: typist.text.toString(), observer: observer.text.toString(), fresh: fresh.text.toString()
+  }
+  for (const c of [typist, observer, fresh]) c.provider.destroy()
+  done(result)
+}
+
+const scenarios = { session, restoreWhileTyping }
+if (!scenarios[scenario]) { console.log(JSON.stringify({ error: 'unknown scenario ' + scenario })); process.exit(1) }
+scenarios[scenario]().catch((err) => { console.log(JSON.stringify({ error: String(err && err.message || err) })); process.exit(1) })
