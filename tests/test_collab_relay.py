@@ -462,3 +462,25 @@ async def test_share_link_socket_is_read_only_and_closed_when_revoked(collab):
     bad = await collab.ws_connect(f"/ws/docs/{doc_id}?share=nonsense")
     msg = await bad.receive(timeout=5)
     assert bad.close_code == 4401, msg
+
+
+async def test_personal_access_tokens_open_sockets_and_read_scope_is_read_only(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id, markdown="pat")
+    tokens = {}
+    for scopes in (["read"], ["read", "write"]):
+        resp = await collab.post("/api/v1/me/tokens", json={"name": "t", "scopes": scopes}, headers=alice.headers)
+        assert resp.status == 201, await resp.text()
+        tokens[len(scopes)] = (await resp.json())["token"]
+    reader = await YClient.connect(collab, doc_id, tokens[1])
+    writer = await YClient.connect(collab, doc_id, tokens[2])
+    await reader.wait_synced()
+    await writer.wait_synced()
+    reader.insert(0, "read-scope ")
+    writer.insert(3, "!")
+    assert await eventually(lambda: str(reader.text) == "read-scope pat!")
+    await asyncio.sleep(0.1)
+    assert app[ROOMS].loaded(doc_id).text() == "pat!"
+    await reader.close()
+    await writer.close()
