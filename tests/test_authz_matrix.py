@@ -34,7 +34,7 @@ async def client(make_client):
 
 
 CALLERS = ("owner", "admin", "editor", "commenter", "viewer", "nonmember", "share", "anonymous")
-COVERED_TAGS = {"workspaces", "documents", "content", "versions"}
+COVERED_TAGS = {"workspaces", "documents", "content", "collab-http", "versions"}
 
 
 @dataclass
@@ -189,6 +189,10 @@ ROWS: list[Row] = [
     # content
     Row("GET", D + "/{doc}/content", DOC_READ),
     Row("PUT", D + "/{doc}/content", DOC_EDIT, raw=b"# new"),
+    # Yjs over HTTP and presence (an empty Yjs update is a valid no-op)
+    Row("GET", D + "/{doc}/yjs", DOC_READ),
+    Row("POST", D + "/{doc}/yjs", "204 204 204 403 403 404 403 401", raw=b"\x00\x00"),
+    Row("GET", D + "/{doc}/presence", DOC_READ),
     # grants (the target user is the viewer)
     Row("GET", D + "/{doc}/grants", DOC_ADMIN),
     Row("GET", D + "/{doc}/grants/{user}", DOC_ADMIN, setup=viewer_grant),
