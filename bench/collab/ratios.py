@@ -1,8 +1,8 @@
 """mdsync / anchor ratios from yload JSON lines measured in one run, written into bench/README.md
 under "## Collaboration (bench/collab)" (the section is replaced, the rest of the file kept).
 
-    python bench/collab/ratios.py --anchors results/anchors-X.jsonl --mdsync results/mdsync-Y.jsonl \
-        --readme bench/README.md [--report results-mdsync.md]
+    python bench/collab/ratios.py --anchors results/anchors-X.jsonl ... --mdsync results/mdsync-Y.jsonl ... \
+        --readme bench/README.md
 
 A ratio below 1 means mdsync is lower (better for latency, CPU, memory, time); the verdict column
 says whether mdsync matches or beats Hocuspocus on that row (within 10 %, as runs vary that much).
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import re
 from pathlib import Path
 
@@ -31,29 +32,39 @@ ROWS = [
 ]
 
 
-def load(path: str) -> dict[str, dict[str, dict]]:
-    by_label: dict[str, dict[str, dict]] = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            by_label.setdefault(row["label"], {})[row["scenario"]] = row
+def load(paths: list[str]) -> dict[str, list[dict[str, dict]]]:
+    """label -> one {scenario: row} per file (a round)."""
+    by_label: dict[str, list[dict[str, dict]]] = {}
+    for path in paths:
+        rounds: dict[str, dict[str, dict]] = {}
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rounds.setdefault(row["label"], {})[row["scenario"]] = row
+        for label, rows in rounds.items():
+            by_label.setdefault(label, []).append(rows)
     return by_label
 
 
-def value(fn, rows) -> float | None:
-    try:
-        return float(fn(rows))
-    except (KeyError, TypeError, ValueError):
-        return None
+def value(fn, rounds) -> float | None:
+    """The median over the rounds that have the number."""
+    values = []
+    for rows in rounds:
+        try:
+            values.append(float(fn(rows)))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return statistics.median(values) if values else None
 
 
-def section(anchors: dict, mdsync_rows: dict, anchors_file: str, mdsync_file: str) -> str:
+def section(anchors: dict, mdsync_rows: list, anchors_files: list[str], mdsync_files: list[str]) -> str:
     present = [a for a in ANCHORS if a in anchors]
     out = [HEADING, "",
            "`bench/collab/run.sh`: the shared scenarios (`../shared/bench`, S1 1 doc x 50 clients, S2 500 docs x 2",
            "clients, S3 1 MB doc) against the anchors and against `mdsync serve` (auth on every socket,",
-           "every update persisted to the SQLite update log) in one run on this machine. Raw JSON lines:",
-           f"`{Path(anchors_file).name}`, `{Path(mdsync_file).name}` (in the work copy's `results/`).",
+           "every update persisted to the SQLite update log), alternating in one run on this machine;",
+           f"medians over {len(mdsync_rows)} round(s). Raw JSON lines (in the work copy's `results/`):",
+           ", ".join(f"`{Path(f).name}`" for f in anchors_files + mdsync_files) + ".",
            "Ratio = mdsync / anchor (below 1: mdsync lower, i.e. better on every row here).", "",
            "| metric | mdsync | " + " | ".join(present) + " | ratio vs " + " | ratio vs ".join(present) + " | vs Hocuspocus |",
            "|---|---:|" + "---:|" * (2 * len(present)) + "---|"]
@@ -61,21 +72,21 @@ def section(anchors: dict, mdsync_rows: dict, anchors_file: str, mdsync_file: st
         mine = value(fn, mdsync_rows)
         theirs = [value(fn, anchors[a]) for a in present]
         ratios = [f"{mine / t:.2f}" if mine is not None and t else "–" for t in theirs]
-        hp = value(fn, anchors.get("hocuspocus", {}))
+        hp = value(fn, anchors.get("hocuspocus", []))
         verdict = "–" if mine is None or hp is None else ("beats" if mine < hp * 0.9 else "matches" if mine <= hp * 1.1 else "**behind**")
         fmt = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
         out.append(f"| {name} | {fmt(mine)} | " + " | ".join(fmt(t) for t in theirs) + " | " + " | ".join(ratios) + f" | {verdict} |")
-    ok = {s: mdsync_rows.get(s, {}).get("ok") for s in ("s1", "s2", "s3")}
-    out += ["", "mdsync scenarios ok (no errors, converged): " + ", ".join(f"{s} {'yes' if v else 'NO'}" for s, v in ok.items()), ""]
+    ok = {s: all(r.get(s, {}).get("ok") for r in mdsync_rows) for s in ("s1", "s2", "s3")}
+    out += ["", "mdsync scenarios ok in every round (no errors, converged): "
+            + ", ".join(f"{s} {'yes' if v else 'NO'}" for s, v in ok.items()), ""]
     return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--anchors", required=True)
-    ap.add_argument("--mdsync", required=True)
+    ap.add_argument("--anchors", required=True, nargs="+")
+    ap.add_argument("--mdsync", required=True, nargs="+")
     ap.add_argument("--readme", required=True)
-    ap.add_argument("--report")
     args = ap.parse_args()
     anchors = load(args.anchors)
     mine = load(args.mdsync)
