@@ -11,9 +11,11 @@ import uuid
 import aiohttp
 import pytest
 
-from mdsync.appkeys import DB
+from mdsync import clock
+from mdsync.appkeys import DB, SETTINGS
 from mdsync.sync import feed as feed_module
 from mdsync.sync.routes import FEED
+from mdsync.workspaces.service import WORKSPACES
 from tests import conftest
 from tests.conftest import MDSYNC, bearer, register
 
@@ -52,6 +54,13 @@ async def new_document(client, ws: str, author, title="Notes") -> str:
                              headers=author.headers)
     assert resp.status == 201, await resp.text()
     return (await resp.json())["id"]
+
+
+async def read_token(client, account) -> str:
+    """A personal access token with the read scope (enough for the feed)."""
+    resp = await client.post("/api/v1/me/tokens", json={"name": "device", "scopes": ["read"]}, headers=account.headers)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["token"]
 
 
 async def feed(client, account, **params):
@@ -95,10 +104,7 @@ async def test_feed_needs_a_signed_in_caller_and_a_read_token_is_enough(client):
     assert (await client.get(CHANGES)).status == 401
     assert (await client.get(EVENTS)).status == 401
     ada = await register(client)
-    resp = await client.post("/api/v1/me/tokens", json={"name": "script", "scopes": ["read"]}, headers=ada.headers)
-    assert resp.status == 201, await resp.text()
-    pat = (await resp.json())["token"]
-    resp = await client.get(CHANGES, headers=bearer(pat))
+    resp = await client.get(CHANGES, headers=bearer(await read_token(client, ada)))
     assert resp.status == 200
     assert set(await resp.json()) == {"changes", "cursor", "has_more"}
 
@@ -203,6 +209,27 @@ async def test_a_removed_member_gets_one_delete_and_nothing_after(client):
     # ada still sees everything of it, bob's removal included
     ada_changes = await everything(client, ada, since=before["cursor"])
     assert ("member", bob.id, "delete") in {(c["entity"], c["id"], c["op"]) for c in ada_changes}
+
+
+async def test_a_purged_workspace_still_reaches_devices_that_slept_through_its_grace_period(client):
+    ada, bob = await register(client), await register(client)
+    ws = await new_workspace(client, ada)
+    await join(client, ws, ada, bob)
+    await new_document(client, ws, ada)
+    asleep = (await feed(client, bob, since="now"))["cursor"]        # bob's laptop goes to sleep
+    awake = (await feed(client, ada, since="now"))["cursor"]
+    assert (await client.delete(f"/api/v1/workspaces/{ws}", headers=ada.headers)).status == 204
+    awake = (await feed(client, ada, since=awake))["cursor"]         # ada's device keeps up
+    # a month passes (access tokens expire with it: the devices read with personal tokens)
+    for account in (ada, bob):
+        account.access_token = await read_token(client, account)
+    clock.advance(client.server.app[SETTINGS].workspaces.purge_grace_seconds + 60)
+    assert await client.server.app[WORKSPACES].purge_expired() == 1
+    for account, since in ((bob, asleep), (ada, awake)):
+        changes = await everything(client, account, since=since)
+        assert [(c["entity"], c["id"], c["op"]) for c in changes] == [("workspace", ws, "delete")]
+    # and from the beginning: nothing of the purged workspace but that delete
+    assert [(c["entity"], c["op"]) for c in await everything(client, bob)] == [("workspace", "delete")]
 
 
 # -- long-polling ----------------------------------------------------------------------------

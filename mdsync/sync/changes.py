@@ -62,3 +62,13 @@ def record(tx: Tx, workspace_id: str, entity: Entity, entity_id: str, op: Op, *,
     seq = tx.execute("INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)",
                      (workspace_id, entity, entity_id, op, clock.iso(), user_id)).lastrowid
     tx.after_commit(partial(_wake, Wake(database_file(tx.conn), seq, workspace_id, entity, entity_id, user_id)))
+
+
+def workspace_purged(tx: Tx, workspace_id: str) -> None:
+    """Purge hook (runs before the workspace row and its members go). The workspace's rows go with
+    it, except the deletes addressed to members removed earlier; every member still in it gets a
+    `workspace delete` addressed to them: once the members rows are gone nothing else of it is
+    visible, and a device that slept through the grace period must still learn it."""
+    tx.execute("DELETE FROM changes WHERE workspace_id = ? AND (user_id IS NULL OR op = 'upsert')", (workspace_id,))
+    for row in tx.all("SELECT user_id FROM members WHERE workspace_id = ?", (workspace_id,)):
+        record(tx, workspace_id, "workspace", workspace_id, "delete", user_id=row[0])

@@ -102,8 +102,11 @@ def _ahead(name: str) -> ValidationFailed:
                                         "sync in full, then start again with since=now")
 
 
+# the newest seq ever given (AUTOINCREMENT's high-water mark): unlike max(seq), it never goes
+# back when rows are deleted (a purged workspace's rows), so no issued cursor ever lies ahead
+HEAD = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
 HEAD_AND_WORKSPACES = (
-    "SELECT (SELECT coalesce(max(seq), 0) FROM changes) AS head,"
+    f"SELECT ({HEAD}) AS head,"
     " (SELECT json_group_array(workspace_id) FROM members WHERE user_id = ?) AS workspaces"
 )
 
@@ -179,7 +182,7 @@ class Feed:
         """After the database opened: learn its file name (as the writer sees it) and head."""
         rows = await self.db.all("PRAGMA database_list")
         self.database = next(row[2] for row in rows if row[1] == "main")
-        self.head = await self.db.value("SELECT coalesce(max(seq), 0) FROM changes")
+        self.head = await self.db.value(HEAD)
         self._outside = asyncio.get_running_loop().create_task(self._watch_other_writers())
 
     async def stop(self) -> None:
@@ -198,7 +201,7 @@ class Feed:
             if not self._by_user or self._scheduled:
                 continue
             try:
-                head = await self.db.value("SELECT coalesce(max(seq), 0) FROM changes")
+                head = await self.db.value(HEAD)
             except Exception:   # a closing database: the next round (or cleanup) settles it
                 log.debug("feed head check failed", exc_info=True)
                 continue
@@ -217,7 +220,7 @@ class Feed:
 
     async def check_cursor(self, since: int, name: str = "since") -> None:
         """422 for a position this feed has not reached (SSE checks before its answer starts)."""
-        if since > await self.db.value("SELECT coalesce(max(seq), 0) FROM changes"):
+        if since > await self.db.value(HEAD):
             raise _ahead(name)
 
     # -- wake-ups (event loop only) ---------------------------------------------------------

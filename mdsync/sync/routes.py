@@ -20,6 +20,7 @@ from mdsync.auth.service import AuthService
 from mdsync.auth.tokens import PAT_PREFIX
 from mdsync.db import Database
 from mdsync.ops.metrics import METRICS
+from mdsync.workspaces.service import WORKSPACES
 from mdsync.sync import changes as change_log
 from mdsync.sync.feed import MAX_WAIT, Feed, decode_cursor, encode_cursor
 
@@ -161,6 +162,8 @@ def install(app: web.Application, db: Database, auth: AuthService) -> Feed:
 
     app.cleanup_ctx.append(change_feed)
     app.on_shutdown.append(end_streams)
+    if WORKSPACES in app:
+        app[WORKSPACES].purge_hooks.append(change_log.workspace_purged)
     if METRICS in app:
         app[METRICS].register(_FeedCollector(feed))
     return feed
