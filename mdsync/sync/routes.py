@@ -57,9 +57,9 @@ class EventsQuery(BaseModel):
 class ChangeOut(Out):
     seq: int
     workspace_id: str
-    entity: str
+    entity: change_log.Entity
     id: str
-    op: str
+    op: change_log.Op
     at: str
 
 
