@@ -143,6 +143,9 @@ async def test_restore_drill_end_to_end(tmp_path, s3, server_process):
         assert result.returncode == 0, result.stderr
         listed = cli(copy, "users", "list").stdout
         assert all(email in listed for email in writer.users)
+        # restoring over the live data dir is refused while its server runs, even with --force
+        result = cli(tmp_path / "live", "restore", "--from-replica", "--force", env=replica_env(s3, path))
+        assert result.returncode == 1 and "stop it before restoring" in result.stderr
         # one more write right before SIGTERM: the final sync must carry it
         await writer.user(http, server.base)
     assert server.terminate() == 0
@@ -234,3 +237,27 @@ def test_lag_is_the_age_of_the_oldest_unreplicated_commit(tmp_path):
     assert sup.lag_seconds(now=104.0) == 0.0
     sup.proc = None  # litestream down: the lag grows from the last time it was caught up
     assert sup.lag_seconds(now=110.0) == pytest.approx(6.0)
+
+
+async def test_restore_as_of_a_timestamp(tmp_path, s3, server_process):
+    path = f"pitr-{uuid.uuid4().hex[:6]}"
+    server = server_process(tmp_path / "live", env=replica_env(s3, path))
+    before, after = Writer(), Writer()
+    async with aiohttp.ClientSession() as http:
+        await before.user(http, server.base)
+        await wait_for(lambda: replicated(http, server.base), 10, "the replica to catch up")
+        await asyncio.sleep(1.5)
+        moment = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        await asyncio.sleep(1.5)
+        await after.user(http, server.base)
+        await wait_for(lambda: replicated(http, server.base), 10, "the replica to catch up")
+    assert server.terminate() == 0
+    restored = tmp_path / "as-of"
+    result = cli(restored, "restore", "--from-replica", "--timestamp", moment, env=replica_env(s3, path))
+    assert result.returncode == 0, result.stderr + result.stdout
+    listed = cli(restored, "users", "list").stdout
+    assert all(email in listed for email in before.users)
+    assert not any(email in listed for email in after.users)
+    # a timestamp is for the replica only
+    result = cli(tmp_path / "x", "restore", "--from-file", str(tmp_path / "f.tar"), "--timestamp", moment)
+    assert result.returncode == 1 and "--from-replica only" in result.stderr

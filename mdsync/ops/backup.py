@@ -148,9 +148,12 @@ def create_backup(settings, dest: Path, progress: Progress | None = None) -> dic
             "secret": include_secret,
         }
         partial = staging / "backup.tar"
-        mode = "w:gz" if dest.name.endswith((".gz", ".tgz")) else "w"
+        compress = {"compresslevel": 1} if dest.name.endswith((".gz", ".tgz")) else {}
         report = _Reporter(progress)
-        with tarfile.open(partial, mode, format=tarfile.PAX_FORMAT) as tar:
+        # gzip level 1: several times faster than tarfile's default 9, most of the size gain on text;
+        # 1 MiB copy buffer: tarfile's default 16 KiB makes a 1 GB database copy needlessly slow
+        with tarfile.open(partial, "w:gz" if compress else "w", format=tarfile.PAX_FORMAT, copybufsize=1 << 20,
+                          **compress) as tar:
             _add_bytes(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
             tar.add(copy, arcname=DB_NAME, recursive=False)
             if include_secret:

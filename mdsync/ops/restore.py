@@ -33,6 +33,16 @@ def _litestream_meta(db: Path) -> Path:
     return db.with_name(f".{db.name}-litestream")
 
 
+def _replicating_pid(settings) -> int | None:
+    """The pid of a litestream that a running `mdsync serve` supervises for this data dir."""
+    try:
+        pid = int((settings.data_dir / "litestream.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
 def is_live(settings) -> bool:
     """The data dir already holds a database (or attachments) that a restore would replace."""
     files = backup.files_dir(settings)
@@ -74,6 +84,10 @@ def restore(settings, *, from_replica: bool = False, from_file: Path | None = No
     if from_file is not None and not Path(from_file).is_file():
         raise RestoreError(f"no backup file at {from_file}")
     live = is_live(settings)
+    replicating = _replicating_pid(settings)
+    if live and replicating:
+        raise RestoreError(f"a server is running on {settings.data_dir} (its litestream is pid {replicating}): "
+                           "stop it before restoring into its data dir")
     if live and not force:
         raise RestoreError(f"{settings.data_dir} already holds a database: refusing to overwrite it. Restore into "
                            "an empty data dir, or add --force (the current data is moved aside, not deleted)")
