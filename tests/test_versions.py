@@ -353,3 +353,38 @@ async def test_pending_burst_is_versioned_at_shutdown(make_client, tmp_path):
     assert [(r["kind"], r["markdown"]) for r in rows] == [("auto", "keep me")]
     assert owner.id in rows[0]["authors"]
     assert VERSIONS in client.server.app
+
+
+async def test_restore_with_if_match_keeps_what_others_typed_since(client, team):
+    owner, editor, viewer, ws = team
+    doc = await document(client, owner, ws, markdown="Intro.\n\nBody.\n")
+    good = await named(client, owner, doc["id"], "Good")
+    async with client.server.app[ROOMS].use(doc["id"]) as room:
+        room.edit(lambda t: t.insert(0, "Bad "), owner.id)
+    resp = await client.get(f"{API}/documents/{doc['id']}/content", headers=editor.headers)
+    seen = resp.headers["ETag"]
+    assert await resp.text() == "Bad Intro.\n\nBody.\n"
+    # after the restorer looked, someone else types into the body
+    y = await type_into(client, owner, doc["id"], [" More", " body."])
+    await eventually(lambda: client.server.app[ROOMS].loaded(doc["id"]).text().endswith("More body."))
+    resp = await client.post(f"{API}/versions/{good['id']}/restore", headers={**editor.headers, "If-Match": seen})
+    assert resp.status == 200, await resp.text()
+    assert await live_text(client, doc["id"]) == "Intro.\n\nBody.\n More body."
+    # without If-Match the live text becomes the version's exactly
+    resp = await client.post(f"{API}/versions/{good['id']}/restore", headers=editor.headers)
+    assert resp.status == 200
+    assert await live_text(client, doc["id"]) == "Intro.\n\nBody.\n"
+    assert await eventually(lambda: str(y.text) == "Intro.\n\nBody.\n")
+    # an ETag the server never served: 412, nothing restored, no restore version recorded
+    before = len((await versions(client, owner, doc["id"]))["items"])
+    async with client.server.app[ROOMS].use(doc["id"]) as room:
+        room.edit(lambda t: t.insert(0, "Later "), owner.id)
+    resp = await client.post(f"{API}/versions/{good['id']}/restore", headers={**editor.headers, "If-Match": '"nope"'})
+    assert resp.status == 412
+    assert await live_text(client, doc["id"]) == "Later Intro.\n\nBody.\n"
+    kinds = [v["kind"] for v in (await versions(client, owner, doc["id"]))["items"]]
+    assert kinds.count("restore") == 2 and len(kinds) in (before, before + 1)  # + an automatic one at most
+    # ... and the owner's "Later" edit is still credited to them in the next automatic version
+    items = await wait_versions(client, viewer, doc["id"], before + 1)
+    assert items[0]["kind"] == "auto" and owner.id in [a["id"] for a in items[0]["authors"]]
+    await y.close()

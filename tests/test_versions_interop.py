@@ -83,11 +83,16 @@ async def test_scripted_session_makes_versions_at_the_idle_gap_with_their_author
     assert bursts[2]["text"].startswith("A29;") and bursts[2]["text"].endswith("B29;")
 
 
-async def test_restore_while_a_client_types_in_paragraph_three(client):
-    """The typist is on a slow link (400 ms), so its keystrokes around the restore are genuinely
-    concurrent with it: the restore (a diff of the live text against the version) rewrites
-    paragraph 1 only, and the CRDT merges the typing into paragraph 3. (Keystrokes the server
-    had already integrated before the restore are part of the state it replaces, by design.)"""
+@pytest.mark.parametrize("link", ["if-match", "slow-link"])
+async def test_restore_while_a_client_types_in_paragraph_three(client, link):
+    """A typist keeps typing into paragraph 3 while a restore rewrites paragraph 1.
+
+    if-match: the restorer read the content (its ETag) before the typing began and restores with
+    `If-Match`; the typist is on a normal link and its first 20 keystrokes have reached the server
+    before the restore is sent. The restore merges base→version, so those keystrokes survive too.
+    slow-link: no If-Match (a diff against the live text), the typist on a 400 ms link: its
+    keystrokes around the restore are concurrent with it and merge after it. (Without If-Match,
+    text the server already had is part of the state a restore replaces, by design.)"""
     owner = await register(client, name="Owner")
     ws = await make_workspace(client, owner)
     typist = await join(client, owner, ws, "editor", "Typist")
@@ -105,7 +110,10 @@ async def test_restore_while_a_client_types_in_paragraph_three(client):
         "url": ws_base(client), "doc": doc["id"], "typist": typist.access_token, "observer": observer.access_token,
         "restorer": restorer.access_token, "p1": p1, "p3End": "\n\nParagraph four.",
         "restoreUrl": f"http://{client.server.host}:{client.server.port}{API}/versions/{good['id']}/restore",
-        "latencyMs": 400, "before": 20, "after": 60, "gapMs": 5}, timeout=60)
+        "before": 20, "after": 60, "gapMs": 5,
+        **({"latencyMs": 400} if link == "slow-link" else {
+            "contentUrl": f"http://{client.server.host}:{client.server.port}{API}/documents/{doc['id']}/content",
+            "waitBeforeRestore": True})}, timeout=60)
     assert result["restoreStatus"] == 200
     final = result["fresh"]
     # every client converged, the server too
@@ -119,10 +127,12 @@ async def test_restore_while_a_client_types_in_paragraph_three(client):
     assert len(result["typed"]) == 80
     # the restore arrived while the typist was still typing (observer saw it mid-way)
     assert result["sawRestoreAt"] is not None and result["sawRestoreAt"] < 80
-    # the restore recorded the state it replaced: paragraph 1 vandalised, none of the typist's
-    # keystrokes yet (they were on the wire: concurrent with the restore, so they merged after it)
+    # the restore recorded the state it replaced
     items = await all_versions(client, owner, doc["id"])
     before = [v for v in items if v["kind"] == "restore"]
     assert len(before) == 1 and [v["id"] for v in items if v["kind"] == "named"] == [good["id"]]
     replaced = await markdown_of(client, owner, before[0]["id"])
-    assert replaced == f"Paragraph ONE, vandalised!\n\n{p2}\n\n{p3}\n\n{p4}\n"
+    if link == "slow-link":  # none of the keystrokes had arrived: they were on the wire
+        assert replaced == f"Paragraph ONE, vandalised!\n\n{p2}\n\n{p3}\n\n{p4}\n"
+    else:  # the first 20 had arrived, and the restore kept them
+        assert replaced == f"Paragraph ONE, vandalised!\n\n{p2}\n\n{p3}{''.join(result['typed'][:20])}\n\n{p4}\n"

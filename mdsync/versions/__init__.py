@@ -1,7 +1,7 @@
 """Version history (API.md "Versions", ARCHITECTURE.md "Versions").
 
 policy.py (which automatic versions thinning keeps: a pure function) · textdiff.py (the unified
-diff of two markdowns, and the minimal text edit that turns one into the other) · store.py (SQL)
+diff of two markdowns) · store.py (SQL)
 · service.py (`app[VERSIONS]`: record, list, read, diff, restore, prune; `record_import` for the
 import feature) · scheduler.py (automatic versions from the rooms' update stream, the periodic
 prune) · routes.py (HTTP).

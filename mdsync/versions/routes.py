@@ -111,17 +111,17 @@ async def get_version(request: web.Request) -> web.Response:
             " (to=current) (viewer)", query=DiffQuery, response=DiffOut)
 async def diff(request: web.Request, query: DiffQuery) -> web.Response:
     access = await require(request, "viewer", document_id=request.match_info["doc"])
-    return web.json_response(await _versions(request).diff(access.document_id, query.from_, query.to))
+    return web.json_response(await _versions(request).diff(access.document, query.from_, query.to))
 
 
 @routes.post("/api/v1/versions/{version}/restore", "Apply the difference to this version as a new edit (editor);"
+             " optional If-Match: the content ETag the restorer saw (others' later edits merge);"
              " answers the document", response=DocumentOut)
 async def restore(request: web.Request) -> web.Response:
     row = await _versions(request).get(request.match_info["version"])
     access = await require(request, "editor", document_id=row["document_id"])
-    user_id = request[PRINCIPAL].user_id
-    await _versions(request).restore(access.document, row["id"], user_id)
-    fresh = await resolve(request.app[DB], user_id, document_id=access.document_id)
+    await _versions(request).restore(access, row["id"], request.headers.get("If-Match"))
+    fresh = await resolve(request.app[DB], access.user_id, document_id=access.document_id)
     return web.json_response(request.app[DOCUMENTS].document_json(fresh.document))
 
 

@@ -59,6 +59,15 @@ class Bursts:
         """End the document's burst (a version is being taken): its authors go into that version."""
         return self.open.pop(document_id, None)
 
+    def give_back(self, document_id: str, authors: list[str]) -> None:
+        """Reopen a burst taken by a version that was then withdrawn."""
+        if not authors:
+            return
+        now = clock.timestamp()
+        burst = self.open.setdefault(document_id, Burst(now, now))
+        for user_id in authors:
+            burst.authors.setdefault(user_id, None)
+
     def due(self, now: float, idle: float, max_interval: float) -> list[str]:
         return [doc for doc, b in self.open.items() if now - b.last >= idle or now - b.first >= max_interval]
 

@@ -6,9 +6,10 @@ with the document's open burst (its authors), so an update either belongs to thi
 starts the next burst — never both, never neither.
 
 Restore applies the *difference* between the live text and the version's as one ordinary edit
-through the room (a minimal text diff, `textdiff.edits`): connected editors receive it like any
-other update and their concurrent edits elsewhere merge by the CRDT. A `restore` version of the
-state before is recorded first, so a restore can itself be undone.
+through the room — the content backend's write, as for `PUT …/content` — so connected editors
+receive it like any other update and their concurrent edits elsewhere merge by the CRDT; an
+`If-Match` naming the content the restorer saw keeps what others typed since. A `restore`
+version of the state before is recorded first, so a restore can itself be undone.
 
 For the import feature: `await record_import(app, document_id, user_id)` (or
 `app[VERSIONS].record_import(...)`) records an `import` version of the current state right
@@ -25,8 +26,8 @@ from typing import Any
 from aiohttp import web
 
 from mdsync import clock
-from mdsync.api.errors import Conflict, NotFound, TooLarge, ValidationFailed
-from mdsync.collab.room import DocumentTooLarge
+from mdsync.api.errors import Conflict, NotFound, ValidationFailed
+from mdsync.documents.content import CONTENT
 from mdsync.db import Database, Tx
 from mdsync.versions import policy, store, textdiff
 from mdsync.versions.scheduler import Bursts
@@ -144,17 +145,11 @@ class Versions:
             raise NotFound(f"no version {version_id} of this document")
         return row
 
-    async def current_markdown(self, document_id: str) -> str:
-        """The live text (the room's, loading it if needed)."""
-        if await self._content_model(document_id) != "text":
-            return await self.db.value("SELECT markdown FROM documents WHERE id = ?", (document_id,)) or ""
-        async with self.rooms.use(document_id) as room:
-            return room.text()
-
-    async def diff(self, document_id: str, from_id: str, to_id: str) -> dict[str, Any]:
+    async def diff(self, document: Any, from_id: str, to_id: str) -> dict[str, Any]:
+        document_id = document["id"]
         old = await self.of_document(document_id, from_id)
-        if to_id == "current":
-            new_markdown, tofile = await self.current_markdown(document_id), "current"
+        if to_id == "current":  # the live text, as GET /documents/{id}/content answers it
+            new_markdown, tofile = (await self.app[CONTENT].read(document))[0], "current"
         else:
             new = await self.of_document(document_id, to_id)
             new_markdown, tofile = new["markdown"], f"version/{to_id}"
@@ -167,33 +162,29 @@ class Versions:
                 "stats": {"added": result.added, "removed": result.removed}}
 
     # -- restore -----------------------------------------------------------------------------
-    async def restore(self, document: Any, version_id: str, user_id: str) -> None:
-        """Make the document's text the version's, as one edit by `user_id` through the live
-        room; a `restore` version of the state before is recorded first."""
-        document_id = document["id"]
-        version = await self.of_document(document_id, version_id)
+    async def restore(self, access: Any, version_id: str, if_match: str | None) -> None:
+        """Make the document's text the version's, as one edit by the caller through the live
+        room — the same write as `PUT /documents/{id}/content` with the version's markdown as the
+        body (the one content backend, `app[CONTENT]`): without `If-Match` a minimal diff against
+        the live text; with the ETag of the content the restorer was looking at, the edit
+        base→version is merged, so what others typed since that ETag survives. A `restore`
+        version of the state before is recorded first."""
+        document = access.document
+        version = await self.of_document(document["id"], version_id)
         if document["content_model"] != "text":
             raise Conflict("restoring a version of a TipTap document is not supported yet")
-        target = version["markdown"]
-        async with self.rooms.use(document_id) as room:
-            await self.record(document_id, "restore", f"Before restoring {version['created_at']}", user_id)
-            loop = asyncio.get_running_loop()
-            for attempt in range(3):
-                current = room.text()
-                if current == target:
-                    break
-                if len(current) + len(target) > EXECUTOR_CHARS and attempt < 2:
-                    changes = await loop.run_in_executor(None, textdiff.edits, current, target)
-                    if room.text() != current:
-                        continue  # someone typed meanwhile: diff again against what is live now
-                else:
-                    changes = textdiff.edits(current, target)
-                try:
-                    room.edit(lambda text, c=changes: textdiff.apply(text, c), user_id)
-                except DocumentTooLarge as exc:
-                    raise TooLarge(str(exc)) from None
-                break
-            await room.drain()
+        async with self.rooms.use(document["id"]):  # one loaded room for both steps
+            before = await self.record(document["id"], "restore", f"Before restoring {version['created_at']}",
+                                       access.user_id)
+            try:
+                await self.app[CONTENT].write(document, version["markdown"], if_match, access)
+            except BaseException:
+                # refused (412 stale If-Match, 413): nothing was restored, so no "before restoring"
+                # version either; its authors go back to the open burst
+                await self.db.write(store.remove, before["id"])
+                self._digests.pop(document["id"], None)
+                self.bursts.give_back(document["id"], [a["id"] for a in before["authors"]])
+                raise
 
     # -- thinning ----------------------------------------------------------------------------
     async def prune(self, dry_run: bool = False) -> list[dict[str, Any]]:

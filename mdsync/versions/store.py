@@ -80,3 +80,10 @@ def delete(tx: Tx, rows: list[Any]) -> None:
     for row in rows:
         tx.execute("DELETE FROM versions WHERE id = ? AND kind = 'auto'", (row["id"],))
         changes.record(tx, row["workspace_id"], "version", row["id"], "delete")
+
+
+def remove(tx: Tx, version_id: str) -> None:
+    """Delete one version of any kind (a restore version whose restore was refused)."""
+    row = tx.one("DELETE FROM versions WHERE id = ? RETURNING workspace_id", (version_id,))
+    if row is not None:
+        changes.record(tx, row["workspace_id"], "version", version_id, "delete")

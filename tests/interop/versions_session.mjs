@@ -79,8 +79,10 @@ async function session () {
 }
 
 async function restoreWhileTyping () {
-  // The typist types into paragraph 3 over a slow link (latencyMs); an observer watches. After
-  // `before` keystrokes the restore is requested over HTTP; typing goes on for `after` more.
+  // The typist types into paragraph 3 (over a slow link with latencyMs); an observer watches.
+  // After `before` keystrokes the restore is requested over HTTP (with the If-Match of the content
+  // the restorer read before the typing began, when contentUrl is given); typing goes on for
+  // `after` more.
   const typist = client(cfg.typist, { latencyMs: cfg.latencyMs || 0 })
   const observer = client(cfg.observer)
   await until(() => typist.synced && observer.synced, 20000, 'sync')
@@ -99,11 +101,22 @@ async function restoreWhileTyping () {
     typed.push(piece)
   }
   const total = (cfg.before || 20) + (cfg.after || 60)
+  const headers = { Authorization: 'Bearer ' + cfg.restorer }
+  if (cfg.contentUrl) {
+    // the restorer looks at the document first; the restore names what it saw (If-Match)
+    const seen = await fetch(cfg.contentUrl, { headers })
+    headers['If-Match'] = seen.headers.get('etag')
+    await seen.text()
+  }
   let restoring = null
   for (let i = 0; i < total; i++) {
     keystroke()
     if (i === (cfg.before || 20) - 1) {
-      restoring = fetch(cfg.restoreUrl, { method: 'POST', headers: { Authorization: 'Bearer ' + cfg.restorer } })
+      if (cfg.waitBeforeRestore) {
+        // every keystroke so far has reached the server: the observer has them all
+        await until(() => observer.text.toString() === typist.text.toString(), 10000, 'observer caught up')
+      }
+      restoring = fetch(cfg.restoreUrl, { method: 'POST', headers })
         .then((r) => { restoreStatus = r.status })
     }
     await sleep(cfg.gapMs || 5)
