@@ -124,6 +124,20 @@ async def test_unknown_email_and_wrong_password_get_the_same_answer(client):
     assert wrong == unknown
 
 
+async def test_login_rehashes_when_the_argon2_parameters_change(make_client, tmp_path):
+    data = tmp_path / "shared-data"
+    before = await make_client(data_dir=data)
+    account = await register(before)
+    old_hash = await before.app[DB].value("SELECT password_hash FROM users WHERE id = ?", (account.id,))
+    assert "t=1" in old_hash
+    after = await make_client(data_dir=data, auth__argon2_time_cost=2)
+    assert (await login(after, account.email)).status == 200
+    new_hash = await after.app[DB].value("SELECT password_hash FROM users WHERE id = ?", (account.id,))
+    assert new_hash != old_hash and "t=2" in new_hash
+    assert (await login(after, account.email)).status == 200
+    await problem(await login(after, account.email, "wrong password!"), 401, "unauthenticated")
+
+
 # -- refresh, reuse, logout ----------------------------------------------------------------------
 async def test_refresh_rotates_and_spends_the_old_token(client):
     account = await register(client)
