@@ -222,7 +222,8 @@ async def register(base: str, email: str) -> str:
 
 
 async def run(args) -> dict:
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}"}
+    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
+                     "load_average": os.getloadavg()[0]}
     work = Path(tempfile.mkdtemp(prefix="mdsync-bench-"))
     servers: list[Server] = []
     try:
@@ -246,17 +247,21 @@ async def run(args) -> dict:
         token = await register(server.base, "me@example.com")
         bare = Server([PYTHON, "-c", BARE_SERVER], os.environ.copy(), work)
         servers.append(bare)
-        me_rps = await throughput(server.base + "/api/v1/me", {"Authorization": f"Bearer {token}"},
-                                  args.requests, args.concurrency)
-        bare_rps = await throughput(bare.base + "/api/v1/me", {}, args.requests, args.concurrency)
-        # PAT as well: a different lookup path
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession() as session:  # a PAT as well: another lookup path
             async with session.post(server.base + "/api/v1/me/tokens", json={"name": "bench"},
                                     headers={"Authorization": f"Bearer {token}"}) as resp:
                 pat = (await resp.json())["token"]
-        pat_rps = await throughput(server.base + "/api/v1/me", {"Authorization": f"Bearer {pat}"},
-                                   args.requests, args.concurrency)
-        results.update(me_rps=me_rps, me_pat_rps=pat_rps, bare_rps=bare_rps, me_ratio=me_rps / bare_rps)
+        # interleaved rounds, medians: the two servers see the same background load
+        me_runs, pat_runs, bare_runs = [], [], []
+        for _ in range(args.rounds):
+            me_runs.append(await throughput(server.base + "/api/v1/me", {"Authorization": f"Bearer {token}"},
+                                            args.requests, args.concurrency))
+            bare_runs.append(await throughput(bare.base + "/api/v1/me", {}, args.requests, args.concurrency))
+            pat_runs.append(await throughput(server.base + "/api/v1/me", {"Authorization": f"Bearer {pat}"},
+                                             args.requests, args.concurrency))
+        me_rps, bare_rps = statistics.median(me_runs), statistics.median(bare_runs)
+        results.update(me_rps=me_rps, me_pat_rps=statistics.median(pat_runs), bare_rps=bare_rps,
+                       me_ratio=statistics.median(m / b for m, b in zip(me_runs, bare_runs)))
         bare.stop()
         server.stop()
 
@@ -284,7 +289,7 @@ async def run(args) -> dict:
 
 def table(r: dict) -> str:
     rows = [
-        ("machine", r["machine"]),
+        ("machine", f"{r['machine']}, load average {r['load_average']:.1f} at start"),
         ("`mdsync serve` start → ready line (fresh data dir, median)", f"{r['start_to_ready_s'] * 1000:.0f} ms"),
         ("start → first `/healthz` 200 (median)", f"{r['start_to_healthz_s'] * 1000:.0f} ms"),
         ("idle RSS after start (median)", f"{r['idle_rss_mib']:.0f} MiB"),
@@ -308,6 +313,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=3)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--logins", type=int, default=20)
     parser.add_argument("--burst", type=int, default=30)
     parser.add_argument("--json", action="store_true")
