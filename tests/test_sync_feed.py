@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import uuid
 
@@ -553,6 +554,20 @@ async def test_streams_and_long_polls_end_cleanly_when_the_server_stops(server_p
         assert resp.status == 201, await resp.text()
         headers = bearer((await resp.json())["access_token"])
         cursor = (await (await http.get(server.url(CHANGES), params={"since": "now"}, headers=headers)).json())["cursor"]
+        # `mdsync serve` does not cancel handlers whose client left: the poll notices by itself
+        with pytest.raises(asyncio.TimeoutError):
+            await http.get(server.url(CHANGES), params={"since": cursor, "wait": "60"}, headers=headers,
+                           timeout=aiohttp.ClientTimeout(total=0.5))
+
+        async def waiting() -> str:
+            text = await (await http.get(server.url("/metrics"))).text()
+            return re.search(r"^mdsync_feed_waiting (\S+)$", text, re.M).group(1)
+        for _ in range(100):
+            if await waiting() == "0.0":
+                break
+            await asyncio.sleep(0.05)
+        assert await waiting() == "0.0"
+
         stream = await http.get(server.url(EVENTS), params={"since": "now"}, headers=headers)
         assert stream.status == 200
         assert (await asyncio.wait_for(stream.content.readline(), 5)).startswith(b":")
