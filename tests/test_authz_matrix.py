@@ -34,7 +34,7 @@ async def client(make_client):
 
 
 CALLERS = ("owner", "admin", "editor", "commenter", "viewer", "nonmember", "share", "anonymous")
-COVERED_TAGS = {"workspaces", "documents", "content", "collab-http", "versions"}
+COVERED_TAGS = {"workspaces", "documents", "content", "collab-http", "versions", "transfer"}
 
 
 @dataclass
@@ -78,6 +78,7 @@ class Row:
     setup: Setup | None = None  # (world, caller) -> overrides of World.vars() (and "token")
     fresh_world: bool = False   # a new World for each caller (workspace-wide destructive actions)
     raw: bytes | None = None    # a non-JSON body (document content)
+    content_type: str = "text/markdown"  # of `raw`
 
     @property
     def id(self) -> str:
@@ -149,6 +150,10 @@ DOC_ADMIN = "200 200 403 403 403 404 403 401"
 DOC_EDITOR_LINKS = "200 200 200 403 403 404 403 401"
 
 W, D, C = "/api/v1/workspaces", "/api/v1/documents", "/api/v1"
+_IMPORT_ZIP = bytes.fromhex(  # a zip holding one document, "imported.md" ("# hello")
+    "504b030414000000000000002100c3129e5a08000000080000000b000000696d706f727465642e6d64232068656c6c6f0a"
+    "504b0102140314000000000000002100c3129e5a08000000080000000b0000000000000000000000800100000000696d70"
+    "6f727465642e6d64504b0506000000000100010039000000310000000000")
 ROWS: list[Row] = [
     # workspaces
     Row("GET", W, "200 200 200 200 200 200 200 401"),
@@ -211,6 +216,9 @@ ROWS: list[Row] = [
     Row("GET", D + "/{doc}/diff", "200 200 200 200 200 404 403 401", query="?from={version}&to=current",
         setup=doc_version),
     Row("POST", C + "/versions/{version}/restore", "200 200 200 403 403 404 403 401", setup=doc_version),
+    # export / import: admin and up
+    Row("GET", W + "/{ws}/export", ADMIN_WRITE),
+    Row("POST", W + "/{ws}/import", ADMIN_WRITE, raw=_IMPORT_ZIP, content_type="application/zip"),
 ]
 
 
@@ -240,7 +248,7 @@ async def _call(world: World, row: Row, caller: str) -> int:
     url = _fill(row.path, values) + _fill(row.query, values)
     if row.raw is not None:
         resp = await world.client.request(row.method, url, data=row.raw,
-                                          headers={**headers, "Content-Type": "text/markdown"})
+                                          headers={**headers, "Content-Type": row.content_type})
     else:
         resp = await world.client.request(row.method, url, json=body, headers=headers)
     await resp.read()

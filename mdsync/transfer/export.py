@@ -1,0 +1,390 @@
+"""Export: a workspace as a zip of markdown (layout in archive.py), written while it is read.
+
+`write_export(out, conn, workspace_id, read_markdown)` is the whole export. It runs in a thread:
+it reads metadata from its own SQLite connection inside ONE read transaction (a consistent
+snapshot of the tree, however long the export takes), asks `read_markdown` for each document's
+current markdown, and writes zip entries to `out`, a non-seekable writer (zipfile then uses data
+descriptors), so nothing but one document at a time is ever held. `mdsync.json` is written last,
+by a second pass over the same snapshot.
+
+`stream_export` runs it for the HTTP route: the zip goes to the response chunk by chunk through
+a small bounded pipe (the thread waits when the client reads slowly), and the markdown comes
+from the app's content backend on the event loop (`app[CONTENT].read`, live text when a room is
+loaded), a few documents ahead of the writer. `mdsync export` runs it with `stored_reader`,
+which reads what the database holds (the Yjs state where there is one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import sqlite3
+import threading
+import zipfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from mdsync import clock
+from mdsync.api.errors import NotFound
+from mdsync.db import connect
+from mdsync.transfer import archive
+
+log = logging.getLogger("mdsync.transfer")
+
+# One directory's documents at a time (the documents_workspace index finds them; SQLite sorts one
+# folder's rows, never the whole workspace's). At the top level: documents in no folder, and any
+# whose folder is not live (never left behind by the API, but never lost by an export either).
+_DOC_COLUMNS = ("SELECT d.id, d.workspace_id, d.folder_id, d.title, d.kind, d.content_model, d.size, d.seq,"
+                " d.position, d.created_by, d.created_at, d.updated_at, d.deleted_at,"
+                " (EXISTS (SELECT 1 FROM doc_snapshots s WHERE s.document_id = d.id)"
+                "  OR EXISTS (SELECT 1 FROM doc_updates u WHERE u.document_id = d.id)) AS has_state"
+                " FROM documents d WHERE d.workspace_id = ? AND d.deleted_at IS NULL AND ")
+DOCS_IN_FOLDER = _DOC_COLUMNS + "d.folder_id = ? ORDER BY d.position, d.title, d.id"
+DOCS_AT_TOP = _DOC_COLUMNS + ("(d.folder_id IS NULL OR NOT EXISTS (SELECT 1 FROM folders f WHERE f.id = d.folder_id"
+                              " AND f.workspace_id = d.workspace_id AND f.deleted_at IS NULL))"
+                              " ORDER BY d.position, d.title, d.id")
+CHUNK_BYTES = 256 * 1024
+PIPE_DEPTH = 4          # chunks between the zip thread and the response: at most ~1 MiB in flight
+READ_AHEAD = 16         # documents whose markdown is being read ahead of the zip writer
+COMPRESS_LEVEL = 6
+
+
+@dataclass
+class Placed:
+    """A document and where it goes in the zip."""
+
+    doc: dict
+    directory: str    # "" or "A/B"
+    path: str         # "A/B/Title.md"
+    has_state: bool   # the document has Yjs state (it was opened or synced at least once)
+
+
+# (placed documents) -> (placed, markdown), in the same order
+MarkdownReader = Callable[[Iterable[Placed]], Iterator[tuple[Placed, str]]]
+
+
+@dataclass
+class ExportSummary:
+    documents: int = 0
+    folders: int = 0
+    attachments: int = 0
+    markdown_bytes: int = 0
+
+
+class ExportCancelled(Exception):
+    """The reader of the export went away."""
+
+
+class WorkspaceGone(Exception):
+    pass
+
+
+def open_snapshot(db_path: Path | str) -> sqlite3.Connection:
+    """A read-only connection for one export."""
+    conn = connect(db_path)
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute("PRAGMA cache_size = -1024")  # a sequential read: 1 MiB of page cache is plenty
+    return conn
+
+
+def count_documents(conn: sqlite3.Connection, workspace_id: str) -> int:
+    return conn.execute("SELECT count(*) FROM documents WHERE workspace_id = ? AND deleted_at IS NULL",
+                        (workspace_id,)).fetchone()[0]
+
+
+def _zip_time(iso: str | None) -> tuple[int, int, int, int, int, int]:
+    try:
+        moment = clock.parse(iso).astimezone(UTC)
+    except (TypeError, ValueError):
+        return (1980, 1, 1, 0, 0, 0)
+    if moment.year < 1980:
+        return (1980, 1, 1, 0, 0, 0)
+    return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+
+
+def _entry(path: str, iso: str | None, directory: bool = False) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(path, _zip_time(iso))
+    info.create_system = 3  # unix, so the permission bits below are honoured by unzip
+    if directory:
+        info.external_attr = (0o40755 << 16) | 0x10
+        info.compress_type = zipfile.ZIP_STORED
+    else:
+        info.external_attr = 0o100644 << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+def _folders(conn: sqlite3.Connection, workspace_id: str) -> tuple[list[sqlite3.Row], dict[str, archive.FolderPath]]:
+    rows = conn.execute("SELECT id, parent_id, name, position, created_at, updated_at FROM folders"
+                        " WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,)).fetchall()
+    return rows, archive.place_folders(rows)
+
+
+def _placed(conn: sqlite3.Connection, workspace_id: str, folders: dict[str, archive.FolderPath]) -> Iterator[Placed]:
+    """Every live document with its path, directory by directory in a stable order; names are
+    claimed per directory (subfolders first, then documents in order)."""
+    namespace = archive.document_namespaces(folders)
+    for folder_id in (None, *folders):
+        space = namespace(folder_id)
+        if folder_id is None:
+            directory, rows = "", conn.execute(DOCS_AT_TOP, (workspace_id,))
+        else:
+            directory, rows = folders[folder_id].path, conn.execute(DOCS_IN_FOLDER, (workspace_id, folder_id))
+        for row in rows:
+            doc = {k: row[k] for k in row.keys() if k != "has_state"}
+            name = space.claim(archive.safe_name(doc["title"]), ".md")
+            yield Placed(doc, directory, f"{directory}/{name}" if directory else name, bool(row["has_state"]))
+
+
+def _version_lister(conn: sqlite3.Connection) -> Callable[[str], list[dict]]:
+    """The versions of a document as listed in mdsync.json (id, created_at, kind, label where the
+    versions table has them); an empty list while no versions feature is installed."""
+    table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'versions'").fetchone()
+    if table is None:
+        return lambda doc_id: []
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
+    if "document_id" not in columns:
+        return lambda doc_id: []
+    wanted = [c for c in ("id", "created_at", "kind", "label", "size") if c in columns]
+    order = "created_at, rowid" if "created_at" in columns else "rowid"
+    sql = f"SELECT {', '.join(wanted)} FROM versions WHERE document_id = ? ORDER BY {order}"  # names from the schema
+
+    def versions(doc_id: str) -> list[dict]:
+        return [dict(zip(wanted, row, strict=True)) for row in conn.execute(sql, (doc_id,))]
+
+    return versions
+
+
+def stored_markdown(conn: sqlite3.Connection, doc_id: str) -> str:
+    row = conn.execute("SELECT markdown FROM documents WHERE id = ?", (doc_id,)).fetchone()
+    return "" if row is None else row[0]
+
+
+def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_markdown: MarkdownReader,
+                 progress: Callable[[int], Any] | None = None) -> ExportSummary:
+    """Write the workspace's zip to `out` (anything with `write`; need not seek)."""
+    summary = ExportSummary()
+    conn.execute("BEGIN")  # one snapshot for both passes
+    try:
+        ws = conn.execute("SELECT id, name, slug FROM workspaces WHERE id = ? AND deleted_at IS NULL",
+                          (workspace_id,)).fetchone()
+        if ws is None:
+            raise WorkspaceGone(workspace_id)
+        folder_rows, folders = _folders(conn, workspace_id)
+        by_id = {r["id"]: r for r in folder_rows}
+        attachments: dict[str, str] = {}  # attachment id -> path in the zip (no attachments feature yet)
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL,
+                             allowZip64=True) as zf:
+            for folder in folders.values():  # parents first
+                zf.writestr(_entry(folder.path + "/", by_id[folder.id]["updated_at"], directory=True), b"")
+                summary.folders += 1
+            for placed, markdown in read_markdown(_placed(conn, workspace_id, folders)):
+                doc = placed.doc
+                body = archive.links_to_files(markdown, placed.directory, attachments)
+                data = (archive.front_matter(doc) + body).encode("utf-8")
+                zf.writestr(_entry(placed.path, doc["updated_at"]), data)
+                summary.documents += 1
+                summary.markdown_bytes += len(data)
+                if progress is not None:
+                    progress(1)
+            with zf.open(_entry(archive.MANIFEST, clock.iso()), "w", force_zip64=True) as manifest:
+                _write_manifest(manifest, conn, ws, folder_rows, folders)
+        return summary
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _write_manifest(out: Any, conn: sqlite3.Connection, ws: sqlite3.Row, folder_rows: list[sqlite3.Row],
+                    folders: dict[str, archive.FolderPath]) -> None:
+    """mdsync.json, written piece by piece (one document's entry at a time)."""
+    def put(text: str) -> None:
+        out.write(text.encode("utf-8"))
+
+    dumps = json.dumps
+    head = {"format": archive.FORMAT, "version": archive.FORMAT_VERSION, "exported_at": clock.iso(),
+            "workspace": {"id": ws["id"], "name": ws["name"], "slug": ws["slug"]}}
+    put(dumps(head, ensure_ascii=False)[:-1])
+    by_id = {r["id"]: r for r in folder_rows}
+    put(',"folders":[')
+    for n, f in enumerate(folders.values()):
+        row = by_id[f.id]
+        put(("," if n else "") + dumps({"id": f.id, "name": f.name, "parent_id": f.parent_id, "position": f.position,
+                                        "path": f.path, "created_at": row["created_at"],
+                                        "updated_at": row["updated_at"]}, ensure_ascii=False))
+    put('],"documents":[')
+    versions = _version_lister(conn)
+    for n, placed in enumerate(_placed(conn, ws["id"], folders)):
+        d = placed.doc
+        put(("," if n else "") + dumps({
+            "id": d["id"], "title": d["title"], "folder_id": placed.doc["folder_id"] if placed.directory else None,
+            "position": d["position"], "kind": d["kind"], "content_model": d["content_model"], "path": placed.path,
+            "created_at": d["created_at"], "updated_at": d["updated_at"], "versions": versions(d["id"])},
+            ensure_ascii=False))
+    # attachments: [{id, name, document_id, content_type, size, sha256, path}] once attachments exist;
+    # comments: threads with their anchors once the comments feature exists (format reserved)
+    put('],"attachments":[],"comments":[]}')
+
+
+# -- markdown readers ----------------------------------------------------------------------------
+def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
+    """Offline (the CLI): a text document's markdown from its Yjs state when it has one (updates
+    are committed within 1 s, while the stored projection may trail a live room), else the stored
+    markdown."""
+    from pycrdt import Doc, Text
+
+    from mdsync.collab.room import TEXT_NAME
+
+    def read_all(items: Iterable[Placed]) -> Iterator[tuple[Placed, str]]:
+        for placed in items:
+            doc_id = placed.doc["id"]
+            markdown = None
+            if placed.has_state and placed.doc["content_model"] == "text":
+                snap = conn.execute("SELECT state FROM doc_snapshots WHERE document_id = ?", (doc_id,)).fetchone()
+                updates = conn.execute("SELECT data FROM doc_updates WHERE document_id = ? ORDER BY seq",
+                                       (doc_id,)).fetchall()
+                if snap is not None or updates:
+                    ydoc = Doc()
+                    for update in ([snap[0]] if snap is not None else []) + [u[0] for u in updates]:
+                        ydoc.apply_update(update)
+                    markdown = str(ydoc.get(TEXT_NAME, type=Text))
+            yield placed, markdown if markdown is not None else stored_markdown(conn, doc_id)
+
+    return read_all
+
+
+def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Connection,
+                stop: threading.Event) -> MarkdownReader:
+    """In the export thread: the markdown of each document that has Yjs state comes from the
+    content backend on the event loop (`content.read(doc)`: the live text when its room is
+    loaded), READ_AHEAD documents ahead. A document without Yjs state was never opened: its
+    stored markdown IS its content (a room would be seeded from it), so it is read from the
+    snapshot and no room is loaded for it. A document deleted since the snapshot was taken is
+    exported as the snapshot holds it, so mdsync.json and the files agree."""
+
+    def wait(placed: Placed, future) -> tuple[Placed, str]:
+        if future is None:
+            return placed, stored_markdown(conn, placed.doc["id"])
+        while True:
+            try:
+                return placed, future.result(timeout=0.5)[0]
+            except TimeoutError:
+                if stop.is_set():
+                    future.cancel()
+                    raise ExportCancelled() from None
+            except NotFound:
+                return placed, stored_markdown(conn, placed.doc["id"])
+
+    def read_all(items: Iterable[Placed]) -> Iterator[tuple[Placed, str]]:
+        pending: deque = deque()
+        for placed in items:
+            if stop.is_set():
+                raise ExportCancelled()
+            future = asyncio.run_coroutine_threadsafe(content.read(placed.doc), loop) if placed.has_state else None
+            pending.append((placed, future))
+            if len(pending) >= READ_AHEAD:
+                yield wait(*pending.popleft())
+        while pending:
+            yield wait(*pending.popleft())
+
+    return read_all
+
+
+# -- streaming to an HTTP response ------------------------------------------------------------------
+class _ChunkSink(io.RawIOBase):
+    """The non-seekable file the zip is written to: hands out chunks of CHUNK_BYTES."""
+
+    def __init__(self, emit: Callable[[bytes], None]):
+        super().__init__()
+        self.emit = emit
+        self.buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.buffer += data
+        if len(self.buffer) >= CHUNK_BYTES:
+            self.emit(bytes(self.buffer))
+            self.buffer.clear()
+        return len(data)
+
+    def drain(self) -> None:
+        if self.buffer:
+            self.emit(bytes(self.buffer))
+            self.buffer.clear()
+
+
+@dataclass
+class _End:
+    error: BaseException | None = None
+
+
+class _Pipe:
+    """Chunks from the export thread to the event loop; at most PIPE_DEPTH waiting."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.slots = threading.Semaphore(PIPE_DEPTH)
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.stop = threading.Event()
+
+    def put(self, chunk: bytes) -> None:  # export thread
+        while not self.slots.acquire(timeout=0.5):
+            if self.stop.is_set():
+                raise ExportCancelled()
+        if self.stop.is_set():
+            raise ExportCancelled()
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
+
+    def end(self, error: BaseException | None = None) -> None:  # export thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, _End(error))
+
+    async def get(self) -> bytes | _End:  # event loop
+        item = await self.queue.get()
+        if not isinstance(item, _End):
+            self.slots.release()
+        return item
+
+
+async def stream_export(write: Callable[[bytes], Any], db_path: Path | str, workspace_id: str, content: Any) -> None:
+    """Run the export in its own thread and `await write(chunk)` each chunk on the loop. Raises
+    whatever stopped the export; stops the thread if the caller is cancelled."""
+    loop = asyncio.get_running_loop()
+    pipe = _Pipe(loop)
+
+    def work() -> None:
+        try:
+            conn = open_snapshot(db_path)
+        except BaseException as exc:
+            pipe.end(exc)
+            return
+        try:
+            sink = _ChunkSink(pipe.put)
+            write_export(sink, conn, workspace_id, loop_reader(loop, content, conn, pipe.stop))
+            sink.drain()
+            pipe.end()
+        except BaseException as exc:  # the loop side re-raises it
+            pipe.end(exc)
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=work, name="mdsync-export", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await pipe.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            await write(item)
+    finally:
+        pipe.stop.set()

@@ -1,0 +1,471 @@
+"""Import: a zip (an mdsync export, or any zip of `.md` files), or from the CLI a folder of `.md`
+files (an Obsidian-style vault), into a workspace.
+
+Two passes, so a refused import writes nothing:
+
+1. `plan(source, limits)` checks ALL of it without writing: every entry path (no absolute paths,
+   no `..`, no duplicates), the declared sizes against `limits.max_import_bytes` (zip bombs) and,
+   while reading, the bytes actually produced; every document must be UTF-8 and within
+   `limits.max_document_bytes`; `mdsync.json`, when present, must be well formed. Any problem is
+   an `ImportRefused` naming the entry. The plan holds metadata only, never the markdown.
+2. `write(tx, plan, source, ...)` creates the folders and documents inside ONE transaction (the
+   caller's: the writer queue's job, or `run_offline`), reading each document again, recording
+   each creation in the change feed. Whatever fails rolls the whole import back.
+
+Where things come from: the tree is the zip's directories and `.md` files (a document's folder is
+its directory); `mdsync.json` (matched by path) gives exact folder names, ids, positions and
+content models; a document's front matter gives its id, title, kind and timestamps. Without
+them: the title is the front matter's `title:`, else the first `# heading`, else the file name;
+positions follow the names' order after what the workspace already holds. Ids from the archive
+are kept when no row has them yet (so an export imported into a fresh server keeps its ids),
+otherwise new ones are made. Hidden files (`.obsidian/`, `.DS_Store`, `__MACOSX/`) are skipped.
+
+Attachments (any other file) are not imported yet: there is no attachments feature. They are
+listed in the answer's `skipped`; `archive.file_links` already does the link rewriting an
+attachment import needs (see `ATTACHMENTS` below).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import posixpath
+import stat
+import zipfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from mdsync import audit, clock
+from mdsync.api.errors import NotFound
+from mdsync.db import Tx
+from mdsync.sync import changes
+from mdsync.transfer import archive
+from mdsync.workspaces.service import new_id
+
+MAX_ENTRIES = 200_000
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+FRONT_MATTER_ALLOWANCE = 64 * 1024  # a document file may be this much larger than its markdown
+SKIPPED_LISTED = 100
+
+# Called inside the import's transaction for every document it creates:
+# fn(tx, workspace_id, document_id, user_id, manifest_entry or None). The versions feature hooks in
+# here (a version of kind `import`; the exported version list is in manifest_entry["versions"]).
+DOCUMENT_HOOKS: list[Callable[[Tx, str, str, str | None, dict | None], Any]] = []
+
+# What importing attachments still needs (no attachments table exists yet): for each file in
+# `plan.attachment_files` — store it (storage backend, named by a new id) BEFORE the transaction,
+# insert its row inside it (document_id: the document whose links point at it, else null), and
+# delete the stored files if the transaction fails; then pass
+# `resolve=lambda path: f"/api/v1/attachments/{new_ids[path]}"` to `archive.file_links` when
+# reading each document in `write`.
+ATTACHMENTS: None = None
+
+
+class ImportRefused(Exception):
+    """The archive cannot be imported; the message names the entry and the reason (422)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int            # limits.max_import_bytes: everything expanded
+    max_document_bytes: int   # limits.max_document_bytes: one document's markdown
+    max_entries: int = MAX_ENTRIES
+
+
+# -- sources -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Entry:
+    path: str       # clean relative path (archive.entry_path); directories end with "/"
+    size: int       # declared (zip header) or stat size
+    handle: Any     # what the source opens
+
+
+class ZipSource:
+    """A zip in a seekable file (the upload's temp file, or a file given to the CLI)."""
+
+    def __init__(self, fileobj: IO[bytes]):
+        try:
+            self.zip = zipfile.ZipFile(fileobj)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+            raise ImportRefused(f"the body is not a zip file ({exc})") from None
+
+    def entries(self) -> list[Entry]:
+        out = []
+        for info in self.zip.infolist():
+            try:
+                path = archive.entry_path(info.filename)
+            except archive.UnsafePath as exc:
+                raise ImportRefused(str(exc)) from None
+            if info.flag_bits & 0x1:
+                raise ImportRefused(f"{path} is encrypted")
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise ImportRefused(f"{path} is a symbolic link")
+            out.append(Entry(path if not info.is_dir() or path.endswith("/") else path + "/", info.file_size, info))
+        return out
+
+    def open(self, entry: Entry) -> IO[bytes]:
+        return self.zip.open(entry.handle)
+
+    def close(self) -> None:
+        self.zip.close()
+
+
+class DirectorySource:
+    """A folder of files (the CLI): symbolic links are not followed, so nothing outside it is read."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def entries(self) -> list[Entry]:
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
+            dirnames.sort()
+            base = Path(dirpath)
+            for name in dirnames:
+                rel = (base / name).relative_to(self.root).as_posix()
+                if not (base / name).is_symlink():
+                    out.append(Entry(archive.entry_path(rel) + "/", 0, base / name))
+            for name in sorted(filenames):
+                full = base / name
+                info = full.lstat()
+                if not stat.S_ISREG(info.st_mode):
+                    continue  # symlinks, sockets, devices
+                out.append(Entry(archive.entry_path(full.relative_to(self.root).as_posix()), info.st_size, full))
+        return out
+
+    def open(self, entry: Entry) -> IO[bytes]:
+        return open(entry.handle, "rb")
+
+    def close(self) -> None:
+        pass
+
+
+# -- the plan ------------------------------------------------------------------------------------
+@dataclass
+class FolderPlan:
+    path: str                  # "A/B"
+    parent: str | None         # "A", or None at the top
+    name: str
+    position: float | None
+    id: str | None             # wanted id (kept if free)
+    created_at: str | None
+    updated_at: str | None
+
+
+@dataclass
+class DocumentPlan:
+    path: str                  # "A/B/x.md"
+    folder: str | None         # "A/B"
+    title: str
+    kind: str
+    content_model: str
+    position: float | None
+    id: str | None
+    created_at: str | None
+    updated_at: str | None
+    entry: Entry
+    manifest: dict | None      # its mdsync.json entry, for the hooks
+
+
+@dataclass
+class Plan:
+    folders: list[FolderPlan] = field(default_factory=list)      # parents first
+    documents: list[DocumentPlan] = field(default_factory=list)
+    attachment_files: list[Entry] = field(default_factory=list)  # not imported yet (see ATTACHMENTS)
+    skipped: list[dict] = field(default_factory=list)
+    skipped_total: int = 0
+    markdown_bytes: int = 0
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped_total += 1
+        if len(self.skipped) < SKIPPED_LISTED:
+            self.skipped.append({"path": path, "reason": reason})
+
+
+class _Budget:
+    """Bytes actually read, against the expanded-size limit."""
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 0
+
+    def spend(self, n: int, path: str) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise ImportRefused(f"the archive expands past the import limit of {self.limit} bytes (at {path})")
+
+
+def _read(source, entry: Entry, budget: _Budget, cap: int, what: str) -> bytes:
+    """An entry's bytes, counting them as they come: never more than declared, than `cap`, or
+    than the budget allows (a zip whose headers lie about sizes is refused, not trusted)."""
+    chunks, n = [], 0
+    try:
+        with source.open(entry) as f:
+            while chunk := f.read(1 << 16):
+                n += len(chunk)
+                budget.spend(len(chunk), entry.path)
+                if n > entry.size:
+                    raise ImportRefused(f"{entry.path} holds more bytes than its header declares")
+                if n > cap:
+                    raise ImportRefused(f"{entry.path} is larger than {cap} bytes ({what})")
+                chunks.append(chunk)
+    except ImportRefused:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+        raise ImportRefused(f"{entry.path} cannot be read: {exc}") from None
+    return b"".join(chunks)
+
+
+@dataclass
+class _Document:
+    markdown: str
+    meta: dict[str, str]
+    ours: bool
+
+
+def _document(source, entry: Entry, budget: _Budget, limits: Limits) -> _Document:
+    raw = _read(source, entry, budget, limits.max_document_bytes + FRONT_MATTER_ALLOWANCE, "a document")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImportRefused(f"{entry.path} is not UTF-8 text (invalid byte at offset {exc.start}); "
+                            "save it as UTF-8 and import again") from None
+    text = text.removeprefix("\ufeff")
+    split = archive.split_front_matter(text)
+    if len(split.markdown.encode("utf-8")) > limits.max_document_bytes:
+        raise ImportRefused(f"{entry.path} is larger than limits.max_document_bytes ({limits.max_document_bytes} bytes)")
+    return _Document(split.markdown, split.meta, split.ours)
+
+
+def _hidden(path: str) -> bool:
+    return any(part.startswith(".") or part == "__MACOSX" for part in path.rstrip("/").split("/"))
+
+
+def _finite(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ImportRefused(f"mdsync.json: {where} must be a finite number")
+    return float(value)
+
+
+def _text(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ImportRefused(f"mdsync.json: {where} must be a string")
+    return value
+
+
+def _timestamp(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return clock.iso(clock.parse(value))
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _manifest(source, entry: Entry, budget: _Budget) -> tuple[dict[str, dict], dict[str, dict]]:
+    """mdsync.json → ({folder path: entry}, {document path: entry}), checked field by field."""
+    import json
+
+    raw = _read(source, entry, budget, MAX_MANIFEST_BYTES, "mdsync.json")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ImportRefused(f"mdsync.json is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != archive.FORMAT:
+        raise ImportRefused("mdsync.json is not an mdsync export (its \"format\" is not \"mdsync-export\")")
+    version = data.get("version")
+    if not isinstance(version, int) or version > archive.FORMAT_VERSION:
+        raise ImportRefused(f"mdsync.json: format version {version!r} is not supported "
+                            f"(this server reads up to {archive.FORMAT_VERSION})")
+    out: tuple[dict[str, dict], dict[str, dict]] = ({}, {})
+    for key, index in (("folders", 0), ("documents", 1)):
+        items = data.get(key, [])
+        if not isinstance(items, list):
+            raise ImportRefused(f"mdsync.json: {key} must be a list")
+        for n, item in enumerate(items):
+            where = f"{key}[{n}]"
+            if not isinstance(item, dict):
+                raise ImportRefused(f"mdsync.json: {where} must be an object")
+            path = _text(item.get("path"), f"{where}.path")
+            if path is None:
+                continue
+            try:
+                path = archive.entry_path(path).rstrip("/")
+            except archive.UnsafePath as exc:
+                raise ImportRefused(f"mdsync.json: {where}.path: {exc}") from None
+            clean = {"id": _text(item.get("id"), f"{where}.id"),
+                     "position": _finite(item.get("position"), f"{where}.position"),
+                     "created_at": _timestamp(_text(item.get("created_at"), f"{where}.created_at")),
+                     "updated_at": _timestamp(_text(item.get("updated_at"), f"{where}.updated_at"))}
+            if key == "folders":
+                clean["name"] = _text(item.get("name"), f"{where}.name")
+            else:
+                clean["title"] = _text(item.get("title"), f"{where}.title")
+                clean["kind"] = _choice(item.get("kind"), archive.KINDS, f"mdsync.json: {where}.kind")
+                clean["content_model"] = _choice(item.get("content_model"), archive.CONTENT_MODELS,
+                                                 f"mdsync.json: {where}.content_model")
+                versions = item.get("versions", [])
+                clean["versions"] = versions if isinstance(versions, list) else []
+            out[index][path] = clean
+    return out
+
+
+def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str | None:
+    if value is None:
+        return None
+    if value not in allowed:
+        raise ImportRefused(f"{where} must be one of {', '.join(allowed)}")
+    return value
+
+
+def plan(source, limits: Limits) -> Plan:
+    """Check everything, write nothing (see the module docstring)."""
+    result = Plan()
+    entries = source.entries()
+    if len(entries) > limits.max_entries:
+        raise ImportRefused(f"the archive has {len(entries)} entries; at most {limits.max_entries} are accepted")
+    declared = sum(e.size for e in entries)
+    if declared > limits.max_bytes:
+        raise ImportRefused(f"the archive expands to {declared} bytes, past the import limit of {limits.max_bytes}")
+    files: dict[str, Entry] = {}
+    dirs: set[str] = set()
+    for entry in entries:
+        if entry.path.endswith("/"):
+            dirs.add(entry.path.rstrip("/"))
+        elif entry.path in files:
+            raise ImportRefused(f"{entry.path} appears twice in the archive")
+        else:
+            files[entry.path] = entry
+    budget = _Budget(limits.max_bytes)
+    manifest_folders: dict[str, dict] = {}
+    manifest_docs: dict[str, dict] = {}
+    manifest = files.pop(archive.MANIFEST, None)
+    if manifest is not None:
+        manifest_folders, manifest_docs = _manifest(source, manifest, budget)
+
+    folder_paths: set[str] = set()
+    documents: list[tuple[Entry, _Document]] = []
+    for path in sorted(files, key=lambda p: (p.casefold(), p)):
+        entry = files[path]
+        if _hidden(path):
+            result.skip(path, "hidden or system file")
+        elif path.lower().endswith(archive.MARKDOWN_SUFFIXES):
+            document = _document(source, entry, budget, limits)
+            documents.append((entry, document))
+            result.markdown_bytes += len(document.markdown.encode("utf-8"))
+            parent = posixpath.dirname(path)
+            while parent:
+                folder_paths.add(parent)
+                parent = posixpath.dirname(parent)
+        else:
+            result.attachment_files.append(entry)
+            result.skip(path, "attachments are not imported yet (this server has no attachments feature)")
+    if manifest is not None:  # an export's directory entries keep its empty folders
+        for path in dirs:
+            if not _hidden(path) and path.split("/")[0] != archive.ATTACHMENTS_DIR:
+                while path:
+                    folder_paths.add(path)
+                    path = posixpath.dirname(path)
+
+    for path in sorted(folder_paths, key=lambda p: (p.count("/"), p.casefold(), p)):
+        m = manifest_folders.get(path, {})
+        name = archive.clean_title(m.get("name")) or archive.clean_title(path.rsplit("/", 1)[-1]) or "Untitled"
+        result.folders.append(FolderPlan(path, posixpath.dirname(path) or None, name, m.get("position"), m.get("id"),
+                                         m.get("created_at"), m.get("updated_at")))
+
+    for entry, document in documents:
+        m = manifest_docs.get(entry.path)
+        meta = document.meta
+        ours = meta if document.ours else {}
+        stem = posixpath.basename(entry.path).rsplit(".", 1)[0]
+        title = (archive.clean_title(meta.get("title")) or archive.clean_title((m or {}).get("title"))
+                 or archive.clean_title(archive.first_heading(document.markdown)) or archive.clean_title(stem)
+                 or "Untitled")
+        kind = _choice(ours.get("kind"), archive.KINDS, f"{entry.path}: kind") or (m or {}).get("kind") or "note"
+        result.documents.append(DocumentPlan(
+            entry.path, posixpath.dirname(entry.path) or None, title, kind,
+            (m or {}).get("content_model") or "text", (m or {}).get("position"),
+            ours.get("id") or (m or {}).get("id"),
+            _timestamp(ours.get("created_at")) or (m or {}).get("created_at"),
+            _timestamp(ours.get("updated_at")) or (m or {}).get("updated_at"),
+            entry, m))
+    return result
+
+
+# -- writing -------------------------------------------------------------------------------------
+def write(tx: Tx, plan: Plan, source, workspace_id: str, user_id: str | None, limits: Limits,
+          *, via: str = "api") -> dict:
+    """Create the plan's folders and documents in the caller's transaction; returns the counts."""
+    if tx.value("SELECT 1 FROM workspaces WHERE id = ? AND deleted_at IS NULL", (workspace_id,)) is None:
+        raise NotFound("no such workspace")
+    now = clock.iso()
+    taken: set[str] = set()
+
+    def pick(wanted: str | None, table: str) -> str:
+        # table is "folders" or "documents", named by the two callers below
+        if (archive.is_uuid(wanted) and wanted not in taken
+                and tx.value(f"SELECT 1 FROM {table} WHERE id = ?", (wanted,)) is None):
+            taken.add(wanted)
+            return wanted
+        fresh = new_id()
+        taken.add(fresh)
+        return fresh
+
+    folder_ids: dict[str, str] = {}
+    positions = _Positions(tx, workspace_id)
+    for f in plan.folders:
+        parent_id = folder_ids[f.parent] if f.parent else None
+        folder_id = pick(f.id, "folders")
+        folder_ids[f.path] = folder_id
+        tx.execute("INSERT INTO folders (id, workspace_id, parent_id, name, position, created_by, created_at, updated_at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                   (folder_id, workspace_id, parent_id, f.name, positions.take("folders", parent_id, f.position),
+                    user_id, f.created_at or now, f.updated_at or f.created_at or now))
+        changes.record(tx, workspace_id, "folder", folder_id, "upsert")
+
+    budget = _Budget(limits.max_bytes)
+    for d in plan.documents:
+        markdown = _document(source, d.entry, budget, limits).markdown  # checked in the plan; read again
+        folder_id = folder_ids[d.folder] if d.folder else None
+        doc_id = pick(d.id, "documents")
+        tx.execute("INSERT INTO documents (id, workspace_id, folder_id, title, kind, content_model, markdown, size,"
+                   " position, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                   (doc_id, workspace_id, folder_id, d.title, d.kind, d.content_model, markdown,
+                    len(markdown.encode("utf-8")), positions.take("documents", folder_id, d.position), user_id,
+                    d.created_at or now, d.updated_at or d.created_at or now))
+        changes.record(tx, workspace_id, "document", doc_id, "upsert")
+        for hook in DOCUMENT_HOOKS:
+            hook(tx, workspace_id, doc_id, user_id, d.manifest)
+
+    counts = {"documents": len(plan.documents), "folders": len(plan.folders), "attachments": 0}
+    audit.record(tx, "workspace.import", actor_id=user_id, target_type="workspace", target_id=workspace_id,
+                 workspace_id=workspace_id, detail={**counts, "skipped": plan.skipped_total, "via": via})
+    return counts
+
+
+class _Positions:
+    """Positions for items the archive gives none: after everything already in that parent
+    (in the workspace, or given by the archive), in the plan's order (by name)."""
+
+    def __init__(self, tx: Tx, workspace_id: str):
+        self.tx, self.workspace_id = tx, workspace_id
+        self.next: dict[tuple[str, str | None], float] = {}
+
+    def take(self, table: str, parent: str | None, given: float | None) -> float:
+        key = (table, parent)
+        if key not in self.next:
+            column = "parent_id" if table == "folders" else "folder_id"  # fixed names, not input
+            highest = self.tx.value(f"SELECT max(position) FROM {table} WHERE workspace_id = ? AND {column} IS ?"
+                                    " AND deleted_at IS NULL", (self.workspace_id, parent))
+            self.next[key] = -1.0 if highest is None else float(highest)
+        if given is not None:
+            self.next[key] = max(self.next[key], given)
+            return given
+        self.next[key] = math.floor(self.next[key]) + 1.0
+        return self.next[key]

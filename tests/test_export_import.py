@@ -1,0 +1,509 @@
+"""Export and import (API.md "Operations"): the zip layout, the lossless round trip into a fresh
+server, plain markdown zips and vault folders, hostile archives refused with nothing written,
+roles, flat memory while a 5 000-document workspace streams out, and the CLI on a real data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import re
+import struct
+import subprocess
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from mdsync.transfer import archive
+from tests.conftest import MDSYNC, PASSWORD, ROOT, register
+from tests.conftest import test_env as subprocess_env
+from tests.test_folders_documents import content, document, folder, tree
+from tests.test_workspaces import API, audit_actions, db_rows, feed, join, make_workspace
+
+
+# -- helpers ----------------------------------------------------------------------------------------
+def make_zip(entries: dict[str, bytes | str], compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data.encode() if isinstance(data, str) else data)
+    return buf.getvalue()
+
+
+async def export_zip(client, who, ws) -> bytes:
+    resp = await client.get(f"{API}/workspaces/{ws}/export", headers=who.headers)
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["Content-Type"] == "application/zip"
+    assert "attachment" in resp.headers["Content-Disposition"]
+    return await resp.read()
+
+
+async def import_zip(client, who, ws, data: bytes, *, multipart: bool = False, expect: int = 200) -> dict:
+    if multipart:
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename="vault.zip", content_type="application/zip")
+        resp = await client.post(f"{API}/workspaces/{ws}/import", data=form, headers=who.headers)
+    else:
+        resp = await client.post(f"{API}/workspaces/{ws}/import", data=data,
+                                 headers={**who.headers, "Content-Type": "application/zip"})
+    body = await resp.json()
+    assert resp.status == expect, body
+    return body
+
+
+def entries(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        return {info.filename: zf.read(info) for info in zf.infolist()}
+
+
+def comparable(files: dict[str, bytes]) -> tuple[dict, dict]:
+    """(every .md file and directory, mdsync.json without what names the export itself)"""
+    manifest = json.loads(files["mdsync.json"])
+    for key in ("exported_at", "workspace"):
+        manifest.pop(key)
+    return {k: v for k, v in files.items() if k != "mdsync.json"}, manifest
+
+
+def shape(t: dict) -> tuple:
+    """A tree as ids, names, parents, titles, positions and kinds (no timestamps of this server)."""
+    return (sorted((f["id"], f["name"], f["parent_id"], f["position"]) for f in t["folders"]),
+            sorted((d["id"], d["title"], d["folder_id"], d["position"], d["kind"]) for d in t["documents"]))
+
+
+async def owner_and_workspace(client, name="Team"):
+    owner = await register(client, name="Owner")
+    return owner, await make_workspace(client, owner, name)
+
+
+# -- the round trip ---------------------------------------------------------------------------------
+async def build_workspace(client, owner, ws) -> dict[str, str]:
+    """Every awkward case at once; returns {document id: markdown}."""
+    docs: dict[str, str] = {}
+
+    async def doc(title, markdown, **extra):
+        d = await document(client, owner, ws, title, markdown=markdown, **extra)
+        docs[d["id"]] = markdown
+        return d
+
+    projects = await folder(client, owner, ws, "Projects")
+    sub = await folder(client, owner, ws, "2026: Q4 / plans", parent_id=projects)
+    await folder(client, owner, ws, "Empty folder")
+    await folder(client, owner, ws, "attachments")          # a reserved name at the root
+    await folder(client, owner, ws, "projects")              # differs from "Projects" by case only
+    await doc("Read me", "# Read me\n\nHello *world*.\n")
+    await doc("Read me", "A second document with the same title.\n")   # duplicate name
+    await doc("read ME", "Same name once case is ignored.\n")
+    await doc("CON", "A Windows device name.\n")
+    await doc("Dots...", "Trailing dots.\n")
+    await doc("Plan", "---\ntags: [a, b]\ntitle: Its own front matter\n---\nBody after foreign front matter\n",
+              folder_id=sub)
+    await doc("Ünïcødé ✓ 日本語", "Non-ASCII: é, ß, 😀\r\nCRLF line\r\n\ttab\n", folder_id=projects)
+    await doc("Daily", "# {{title}} on {{date}}\n", folder_id=projects, kind="template")
+    await doc("Style guide", "Write short sentences.", kind="context")
+    await doc("Empty", "")
+    await doc("---", "---\n---\n", folder_id=sub)             # looks like front matter itself
+    await doc('Quote " and \\ back', "x\n")
+    trashed = await document(client, owner, ws, "Trashed", markdown="gone")
+    resp = await client.delete(f"{API}/documents/{trashed['id']}", headers=owner.headers)
+    assert resp.status == 204
+    return docs
+
+
+async def test_round_trip_into_a_fresh_server_is_lossless(client, make_client):
+    owner, ws = await owner_and_workspace(client)
+    docs = await build_workspace(client, owner, ws)
+    first = await export_zip(client, owner, ws)
+    files = entries(first)
+
+    # the layout: directories named after folders, .md with front matter, mdsync.json
+    assert "Projects/" in files and "Projects/2026_ Q4 _ plans/" in files and "Empty folder/" in files
+    assert "attachments (2)/" in files and "projects (2)/" in files
+    assert {"Read me.md", "Read me (2).md", "read ME (3).md", "_CON.md", "Dots.md"} <= set(files)
+    assert "Trashed.md" not in files
+    text = files["Projects/Ünïcødé ✓ 日本語.md"].decode()
+    split = archive.split_front_matter(text)
+    assert split.ours and split.meta["title"] == "Ünïcødé ✓ 日本語" and split.meta["kind"] == "note"
+    assert split.markdown == "Non-ASCII: é, ß, 😀\r\nCRLF line\r\n\ttab\n"
+    manifest = json.loads(files["mdsync.json"])
+    assert manifest["format"] == "mdsync-export" and manifest["workspace"]["id"] == ws
+    assert len(manifest["documents"]) == len(docs) and len(manifest["folders"]) == 5
+    assert manifest["comments"] == [] and manifest["attachments"] == []
+    assert all(isinstance(d["versions"], list) for d in manifest["documents"])
+    assert "workspace.export" in audit_actions(client, ws)
+
+    # into a fresh server
+    other = await make_client()
+    owner2, ws2 = await owner_and_workspace(other, "Restored")
+    counts = await import_zip(other, owner2, ws2, first)
+    assert (counts["documents"], counts["folders"], counts["attachments"]) == (len(docs), 5, 0)
+    assert counts["skipped"] == []
+    for doc_id, markdown in docs.items():  # ids kept, markdown byte for byte
+        assert (await content(other, owner2, doc_id))[0] == markdown
+    assert shape(await tree(other, owner2, ws2)) == shape(await tree(client, owner, ws))
+    # every created folder and document is in the change feed
+    fed = [(e, i) for e, i, op, _ in feed(other, ws2) if e in ("folder", "document")]
+    assert sorted(i for _, i in fed) == sorted([*docs, *(f["id"] for f in manifest["folders"])])
+
+    # exported again: the same files, the same metadata
+    second = await export_zip(other, owner2, ws2)
+    assert comparable(entries(second)) == comparable(files)
+
+
+async def test_importing_the_same_export_twice_makes_new_ids(client):
+    owner, ws = await owner_and_workspace(client)
+    d = await document(client, owner, ws, "One", markdown="one\n")
+    data = await export_zip(client, owner, ws)
+    counts = await import_zip(client, owner, ws, data)
+    assert counts["documents"] == 1
+    t = await tree(client, owner, ws)
+    assert [x["title"] for x in t["documents"]] == ["One", "One"]
+    new = next(x for x in t["documents"] if x["id"] != d["id"])
+    assert (await content(client, owner, new["id"]))[0] == "one\n"
+    # into another workspace of the same server: the ids exist, so new ones
+    ws2 = await make_workspace(client, owner, "Second")
+    await import_zip(client, owner, ws2, data)
+    assert d["id"] not in {x["id"] for x in (await tree(client, owner, ws2))["documents"]}
+
+
+# -- plain markdown --------------------------------------------------------------------------------
+async def test_a_zip_of_plain_markdown_files(client):
+    owner, ws = await owner_and_workspace(client)
+    await document(client, owner, ws, "Already here")
+    vault = make_zip({
+        "Notes/Hello.md": "Intro line\n\n# Greeting\n\nbody\n",
+        "Notes/bom.md": b"\xef\xbb\xbf# With a BOM\n",
+        "Journal/2024/day.md": "---\ntitle: Day one\ntags: [x]\n---\ntext\n",
+        "plain.md": "no heading here\n",
+        "code.markdown": "```\n# not a heading\n```\n",
+        ".obsidian/app.json": "{}",
+        "__MACOSX/._plain.md": b"\x00\x01",
+        "img/pic.png": b"\x89PNG\r\n\x1a\n",
+        "Notes/": "",
+    })
+    counts = await import_zip(client, owner, ws, vault, multipart=True)
+    assert (counts["documents"], counts["folders"], counts["attachments"]) == (5, 3, 0)
+    reasons = {s["path"]: s["reason"] for s in counts["skipped"]}
+    assert "img/pic.png" in reasons and "attachments" in reasons["img/pic.png"]
+    assert ".obsidian/app.json" in reasons and counts["skipped_total"] == 3
+    t = await tree(client, owner, ws)
+    folders = {f["name"]: f for f in t["folders"]}
+    assert set(folders) == {"Notes", "Journal", "2024"}  # folders hold documents: no "img", no ".obsidian"
+    titles = {d["title"]: d for d in t["documents"]}
+    assert set(titles) == {"Already here", "Greeting", "With a BOM", "Day one", "plain", "code"}
+    assert titles["Day one"]["folder_id"] == folders["2024"]["id"]
+    assert folders["2024"]["parent_id"] == folders["Journal"]["id"]
+    assert titles["plain"]["folder_id"] is None and titles["plain"]["position"] > titles["Already here"]["position"]
+    # a foreign front matter stays part of the markdown; a BOM does not
+    assert (await content(client, owner, titles["Day one"]["id"]))[0].startswith("---\ntitle: Day one\n")
+    assert (await content(client, owner, titles["With a BOM"]["id"]))[0] == "# With a BOM\n"
+
+
+# -- hostile and broken archives --------------------------------------------------------------------
+def _lying_sizes(data: bytes, name: bytes, size: int) -> bytes:
+    """Patch the declared uncompressed size of `name` in its local header and central directory."""
+    out = bytearray(data)
+    pos = out.find(b"PK\x03\x04")
+    while pos >= 0:
+        n = struct.unpack_from("<H", out, pos + 26)[0]
+        if out[pos + 30:pos + 30 + n] == name:
+            struct.pack_into("<I", out, pos + 22, size)
+        pos = out.find(b"PK\x03\x04", pos + 4)
+    pos = out.find(b"PK\x01\x02")
+    while pos >= 0:
+        n = struct.unpack_from("<H", out, pos + 28)[0]
+        if out[pos + 46:pos + 46 + n] == name:
+            struct.pack_into("<I", out, pos + 24, size)
+        pos = out.find(b"PK\x01\x02", pos + 4)
+    return bytes(out)
+
+
+def _duplicate_entries() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, pytest.warns(UserWarning):
+        zf.writestr("a.md", "one")
+        zf.writestr("a.md", "two")
+    return buf.getvalue()
+
+
+BOMB = make_zip({"ok.md": "fine", "bomb.md": b"\0" * (3 << 20)})  # 3 MiB of zeros → ~3 KiB
+BAD_ARCHIVES = {
+    "dotdot": (make_zip({"ok.md": "fine", "../evil.md": "x"}), 422, "leaves the archive's root"),
+    "dotdot-inside": (make_zip({"a/../../evil.md": "x"}), 422, "leaves the archive's root"),
+    "backslash-dotdot": (make_zip({"..\\evil.md": "x"}), 422, "leaves the archive's root"),
+    "absolute": (make_zip({"/etc/evil.md": "x"}), 422, "absolute path"),
+    "drive": (make_zip({"C:/evil.md": "x"}), 422, "absolute path"),
+    "bomb": (BOMB, 422, "expands to"),
+    "lying-sizes": (_lying_sizes(BOMB, b"bomb.md", 100), 422, "bomb.md"),
+    "not-utf8": (make_zip({"fine.md": "ok", "Folder/latin1.md": "caf\xe9".encode("latin-1")}), 422,
+                 "Folder/latin1.md is not UTF-8"),
+    "duplicate-entries": (_duplicate_entries(), 422, "a.md appears twice"),
+    "not-a-zip": (b"this is not a zip file at all", 422, "not a zip"),
+    "empty": (b"", 422, "empty"),
+    "truncated": (make_zip({"a.md": "x" * 5000})[:-30], 422, "not a zip"),
+    "manifest-garbage": (make_zip({"mdsync.json": "{nope", "a.md": "x"}), 422, "mdsync.json"),
+    "manifest-wrong-types": (make_zip({"mdsync.json": json.dumps({"format": "mdsync-export", "version": 1,
+                                                                   "folders": [{"path": "A", "position": "x"}]}),
+                                       "A/a.md": "x"}), 422, "folders[0].position"),
+    "bad-kind": (make_zip({"a.md": "---\nid: \"x\"\ntitle: \"A\"\nkind: \"banana\"\n---\nx"}), 422, "kind"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ARCHIVES, ids=list(BAD_ARCHIVES))
+async def test_bad_archives_are_refused_and_nothing_is_written(make_client, case):
+    client = await make_client(limits__max_import_bytes=1 << 20)
+    owner, ws = await owner_and_workspace(client)
+    before = len(feed(client, ws))
+    data, status, message = BAD_ARCHIVES[case]
+    resp = await client.post(f"{API}/workspaces/{ws}/import", data=data,
+                             headers={**owner.headers, "Content-Type": "application/zip"})
+    body = await resp.json()
+    assert resp.status == status, body
+    assert resp.headers["Content-Type"].startswith("application/problem+json")
+    assert message in body["detail"], body
+    t = await tree(client, owner, ws)
+    assert t["folders"] == [] and t["documents"] == []
+    assert len(feed(client, ws)) == before
+    assert "workspace.import" not in audit_actions(client, ws)
+    assert db_rows(client, "SELECT count(*) FROM documents")[0][0] == 0
+
+
+async def test_oversized_and_wrong_bodies(make_client):
+    client = await make_client(limits__max_import_bytes=64 * 1024)
+    owner, ws = await owner_and_workspace(client)
+    big = make_zip({"big.md": random.Random(1).randbytes(200_000).hex()}, zipfile.ZIP_STORED)
+    resp = await client.post(f"{API}/workspaces/{ws}/import", data=big,
+                             headers={**owner.headers, "Content-Type": "application/zip"})
+    assert resp.status == 413 and "max_import_bytes" in (await resp.json())["detail"]
+
+    async def chunks():  # no Content-Length: counted while streaming
+        for i in range(0, len(big), 8192):
+            yield big[i:i + 8192]
+
+    resp = await client.post(f"{API}/workspaces/{ws}/import", data=chunks(),
+                             headers={**owner.headers, "Content-Type": "application/zip"})
+    assert resp.status == 413
+    resp = await client.post(f"{API}/workspaces/{ws}/import", data=b"{}",
+                             headers={**owner.headers, "Content-Type": "application/json"})
+    assert resp.status == 415
+    form = aiohttp.FormData()
+    form.add_field("other", b"x", filename="x.zip")
+    resp = await client.post(f"{API}/workspaces/{ws}/import", data=form, headers=owner.headers)
+    assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "file"
+    t = await tree(client, owner, ws)
+    assert t["documents"] == [] and t["folders"] == []
+
+
+async def test_a_document_over_the_document_limit_is_refused(make_client):
+    client = await make_client(limits__max_document_bytes=1000)
+    owner, ws = await owner_and_workspace(client)
+    body = await import_zip(client, owner, ws, make_zip({"ok.md": "x", "Big/huge.md": "y" * 1001}), expect=422)
+    assert "Big/huge.md" in body["detail"]
+    assert (await tree(client, owner, ws))["documents"] == []
+
+
+# -- who may ----------------------------------------------------------------------------------------
+async def test_roles(client):
+    owner, ws = await owner_and_workspace(client)
+    await document(client, owner, ws, "Secret", markdown="s")
+    data = make_zip({"x.md": "x"})
+    for role, status in (("admin", 200), ("editor", 403), ("viewer", 403)):
+        who = await join(client, owner, ws, role)
+        resp = await client.get(f"{API}/workspaces/{ws}/export", headers=who.headers)
+        assert resp.status == status
+        resp = await client.post(f"{API}/workspaces/{ws}/import", data=data,
+                                 headers={**who.headers, "Content-Type": "application/zip"})
+        assert resp.status == status
+    outsider = await register(client)
+    resp = await client.get(f"{API}/workspaces/{ws}/export", headers=outsider.headers)
+    assert resp.status == 404
+    resp = await client.post(f"{API}/workspaces/{ws}/import", data=data,
+                             headers={**outsider.headers, "Content-Type": "application/zip"})
+    assert resp.status == 404
+    titles = sorted(d["title"] for d in (await tree(client, owner, ws))["documents"])
+    assert titles == ["Secret", "x"]  # only the admin's import
+
+
+# -- the layout's building blocks -------------------------------------------------------------------
+@pytest.mark.parametrize("title", ["plain", 'q"uote\\', "new\nline", "\u0085\u2028 odd", "emoji 😀", ": colon #hash",
+                                   "'single'", "  spaced  ", "---"])
+def test_front_matter_round_trips_any_title(title):
+    meta = {"id": "0e3c3f8e-9a51-4f55-a8a4-2b9f8c7c5b1d", "title": title, "kind": "note",
+            "created_at": "2026-11-29T10:00:00.000000Z", "updated_at": "2026-11-29T10:00:00.000000Z"}
+    split = archive.split_front_matter(archive.front_matter(meta) + "---\nbody")
+    assert split.ours and split.meta == meta and split.markdown == "---\nbody"
+
+
+def test_safe_names_and_paths():
+    assert archive.safe_name("a/b\\c:d*e?f\"g<h>i|j") == "a_b_c_d_e_f_g_h_i_j"
+    assert archive.safe_name("..") == "untitled" and archive.safe_name("  ") == "untitled"
+    assert archive.safe_name("nul.txt") == "_nul.txt" and archive.safe_name("name. . ") == "name"
+    assert len(archive.safe_name("é" * 500).encode()) <= archive.MAX_NAME_BYTES
+    assert archive.entry_path("a\\b\\c.md") == "a/b/c.md" and archive.entry_path("./a//b/") == "a/b/"
+    for bad in ("../x", "a/../../x", "/x", "\\x", "C:x", "c:/x", "a\x00b"):
+        with pytest.raises(archive.UnsafePath):
+            archive.entry_path(bad)
+
+
+def test_attachment_links_both_ways():
+    aid = "0e3c3f8e-9a51-4f55-a8a4-2b9f8c7c5b1d"
+    files = {aid: archive.attachment_path(aid, "my pic.png")}
+    md = f"![p](/api/v1/attachments/{aid}) and <img src=\"https://x.example/api/v1/attachments/{aid}?exp=1&sig=z\">"
+    out = archive.links_to_files(md, "Projects/Sub", files)
+    assert out == (f"![p](../../attachments/{aid}/my%20pic.png) and "
+                   f"<img src=\"../../attachments/{aid}/my%20pic.png\">")
+    new = "/api/v1/attachments/11111111-2222-4333-8444-555555555555"
+    back = archive.file_links(out, "Projects/Sub", lambda path: new if path == files[aid] else None)
+    assert back == f"![p]({new}) and <img src=\"{new}\">"
+    vault = archive.file_links("![[pic.png]] [x](https://e.com/a.png) [y](../../../etc/passwd)", "",
+                               lambda path: None, lambda name: new if name == "pic.png" else None)
+    assert vault == f"![pic.png]({new}) [x](https://e.com/a.png) [y](../../../etc/passwd)"
+
+
+# -- a big workspace streams out with flat memory -----------------------------------------------------
+def _rss_kib(pid: int, field: str) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.M).group(1))
+
+
+async def test_a_5000_document_export_streams_with_flat_memory(server_process, tmp_path):
+    server = server_process(env={"MDSYNC_AUTH__REGISTRATION": "open"})
+    pid = server.proc.pid
+    rng = random.Random(5000)
+    words = ["lorem", "ipsum", "dolor", "sit", "amet", "markdown", "sync", "yjs", "folder", "zip", "über", "東京"]
+
+    def note(i: int) -> str:
+        lines = [f"# Note {i}", ""] + [" ".join(rng.choice(words) + str(rng.randrange(10**6)) for _ in range(12))
+                                       for _ in range(90)]
+        return "\n".join(lines) + "\n"
+
+    vault = make_zip({f"folder {i % 50}/note {i}.md": note(i) for i in range(5000)})
+    async with aiohttp.ClientSession() as http:
+        resp = await http.post(server.url(f"{API}/auth/register"),
+                               json={"email": "big@example.com", "password": PASSWORD, "name": "Big"})
+        headers = {"Authorization": f"Bearer {(await resp.json())['access_token']}"}
+        resp = await http.post(server.url(f"{API}/workspaces"), json={"name": "Big"}, headers=headers)
+        ws = (await resp.json())["id"]
+        resp = await http.post(server.url(f"{API}/workspaces/{ws}/import"), data=vault,
+                               headers={**headers, "Content-Type": "application/zip"})
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["documents"] == 5000
+        del vault
+
+        await asyncio.sleep(0.5)
+        baseline = _rss_kib(pid, "VmRSS")
+        peak = baseline
+        try:  # reset the kernel's peak-RSS mark, so VmHWM is the peak during the export
+            Path(f"/proc/{pid}/clear_refs").write_text("5")
+            use_hwm = True
+        except OSError:
+            use_hwm = False
+        done = threading.Event()
+
+        def sample():  # and sample RSS meanwhile, in case the mark cannot be reset
+            nonlocal peak
+            while not done.wait(0.01):
+                peak = max(peak, _rss_kib(pid, "VmRSS"))
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        out = tmp_path / "big.zip"
+        size = 0
+        try:
+            resp = await http.get(server.url(f"{API}/workspaces/{ws}/export"), headers=headers)
+            assert resp.status == 200
+            with open(out, "wb") as f:
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    f.write(chunk)
+        finally:
+            done.set()
+            sampler.join()
+        if use_hwm:
+            peak = max(peak, _rss_kib(pid, "VmHWM"))
+
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        expanded = sum(i.file_size for i in zf.infolist())
+        assert zf.testzip() is None
+    assert sum(n.endswith(".md") for n in names) == 5000 and "mdsync.json" in names
+    assert size > 20 << 20 and expanded > 60 << 20
+    growth = (peak - baseline) * 1024
+    print(f"export {size / 2**20:.1f} MiB zip ({expanded / 2**20:.1f} MiB markdown); server RSS "
+          f"{baseline / 1024:.1f} MiB → peak {peak / 1024:.1f} MiB (+{growth / 2**20:.1f} MiB)")
+    # what stays is the zip's central directory (~0.5 KiB per entry, kept by zipfile until the end),
+    # SQLite's page cache and sorter, and the few chunks in flight: nothing grows with the content
+    assert growth < size / 3, f"the server grew by {growth} bytes while streaming a {size}-byte export"
+    assert growth < expanded / 8
+    server.terminate()
+
+
+# -- the CLI on a real data dir ----------------------------------------------------------------------
+def cli(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*MDSYNC, *args, "--data-dir", str(data_dir)], input=stdin, capture_output=True,
+                          text=True, env=subprocess_env(data_dir), cwd=ROOT, timeout=120)
+
+
+def test_cli_export_and_import(tmp_path):
+    data_dir = tmp_path / "data"
+    assert cli(data_dir, "users", "create", "admin@example.com", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    for name in ("First", "Second"):
+        done = cli(data_dir, "workspaces", "create", name, "--owner", "admin@example.com")
+        assert done.returncode == 0, done.stderr
+    slugs = {row["name"]: row["slug"] for row in _rows(data_dir, "SELECT name, slug FROM workspaces")}
+
+    vault = tmp_path / "vault"
+    (vault / "Daily" / "2026").mkdir(parents=True)
+    (vault / ".obsidian").mkdir()
+    (vault / "Daily" / "2026" / "Nov 29.md").write_text("# Sunday\n\nwrote the export\n")
+    (vault / "Ideas.md").write_text("---\ntitle: Big ideas\n---\n- one\n")
+    (vault / ".obsidian" / "workspace.json").write_text("{}")
+    (vault / "pic.png").write_bytes(b"\x89PNG")
+    (vault / "outside.md").symlink_to(tmp_path / "secret.md")
+    (tmp_path / "secret.md").write_text("must not be imported")
+
+    done = cli(data_dir, "import", "--workspace", slugs["First"], str(vault))
+    assert done.returncode == 0, done.stderr
+    assert "imported 2 documents and 2 folders" in done.stdout
+    assert "pic.png" in done.stderr
+
+    first = tmp_path / "first.zip"
+    done = cli(data_dir, "export", "--workspace", slugs["First"], str(first))
+    assert done.returncode == 0, done.stderr
+    assert "exported 2 documents and 2 folders" in done.stdout
+    files = entries(first.read_bytes())
+    assert set(files) == {"Daily/", "Daily/2026/", "Daily/2026/Sunday.md", "Big ideas.md", "mdsync.json"}
+    assert files["Daily/2026/Sunday.md"].decode().endswith("---\n# Sunday\n\nwrote the export\n")
+
+    done = cli(data_dir, "import", "--workspace", slugs["Second"], str(first))
+    assert done.returncode == 0, done.stderr
+    second = tmp_path / "second.zip"
+    assert cli(data_dir, "export", "--workspace", slugs["Second"], str(second)).returncode == 0
+    a, b = comparable(files), comparable(entries(second.read_bytes()))
+    assert a[0].keys() == b[0].keys()
+    for name, data in a[0].items():  # new ids (same server), identical markdown and titles
+        x, y = archive.split_front_matter(data.decode()), archive.split_front_matter(b[0][name].decode())
+        assert (x.markdown, x.meta.get("title")) == (y.markdown, y.meta.get("title"))
+
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(make_zip({"../evil.md": "x"}))
+    done = cli(data_dir, "import", "--workspace", slugs["Second"], str(bad))
+    assert done.returncode == 1 and "leaves the archive's root" in done.stderr
+    done = cli(data_dir, "export", "--workspace", "no-such-workspace", str(tmp_path / "x.zip"))
+    assert done.returncode == 1 and "no workspace" in done.stderr
+    assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.zip.partial").exists()
+
+
+def _rows(data_dir: Path, sql: str):
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "mdsync.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
