@@ -484,3 +484,31 @@ async def test_personal_access_tokens_open_sockets_and_read_scope_is_read_only(c
     assert app[ROOMS].loaded(doc_id).text() == "pat!"
     await reader.close()
     await writer.close()
+
+
+async def test_compaction_keeps_updates_waiting_for_their_dependencies(make_client):
+    """yrs leaves updates with missing dependencies out of get_update(): compaction must carry them
+    over, or a snapshot would silently drop them."""
+    client = await make_client(collab__snapshot_after_updates=2, collab__room_grace_seconds=0.1,
+                               collab__flush_delay_seconds=0)
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id)
+    source = Doc()
+    text = source.get("markdown", type=Text)
+    updates = []
+    source.observe(lambda event: updates.append(event.update))
+    for word in ("one ", "two ", "three ", "four"):
+        text.insert(len(text), word)
+    async with app[ROOMS].use(doc_id) as room:
+        room.apply_update(updates[0], alice.id)
+        room.apply_update(updates[2], alice.id)  # needs updates[1]: waits inside the doc
+        room.apply_update(updates[3], alice.id)
+        await room.drain()
+        assert room.text() == "one "
+    assert await eventually(lambda: app[ROOMS].loaded(doc_id) is None)
+    assert app[ROOMS].stats.compactions >= 1
+    assert await app[DB].value("SELECT COUNT(*) FROM doc_snapshots WHERE document_id = ?", (doc_id,)) == 1
+    async with app[ROOMS].use(doc_id) as room:
+        room.apply_update(updates[1], alice.id)
+        assert room.text() == "one two three four"

@@ -21,11 +21,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pycrdt import Doc, Text
-from pycrdt import get_state as update_state_vector
 
 from mdsync.collab import protocol as p
 from mdsync.collab import store
 from mdsync.collab.protocol import ProtocolError
+from mdsync.collab.updates import struct_ends
 
 if TYPE_CHECKING:
     from mdsync.collab.connection import Connection
@@ -327,10 +327,11 @@ class Room:
         missing = []
         for update in self._log:
             try:
-                wanted = decode_state_vector(update_state_vector(update))
-            except Exception:
+                ends = struct_ends(update)
+            except ProtocolError:
+                missing.append(update)  # cannot tell: keeping it costs a few bytes, losing it an edit
                 continue
-            if any(have.get(client, 0) < clock for client, clock in wanted.items()):
+            if any(have.get(client, 0) < end for client, end in ends.items()):
                 missing.append(update)
         return missing
 
