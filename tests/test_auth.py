@@ -489,6 +489,24 @@ async def test_a_parallel_burst_of_guesses_gets_no_more_than_the_limit(client):
     await problem(await login(client, account.email), 429, "rate-limited")
 
 
+async def test_guessing_the_current_password_is_throttled_too(client):
+    account = await register(client)
+    for n in range(5):
+        resp = await client.post("/api/v1/me/password", headers=account.headers,
+                                 json={"current_password": f"guess {n}!!", "new_password": "a new password"})
+        await problem(resp, 403, "forbidden")
+    resp = await client.post("/api/v1/me/password", headers=account.headers,
+                             json={"current_password": PASSWORD, "new_password": "a new password"})
+    await problem(resp, 429, "rate-limited")
+    assert "Retry-After" in resp.headers
+    await problem(await login(client, account.email), 429, "rate-limited")
+    clock.advance(15 * 60 + 1)
+    account_headers = (await (await login(client, account.email)).json())["access_token"]
+    resp = await client.post("/api/v1/me/password", headers=bearer(account_headers),
+                             json={"current_password": PASSWORD, "new_password": "a new password"})
+    assert resp.status == 204
+
+
 async def test_successful_login_resets_the_failure_count(client):
     account = await register(client)
     for _ in range(4):

@@ -267,10 +267,16 @@ class AuthService:
         return store.user_json(await self.db.write(update))
 
     async def change_password(self, principal: Principal, current: str, new: str, ip: str) -> None:
+        self._check_password(new, "new_password")
+        # guessing the current password with a stolen token counts against the same per-account
+        # limit as guessing it at login
+        wait = self.failures_by_account.take(principal.email)
+        if wait is not None:
+            raise RateLimited(wait, "too many failed password checks for this account")
         user = await store.user_by_id(self.db, principal.user_id)
         if not await self.passwords.verify(user["password_hash"], current):
             raise Forbidden("the current password is incorrect")
-        self._check_password(new, "new_password")
+        self.failures_by_account.clear(principal.email)
         new_hash = await self.passwords.hash(new)
 
         def change(tx: Tx):
