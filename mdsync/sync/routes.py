@@ -20,9 +20,9 @@ from mdsync.auth.service import AuthService
 from mdsync.auth.tokens import PAT_PREFIX
 from mdsync.db import Database
 from mdsync.ops.metrics import METRICS
-from mdsync.workspaces.service import WORKSPACES
 from mdsync.sync import changes as change_log
 from mdsync.sync.feed import MAX_WAIT, Feed, decode_cursor, encode_cursor
+from mdsync.workspaces.service import WORKSPACES
 
 routes = Routes("sync")
 FEED: web.AppKey[Feed] = web.AppKey("feed", Feed)
