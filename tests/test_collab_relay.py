@@ -512,3 +512,23 @@ async def test_compaction_keeps_updates_waiting_for_their_dependencies(make_clie
     async with app[ROOMS].use(doc_id) as room:
         room.apply_update(updates[1], alice.id)
         assert room.text() == "one two three four"
+
+
+async def test_server_edit_that_raises_still_reaches_clients(collab):
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id, markdown="abc")
+    a = await YClient.connect(collab, doc_id, alice.access_token)
+    await a.wait_synced()
+
+    def half_done(text):
+        text.insert(0, "X")
+        raise RuntimeError("failed halfway")
+
+    async with app[ROOMS].use(doc_id) as room:
+        with pytest.raises(RuntimeError):
+            room.edit(half_done, alice.id)
+        assert room.text() == "Xabc"
+        assert room.edit(lambda text: None) is None
+    assert await eventually(lambda: str(a.text) == "Xabc")
+    await a.close()

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pycrdt import Doc, Text
+from pycrdt import Doc, Text, merge_updates
 
 from mdsync.collab import protocol as p
 from mdsync.collab import store
@@ -93,7 +93,9 @@ class Room:
 
     def edit(self, fn: Callable[[Text], Any], user_id: str | None = None) -> bytes | None:
         """Run `fn(text)` on the live Y.Text('markdown') in one transaction (e.g. a minimal text
-        diff) and broadcast + persist the resulting update, which is returned (None: no change)."""
+        diff) and broadcast + persist the resulting update, which is returned (None: no change).
+        If `fn` raises, what it changed before raising is still broadcast and persisted (a Yjs
+        transaction cannot roll back), then the exception propagates."""
         captured: list[bytes] = []
         subscription = self.doc.observe(lambda event: captured.append(event.update))
         try:
@@ -101,14 +103,12 @@ class Room:
                 fn(self.doc.get(TEXT_NAME, type=Text))
         finally:
             self.doc.unobserve(subscription)
-        update = b"".join(captured[:1]) if len(captured) == 1 else None
-        if update is None and captured:
-            from pycrdt import merge_updates
-            update = merge_updates(*captured)
-        if not update or update == p.EMPTY_UPDATE:
-            return None
-        self._after_apply(update, user_id, None, None)
-        return update
+            update = None
+            if captured:
+                update = captured[0] if len(captured) == 1 else merge_updates(*captured)
+                if update != p.EMPTY_UPDATE:
+                    self._after_apply(update, user_id, None, None)
+        return update if update != p.EMPTY_UPDATE else None
 
     def users(self) -> list[dict]:
         """Who is connected, from their tokens (never from awareness claims): one entry per user."""
