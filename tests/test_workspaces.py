@@ -308,3 +308,26 @@ async def test_member_of_one_workspace_cannot_reach_another(client, role):
     body = await resp.text()
     assert eve.email not in body and ws_e not in body
     assert (await client.get(f"{API}/workspaces/{ws_a}/members", headers=eve.headers)).status == 404
+
+
+async def test_resolve_and_recheck_follow_membership_and_grants(client):
+    """The interface live sockets use: resolve once, recheck after an access listener fires."""
+    from mdsync.appkeys import DB
+    from mdsync.workspaces import access
+
+    db = client.app[DB]
+    owner = await register(client)
+    ws = await make_workspace(client, owner)
+    bob = await join(client, owner, ws, "editor")
+    resp = await client.post(f"{API}/workspaces/{ws}/documents", json={"title": "D"}, headers=owner.headers)
+    doc = (await resp.json())["id"]
+    held = await access.resolve(db, bob.id, document_id=doc)
+    assert (held.role, held.workspace_id, held.document_id, held.at_least("editor")) == ("editor", ws, doc, True)
+    await client.put(f"{API}/documents/{doc}/grants/{bob.id}", json={"role": "viewer"}, headers=owner.headers)
+    now = await access.recheck(db, held)
+    assert now.role == "viewer" and not now.at_least("commenter")
+    await client.delete(f"{API}/workspaces/{ws}/members/{bob.id}", headers=owner.headers)
+    assert await access.recheck(db, held) is None
+    with pytest.raises(Exception) as caught:
+        await access.resolve(db, bob.id, workspace_id=ws)
+    assert getattr(caught.value, "status", None) == 404
