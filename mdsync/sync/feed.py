@@ -39,7 +39,7 @@ log = logging.getLogger("mdsync.sync")
 
 MAX_WAIT = 60.0        # seconds a long-poll may wait (API.md Sync)
 HEARTBEAT = 15.0       # seconds between SSE comments on a quiet stream
-CHECK_EVERY = 1.0      # how often a waiter looks whether its client is still there (no query)
+CHECK_EVERY = 1.0      # how often the feed looks whether waiting clients are still there (no query)
 ARMS_PER_QUERY = 200   # workspaces merged in one statement (SQLite allows 500 compound arms)
 OTHER_WRITERS_EVERY = 5.0   # seconds between looks for commits of other processes (CLI), while anyone waits
 WAKE_GRACE = 0.5            # how late an own commit's wake-up may be before it counts as someone else's
@@ -145,9 +145,10 @@ class Waiter:
 
     user_id: str
     session_id: str | None
+    alive: Callable[[], bool]                  # False once the client has gone away
     event: asyncio.Event = field(default_factory=asyncio.Event)
     workspaces: frozenset[str] | None = None   # None until the first read: wake on anything
-    ended: str | None = None                   # "shutdown" or "revoked": stop waiting for good
+    ended: str | None = None                   # "shutdown", "revoked" or "gone": stop for good
 
 
 @dataclass
@@ -176,20 +177,32 @@ class Feed:
         self._by_user: dict[str, set[Waiter]] = {}
         self._by_workspace: dict[str, set[Waiter]] = {}
         self._unknown: set[Waiter] = set()
-        self._outside: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         """After the database opened: learn its file name (as the writer sees it) and head."""
         rows = await self.db.all("PRAGMA database_list")
         self.database = next(row[2] for row in rows if row[1] == "main")
         self.head = await self.db.value(HEAD)
-        self._outside = asyncio.get_running_loop().create_task(self._watch_other_writers())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._watch_other_writers()), loop.create_task(self._let_go_of_the_gone())]
 
     async def stop(self) -> None:
-        if self._outside is not None:
-            self._outside.cancel()
-            await asyncio.gather(self._outside, return_exceptions=True)
-            self._outside = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _let_go_of_the_gone(self) -> None:
+        """aiohttp does not cancel a handler whose client left (`mdsync serve` runs without
+        handler cancellation): one pass a second over the waiters ends those nobody listens to."""
+        while True:
+            await asyncio.sleep(CHECK_EVERY)
+            for waiters in list(self._by_user.values()):
+                for waiter in list(waiters):
+                    if not waiter.ended and not waiter.alive():
+                        waiter.ended = "gone"
+                        waiter.event.set()
 
     async def _watch_other_writers(self) -> None:
         """Commits of another process (the admin CLI writing to a live server's database) call
@@ -271,8 +284,8 @@ class Feed:
                 waiter.event.set()
 
     # -- waiter bookkeeping -----------------------------------------------------------------
-    def _watch(self, user_id: str, session_id: str | None) -> Waiter:
-        waiter = Waiter(user_id, session_id)
+    def _watch(self, user_id: str, session_id: str | None, alive: Callable[[], bool]) -> Waiter:
+        waiter = Waiter(user_id, session_id, alive)
         self._by_user.setdefault(user_id, set()).add(waiter)
         self._unknown.add(waiter)
         if self.closed:
@@ -321,20 +334,15 @@ class Feed:
         return page
 
     @staticmethod
-    async def _sleep(waiter: Waiter, seconds: float, alive: Callable[[], bool]) -> bool:
-        """Wait for a wake-up up to `seconds`; False on timeout or when the client went away."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        while True:
-            remaining = deadline - loop.time()
-            if remaining <= 0 or not alive():
-                return False
-            try:
-                # slices only to notice a vanished client: the database is not touched here
-                await asyncio.wait_for(waiter.event.wait(), min(remaining, CHECK_EVERY))
-                return True
-            except TimeoutError:
-                continue
+    async def _sleep(waiter: Waiter, seconds: float) -> bool:
+        """Wait for a wake-up (or the end) up to `seconds`; False on timeout."""
+        if seconds <= 0:
+            return False
+        try:
+            await asyncio.wait_for(waiter.event.wait(), seconds)
+            return True
+        except TimeoutError:
+            return False
 
     # -- the two ways to read ---------------------------------------------------------------
     async def changes(self, user_id: str, session_id: str | None, since: int | None, limit: int,
@@ -345,14 +353,14 @@ class Feed:
             return await read_page(self.db, user_id, since, limit)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + min(wait, MAX_WAIT)
-        waiter = self._watch(user_id, session_id)
+        waiter = self._watch(user_id, session_id, alive)
         try:
             while True:
                 page = await self._read(waiter, since, limit)
                 if page.rows or waiter.ended:
                     return page
                 since = page.cursor   # past rows this caller cannot see: never rescanned
-                if not await self._sleep(waiter, deadline - loop.time(), alive):
+                if not await self._sleep(waiter, deadline - loop.time()) or waiter.ended == "gone":
                     return page
         finally:
             self._unwatch(waiter)
@@ -366,12 +374,12 @@ class Feed:
         heartbeat = HEARTBEAT if heartbeat is None else heartbeat
         loop = asyncio.get_running_loop()
         end = loop.time() + lifetime if lifetime is not None else math.inf
-        waiter = self._watch(user_id, session_id)
+        waiter = self._watch(user_id, session_id, alive)
         try:
             if since is None:
                 since = (await self._read(waiter, None, limit)).cursor
             last_sent = loop.time()
-            while not waiter.ended and alive() and loop.time() < end:
+            while not waiter.ended and loop.time() < end:
                 page = await self._read(waiter, since, limit)
                 since = page.cursor
                 if page.rows:
@@ -388,9 +396,7 @@ class Feed:
                         yield None
                         last_sent = loop.time()
                         continue
-                    if await self._sleep(waiter, min(last_sent + heartbeat, end) - now, alive):
-                        break          # woken: read again
-                    if not alive():
-                        return
+                    if await self._sleep(waiter, min(last_sent + heartbeat, end) - now):
+                        break          # woken (or ended): look again
         finally:
             self._unwatch(waiter)
