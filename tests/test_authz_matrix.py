@@ -16,7 +16,7 @@ HOW OTHER FEATURES JOIN THE MATRIX: add your Routes tag to COVERED_TAGS and your
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest

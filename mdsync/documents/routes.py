@@ -13,7 +13,7 @@ from mdsync.api.pagination import page
 from mdsync.api.routing import PRINCIPAL, Routes
 from mdsync.documents import models as m
 from mdsync.documents.content import CONTENT, etag_matches
-from mdsync.documents.service import DOCUMENTS, UNSET, Documents, folder_json
+from mdsync.documents.service import DOCUMENTS, UNSET, Documents
 from mdsync.documents.sharing import SHARING, grant_json, link_json
 from mdsync.workspaces.access import require, resolve_share
 

@@ -77,12 +77,13 @@ def _user_id(principal: Any) -> str | None:
 
 
 async def resolve(db, principal, *, workspace_id: str | None = None, document_id: str | None = None,
-                  folder_id: str | None = None, trashed: bool = False) -> Access:
+                  folder_id: str | None = None, trashed: bool = False, deleted: bool = False) -> Access:
     """The caller's access; NotFound when they cannot see it.
 
     `principal`: an auth Principal, a user id, or None (anonymous: never a member).
     `trashed=True` lets documents and folders in the trash resolve (reading their metadata,
-    restoring, purging); otherwise a trashed one is not found. With both `workspace_id` and a
+    restoring, purging); otherwise a trashed one is not found. `deleted=True` (workspace only)
+    lets a soft-deleted workspace resolve for its members (restoring it). With both `workspace_id` and a
     document or folder id, the document or folder must belong to that workspace.
     """
     user_id = _user_id(principal)
@@ -112,7 +113,8 @@ async def resolve(db, principal, *, workspace_id: str | None = None, document_id
     if workspace_id is not None:
         role = await db.value(
             "SELECT m.role FROM members m JOIN workspaces w ON w.id = m.workspace_id"
-            " WHERE m.workspace_id = ? AND m.user_id = ? AND w.deleted_at IS NULL", (workspace_id, user_id))
+            " WHERE m.workspace_id = ? AND m.user_id = ? AND (w.deleted_at IS NULL OR ?)",
+            (workspace_id, user_id, deleted and document_id is None and folder_id is None))
         if role is None:
             raise NotFound("no such workspace")
         return Access(user_id, workspace_id, role)
@@ -158,7 +160,7 @@ def share_token(request: web.Request) -> str | None:
 
 async def require(request: web.Request, role: str, *, workspace_id: str | None = None,
                   document_id: str | None = None, folder_id: str | None = None,
-                  trashed: bool = False, share: bool = False) -> Access:
+                  trashed: bool = False, deleted: bool = False, share: bool = False) -> Access:
     """THE permission check of every route: resolve the caller's access (404 when they cannot
     see it) and refuse (403) when their effective role is below `role`.
 
@@ -175,7 +177,7 @@ async def require(request: web.Request, role: str, *, workspace_id: str | None =
         if principal is None:
             raise NotFound("no such document")
         access = await resolve(db, principal, workspace_id=workspace_id, document_id=document_id,
-                               folder_id=folder_id, trashed=trashed)
+                               folder_id=folder_id, trashed=trashed, deleted=deleted)
     except NotFound:
         token = share_token(request) if document_id is not None else None
         if token is None:

@@ -64,8 +64,8 @@ async def delete_workspace(request: web.Request) -> web.Response:
 @routes.post("/api/v1/workspaces/{ws}/restore", "Undo a workspace delete within the grace period (owner)",
              response=m.WorkspaceOut)
 async def restore_workspace(request: web.Request) -> web.Response:
-    # a deleted workspace resolves for nobody: the service checks that the caller owns it
-    return web.json_response(await _svc(request).restore(request[PRINCIPAL].user_id, request.match_info["ws"]))
+    access = await require(request, "owner", workspace_id=request.match_info["ws"], deleted=True)
+    return web.json_response(await _svc(request).restore(access))
 
 
 @routes.post("/api/v1/workspaces/{ws}/transfer", "Make another member owner; the caller becomes admin (owner)",

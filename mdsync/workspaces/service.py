@@ -228,25 +228,20 @@ class WorkspaceService:
 
         await self.db.write(delete)
 
-    async def restore(self, user_id: str, ws_id: str) -> dict:
-        """Undo a delete within the grace period (owners of the deleted workspace only)."""
+    async def restore(self, access: Access) -> dict:
+        """Undo a delete within the grace period (owners, resolved with `deleted=True`)."""
+        ws_id = access.workspace_id
+
         def restore(tx: Tx):
-            row = tx.one("SELECT w.deleted_at, m.role FROM workspaces w JOIN members m"
-                         " ON m.workspace_id = w.id AND m.user_id = ? WHERE w.id = ?", (user_id, ws_id))
-            if row is None:
-                raise NotFound("no such workspace")
-            if row["deleted_at"] is None:
+            if not tx.execute("UPDATE workspaces SET deleted_at = NULL, purge_after = NULL, updated_at = ?"
+                              " WHERE id = ? AND deleted_at IS NOT NULL", (clock.iso(), ws_id)).rowcount:
                 raise Conflict("this workspace is not deleted")
-            if row["role"] != "owner":
-                raise Forbidden("only an owner can restore a deleted workspace")
-            tx.execute("UPDATE workspaces SET deleted_at = NULL, purge_after = NULL, updated_at = ? WHERE id = ?",
-                       (clock.iso(), ws_id))
             changes.record(tx, ws_id, "workspace", ws_id, "upsert")
-            audit.record(tx, "workspace.restore", actor_id=user_id, target_type="workspace", target_id=ws_id,
+            audit.record(tx, "workspace.restore", actor_id=access.user_id, target_type="workspace", target_id=ws_id,
                          workspace_id=ws_id)
             return tx.one("SELECT * FROM workspaces WHERE id = ?", (ws_id,))
 
-        return workspace_json(await self.db.write(restore), "owner")
+        return workspace_json(await self.db.write(restore), access.role)
 
     async def purge_expired(self) -> int:
         """Purge every deleted workspace whose grace period is over; returns how many."""
