@@ -294,7 +294,7 @@ class Documents:
         newest change-feed seq: every change to its folders and documents writes a change in the
         same transaction, so a newer seq means "rebuild". Reading the seq is one index probe.
         """
-        seq = await self.db.value("SELECT coalesce(max(seq), 0) FROM changes WHERE workspace_id = ?", (workspace_id,))
+        seq = (await self.db.lookup("SELECT coalesce(max(seq), 0) FROM changes WHERE workspace_id = ?", (workspace_id,)))[0]
         etag = f'"tree-{seq}"'
         cached = self._tree_cache.get(workspace_id)
         if cached is None or cached[0] != seq:

@@ -70,6 +70,11 @@ class Access:
         return None if self.document is None else self.document["id"]
 
 
+def _row(db):
+    """Every read here is a primary-key lookup: read it on the loop when the database offers that."""
+    return getattr(db, "lookup", None) or db.one
+
+
 def _user_id(principal: Any) -> str | None:
     if principal is None:
         return None
@@ -88,7 +93,7 @@ async def resolve(db, principal, *, workspace_id: str | None = None, document_id
     """
     user_id = _user_id(principal)
     if document_id is not None:
-        row = await db.one(
+        row = await _row(db)(
             f"SELECT {DOC_COLUMNS}, m.role AS member_role, g.role AS grant_role"
             " FROM documents d JOIN workspaces w ON w.id = d.workspace_id AND w.deleted_at IS NULL"
             " LEFT JOIN members m ON m.workspace_id = d.workspace_id AND m.user_id = ?"
@@ -101,7 +106,7 @@ async def resolve(db, principal, *, workspace_id: str | None = None, document_id
         document = {k: row[k] for k in row.keys() if k not in ("member_role", "grant_role")}
         return Access(user_id, row["workspace_id"], row["grant_role"] or row["member_role"], document)
     if folder_id is not None:
-        row = await db.one(
+        row = await _row(db)(
             "SELECT f.workspace_id, f.deleted_at, m.role FROM folders f"
             " JOIN workspaces w ON w.id = f.workspace_id AND w.deleted_at IS NULL"
             " JOIN members m ON m.workspace_id = f.workspace_id AND m.user_id = ?"
@@ -111,20 +116,20 @@ async def resolve(db, principal, *, workspace_id: str | None = None, document_id
             raise NotFound("no such folder")
         return Access(user_id, row["workspace_id"], row["role"])
     if workspace_id is not None:
-        role = await db.value(
+        row = await _row(db)(
             "SELECT m.role FROM members m JOIN workspaces w ON w.id = m.workspace_id"
             " WHERE m.workspace_id = ? AND m.user_id = ? AND (w.deleted_at IS NULL OR ?)",
             (workspace_id, user_id, deleted and document_id is None and folder_id is None))
-        if role is None:
+        if row is None:
             raise NotFound("no such workspace")
-        return Access(user_id, workspace_id, role)
+        return Access(user_id, workspace_id, row["role"])
     raise TypeError("resolve needs a workspace_id, document_id or folder_id")
 
 
 async def resolve_share(db, token: str, principal=None, *, document_id: str | None = None) -> Access:
     """The access a share token gives (NotFound when unknown, revoked, expired, or its document
     is trashed or its workspace deleted). With `document_id`, the link must be for that document."""
-    row = await db.one(
+    row = await _row(db)(
         f"SELECT {DOC_COLUMNS}, s.id AS link_id, s.role AS link_role FROM share_links s"
         " JOIN documents d ON d.id = s.document_id AND d.deleted_at IS NULL"
         " JOIN workspaces w ON w.id = d.workspace_id AND w.deleted_at IS NULL"
@@ -141,7 +146,7 @@ async def recheck(db, access: Access) -> Access | None:
     when they lost it. For long-lived connections (sockets) holding an Access."""
     try:
         if access.share_link_id is not None:
-            row = await db.one("SELECT 1 FROM share_links s JOIN documents d ON d.id = s.document_id"
+            row = await _row(db)("SELECT 1 FROM share_links s JOIN documents d ON d.id = s.document_id"
                                " JOIN workspaces w ON w.id = d.workspace_id"
                                " WHERE s.id = ? AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > ?)"
                                " AND d.deleted_at IS NULL AND w.deleted_at IS NULL",
