@@ -388,3 +388,25 @@ async def test_restore_with_if_match_keeps_what_others_typed_since(client, team)
     items = await wait_versions(client, viewer, doc["id"], before + 1)
     assert items[0]["kind"] == "auto" and owner.id in [a["id"] for a in items[0]["authors"]]
     await y.close()
+
+
+async def test_big_diff_matches_difflib_and_leaves_the_server_responsive(client, team):
+    owner, editor, viewer, ws = team
+    old = "".join(f"line {i} of a long document\n" for i in range(6000))        # ~170 KB: the process pool
+    new = old.replace("line 10 ", "LINE 10 ").replace("line 5000 of", "line five thousand of") + "end\n"
+    doc = await document(client, owner, ws, markdown=old)
+    v1 = await named(client, owner, doc["id"], "old")
+    resp = await client.put(f"{API}/documents/{doc['id']}/content", data=new.encode(),
+                            headers={**owner.headers, "Content-Type": "text/markdown"})
+    assert resp.status == 200
+    v2 = await named(client, owner, doc["id"], "new")
+    diff = asyncio.ensure_future(client.get(f"{API}/documents/{doc['id']}/diff", params={"from": v1["id"], "to": v2["id"]},
+                                            headers=viewer.headers))
+    health = await client.get("/healthz")  # answered while the diff is being computed
+    assert health.status == 200
+    resp = await diff
+    body = await resp.json()
+    expected = list(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                         fromfile=f"version/{v1['id']}", tofile=f"version/{v2['id']}"))
+    assert body["unified"] == "".join(expected)
+    assert body["stats"] == {"added": 3, "removed": 2}

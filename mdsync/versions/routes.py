@@ -21,7 +21,7 @@ from mdsync.appkeys import DB
 from mdsync.config import Settings
 from mdsync.documents.models import DocumentOut
 from mdsync.documents.service import DOCUMENTS
-from mdsync.versions import store
+from mdsync.versions import store, textdiff
 from mdsync.versions.scheduler import Scheduler
 from mdsync.versions.service import VERSIONS, Versions
 from mdsync.workspaces.access import require, resolve
@@ -143,6 +143,7 @@ def install(app: web.Application, settings: Settings) -> Versions:
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+        textdiff.shutdown()
 
     app.cleanup_ctx.append(tasks)
     return versions

@@ -18,7 +18,6 @@ before an import replaces the content.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from typing import Any
@@ -33,10 +32,6 @@ from mdsync.versions import policy, store, textdiff
 from mdsync.versions.scheduler import Bursts
 
 log = logging.getLogger("mdsync.versions")
-
-# Texts above this many characters are diffed in an executor, so a big diff never stalls the loop.
-EXECUTOR_CHARS = 64 * 1024
-
 
 class Versions:
     def __init__(self, app: web.Application, db: Database):
@@ -153,11 +148,7 @@ class Versions:
         else:
             new = await self.of_document(document_id, to_id)
             new_markdown, tofile = new["markdown"], f"version/{to_id}"
-        args = (old["markdown"], new_markdown, f"version/{from_id}", tofile)
-        if len(old["markdown"]) + len(new_markdown) > EXECUTOR_CHARS:
-            result = await asyncio.get_running_loop().run_in_executor(None, textdiff.unified, *args)
-        else:
-            result = textdiff.unified(*args)
+        result = await textdiff.run(old["markdown"], new_markdown, f"version/{from_id}", tofile)
         return {"from": from_id, "to": to_id, "unified": result.unified,
                 "stats": {"added": result.added, "removed": result.removed}}
 
