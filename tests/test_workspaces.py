@@ -331,3 +331,17 @@ async def test_resolve_and_recheck_follow_membership_and_grants(client):
     with pytest.raises(Exception) as caught:
         await access.resolve(db, bob.id, workspace_id=ws)
     assert getattr(caught.value, "status", None) == 404
+
+
+async def test_the_purger_runs_by_itself(make_client):
+    import asyncio
+
+    client = await make_client(workspaces__purge_grace_seconds=0, workspaces__purge_interval=0.05)
+    owner = await register(client)
+    ws = await make_workspace(client, owner)
+    assert (await client.delete(f"{API}/workspaces/{ws}", headers=owner.headers)).status == 204
+    for _ in range(200):  # bounded: at most ~10 s
+        if not db_rows(client, "SELECT 1 FROM workspaces WHERE id = ?", (ws,)):
+            break
+        await asyncio.sleep(0.05)
+    assert db_rows(client, "SELECT 1 FROM workspaces WHERE id = ?", (ws,)) == []
