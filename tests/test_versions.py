@@ -410,3 +410,25 @@ async def test_big_diff_matches_difflib_and_leaves_the_server_responsive(client,
                                          fromfile=f"version/{v1['id']}", tofile=f"version/{v2['id']}"))
     assert body["unified"] == "".join(expected)
     assert body["stats"] == {"added": 3, "removed": 2}
+
+
+async def test_rest_and_http_yjs_writers_are_authors(client, team):
+    from pycrdt import Doc, Text
+
+    owner, editor, viewer, ws = team
+    doc = await document(client, owner, ws, markdown="start\n")
+    resp = await client.put(f"{API}/documents/{doc['id']}/content", data=b"start\nrest line\n",
+                            headers={**editor.headers, "Content-Type": "text/markdown"})
+    assert resp.status == 200
+    # a device without a socket: pull the state, edit locally, push the update
+    resp = await client.get(f"{API}/documents/{doc['id']}/yjs", headers=owner.headers)
+    local = Doc()
+    local.apply_update(await resp.read())
+    before = local.get_state()
+    local.get("markdown", type=Text).insert(0, "yjs line\n")
+    resp = await client.post(f"{API}/documents/{doc['id']}/yjs", data=local.get_update(before),
+                             headers={**owner.headers, "Content-Type": "application/octet-stream"})
+    assert resp.status == 204, await resp.text()
+    items = await wait_versions(client, viewer, doc["id"], 1)
+    assert {a["id"] for a in items[0]["authors"]} == {editor.id, owner.id}
+    assert (await version(client, viewer, items[0]["id"]))["markdown"] == "yjs line\nstart\nrest line\n"
