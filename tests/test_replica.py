@@ -14,6 +14,7 @@ import uuid
 
 import aiohttp
 import pytest
+from pycrdt import Doc, Text
 
 from mdsync.ops import replica
 from tests.conftest import MDSYNC, PASSWORD, ROOT
@@ -67,8 +68,28 @@ class Writer:
                 async with http.get(f"{base}/api/v1/documents/{doc['id']}/content", headers=headers) as got:
                     stored = await got.text()
                 record.update(workspace=ws["id"], document=doc["id"], markdown=stored)
+                await self._edit_over_yjs(http, base, headers, record)
         self.users[email] = record
         return record
+
+    async def _edit_over_yjs(self, http, base, headers, record) -> None:
+        """With real-time editing in: one more edit as a Yjs update; the expected state is then
+        the Y.Text('markdown') of the document, and its markdown the same text."""
+        url = f"{base}/api/v1/documents/{record['document']}/yjs"
+        async with http.get(url, headers=headers) as resp:
+            if resp.status != 200:
+                return
+            state = await resp.read()
+        doc = Doc()
+        doc.apply_update(state)
+        before = doc.get_state()
+        text = doc.get("markdown", type=Text)
+        text += f"\nedited over Yjs {uuid.uuid4().hex[:8]}\n"
+        async with http.post(url, data=doc.get_update(before), headers={**headers,
+                             "Content-Type": "application/octet-stream"}) as resp:
+            assert resp.status == 204, await resp.text()
+        record["yjs_text"] = str(text)
+        record["markdown"] = str(text)
 
     async def verify(self, http: aiohttp.ClientSession, base: str, emails=None) -> None:
         for email in emails if emails is not None else self.users:
@@ -83,6 +104,11 @@ class Writer:
                                     headers=headers) as resp:
                     assert resp.status == 200
                     assert await resp.text() == record["markdown"]
+            if "yjs_text" in record:
+                async with http.get(f"{base}/api/v1/documents/{record['document']}/yjs", headers=headers) as resp:
+                    doc = Doc()
+                    doc.apply_update(await resp.read())
+                assert str(doc.get("markdown", type=Text)) == record["yjs_text"]
 
 
 async def readyz(http: aiohttp.ClientSession, base: str) -> dict:
@@ -130,6 +156,7 @@ async def test_restore_drill_end_to_end(tmp_path, s3, server_process):
         assert state["replica"]["running"] and state["replica"]["pid"]
         for _ in range(5):
             await writer.user(http, server.base)
+        assert all("yjs_text" in r for r in writer.users.values()), "documents and their Yjs state are in the drill"
         # the contract: a commit reaches the replica within 5 s, while the server keeps running
         await wait_for(lambda: replicated(http, server.base), 5, "the replica to catch up")
         assert (await readyz(http, server.base))["replica"]["lag_seconds"] < 5
