@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import time
@@ -288,3 +289,30 @@ async def test_restore_as_of_a_timestamp(tmp_path, s3, server_process):
     # a timestamp is for the replica only
     result = cli(tmp_path / "x", "restore", "--from-file", str(tmp_path / "f.tar"), "--timestamp", moment)
     assert result.returncode == 1 and "--from-replica only" in result.stderr
+
+
+async def test_readyz_reports_a_replica_that_cannot_upload(tmp_path, server_process):
+    from tests.s3server import free_port
+
+    dead = f"s3://nowhere/db?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1&forcePathStyle=true"
+    server = server_process(tmp_path / "live", env={"MDSYNC_REPLICA__URL": dead, "MDSYNC_REPLICA__MAX_LAG": "1",
+                                                    "MDSYNC_REPLICA__SHUTDOWN_TIMEOUT": "2",
+                                                    "MDSYNC_AUTH__REGISTRATION": "open"})
+    writer = Writer()
+    async with aiohttp.ClientSession() as http:
+        await writer.user(http, server.base)
+
+        async def unready():
+            async with http.get(f"{server.base}/readyz") as resp:
+                body = await resp.json()
+                return body if resp.status == 503 else None
+
+        body = await wait_for(unready, 15, "/readyz to report the replica behind")
+        state = body["checks"]["replica"]
+        assert state["ok"] is False and state["running"] is True and state["lag_seconds"] > 1
+        assert body["checks"]["database"]["ok"] is True
+        async with http.get(f"{server.base}/metrics") as resp:
+            text = await resp.text()
+        lag = float(re.search(r"^mdsync_replica_lag_seconds (\S+)$", text, re.M).group(1))
+        assert lag > 1
+    assert server.terminate() == 0, server.rest_of_output()
