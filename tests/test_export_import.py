@@ -328,6 +328,62 @@ async def test_roles(client):
     assert titles == ["Secret", "x"]  # only the admin's import
 
 
+# -- live documents ----------------------------------------------------------------------------------
+async def test_export_has_the_live_text_of_an_open_document(client, settings):
+    from mdsync.collab.rooms import ROOMS
+    from tests.collab_helpers import YClient, eventually
+
+    owner, ws = await owner_and_workspace(client)
+    d = await document(client, owner, ws, "Live", markdown="base\n")
+    y = await YClient.connect(client, d["id"], owner.access_token)
+    await y.wait_synced()
+    y.insert(len(str(y.text)), "typed just now\n")
+    room = client.app[ROOMS]
+    assert await eventually(lambda: room.loaded(d["id"]) is not None
+                            and room.loaded(d["id"]).text() == "base\ntyped just now\n")
+    files = entries(await export_zip(client, owner, ws))  # no waiting for the projection
+    assert archive.split_front_matter(files["Live.md"].decode()).markdown == "base\ntyped just now\n"
+    await room.loaded(d["id"]).drain()
+
+    # the CLI, beside the running server, rebuilds it from the committed Yjs updates
+    out = settings.data_dir.parent / "cli.zip"
+    proc = await asyncio.create_subprocess_exec(
+        *MDSYNC, "export", "--workspace", ws, str(out), "--data-dir", str(settings.data_dir),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=subprocess_env(settings.data_dir), cwd=ROOT)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    files = entries(out.read_bytes())
+    assert archive.split_front_matter(files["Live.md"].decode()).markdown == "base\ntyped just now\n"
+    await y.close()
+
+
+async def test_a_client_that_leaves_mid_export_stops_it(client, caplog):
+    import base64
+    import logging
+
+    caplog.set_level(logging.INFO, logger="mdsync.transfer")
+    owner, ws = await owner_and_workspace(client)
+    rng = random.Random(7)
+    # ~15 MB of barely compressible markdown: more than socket buffers hold
+    vault = make_zip({f"n{i}.md": base64.b64encode(rng.randbytes(37_500)).decode() for i in range(400)})
+    await import_zip(client, owner, ws, vault)
+    resp = await client.get(f"{API}/workspaces/{ws}/export", headers=owner.headers)
+    assert resp.status == 200
+    await resp.content.readexactly(64 * 1024)
+    resp.close()  # the client goes away with most of the zip unsent
+
+    def exporting() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "mdsync-export"]
+
+    deadline = time.monotonic() + 10
+    while exporting() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert exporting() == []
+    assert any("stopped after" in r.getMessage() for r in caplog.records)
+    # and the server goes on serving exports
+    assert len(entries(await export_zip(client, owner, ws))) == 401
+
+
 # -- the layout's building blocks -------------------------------------------------------------------
 @pytest.mark.parametrize("title", ["plain", 'q"uote\\', "new\nline", "\u0085\u2028 odd", "emoji 😀", ": colon #hash",
                                    "'single'", "  spaced  ", "---"])
