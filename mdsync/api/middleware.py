@@ -18,7 +18,7 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-ALLOW_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match, X-Request-Id, X-Mdsync-Workspace, X-Mdsync-Context, x-api-key, anthropic-version"
+ALLOW_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match, X-Request-Id, X-Mdsync-Workspace, X-Mdsync-Context, X-Mdsync-Share, x-api-key, anthropic-version"
 EXPOSE_HEADERS = "ETag, Retry-After, X-Request-Id, Location, Content-Disposition"
 ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
