@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from datetime import timedelta
 from typing import Any
 
 from aiohttp import web
@@ -179,15 +180,27 @@ class Versions:
 
     # -- thinning ----------------------------------------------------------------------------
     async def prune(self, dry_run: bool = False) -> list[dict[str, Any]]:
-        removed = await self.db.write(prune, clock.now(), dry_run)
+        """The periodic thinning: decide in one job, delete in small ones (a first prune of a
+        long history must not hold the single writer for seconds)."""
+        removed = await self.db.write(prune, clock.now(), True)
+        if not dry_run:
+            for start in range(0, len(removed), PRUNE_BATCH):
+                await self.db.write(store.delete, removed[start:start + PRUNE_BATCH])
         log_removed(removed, dry_run)
         return removed
 
 
+PRUNE_BATCH = 500
+
+
 def prune(tx: Tx, now, dry_run: bool = False) -> list[dict[str, Any]]:
     """The thinning job (periodic task and `mdsync versions prune`): remove the automatic
-    versions `policy.keep` does not name; answers what it removed (or would, with dry_run)."""
-    rows = store.auto_versions_before(tx, clock.iso(now - policy.KEEP_ALL))
+    versions `policy.keep` does not name; answers what it removed (or would, with dry_run).
+
+    Only versions older than the end of the hour that holds "24 h ago" are read: younger ones are
+    all kept and share no hour or day with an older one, except within that hour."""
+    horizon = (now - policy.KEEP_ALL).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    rows = store.auto_versions_before(tx, clock.iso(horizon))
     by_document: dict[str, list[Any]] = {}
     for row in rows:
         by_document.setdefault(row["document_id"], []).append(row)
@@ -197,7 +210,8 @@ def prune(tx: Tx, now, dry_run: bool = False) -> list[dict[str, Any]]:
         removed.extend(r for r in versions if r["id"] in gone)
     if not dry_run:
         store.delete(tx, removed)
-    return [{"id": r["id"], "document_id": r["document_id"], "created_at": r["created_at"]} for r in removed]
+    return [{"id": r["id"], "document_id": r["document_id"], "workspace_id": r["workspace_id"],
+             "created_at": r["created_at"]} for r in removed]
 
 
 def log_removed(removed: list[dict[str, Any]], dry_run: bool = False) -> None:

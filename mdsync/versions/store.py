@@ -68,11 +68,9 @@ async def latest_markdown(db: Database, document_id: str) -> str | None:
 
 
 def auto_versions_before(tx: Tx, before: str) -> list[Any]:
-    """Every automatic version of documents that have one older than `before`, oldest first:
-    the input of thinning (it needs a bucket's younger versions too)."""
+    """The automatic versions created before `before`, by document, oldest first."""
     return tx.all("SELECT id, document_id, workspace_id, created_at FROM versions WHERE kind = 'auto'"
-                  " AND document_id IN (SELECT DISTINCT document_id FROM versions WHERE kind = 'auto'"
-                  " AND created_at < ?) ORDER BY document_id, created_at, id", (before,))
+                  " AND created_at < ? ORDER BY document_id, created_at, id", (before,))
 
 
 def delete(tx: Tx, rows: list[Any]) -> None:
