@@ -313,3 +313,27 @@ async def test_projection_is_stored_when_the_room_closes(make_client):
     await live.close()
     await wait_unloaded(client, doc_id, timeout=1.5)
     assert await stored_markdown(client, doc_id) == "typed then left\n"
+
+
+async def test_metadata_etag_is_the_content_etag_also_after_a_restart(make_client, tmp_path):
+    data_dir = tmp_path / "restart"
+    client = await make_client(data_dir=data_dir, collab__room_grace_seconds=0.1)
+    owner, _, doc_id = await setup_doc(client, "v1\n")
+    assert (await put_content(client, owner, doc_id, "v2\n")).status == 200
+    await wait_unloaded(client, doc_id)
+    text, etag = await get_content(client, owner, doc_id)
+    meta = await (await client.get(f"{API}/documents/{doc_id}", headers=owner.headers)).json()
+    assert (text, meta["etag"]) == ("v2\n", etag)
+    await client.close()
+    # a new process on the same data: same ETag, served from the exact projection (no room load)
+    client = await make_client(data_dir=data_dir)
+    meta = await (await client.get(f"{API}/documents/{doc_id}", headers=owner.headers)).json()
+    assert meta["etag"] == etag
+    assert await get_content(client, owner, doc_id) == ("v2\n", etag)
+    assert client.server.app[ROOMS].loaded(doc_id) is None
+    # and that ETag still merges in the new process
+    resp = await put_content(client, owner, doc_id, "v0\nv2\n", etag)
+    assert resp.status == 200 and await resp.text() == "v0\nv2\n"
+    metrics = await (await client.get("/metrics")).text()
+    assert 'mdsync_content_writes_total{result="diff"} 1.0' in metrics
+    assert "mdsync_collab_projection_lag_seconds_count 1.0" in metrics

@@ -328,6 +328,15 @@ class YjsContent:
         while len(self.heads) > 100000:
             self.heads.popitem(last=False)
 
+    async def load_heads(self) -> None:
+        """At startup: the ETags of the projections that are exactly their document's stored state."""
+        rows = await self.db.all(
+            "SELECT h.document_id, h.etag FROM content_heads h WHERE h.crdt_seq ="
+            " max(coalesce((SELECT seq FROM doc_snapshots s WHERE s.document_id = h.document_id), 0),"
+            "     coalesce((SELECT max(seq) FROM doc_updates u WHERE u.document_id = h.document_id), 0))")
+        for row in rows[-100000:]:
+            self.note_head(row["document_id"], row["etag"])
+
     def etag(self, doc: Any) -> str:
         """The ETag shown in document metadata (synchronous): the live state's when the room is
         loaded, else the last known projection's; the content revision when neither is known."""
@@ -422,8 +431,8 @@ class YjsContent:
 
     @staticmethod
     async def _merge(room: Room, base: Doc, markdown: str, user_id: str | None) -> None:
-        """Replay base→markdown on `base` (a private fork at the served state, under a fresh client
-        id) and apply what the live document lacks of it. The live state vector is read at the
+        """Replay base→markdown on `base` (a private fork at the served state, editing as the
+        client id `merge_client_id` derived) and apply what the live document lacks of it. The live state vector is read at the
         instant the update is applied."""
         if base.client_id in decode_state_vector(base.get_state()):
             # the derived id already edits the base (a 1 in 2^31 chance): any unused id will do
@@ -433,6 +442,8 @@ class YjsContent:
         text = base.get(TEXT_NAME, type=Text)
         old = str(text)
         ops = await text_ops_async(old, markdown)
+        if not ops:
+            return  # the body is the base: nothing of the client's to merge
         with base.transaction(origin="mdsync-merge"):
             apply_text_diff(text, markdown, old, ops)
         update = base.get_update(room.doc.get_state())

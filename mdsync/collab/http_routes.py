@@ -128,6 +128,8 @@ def install(app: web.Application, settings: Settings, db: Database) -> None:
     rooms.close_hooks.append(projector.on_close)
 
     async def collector(app: web.Application):
+        await content.load_heads()  # document metadata shows content ETags from the first request on
+
         async def sweep():
             while True:
                 try:
