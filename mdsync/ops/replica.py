@@ -214,10 +214,10 @@ class Supervisor:
             timeout=aiohttp.ClientTimeout(total=max(self.settings.replica.poll_interval * 3, 5)))
         self._tasks = [asyncio.create_task(self._run(), name="litestream-supervisor"),
                        asyncio.create_task(self._poll_loop(), name="litestream-poll")]
-        # replication is under way before the server answers: litestream only does a final sync on
-        # SIGTERM for a database it has initialized, which its first sync does; force that now
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not await self._sync_once():
+        # litestream is up before the server answers (bounded: an unreachable bucket must not hold
+        # the server back; litestream's first sync may retry S3 for a long while)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (self.running and self.sock.exists()):
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
@@ -226,7 +226,9 @@ class Supervisor:
         self._wake.set()
         proc = self.proc
         if proc is not None and proc.returncode is None:
-            await self._sync_once()  # a litestream restarted moments ago may not have initialized yet
+            # litestream makes its final sync on SIGTERM only for a database it has initialized (its
+            # first sync does that): one started or restarted moments ago may not have yet
+            await self._sync_once()
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), self.settings.replica.shutdown_timeout)
