@@ -66,6 +66,8 @@ def comparable(files: dict[str, bytes]) -> tuple[dict, dict]:
     manifest = json.loads(files["mdsync.json"])
     for key in ("exported_at", "workspace"):
         manifest.pop(key)
+    for doc in manifest["documents"]:
+        doc.pop("versions")  # the history stays with the server that made it
     return {k: v for k, v in files.items() if k != "mdsync.json"}, manifest
 
 
@@ -152,6 +154,18 @@ async def test_round_trip_into_a_fresh_server_is_lossless(client, make_client):
     # exported again: the same files, the same metadata
     second = await export_zip(other, owner2, ws2)
     assert comparable(entries(second)) == comparable(files)
+
+
+async def test_the_version_list_is_in_mdsync_json(client):
+    owner, ws = await owner_and_workspace(client)
+    d = await document(client, owner, ws, "Versioned", markdown="v1\n")
+    resp = await client.post(f"{API}/documents/{d['id']}/versions", json={"label": "first draft"},
+                             headers=owner.headers)
+    assert resp.status == 201, await resp.text()
+    version = await resp.json()
+    manifest = json.loads(entries(await export_zip(client, owner, ws))["mdsync.json"])
+    listed = manifest["documents"][0]["versions"]
+    assert [(v["id"], v["kind"], v["label"]) for v in listed] == [(version["id"], "named", "first draft")]
 
 
 async def test_importing_the_same_export_twice_makes_new_ids(client):
@@ -549,6 +563,14 @@ def test_cli_export_and_import(tmp_path):
     bad.write_bytes(make_zip({"../evil.md": "x"}))
     done = cli(data_dir, "import", "--workspace", slugs["Second"], str(bad))
     assert done.returncode == 1 and "leaves the archive's root" in done.stderr
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "bad\x01name.md").write_text("a control character in a file name")
+    done = cli(data_dir, "import", "--workspace", slugs["Second"], str(odd))
+    assert done.returncode == 1 and "control characters" in done.stderr
+    second_docs = _rows(data_dir, "SELECT count(*) FROM documents d JOIN workspaces w ON w.id = d.workspace_id"
+                                  f" WHERE w.slug = '{slugs['Second']}'")[0][0]
+    assert second_docs == 2  # the refused imports wrote nothing
     done = cli(data_dir, "export", "--workspace", "no-such-workspace", str(tmp_path / "x.zip"))
     assert done.returncode == 1 and "no workspace" in done.stderr
     assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.zip.partial").exists()
