@@ -4,6 +4,7 @@ headers, hides /metrics and keeps tokens out of its log; deploy/install.sh is id
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,29 @@ from tests.conftest import PASSWORD, ROOT
 from tests.s3server import free_port
 
 UNIT = ROOT / "systemd" / "mdsync.service"
+INTEROP = ROOT / "tests" / "interop"
+# two y-websocket providers on one document through the proxy: one types, the other must see it
+Y_WEBSOCKET_THROUGH_PROXY = """
+import * as Y from 'yjs'
+import { WebsocketProvider } from 'y-websocket'
+import WebSocket from 'ws'
+const cfg = JSON.parse(process.argv[1])
+setTimeout(() => { console.log(JSON.stringify({ error: 'timeout' })); process.exit(2) }, 30000).unref()
+const open = () => {
+  const doc = new Y.Doc()
+  const provider = new WebsocketProvider(cfg.url, cfg.doc, doc, { WebSocketPolyfill: WebSocket,
+    params: { token: cfg.token }, disableBc: true })
+  return { doc, provider, text: doc.getText('markdown'), synced: new Promise((ok) => provider.on('sync', (s) => s && ok())) }
+}
+const a = open(), b = open()
+await Promise.all([a.synced, b.synced])
+a.text.insert(a.text.length, 'typed through caddy\\n')
+const end = Date.now() + 20000
+while (b.text.toString() !== a.text.toString() && Date.now() < end) await new Promise((r) => setTimeout(r, 10))
+console.log(JSON.stringify({ a: a.text.toString(), b: b.text.toString() }))
+a.provider.destroy(); b.provider.destroy()
+process.exit(0)
+"""
 
 
 def unit_settings() -> dict[str, list[str]]:
@@ -157,6 +181,15 @@ async def test_caddy_in_front_of_mdsync(caddy_in_front):
             message = await ws_conn.receive(timeout=10)
             assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             assert ws_conn.close_code == 4401
+    # the real npm client (yjs + y-websocket's WebsocketProvider) through the proxy
+    if shutil.which("node") and (INTEROP / "node_modules" / "y-websocket").is_dir():
+        result = subprocess.run(["node", "--input-type=module", "-e", Y_WEBSOCKET_THROUGH_PROXY,
+                                 json.dumps({"url": f"{caddy.base.replace('http', 'ws')}/ws/docs", "doc": doc,
+                                             "token": token})],
+                                cwd=INTEROP, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        texts = json.loads(result.stdout.strip().splitlines()[-1])
+        assert texts["a"] == texts["b"] and "through caddy" in texts["a"] and texts["a"].startswith("# Hello")
     caddy.stop()
     log = caddy.log.read_text()
     assert "/ws/docs/" in log, "caddy logged no access lines"
