@@ -26,13 +26,14 @@ from typing import Any
 from aiohttp import web
 
 from mdsync import clock
-from mdsync.api.errors import Conflict, NotFound, ValidationFailed
+from mdsync.api.errors import Conflict, NotFound, PreconditionFailed, TooLarge, ValidationFailed
 from mdsync.documents.content import CONTENT
 from mdsync.db import Database, Tx
 from mdsync.versions import policy, store, textdiff
 from mdsync.versions.scheduler import Bursts
 
 log = logging.getLogger("mdsync.versions")
+
 
 class Versions:
     def __init__(self, app: web.Application, db: Database):
@@ -49,10 +50,10 @@ class Versions:
     # -- recording ---------------------------------------------------------------------------
     async def markdown_and_state(self, room) -> tuple[str, bytes]:
         """The room's markdown and whole Yjs state, taken in one loop step (no await between)."""
-        state = room.encode_state()
         if await self._content_model(room.document_id) == "text":
-            return room.text(), state
+            return room.text(), room.encode_state()
         # a TipTap document: its markdown is the projection the collaboration feature stores
+        state = room.encode_state()
         markdown = await self.db.value("SELECT markdown FROM documents WHERE id = ?", (room.document_id,))
         return markdown or "", state
 
@@ -170,9 +171,9 @@ class Versions:
                                        access.user_id)
             try:
                 await self.app[CONTENT].write(document, version["markdown"], if_match, access)
-            except BaseException:
-                # refused (412 stale If-Match, 413): nothing was restored, so no "before restoring"
-                # version either; its authors go back to the open burst
+            except (PreconditionFailed, TooLarge):
+                # refused before any edit (stale If-Match, too large): nothing was restored, so no
+                # "before restoring" version either; its authors go back to the open burst
                 await self.db.write(store.remove, before["id"])
                 self._digests.pop(document["id"], None)
                 self.bursts.give_back(document["id"], [a["id"] for a in before["authors"]])
