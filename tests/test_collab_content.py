@@ -337,3 +337,30 @@ async def test_metadata_etag_is_the_content_etag_also_after_a_restart(make_clien
     metrics = await (await client.get("/metrics")).text()
     assert 'mdsync_content_writes_total{result="diff"} 1.0' in metrics
     assert "mdsync_collab_projection_lag_seconds_count 1.0" in metrics
+
+
+async def test_collection_keeps_the_chain_a_retained_etag_builds_on(make_client):
+    client = await make_client(sync__etag_retention_days=0.001)  # 86.4 s
+    owner, _, doc_id = await setup_doc(client, "a\n")
+    _, first = await get_content(client, owner, doc_id)            # a whole state
+    assert (await put_content(client, owner, doc_id, "a\nb\n")).status == 200  # a delta after it
+    clock.advance(100)
+    assert (await put_content(client, owner, doc_id, "a\nb\nc\n")).status == 200
+    base, recent = await get_content(client, owner, doc_id)        # a delta, still in the window
+    states = client.server.app[STATES]
+    await states.collect()
+    db = client.server.app[DB]
+    kept = await db.all("SELECT seq, full FROM content_states WHERE document_id = ? ORDER BY seq", (doc_id,))
+    assert kept[0]["full"] == 1 and len(kept) >= 2  # the expired whole state stays: `recent` needs it
+    assert (await put_content(client, owner, doc_id, "a\nb\nc\nd\n")).status == 200
+    resp = await put_content(client, owner, doc_id, "0\n" + base, recent)
+    assert resp.status == 200 and await resp.text() == "0\na\nb\nc\nd\n"
+    assert (await put_content(client, owner, doc_id, "x", first)).status == 412
+    # once nothing of a document is in the window, all of it goes
+    clock.advance(100)
+    await states.collect()
+    assert await db.value("SELECT count(*) FROM content_states WHERE document_id = ?", (doc_id,)) == 0
+    text, fresh = await get_content(client, owner, doc_id)
+    assert (await put_content(client, owner, doc_id, "y\n")).status == 200
+    resp = await put_content(client, owner, doc_id, text + "z\n", fresh)
+    assert resp.status == 200 and await resp.text() == "y\nz\n"

@@ -13,6 +13,12 @@ markdown lives in `Y.Text('markdown')` (tiptap documents go to the simple backen
   is merged into the live document: both sides' edits survive. Unknown or expired ETag: 412.
 - `States`: the served states behind recent ETags (table content_states; see migration 0005 for
   the chain layout and why it is not Yjs snapshots), with retention and garbage collection.
+  Measured on a 57 KB document (138 KB of Yjs state) served 300 times, 40 keystrokes apart:
+  a whole state per ETag would store 28 MB, the chain stores 1.8 MB (9 whole states, the rest
+  deltas, which carry the delete set: about what state vector + delete set snapshots would cost,
+  without turning GC off in every live document).
+- A stale-base merge edits as a client id derived from the ETag and the body, so a retried PUT
+  yields the very same Yjs items (ignored the second time) instead of a second copy of its text.
 """
 
 from __future__ import annotations
