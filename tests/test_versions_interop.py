@@ -136,7 +136,7 @@ async def test_restore_while_a_client_types_in_paragraph_three(client, link):
         assert replaced == f"Paragraph ONE, vandalised!\n\n{p2}\n\n{p3}\n\n{p4}\n"
     else:  # at least the first 20 had arrived (typing went on while the request travelled), and
         # the restore kept every one of them
-        arrived = next(k for k in range(20, 81)
-                       if replaced == f"Paragraph ONE, vandalised!\n\n{p2}\n\n{p3}{''.join(result['typed'][:k])}"
-                                      f"\n\n{p4}\n"), None)
+        arrived = next((k for k in range(20, 81)
+                        if replaced == f"Paragraph ONE, vandalised!\n\n{p2}\n\n{p3}{''.join(result['typed'][:k])}"
+                                       f"\n\n{p4}\n"), None)
         assert arrived is not None and arrived >= 20, replaced
