@@ -67,31 +67,33 @@ def b64(data: bytes) -> str:
 # -- REST content writes with real npm clients -------------------------------------------------
 @needs_node
 async def test_stale_put_while_an_npm_client_types_keeps_both_edits(client):
-    owner, _, doc_id = await setup_doc(client, "# Notes\n\nan obsolete line\n\n")
+    owner, _, doc_id = await setup_doc(client, "# Notes 😀\n\nan obsolete line\n\n")
     result = await run_node("stale", {**bases(client), "doc": doc_id, "token": owner.access_token}, timeout=60)
     put = result["put"]
     assert put["status"] == 200, put
     final = result["get"]
     assert final == result["a"] == result["fresh"]
     # the REST edit: a new first line, a word removed from the base it read
-    assert final.startswith("REST-EDIT\n# Notes\n\nan line\n\n")
+    assert final.startswith("REST-EDIT\n# Notes 😀\n\nan line\n\n")
     assert "obsolete" not in final
     # the live typist's edits: every token, in order, none lost and none doubled, including those
     # typed between the GET and the PUT (which the PUT's body did not contain)
-    assert final == "REST-EDIT\n# Notes\n\nan line\n\n" + "".join(result["typed"])
+    assert final == "REST-EDIT\n# Notes 😀\n\nan line\n\n" + "".join(result["typed"])
     assert any(token not in result["base"] for token in result["typed"][:len(result["typed"]) // 2])
     room = client.server.app[ROOMS].loaded(doc_id)
     assert room is None or room.text() == final
 
 
 @needs_node
-async def test_put_with_current_etag_reaches_an_npm_client_as_a_small_edit(client):
-    markdown = "# Title\n\n" + "A paragraph of text that stays as it is.\n" * 100 + "the quick fox\n"
+@pytest.mark.parametrize("line", ["the quick fox\n", "the quick 😀 fox — ünïcödé 中文\n"])
+async def test_put_with_current_etag_reaches_an_npm_client_as_a_small_edit(client, line):
+    # (UTF-16 in JS, UTF-8 offsets in pycrdt, code points in Python: the edit lands where meant)
+    markdown = "# Title 😀\n\n" + "A paragraph of text that stays as it is.\n" * 100 + line
     owner, _, doc_id = await setup_doc(client, markdown)
     result = await run_node("diff", {**bases(client), "doc": doc_id, "token": owner.access_token,
-                                     "from": "quick fox", "to": "quick brown fox"})
+                                     "from": "quick ", "to": "quick brown "})
     assert result["put"]["status"] == 200
-    assert result["a"] == markdown.replace("quick fox", "quick brown fox")
+    assert result["a"] == markdown.replace("quick ", "quick brown ")
     # one Y.Text event: retain up to the word, insert it; nothing of the document deleted
     assert len(result["deltas"]) == 1
     delta = result["deltas"][0]
