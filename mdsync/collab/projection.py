@@ -58,6 +58,8 @@ class Projector:
     # -- the hot path: RoomManager.update_listeners ----------------------------------------
     def on_update(self, room: Room, update: bytes, user_id: str | None) -> None:
         entry = self._dirty.get(room.document_id)
+        if entry is None and self._models.get(room.document_id, "text") != "text":
+            return  # a known TipTap document: nothing to project here
         loop = asyncio.get_running_loop()
         now = loop.time()
         if entry is None:
