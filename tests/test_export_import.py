@@ -156,6 +156,23 @@ async def test_round_trip_into_a_fresh_server_is_lossless(client, make_client):
     assert comparable(entries(second)) == comparable(files)
 
 
+async def test_an_export_without_its_mdsync_json_still_imports(client):
+    owner, ws = await owner_and_workspace(client)
+    sub = await folder(client, owner, ws, "Notes: 2026")
+    d = await document(client, owner, ws, "Plan / draft", markdown="# Heading\nbody\n", folder_id=sub, kind="template")
+    files = entries(await export_zip(client, owner, ws))
+    plain = make_zip({name: data for name, data in files.items() if name != "mdsync.json"})
+    ws2 = await make_workspace(client, owner, "Plain")
+    counts = await import_zip(client, owner, ws2, plain)
+    assert (counts["documents"], counts["folders"]) == (1, 1)
+    t = await tree(client, owner, ws2)
+    # the front matter still gives the exact title and kind; the folder is named after its directory
+    assert [(x["title"], x["kind"]) for x in t["documents"]] == [("Plan / draft", "template")]
+    assert [f["name"] for f in t["folders"]] == ["Notes_ 2026"]
+    assert (await content(client, owner, t["documents"][0]["id"]))[0] == "# Heading\nbody\n"
+    assert t["documents"][0]["id"] != d["id"]  # its id is taken on this server
+
+
 async def test_the_version_list_is_in_mdsync_json(client):
     owner, ws = await owner_and_workspace(client)
     d = await document(client, owner, ws, "Versioned", markdown="v1\n")

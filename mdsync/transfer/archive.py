@@ -13,6 +13,17 @@ siblings whose safe names collide (case-insensitively, as on macOS and Windows) 
 " (3)", … in their order (position, then name, then id), so the same workspace always exports to
 the same paths. The exact names and titles live in the front matter and `mdsync.json`.
 
+mdsync.json (format "mdsync-export", version 1):
+    {"format", "version", "exported_at", "workspace": {id, name, slug},
+     "folders":   [{id, name, parent_id, position, path, created_at, updated_at}]   parents first,
+     "documents": [{id, title, folder_id, position, kind, content_model, path, created_at, updated_at,
+                    versions: [{id, created_at, kind, label, size}]}],
+     "attachments": [{id, name, document_id, content_type, size, sha256, path}]  (empty until
+                    the attachments feature exists),
+     "comments": []  (reserved: threads with anchors, once the comments feature exists)}
+An import matches entries to files by `path`; files win (a document edited or added by hand after
+the export is imported as it is now), mdsync.json supplies what files cannot say.
+
 Markdown refers to attachments by `/api/v1/attachments/{id}`; in the zip such links become
 relative paths to `attachments/{id}/{name}` (`links_to_files`), and an import turns links to
 files it holds back into `/api/v1/attachments/{new id}` (`file_links`).

@@ -25,7 +25,7 @@ milliseconds for a typical vault, seconds for an import near the 1 GiB limit.
 
 Attachments (any other file) are not imported yet: there is no attachments feature. They are
 listed in the answer's `skipped`; `archive.file_links` already does the link rewriting an
-attachment import needs (see `ATTACHMENTS` below).
+attachment import needs (see the comment above `ImportRefused`).
 """
 
 from __future__ import annotations
@@ -58,13 +58,14 @@ SKIPPED_LISTED = 100
 # here (a version of kind `import`; the exported version list is in manifest_entry["versions"]).
 DOCUMENT_HOOKS: list[Callable[[Tx, str, str, str | None, dict | None], Any]] = []
 
-# What importing attachments still needs (no attachments table exists yet): for each file in
-# `plan.attachment_files` — store it (storage backend, named by a new id) BEFORE the transaction,
-# insert its row inside it (document_id: the document whose links point at it, else null), and
-# delete the stored files if the transaction fails; then pass
-# `resolve=lambda path: f"/api/v1/attachments/{new_ids[path]}"` to `archive.file_links` when
-# reading each document in `write`.
-ATTACHMENTS: None = None
+# What importing attachments still needs (there is no attachments table yet): for each file in
+# `plan.attachment_files` — check its size against limits.max_upload_bytes in `plan`; store it
+# (storage backend, named by a new id) BEFORE the transaction; insert its row inside it
+# (document_id: the document whose links point at it, else null; for an export, the manifest's
+# `attachments` entry matched by path gives name, content type and document); delete the stored
+# files if the transaction fails; and read each document in `write` through
+# `archive.file_links(markdown, its directory, resolve=lambda path: f"/api/v1/attachments/{new_ids[path]}",
+# resolve_name=...)` (Obsidian `![[name]]` embeds resolve by file name).
 
 
 class ImportRefused(Exception):
@@ -181,7 +182,7 @@ class DocumentPlan:
 class Plan:
     folders: list[FolderPlan] = field(default_factory=list)      # parents first
     documents: list[DocumentPlan] = field(default_factory=list)
-    attachment_files: list[Entry] = field(default_factory=list)  # not imported yet (see ATTACHMENTS)
+    attachment_files: list[Entry] = field(default_factory=list)  # not imported yet (see the note above ImportRefused)
     skipped: list[dict] = field(default_factory=list)
     skipped_total: int = 0
     markdown_bytes: int = 0
