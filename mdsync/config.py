@@ -81,7 +81,7 @@ class ReplicaSettings(Section):
     sync_interval: float = Field(1.0, gt=0)
     poll_interval: float = Field(1.0, gt=0)
     max_lag: float = Field(30.0, gt=0)
-    shutdown_timeout: float = Field(10.0, gt=0)
+    shutdown_timeout: float = Field(5.0, gt=0)
 
 
 class ProviderSettings(Section):

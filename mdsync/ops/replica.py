@@ -228,7 +228,10 @@ class Supervisor:
         if proc is not None and proc.returncode is None:
             # litestream makes its final sync on SIGTERM only for a database it has initialized (its
             # first sync does that): one started or restarted moments ago may not have yet
-            await self._sync_once()
+            try:
+                await asyncio.wait_for(self._sync_once(), 2)
+            except asyncio.TimeoutError:
+                pass  # the bucket is unreachable: litestream's own shutdown will say so
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), self.settings.replica.shutdown_timeout)
