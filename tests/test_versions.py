@@ -117,6 +117,17 @@ async def test_auto_version_after_idle_gap_with_both_authors(client, team):
     await b.close()
 
 
+async def test_opening_a_document_without_editing_makes_no_version(client, team):
+    owner, editor, viewer, ws = team
+    doc = await document(client, owner, ws, markdown="# Seeded from markdown\n")
+    y = await YClient.connect(client, doc["id"], editor.access_token)  # loads and seeds the room
+    await y.wait_synced()
+    assert str(y.text) == "# Seeded from markdown\n"
+    await asyncio.sleep(IDLE * 4)
+    assert (await versions(client, owner, doc["id"]))["items"] == []
+    await y.close()
+
+
 async def test_continuous_editing_still_gets_versions(make_client):
     client = await make_client(versions__idle_seconds=30, versions__max_interval_seconds=0.5)
     owner = await register(client)
@@ -316,6 +327,9 @@ async def test_bad_input(client, team):
     await problem(await client.post(url, data=b"{nope", headers={**owner.headers, "Content-Type": "application/json"}),
                   422, "body")
     await problem(await client.get(url, params={"cursor": "garbage!"}, headers=owner.headers), 422, "cursor")
+    await problem(await client.get(url, params={"cursor": "WzFd"}, headers=owner.headers), 422, "cursor")  # [1]
+    await problem(await client.get(url, params={"limit": "0"}, headers=owner.headers), 422, "limit")
+    await problem(await client.get(url, params={"limit": "many"}, headers=owner.headers), 422, "limit")
     # unknown ids
     for bad in ("00000000-0000-0000-0000-000000000000", "nope", "x" * 300):
         await problem(await client.get(f"{API}/versions/{bad}", headers=owner.headers), 404)
