@@ -180,6 +180,19 @@ async def test_pages_never_skip_or_repeat_a_change(client):
         assert pages >= len(full) // limit
 
 
+async def test_a_member_of_many_workspaces_gets_one_merged_feed(client, monkeypatch):
+    ada = await register(client)
+    spaces = [await new_workspace(client, ada, f"W{i}") for i in range(5)]
+    for i in range(15):
+        await new_document(client, spaces[(i * 3) % 5], ada, f"d{i}")
+    whole = await everything(client, ada)
+    # past ARMS_PER_QUERY workspaces the merge runs in several statements, merged here
+    monkeypatch.setattr(feed_module, "ARMS_PER_QUERY", 2)
+    for limit in (1, 4, 200):
+        assert await everything(client, ada, limit=limit) == whole
+    assert len(whole) >= 15 + 2 * 5 and {c["workspace_id"] for c in whole} == set(spaces)
+
+
 async def test_changes_written_between_pages_come_exactly_once(client):
     ada = await register(client)
     ws = await new_workspace(client, ada)
