@@ -519,7 +519,9 @@ def export_command(workspace, out, settings) -> None:
 @settings_options
 def import_command(workspace, source, settings) -> None:
     """Import a zip (an mdsync export, or any zip of .md files) or a folder of .md files (an
-    Obsidian-style vault) into a workspace. All or nothing: a refused import writes nothing."""
+    Obsidian-style vault) into a workspace. All or nothing: a refused import writes nothing.
+    Beside a running server, send big imports through the API instead: this command holds the
+    database's write lock while it writes, and the server's writes wait at most 5 s for it."""
     from mdsync.transfer import importer
 
     limits = importer.Limits(settings.limits.max_import_bytes, settings.limits.max_document_bytes)

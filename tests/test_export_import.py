@@ -173,6 +173,14 @@ async def test_an_export_without_its_mdsync_json_still_imports(client):
     assert t["documents"][0]["id"] != d["id"]  # its id is taken on this server
 
 
+async def test_an_empty_workspace_exports_and_imports(client):
+    owner, ws = await owner_and_workspace(client)
+    files = entries(await export_zip(client, owner, ws))
+    assert list(files) == ["mdsync.json"]
+    counts = await import_zip(client, owner, ws, make_zip(files))
+    assert (counts["documents"], counts["folders"], counts["attachments"]) == (0, 0, 0)
+
+
 async def test_the_version_list_is_in_mdsync_json(client):
     owner, ws = await owner_and_workspace(client)
     d = await document(client, owner, ws, "Versioned", markdown="v1\n")
