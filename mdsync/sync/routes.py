@@ -38,11 +38,13 @@ class ChangesQuery(BaseModel):
     since: Annotated[str | None, BeforeValidator(_blank_is_default)] = Field(
         None, description="a cursor from an earlier answer; `now` for the current position; absent: the beginning")
     # above the maximum is clamped (Lists convention); 0, negatives and non-integers are 422
-    limit: Annotated[int | None, BeforeValidator(_blank_is_default), Field(ge=1),
+    # the bounds sit on the int inside the optional: on `int | None` itself pydantic applies them to
+    # None too (`?limit=` → None) and raises TypeError, a 500, instead of a validation error
+    limit: Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_blank_is_default),
                      AfterValidator(lambda v: None if v is None else min(v, MAX_LIMIT))] = Field(
         None, description=f"changes per page: default {DEFAULT_LIMIT}, above {MAX_LIMIT} clamped")
     # above 60 s is clamped like limit; negatives, NaN and non-numbers are 422
-    wait: Annotated[float | None, BeforeValidator(_blank_is_default), Field(ge=0, allow_inf_nan=False),
+    wait: Annotated[Annotated[float, Field(ge=0, allow_inf_nan=False)] | None, BeforeValidator(_blank_is_default),
                     AfterValidator(lambda v: None if v is None else min(v, MAX_WAIT))] = Field(
         None, description=f"seconds to hold the request while nothing is new (up to {MAX_WAIT:g})")
 
