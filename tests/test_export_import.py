@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from mdsync.appkeys import SETTINGS
 from mdsync.transfer import archive
 from tests.conftest import MDSYNC, PASSWORD, ROOT, register
 from tests.conftest import test_env as subprocess_env
@@ -421,6 +422,30 @@ async def test_a_client_that_leaves_mid_export_stops_it(client, caplog):
     assert any("stopped after" in r.getMessage() for r in caplog.records)
     # and the server goes on serving exports
     assert len(entries(await export_zip(client, owner, ws))) == 401
+
+
+async def test_an_export_that_fails_midway_is_never_a_valid_zip(client):
+    from mdsync.transfer import export
+
+    owner, ws = await owner_and_workspace(client)
+    for i in range(5):
+        await document(client, owner, ws, f"D{i}", markdown="x" * 1000)
+
+    def failing(items):  # a markdown source that breaks after two documents (a disk error, say)
+        for n, placed in enumerate(items):
+            if n == 2:
+                raise OSError("disk went away")
+            yield placed, "text"
+
+    conn = export.open_snapshot(client.app[SETTINGS].db_path)
+    out = io.BytesIO()
+    try:
+        with pytest.raises(OSError):
+            export.write_export(out, conn, ws, failing)
+    finally:
+        conn.close()
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(out.getvalue()))
 
 
 # -- the layout's building blocks -------------------------------------------------------------------

@@ -182,8 +182,9 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
         folder_rows, folders = _folders(conn, workspace_id)
         by_id = {r["id"]: r for r in folder_rows}
         attachments: dict[str, str] = {}  # attachment id -> path in the zip (no attachments feature yet)
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL,
-                             allowZip64=True) as zf:
+        zf = zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL,
+                             allowZip64=True)
+        try:
             for folder in folders.values():  # parents first
                 zf.writestr(_entry(folder.path + "/", by_id[folder.id]["updated_at"], directory=True), b"")
                 summary.folders += 1
@@ -198,6 +199,12 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
                     progress(1)
             with zf.open(_entry(archive.MANIFEST, clock.iso()), "w", force_zip64=True) as manifest:
                 _write_manifest(manifest, conn, ws, folder_rows, folders)
+        except BaseException:
+            # never finish a zip that lacks entries (no central directory, also not from
+            # ZipFile.__del__): whoever reads it must see it broken, not a smaller export
+            zf.fp = None
+            raise
+        zf.close()
         return summary
     finally:
         conn.execute("ROLLBACK")
