@@ -211,6 +211,25 @@ async def test_importing_the_same_export_twice_makes_new_ids(client):
 
 
 # -- plain markdown --------------------------------------------------------------------------------
+def _with_symlink(entries: dict[str, str], link: str, target: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+        info = zipfile.ZipInfo(link)
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, target)
+    return buf.getvalue()
+
+
+async def test_symbolic_links_in_a_zip_are_skipped(client):
+    owner, ws = await owner_and_workspace(client)
+    counts = await import_zip(client, owner, ws, _with_symlink({"real.md": "real"}, "link.md", "/etc/passwd"))
+    assert counts["documents"] == 1
+    assert counts["skipped"] == [{"path": "link.md", "reason": "a symbolic link"}]
+    assert [d["title"] for d in (await tree(client, owner, ws))["documents"]] == ["real"]
+
+
 async def test_a_zip_of_plain_markdown_files(client):
     owner, ws = await owner_and_workspace(client)
     await document(client, owner, ws, "Already here")

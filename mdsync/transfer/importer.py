@@ -85,6 +85,7 @@ class Entry:
     path: str       # clean relative path (archive.entry_path); directories end with "/"
     size: int       # declared (zip header) or stat size
     handle: Any     # what the source opens
+    skip: str | None = None  # why it is not imported, when its kind alone says so
 
 
 class ZipSource:
@@ -105,8 +106,9 @@ class ZipSource:
                 raise ImportRefused(str(exc)) from None
             if info.flag_bits & 0x1:
                 raise ImportRefused(f"{path} is encrypted")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise ImportRefused(f"{path} is a symbolic link")
+            if stat.S_ISLNK(info.external_attr >> 16):  # its target would be read as a document
+                out.append(Entry(path.rstrip("/"), info.file_size, info, "a symbolic link"))
+                continue
             out.append(Entry(path if not info.is_dir() or path.endswith("/") else path + "/", info.file_size, info))
         return out
 
@@ -361,7 +363,9 @@ def plan(source, limits: Limits) -> Plan:
     documents: list[tuple[Entry, _Document]] = []
     for path in sorted(files, key=lambda p: (p.casefold(), p)):
         entry = files[path]
-        if _hidden(path):
+        if entry.skip is not None:
+            result.skip(path, entry.skip)
+        elif _hidden(path):
             result.skip(path, "hidden or system file")
         elif path.lower().endswith(archive.MARKDOWN_SUFFIXES):
             document = _document(source, entry, budget, limits)
