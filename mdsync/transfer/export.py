@@ -271,7 +271,7 @@ def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
 def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Connection,
                 stop: threading.Event) -> MarkdownReader:
     """In the export thread: the markdown of each document that has Yjs state comes from the
-    content backend on the event loop (`content.read(doc)`: the live text when its room is
+    content backend on the event loop (`content.markdown(doc)` if it has one, else `content.read(doc)`: the live text when its room is
     loaded), READ_AHEAD documents ahead. A document without Yjs state was never opened: its
     stored markdown IS its content (a room would be seeded from it), so it is read from the
     snapshot and no room is loaded for it. A document deleted since the snapshot was taken is
@@ -282,7 +282,7 @@ def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Con
             return placed, stored_markdown(conn, placed.doc["id"])
         while True:
             try:
-                return placed, future.result(timeout=0.5)[0]
+                return placed, future.result(timeout=0.5)
             except TimeoutError:
                 if stop.is_set():
                     future.cancel()
@@ -290,12 +290,18 @@ def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Con
             except NotFound:
                 return placed, stored_markdown(conn, placed.doc["id"])
 
+    # a backend may offer `markdown(doc) -> str`: the text alone, without serving an ETag
+    read = getattr(content, "markdown", None)
+    if read is None:
+        async def read(doc: dict) -> str:
+            return (await content.read(doc))[0]
+
     def read_all(items: Iterable[Placed]) -> Iterator[tuple[Placed, str]]:
         pending: deque = deque()
         for placed in items:
             if stop.is_set():
                 raise ExportCancelled()
-            future = asyncio.run_coroutine_threadsafe(content.read(placed.doc), loop) if placed.has_state else None
+            future = asyncio.run_coroutine_threadsafe(read(placed.doc), loop) if placed.has_state else None
             pending.append((placed, future))
             if len(pending) >= READ_AHEAD:
                 yield wait(*pending.popleft())
