@@ -271,10 +271,10 @@ def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
 def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Connection,
                 stop: threading.Event) -> MarkdownReader:
     """In the export thread: the markdown of each document that has Yjs state comes from the
-    content backend on the event loop (`content.markdown(doc)` if it has one, else `content.read(doc)`: the live text when its room is
-    loaded), READ_AHEAD documents ahead. A document without Yjs state was never opened: its
-    stored markdown IS its content (a room would be seeded from it), so it is read from the
-    snapshot and no room is loaded for it. A document deleted since the snapshot was taken is
+    content backend on the event loop (`content.markdown(doc)` if it has one, else
+    `content.read(doc)`: the live text when its room is loaded), READ_AHEAD documents ahead.
+    A document without Yjs state was never opened: its stored markdown IS its content (a room
+    would be seeded from it), so it is read from the snapshot and no room is loaded for it. A document deleted since the snapshot was taken is
     exported as the snapshot holds it, so mdsync.json and the files agree."""
 
     def wait(placed: Placed, future) -> tuple[Placed, str]:
