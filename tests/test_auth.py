@@ -415,6 +415,9 @@ async def test_forged_and_stale_tokens_are_401(client, settings):
         resp = await client.get("/api/v1/me", headers={"Authorization": header_value} if header_value else {})
         await problem(resp, 401, "unauthenticated")
     assert await me_status(client, token) == 200
+    # the tokens are standard JWTs: a JWT library verifies ours, and we accept its HS256 encoding
+    assert jwt.decode(token, real_key, algorithms=["HS256"])["sid"] == claims["sid"]
+    assert await me_status(client, jwt.encode(claims, real_key, algorithm="HS256")) == 200
 
     clock.advance(900 + 1)
     await problem(await client.get("/api/v1/me", headers=account.headers), 401, "unauthenticated")
