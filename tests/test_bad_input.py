@@ -371,3 +371,22 @@ async def test_cors_allows_only_configured_origins(make_client):
     assert "Access-Control-Allow-Origin" not in resp.headers
     resp = await client.get("/healthz", headers={"Origin": "https://evil.example"})
     assert resp.status == 200 and "Access-Control-Allow-Origin" not in resp.headers
+
+
+# -- the shared pagination helper -------------------------------------------------------------------
+@pytest.mark.parametrize("query, field", [
+    ("limit=abc", "limit"), ("limit=0", "limit"), ("limit=-5", "limit"),
+    ("cursor=%25%25%25", "cursor"), ("cursor=" + "W1tb" * 1500, "cursor"),  # "[[[" nested far too deep
+    ("cursor=__________", "cursor"),
+])
+async def test_bad_list_parameters_are_422(client, query, field):
+    account = await register(client)
+    resp = await client.get(f"/api/v1/workspaces?{query}", headers=account.headers)
+    assert fields(await check_problem(resp, 422, "validation")) == {field}
+
+
+async def test_limit_is_clamped_to_200(client):
+    account = await register(client)
+    resp = await client.get("/api/v1/workspaces?limit=100000", headers=account.headers)
+    assert resp.status == 200
+    assert (await resp.json())["next_cursor"] is None
