@@ -138,6 +138,25 @@ async def test_login_rehashes_when_the_argon2_parameters_change(make_client, tmp
     await problem(await login(after, account.email, "wrong password!"), 401, "unauthenticated")
 
 
+async def test_password_hashing_runs_off_the_loop_at_a_lower_priority():
+    import os
+    import threading
+
+    from mdsync.auth.passwords import Passwords
+
+    passwords = Passwords(time_cost=1, memory_cost=1024, parallelism=1)
+    try:
+        hashed = await passwords.hash(PASSWORD)
+        assert await passwords.verify(hashed, PASSWORD)
+        workers = [t for t in threading.enumerate() if t.name.startswith("argon2")]
+        assert workers and threading.current_thread() not in workers
+        if hasattr(os, "getpriority") and sys.platform == "linux":
+            base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            assert all(os.getpriority(os.PRIO_PROCESS, t.native_id) > base for t in workers)
+    finally:
+        passwords.close()
+
+
 # -- refresh, reuse, logout ----------------------------------------------------------------------
 async def test_refresh_rotates_and_spends_the_old_token(client):
     account = await register(client)
