@@ -455,6 +455,14 @@ async def test_bad_input_is_a_422_naming_the_parameter(client, params, field):
     assert [e["field"] for e in problem["errors"]] == [field]
 
 
+async def test_blank_parameters_mean_their_defaults(client):
+    ada = await register(client)
+    await new_workspace(client, ada)
+    resp = await client.get(CHANGES, params={"since": "", "limit": "", "wait": ""}, headers=ada.headers)
+    assert resp.status == 200, await resp.text()
+    assert (await resp.json())["changes"] == (await feed(client, ada))["changes"] != []
+
+
 async def test_a_cursor_from_the_future_is_a_422(client):
     ada = await register(client)
     await new_workspace(client, ada)
