@@ -56,6 +56,7 @@ async def test_http_db_and_process_metrics(client):
     assert value(found, "mdsync_db_write_batches_total") >= 1
     assert value(found, "mdsync_db_write_queue_depth") == 0
     assert value(found, "mdsync_db_commit_seconds_total") > 0
+    assert value(found, "mdsync_db_size_bytes") > 0 and value(found, "mdsync_db_wal_bytes") >= 0
     # the process
     assert value(found, "process_resident_memory_bytes") > 10_000_000
     # no replica configured: no replica metrics

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 
@@ -125,6 +126,14 @@ class WriterCollector:
         batches = stats.batches or 1
         yield GaugeMetricFamily("mdsync_db_mean_batch_size", "Jobs per write batch since start",
                                 value=stats.jobs / batches)
+        # a WAL that keeps growing means nobody checkpoints (with a replica: litestream is down)
+        for name, path in (("mdsync_db_size_bytes", self.db.path),
+                           ("mdsync_db_wal_bytes", self.db.path.with_name(self.db.path.name + "-wal"))):
+            try:
+                size = os.stat(path).st_size
+            except OSError:
+                size = 0
+            yield GaugeMetricFamily(name, f"Size of {path.name} on disk", value=size)
 
 
 def middleware(metrics: Metrics):
