@@ -9,7 +9,8 @@
 #   2. a virtualenv in /opt/mdsync/venv with mdsync installed (or upgraded) from this checkout
 #   3. /etc/mdsync/config.toml with a generated server secret and metrics token (mode 0640),
 #      /etc/mdsync/env for replica credentials (mode 0600), /etc/mdsync/Caddyfile for your domain
-#   4. the systemd unit /etc/systemd/system/mdsync.service, enabled (and started or restarted)
+#   4. the systemd unit /etc/systemd/system/mdsync.service, enabled (and started or restarted),
+#      and mdsync-backup.timer (a nightly `mdsync backup` into /var/lib/mdsync/backups, 14 days kept)
 #   5. prints the next steps
 #
 # Options:
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     --source) SOURCE="$2"; shift 2 ;;
     --pip-args) PIP_ARGS="$2"; shift 2 ;;
     --python) PYTHON="$2"; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "install.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -153,27 +154,30 @@ if [ -z "$PREFIX" ] && [ "$DRY_RUN" = 0 ]; then
   chmod 0700 "$STATE"
 fi
 
-# 4. the systemd unit ------------------------------------------------------------------------------
-if [ -f "$UNIT_DIR/mdsync.service" ] && cmp -s "$HERE/../systemd/mdsync.service" "$UNIT_DIR/mdsync.service"; then
-  say "kept      $UNIT_DIR/mdsync.service (unchanged)"
-else
-  run install -m 0644 "$HERE/../systemd/mdsync.service" "$UNIT_DIR/mdsync.service"
-  say "installed $UNIT_DIR/mdsync.service"
-fi
+# 4. the systemd units ------------------------------------------------------------------------------
+for unit in mdsync.service mdsync-backup.service mdsync-backup.timer; do
+  if [ -f "$UNIT_DIR/$unit" ] && cmp -s "$HERE/../systemd/$unit" "$UNIT_DIR/$unit"; then
+    say "kept      $UNIT_DIR/$unit (unchanged)"
+  else
+    run install -m 0644 "$HERE/../systemd/$unit" "$UNIT_DIR/$unit"
+    say "installed $UNIT_DIR/$unit"
+  fi
+done
 if [ -n "$PREFIX" ]; then
   say "skipped   systemctl daemon-reload / enable / restart (--prefix)"
 elif [ -d /run/systemd/system ]; then
   run systemctl daemon-reload
-  run systemctl enable mdsync.service
+  run systemctl enable mdsync.service mdsync-backup.timer
+  run systemctl start mdsync-backup.timer
   if systemctl is-active --quiet mdsync.service; then
     run systemctl restart mdsync.service
     say "restarted mdsync.service"
   else
     run systemctl start mdsync.service
-    say "started   mdsync.service"
+    say "started   mdsync.service (nightly backups: mdsync-backup.timer)"
   fi
 else
-  run systemctl enable mdsync.service || true
+  run systemctl enable mdsync.service mdsync-backup.timer || true
   say "note      systemd is not running here: start mdsync.service yourself"
 fi
 

@@ -19,10 +19,12 @@ import tomllib
 import aiohttp
 import pytest
 
+from tests.conftest import MDSYNC as MDSYNC_CLI
 from tests.conftest import PASSWORD, ROOT
 from tests.s3server import free_port
 
 UNIT = ROOT / "systemd" / "mdsync.service"
+UNITS = [UNIT, ROOT / "systemd" / "mdsync-backup.service", ROOT / "systemd" / "mdsync-backup.timer"]
 INTEROP = ROOT / "tests" / "interop"
 # two y-websocket providers on one document through the proxy: one types, the other must see it
 Y_WEBSOCKET_THROUGH_PROXY = """
@@ -71,16 +73,20 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
     result = None
     if unshare and os.geteuid() == 0:
         result = subprocess.run([unshare, "--mount", "sh", "-c",
-                                 f"mount --bind {fake_opt} /opt && systemd-analyze verify {UNIT}"],
+                                 f"mount --bind {fake_opt} /opt && systemd-analyze verify "
+                                 + " ".join(str(u) for u in UNITS)],
                                 capture_output=True, text=True, timeout=60)
         if "mount" in result.stderr and result.returncode != 0 and "mdsync.service" not in result.stderr:
             result = None  # no mount namespaces here: fall back
     if result is None:
-        copy = tmp_path / "mdsync.service"
-        copy.write_text(UNIT.read_text().replace("/opt/mdsync/venv/bin/mdsync", str(shim)))
-        result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
+        copies = []
+        for unit in UNITS:
+            copies.append(tmp_path / unit.name)
+            copies[-1].write_text(unit.read_text().replace("/opt/mdsync/venv/bin/mdsync", str(shim)))
+        result = subprocess.run(["systemd-analyze", "verify", *map(str, copies)], capture_output=True, text=True,
+                                timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "mdsync.service" not in result.stderr, result.stderr  # no warnings about our unit
+    assert "mdsync" not in result.stderr, result.stderr  # no warnings about our units
 
     settings = unit_settings()
     assert settings["ExecStart"] == ["/opt/mdsync/venv/bin/mdsync serve --config /etc/mdsync/config.toml "
@@ -91,6 +97,26 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
         assert settings[key] == [value], key
     # long enough for the room flush (server.shutdown_timeout) and litestream's final sync
     assert int(settings["TimeoutStopSec"][0]) >= 8 + 10 + 10
+
+
+def test_nightly_backup_unit_command_runs(tmp_path):
+    """The backup unit's ExecStart, unescaped as systemd does (%% → %, $$ → $), writes a backup."""
+    line = next(l for l in (ROOT / "systemd" / "mdsync-backup.service").read_text().splitlines()
+                if l.startswith("ExecStart="))
+    command = line.removeprefix("ExecStart=").replace("%%", "%").replace("$$", "$")
+    data = tmp_path / "var-lib-mdsync"
+    config = tmp_path / "config.toml"
+    config.write_text("[server]\nport = 8080\n")
+    command = (command.replace("/opt/mdsync/venv/bin/mdsync", str(ROOT / ".venv" / "bin" / "mdsync")
+                               if (ROOT / ".venv" / "bin" / "mdsync").exists() else f"{sys.executable} -m mdsync")
+               .replace("/etc/mdsync/config.toml", str(config)).replace("/var/lib/mdsync", str(data)))
+    assert subprocess.run([*MDSYNC_CLI, "migrate", "--data-dir", str(data)], capture_output=True).returncode == 0
+    (data / "backups").mkdir()
+    argv = command.split(" ", 2)  # /bin/sh -c '<script>'
+    result = subprocess.run([argv[0], argv[1], argv[2].strip("'")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    made = list((data / "backups").glob("mdsync-*.tar.gz"))
+    assert len(made) == 1 and re.fullmatch(r"mdsync-\d{8}T\d{6}Z\.tar\.gz", made[0].name)
 
 
 class Caddy:
@@ -209,7 +235,8 @@ def test_install_script_is_idempotent(tmp_path):
     assert len(config["server"]["secret"]) >= 40 and len(config["metrics"]["token"]) >= 40
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o640
     assert stat.S_IMODE((prefix / "etc" / "mdsync" / "env").stat().st_mode) == 0o600
-    assert (prefix / "etc" / "systemd" / "system" / "mdsync.service").read_text() == UNIT.read_text()
+    for unit in UNITS:
+        assert (prefix / "etc" / "systemd" / "system" / unit.name).read_text() == unit.read_text()
     assert "notes.example.org {" in (prefix / "etc" / "mdsync" / "Caddyfile").read_text()
     venv_mdsync = prefix / "opt" / "mdsync" / "venv" / "bin" / "mdsync"
     assert venv_mdsync.exists()
