@@ -4,7 +4,8 @@
   that are safe to accept, attachment link rewriting.
 - `export.py`   writes a workspace into a zip as it reads it (never whole in memory), for the
   HTTP route (streamed to the response through a thread) and `mdsync export`.
-- `importer.py` reads a zip (or, from the CLI, a folder of `.md` files), validates all of it
-  first, then creates its folders and documents in one transaction.
+- `sources.py`  what an import reads: a zip, or (the CLI) a folder of `.md` files.
+- `importer.py` validates all of an archive first, then creates its folders and documents in one
+  transaction.
 - `routes.py`   the two routes.
 """

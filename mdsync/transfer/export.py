@@ -274,8 +274,9 @@ def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Con
     content backend on the event loop (`content.markdown(doc)` if it has one, else
     `content.read(doc)`: the live text when its room is loaded), READ_AHEAD documents ahead.
     A document without Yjs state was never opened: its stored markdown IS its content (a room
-    would be seeded from it), so it is read from the snapshot and no room is loaded for it. A document deleted since the snapshot was taken is
-    exported as the snapshot holds it, so mdsync.json and the files agree."""
+    would be seeded from it), so it is read from the snapshot and no room is loaded for it.
+    A document deleted since the snapshot was taken is exported as the snapshot holds it, so
+    mdsync.json and the files agree."""
 
     def wait(placed: Placed, future) -> tuple[Placed, str]:
         if future is None:

@@ -25,27 +25,26 @@ milliseconds for a typical vault, seconds for an import near the 1 GiB limit.
 
 Attachments (any other file) are not imported yet: there is no attachments feature. They are
 listed in the answer's `skipped`; `archive.file_links` already does the link rewriting an
-attachment import needs (see the comment above `ImportRefused`).
+attachment import needs (see the ATTACHMENTS note below).
 """
 
 from __future__ import annotations
 
 import math
-import os
 import posixpath
-import stat
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from mdsync import audit, clock
 from mdsync.api.errors import NotFound
 from mdsync.db import Tx
 from mdsync.sync import changes
 from mdsync.transfer import archive
+# the sources are opened by callers through this module too
+from mdsync.transfer.sources import DirectorySource, Entry, ImportRefused, ZipSource  # noqa: F401
 from mdsync.workspaces.service import new_id
 
 MAX_ENTRIES = 200_000
@@ -58,7 +57,7 @@ SKIPPED_LISTED = 100
 # here (a version of kind `import`; the exported version list is in manifest_entry["versions"]).
 DOCUMENT_HOOKS: list[Callable[[Tx, str, str, str | None, dict | None], Any]] = []
 
-# What importing attachments still needs (there is no attachments table yet): for each file in
+# ATTACHMENTS, still to do (there is no attachments table yet): for each file in
 # `plan.attachment_files` — check its size against limits.max_upload_bytes in `plan`; store it
 # (storage backend, named by a new id) BEFORE the transaction; insert its row inside it
 # (document_id: the document whose links point at it, else null; for an export, the manifest's
@@ -68,89 +67,11 @@ DOCUMENT_HOOKS: list[Callable[[Tx, str, str, str | None, dict | None], Any]] = [
 # resolve_name=...)` (Obsidian `![[name]]` embeds resolve by file name).
 
 
-class ImportRefused(Exception):
-    """The archive cannot be imported; the message names the entry and the reason (422)."""
-
-
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int            # limits.max_import_bytes: everything expanded
     max_document_bytes: int   # limits.max_document_bytes: one document's markdown
     max_entries: int = MAX_ENTRIES
-
-
-# -- sources -----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Entry:
-    path: str       # clean relative path (archive.entry_path); directories end with "/"
-    size: int       # declared (zip header) or stat size
-    handle: Any     # what the source opens
-    skip: str | None = None  # why it is not imported, when its kind alone says so
-
-
-class ZipSource:
-    """A zip in a seekable file (the upload's temp file, or a file given to the CLI)."""
-
-    def __init__(self, fileobj: IO[bytes]):
-        try:
-            self.zip = zipfile.ZipFile(fileobj)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
-            raise ImportRefused(f"the body is not a zip file ({exc})") from None
-
-    def entries(self) -> list[Entry]:
-        out = []
-        for info in self.zip.infolist():
-            try:
-                path = archive.entry_path(info.filename)
-            except archive.UnsafePath as exc:
-                raise ImportRefused(str(exc)) from None
-            if info.flag_bits & 0x1:
-                raise ImportRefused(f"{path} is encrypted")
-            if stat.S_ISLNK(info.external_attr >> 16):  # its target would be read as a document
-                out.append(Entry(path.rstrip("/"), info.file_size, info, "a symbolic link"))
-                continue
-            out.append(Entry(path if not info.is_dir() or path.endswith("/") else path + "/", info.file_size, info))
-        return out
-
-    def open(self, entry: Entry) -> IO[bytes]:
-        return self.zip.open(entry.handle)
-
-    def close(self) -> None:
-        self.zip.close()
-
-
-class DirectorySource:
-    """A folder of files (the CLI): symbolic links are not followed, so nothing outside it is read."""
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def entries(self) -> list[Entry]:
-        out = []
-        try:
-            for dirpath, dirnames, filenames in os.walk(self.root, followlinks=False):
-                # hidden folders (.git, .obsidian, .trash) are not walked at all: they can be huge
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                base = Path(dirpath)
-                for name in dirnames:
-                    rel = (base / name).relative_to(self.root).as_posix()
-                    if not (base / name).is_symlink():
-                        out.append(Entry(archive.entry_path(rel) + "/", 0, base / name))
-                for name in sorted(filenames):
-                    full = base / name
-                    info = full.lstat()
-                    if not stat.S_ISREG(info.st_mode):
-                        continue  # symlinks, sockets, devices
-                    out.append(Entry(archive.entry_path(full.relative_to(self.root).as_posix()), info.st_size, full))
-        except archive.UnsafePath as exc:
-            raise ImportRefused(str(exc)) from None
-        return out
-
-    def open(self, entry: Entry) -> IO[bytes]:
-        return open(entry.handle, "rb")
-
-    def close(self) -> None:
-        pass
 
 
 # -- the plan ------------------------------------------------------------------------------------
@@ -184,7 +105,7 @@ class DocumentPlan:
 class Plan:
     folders: list[FolderPlan] = field(default_factory=list)      # parents first
     documents: list[DocumentPlan] = field(default_factory=list)
-    attachment_files: list[Entry] = field(default_factory=list)  # not imported yet (see the note above ImportRefused)
+    attachment_files: list[Entry] = field(default_factory=list)  # not imported yet (see ATTACHMENTS above)
     skipped: list[dict] = field(default_factory=list)
     skipped_total: int = 0
     markdown_bytes: int = 0
