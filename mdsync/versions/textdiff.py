@@ -11,10 +11,8 @@ applies is the content backend's minimal diff: mdsync.collab.content.)
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from difflib import _format_range_unified  # the hunk-range format of unified_diff itself
 from typing import NamedTuple
 
@@ -66,12 +64,15 @@ def _unified_lines(a: list[str], b: list[str], fromfile: str, tofile: str, n: in
                     yield "+" + line
 
 
-_pool: ProcessPoolExecutor | None = None
+_pool = None  # a ProcessPoolExecutor, made on the first big diff (its imports cost server start time)
 
 
-def _executor() -> ProcessPoolExecutor:
+def _executor():
     global _pool
     if _pool is None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
         # forkserver: workers are forked from a clean helper process, never from this one with
         # its database and event-loop threads
         context = multiprocessing.get_context("forkserver")
