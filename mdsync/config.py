@@ -11,9 +11,9 @@ import os
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "MDSYNC_"
 CONFIG_ENV = "MDSYNC_CONFIG"
@@ -77,7 +77,9 @@ class StorageSettings(Section):
 
 
 class ReplicaSettings(Section):
-    url: str | None = None
+    # litestream's replica URL; an empty value (MDSYNC_REPLICA__URL=) means none
+    url: Annotated[str | None, BeforeValidator(lambda v: v or None)] = Field(
+        None, pattern=r"^(s3|gs|abs|sftp|file|webdav|webdavs|oss|nats)://[^\s]+$")
     sync_interval: float = Field(1.0, gt=0)
     poll_interval: float = Field(1.0, gt=0)
     max_lag: float = Field(30.0, gt=0)

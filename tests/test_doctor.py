@@ -48,6 +48,9 @@ def test_bad_config_and_missing_database_fail(tmp_path):
     assert result.returncode == 1 and lines(result)["config"] == "FAIL"
     assert "server.port" in result.stdout
 
+    result = cli(tmp_path / "data", "doctor", env={"MDSYNC_REPLICA__URL": "s3:/missing-a-slash"})
+    assert result.returncode == 1 and lines(result)["config"] == "FAIL" and "replica.url" in result.stdout
+
     result = cli(tmp_path / "nowhere", "doctor")
     assert result.returncode == 1
     checks = lines(result)
