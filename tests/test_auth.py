@@ -478,6 +478,22 @@ async def test_disabled_user_is_locked_out_at_once(client, settings):
     assert await me_status(client, account.access_token) == 401
 
 
+async def test_disabled_flag_alone_stops_every_token(client, settings):
+    # whoever sets disabled_at (another admin tool, a future endpoint) need not also end sessions
+    import sqlite3
+
+    account = await register(client)
+    pat = await create_pat(client, account)
+    other = sqlite3.connect(settings.db_path)
+    other.execute("UPDATE users SET disabled_at = '2026-01-01T00:00:00.000000Z' WHERE id = ?", (account.id,))
+    other.commit()
+    other.close()
+    assert await me_status(client, account.access_token) == 401
+    assert await me_status(client, pat["token"]) == 401
+    await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")
+    await problem(await login(client, account.email), 401, "unauthenticated")
+
+
 async def test_user_created_by_cli_can_sign_in_at_once(client, settings):
     code, out = await cli(settings, "users", "create", "cli@example.com", "--name", "From CLI",
                           "--password-stdin", stdin=PASSWORD + "\n")

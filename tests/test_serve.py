@@ -191,6 +191,17 @@ def test_sigterm_lets_the_request_in_flight_finish_and_exits_0(tmp_path, server_
     time.sleep(0.5)  # the request is being hashed by now
     assert server.proc.poll() is None
     server.proc.send_signal(15)
+    # it stops accepting at once, while the request in flight is still being answered
+    port = int(server.base.rsplit(":", 1)[1])
+    refused = False
+    deadline = time.monotonic() + 5
+    while not refused and time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.01)
+        except OSError:
+            refused = True
+    assert refused and not answers, answers
     code = server.proc.wait(timeout=10)  # the contract: gone within 10 s
     client.join(30)
     assert code == 0, server.rest_of_output()
