@@ -390,3 +390,14 @@ async def test_limit_is_clamped_to_200(client):
     resp = await client.get("/api/v1/workspaces?limit=100000", headers=account.headers)
     assert resp.status == 200
     assert (await resp.json())["next_cursor"] is None
+
+
+async def test_a_compressed_body_is_limited_by_its_expanded_size(client):
+    import gzip
+
+    bomb = gzip.compress(b'{"email": "' + b" " * (50 * MB) + b'"}')  # ~50 KB on the wire, 50 MB expanded
+    assert len(bomb) < MB
+    resp = await client.post("/api/v1/auth/login", data=bomb,
+                             headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    await check_problem(resp, 413, "too-large")
+    await still_serving(client)
