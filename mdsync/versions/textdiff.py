@@ -85,7 +85,9 @@ async def run(old: str, new: str, fromfile: str, tofile: str) -> Diff:
     """`unified(...)`, in the process pool when the texts are big."""
     if len(old) + len(new) <= POOL_ABOVE_CHARS:
         return unified(old, new, fromfile, tofile)
-    return await asyncio.get_running_loop().run_in_executor(_executor(), unified, old, new, fromfile, tofile)
+    # submitted from a thread: the first submit starts the fork server and a worker (~100 ms)
+    future = await asyncio.to_thread(_executor().submit, unified, old, new, fromfile, tofile)
+    return await asyncio.wrap_future(future)
 
 
 def shutdown() -> None:
