@@ -251,6 +251,15 @@ async def test_unicode_emails_are_one_account_per_spelling(client):
     assert emoji.email == "ada🦄@example.com"
 
 
+@pytest.mark.parametrize("depth", [10, 900, 990, 5000])
+async def test_deep_nesting_with_a_surrogate_is_422(client, depth):
+    raw = b'{"email": "a@example.com", "password": "xxxxxxxxxx", "name": "N", "x": ' + b"[" * depth + \
+        b'"\\ud800"' + b"]" * depth + b"}"
+    resp = await client.post("/api/v1/auth/register", data=raw, headers={"Content-Type": "application/json"})
+    await check_problem(resp, 422, "validation")
+    await still_serving(client)
+
+
 @pytest.mark.parametrize("field", ["password", "device_name"])
 async def test_lone_surrogates_anywhere_are_422(client, field):
     payload = {"email": "s@example.com", "password": PASSWORD, "name": "S", field: "pass\ud83dword"}

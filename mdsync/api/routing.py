@@ -122,7 +122,10 @@ async def parse_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
         except RecursionError:
             raise errors.ValidationFailed.field("body", "malformed JSON: nested too deeply") from None
         if _ESCAPED_SURROGATE.search(raw):
-            _refuse_surrogates(data, [])
+            try:
+                _refuse_surrogates(data, [])
+            except RecursionError:
+                raise errors.ValidationFailed.field("body", "malformed JSON: nested too deeply") from None
     return validate(model, data)
 
 
