@@ -446,3 +446,49 @@ async def test_rest_and_http_yjs_writers_are_authors(client, team):
     items = await wait_versions(client, viewer, doc["id"], 1)
     assert {a["id"] for a in items[0]["authors"]} == {editor.id, owner.id}
     assert (await version(client, viewer, items[0]["id"]))["markdown"] == "yjs line\nstart\nrest line\n"
+
+
+class _Remote:
+    """The few client methods the helpers use, against a real server process."""
+
+    def __init__(self, session, base: str):
+        self.session, self.base = session, base
+
+    def post(self, path, **kw):
+        return self.session.post(self.base + path, **kw)
+
+    def get(self, path, **kw):
+        return self.session.get(self.base + path, **kw)
+
+    def ws_connect(self, path, **kw):
+        return self.session.ws_connect(self.base + path, **kw)
+
+
+async def test_sigterm_versions_the_open_burst(server_process, tmp_path):
+    import signal
+    import sqlite3
+
+    import aiohttp
+
+    data = tmp_path / "sigterm-data"
+    server = server_process(data_dir=data, env={"MDSYNC_AUTH__REGISTRATION": "open",
+                                                "MDSYNC_VERSIONS__IDLE_SECONDS": "3600"})
+    async with aiohttp.ClientSession() as session:
+        remote = _Remote(session, server.base)
+        owner = await register(remote, name="Sig Term")
+        ws = await make_workspace(remote, owner)
+        doc = await document(remote, owner, ws, markdown="before ")
+        y = await YClient.connect(remote, doc["id"], owner.access_token)
+        await y.wait_synced()
+        y.insert(len(str(y.text)), "after")
+        await asyncio.sleep(0.3)  # relayed and logged (well within the 1 s commit bound)
+        server.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.proc.wait, 20) == 0
+        await y.close()
+    conn = sqlite3.connect(data / "mdsync.db")
+    try:
+        rows = conn.execute("SELECT kind, markdown, authors FROM versions WHERE document_id = ?", (doc["id"],)).fetchall()
+    finally:
+        conn.close()
+    assert [(kind, markdown) for kind, markdown, _ in rows] == [("auto", "before after")]
+    assert owner.id in rows[0][2]
