@@ -57,6 +57,13 @@ def value(fn, rounds) -> float | None:
     return statistics.median(values) if values else None
 
 
+def load_average() -> str:
+    try:
+        return " / ".join(Path("/proc/loadavg").read_text().split()[:3]) + " (1 / 5 / 15 min)"
+    except OSError:
+        return "unknown"
+
+
 def section(anchors: dict, mdsync_rows: list, anchors_files: list[str], mdsync_files: list[str]) -> str:
     present = [a for a in ANCHORS if a in anchors]
     out = [HEADING, "",
@@ -78,7 +85,11 @@ def section(anchors: dict, mdsync_rows: list, anchors_files: list[str], mdsync_f
         out.append(f"| {name} | {fmt(mine)} | " + " | ".join(fmt(t) for t in theirs) + " | " + " | ".join(ratios) + f" | {verdict} |")
     ok = {s: all(r.get(s, {}).get("ok") for r in mdsync_rows) for s in ("s1", "s2", "s3")}
     out += ["", "mdsync scenarios ok in every round (no errors, converged): "
-            + ", ".join(f"{s} {'yes' if v else 'NO'}" for s, v in ok.items()), ""]
+            + ", ".join(f"{s} {'yes' if v else 'NO'}" for s, v in ok.items()), "",
+            "Caveats: the load client, the servers and whatever else runs on the machine share its cores",
+            f"(load average at the end of this run: {load_average()}); single rows move 10-30 % between rounds",
+            "(S3 more, see `../shared/bench/README.md`), hence alternating rounds and medians. The anchors run",
+            "without authentication and (except hocuspocus-sqlite) without persistence; mdsync with both.", ""]
     return "\n".join(out)
 
 
@@ -96,7 +107,7 @@ def main() -> None:
     current = readme.read_text() if readme.exists() else "# mdsync benchmarks\n"
     pattern = re.compile(re.escape(HEADING) + r".*?(?=\n## |\Z)", re.S)
     if pattern.search(current):
-        current = pattern.sub(lambda _m: text.rstrip("\n"), current)
+        current = pattern.sub(lambda _m: text.rstrip("\n") + "\n", current)
     else:
         current = current.rstrip("\n") + "\n\n" + text
     readme.write_text(current.rstrip("\n") + "\n")
