@@ -65,14 +65,14 @@ async def type_through(server_process, tmp_path, stop) -> tuple[dict, str, float
     server = server_process(data_dir=data_dir, env=env, args=["--port", str(port)])
     doc_id, token_a, token_b = await prepare(server.base)
     config = {"url": f"ws://127.0.0.1:{port}/ws/docs", "doc": doc_id, "writerA": token_a, "writerB": token_b,
-              "typeMs": 3000, "intervalMs": 4, "timeoutMs": 55000}
+              "typeMs": 3500, "intervalMs": 4, "timeoutMs": 55000}
     node = await asyncio.create_subprocess_exec(
         "node", str(INTEROP / "scenario.mjs"), "durability", json.dumps(config), cwd=INTEROP,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         line = await asyncio.wait_for(node.stderr.readline(), 30)
         assert b"typing" in line, line
-        await asyncio.sleep(1.2)
+        await asyncio.sleep(1.6)
         stopped_at = time.time() * 1000
         stop(server)
         persisted = persisted_text(data_dir / "mdsync.db")
