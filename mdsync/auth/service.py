@@ -47,7 +47,8 @@ class AuthService:
         self.refresh_by_address = Window(cfg.refresh_attempts_per_address, 60)
         self.setup_token: str | None = None
         self.accept_invitation: InvitationHook = _no_invitations
-        # called after commit with (user_id, [session ids]) when sessions end; live sockets listen
+        # called after commit with (user_id, [session ids]) when sessions end, and with
+        # (user_id, [token id]) when a personal access token is deleted; live sockets listen
         self.revocation_listeners: list[Callable[[str, list[str] | None], Any]] = []
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies]
 
@@ -311,6 +312,7 @@ class AuthService:
 
         if not await self.db.write(delete):
             raise NotFound("no such token")
+        self._notify_revoked(principal.user_id, [token_id])
 
     # -- first admin -----------------------------------------------------------------------
     async def prepare_setup(self) -> str | None:

@@ -166,6 +166,13 @@ async def api_token_state(db: Database, token: str) -> sqlite3.Row | None:
         " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (digest(token),))
 
 
+async def api_token_by_id(db: Database, token_id: str) -> sqlite3.Row | None:
+    """Whether a personal access token is still usable, by id (for a socket ticket it was traded for)."""
+    return await db.lookup(
+        "SELECT t.expires_at, u.disabled_at FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.id = ?",
+        (token_id,))
+
+
 def touch_api_token(tx: Tx, token_id: str) -> None:
     tx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (clock.iso(), token_id))
 

@@ -217,7 +217,9 @@ class RoomManager:
         """AuthService revocation listener: close the sockets of ended sessions with 4401
         (all the user's sockets when `session_ids` is None: user disabled, password changed)."""
         for conn in list(self.by_user.get(user_id, ())):
-            if session_ids is None or (conn.session_id is not None and conn.session_id in session_ids):
+            # a socket opened with a personal access token ends when that token is deleted
+            credential = conn.session_id or conn.token_id
+            if session_ids is None or (credential is not None and credential in session_ids):
                 conn.close_soon(CLOSE_UNAUTHENTICATED, "session revoked")
 
     def reauthorize_soon(self, **which: Any) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from mdsync import clock
 from mdsync.api.errors import NotFound
 from mdsync.appkeys import DB, SETTINGS
 from mdsync.auth import store as auth_store
@@ -60,6 +61,11 @@ async def authorize(request: web.Request, document_id: str) -> tuple[Any, Any]:
             if principal is not None and principal.session_id is not None:
                 row = await auth_store.session_state(db, principal.session_id)
                 if row is None or row["revoked_at"] or row["disabled_at"]:
+                    principal = None
+            elif principal is not None and principal.token_id is not None:
+                # a ticket traded for a personal access token dies with that token
+                row = await auth_store.api_token_by_id(db, principal.token_id)
+                if row is None or row["disabled_at"] or (row["expires_at"] and row["expires_at"] <= clock.iso()):
                     principal = None
         else:
             principal = await app[AUTH].principal_from_token(token)

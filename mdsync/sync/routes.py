@@ -89,6 +89,12 @@ def _alive(request: web.Request):
     return alive
 
 
+def _credential(principal) -> str | None:
+    """What revokes the caller's waiting requests: their session, or their personal access token
+    (AuthService's revocation listeners name either)."""
+    return principal.session_id or principal.token_id
+
+
 def _token_lifetime(request: web.Request) -> float | None:
     """Seconds the caller's access JWT has left (None for a personal access token): a stream
     ends with its token, and the client reconnects with a fresh one and its Last-Event-ID."""
@@ -102,7 +108,7 @@ def _token_lifetime(request: web.Request) -> float | None:
 async def list_changes(request: web.Request, query: ChangesQuery) -> web.Response:
     principal = request[PRINCIPAL]
     page = await request.app[FEED].changes(
-        principal.user_id, principal.session_id, _since(query.since), query.limit or DEFAULT_LIMIT,
+        principal.user_id, _credential(principal), _since(query.since), query.limit or DEFAULT_LIMIT,
         query.wait or 0.0, alive=_alive(request))
     return web.Response(text=page.json(), content_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -124,7 +130,7 @@ async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse
     })
     await response.prepare(request)
     alive = _alive(request)
-    pages = feed.stream(principal.user_id, principal.session_id, since, MAX_LIMIT, alive=alive,
+    pages = feed.stream(principal.user_id, _credential(principal), since, MAX_LIMIT, alive=alive,
                         lifetime=_token_lifetime(request))
     try:
         async with aclosing(pages):   # the stream stops waiting as soon as this handler ends
