@@ -21,6 +21,7 @@ need; a second row for the same route takes a `label`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 import uuid
@@ -92,6 +93,7 @@ class Row:
     raw: bytes | None = None    # a non-JSON body (document content)
     content_type: str = "text/markdown"  # of `raw`
     label: str = ""             # tells apart two rows of one route
+    headers: dict[str, str] | None = None  # sent by every caller
 
     @property
     def id(self) -> str:
@@ -102,6 +104,11 @@ class Row:
 async def fresh_doc(w: World, caller: str) -> dict:
     doc = await document(w.client, w.people["owner"], w.ws, "Fresh", markdown="x")
     return {"doc": doc["id"], "token": (await share(w.client, w.people["owner"], doc["id"]))["token"]}
+
+
+async def link_of_another_doc(w: World, caller: str) -> dict:
+    other = await fresh_doc(w, caller)
+    return {"token": other["token"]}
 
 
 async def fresh_trashed_doc(w: World, caller: str) -> dict:
@@ -263,6 +270,9 @@ ROWS: list[Row] = [
     Row("POST", D + "/{doc}/restore", "200 200 200 403 403 404 404 401", setup=fresh_trashed_doc),
     # content
     Row("GET", D + "/{doc}/content", DOC_READ),
+    # a share token opens its own document only
+    Row("GET", D + "/{doc}/content", "200 200 200 200 200 404 404 401", setup=link_of_another_doc,
+        label="share token of another document"),
     Row("PUT", D + "/{doc}/content", DOC_EDIT, raw=b"# new"),
     # Yjs over HTTP and presence (an empty Yjs update is a valid no-op)
     Row("GET", D + "/{doc}/yjs", DOC_READ),
@@ -316,6 +326,9 @@ ROWS: list[Row] = [
     Row("GET", "/readyz", EVERYONE),
     Row("GET", C + "/openapi.json", EVERYONE),
     Row("GET", "/metrics", EVERYONE),
+    # from the internet through the proxy: only the metrics token opens it, a user's token does not
+    Row("GET", "/metrics", "403 403 403 403 403 403 403 403", headers={"X-Forwarded-For": "203.0.113.9"},
+        label="through the proxy"),
     # sync: the caller's own feed
     Row("GET", C + "/sync/changes", SIGNED_IN),
     Row("GET", C + "/sync/events", "422 422 422 422 422 422 422 401", query="?since=" + FEED_AHEAD),
@@ -344,7 +357,7 @@ async def _call(world: World, row: Row, caller: str) -> int:
         extra = await row.setup(world, caller)
         body = extra.pop("body", body)
         values.update(extra)
-    headers: dict[str, str] = {}
+    headers: dict[str, str] = dict(row.headers or {})
     if caller != "anonymous":
         headers.update(world.people[caller].headers)
     if caller == "share":
@@ -383,6 +396,29 @@ def test_every_route_has_a_row(settings):
     assert set(NOT_A_ROW) <= declared - covered, "stale or needless exceptions"
     # each exception is covered by its own table
     assert {route for route, where in NOT_A_ROW.items() if where == "tests/test_authz_socket.py"} == SOCKET_ROUTES
+
+
+# -- a read-scope personal access token changes nothing ---------------------------------------------
+# Every row that writes, called by the owner with a read-scope token: 403. The exceptions:
+READ_SCOPE_ENOUGH = {
+    # a ticket opens a socket that is read-only for a read-scope token (tests/test_authz_socket.py)
+    ("POST", D + "/{document_id}/ws-ticket"): 201,
+}
+WRITE_ROWS = [row for row in ROWS if row.method != "GET"]
+
+
+@pytest.mark.parametrize("row", WRITE_ROWS, ids=[r.id for r in WRITE_ROWS])
+async def test_read_scope_token_cannot_write(client, row: Row):
+    specs = {(s.method, s.path): s for t in client.app[ROUTE_TABLES] for s in t.specs}
+    if specs[(row.method, row.path)].auth == "none":
+        pytest.skip("no token needed")
+    world = await build_world(client)
+    if row.setup is not None:  # made with the owner's full token, before it is swapped
+        row = dataclasses.replace(row, setup=lambda w, c, extra=await row.setup(world, "owner"): _const(extra))
+    resp = await client.post("/api/v1/me/tokens", json={"name": "read", "scopes": ["read"]},
+                             headers=world.people["owner"].headers)
+    world.people["owner"].access_token = (await resp.json())["token"]
+    assert await _call(world, row, "owner") == READ_SCOPE_ENOUGH.get((row.method, row.path), 403)
 
 
 async def test_setup_token_decides(make_client):
