@@ -141,6 +141,16 @@ async def viewer_grant(w: World, caller: str) -> dict:
     return target
 
 
+async def swapped_grants(w: World, caller: str) -> dict:
+    """A fresh document on which the viewer is granted editor and the editor only viewer."""
+    target = await fresh_doc(w, caller)
+    for who, role in (("viewer", "editor"), ("editor", "viewer")):
+        resp = await w.client.put(f"/api/v1/documents/{target['doc']}/grants/{w.people[who].id}",
+                                  json={"role": role}, headers=w.people["owner"].headers)
+        assert resp.status == 200, await resp.text()
+    return target
+
+
 async def fresh_link(w: World, caller: str) -> dict:
     link = await share(w.client, w.people["owner"], w.doc)
     return {"link": link["id"]}
@@ -274,6 +284,9 @@ ROWS: list[Row] = [
     Row("GET", D + "/{doc}/content", "200 200 200 200 200 404 404 401", setup=link_of_another_doc,
         label="share token of another document"),
     Row("PUT", D + "/{doc}/content", DOC_EDIT, raw=b"# new"),
+    # a grant replaces the workspace role on its document, raising or lowering it
+    Row("PUT", D + "/{doc}/content", "200 200 403 403 200 404 403 401", raw=b"# new", setup=swapped_grants,
+        label="viewer granted editor, editor granted viewer"),
     # Yjs over HTTP and presence (an empty Yjs update is a valid no-op)
     Row("GET", D + "/{doc}/yjs", DOC_READ),
     Row("POST", D + "/{doc}/yjs", "204 204 204 403 403 404 403 401", raw=b"\x00\x00"),
