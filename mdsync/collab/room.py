@@ -189,6 +189,10 @@ class Room:
 
     def _receive_awareness(self, conn: Connection, frame: bytes) -> None:
         entries = p.parse_awareness(frame)
+        # checked before anything is stored: the room keeps each state and sends it to every peer
+        # and every joiner, so one huge state would be multiplied across the whole room
+        if any(len(state) > MAX_AWARENESS_STATE_CHARS for _, _, state in entries):
+            raise ProtocolError(f"an awareness state is longer than {MAX_AWARENESS_STATE_CHARS} characters")
         states = self.awareness
         for client_id, clock, state in entries:
             current = states.get(client_id)
@@ -357,6 +361,8 @@ class Room:
 
 
 MAX_AWARENESS_IDS = 16
+# a user's name, colour and cursor are a few hundred characters; this leaves ample room for more
+MAX_AWARENESS_STATE_CHARS = 64 * 1024
 
 
 def decode_state_vector(sv: bytes) -> dict[int, int]:
