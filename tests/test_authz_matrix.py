@@ -44,9 +44,10 @@ async def client(make_client):
 CALLERS = ("owner", "admin", "editor", "commenter", "viewer", "nonmember", "share", "anonymous")
 # Declared routes that cannot be a row here, and where their authorization table lives instead.
 NOT_A_ROW = {
-    # a WebSocket upgrade: without one it is a 400 for everybody, and its authorization is a close
-    # code after the upgrade, not a status
+    # WebSocket upgrades: without one they are a 400 for everybody, and their authorization is a
+    # close code (or a per-document PermissionDenied) after the upgrade, not a status
     ("GET", "/ws/docs/{document_id}"): "tests/test_authz_socket.py",
+    ("GET", "/ws/hocuspocus"): "tests/test_authz_socket.py",
 }
 
 
@@ -406,7 +407,9 @@ def test_every_route_has_a_row(settings):
     covered = {(row.method, row.path) for row in ROWS}
     assert declared - covered - set(NOT_A_ROW) == set(), "routes without a row in the authorization matrix"
     assert covered - declared == set(), "rows for routes that do not exist"
-    assert set(NOT_A_ROW) <= declared - covered, "stale or needless exceptions"
+    # (/ws/hocuspocus may not be registered yet: its table in tests/test_authz_socket.py skips then)
+    assert set(NOT_A_ROW) - {("GET", "/ws/hocuspocus")} <= declared - covered, "stale or needless exceptions"
+    assert not set(NOT_A_ROW) & covered
     # each exception is covered by its own table
     assert {route for route, where in NOT_A_ROW.items() if where == "tests/test_authz_socket.py"} == SOCKET_ROUTES
 

@@ -2,8 +2,10 @@
 of caller → a close code (4401 unauthenticated or session revoked, 4403 lost access, 4404 no such
 document or one the caller cannot see) or an accepted socket, read-only or read-write.
 
-The socket route is the one route of the HTTP matrix (tests/test_authz_matrix.py) without a row
-there: its answer is a close code after the upgrade, not a status. This table is its row.
+The socket routes are the routes of the HTTP matrix (tests/test_authz_matrix.py) without a row
+there: their answer comes after the upgrade (a close code, a PermissionDenied), not as a status.
+These tables are their rows: `/ws/docs/{id}` (SOCKET_ROWS), `/ws/hocuspocus` (the same callers,
+HOCUSPOCUS_ROWS), and sockets losing access while open (LIVE_ROWS).
 
 "Read-only" and "read-write" are checked as a user would notice them: the caller syncs, sends a
 Yjs update, and a fresh socket of the owner (then `GET …/content`) shows whether it landed.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from urllib.parse import parse_qs
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -27,13 +30,14 @@ from aiohttp import WSMsgType
 from pycrdt import Doc, Text
 
 from mdsync import clock
+from mdsync.appkeys import ROUTE_TABLES
 from mdsync.collab import protocol as p
 from tests.collab_helpers import YClient
 from tests.test_authz_matrix import World, build_world, fresh_doc, fresh_trashed_doc, viewer_grant
 from tests.test_folders_documents import document
 from tests.test_share_links import share
 
-SOCKET_ROUTES = {("GET", "/ws/docs/{document_id}")}
+SOCKET_ROUTES = {("GET", "/ws/docs/{document_id}"), ("GET", "/ws/hocuspocus")}
 RW, RO = "read-write", "read-only"
 
 
@@ -263,6 +267,11 @@ async def landed(w: World, yc: YClient, document_id: str) -> bool:
     yc.synced.clear()
     await yc.send_raw(p.sync_step1(yc.doc.get_state()))
     await yc.wait_synced()
+    return await owner_sees(w, document_id, marker)
+
+
+async def owner_sees(w: World, document_id: str, marker: str) -> bool:
+    """Whether `marker` is in the document: in a fresh socket of the owner, then over HTTP."""
     owner = await YClient.connect(w.client, document_id, w.people["owner"].access_token)
     await owner.wait_synced()
     seen = marker in str(owner.text)
@@ -294,6 +303,95 @@ async def test_socket(client, name: str, opener: Opener, expected: str | int):
     assert str(yc.text) != "" and not ws.closed  # the document arrived
     got = RW if await landed(world, yc, document_id) else RO
     await yc.close()
+    assert got == expected
+
+
+# -- the Hocuspocus socket: the same callers, one document each, refusals per document ---------------
+# Its token travels in the document's Auth message and is checked as `?token=` is (API.md); a
+# share token has no place there, so a share-link holder is the signed-in nonmember (not-found) or
+# nobody (unauthenticated). Close codes become PermissionDenied reasons.
+HOCUSPOCUS = ("GET", "/ws/hocuspocus")  # skipped where the route is not registered
+REASON = {4401: "unauthenticated", 4403: "forbidden", 4404: "not-found"}
+HOCUSPOCUS_DIFFERS = {
+    "share": "not-found",
+    "share link alone (no account)": "unauthenticated",
+    "commenter share link, signed in": "not-found",
+}
+SCOPE = {RW: "read-write", RO: "readonly"}  # the Authenticated scopes
+HOCUSPOCUS_ROWS = [(name, opener, HOCUSPOCUS_DIFFERS.get(name) or REASON.get(expected) or SCOPE[expected])
+                   for name, opener, expected in SOCKET_ROWS]
+
+
+class Hocuspocus:
+    """A minimal Hocuspocus provider: frames are [document key][message type][payload]."""
+
+    def __init__(self, ws, key: str):
+        self.ws = ws
+        self.key = key
+        self.head = p.varbytes(key.encode())
+
+    async def send(self, body: bytes) -> None:
+        await self.ws.send_bytes(self.head + body)
+
+    async def next(self, kinds: set[int]) -> tuple[int, bytes, int]:
+        """The next message of this document with a type in `kinds`: (type, frame, payload position)."""
+        while True:
+            msg = await self.ws.receive(timeout=10)
+            assert msg.type == WSMsgType.BINARY, msg
+            if len(msg.data) == 1:
+                continue  # a ping
+            key, pos = p.read_varstring(msg.data, 0)
+            kind, pos = p.read_varuint(msg.data, pos)
+            if key == self.key and kind in kinds:
+                return kind, msg.data, pos
+
+    async def auth(self, token: str) -> str:
+        """`read-write`, `readonly`, or the PermissionDenied reason."""
+        await self.send(bytes((p.MSG_AUTH, 0)) + p.varbytes(token.encode()) + p.varbytes(b"4.0.0"))
+        _, data, pos = await self.next({p.MSG_AUTH})
+        sub, pos = p.read_varuint(data, pos)
+        assert sub in (1, 2)  # PermissionDenied, Authenticated
+        return p.read_varstring(data, pos)[0]
+
+    async def state(self) -> Doc:
+        await self.send(p.sync_step1(Doc().get_state()))
+        while True:
+            _, data, pos = await self.next({p.MSG_SYNC})
+            inner, payload, _ = p.sync_payload(b"\x00" + data[pos:])
+            if inner == p.SYNC_STEP2:
+                doc = Doc()
+                doc.apply_update(payload)
+                return doc
+
+    async def edit(self, marker: str) -> bool:
+        """Send an update appending `marker`: whether the server acknowledged it as applied."""
+        edit = await self.state()
+        text = edit.get("markdown", type=Text)
+        before = edit.get_state()
+        text.insert(len(str(text)), marker)
+        await self.send(p.update_message(edit.get_update(before)))
+        _, data, pos = await self.next({8})  # SyncStatus
+        return data[pos] == 1
+
+
+@pytest.mark.parametrize("name,opener,expected", HOCUSPOCUS_ROWS, ids=[row[0] for row in HOCUSPOCUS_ROWS])
+async def test_hocuspocus(client, name: str, opener: Opener, expected: str):
+    if HOCUSPOCUS not in {(s.method, s.path) for t in client.app[ROUTE_TABLES] for s in t.specs}:
+        pytest.skip("no /ws/hocuspocus route")
+    world = await build_world(client)
+    document_id, query = await opener(world)
+    token = parse_qs(query.lstrip("?")).get("token", [""])[0]
+    ws = await client.ws_connect("/ws/hocuspocus", max_msg_size=64 << 20)
+    # a routing key of its own: the document id, then "\0" and a session (the provider's multiplexing)
+    doc = Hocuspocus(ws, document_id + "\0" + uuid.uuid4().hex[:8])
+    got = await doc.auth(token)
+    if got in SCOPE.values():
+        # the scope is what the socket does: an edit lands (and is acknowledged) only with read-write
+        marker = f" [{uuid.uuid4().hex[:8]}]"
+        acked = await doc.edit(marker)
+        seen = await owner_sees(world, document_id, marker)
+        assert acked == seen == (got == SCOPE[RW]), (got, acked, seen)
+    await ws.close()
     assert got == expected
 
 
