@@ -218,6 +218,19 @@ async def others_api_token(w: World, caller: str) -> dict:
     return {"token_id": await _new_api_token(w, await register(w.client, name="Someone else"))}
 
 
+async def foreign_ids(w: World, caller: str) -> dict:
+    """Ids of things in another workspace (its invitation, member, share link, version), to be
+    used in paths of this one: they must be as invisible as anything of that workspace."""
+    other = await register(w.client, name="Elsewhere")
+    ws = await make_workspace(w.client, other, "Elsewhere")
+    doc = await document(w.client, other, ws, "Theirs", markdown="not yours")
+    resp = await w.client.post(f"/api/v1/documents/{doc['id']}/versions", json={"label": "v"}, headers=other.headers)
+    return {"inv": (await invite(w.client, other, ws, "viewer"))["id"],
+            "user": (await join(w.client, other, ws, "editor")).id,
+            "link": (await share(w.client, other, doc["id"]))["id"],
+            "version": (await resp.json())["id"]}
+
+
 async def deleted_workspace(w: World, caller: str) -> dict:
     resp = await w.client.delete(f"/api/v1/workspaces/{w.ws}", headers=w.people["owner"].headers)
     assert resp.status == 204
@@ -257,6 +270,19 @@ ROWS: list[Row] = [
     Row("PATCH", W + "/{ws}/members/{user}", ADMIN_WRITE, body={"role": "viewer"}, setup=fresh_member),
     Row("DELETE", W + "/{ws}/members/{user}", "204 204 403 403 403 404 404 401", setup=fresh_member),
     Row("POST", W + "/{ws}/leave", "409 204 204 204 204 404 404 401"),  # the only owner cannot leave
+    # ids of another workspace in this workspace's paths: as invisible as the rest of it
+    Row("PATCH", W + "/{ws}/members/{user}", "404 404 403 403 403 404 404 401", body={"role": "viewer"},
+        setup=foreign_ids, label="member of another workspace"),
+    Row("DELETE", W + "/{ws}/members/{user}", "404 404 403 403 403 404 404 401", setup=foreign_ids,
+        label="member of another workspace"),
+    Row("DELETE", W + "/{ws}/invitations/{invitation}", "404 404 403 403 403 404 404 401", setup=foreign_ids,
+        label="invitation of another workspace"),
+    Row("GET", D + "/{doc}/share-links/{link}", "404 404 404 403 403 404 403 401", setup=foreign_ids,
+        label="link of another workspace"),
+    Row("DELETE", D + "/{doc}/share-links/{link}", "404 404 404 403 403 404 403 401", setup=foreign_ids,
+        label="link of another workspace"),
+    Row("GET", D + "/{doc}/diff", "404 404 404 404 404 404 403 401", query="?from={version}&to=current",
+        setup=foreign_ids, label="version of another workspace"),
     # invitations
     Row("POST", W + "/{ws}/invitations", "201 201 403 403 403 404 404 401", body={"role": "viewer"}),
     Row("GET", W + "/{ws}/invitations", ADMIN_WRITE),
