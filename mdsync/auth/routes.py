@@ -6,6 +6,7 @@ from aiohttp import web
 
 from mdsync import clock
 from mdsync.api.errors import ValidationFailed
+from mdsync.api.pagination import page
 from mdsync.api.routing import PRINCIPAL, Routes
 from mdsync.auth import models as m
 from mdsync.auth import store
@@ -62,12 +63,22 @@ async def setup(request: web.Request, body: m.SetupIn) -> web.Response:
     return web.json_response(pair, status=201)
 
 
+def _after(after) -> tuple[str, str] | None:
+    """A list cursor of sessions or tokens: the [created_at, id] of the last row served."""
+    if after is None:
+        return None
+    if not (isinstance(after, list) and len(after) == 2 and all(isinstance(v, str) for v in after)):
+        raise ValidationFailed.field("cursor", "is not a cursor this server issued")
+    return after[0], after[1]
+
+
 @routes.get("/api/v1/auth/sessions", "The caller's signed-in devices", response=m.SessionList)
 async def list_sessions(request: web.Request) -> web.Response:
     principal = request[PRINCIPAL]
-    rows = await store.list_sessions(_svc(request).db, principal.user_id)
-    items = [{**dict(row), "current": row["id"] == principal.session_id} for row in rows]
-    return web.json_response({"items": items, "next_cursor": None})
+    p = page(request)
+    rows = await store.list_sessions(_svc(request).db, principal.user_id, _after(p.after), p.fetch_limit())
+    return web.json_response(p.result(rows, key=lambda r: [r["created_at"], r["id"]],
+                                      shape=lambda r: {**dict(r), "current": r["id"] == principal.session_id}))
 
 
 @routes.delete("/api/v1/auth/sessions/{session_id}", "Sign out one device", status=204)
@@ -98,8 +109,10 @@ async def change_password(request: web.Request, body: m.PasswordIn) -> web.Respo
 
 @routes.get("/api/v1/me/tokens", "The caller's personal access tokens", response=m.ApiTokenList)
 async def list_tokens(request: web.Request) -> web.Response:
-    rows = await store.list_api_tokens(_svc(request).db, request[PRINCIPAL].user_id)
-    return web.json_response({"items": [store.api_token_json(r) for r in rows], "next_cursor": None})
+    p = page(request)
+    rows = await store.list_api_tokens(_svc(request).db, request[PRINCIPAL].user_id, _after(p.after),
+                                      p.fetch_limit())
+    return web.json_response(p.result(rows, key=lambda r: [r["created_at"], r["id"]], shape=store.api_token_json))
 
 
 @routes.post("/api/v1/me/tokens", "Create a personal access token (shown once)", body=m.TokenIn,

@@ -126,11 +126,19 @@ async def session_state(db: Database, session_id: str) -> sqlite3.Row | None:
         " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?", (session_id,))
 
 
-async def list_sessions(db: Database, user_id: str) -> list[sqlite3.Row]:
+def _after(after: tuple[str, str] | None) -> tuple[str | None, str]:
+    return (None, "") if after is None else after
+
+
+async def list_sessions(db: Database, user_id: str, after: tuple[str, str] | None = None,
+                        limit: int = -1) -> list[sqlite3.Row]:
+    """Newest first, a page after `after` ([created_at, id] of the last row of the previous one)."""
+    created, row_id = _after(after)
     return await db.all(
         "SELECT id, device_name, user_agent, created_at, last_used_at FROM sessions"
-        " WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? ORDER BY created_at DESC",
-        (user_id, clock.iso()))
+        " WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ?"
+        " AND (? IS NULL OR (created_at, id) < (?, ?)) ORDER BY created_at DESC, id DESC LIMIT ?",
+        (user_id, clock.iso(), created, created, row_id, limit))
 
 
 def session_of_user(tx: Tx, session_id: str, user_id: str) -> sqlite3.Row | None:
@@ -152,8 +160,11 @@ def api_token_json(row: sqlite3.Row) -> dict:
             "created_at": row["created_at"], "expires_at": row["expires_at"], "last_used_at": row["last_used_at"]}
 
 
-async def list_api_tokens(db: Database, user_id: str) -> list[sqlite3.Row]:
-    return await db.all("SELECT * FROM api_tokens WHERE user_id = ? ORDER BY created_at DESC", (user_id,))
+async def list_api_tokens(db: Database, user_id: str, after: tuple[str, str] | None = None,
+                          limit: int = -1) -> list[sqlite3.Row]:
+    created, row_id = _after(after)
+    return await db.all("SELECT * FROM api_tokens WHERE user_id = ? AND (? IS NULL OR (created_at, id) < (?, ?))"
+                        " ORDER BY created_at DESC, id DESC LIMIT ?", (user_id, created, created, row_id, limit))
 
 
 def delete_api_token(tx: Tx, token_id: str, user_id: str) -> bool:

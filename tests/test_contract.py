@@ -1,0 +1,593 @@
+"""The cross-cutting sentences of API.md "Conventions", each checked over every route it applies
+to, enumerated from app[ROUTE_TABLES] — a route added later by any feature is covered (or the
+test names it as missing) without touching this file.
+
+- creates answer 201 with `id` at the top level;
+- lists answer `{items, next_cursor}`, `limit` defaults to 50, above 200 is clamped;
+- names, titles and labels of 10 000 characters are 422 naming the field, and nothing changes;
+- an endpoint without a documented body accepts an empty one, with or without Content-Type;
+- malformed JSON is 422 naming `body`; a 2 MB JSON body is 413;
+- expired, tampered, alg:none, wrongly signed and refresh-as-access tokens are 401 on every
+  authenticated route;
+- ids from another workspace are 404 (never 403, never that workspace's data);
+- no error carries a stack trace.
+
+Where a rule does not apply to a route the exception is listed, with the reason, next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import sqlite3
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mdsync import clock
+from mdsync.api.routing import RouteSpec
+from mdsync.appkeys import ROUTE_TABLES, SETTINGS
+from tests.conftest import PASSWORD, Account, bearer, register
+
+PROBLEM = "application/problem+json"
+TRACE = re.compile(r"Traceback|File \"|\.py\", line|site-packages")
+MB = 1024 * 1024
+NAME_FIELDS = {"name", "title", "label", "device_name"}
+
+
+@pytest.fixture
+async def client(make_client):
+    # many registrations and logins per test: lift the per-address throttles
+    return await make_client(auth__register_attempts_per_address=100_000, auth__login_attempts_per_address=100_000)
+
+
+def specs_of(client) -> list[RouteSpec]:
+    return [spec for table in client.app[ROUTE_TABLES] for spec in table.specs]
+
+
+async def problem(resp, status: int, slug: str | None = None) -> dict:
+    text = await resp.text()
+    assert resp.status == status, f"{resp.method} {resp.url.path}: {resp.status} {text[:300]}"
+    assert resp.content_type == PROBLEM, text[:300]
+    assert not TRACE.search(text), text
+    body = json.loads(text)
+    if slug:
+        assert body["type"] == f"urn:mdsync:error:{slug}", body
+    assert body["status"] == status
+    return body
+
+
+# -- a world: one owner with one of everything a path can name, built through the API ---------------
+@dataclass
+class World:
+    client: Any
+    owner: Account
+    member: Account
+    ids: dict[str, str] = field(default_factory=dict)
+    texts: list[str] = field(default_factory=list)  # titles/names unique to this world (leak check)
+
+    async def call(self, method: str, path: str, **kw):
+        headers = kw.pop("headers", self.owner.headers)
+        return await self.client.request(method, path, headers=headers, **kw)
+
+    async def ok(self, method: str, path: str, status: int, **kw) -> dict:
+        resp = await self.call(method, path, **kw)
+        assert resp.status == status, await resp.text()
+        return await resp.json() if resp.status != 204 else {}
+
+    # fresh targets, for destructive calls (so one check does not change what the next one sees)
+    async def fresh(self, name: str) -> str:
+        tag = uuid.uuid4().hex[:6]
+        ws = self.ids["ws"]
+        if name == "ws":
+            return (await self.ok("POST", "/api/v1/workspaces", 201, json={"name": f"WS {tag}"}))["id"]
+        if name == "folder":
+            return (await self.ok("POST", f"/api/v1/workspaces/{ws}/folders", 201, json={"name": f"F {tag}"}))["id"]
+        if name in ("doc", "document_id"):
+            return (await self.ok("POST", f"/api/v1/workspaces/{ws}/documents", 201,
+                                  json={"title": f"D {tag}", "markdown": "x"}))["id"]
+        if name == "link":
+            return (await self.ok("POST", f"/api/v1/documents/{self.ids['doc']}/share-links", 201,
+                                  json={"role": "viewer"}))["id"]
+        if name == "version":
+            return (await self.ok("POST", f"/api/v1/documents/{self.ids['doc']}/versions", 201,
+                                  json={"label": f"V {tag}"}))["id"]
+        if name == "invitation":
+            return (await self.ok("POST", f"/api/v1/workspaces/{ws}/invitations", 201, json={"role": "viewer"}))["id"]
+        if name == "token_id":
+            return (await self.ok("POST", "/api/v1/me/tokens", 201, json={"name": f"T {tag}"}))["id"]
+        if name == "session_id":
+            await self.client.post("/api/v1/auth/login", json={"email": self.owner.email, "password": PASSWORD})
+            sessions = await self.ok("GET", "/api/v1/auth/sessions", 200)
+            return next(s["id"] for s in sessions["items"] if not s["current"])
+        if name == "user":
+            return (await join(self, "commenter")).id
+        if name == "token":
+            return (await self.ok("POST", f"/api/v1/documents/{self.ids['doc']}/share-links", 201,
+                                  json={"role": "viewer"}))["token"]
+        raise AssertionError(f"no factory for path parameter {{{name}}}: add one to World.fresh")
+
+
+async def join(world: World, role: str) -> Account:
+    person = await register(world.client, name=f"Member {uuid.uuid4().hex[:4]}")
+    inv = await world.ok("POST", f"/api/v1/workspaces/{world.ids['ws']}/invitations", 201, json={"role": role})
+    resp = await world.client.post("/api/v1/invitations/accept", json={"token": inv["token"]}, headers=person.headers)
+    assert resp.status == 200, await resp.text()
+    return person
+
+
+async def build_world(client, label: str = "A") -> World:
+    owner = await register(client, name=f"Owner {label}")
+    w = World(client, owner, owner)
+    tag = f"{label}-{uuid.uuid4().hex[:8]}"
+    w.texts = [f"Space {tag}", f"Folder {tag}", f"Doc {tag}", f"secret body {tag}", f"Version {tag}"]
+    w.ids["ws"] = (await w.ok("POST", "/api/v1/workspaces", 201, json={"name": w.texts[0]}))["id"]
+    w.member = await join(w, "editor")
+    w.ids["user"] = w.member.id
+    w.ids["folder"] = (await w.ok("POST", f"/api/v1/workspaces/{w.ids['ws']}/folders", 201,
+                                  json={"name": w.texts[1]}))["id"]
+    doc = await w.ok("POST", f"/api/v1/workspaces/{w.ids['ws']}/documents", 201,
+                     json={"title": w.texts[2], "markdown": w.texts[3], "folder_id": w.ids["folder"]})
+    w.ids["doc"] = w.ids["document_id"] = doc["id"]
+    link = await w.ok("POST", f"/api/v1/documents/{doc['id']}/share-links", 201, json={"role": "viewer"})
+    w.ids["link"], w.ids["token"] = link["id"], link["token"]
+    w.ids["version"] = (await w.ok("POST", f"/api/v1/documents/{doc['id']}/versions", 201,
+                                   json={"label": w.texts[4]}))["id"]
+    w.ids["invitation"] = await w.fresh("invitation")
+    w.ids["token_id"] = await w.fresh("token_id")
+    w.ids["session_id"] = await w.fresh("session_id")
+    await w.ok("PUT", f"/api/v1/documents/{doc['id']}/grants/{w.member.id}", 200, json={"role": "viewer"})
+    return w
+
+
+def fill(path: str, ids: dict[str, str]) -> str:
+    def value(m: re.Match) -> str:
+        return ids[m.group(1)]
+    return re.sub(r"\{([^}:]+)(?::[^}]*)?\}", value, path)
+
+
+def params(path: str) -> list[str]:
+    return re.findall(r"\{([^}:]+)(?::[^}]*)?\}", path)
+
+
+# A valid JSON body for every route that takes one; a route added without an entry here fails
+# test_every_json_route_has_a_valid_body, which is what makes the checks below cover it.
+def valid_body(world: World, spec: RouteSpec) -> dict:
+    tag = uuid.uuid4().hex[:6]
+    bodies = {
+        ("POST", "/api/v1/auth/register"): {"email": f"n-{tag}@example.com", "password": PASSWORD, "name": "New"},
+        ("POST", "/api/v1/auth/login"): {"email": world.owner.email, "password": PASSWORD, "device_name": "laptop"},
+        ("POST", "/api/v1/auth/refresh"): {"refresh_token": world.owner.refresh_token},
+        ("POST", "/api/v1/auth/setup"): {"setup_token": "not-the-token", "email": f"s-{tag}@example.com",
+                                         "password": PASSWORD, "name": "Root"},
+        ("PATCH", "/api/v1/me"): {"name": "Renamed"},
+        ("POST", "/api/v1/me/password"): {"current_password": PASSWORD, "new_password": PASSWORD},
+        ("POST", "/api/v1/me/tokens"): {"name": f"token {tag}"},
+        ("POST", "/api/v1/workspaces"): {"name": f"Space {tag}"},
+        ("PATCH", "/api/v1/workspaces/{ws}"): {"name": f"Space {tag}"},
+        ("POST", "/api/v1/workspaces/{ws}/transfer"): {"user_id": world.member.id},
+        ("PATCH", "/api/v1/workspaces/{ws}/members/{user}"): {"role": "viewer"},
+        ("POST", "/api/v1/workspaces/{ws}/invitations"): {"role": "viewer"},
+        ("POST", "/api/v1/invitations/accept"): {"token": "not-a-token"},
+        ("POST", "/api/v1/workspaces/{ws}/folders"): {"name": f"Folder {tag}"},
+        ("PATCH", "/api/v1/folders/{folder}"): {"name": f"Folder {tag}"},
+        ("POST", "/api/v1/workspaces/{ws}/documents"): {"title": f"Doc {tag}"},
+        ("PATCH", "/api/v1/documents/{doc}"): {"title": f"Doc {tag}"},
+        ("PUT", "/api/v1/documents/{doc}/grants/{user}"): {"role": "commenter"},
+        ("POST", "/api/v1/documents/{doc}/share-links"): {"role": "viewer"},
+        ("POST", "/api/v1/documents/{doc}/versions"): {"label": f"Version {tag}"},
+    }
+    return bodies[(spec.method, spec.path)]
+
+
+def test_every_json_route_has_a_valid_body(settings):
+    from mdsync.app import create_app
+
+    app = create_app(settings)
+    world = World(None, None, None, ids={})  # type: ignore[arg-type]
+    missing = []
+    for table in app[ROUTE_TABLES]:
+        for spec in table.specs:
+            if spec.body is not None:
+                try:
+                    valid_body(world, spec)
+                except KeyError:
+                    missing.append(f"{spec.method} {spec.path}")
+                except AttributeError:
+                    pass  # the body needs a real world; it exists
+    assert missing == []
+
+
+# -- snapshots: "nothing changes" --------------------------------------------------------------------
+# Rows that change on any authenticated request, not because of what it asked for: the session's
+# last use, throttling counters and the audit of refused attempts are bookkeeping, not user data.
+VOLATILE = {"sessions", "throttle", "login_attempts", "login_failures", "audit_log", "sqlite_sequence",
+            "tickets", "metrics"}
+
+
+def snapshot(client) -> dict[str, list]:
+    conn = sqlite3.connect(client.app[SETTINGS].db_path)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"').fetchall()))
+                for t in tables if t not in VOLATILE and not t.startswith("_")}
+    finally:
+        conn.close()
+
+
+def diff(before: dict, after: dict) -> dict:
+    return {t: (len(before.get(t, [])), len(after.get(t, []))) for t in set(before) | set(after)
+            if before.get(t) != after.get(t)}
+
+
+# -- creates: 201 with `id` at the top level -------------------------------------------------------
+# 201s whose answer is not a created resource with an id, as API.md documents them:
+NOT_RESOURCE_CREATES = {
+    ("POST", "/api/v1/auth/register"),  # → {user, access_token, refresh_token, expires_in}
+    ("POST", "/api/v1/auth/setup"),     # same shape as register
+    ("POST", "/api/v1/documents/{document_id}/ws-ticket"),  # → {ticket}: a capability, not a resource
+}
+
+
+async def test_creates_answer_201_with_a_top_level_id(client):
+    world = await build_world(client)
+    creates = [s for s in specs_of(client) if s.status == 201 and (s.method, s.path) not in NOT_RESOURCE_CREATES]
+    assert len(creates) >= 7
+    for spec in creates:
+        assert spec.method == "POST", f"{spec.method} {spec.path}: creates are POSTs"
+        resp = await world.call("POST", fill(spec.path, world.ids), json=valid_body(world, spec))
+        text = await resp.text()
+        assert resp.status == 201, f"{spec.path}: {resp.status} {text[:300]}"
+        body = json.loads(text)
+        assert isinstance(body.get("id"), str) and body["id"], f"{spec.path}: no top-level id in {body}"
+
+
+# -- lists -------------------------------------------------------------------------------------------
+def list_specs(client) -> list[RouteSpec]:
+    return [s for s in specs_of(client) if s.method == "GET" and s.response is not None
+            and "items" in s.response.model_fields and (s.method, s.path) not in ONE_PAGE_LISTS]
+
+
+# Lists documented as one page without a cursor:
+ONE_PAGE_LISTS = {("GET", "/api/v1/documents/{doc}/presence")}  # "(one page, no cursor)"
+
+
+async def populate(world: World, spec: RouteSpec, n: int) -> None:
+    """At least `n` items in the list `spec` answers (for the owner, in world's workspace)."""
+    ws, doc = world.ids["ws"], world.ids["doc"]
+    path = spec.path
+    for i in range(n):
+        if path == "/api/v1/auth/sessions":
+            await world.client.post("/api/v1/auth/login", json={"email": world.owner.email, "password": PASSWORD})
+        elif path == "/api/v1/me/tokens":
+            await world.fresh("token_id")
+        elif path == "/api/v1/workspaces":
+            await world.fresh("ws")
+        elif path == "/api/v1/workspaces/{ws}/members":
+            await join(world, "viewer")
+        elif path == "/api/v1/workspaces/{ws}/invitations":
+            await world.fresh("invitation")
+        elif path in ("/api/v1/workspaces/{ws}/documents", "/api/v1/workspaces/{ws}/templates",
+                      "/api/v1/workspaces/{ws}/context", "/api/v1/workspaces/{ws}/trash"):
+            kind = {"templates": "template", "context": "context"}.get(path.rsplit("/", 1)[1], "note")
+            d = await world.ok("POST", f"/api/v1/workspaces/{ws}/documents", 201, json={"title": f"L{i}", "kind": kind})
+            if path.endswith("/trash"):
+                await world.ok("DELETE", f"/api/v1/documents/{d['id']}", 204)
+        elif path == "/api/v1/documents/{doc}/grants":
+            person = await join(world, "viewer")
+            await world.ok("PUT", f"/api/v1/documents/{doc}/grants/{person.id}", 200, json={"role": "editor"})
+        elif path == "/api/v1/documents/{doc}/share-links":
+            await world.fresh("link")
+        elif path == "/api/v1/documents/{doc}/versions":
+            await world.fresh("version")
+        else:
+            raise AssertionError(f"GET {path} is a list: teach populate() how to fill it")
+
+
+async def test_lists_answer_items_and_next_cursor_with_limit_default_50_and_clamp_200(client):
+    world = await build_world(client)
+    lists = list_specs(client)
+    assert len(lists) >= 10
+    for spec in lists:
+        url = fill(spec.path, world.ids)
+        await populate(world, spec, 51)
+        body = await world.ok("GET", url, 200)
+        assert set(body) >= {"items", "next_cursor"}, f"{spec.path}: {list(body)}"
+        assert len(body["items"]) == 50 and body["next_cursor"], f"{spec.path}: default page {len(body['items'])}"
+        # the cursor continues where the first page ended, without repeats
+        rest = await world.ok("GET", url, 200, params={"cursor": body["next_cursor"]})
+        first_ids = {json.dumps(i, sort_keys=True) for i in body["items"]}
+        assert rest["items"] and not first_ids & {json.dumps(i, sort_keys=True) for i in rest["items"]}, spec.path
+        one = await world.ok("GET", url, 200, params={"limit": "1"})
+        assert len(one["items"]) == 1 and one["next_cursor"], spec.path
+        big = await world.ok("GET", url, 200, params={"limit": "100000"})  # clamped, not refused
+        assert 51 <= len(big["items"]) <= 200, spec.path
+        for bad in ("0", "-1", "abc", "1.5"):
+            resp = await world.call("GET", url, params={"limit": bad})
+            assert {e["field"] for e in (await problem(resp, 422, "validation"))["errors"]} == {"limit"}, spec.path
+        resp = await world.call("GET", url, params={"cursor": "%%%not-a-cursor"})
+        await problem(resp, 422, "validation")
+
+
+async def test_limit_above_200_is_clamped_to_200(client):
+    world = await build_world(client)
+    ws = world.ids["ws"]
+    for i in range(201):
+        await world.ok("POST", f"/api/v1/workspaces/{ws}/documents", 201, json={"title": f"N{i}"})
+    body = await world.ok("GET", f"/api/v1/workspaces/{ws}/documents", 200, params={"limit": "500"})
+    assert len(body["items"]) == 200 and body["next_cursor"]
+
+
+# -- names, titles, labels -----------------------------------------------------------------------------
+def name_fields(spec: RouteSpec) -> list[str]:
+    return [n for n in spec.body.model_fields if n in NAME_FIELDS] if spec.body else []
+
+
+def test_every_name_like_field_is_known():
+    """A body field called *name/*title/*label that NAME_FIELDS does not list would escape the
+    10 000-character check below."""
+    from mdsync.app import create_app
+    from tests.conftest import make_settings
+    import tempfile
+    from pathlib import Path
+
+    app = create_app(make_settings(Path(tempfile.mkdtemp())))
+    odd = {f"{s.path}:{n}" for t in app[ROUTE_TABLES] for s in t.specs if s.body
+           for n in s.body.model_fields if re.search(r"(name|title|label)$", n) and n not in NAME_FIELDS}
+    assert odd == set()
+
+
+async def test_ten_thousand_character_names_are_422_naming_the_field_and_change_nothing(client):
+    world = await build_world(client)
+    routes = [(s, f) for s in specs_of(client) for f in name_fields(s)]
+    assert len(routes) >= 10
+    for value in ("x" * 10_000, "   ", "a" * 501):
+        for spec, name in routes:
+            if name == "device_name" and value != "x" * 10_000:
+                continue  # not a name in API.md's sense: up to 200 characters, blank allowed
+            url = fill(spec.path, world.ids)
+            body = {**valid_body(world, spec), name: value}
+            before = snapshot(client)
+            resp = await world.call(spec.method, url, json=body)
+            got = await problem(resp, 422, "validation")
+            assert {e["field"] for e in got["errors"]} == {name}, (spec.path, got)
+            assert diff(before, snapshot(client)) == {}, f"{spec.method} {spec.path} changed data"
+
+
+# -- empty bodies -------------------------------------------------------------------------------------
+# success statuses that differ from the route's documented one for a reason unrelated to the body
+EMPTY_BODY_STATUS = {
+    ("POST", "/api/v1/workspaces/{ws}/leave"): 409,            # the owner is its only owner
+    ("POST", "/api/v1/workspaces/{ws}/restore"): 409,          # the workspace is not deleted
+    ("POST", "/api/v1/documents/{doc}/restore"): 200,
+    ("POST", "/api/v1/auth/logout"): 204,
+    ("POST", "/api/v1/workspaces/{ws}/import"): 422,            # documented body: a zip (raw)
+}
+
+
+@pytest.mark.parametrize("content_type", [None, "application/json", "text/plain"])
+async def test_endpoints_without_a_body_accept_an_empty_one(client, content_type):
+    world = await build_world(client)
+    bodiless = [s for s in specs_of(client) if s.body is None and s.raw_body is None]
+    assert len(bodiless) > 20
+    for spec in bodiless:
+        ids = dict(world.ids)
+        names = params(spec.path)
+        if spec.method != "GET" and names:  # destructive: a fresh target inside the world's containers
+            ids[names[-1]] = await world.fresh(names[-1])
+            if "/grants/" in spec.path:  # a grant to remove
+                await world.ok("PUT", fill("/api/v1/documents/{doc}/grants/{user}", ids), 200, json={"role": "viewer"})
+        headers = dict(world.owner.headers)
+        if spec.path == "/api/v1/auth/logout":  # its own session, not the world's
+            pair = await (await client.post("/api/v1/auth/login",
+                                            json={"email": world.owner.email, "password": PASSWORD})).json()
+            headers = bearer(pair["access_token"])
+        if content_type:
+            headers["Content-Type"] = content_type
+        query = {"from": ids["version"], "to": "current"} if spec.path.endswith("/diff") else None  # required
+        resp = await client.request(spec.method, fill(spec.path, ids), data=b"", headers=headers, params=query,
+                                    skip_auto_headers=["Content-Type"])
+        if spec.raw_response == "text/event-stream":
+            text = b""  # a stream stays open by design: its status is the answer
+            resp.close()
+        else:
+            text = await resp.read()
+        # a plain GET of a socket path is not an upgrade: 400, as a problem
+        expected = 400 if spec.path.startswith("/ws/") else EMPTY_BODY_STATUS.get((spec.method, spec.path), spec.status)
+        assert resp.status == expected, f"{spec.method} {spec.path} [{content_type}]: {resp.status} {text[:300]!r}"
+
+
+# -- malformed JSON, oversized JSON --------------------------------------------------------------------
+async def test_malformed_json_is_422_naming_body_everywhere(client):
+    world = await build_world(client)
+    routes = [s for s in specs_of(client) if s.body is not None]
+    for spec in routes:
+        for raw in (b"{broken", b'{"a": }', b"\xff\xfe", b"[1,", b"nul"):
+            before = snapshot(client)
+            resp = await world.call(spec.method, fill(spec.path, world.ids), data=raw,
+                                    headers={**world.owner.headers, "Content-Type": "application/json"})
+            got = await problem(resp, 422, "validation")
+            assert [e["field"] for e in got["errors"]] == ["body"], (spec.path, got)
+            assert diff(before, snapshot(client)) == {}, spec.path
+
+
+async def test_two_megabyte_json_bodies_are_413_everywhere(client):
+    world = await build_world(client)
+    routes = [s for s in specs_of(client) if s.body is not None]
+    for spec in routes:
+        body = {**valid_body(world, spec), "padding": "x" * (2 * MB)}
+        before = snapshot(client)
+        resp = await world.call(spec.method, fill(spec.path, world.ids), json=body)
+        await problem(resp, 413, "too-large")
+        assert diff(before, snapshot(client)) == {}, spec.path
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_raw_bodies_over_their_limit_are_413(make_client):
+    client = await make_client(limits__max_document_bytes=64 * 1024, limits__max_import_bytes=64 * 1024,
+                               limits__max_upload_bytes=64 * 1024, limits__max_body_bytes=64 * 1024)
+    world = await build_world(client)
+    raw = [s for s in specs_of(client) if s.raw_body is not None]
+    assert raw
+    for spec in raw:
+        before = snapshot(client)
+        resp = await world.call(spec.method, fill(spec.path, world.ids), data=b"x" * (2 * MB),
+                                headers={**world.owner.headers, "Content-Type": spec.raw_body})
+        await problem(resp, 413, "too-large")
+        assert diff(before, snapshot(client)) == {}, spec.path
+    content = await world.call("GET", f"/api/v1/documents/{world.ids['doc']}/content")
+    assert world.texts[3] in await content.text()
+
+
+# -- bad tokens ----------------------------------------------------------------------------------------
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _unb64(seg: str) -> bytes:
+    return base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4))
+
+
+def bad_tokens(account: Account, secret: str) -> dict[str, str]:
+    header, payload, sig = account.access_token.split(".")
+    claims = json.loads(_unb64(payload))
+    other = {**claims, "sub": str(uuid.uuid4())}
+    # signed with a key of our own making: the server's key is not guessable from outside
+    wrong_key = hashlib.sha256(b"not the server's key").digest()
+    signing = f"{header}.{_b64(json.dumps(other).encode())}"
+    forged = f"{signing}.{_b64(hmac.new(wrong_key, signing.encode(), hashlib.sha256).digest())}"
+    none_header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    return {
+        "tampered claims": f"{header}.{_b64(json.dumps(other).encode())}.{sig}",
+        "tampered signature": f"{header}.{payload}.{sig[:-2]}{'AA' if not sig.endswith('AA') else 'BB'}",
+        "alg none": f"{none_header}.{_b64(json.dumps(claims).encode())}.",
+        "alg none with signature": f"{none_header}.{payload}.{sig}",
+        "wrong key": forged,
+        "refresh as access": account.refresh_token,
+        "garbage": "not-a-token",
+        "unknown pat": "mds_" + "A" * 43,
+        "long": "a" * 6000,  # (over 8 KiB the HTTP parser refuses the header line itself: 400)
+    }
+
+
+async def test_bad_tokens_are_401_on_every_authenticated_route(client):
+    world = await build_world(client)
+    account = world.owner
+    authed = [s for s in specs_of(client) if s.auth == "user"]
+    assert len(authed) > 40
+    tokens = bad_tokens(account, "")
+    # a revoked session's access token, and an expired one (the clock moved past `exp`)
+    login = await (await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})).json()
+    assert (await client.post("/api/v1/auth/logout", headers=bearer(login["access_token"]))).status == 204
+    tokens["logged out"] = login["access_token"]
+    before = snapshot(client)
+    for label, token in tokens.items():
+        for spec in authed:
+            resp = await client.request(spec.method, fill(spec.path, world.ids), headers=bearer(token), json={})
+            await problem(resp, 401, "unauthenticated")
+    clock.advance(client.app[SETTINGS].auth.access_token_ttl + 1)
+    for spec in authed:
+        resp = await client.request(spec.method, fill(spec.path, world.ids), headers=account.headers, json={})
+        await problem(resp, 401, "unauthenticated")
+    assert diff(before, snapshot(client)) == {}
+    # the authorization scheme itself
+    for header in ("Basic dXNlcjpwYXNz", "Bearer", "Bearer ", account.access_token, "Token " + account.access_token):
+        resp = await client.get("/api/v1/me", headers={"Authorization": header})
+        await problem(resp, 401, "unauthenticated")
+
+
+async def test_a_bad_token_on_an_optional_route_is_401_not_anonymous(client):
+    """A share link opens without an account, but a token that is presented must be good: a
+    client whose token went bad learns so instead of silently reading as nobody."""
+    world = await build_world(client)
+    optional = [s for s in specs_of(client) if s.auth == "optional"]
+    for spec in optional:
+        url = fill(spec.path, world.ids)
+        assert (await client.get(url)).status == spec.status
+        for label, token in bad_tokens(world.owner, "").items():
+            resp = await client.request(spec.method, url, headers=bearer(token))
+            await problem(resp, 401, "unauthenticated")
+
+
+# -- ids from another workspace ------------------------------------------------------------------------
+# Path parameters that are not workspace-scoped ids:
+NOT_WORKSPACE_IDS = {
+    "token",  # a share token is a capability: whoever holds it reads (GET /share/{token})
+}
+# Routes whose answer to a stranger's id is not 404, with the reason:
+CROSS_EXCEPTIONS = {
+    ("GET", "/ws/docs/{document_id}"),  # a socket: refused with close code 4404 (tests/test_collab_relay.py)
+}
+
+
+async def test_ids_from_another_workspace_are_404_and_show_nothing(client):
+    mine = await build_world(client, "mine")
+    theirs = await build_world(client, "theirs")
+    routes = [s for s in specs_of(client) if s.auth == "user" and params(s.path)
+              and (s.method, s.path) not in CROSS_EXCEPTIONS]
+    assert len(routes) > 30
+    for spec in routes:
+        names = [n for n in params(spec.path) if n not in NOT_WORKSPACE_IDS]
+        if not names:
+            continue
+        # every id theirs; then each id theirs alone inside my own ids (a mixed path)
+        variants = [{**mine.ids, **{n: theirs.ids[n] for n in names}}]
+        if len(names) > 1:
+            variants += [{**mine.ids, n: theirs.ids[n]} for n in names]
+        for ids in variants:
+            before = snapshot(client)
+            body = valid_body(mine, spec) if spec.body else None
+            query = {"from": ids["version"], "to": "current"} if spec.path.endswith("/diff") else None
+            if spec.raw_body:
+                resp = await mine.call(spec.method, fill(spec.path, ids), data=b"\x00\x00", params=query,
+                                       headers={**mine.owner.headers, "Content-Type": spec.raw_body})
+            else:
+                resp = await mine.call(spec.method, fill(spec.path, ids), json=body, params=query)
+            text = await resp.text()
+            assert resp.status == 404, f"{spec.method} {fill(spec.path, ids)}: {resp.status} {text[:300]}"
+            await problem(resp, 404, "not-found")
+            for secret in theirs.texts:
+                assert secret not in text
+            assert diff(before, snapshot(client)) == {}, f"{spec.method} {spec.path} changed data"
+
+
+async def test_ids_from_another_workspace_in_bodies_and_queries_answer_as_unknown_ids(client):
+    """References inside bodies and queries (a folder, template, parent, version or user of another
+    workspace) get exactly the answer an id that exists nowhere gets: 404, or 422 naming the field
+    — never 403, never a word of the other workspace, and nothing changes."""
+    mine = await build_world(client, "mine")
+    theirs = await build_world(client, "theirs")
+    ws, doc, folder = mine.ids["ws"], mine.ids["doc"], mine.ids["folder"]
+    cases = [
+        ("POST", f"/api/v1/workspaces/{ws}/documents", "body", {"title": "x", "folder_id": "folder"}),
+        ("POST", f"/api/v1/workspaces/{ws}/documents", "body", {"title": "x", "template_id": "doc"}),
+        ("POST", f"/api/v1/workspaces/{ws}/folders", "body", {"name": "x", "parent_id": "folder"}),
+        ("PATCH", f"/api/v1/folders/{folder}", "body", {"parent_id": "folder"}),
+        ("PATCH", f"/api/v1/documents/{doc}", "body", {"folder_id": "folder"}),
+        ("POST", f"/api/v1/workspaces/{ws}/transfer", "body", {"user_id": "owner"}),
+        ("GET", f"/api/v1/documents/{doc}/diff", "params", {"from": "version", "to": "current"}),
+        ("GET", f"/api/v1/documents/{doc}/diff", "params", {"from": mine.ids["version"], "to": "version"}),
+        ("GET", f"/api/v1/workspaces/{ws}/documents", "params", {"folder_id": "folder"}),
+    ]
+    theirs_ids = {**theirs.ids, "owner": theirs.owner.id}
+    for method, url, where, template in cases:
+        answers = []
+        for source in (theirs_ids, {k: str(uuid.uuid4()) for k in theirs_ids}):
+            values = {k: source.get(v, v) if isinstance(v, str) else v for k, v in template.items()}
+            before = snapshot(client)
+            resp = await mine.call(method, url, **{"json" if where == "body" else "params": values})
+            text = await resp.text()
+            # a list filtered by a folder the caller cannot see is simply empty
+            empty_list = resp.status == 200 and method == "GET" and json.loads(text).get("items") == []
+            assert resp.status in (404, 422) or empty_list, f"{method} {url} {values}: {resp.status} {text[:300]}"
+            for secret in theirs.texts:
+                assert secret not in text
+            assert diff(before, snapshot(client)) == {}, f"{method} {url}"
+            got = json.loads(text)
+            answers.append((resp.status, got.get("type"), got.get("errors"), got.get("items")))
+        assert answers[0] == answers[1], f"{method} {url} {template}: another workspace's id is told apart: {answers}"
