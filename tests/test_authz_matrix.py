@@ -20,11 +20,11 @@ need; a second row for the same route takes a `label`).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 import dataclasses
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-import uuid
 
 import pytest
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from urllib.parse import parse_qs
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import parse_qs
 
 import pytest
 from aiohttp import WSMsgType
