@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line with the request id; never tokens or passwords.
 
-The access log writes the path without its query string: WebSocket URLs carry `?token=`.
+The access log writes the path without its query string (WebSocket URLs carry `?token=`) and
+without secret path parameters (a share link's token).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 
 from aiohttp.abc import AbstractAccessLogger
 
-from mdsync.api.middleware import request_id_var
+from mdsync.api.middleware import loggable_path, request_id_var
 
 
 class JsonFormatter(logging.Formatter):
@@ -54,8 +55,9 @@ class AccessLogger(AbstractAccessLogger):
         return self.logger.isEnabledFor(logging.INFO)
 
     def log(self, request, response, time: float) -> None:
+        path = loggable_path(request)
         self.logger.info(
-            "%s %s %s", request.method, request.path, response.status,
-            extra={"method": request.method, "path": request.path, "status": response.status,
+            "%s %s %s", request.method, path, response.status,
+            extra={"method": request.method, "path": path, "status": response.status,
                    "duration_ms": round(time * 1000, 2), "remote": request.remote},
         )

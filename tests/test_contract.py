@@ -591,3 +591,74 @@ async def test_ids_from_another_workspace_in_bodies_and_queries_answer_as_unknow
             got = json.loads(text)
             answers.append((resp.status, got.get("type"), got.get("errors"), got.get("items")))
         assert answers[0] == answers[1], f"{method} {url} {template}: another workspace's id is told apart: {answers}"
+
+
+# -- secrets: never in the log, never raw in the database ----------------------------------------------
+async def test_no_token_or_password_in_the_log_or_the_database(server_process, tmp_path):
+    """A full flow against a real `mdsync serve` logging at debug level: register, log in, refresh,
+    personal access tokens, sockets opened with ?token= (JWT, PAT, ticket), a share link read,
+    an invitation accepted, a password change, the first-admin setup. Not one token or password
+    value appears in the server's output (except the setup token in the one startup banner that
+    exists to hand it to the operator), and none is stored raw in any file of the data dir."""
+    import aiohttp
+
+    server = server_process(env={"MDSYNC_LOG__LEVEL": "debug", "MDSYNC_AUTH__REGISTRATION": "open"})
+    banner = "".join(server.output)
+    setup_token = re.search(r'"setup_token": "([^"]+)"', banner).group(1)
+    secrets: dict[str, str] = {"setup token": setup_token}
+    api = server.url("/api/v1")
+    async with aiohttp.ClientSession() as http:
+        async def call(method, path, status, **kw):
+            async with http.request(method, api + path, **kw) as resp:
+                body = await resp.read()
+                assert resp.status == status, (path, resp.status, body[:300])
+                return json.loads(body) if body and resp.content_type.endswith("json") else {}
+
+        admin_password, pw, pw2 = "admin password 1", "user password 11", "user password 22"
+        secrets.update({"admin password": admin_password, "password": pw, "new password": pw2})
+        admin = await call("POST", "/auth/setup", 201, json={"setup_token": setup_token, "email": "root@example.com",
+                                                            "password": admin_password, "name": "Root"})
+        user = await call("POST", "/auth/register", 201, json={"email": "u@example.com", "password": pw, "name": "U"})
+        login = await call("POST", "/auth/login", 200, json={"email": "u@example.com", "password": pw})
+        await call("POST", "/auth/login", 401, json={"email": "u@example.com", "password": "wrong " + pw})
+        refreshed = await call("POST", "/auth/refresh", 200, json={"refresh_token": login["refresh_token"]})
+        # the spent refresh token presented again: refused (and the family revoked)
+        await call("POST", "/auth/refresh", 401, json={"refresh_token": login["refresh_token"]})
+        h = bearer(user["access_token"])
+        pat = await call("POST", "/me/tokens", 201, headers=h, json={"name": "cli"})
+        await call("GET", "/me", 200, headers=bearer(pat["token"]))
+        ws = (await call("POST", "/workspaces", 201, headers=h, json={"name": "W"}))["id"]
+        doc = (await call("POST", f"/workspaces/{ws}/documents", 201, headers=h, json={"title": "D", "markdown": "x"}))["id"]
+        link = await call("POST", f"/documents/{doc}/share-links", 201, headers=h, json={"role": "viewer"})
+        await call("GET", f"/share/{link['token']}", 200)
+        inv = await call("POST", f"/workspaces/{ws}/invitations", 201, headers=h, json={"role": "editor"})
+        await call("POST", "/invitations/accept", 200, headers=bearer(admin["access_token"]), json={"token": inv["token"]})
+        inv2 = await call("POST", f"/workspaces/{ws}/invitations", 201, headers=h, json={"role": "viewer"})
+        invited = await call("POST", "/auth/register", 201, json={"email": "i@example.com", "password": pw, "name": "I",
+                                                                  "invitation": inv2["token"]})
+        ticket = (await call("POST", f"/documents/{doc}/ws-ticket", 201, headers=h))["ticket"]
+        for token in (user["access_token"], pat["token"], ticket):
+            async with http.ws_connect(server.url(f"/ws/docs/{doc}?token={token}")) as sock:
+                msg = await sock.receive(timeout=10)
+                assert msg.type == aiohttp.WSMsgType.BINARY
+        async with http.ws_connect(server.url(f"/ws/docs/{doc}?token={ticket}")) as sock:  # spent: refused
+            await sock.receive(timeout=10)
+            assert sock.close_code == 4401
+        await call("GET", "/me", 401, headers=bearer(refreshed["refresh_token"]))  # refresh as access
+        await call("POST", "/me/password", 204, headers=h, json={"current_password": pw, "new_password": pw2})
+        secrets.update({
+            "access token": user["access_token"], "refresh token": login["refresh_token"],
+            "refreshed access": refreshed["access_token"], "refreshed refresh": refreshed["refresh_token"],
+            "admin access": admin["access_token"], "admin refresh": admin["refresh_token"],
+            "pat": pat["token"], "share token": link["token"], "invitation": inv["token"],
+            "invitation 2": inv2["token"], "invited refresh": invited["refresh_token"], "ticket": ticket,
+        })
+    assert server.terminate() == 0
+    log = server.rest_of_output()
+    assert "GET /api/v1/me" in log or "/api/v1/me" in log, "the access log was not on: this test would prove nothing"
+    log_without_banner = log.replace(banner, "")
+    leaked = [label for label, value in secrets.items() if value in log_without_banner]
+    assert leaked == [], f"secrets in the server log: {leaked}"
+    stored = b"".join(f.read_bytes() for f in server.data_dir.rglob("*") if f.is_file())
+    raw = [label for label, value in secrets.items() if value.encode() in stored]
+    assert raw == [], f"stored raw in the data dir: {raw}"

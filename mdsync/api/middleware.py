@@ -23,6 +23,23 @@ EXPOSE_HEADERS = "ETag, Retry-After, X-Request-Id, Location, Content-Disposition
 ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
 
 
+# Path parameters that are secrets in their own right: a share link's token is the whole
+# credential (GET /api/v1/share/{token}), so a log line with the raw path would hand it out.
+SECRET_PATH_PARAMS = frozenset({"token"})
+
+
+def loggable_path(request: web.BaseRequest) -> str:
+    """The request path for logs: without the query (WebSocket URLs carry `?token=`) and with
+    secret path parameters replaced by their name."""
+    path = request.path
+    match_info = getattr(request, "match_info", None) or {}
+    for name in SECRET_PATH_PARAMS.intersection(match_info):
+        value = match_info[name]
+        if value:
+            path = path.replace(value, "{" + name + "}")
+    return path
+
+
 def problem_response(error: errors.ApiError, request_id: str | None = None) -> web.Response:
     body = error.problem()
     if request_id:
@@ -111,10 +128,11 @@ def build(cors_origins: list[str], hsts: bool):
             return problem_response(_from_http_exception(exc), request.get(REQUEST_ID))
         except ConnectionResetError as exc:
             # the client went away mid-request: nothing to answer
-            log.info("connection lost during %s %s: %s", request.method, request.path, exc.__class__.__name__)
+            log.info("connection lost during %s %s: %s", request.method, loggable_path(request),
+                     exc.__class__.__name__)
             raise
         except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
+            log.exception("unhandled error in %s %s", request.method, loggable_path(request))
             return problem_response(errors.Internal("an unexpected error occurred; see the server log"),
                                     request.get(REQUEST_ID))
 
