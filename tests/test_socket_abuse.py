@@ -19,6 +19,7 @@ import random
 import pytest
 from pycrdt import Doc, Text
 
+from mdsync.appkeys import SETTINGS
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
 from tests.collab_helpers import YClient, eventually, make_document
@@ -207,3 +208,29 @@ async def test_sockets_beyond_the_per_user_limit_are_refused_alone(room):
     again = await room.offender()
     await room.still_syncing("after the limit")
     await again.close()
+
+
+async def test_bad_tokens_are_4401_and_the_room_goes_on(room):
+    """Every forged, expired, revoked or wrong-kind token on the socket: 4401 before anything is
+    served, while the room's clients keep syncing."""
+    from mdsync import clock
+    from tests.test_contract import bad_tokens
+
+    tokens = bad_tokens(room.owner, "")
+    login = await (await room.client.post("/api/v1/auth/login", json={"email": room.owner.email,
+                                                                      "password": room.owner.password})).json()
+    assert (await room.client.post("/api/v1/auth/logout",
+                                   headers={"Authorization": f"Bearer {login['access_token']}"})).status == 204
+    tokens["logged out"] = login["access_token"]
+    tokens["empty"] = ""
+    for label, token in tokens.items():
+        ws = await room.client.ws_connect(f"/ws/docs/{room.doc_id}?token={token}")
+        msg = await ws.receive(timeout=10)
+        assert msg.type.name in ("CLOSE", "CLOSED"), (label, msg)
+        assert ws.close_code == 4401, (label, ws.close_code)
+    await room.still_syncing("after bad tokens")
+    # an access token past its exp: refused on connect
+    clock.advance(room.client.server.app[SETTINGS].auth.access_token_ttl + 1)
+    ws = await room.client.ws_connect(f"/ws/docs/{room.doc_id}?token={room.owner.access_token}")
+    await ws.receive(timeout=10)
+    assert ws.close_code == 4401
