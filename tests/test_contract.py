@@ -661,3 +661,30 @@ async def test_no_token_or_password_in_the_log_or_the_database(server_process, t
     stored = b"".join(f.read_bytes() for f in server.data_dir.rglob("*") if f.is_file())
     raw = [label for label, value in secrets.items() if value.encode() in stored]
     assert raw == [], f"stored raw in the data dir: {raw}"
+
+
+MALFORMED_FORMS = [
+    ("multipart/form-data", b"garbage"),                                   # no boundary
+    ("multipart/form-data; boundary=zz", b"garbage"),                      # no starting boundary
+    ("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: bad\x00\r\n\r\nxx\r\n--zz--\r\n"),
+    ("multipart/form-data; boundary=zz",
+     b"--zz\r\nContent-Disposition: form-data; name=file\r\nX: " + b"y" * 100_000 + b"\r\n\r\nxx\r\n--zz--\r\n"),
+    ("multipart/form-data; boundary=zz", b"--zz\r\nContent-Disposition: form-data; name=file\r\n\r\nxx"),  # cut off
+]
+
+
+async def test_malformed_multipart_bodies_are_4xx_problems_on_every_body_route(client):
+    """Every route that reads a body, sent broken multipart forms: a 4xx problem (never a 500),
+    nothing changes, the server goes on."""
+    world = await build_world(client)
+    routes = [s for s in specs_of(client) if s.body is not None or s.raw_body is not None]
+    for spec in routes:
+        for ctype, data in MALFORMED_FORMS:
+            before = snapshot(client)
+            resp = await world.call(spec.method, fill(spec.path, world.ids), data=data,
+                                    headers={**world.owner.headers, "Content-Type": ctype})
+            text = await resp.text()
+            assert 400 <= resp.status < 500, f"{spec.method} {spec.path} [{data[:30]!r}]: {resp.status} {text[:300]}"
+            await problem(resp, resp.status)
+            assert diff(before, snapshot(client)) == {}, spec.path
+    assert (await client.get("/healthz")).status == 200

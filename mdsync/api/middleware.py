@@ -10,6 +10,7 @@ import re
 import uuid
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from mdsync.api import errors
 
@@ -126,6 +127,12 @@ def build(cors_origins: list[str], hsts: bool):
             if exc.status < 400:
                 raise
             return problem_response(_from_http_exception(exc), request.get(REQUEST_ID))
+        except HttpProcessingError as exc:
+            # aiohttp's parser, raised while a handler reads the body: broken chunked encoding, a
+            # multipart part with a bad or overlong header line. The client's fault, not ours.
+            log.info("malformed request body in %s %s: %s", request.method, loggable_path(request),
+                     exc.__class__.__name__)
+            return problem_response(errors.BadRequest("the request body is malformed HTTP"), request.get(REQUEST_ID))
         except ConnectionResetError as exc:
             # the client went away mid-request: nothing to answer
             log.info("connection lost during %s %s: %s", request.method, loggable_path(request),

@@ -104,14 +104,17 @@ async def _spool(request: web.Request, limit: int):
         if request.content_length is not None and request.content_length > limit + 64 * 1024:
             raise TooLarge(f"the upload is larger than limits.max_import_bytes ({limit} bytes)")
         if ctype == "multipart/form-data":
-            reader = await request.multipart()
             found = False
-            async for part in reader:
-                if getattr(part, "name", None) == "file":
-                    found = True
-                    while chunk := await part.read_chunk(1 << 16):
-                        take(chunk)
-                    break
+            try:
+                reader = await request.multipart()
+                async for part in reader:
+                    if getattr(part, "name", None) == "file":
+                        found = True
+                        while chunk := await part.read_chunk(1 << 16):
+                            take(chunk)
+                        break
+            except ValueError as exc:  # aiohttp's parser: no boundary, or a body that is not that form
+                raise ValidationFailed.field("body", f"not a multipart form: {exc}") from None
             if not found:
                 raise ValidationFailed.field("file", "the form has no file part named \"file\"")
         elif ctype in ZIP_TYPES or not request.headers.get("Content-Type"):
