@@ -234,3 +234,24 @@ async def test_bad_tokens_are_4401_and_the_room_goes_on(room):
     ws = await room.client.ws_connect(f"/ws/docs/{room.doc_id}?token={room.owner.access_token}")
     await ws.receive(timeout=10)
     assert ws.close_code == 4401
+
+
+async def test_a_ticket_opens_only_its_document_and_only_within_60_s(room):
+    from mdsync import clock
+
+    app = room.client.server.app
+    _, other_doc = await make_document(app, room.owner.id, markdown="other")
+
+    async def ticket_for(doc_id: str) -> str:
+        resp = await room.client.post(f"/api/v1/documents/{doc_id}/ws-ticket", headers=room.owner.headers)
+        assert resp.status == 201
+        return (await resp.json())["ticket"]
+
+    for_other = await ticket_for(other_doc)
+    wrong = await YClient.connect(room.client, room.doc_id, for_other)
+    assert await wrong.wait_closed() == 4401
+    stale = await ticket_for(room.doc_id)
+    clock.advance(61)
+    late = await YClient.connect(room.client, room.doc_id, stale)
+    assert await late.wait_closed() == 4401
+    await room.still_syncing("after ticket misuse")
