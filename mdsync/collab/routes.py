@@ -7,7 +7,7 @@ from aiohttp import web
 
 from mdsync.api.models import Out
 from mdsync.api.routing import PRINCIPAL, Routes
-from mdsync.collab import socket
+from mdsync.collab import hocuspocus, socket
 from mdsync.collab.rooms import ROOMS, CollabCollector, RoomManager
 from mdsync.collab.tickets import Tickets
 from mdsync.config import Settings
@@ -27,6 +27,13 @@ class TicketOut(Out):
             "Real-time editing over the y-websocket protocol (upgrade; token in ?token=)", auth="none")
 async def document_socket(request: web.Request) -> web.StreamResponse:
     return await socket.websocket(request)
+
+
+@routes.get("/ws/hocuspocus",
+            "Real-time editing over the Hocuspocus provider protocol, many documents per socket"
+            " (upgrade; each document's token in its Auth message)", auth="none")
+async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
+    return await hocuspocus.websocket(request)
 
 
 @routes.post("/api/v1/documents/{document_id}/ws-ticket",
@@ -50,6 +57,7 @@ def install(app: web.Application, settings: Settings, db: Database, auth) -> Roo
     )
     app[ROOMS] = manager
     app[socket.TICKETS] = Tickets()
+    app[hocuspocus.PREFIXES] = hocuspocus.Prefixes()
     auth.revocation_listeners.append(manager.on_sessions_revoked)
     workspaces = app.get(WORKSPACES)
     if workspaces is not None:

@@ -1,0 +1,340 @@
+"""`GET /ws/hocuspocus`: the Hocuspocus provider protocol, many documents per socket.
+
+The interop tests drive the real npm `@hocuspocus/provider` 4 from Node
+(tests/interop/hocuspocus_scenario.mjs, bounded in time); the others use `HPClient`, a small
+Hocuspocus client over aiohttp (pycrdt for the CRDT), for what a provider cannot do on purpose
+(garbage, tickets, frames inspected one by one).
+
+This file is also the authorization table of the route (tests/test_authz_matrix.py NOT_A_ROW):
+per document, a good token → Authenticated read-write (editor and up) or readonly (viewer,
+commenter, read-scoped PAT); no / bad token → PermissionDenied `unauthenticated`; an id of
+another workspace or no document → `not-found`; access lost while attached → `forbidden`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from aiohttp import WSMsgType
+from pycrdt import Doc, Text
+
+from mdsync.collab import hocuspocus as hp
+from mdsync.collab import protocol as p
+from mdsync.collab.rooms import ROOMS
+from tests.collab_helpers import make_document
+from tests.conftest import register
+from tests.test_collab_relay import doc_text_in_db
+
+INTEROP = Path(__file__).resolve().parent / "interop"
+needs_node = pytest.mark.skipif(
+    shutil.which("node") is None or not (INTEROP / "node_modules" / "@hocuspocus" / "provider").is_dir(),
+    reason="needs node and `npm ci` in tests/interop (.ci/run does it)")
+
+
+async def run_node(scenario: str, config: dict, timeout: float = 60.0) -> dict:
+    config = {"timeoutMs": int(timeout * 1000) - 2000, **config}
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(INTEROP / "hocuspocus_scenario.mjs"), scenario, json.dumps(config), cwd=INTEROP,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"node {scenario} did not finish in {timeout} s") from None
+    lines = out.decode().strip().splitlines()
+    assert lines, f"node {scenario} printed nothing (exit {proc.returncode}): {err.decode()[-2000:]}"
+    result = json.loads(lines[-1])
+    assert "error" not in result, f"{scenario}: {result['error']} {result.get('trace')} {err.decode()[-2000:]}"
+    return result
+
+
+def urls(client) -> dict:
+    base = f"ws://{client.server.host}:{client.server.port}"
+    return {"url": f"{base}/ws/hocuspocus", "yurl": f"{base}/ws/docs"}
+
+
+# -- the real provider ------------------------------------------------------------------------
+@needs_node
+async def test_providers_on_shared_sockets_converge_with_each_other_and_y_websocket(client):
+    app = client.server.app
+    alice, bob, yuri = await register(client), await register(client), await register(client)
+    ws_id, d1 = await make_document(app, alice.id, markdown="# Shared\n",
+                                    members={bob.id: "editor", yuri.id: "editor"})
+    _, d2 = await make_document(app, alice.id, markdown="second\n", workspace_id=ws_id)
+    result = await run_node("converge", {
+        **urls(client), "docs": [d1, d2], "tokenA": alice.access_token, "tokenB": bob.access_token,
+        "tokenY": yuri.access_token, "edits": 400, "seed": 11}, timeout=90)
+    assert result["seeded"] == "# Shared\n"
+    d1_text = result["d1"]["a"]
+    assert d1_text == result["d1"]["b"] == result["d1"]["y"] == result["late"]
+    assert result["d2"]["a"] == result["d2"]["b"]
+    for tag in ("a9.", "b9.", "y9."):
+        assert tag in d1_text
+    assert "A9." in result["d2"]["a"] and "B9." in result["d2"]["a"]
+    assert result["scopes"] == ["read-write"] * 4
+    assert result["unsynced"] == [0, 0, 0, 0]          # every change acknowledged by SyncStatus
+    assert result["awarenessA"] == ["A", "B", "Y"]      # presence crosses both protocols
+    assert result["sockets"] == 2                       # two clients: one socket each for two documents
+    rooms = app[ROOMS]
+    for doc_id, text in ((d1, d1_text), (d2, result["d2"]["a"])):
+        room = rooms.loaded(doc_id)
+        assert room.text() == text
+        await room.drain()
+        assert await doc_text_in_db(app, doc_id) == text
+
+
+@needs_node
+async def test_one_socket_refusals_are_per_document(client):
+    app = client.server.app
+    me, stranger, owner = await register(client), await register(client), await register(client)
+    _, mine = await make_document(app, me.id, markdown="mine\n")
+    _, foreign = await make_document(app, stranger.id, markdown="secret of another workspace\n")
+    _, viewed = await make_document(app, owner.id, markdown="read only\n", members={me.id: "viewer"})
+    result = await run_node("mixed", {
+        **urls(client), "token": me.access_token, "mine": mine, "foreign": foreign, "viewerDoc": viewed,
+        "missing": str(uuid.uuid4())})
+    assert result["denied"] == {"mine": None, "viewer": None, "foreign": "not-found", "missing": "not-found"}
+    assert result["scopes"] == {"mine": "read-write", "viewer": "readonly", "foreign": None, "missing": None}
+    assert result["texts"]["foreign"] == ""  # nothing of the other workspace reached the socket
+    assert result["texts"]["mine"].startswith("MINE-EDIT ")
+    assert result["unsynced"]["mine"] == 0
+    assert result["unsynced"]["viewer"] > 0, json.dumps(result["trace"])  # SyncStatus(false): the edit was not applied
+    assert result["fresh"] == {"mine": "MINE-EDIT mine\n", "viewer": "read only\n"}
+    rooms = app[ROOMS]
+    assert rooms.loaded(viewed).text() == "read only\n"
+    await rooms.loaded(mine).drain()
+    assert await doc_text_in_db(app, mine) == "MINE-EDIT mine\n"
+    assert await doc_text_in_db(app, viewed) == "read only\n"
+    assert rooms.stats.readonly_dropped >= 1
+
+
+@needs_node
+async def test_bad_tokens_are_refused_unauthenticated(client):
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="private\n")
+    forged = alice.access_token[:-4] + ("AAAA" if not alice.access_token.endswith("AAAA") else "BBBB")
+    result = await run_node("denied", {**urls(client), "doc": doc_id, "tokens": ["", "garbage", forged]})
+    assert [r["denied"] for r in result["results"]] == ["unauthenticated"] * 3
+    assert all(r["text"] == "" and r["scope"] is None for r in result["results"])
+
+
+# -- a small Hocuspocus client for the rest ------------------------------------------------------
+class HPClient:
+    """One Hocuspocus socket; per document a pycrdt Doc and the messages received."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.docs: dict[str, Doc] = {}
+        self.inbox: dict[str, list[tuple[int, bytes]]] = {}
+        self.close_code: int | None = None
+        self.pings = 0
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(cls, client) -> HPClient:
+        return cls(await client.ws_connect("/ws/hocuspocus", max_msg_size=64 << 20))
+
+    async def send(self, key: str, body: bytes) -> None:
+        await self.ws.send_bytes(p.varbytes(key.encode()) + body)
+
+    async def open(self, key: str, token: str, *, sync: bool = True) -> None:
+        """Auth then step 1, as the provider sends them (without waiting for the answer)."""
+        doc = self.docs.setdefault(key, Doc())
+        self.inbox.setdefault(key, [])
+        await self.send(key, bytes((p.MSG_AUTH, hp.AUTH_TOKEN)) + p.varbytes(token.encode()) + p.varbytes(b"4.8.0"))
+        if sync:
+            await self.send(key, p.sync_step1(doc.get_state()))
+
+    def text(self, key: str) -> Text:
+        return self.docs[key].get("markdown", type=Text)
+
+    async def edit(self, key: str, index: int, chunk: str) -> None:
+        doc = self.docs[key]
+        before = doc.get_state()
+        self.text(key).insert(index, chunk)
+        await self.send(key, p.update_message(doc.get_update(before)))
+
+    def auth(self, key: str) -> tuple[int, str] | None:
+        """The last Auth answer of the document: (AUTH_OK, scope) or (AUTH_DENIED, reason)."""
+        answer = None
+        for kind, body in self.inbox.get(key, ()):
+            if kind == p.MSG_AUTH:
+                answer = body[0], p.read_varstring(body, 1)[0]
+        return answer
+
+    def statuses(self, key: str) -> list[int]:
+        return [body[0] for kind, body in self.inbox.get(key, ()) if kind == hp.MSG_SYNC_STATUS]
+
+    async def until(self, check, what: str, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                if self._reader.done() and not check():
+                    raise AssertionError(f"socket closed ({self.close_code}) waiting for {what}")
+                await asyncio.sleep(0.01)
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type != WSMsgType.BINARY:
+                break
+            data = msg.data
+            if data == bytes((hp.MSG_PING,)):
+                self.pings += 1
+                await self.ws.send_bytes(hp.PONG)
+                continue
+            key, pos = p.read_varstring(data, 0)
+            kind = data[pos]
+            body = data[pos + 1:]
+            self.inbox.setdefault(key, []).append((kind, body))
+            doc = self.docs.get(key)
+            if kind == p.MSG_SYNC and doc is not None:
+                inner, payload, _ = p.sync_payload(data[pos:])
+                if inner == p.SYNC_STEP1:
+                    await self.send(key, p.sync_step2(doc.get_update(payload)))
+                else:
+                    doc.apply_update(payload)
+        self.close_code = self.ws.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await self._reader
+
+
+async def test_garbage_closes_only_that_socket(client):
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="hello\n")
+    good, bad = await HPClient.connect(client), await HPClient.connect(client)
+    for c in (good, bad):
+        await c.open(doc_id, alice.access_token)
+        await c.until(lambda c=c: str(c.text(doc_id)) == "hello\n", "sync")
+    garbage = app[ROOMS].stats.garbage_frames
+    await bad.ws.send_bytes(b"\x05\xff\xff")  # a routing key longer than the frame
+    await bad.until(lambda: bad._reader.done(), "close")
+    assert bad.close_code == 1002
+    assert app[ROOMS].stats.garbage_frames == garbage + 1
+    # the other socket on the same document goes on
+    acks = good.statuses(doc_id).count(1)
+    await good.edit(doc_id, 0, "still ")
+    await good.until(lambda: good.statuses(doc_id).count(1) == acks + 1, "ack")
+    assert app[ROOMS].loaded(doc_id).text() == "still hello\n"
+    # an unknown message type of an attached document is garbage too
+    await good.send(doc_id, bytes((42,)))
+    await good.until(lambda: good._reader.done(), "close")
+    assert good.close_code == 1002
+    # a text frame
+    third = await HPClient.connect(client)
+    await third.ws.send_str("hello")
+    await third.until(lambda: third._reader.done(), "close")
+    assert third.close_code == 1003
+
+
+async def test_tickets_and_personal_tokens_and_scopes(client):
+    app = client.server.app
+    alice, viewer = await register(client), await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="x\n", members={viewer.id: "viewer"})
+    resp = await client.post(f"/api/v1/documents/{doc_id}/ws-ticket", headers=alice.headers)
+    ticket = (await resp.json())["ticket"]
+    resp = await client.post("/api/v1/me/tokens", json={"name": "ro", "scopes": ["read"]}, headers=alice.headers)
+    read_pat = (await resp.json())["token"]
+    resp = await client.post("/api/v1/me/tokens", json={"name": "rw"}, headers=alice.headers)
+    write_pat = (await resp.json())["token"]
+    c = await HPClient.connect(client)
+    # one socket, one document under several routing keys (the provider's sessionAwareness)
+    keys = {f"{doc_id}\0{name}": token for name, token in
+            (("ticket", ticket), ("read", read_pat), ("write", write_pat), ("viewer", viewer.access_token))}
+    for key, token in keys.items():
+        await c.open(key, token)
+    for key in keys:
+        await c.until(lambda key=key: c.auth(key) is not None and str(c.text(key)) == "x\n", key)
+    scopes = {key.split("\0")[1]: c.auth(key) for key in keys}
+    assert scopes == {"ticket": (hp.AUTH_OK, "read-write"), "read": (hp.AUTH_OK, "readonly"),
+                      "write": (hp.AUTH_OK, "read-write"), "viewer": (hp.AUTH_OK, "readonly")}
+    # a ticket is spent by its first use
+    again = f"{doc_id}\0again"
+    await c.open(again, ticket, sync=False)
+    await c.until(lambda: c.auth(again) is not None, "second ticket use")
+    assert c.auth(again) == (hp.AUTH_DENIED, "unauthenticated")
+    # read-only keys: their edits are answered SyncStatus 0 and do not land; writers' land
+    ro, rw = f"{doc_id}\0read", f"{doc_id}\0write"
+    await c.edit(ro, 0, "RO ")
+    await c.edit(rw, 0, "RW ")
+    await c.until(lambda: 0 in c.statuses(ro) and c.statuses(rw).count(1) >= 2, "acks")
+    assert app[ROOMS].loaded(doc_id).text() == "RW x\n"
+    # the writer's edit reached the other keys of the same socket
+    await c.until(lambda: str(c.text(f"{doc_id}\0viewer")) == "RW x\n", "fan-out to the viewer key")
+    await c.close()
+
+
+async def test_lost_access_and_revoked_session_refuse_only_their_documents(client):
+    app = client.server.app
+    owner, bob = await register(client), await register(client)
+    ws_a, doc_a = await make_document(app, owner.id, markdown="a\n", members={bob.id: "editor"})
+    _, doc_b = await make_document(app, bob.id, markdown="b\n")
+    c = await HPClient.connect(client)
+    await c.open(doc_a, bob.access_token)
+    await c.open(doc_b, bob.access_token)
+    await c.until(lambda: str(c.text(doc_a)) == "a\n" and str(c.text(doc_b)) == "b\n", "sync")
+    resp = await client.delete(f"/api/v1/workspaces/{ws_a}/members/{bob.id}", headers=owner.headers)
+    assert resp.status == 204
+    await c.until(lambda: c.auth(doc_a) == (hp.AUTH_DENIED, "forbidden"), "refusal of doc a")
+    acks = c.statuses(doc_b).count(1)
+    await c.edit(doc_a, 0, "LOST ")
+    await c.edit(doc_b, 0, "kept ")
+    await c.until(lambda: c.statuses(doc_b).count(1) == acks + 1, "ack on doc b")
+    rooms = app[ROOMS]
+    assert rooms.loaded(doc_b).text() == "kept b\n"
+    assert "LOST" not in rooms.loaded(doc_a).text()
+    assert [conn.document_id for conn in rooms.connections() if conn.user_id == bob.id] == [doc_b]
+    # signing out ends every document of that session on the socket, and the socket stays open
+    resp = await client.post("/api/v1/auth/logout", headers=bob.headers)
+    assert resp.status == 204
+    await c.until(lambda: c.auth(doc_b) == (hp.AUTH_DENIED, "unauthenticated"), "refusal of doc b")
+    assert not c._reader.done()
+    assert rooms.connections(doc_b) == []
+    await c.close()
+
+
+async def test_frames_before_auth_wait_and_close_detaches(client):
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="q\n")
+    c = await HPClient.connect(client)
+    # no Auth: nothing of the document is sent, nothing lands, the socket stays open
+    c.docs[doc_id] = Doc()
+    await c.send(doc_id, p.sync_step1(b"\x00"))
+    await c.edit(doc_id, 0, "nope ")
+    await asyncio.sleep(0.2)
+    assert c.inbox.get(doc_id) in (None, [])
+    assert app[ROOMS].loaded(doc_id) is None
+    # Auth, then a step 1 and an update sent without waiting: applied in order once accepted
+    c.docs[doc_id] = Doc()
+    await c.open(doc_id, alice.access_token, sync=False)
+    await c.send(doc_id, p.sync_step1(b"\x00"))
+    await c.until(lambda: str(c.text(doc_id)) == "q\n", "sync")
+    assert c.auth(doc_id) == (hp.AUTH_OK, "read-write")
+    await c.until(lambda: c.statuses(doc_id) == [1], "the ack of the answer to the server's step 1")
+    await c.edit(doc_id, 2, "yes")
+    await c.until(lambda: c.statuses(doc_id) == [1, 1], "ack")
+    assert app[ROOMS].loaded(doc_id).text() == "q\nyes"
+    # Close (7) takes the document off the socket
+    await c.send(doc_id, bytes((hp.MSG_CLOSE,)))
+    await c.until(lambda: app[ROOMS].connections(doc_id) == [], "detach")
+    assert not c._reader.done()
+    await c.close()
+
+
+async def test_prefixed_frame_built_once_per_broadcast():
+    prefix = hp._Prefix("doc")
+    framed = p.ws_frame(p.update_message(b"\x01\x02"))
+    out = prefix.frame(framed)
+    assert out == p.ws_frame(p.varbytes(b"doc") + p.update_message(b"\x01\x02"))
+    assert prefix.frame(framed) is out  # the next peer of the same broadcast: no new bytes
+    big = p.ws_frame(b"\x00\x02" + p.varbytes(b"x" * 70000))
+    assert hp._payload(big) == b"\x00\x02" + p.varbytes(b"x" * 70000)
