@@ -338,3 +338,42 @@ async def test_prefixed_frame_built_once_per_broadcast():
     assert prefix.frame(framed) is out  # the next peer of the same broadcast: no new bytes
     big = p.ws_frame(b"\x00\x02" + p.varbytes(b"x" * 70000))
     assert hp._payload(big) == b"\x00\x02" + p.varbytes(b"x" * 70000)
+
+
+async def test_idle_socket_is_pinged_and_stays_open(make_client):
+    # the provider reconnects after 30 s without a message: the server pings (every half heartbeat)
+    client = await make_client(collab__heartbeat_seconds=0.4)
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="idle\n")
+    c = await HPClient.connect(client)
+    await c.open(doc_id, alice.access_token)
+    await c.until(lambda: c.pings >= 3, "pings", timeout=10)
+    assert not c._reader.done()
+    acks = c.statuses(doc_id).count(1)
+    await c.edit(doc_id, 0, "awake ")
+    await c.until(lambda: c.statuses(doc_id).count(1) == acks + 1, "ack after the pongs")
+    await c.close()
+
+
+async def test_document_over_the_size_limit_is_closed_alone(make_client):
+    client = await make_client(limits__max_document_bytes=4096)
+    app = client.server.app
+    alice = await register(client)
+    ws_id, big = await make_document(app, alice.id, markdown="big\n")
+    _, small = await make_document(app, alice.id, markdown="small\n", workspace_id=ws_id)
+    c = await HPClient.connect(client)
+    for key in (big, small):
+        await c.open(key, alice.access_token)
+    await c.until(lambda: str(c.text(big)) == "big\n" and str(c.text(small)) == "small\n", "sync")
+    await c.until(lambda: c.statuses(big) == [1] and c.statuses(small) == [1], "first acks")
+    await c.edit(big, 0, "x" * 8000)
+    await c.until(lambda: any(kind == hp.MSG_CLOSE for kind, _ in c.inbox[big]), "Close of the big document")
+    assert c.statuses(big) == [1, 0]
+    assert app[ROOMS].loaded(big).text() == "big\n"
+    # the socket and its other document go on
+    await c.edit(small, 0, "still ")
+    await c.until(lambda: c.statuses(small) == [1, 1], "ack on the other document")
+    assert app[ROOMS].loaded(small).text() == "still small\n"
+    assert [conn.document_id for conn in app[ROOMS].connections() if conn.user_id == alice.id] == [small]
+    await c.close()

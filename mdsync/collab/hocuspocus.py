@@ -14,7 +14,8 @@ Then a varuint message type and its payload:
     8 SyncStatus [varint 1|0] (server → client: the ack of one step 2 / update, 1 = applied;
       the provider counts its unsynced changes down with it)
     9 Ping / 10 Pong: a one-byte frame without routing key (the provider answers a ping; it
-      reconnects after 30 s without any message)
+      reconnects after 30 s without any message, so the server pings every 15 s, or every
+      half `collab.heartbeat_seconds` when that is shorter)
 
 A document's frames wait (bounded) until its Auth message has been checked — the token is an
 access JWT, a PAT or a ticket, checked exactly as `/ws/docs` checks `?token=` (socket.authorize).
@@ -463,7 +464,10 @@ class Session:
 
     # -- keep-alive -----------------------------------------------------------------------
     def start_pings(self) -> None:
-        self._ping = asyncio.get_running_loop().call_later(PING_SECONDS, self._send_ping)
+        # at most every 15 s (the provider's 30 s silence limit), sooner with a short heartbeat
+        heartbeat = self.cfg.heartbeat_seconds
+        every = min(PING_SECONDS, heartbeat / 2) if heartbeat else PING_SECONDS
+        self._ping = asyncio.get_running_loop().call_later(every, self._send_ping)
 
     def _send_ping(self) -> None:
         if self.closing:
