@@ -433,8 +433,7 @@ def test_every_route_has_a_row(settings):
     covered = {(row.method, row.path) for row in ROWS}
     assert declared - covered - set(NOT_A_ROW) == set(), "routes without a row in the authorization matrix"
     assert covered - declared == set(), "rows for routes that do not exist"
-    # (/ws/hocuspocus may not be registered yet: its table in tests/test_authz_socket.py skips then)
-    assert set(NOT_A_ROW) - {("GET", "/ws/hocuspocus")} <= declared - covered, "stale or needless exceptions"
+    assert set(NOT_A_ROW) <= declared - covered, "stale or needless exceptions"
     assert not set(NOT_A_ROW) & covered
     # each exception is covered by its own table
     assert {route for route, where in NOT_A_ROW.items() if where == "tests/test_authz_socket.py"} == SOCKET_ROUTES
