@@ -43,7 +43,9 @@ NAME_FIELDS = {"name", "title", "label", "device_name"}
 @pytest.fixture
 async def client(make_client):
     # many registrations and logins per test: lift the per-address throttles
-    return await make_client(auth__register_attempts_per_address=100_000, auth__login_attempts_per_address=100_000)
+    # rooms opened by REST writes close (and store their projection) soon, so settle() is short
+    return await make_client(auth__register_attempts_per_address=100_000, auth__login_attempts_per_address=100_000,
+                             collab__room_grace_seconds=0.1)
 
 
 def specs_of(client) -> list[RouteSpec]:
@@ -142,7 +144,23 @@ async def build_world(client, label: str = "A") -> World:
     w.ids["token_id"] = await w.fresh("token_id")
     w.ids["session_id"] = await w.fresh("session_id")
     await w.ok("PUT", f"/api/v1/documents/{doc['id']}/grants/{w.member.id}", 200, json={"role": "viewer"})
+    await settle(client)
     return w
+
+
+async def settle(client, timeout: float = 8.0) -> None:
+    """Wait until background writes (markdown projections, room closes) have stopped, so a
+    snapshot taken next changes only because of the request under test."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last, stable = snapshot(client), 0
+    while loop.time() < deadline and stable < 3:  # quiet for longer than the projection debounce
+        await asyncio.sleep(0.25)
+        now = snapshot(client)
+        stable = stable + 1 if now == last else 0
+        last = now
 
 
 def fill(path: str, ids: dict[str, str]) -> str:
