@@ -482,8 +482,7 @@ LIVE_ROWS = [
     Live("editor's session revoked from another device", "editor", editor_signed_out_from_another_device, 4401),
     Live("editor lowered to viewer", "editor", set_role("editor", "viewer"), RO),
     Live("editor granted viewer on the document", "editor", set_grant("editor", "viewer"), RO),
-    # (a raised workspace role reaches open sockets only on reconnect: access listeners hear about
-    # lost access only, tests/test_workspaces.py; a grant is re-checked either way)
+    Live("viewer raised to editor", "viewer", set_role("viewer", "editor"), RW),
     Live("viewer granted editor on the document", "viewer", set_grant("viewer", "editor"), RW),
     Live("editor's personal access token revoked", "editor-pat", revoke_editors_tokens, 4401),
     Live("document trashed", "editor", trash_document, 4403),

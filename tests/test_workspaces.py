@@ -215,10 +215,12 @@ async def test_access_listeners_hear_about_lost_access(client):
     owner = await register(client)
     ws = await make_workspace(client, owner)
     bob = await join(client, owner, ws, "editor")
+    await client.patch(f"{API}/workspaces/{ws}/members/{bob.id}", json={"role": "editor"}, headers=owner.headers)
+    assert heard == []  # the same role: nothing changed
     await client.patch(f"{API}/workspaces/{ws}/members/{bob.id}", json={"role": "admin"}, headers=owner.headers)
-    assert heard == []  # a promotion takes nothing away
+    assert heard == [(ws, bob.id, None)]  # a promotion: live sockets become writable where they were not
     await client.patch(f"{API}/workspaces/{ws}/members/{bob.id}", json={"role": "viewer"}, headers=owner.headers)
-    assert heard == [(ws, bob.id, None)]
+    assert heard == [(ws, bob.id, None)] * 2
     await client.delete(f"{API}/workspaces/{ws}/members/{bob.id}", headers=owner.headers)
     assert heard[-1] == (ws, bob.id, None)
     await client.delete(f"{API}/workspaces/{ws}", headers=owner.headers)

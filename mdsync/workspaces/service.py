@@ -6,8 +6,8 @@ always keeps at least one owner: each membership change re-counts owners before 
 refuses (409) when none would be left, so no sequence of changes can get past it.
 
 `WorkspaceService.access_listeners`: callables `(workspace_id, user_id | None, document_id | None)`
-called on the event loop after a commit that may have taken access away or lowered it (member
-removed, left, role changed; grant changed or revoked; share link revoked; document trashed or
+called on the event loop after a commit that changed someone's access (member
+removed, left, role raised or lowered; grant changed or revoked; share link revoked; document trashed or
 purged; workspace deleted). `None` means "everyone" / "every document". Live sockets re-check
 their access (`access.recheck`) and close or downgrade.
 """
@@ -292,7 +292,8 @@ class WorkspaceService:
                 raise NotFound("no such member")
             self._may_manage(access, old, role)
             set_role(tx, ws_id, user_id, role, actor_id=access.user_id)
-            if RANK[role] < RANK[old]:
+            if role != old:
+                # both ways: a lowered role makes live sockets read-only, a raised one writable
                 self.access_changed(tx, ws_id, user_id)
 
         await self.db.write(change)
