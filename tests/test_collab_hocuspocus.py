@@ -340,20 +340,27 @@ async def test_prefixed_frame_built_once_per_broadcast():
     assert hp._payload(big) == b"\x00\x02" + p.varbytes(b"x" * 70000)
 
 
-async def test_idle_socket_is_pinged_and_stays_open(make_client):
-    # the provider reconnects after 30 s without a message: the server pings (every half heartbeat)
-    client = await make_client(collab__heartbeat_seconds=0.4)
+async def test_only_a_silent_socket_is_pinged(make_client):
+    # the provider reconnects after 30 s without a message: a socket that sends nothing (a provider
+    # without awareness) is pinged; one that keeps talking (awareness renewals) is not
+    client = await make_client(collab__hocuspocus_ping_seconds=0.2)
     app = client.server.app
     alice = await register(client)
     _, doc_id = await make_document(app, alice.id, markdown="idle\n")
-    c = await HPClient.connect(client)
-    await c.open(doc_id, alice.access_token)
-    await c.until(lambda: c.pings >= 3, "pings", timeout=10)
-    assert not c._reader.done()
-    acks = c.statuses(doc_id).count(1)
-    await c.edit(doc_id, 0, "awake ")
-    await c.until(lambda: c.statuses(doc_id).count(1) == acks + 1, "ack after the pongs")
-    await c.close()
+    silent, chatty = await HPClient.connect(client), await HPClient.connect(client)
+    for c in (silent, chatty):
+        await c.open(doc_id, alice.access_token)
+    async with asyncio.timeout(10):
+        while silent.pings < 3:
+            await chatty.send(doc_id, p.awareness_message([(chatty.docs[doc_id].client_id, 1, "{}")]))
+            await asyncio.sleep(0.05)
+    assert chatty.pings == 0
+    assert not silent._reader.done()
+    acks = silent.statuses(doc_id).count(1)
+    await silent.edit(doc_id, 0, "awake ")
+    await silent.until(lambda: silent.statuses(doc_id).count(1) == acks + 1, "ack after the pongs")
+    await silent.close()
+    await chatty.close()
 
 
 async def test_document_over_the_size_limit_is_closed_alone(make_client):

@@ -13,9 +13,12 @@ Then a varuint message type and its payload:
       stops using the document)
     8 SyncStatus [varint 1|0] (server → client: the ack of one step 2 / update, 1 = applied;
       the provider counts its unsynced changes down with it)
-    9 Ping / 10 Pong: a one-byte frame without routing key (the provider answers a ping; it
-      reconnects after 30 s without any message, so the server pings every 15 s, or every
-      half `collab.heartbeat_seconds` when that is shorter)
+    9 Ping / 10 Pong: a one-byte frame without routing key (provider 4 answers a ping). The
+      provider reconnects after 30 s without any message. Hocuspocus itself never pings (the
+      echo of each provider's 15 s awareness renewal keeps sockets alive, as here); a socket
+      that has sent nothing for `collab.hocuspocus_ping_seconds` (20 s; a provider without
+      awareness) is pinged, so clients that renew awareness never see a ping they might not
+      understand.
 
 A document's frames wait (bounded) until its Auth message has been checked — the token is an
 access JWT, a PAT or a ticket, checked exactly as `/ws/docs` checks `?token=` (socket.authorize).
@@ -73,8 +76,6 @@ TOO_MANY = "too-many-connections"
 
 PING_FRAME = p.ws_frame(bytes((MSG_PING,)))
 PONG = bytes((MSG_PONG,))
-# the provider reconnects after 30 s without a message; a ping every 15 s keeps an idle socket open
-PING_SECONDS = 15.0
 # bounds per socket: documents attached or being authorized, frames waiting for their Auth check
 MAX_DOCUMENTS = 256
 MAX_WAITING_FRAMES = 1024
@@ -208,6 +209,8 @@ class Session:
         self.closing = False
         self.waiting_frames = 0
         self._ping: asyncio.TimerHandle | None = None
+        self._ping_idle = self.cfg.hocuspocus_ping_seconds
+        self.last_seen = 0.0  # loop time of the last frame received
         self._transport = None
 
     # -- frames in ------------------------------------------------------------------------
@@ -464,16 +467,20 @@ class Session:
 
     # -- keep-alive -----------------------------------------------------------------------
     def start_pings(self) -> None:
-        # at most every 15 s (the provider's 30 s silence limit), sooner with a short heartbeat
-        heartbeat = self.cfg.heartbeat_seconds
-        every = min(PING_SECONDS, heartbeat / 2) if heartbeat else PING_SECONDS
-        self._ping = asyncio.get_running_loop().call_later(every, self._send_ping)
+        if not self._ping_idle:
+            return
+        loop = asyncio.get_running_loop()
+        self.last_seen = loop.time()
+        self._ping = loop.call_later(self._ping_idle / 4, self._check_idle)
 
-    def _send_ping(self) -> None:
+    def _check_idle(self) -> None:
         if self.closing:
             return
-        self.write(PING_FRAME)
-        self.start_pings()
+        loop = asyncio.get_running_loop()
+        if loop.time() - self.last_seen >= self._ping_idle:
+            self.write(PING_FRAME)
+            self.last_seen = loop.time()  # the next ping after another idle period
+        self._ping = loop.call_later(self._ping_idle / 4, self._check_idle)
 
 
 class _TokenRequest:
@@ -509,7 +516,9 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     stats = manager.stats
     try:
         session.start_pings()
+        loop = asyncio.get_running_loop()
         async for msg in ws:
+            session.last_seen = loop.time()
             if session.closing:
                 continue
             if msg.type == WSMsgType.BINARY:
