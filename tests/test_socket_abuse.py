@@ -255,3 +255,31 @@ async def test_a_ticket_opens_only_its_document_and_only_within_60_s(room):
     late = await YClient.connect(room.client, room.doc_id, stale)
     assert await late.wait_closed() == 4401
     await room.still_syncing("after ticket misuse")
+
+
+async def test_hocuspocus_socket_garbage_closes_only_that_socket(room):
+    """/ws/hocuspocus shares the rooms: garbage, truncations and oversized frames there close
+    that socket (never 1011), and the room's y-websocket clients keep syncing."""
+    rng = random.Random(7)
+    doc = room.doc_id.encode()
+    key = p.varbytes(doc)
+    auth = key + b"\x02\x00" + p.varbytes(room.owner.access_token.encode()) + p.varbytes(b"4.0.0")
+    frames = [b"", b"\x80", key, key + b"\x80", key + b"\x00", key + b"\x00\x02\x80", key + b"\x63",
+              auth[: len(auth) // 2], p.varbytes(b"\xff\xfe") + b"\x00\x00\x00"]
+    frames += [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 80))) for _ in range(20)]
+    frames.append(key + b"\x00\x02" + p.varbytes(b"x" * (WS_LIMIT + 1)))
+    for frame in frames:
+        ws = await room.client.ws_connect("/ws/hocuspocus", max_msg_size=1 << 22)
+        await ws.send_bytes(auth)
+        await ws.send_bytes(frame)
+        try:
+            while True:
+                msg = await ws.receive(timeout=0.5)
+                if msg.type.name in ("CLOSE", "CLOSED", "CLOSING", "ERROR"):
+                    break
+        except asyncio.TimeoutError:
+            pass
+        code = ws.close_code
+        await ws.close()
+        assert code in (None, *ABUSE_CODES), (frame[:40], code)
+    await room.still_syncing("after hocuspocus garbage")
