@@ -112,6 +112,10 @@ class World:
         if name == "token":
             return (await self.ok("POST", f"/api/v1/documents/{self.ids['doc']}/share-links", 201,
                                   json={"role": "viewer"}))["token"]
+        if name == "attachment":
+            return (await self.ok("POST", f"/api/v1/workspaces/{ws}/attachments", 201, data=b"attached bytes",
+                                  params={"filename": f"a-{tag}.txt", "document_id": self.ids["doc"]},
+                                  headers={**self.owner.headers, "Content-Type": "application/octet-stream"}))["id"]
         raise AssertionError(f"no factory for path parameter {{{name}}}: add one to World.fresh")
 
 
@@ -143,6 +147,7 @@ async def build_world(client, label: str = "A") -> World:
     w.ids["invitation"] = await w.fresh("invitation")
     w.ids["token_id"] = await w.fresh("token_id")
     w.ids["session_id"] = await w.fresh("session_id")
+    w.ids["attachment"] = await w.fresh("attachment")
     await w.ok("PUT", f"/api/v1/documents/{doc['id']}/grants/{w.member.id}", 200, json={"role": "viewer"})
     await settle(client)
     return w
@@ -470,7 +475,7 @@ def _unb64(seg: str) -> bytes:
     return base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4))
 
 
-def bad_tokens(account: Account, secret: str) -> dict[str, str]:
+def bad_tokens(account: Account) -> dict[str, str]:
     header, payload, sig = account.access_token.split(".")
     claims = json.loads(_unb64(payload))
     other = {**claims, "sub": str(uuid.uuid4())}
@@ -497,7 +502,7 @@ async def test_bad_tokens_are_401_on_every_authenticated_route(client):
     account = world.owner
     authed = [s for s in specs_of(client) if s.auth == "user"]
     assert len(authed) > 40
-    tokens = bad_tokens(account, "")
+    tokens = bad_tokens(account)
     # a revoked session's access token, and an expired one (the clock moved past `exp`)
     login = await (await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})).json()
     assert (await client.post("/api/v1/auth/logout", headers=bearer(login["access_token"]))).status == 204
@@ -526,7 +531,7 @@ async def test_a_bad_token_on_an_optional_route_is_401_not_anonymous(client):
     for spec in optional:
         url = fill(spec.path, world.ids)
         assert (await client.get(url)).status == spec.status
-        for label, token in bad_tokens(world.owner, "").items():
+        for label, token in bad_tokens(world.owner).items():
             resp = await client.request(spec.method, url, headers=bearer(token))
             await problem(resp, 401, "unauthenticated")
 

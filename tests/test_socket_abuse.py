@@ -216,7 +216,7 @@ async def test_bad_tokens_are_4401_and_the_room_goes_on(room):
     from mdsync import clock
     from tests.test_contract import bad_tokens
 
-    tokens = bad_tokens(room.owner, "")
+    tokens = bad_tokens(room.owner)
     login = await (await room.client.post("/api/v1/auth/login", json={"email": room.owner.email,
                                                                       "password": room.owner.password})).json()
     assert (await room.client.post("/api/v1/auth/logout",
