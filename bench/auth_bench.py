@@ -17,17 +17,15 @@ import os
 import platform
 import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiohttp
+from benchserver import BenchServer, Latencies
 
-PYTHON = sys.executable
 PASSWORD = "correct horse battery"
 
 BARE_SERVER = r"""
@@ -58,55 +56,10 @@ with asyncio.Runner(loop_factory=new_loop) as runner:
 """
 
 
-class Server:
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path):
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.base = ""
-        self.ready_seconds = 0.0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            match = re.search(r"listening on (http://\S+)", line)
-            if match:
-                self.base = match.group(1)
-                self.ready_seconds = time.perf_counter() - self.started
-                return
-        self.stop()
-        raise RuntimeError("server did not start")
-
-    def rss_mib(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
-def mdsync_env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MDSYNC_")}
-    env.update({"MDSYNC_SERVER__DATA_DIR": str(data_dir), "MDSYNC_LOG__LEVEL": "warning",
-                "MDSYNC_AUTH__REGISTRATION": "open",
-                "MDSYNC_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS": "100000",
-                "MDSYNC_AUTH__REGISTER_ATTEMPTS_PER_ADDRESS": "100000"})
-    env.update(extra)
-    return env
-
-
-def mdsync(data_dir: Path, **extra: str) -> Server:
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Server([PYTHON, "-m", "mdsync", "serve", "--host", "127.0.0.1", "--port", "0"],
-                  mdsync_env(data_dir, **extra), data_dir.parent)
+def mdsync(data_dir: Path) -> BenchServer:
+    """`mdsync serve` at the default argon2 cost; the login limits raised so bursts are measured, not refused."""
+    return BenchServer.mdsync(data_dir, fast_auth=False, MDSYNC_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS="100000",
+                              MDSYNC_AUTH__REGISTER_ATTEMPTS_PER_ADDRESS="100000")
 
 
 async def first_healthz(base: str, started: float, timeout: float = 10) -> float:
@@ -159,11 +112,6 @@ async def throughput(url: str, headers: dict[str, str], requests: int, concurren
     started = time.perf_counter()
     await asyncio.gather(*(worker(requests // concurrency) for _ in range(concurrency)))
     return done / (time.perf_counter() - started)
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
 async def login_latency(base: str, email: str, count: int) -> list[float]:
@@ -225,7 +173,7 @@ async def run(args) -> dict:
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}",
                      "load_average": os.getloadavg()[0]}
     work = Path(tempfile.mkdtemp(prefix="mdsync-bench-"))
-    servers: list[Server] = []
+    servers: list[BenchServer] = []
     try:
         # 1. start-to-ready and idle RSS (fresh data dir each time: migrations included)
         ready, healthz, rss = [], [], []
@@ -245,7 +193,7 @@ async def run(args) -> dict:
         server = mdsync(work / "me" / "data")
         servers.append(server)
         token = await register(server.base, "me@example.com")
-        bare = Server([PYTHON, "-c", BARE_SERVER], os.environ.copy(), work)
+        bare = BenchServer([sys.executable, "-c", BARE_SERVER], os.environ.copy(), work)
         servers.append(bare)
         async with aiohttp.ClientSession() as session:  # a PAT as well: another lookup path
             async with session.post(server.base + "/api/v1/me/tokens", json={"name": "bench"},
@@ -269,14 +217,15 @@ async def run(args) -> dict:
         server = mdsync(work / "login" / "data")
         servers.append(server)
         await register(server.base, "login@example.com")
-        timings = await login_latency(server.base, "login@example.com", args.logins)
-        results["login_p50_ms"] = pct(timings, 50) * 1000
-        results["login_p99_ms"] = pct(timings, 99) * 1000
+        login = Latencies.of(await login_latency(server.base, "login@example.com", args.logins))
+        results["login_p50_ms"] = login.p50_ms
+        results["login_p99_ms"] = login.p99_ms
         idle, busy, burst = await healthz_during_logins(server.base, "login@example.com", args.burst)
-        results["healthz_idle_p99_ms"] = pct(idle, 99) * 1000
-        results["healthz_during_logins_p50_ms"] = pct(busy, 50) * 1000
-        results["healthz_during_logins_p99_ms"] = pct(busy, 99) * 1000
-        results["healthz_during_logins_max_ms"] = max(busy) * 1000
+        busy = Latencies.of(busy)
+        results["healthz_idle_p99_ms"] = Latencies.of(idle).p99_ms
+        results["healthz_during_logins_p50_ms"] = busy.p50_ms
+        results["healthz_during_logins_p99_ms"] = busy.p99_ms
+        results["healthz_during_logins_max_ms"] = busy.max_ms
         results["login_burst"] = args.burst
         results["login_burst_seconds"] = burst
         server.stop()

@@ -16,13 +16,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import os
 import random
-import re
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,53 +26,9 @@ import zipfile
 from pathlib import Path
 
 import aiohttp
+from benchserver import MDSYNC, BenchServer, server_env
 
-ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"
-
-
-def server_env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MDSYNC_")}
-    env.update({
-        "MDSYNC_SERVER__DATA_DIR": str(data_dir),
-        "MDSYNC_AUTH__REGISTRATION": "open",
-        "MDSYNC_AUTH__ARGON2_TIME_COST": "1",
-        "MDSYNC_AUTH__ARGON2_MEMORY_COST": "1024",
-        "MDSYNC_AUTH__ARGON2_PARALLELISM": "1",
-        "MDSYNC_LOG__LEVEL": "warning",
-    })
-    return env
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "mdsync", "serve", "--host", "127.0.0.1", "--port", "0"],
-                            env=server_env(data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=data_dir.parent)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.match(r"mdsync listening on (http://\S+)", line)
-        if match:
-            threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # drain the log
-            return proc, match.group(1)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
-
-
-def rss_mib(pid: int) -> float:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"^VmRSS:\s+(\d+) kB", text, re.M).group(1)) / 1024
 
 
 def vault(documents: int, size: int) -> bytes:
@@ -94,14 +46,14 @@ def vault(documents: int, size: int) -> bytes:
     return buf.getvalue()
 
 
-async def http_export(base: str, headers: dict, ws: str, pid: int) -> tuple[float, int, float, float]:
-    before = peak = rss_mib(pid)
+async def http_export(server: BenchServer, headers: dict, ws: str) -> tuple[float, int, float, float]:
+    before = peak = server.rss_mib()
     done = threading.Event()
 
     def sample():
         nonlocal peak
         while not done.wait(0.01):
-            peak = max(peak, rss_mib(pid))
+            peak = max(peak, server.rss_mib())
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -109,7 +61,7 @@ async def http_export(base: str, headers: dict, ws: str, pid: int) -> tuple[floa
     started = time.perf_counter()
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}{API}/workspaces/{ws}/export", headers=headers,
+            async with http.get(f"{server.base}{API}/workspaces/{ws}/export", headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=600)) as resp:
                 assert resp.status == 200, await resp.text()
                 async for chunk in resp.content.iter_chunked(1 << 16):
@@ -123,7 +75,7 @@ async def http_export(base: str, headers: dict, ws: str, pid: int) -> tuple[floa
 
 def cli_export(data_dir: Path, ws: str, out: Path) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "mdsync", "export", "--workspace", ws, str(out), "--data-dir", str(data_dir)],
+    subprocess.run([*MDSYNC, "export", "--workspace", ws, str(out), "--data-dir", str(data_dir)],
                    env=server_env(data_dir), check=True, capture_output=True, timeout=600)
     return time.perf_counter() - started
 
@@ -131,9 +83,8 @@ def cli_export(data_dir: Path, ws: str, out: Path) -> float:
 async def main(documents: int, size: int, runs: int) -> None:
     with tempfile.TemporaryDirectory(prefix="mdsync-export-bench-") as tmp:
         data_dir = Path(tmp) / "data"
-        data_dir.mkdir()
-        proc, base = start_server(data_dir)
-        try:
+        with BenchServer.mdsync(data_dir) as server:
+            base = server.base
             async with aiohttp.ClientSession() as http:
                 resp = await http.post(f"{base}{API}/auth/register",
                                        json={"email": "bench@example.com", "password": "bench password", "name": "B"})
@@ -155,7 +106,7 @@ async def main(documents: int, size: int, runs: int) -> None:
             print("|---|---|---|---|---|---|---|")
             rates = []
             for run in range(1, runs + 1):
-                seconds, zip_bytes, before, peak = await http_export(base, headers, ws, proc.pid)
+                seconds, zip_bytes, before, peak = await http_export(server, headers, ws)
                 rates.append(documents / seconds)
                 print(f"| HTTP {run} | {seconds:.2f} | {documents / seconds:.0f} | {markdown / 1e6 / seconds:.1f} | "
                       f"{zip_bytes / 1e6:.1f} | {zip_bytes / 1e6 / seconds:.1f} | {before:.0f} → {peak:.0f} |")
@@ -167,8 +118,6 @@ async def main(documents: int, size: int, runs: int) -> None:
                 print(f"| CLI {run} (process start included) | {seconds:.2f} | {documents / seconds:.0f} | "
                       f"{markdown / 1e6 / seconds:.1f} | {zip_bytes / 1e6:.1f} | {zip_bytes / 1e6 / seconds:.1f} | - |")
             print(f"HTTP median: {statistics.median(rates):.0f} documents/s")
-        finally:
-            stop_server(proc)
 
 
 if __name__ == "__main__":

@@ -19,57 +19,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import re
-import signal
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import aiohttp
+from benchserver import BenchServer, Latencies
 
 from mdsync import clock
 from mdsync.db import run_offline
 
-ROOT = Path(__file__).resolve().parent.parent
 TIME_LIMIT = 300.0   # seconds for any one phase
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MDSYNC_")}
-    env.update({
-        "MDSYNC_SERVER__DATA_DIR": str(data_dir),
-        "MDSYNC_AUTH__REGISTRATION": "open",
-        "MDSYNC_AUTH__ARGON2_TIME_COST": "1",
-        "MDSYNC_AUTH__ARGON2_MEMORY_COST": "1024",
-        "MDSYNC_AUTH__ARGON2_PARALLELISM": "1",
-        "MDSYNC_LOG__LEVEL": "warning",
-    })
-    proc = subprocess.Popen([sys.executable, "-m", "mdsync", "serve", "--host", "127.0.0.1", "--port", "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=data_dir.parent)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.match(r"mdsync listening on (http://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def insert_changes(tx, visible_ws: str, other_ws: str, n: int) -> None:
@@ -79,11 +40,6 @@ def insert_changes(tx, visible_ws: str, other_ws: str, n: int) -> None:
         rows.append((visible_ws, "document", str(uuid.uuid4()), "upsert", at))
         rows.append((other_ws, "document", str(uuid.uuid4()), "upsert", at))
     tx.executemany("INSERT INTO changes (workspace_id, entity, entity_id, op, at) VALUES (?, ?, ?, ?, ?)", rows)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 async def page_through(http: aiohttp.ClientSession, base: str, headers: dict, limit: int,
@@ -105,16 +61,16 @@ async def page_through(http: aiohttp.ClientSession, base: str, headers: dict, li
 
 
 def line(label: str, latencies: list[float], wall: float, seen: int) -> str:
-    return (f"| {label} | {len(latencies)} | {seen} | {len(latencies) / wall:,.0f} | "
-            f"{statistics.median(latencies) * 1000:.2f} | {percentile(latencies, 99) * 1000:.2f} |")
+    stats = Latencies.of(latencies)
+    return (f"| {label} | {stats.count} | {seen} | {stats.count / wall:,.0f} | "
+            f"{stats.p50_ms:.2f} | {stats.p99_ms:.2f} |")
 
 
 async def run(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        data_dir.mkdir()
-        proc, base = start_server(data_dir)
-        try:
+        with BenchServer.mdsync(data_dir) as server:
+            base = server.base
             async with aiohttp.ClientSession() as http:
                 async def account(email):
                     async with http.post(base + "/api/v1/auth/register",
@@ -173,12 +129,10 @@ async def run(args) -> None:
                         assert r.status == 200
                     done = await asyncio.wait_for(asyncio.gather(*tasks), 60)
                     assert all(n == 1 for _, n in done)
-                    waits = [t - t0 for t, _ in done]
+                    waits = Latencies.of([t - t0 for t, _ in done])
                     print(f"\nlong-poll wake-up: {args.pollers} parked polls, one commit → all answered; "
-                          f"p50 {statistics.median(waits) * 1000:.1f} ms, last {max(waits) * 1000:.1f} ms "
+                          f"p50 {waits.p50_ms:.1f} ms, last {waits.max_ms:.1f} ms "
                           "(from sending the write to each answer, incl. the write itself)")
-        finally:
-            stop_server(proc)
 
 
 def main() -> None:

@@ -30,18 +30,14 @@ import time
 import uuid
 from pathlib import Path
 
+from benchserver import MDSYNC, BenchServer, Latencies, percentile, server_env
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import MDSYNC, PASSWORD, ServerProcess, test_env  # noqa: E402
 from tests.s3server import S3Server  # noqa: E402
 
-
-def pct(values, p):
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+PASSWORD = "correct horse battery"
 
 
 # -- replica lag ----------------------------------------------------------------------------------
@@ -53,11 +49,8 @@ async def lag_bench(args) -> None:
     try:
         s3.create_bucket("bench")
         url = s3.replica_url("bench", "lag")
-        env = {"MDSYNC_REPLICA__URL": url, "MDSYNC_AUTH__REGISTRATION": "open", **s3.credentials()}
-        server = ServerProcess(work / "data", env)
-        (work / "data").mkdir()
-        server.start()
-        try:
+        env = {"MDSYNC_REPLICA__URL": url, **s3.credentials()}
+        with BenchServer.mdsync(work / "data", **env) as server:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as http:
                 base = server.base
                 async with http.post(f"{base}/api/v1/auth/register",
@@ -114,12 +107,10 @@ async def lag_bench(args) -> None:
                         break
                     await asyncio.sleep(0.05)
                 marker_seconds = time.monotonic() - marked
-        finally:
-            server.terminate()
         restored = work / "restored"
         started = time.monotonic()
         result = subprocess.run([*MDSYNC, "restore", "--from-replica", "--data-dir", str(restored)],
-                                env=test_env(restored, **env), capture_output=True, text=True, cwd=ROOT)
+                                env=server_env(restored, **env), capture_output=True, text=True, cwd=ROOT)
         restore_seconds = time.monotonic() - started
         assert result.returncode == 0, result.stderr
         conn = sqlite3.connect(restored / "mdsync.db")
@@ -127,10 +118,12 @@ async def lag_bench(args) -> None:
         conn.close()
         missing = [d for d in acknowledged if d not in present]
         lags = [s["lag_seconds"] for s in samples]
+        writes = Latencies.of(latencies)
         print(f"writes: {len(acknowledged)} documents in {elapsed:.1f} s = {len(acknowledged) / elapsed:.0f}/s "
-              f"(target {args.rate}/s, {args.concurrency} writers); write p50 {pct(latencies, 50) * 1000:.1f} ms, "
-              f"p99 {pct(latencies, 99) * 1000:.1f} ms")
-        print(f"replica lag over {len(lags)} samples: p50 {pct(lags, 50):.2f} s, p95 {pct(lags, 95):.2f} s, "
+              f"(target {args.rate}/s, {args.concurrency} writers); write p50 {writes.p50_ms:.1f} ms, "
+              f"p99 {writes.p99_ms:.1f} ms")
+        print(f"replica lag over {len(lags)} samples: p50 {statistics.median(lags):.2f} s, "
+              f"p95 {percentile(lags, 95):.2f} s, "
               f"max {max(lags):.2f} s, mean {statistics.mean(lags):.2f} s; restarts "
               f"{samples[-1]['restarts']}")
         print(f"marker write on the replica after {marker_seconds:.2f} s; restore --from-replica "
@@ -160,7 +153,7 @@ def fill(db: Path, megabytes: int) -> None:
 
 def timed(cmd, data_dir) -> tuple[float, subprocess.CompletedProcess]:
     started = time.monotonic()
-    result = subprocess.run(cmd, env=test_env(data_dir), capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(cmd, env=server_env(data_dir), capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     return time.monotonic() - started, result
 
@@ -169,7 +162,7 @@ def backup_bench(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="mdsync-opsbench-"))
     try:
         data = work / "data"
-        subprocess.run([*MDSYNC, "migrate", "--data-dir", str(data)], env=test_env(data), check=True,
+        subprocess.run([*MDSYNC, "migrate", "--data-dir", str(data)], env=server_env(data), check=True,
                        capture_output=True, cwd=ROOT)
         started = time.monotonic()
         fill(data / "mdsync.db", args.db_mb)

@@ -17,56 +17,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import re
-import signal
-import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import aiohttp
+from benchserver import BenchServer, Latencies
 
 from mdsync import clock
 from mdsync.db import run_offline
 
 MAX_REQUESTS = 100_000  # per phase, beside the time bound
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MDSYNC_")}
-    env.update({
-        "MDSYNC_SERVER__DATA_DIR": str(data_dir),
-        "MDSYNC_AUTH__REGISTRATION": "open",
-        "MDSYNC_AUTH__ARGON2_TIME_COST": "1",
-        "MDSYNC_AUTH__ARGON2_MEMORY_COST": "1024",
-        "MDSYNC_AUTH__ARGON2_PARALLELISM": "1",
-        "MDSYNC_LOG__LEVEL": "warning",
-    })
-    proc = subprocess.Popen([sys.executable, "-m", "mdsync", "serve", "--host", "127.0.0.1", "--port", "0"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=data_dir.parent)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.match(r"mdsync listening on (http://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
 
 
 def populate(tx, ws: str, user_id: str, n_folders: int, n_docs: int) -> None:
@@ -102,7 +64,7 @@ async def fetch_loop(session, url, headers, deadline, latencies, budget) -> None
         latencies.append(time.perf_counter() - started)
 
 
-async def cold_phase(base, ws, headers, doc_id: str, seconds: float) -> dict:
+async def cold_phase(base, ws, headers, doc_id: str, seconds: float) -> Latencies:
     """Each GET right after a rename: the cached tree is stale, so every answer is rebuilt."""
     latencies: list[float] = []
     async with aiohttp.ClientSession() as session:
@@ -117,12 +79,11 @@ async def cold_phase(base, ws, headers, doc_id: str, seconds: float) -> dict:
             async with session.get(f"{base}/api/v1/workspaces/{ws}/tree", headers=headers) as resp:
                 await resp.read()
             latencies.append(time.perf_counter() - started)
-    latencies.sort()
-    return {"requests": len(latencies), "p50_ms": statistics.median(latencies) * 1000,
-            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
+    return Latencies.of(latencies)
 
 
-async def phase(base, ws, headers, clients: int, seconds: float) -> dict:
+async def phase(base, ws, headers, clients: int, seconds: float) -> tuple[Latencies, float]:
+    """Latencies and requests/s of `clients` fetching the tree back to back for `seconds`."""
     latencies: list[float] = []
     budget = [MAX_REQUESTS]
     url = f"{base}/api/v1/workspaces/{ws}/tree"
@@ -131,18 +92,14 @@ async def phase(base, ws, headers, clients: int, seconds: float) -> dict:
         deadline = started + seconds
         await asyncio.gather(*(fetch_loop(session, url, headers, deadline, latencies, budget) for _ in range(clients)))
         elapsed = time.monotonic() - started
-    latencies.sort()
-    return {"clients": clients, "requests": len(latencies), "rps": len(latencies) / elapsed,
-            "p50_ms": statistics.median(latencies) * 1000,
-            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000}
+    return Latencies.of(latencies), len(latencies) / elapsed
 
 
 async def main(args) -> None:
     with tempfile.TemporaryDirectory(prefix="mdsync-tree-bench-") as tmp:
         data = Path(tmp) / "data"
-        data.mkdir()
-        proc, base = start_server(data)
-        try:
+        with BenchServer.mdsync(data) as server:
+            base = server.base
             async with aiohttp.ClientSession() as session:
                 async with session.post(f"{base}/api/v1/auth/register", json={
                         "email": "bench@example.com", "password": "correct horse battery", "name": "Bench"}) as resp:
@@ -163,15 +120,13 @@ async def main(args) -> None:
             print("| encoding | clients | requests | requests/s | p50 ms | p99 ms |")
             for encoding in ("gzip", "identity"):
                 for clients in (1, args.clients):
-                    r = await phase(base, ws, {**headers, "Accept-Encoding": encoding}, clients, args.seconds)
-                    print(f"| {encoding} | {r['clients']} | {r['requests']} | {r['rps']:.1f} |"
-                          f" {r['p50_ms']:.1f} | {r['p99_ms']:.1f} |")
+                    r, rps = await phase(base, ws, {**headers, "Accept-Encoding": encoding}, clients, args.seconds)
+                    print(f"| {encoding} | {clients} | {r.count} | {rps:.1f} |"
+                          f" {r.p50_ms:.1f} | {r.p99_ms:.1f} |")
             r = await cold_phase(base, ws, {**headers, "Accept-Encoding": "identity"}, parsed["documents"][0]["id"],
                                  args.seconds)
-            print(f"rebuilt after every change (identity, 1 client): {r['requests']} requests,"
-                  f" p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
-        finally:
-            stop_server(proc)
+            print(f"rebuilt after every change (identity, 1 client): {r.count} requests,"
+                  f" p50 {r.p50_ms:.1f} ms, p99 {r.p99_ms:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import re
-import signal
 import sqlite3
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
+from benchserver import MDSYNC, BenchServer, Latencies, server_env
 
 from mdsync import clock
 from mdsync.db import run_offline
@@ -41,44 +37,8 @@ MiB = 1024 * 1024
 TIME_LIMIT = 300.0
 
 
-def env_for(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MDSYNC_")}
-    env.update({
-        "MDSYNC_SERVER__DATA_DIR": str(data_dir),
-        "MDSYNC_AUTH__REGISTRATION": "open",
-        "MDSYNC_AUTH__ARGON2_TIME_COST": "1",
-        "MDSYNC_AUTH__ARGON2_MEMORY_COST": "1024",
-        "MDSYNC_AUTH__ARGON2_PARALLELISM": "1",
-        "MDSYNC_LOG__LEVEL": "warning",
-        "MDSYNC_LIMITS__MAX_BODY_BYTES": str(8 * MiB),
-        "MDSYNC_VERSIONS__IDLE_SECONDS": "3600",  # no automatic versions during the bench
-    })
-    return env
-
-
-def start_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "mdsync", "serve", "--host", "127.0.0.1", "--port", "0"],
-                            env=env_for(data_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=data_dir.parent)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.match(r"mdsync listening on (http://\S+)", line)
-        if match:
-            return proc, match.group(1)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+# the server and `mdsync versions prune` beside it: 1 MB bodies, no automatic versions during the bench
+SETTINGS = {"MDSYNC_LIMITS__MAX_BODY_BYTES": str(8 * MiB), "MDSYNC_VERSIONS__IDLE_SECONDS": "3600"}
 
 
 def markdown_of_size(size: int, seed: int) -> str:
@@ -106,13 +66,8 @@ def change_lines(text: str, fraction: float, seed: int) -> str:
     return "".join(lines)
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
-
-
-def ms(v: float) -> str:
-    return f"{v * 1000:,.1f}"
+def ms(milliseconds: float) -> str:
+    return f"{milliseconds:,.1f}"
 
 
 def insert_versions(tx, document_id: str, n: int, kind: str, spread_days: float) -> None:
@@ -130,10 +85,9 @@ def insert_versions(tx, document_id: str, n: int, kind: str, spread_days: float)
 async def run(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = Path(tmp) / "data"
-        data_dir.mkdir()
-        proc, base = start_server(data_dir)
-        api = base + "/api/v1"
-        try:
+        with BenchServer.mdsync(data_dir, **SETTINGS) as server:
+            base = server.base
+            api = base + "/api/v1"
             async with aiohttp.ClientSession() as http:
                 async with http.post(api + "/auth/register", json={"email": "bench@example.com",
                                                                     "password": "bench password", "name": "Bench"}) as r:
@@ -159,6 +113,7 @@ async def run(args) -> None:
                         assert r.status == 201, await r.text()
                         ids.append((await r.json())["id"])
                     times.append(time.perf_counter() - started)
+                took = Latencies.of(times)
                 conn = sqlite3.connect(data_dir / "mdsync.db")
                 size, state = conn.execute("SELECT size, length(state) FROM versions WHERE id = ?", (ids[0],)).fetchone()
                 conn.close()
@@ -166,7 +121,7 @@ async def run(args) -> None:
                       f" {args.repeat} times")
                 print("| p50 ms | max ms | markdown bytes | Yjs state bytes | stored per version |")
                 print("|---|---|---|---|---|")
-                print(f"| {ms(statistics.median(times))} | {ms(max(times))} | {size:,} | {state:,} | {size + state:,} |")
+                print(f"| {ms(took.p50_ms)} | {ms(took.max_ms)} | {size:,} | {state:,} | {size + state:,} |")
 
                 # 3. diffs of two 1 MB versions (done before 2 so the big document is still loaded)
                 print("\n3. diff of two 1 MiB versions (and /healthz polled every 10 ms meanwhile)")
@@ -200,9 +155,10 @@ async def run(args) -> None:
                         times.append(time.perf_counter() - started)
                         stop.set()
                         await pinger
+                    took = Latencies.of(times)
                     print(f"| {label} | {body['unified'].count(chr(10)):,} | {body['stats']['added']:,} | "
-                          f"{body['stats']['removed']:,} | {ms(statistics.median(times))} | {ms(max(times))} | "
-                          f"{ms(worst_ping)} |")
+                          f"{body['stats']['removed']:,} | {ms(took.p50_ms)} | {ms(took.max_ms)} | "
+                          f"{ms(worst_ping * 1000)} |")
 
                 # 2. listing 10 000 versions
                 listed = await new_doc("small")
@@ -232,25 +188,23 @@ async def run(args) -> None:
                 wall = time.perf_counter() - wall
                 print("| run | requests | versions seen | p50 ms | p99 ms | total s |")
                 print("|---|---|---|---|---|---|")
-                print(f"| first page (limit 50) | {len(first)} | 50 | {ms(statistics.median(first))} | "
-                      f"{ms(percentile(first, 99))} | {sum(first):.2f} |")
-                print(f"| all pages (limit 200) | {len(pages)} | {seen:,} | {ms(statistics.median(pages))} | "
-                      f"{ms(percentile(pages, 99))} | {wall:.2f} |")
+                for label, took, versions, total in (("first page (limit 50)", Latencies.of(first), 50, sum(first)),
+                                                     ("all pages (limit 200)", Latencies.of(pages), seen, wall)):
+                    print(f"| {label} | {took.count} | {versions:,} | {ms(took.p50_ms)} | {ms(took.p99_ms)} | "
+                          f"{total:.2f} |")
 
                 # 4. prune
                 pruned_doc = await new_doc("pruned")
                 await asyncio.to_thread(run_offline, data_dir / "mdsync.db", insert_versions, pruned_doc,
                                         args.versions, "auto", 90)
                 started = time.perf_counter()
-                out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mdsync", "versions", "prune"],
-                                              env=env_for(data_dir), capture_output=True, text=True, timeout=TIME_LIMIT)
+                out = await asyncio.to_thread(subprocess.run, [*MDSYNC, "versions", "prune"],
+                                              env=server_env(data_dir, **SETTINGS), capture_output=True, text=True, timeout=TIME_LIMIT)
                 wall = time.perf_counter() - started
                 assert out.returncode == 0, out.stderr
                 print(f"\n4. `mdsync versions prune` on {args.versions:,} automatic versions over 90 days "
                       f"(beside the running server): {out.stdout.strip().splitlines()[-1]} in {wall:.2f} s "
                       "(process start included)")
-        finally:
-            stop_server(proc)
 
 
 def main() -> None:
