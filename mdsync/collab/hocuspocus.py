@@ -79,6 +79,7 @@ PONG = bytes((MSG_PONG,))
 # bounds per socket: documents attached or being authorized, frames waiting for their Auth check
 MAX_DOCUMENTS = 256
 MAX_WAITING_FRAMES = 1024
+MAX_WAITING_BYTES = 32 * 1024 * 1024
 MAX_STATELESS_BYTES = 64 * 1024
 ROUTING_SEPARATOR = "\0"
 
@@ -208,6 +209,7 @@ class Session:
         self.tasks: set[asyncio.Task] = set()
         self.closing = False
         self.waiting_frames = 0
+        self.waiting_bytes = 0
         self._ping: asyncio.TimerHandle | None = None
         self._ping_idle = self.cfg.hocuspocus_ping_seconds
         self.last_seen = 0.0  # loop time of the last frame received
@@ -234,10 +236,11 @@ class Session:
             return
         queue = self.waiting.get(key)
         if queue is not None:
-            if self.waiting_frames >= MAX_WAITING_FRAMES:
+            if self.waiting_frames >= MAX_WAITING_FRAMES or self.waiting_bytes + len(data) > MAX_WAITING_BYTES:
                 raise ProtocolError("too many messages before authentication")
             queue.append(data)
             self.waiting_frames += 1
+            self.waiting_bytes += len(data)
             return
         # a document without an accepted Auth (never sent, refused, closed): nothing lands
         if kind > MSG_PONG:
@@ -260,7 +263,9 @@ class Session:
                     conn.send(p.ws_frame(p.sync_step1(room.state_vector())))
                 return
             if conn.read_only:
-                applied = self._contained(room, payload)
+                # as Hocuspocus: a read-only client's update is never applied (ack 0); its step 2
+                # is acked as applied when it holds nothing new (the usual answer of a viewer)
+                applied = inner == p.SYNC_STEP2 and self._contained(room, payload)
                 room.receive(conn, message)  # dropped (and counted) by the room
                 conn.send_message(sync_status(applied))
                 return
@@ -354,16 +359,18 @@ class Session:
             room.join(conn)
             frames = self.waiting.pop(key)
             self.waiting_frames -= len(frames)
+            self.waiting_bytes -= sum(len(f) for f in frames)
             for data in frames:
                 self.receive_now(data)
-        except RuntimeError:
-            # the server is shutting down (manager.acquire): the socket closes with 1012
-            self._refuse(key, None)
         except ProtocolError as exc:
             self.garbage(exc)
         except Exception:
-            log.exception("hocuspocus authentication of a document failed")
-            self._refuse(key, "forbidden")
+            if manager.shutting_down:
+                # manager.acquire refuses during shutdown: the socket is being closed with 1012
+                self._refuse(key, None)
+            else:
+                log.exception("hocuspocus authentication of a document failed")
+                self._refuse(key, "forbidden")
         finally:
             if conn is not None and self.docs.get(key) is not conn:
                 # not attached after all (socket closed, Close sent, error): undo what was taken
@@ -386,6 +393,7 @@ class Session:
         frames = self.waiting.pop(key, None)
         if frames is not None:
             self.waiting_frames -= len(frames)
+            self.waiting_bytes -= sum(len(f) for f in frames)
             if reason is not None:
                 self._send_raw(key, auth_denied(reason))
 
