@@ -384,3 +384,49 @@ async def test_document_over_the_size_limit_is_closed_alone(make_client):
     assert app[ROOMS].loaded(small).text() == "still small\n"
     assert [conn.document_id for conn in app[ROOMS].connections() if conn.user_id == alice.id] == [small]
     await c.close()
+
+
+async def test_sigterm_closes_with_1012_and_keeps_every_acked_edit(server_process):
+    """A real `mdsync serve`: SIGTERM closes the Hocuspocus socket with 1012 (the provider
+    reconnects to the next process) after every acknowledged edit of its documents is stored."""
+    import sqlite3
+
+    import aiohttp
+
+    from tests.conftest import PASSWORD
+
+    server = server_process(env={"MDSYNC_AUTH__REGISTRATION": "open"})
+    async with aiohttp.ClientSession(server.base) as http:
+        resp = await http.post("/api/v1/auth/register",
+                               json={"email": f"t{uuid.uuid4().hex[:8]}@example.com", "password": PASSWORD, "name": "T"})
+        token = (await resp.json())["access_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        ws_id = (await (await http.post("/api/v1/workspaces", json={"name": "W"}, headers=headers)).json())["id"]
+        docs = []
+        for title in ("one", "two"):
+            resp = await http.post(f"/api/v1/workspaces/{ws_id}/documents", json={"title": title}, headers=headers)
+            docs.append((await resp.json())["id"])
+        c = await HPClient.connect(http)
+        for doc_id in docs:
+            await c.open(doc_id, token)
+        await c.until(lambda: all(c.statuses(d) == [1] for d in docs), "sync", timeout=10)
+        for i in range(20):
+            for n, doc_id in enumerate(docs):
+                await c.edit(doc_id, len(str(c.text(doc_id))), f"{n}.{i};")
+        await c.until(lambda: all(c.statuses(d).count(1) == 21 for d in docs), "acks", timeout=10)
+        code = await asyncio.get_running_loop().run_in_executor(None, server.terminate)
+        assert code == 0
+        await c.until(lambda: c._reader.done(), "close", timeout=10)
+        assert c.close_code == 1012
+
+    db = sqlite3.connect(str(server.data_dir / "mdsync.db"))
+    try:
+        for n, doc_id in enumerate(docs):
+            doc = Doc()
+            for (state,) in db.execute("SELECT state FROM doc_snapshots WHERE document_id = ?", (doc_id,)):
+                doc.apply_update(state)
+            for (data,) in db.execute("SELECT data FROM doc_updates WHERE document_id = ? ORDER BY seq", (doc_id,)):
+                doc.apply_update(data)
+            assert str(doc.get("markdown", type=Text)) == "".join(f"{n}.{i};" for i in range(20))
+    finally:
+        db.close()
