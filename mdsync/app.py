@@ -8,6 +8,7 @@ from aiohttp import web
 
 from mdsync.api import middleware
 from mdsync.api.routing import AUTHENTICATOR, BODY_LIMIT
+from mdsync.attachments import routes as attachment_routes
 from mdsync.appkeys import DB, READINESS, ROUTE_TABLES, SETTINGS
 from mdsync.auth import routes as auth_routes
 from mdsync.auth.service import AuthService
@@ -58,12 +59,14 @@ def create_app(settings: Settings) -> web.Application:
     app[CONTENT] = TextContent(db)  # the collaboration feature replaces it with its Yjs backend
     app[DOCUMENTS] = Documents(app, db)
     app[SHARING] = Sharing(app, db, settings.public_url)
+    attachment_routes.install(app)  # after documents, sharing and workspaces: it hooks into them
 
     tables = [health.routes, ops_metrics.routes, auth_routes.routes, sync_routes.routes, collab_routes.routes,
               workspace_routes.routes, document_routes.routes, content_routes.routes,
               transfer_routes.routes]
     tables.append(versions_routes.routes)
     tables.append(collab_http.routes)
+    tables.append(attachment_routes.routes)
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables

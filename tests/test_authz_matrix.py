@@ -237,6 +237,14 @@ async def deleted_workspace(w: World, caller: str) -> dict:
     return {}
 
 
+async def fresh_attachment(w: World, caller: str) -> dict:
+    resp = await w.client.post(f"/api/v1/workspaces/{w.ws}/attachments", data=b"bytes", params={"filename": "a.txt"},
+                               headers={**w.people["owner"].headers, "Content-Type": "application/octet-stream"})
+    assert resp.status == 201, await resp.text()
+    body = await resp.json()
+    return {"attachment": body["id"], "signed": body["url"].split("?", 1)[1]}
+
+
 # -- the matrix ------------------------------------------------------------------------------------
 #                 owner admin editor commenter viewer nonmember share anonymous
 MEMBERS_READ = "200 200 200 200 200 404 404 401"
@@ -336,6 +344,15 @@ ROWS: list[Row] = [
     Row("GET", D + "/{doc}/diff", "200 200 200 200 200 404 403 401", query="?from={version}&to=current",
         setup=doc_version),
     Row("POST", C + "/versions/{version}/restore", "200 200 200 403 403 404 403 401", setup=doc_version),
+    # attachments: editors upload and delete, members read; a share link opens none of these routes
+    Row("POST", W + "/{ws}/attachments", EDITOR_CREATE, raw=b"bytes", content_type="application/octet-stream"),
+    Row("GET", C + "/attachments/{attachment}/meta", MEMBERS_READ, setup=fresh_attachment),
+    Row("GET", C + "/attachments/{attachment}", MEMBERS_READ, setup=fresh_attachment),
+    # a signed url opens the file to anyone holding it, with or without a token
+    Row("GET", C + "/attachments/{attachment}", EVERYONE, query="?{signed}", setup=fresh_attachment,
+        label="signed url"),
+    Row("GET", D + "/{doc}/attachments", "200 200 200 200 200 404 403 401"),
+    Row("DELETE", C + "/attachments/{attachment}", "204 204 204 403 403 404 404 401", setup=fresh_attachment),
     # export / import: admin and up
     Row("GET", W + "/{ws}/export", ADMIN_WRITE),
     Row("POST", W + "/{ws}/import", ADMIN_WRITE, raw=_IMPORT_ZIP, content_type="application/zip"),
