@@ -72,15 +72,15 @@ async def test_providers_on_shared_sockets_converge_with_each_other_and_y_websoc
         "tokenY": yuri.access_token, "edits": 400, "seed": 11}, timeout=90)
     assert result["seeded"] == "# Shared\n"
     d1_text = result["d1"]["a"]
-    assert d1_text == result["d1"]["b"] == result["d1"]["y"] == result["late"]
+    assert d1_text == result["d1"]["b"] == result["d1"]["y"] == result["d1"]["s"] == result["late"]
     assert result["d2"]["a"] == result["d2"]["b"]
-    for tag in ("a9.", "b9.", "y9."):
+    for tag in ("a9.", "b9.", "y9.", "s9."):
         assert tag in d1_text
     assert "A9." in result["d2"]["a"] and "B9." in result["d2"]["a"]
-    assert result["scopes"] == ["read-write"] * 4
-    assert result["unsynced"] == [0, 0, 0, 0]          # every change acknowledged by SyncStatus
+    assert result["scopes"] == ["read-write"] * 5
+    assert result["unsynced"] == [0] * 5               # every change acknowledged by SyncStatus
     assert result["awarenessA"] == ["A", "B", "Y"]      # presence crosses both protocols
-    assert result["sockets"] == 2                       # two clients: one socket each for two documents
+    assert result["sockets"] == 2  # two clients, one socket each (A's: 2 documents, 3 providers)
     rooms = app[ROOMS]
     for doc_id, text in ((d1, d1_text), (d2, result["d2"]["a"])):
         room = rooms.loaded(doc_id)

@@ -43,7 +43,7 @@ function socket () {
 }
 
 // one document on a shared socket
-function hp (websocketProvider, name, token, label) {
+function hp (websocketProvider, name, token, label, options = {}) {
   const doc = new Y.Doc()
   const c = { doc, text: doc.getText('markdown'), synced: false, scope: null, denied: null, closed: null, label }
   c.provider = new HocuspocusProvider({
@@ -55,7 +55,8 @@ function hp (websocketProvider, name, token, label) {
     onAuthenticated: ({ scope }) => { c.scope = scope; trace.push([label, 'authenticated', scope]) },
     onAuthenticationFailed: ({ reason }) => { c.denied = reason; trace.push([label, 'denied', reason]) },
     onClose: ({ event }) => { c.closed = event.code; trace.push([label, 'close', event.code, event.reason]) },
-    onUnsyncedChanges: ({ number }) => trace.push([label, 'unsynced', number])
+    onUnsyncedChanges: ({ number }) => trace.push([label, 'unsynced', number]),
+    ...options
   })
   c.provider.attach()
   return c
@@ -94,8 +95,10 @@ async function converge () {
   const a2 = hp(sa, d2, cfg.tokenA, 'a2')
   const b1 = hp(sb, d1, cfg.tokenB, 'b1')
   const b2 = hp(sb, d2, cfg.tokenB, 'b2')
+  // a second provider of the first document on A's socket: the provider's session multiplexing
+  const a1s = hp(sa, d1, cfg.tokenA, 'a1s', { sessionAwareness: true })
   const y1 = yws(d1, cfg.tokenY)
-  const hps = [a1, a2, b1, b2]
+  const hps = [a1, a2, b1, b2, a1s]
   a1.provider.setAwarenessField('user', { name: 'A' })
   b1.provider.setAwarenessField('user', { name: 'B' })
   y1.provider.awareness.setLocalStateField('user', { name: 'Y' })
@@ -108,17 +111,18 @@ async function converge () {
     randomEdits(y1.text, cfg.edits / 10, rand, `y${burst}.`)
     randomEdits(a2.text, cfg.edits / 20, rand, `A${burst}.`)
     randomEdits(b2.text, cfg.edits / 20, rand, `B${burst}.`)
+    randomEdits(a1s.text, cfg.edits / 20, rand, `s${burst}.`)
     await sleep(5)
   }
   await until(() => a1.text.toString() === b1.text.toString() && b1.text.toString() === y1.text.toString() &&
-    a2.text.toString() === b2.text.toString(), 30000, 'convergence')
+    a1s.text.toString() === a1.text.toString() && a2.text.toString() === b2.text.toString(), 30000, 'convergence')
   // every change acknowledged (SyncStatus): the providers' unsynced-changes counts are back to 0
   await until(() => hps.every((c) => c.provider.unsyncedChanges === 0), 10000, 'SyncStatus acks')
   await until(() => names(a1).join() === 'A,B,Y' && names(b1).join() === 'A,B,Y' &&
     [...y1.provider.awareness.getStates().values()].filter((s) => s.user).length === 3, 10000, 'awareness')
   const result = {
     seeded,
-    d1: { a: a1.text.toString(), b: b1.text.toString(), y: y1.text.toString() },
+    d1: { a: a1.text.toString(), b: b1.text.toString(), y: y1.text.toString(), s: a1s.text.toString() },
     d2: { a: a2.text.toString(), b: b2.text.toString() },
     scopes: hps.map((c) => c.scope),
     unsynced: hps.map((c) => c.provider.unsyncedChanges),
