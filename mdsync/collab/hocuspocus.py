@@ -20,10 +20,18 @@ Then a varuint message type and its payload:
       awareness) is pinged, so clients that renew awareness never see a ping they might not
       understand.
 
+Checked against @hocuspocus/provider 4.8 and @hocuspocus/server 4.7: replies go as type 0 (the
+provider has no SyncReply 4: it would log an unknown type); a client step 1 is answered with
+step 2 and then a step 1 of ours, whose answer the server acks, which brings the provider's
+`unsyncedChanges` (set to 1 when it starts syncing, +1 per update sent) back to 0 — so exactly
+one server step 1 per client step 1, or a spare ack would hide a pending change. A read-only
+client's step 2 is acked 1 when it holds nothing new, its updates always 0.
+
 A document's frames wait (bounded) until its Auth message has been checked — the token is an
 access JWT, a PAT or a ticket, checked exactly as `/ws/docs` checks `?token=` (socket.authorize).
 Refusals are per document (PermissionDenied `unauthenticated` / `forbidden` / `not-found`; an
-id of another workspace is `not-found`), the socket's other documents go on. Garbage (a frame
+id of another workspace is `not-found`; over a connection limit: `too-many-connections`), the
+socket's other documents go on. Garbage (a frame
 that does not parse) closes the whole socket with 1002, like /ws/docs.
 
 Each accepted (socket, document) is a `DocumentConnection`: a `Connection` of the document's
