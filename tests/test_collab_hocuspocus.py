@@ -430,3 +430,22 @@ async def test_sigterm_closes_with_1012_and_keeps_every_acked_edit(server_proces
             assert str(doc.get("markdown", type=Text)) == "".join(f"{n}.{i};" for i in range(20))
     finally:
         db.close()
+
+
+async def test_role_lowered_while_attached_makes_that_document_read_only(client):
+    app = client.server.app
+    owner, bob = await register(client), await register(client)
+    ws_id, doc_id = await make_document(app, owner.id, markdown="r\n", members={bob.id: "editor"})
+    c = await HPClient.connect(client)
+    await c.open(doc_id, bob.access_token)
+    await c.until(lambda: c.statuses(doc_id) == [1], "sync")
+    resp = await client.patch(f"/api/v1/workspaces/{ws_id}/members/{bob.id}", json={"role": "viewer"},
+                              headers=owner.headers)
+    assert resp.status == 200, await resp.text()
+    room = app[ROOMS].loaded(doc_id)
+    await c.until(lambda: all(conn.read_only for conn in room.conns), "read-only")
+    await c.edit(doc_id, 0, "late ")
+    await c.until(lambda: c.statuses(doc_id) == [1, 0], "ack 0")
+    assert room.text() == "r\n"
+    assert not c._reader.done()
+    await c.close()
