@@ -16,6 +16,7 @@ import pytest
 
 from mdsync import clock, config
 from mdsync.app import create_app
+from tests import prerequisites
 
 ROOT = Path(__file__).resolve().parent.parent
 MDSYNC = [sys.executable, "-m", "mdsync"]
@@ -45,6 +46,16 @@ def test_env(data_dir: Path, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "prerequisite(reason_missing): the test needs a program or package that "
+                            "may be missing (tests/prerequisites.py: skipped here, failed in CI)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    prerequisites.check(item)
 
 
 @pytest.fixture(autouse=True)

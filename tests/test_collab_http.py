@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
 import sqlite3
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -21,38 +19,17 @@ from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
 from tests.collab_helpers import YClient, eventually
 from tests.conftest import PASSWORD, bearer, register
+from tests.nodeclients import needs_node, run_node
 from tests.test_collab_content import get_content, setup_doc
 from tests.test_folders_documents import document
 from tests.test_workspaces import join, make_workspace
 
 API = "/api/v1"
-INTEROP = Path(__file__).resolve().parent / "interop"
-needs_node = pytest.mark.skipif(
-    shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
-    reason="needs node and `npm ci` in tests/interop (.ci/run does it)")
 
 
 @pytest.fixture
 async def client(make_client):
     return await make_client(collab__room_grace_seconds=0.2)
-
-
-async def run_node(scenario: str, config: dict, timeout: float = 60.0) -> dict:
-    config = {"timeoutMs": int(timeout * 1000) - 2000, **config}
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(INTEROP / "put_merge.mjs"), scenario, json.dumps(config), cwd=INTEROP,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"node {scenario} did not finish in {timeout} s")
-    lines = out.decode().strip().splitlines()
-    assert lines, f"node {scenario} printed nothing (exit {proc.returncode}): {err.decode()[-2000:]}"
-    result = json.loads(lines[-1])
-    assert "error" not in result, f"{scenario}: {result['error']} {err.decode()[-2000:]}"
-    return result
 
 
 def bases(client) -> dict:
@@ -68,7 +45,8 @@ def b64(data: bytes) -> str:
 @needs_node
 async def test_stale_put_while_an_npm_client_types_keeps_both_edits(client):
     owner, _, doc_id = await setup_doc(client, "# Notes 😀\n\nan obsolete line\n\n")
-    result = await run_node("stale", {**bases(client), "doc": doc_id, "token": owner.access_token}, timeout=60)
+    result = await run_node("put_merge.mjs", "stale", {**bases(client), "doc": doc_id, "token": owner.access_token},
+                            timeout=60)
     put = result["put"]
     assert put["status"] == 200, put
     final = result["get"]
@@ -90,8 +68,8 @@ async def test_put_with_current_etag_reaches_an_npm_client_as_a_small_edit(clien
     # (UTF-16 in JS, UTF-8 offsets in pycrdt, code points in Python: the edit lands where meant)
     markdown = "# Title 😀\n\n" + "A paragraph of text that stays as it is.\n" * 100 + line
     owner, _, doc_id = await setup_doc(client, markdown)
-    result = await run_node("diff", {**bases(client), "doc": doc_id, "token": owner.access_token,
-                                     "from": "quick ", "to": "quick brown "})
+    result = await run_node("put_merge.mjs", "diff", {**bases(client), "doc": doc_id, "token": owner.access_token,
+                                                      "from": "quick ", "to": "quick brown "})
     assert result["put"]["status"] == 200
     assert result["a"] == markdown.replace("quick ", "quick brown ")
     # one Y.Text event: retain up to the word, insert it; nothing of the document deleted

@@ -3,40 +3,15 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
-from pathlib import Path
-
 import pytest
 
 from mdsync.collab.rooms import ROOMS
 from tests.collab_helpers import make_document
 from tests.conftest import register
+from tests.nodeclients import needs_node, run_node
 from tests.test_collab_relay import doc_text_in_db
 
-INTEROP = Path(__file__).resolve().parent / "interop"
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
-    reason="needs node and `npm ci` in tests/interop (.ci/run does it)")
-
-
-async def run_node(scenario: str, config: dict, timeout: float = 60.0) -> dict:
-    config = {"timeoutMs": int(timeout * 1000) - 2000, **config}
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(INTEROP / "scenario.mjs"), scenario, json.dumps(config), cwd=INTEROP,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"node {scenario} did not finish in {timeout} s")
-    lines = out.decode().strip().splitlines()
-    assert lines, f"node {scenario} printed nothing (exit {proc.returncode}): {err.decode()[-2000:]}"
-    result = json.loads(lines[-1])
-    assert "error" not in result, f"{scenario}: {result['error']} {err.decode()[-2000:]}"
-    return result
+pytestmark = needs_node
 
 
 def ws_base(client) -> str:
@@ -48,7 +23,7 @@ async def test_two_writers_and_a_viewer_converge_with_awareness(client):
     alice, bob, viewer = await register(client), await register(client), await register(client)
     _, doc_id = await make_document(app, alice.id, markdown="# Shared\n",
                                     members={bob.id: "editor", viewer.id: "viewer"})
-    result = await run_node("converge", {
+    result = await run_node("scenario.mjs", "converge", {
         "url": ws_base(client), "doc": doc_id, "writerA": alice.access_token, "writerB": bob.access_token,
         "viewer": viewer.access_token, "edits": 1000, "seed": 42}, timeout=90)
     # the viewer holds its own edit locally; nobody else ever sees it
@@ -68,8 +43,8 @@ async def test_offline_edits_merge_on_reconnect(client):
     app = client.server.app
     alice, bob = await register(client), await register(client)
     _, doc_id = await make_document(app, alice.id, members={bob.id: "editor"})
-    result = await run_node("offline", {"url": ws_base(client), "doc": doc_id,
-                                        "writerA": alice.access_token, "writerB": bob.access_token})
+    result = await run_node("scenario.mjs", "offline", {"url": ws_base(client), "doc": doc_id,
+                                                         "writerA": alice.access_token, "writerB": bob.access_token})
     assert result["a"] == result["b"] == result["fresh"]
     assert "off" in result["a"] and "on" in result["a"]
     assert app[ROOMS].loaded(doc_id).text() == result["a"]
@@ -81,6 +56,7 @@ async def test_provider_gets_close_code_and_stops(client, case):
     alice, mallory = await register(client), await register(client)
     _, doc_id = await make_document(app, alice.id)
     token = {"none": "", "bad": "not-a-token", "other-workspace": mallory.access_token}[case]
-    result = await run_node("closeCode", {"url": ws_base(client), "doc": doc_id, "token": token}, timeout=20)
+    result = await run_node("scenario.mjs", "closeCode", {"url": ws_base(client), "doc": doc_id, "token": token},
+                            timeout=20)
     assert result["closed"] == (4404 if case == "other-workspace" else 4401)
     assert result["synced"] is False

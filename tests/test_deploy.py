@@ -21,11 +21,12 @@ import pytest
 
 from tests.conftest import MDSYNC as MDSYNC_CLI
 from tests.conftest import PASSWORD, ROOT
+from tests.nodeclients import INTEROP, why_missing
+from tests.prerequisites import missing, present, program, requires
 from tests.s3server import free_port
 
 UNIT = ROOT / "systemd" / "mdsync.service"
 UNITS = [UNIT, ROOT / "systemd" / "mdsync-backup.service", ROOT / "systemd" / "mdsync-backup.timer"]
-INTEROP = ROOT / "tests" / "interop"
 # two y-websocket providers on one document through the proxy: one types, the other must see it
 Y_WEBSOCKET_THROUGH_PROXY = """
 import * as Y from 'yjs'
@@ -59,7 +60,7 @@ def unit_settings() -> dict[str, list[str]]:
     return found
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing (.ci/run installs it)")
+@requires(program("systemd-analyze"))
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     # verify checks that ExecStart's binary exists: give it /opt/mdsync/venv/bin/mdsync inside a
     # private mount namespace (the machine's real /opt is never touched); else a copy of the unit
@@ -159,8 +160,8 @@ class Caddy:
 
 @pytest.fixture
 def caddy_in_front(tmp_path, server_process):
-    if shutil.which("caddy") is None:
-        pytest.skip("caddy missing (.ci/run installs Debian's caddy)")
+    if reason := program("caddy", ".ci/run installs Debian's caddy"):
+        missing(reason)
     server = server_process(env={"MDSYNC_AUTH__REGISTRATION": "open", "MDSYNC_LOG__LEVEL": "info"})
     caddy = Caddy(tmp_path, server.base.removeprefix("http://")).start()
     yield server, caddy
@@ -208,7 +209,7 @@ async def test_caddy_in_front_of_mdsync(caddy_in_front):
             assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             assert ws_conn.close_code == 4401
     # the real npm client (yjs + y-websocket's WebsocketProvider) through the proxy
-    if shutil.which("node") and (INTEROP / "node_modules" / "y-websocket").is_dir():
+    if present(why_missing()):
         result = subprocess.run(["node", "--input-type=module", "-e", Y_WEBSOCKET_THROUGH_PROXY,
                                  json.dumps({"url": f"{caddy.base.replace('http', 'ws')}/ws/docs", "doc": doc,
                                              "token": token})],

@@ -25,7 +25,9 @@ import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.errors import Unsatisfiable
 
-schemathesis = pytest.importorskip("schemathesis")
+from tests.prerequisites import module
+
+schemathesis = module("schemathesis")
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
 
 from tests.conftest import PASSWORD, ServerProcess  # noqa: E402

@@ -4,43 +4,18 @@ bounded in time."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import shutil
-from pathlib import Path
-
 import pytest
 
 from mdsync import clock
 from mdsync.collab.rooms import ROOMS
 from tests.conftest import register
+from tests.nodeclients import needs_node, run_node
 from tests.test_folders_documents import document
 from tests.test_workspaces import join, make_workspace
 
-INTEROP = Path(__file__).resolve().parent / "interop"
-pytestmark = pytest.mark.skipif(
-    shutil.which("node") is None or not (INTEROP / "node_modules" / "y-websocket").is_dir(),
-    reason="needs node and `npm ci` in tests/interop (.ci/run does it)")
+pytestmark = needs_node
 API = "/api/v1"
 IDLE = 0.5
-
-
-async def run_node(scenario: str, config: dict, timeout: float = 60.0) -> dict:
-    config = {"timeoutMs": int(timeout * 1000) - 2000, **config}
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(INTEROP / "versions_session.mjs"), scenario, json.dumps(config), cwd=INTEROP,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"node {scenario} did not finish in {timeout} s")
-    lines = out.decode().strip().splitlines()
-    assert lines, f"node {scenario} printed nothing (exit {proc.returncode}): {err.decode()[-2000:]}"
-    result = json.loads(lines[-1])
-    assert "error" not in result, f"{scenario}: {result['error']} {err.decode()[-2000:]}"
-    return result
 
 
 def ws_base(client) -> str:
@@ -68,8 +43,9 @@ async def test_scripted_session_makes_versions_at_the_idle_gap_with_their_author
     ws = await make_workspace(client, alice)
     bob = await join(client, alice, ws, "editor", "Bob")
     doc = await document(client, alice, ws, markdown="")
-    result = await run_node("session", {"url": ws_base(client), "doc": doc["id"], "writerA": alice.access_token,
-                                        "writerB": bob.access_token, "idleMs": int(IDLE * 1000)}, timeout=60)
+    result = await run_node("versions_session.mjs", "session", {
+        "url": ws_base(client), "doc": doc["id"], "writerA": alice.access_token, "writerB": bob.access_token,
+        "idleMs": int(IDLE * 1000)}, timeout=60)
     bursts = result["bursts"]
     items = list(reversed(await all_versions(client, alice, doc["id"])))  # oldest first
     # one automatic version per burst, none while typing, none during the final idle time
@@ -106,7 +82,7 @@ async def test_restore_while_a_client_types_in_paragraph_three(client, link):
     # someone rewrites paragraph 1 (and the version list shows it as an automatic version)
     async with client.server.app[ROOMS].use(doc["id"]) as room:
         room.edit(lambda t: (t.__delitem__(slice(0, len(p1))), t.insert(0, "Paragraph ONE, vandalised!")), owner.id)
-    result = await run_node("restoreWhileTyping", {
+    result = await run_node("versions_session.mjs", "restoreWhileTyping", {
         "url": ws_base(client), "doc": doc["id"], "typist": typist.access_token, "observer": observer.access_token,
         "restorer": restorer.access_token, "p1": p1, "p3End": "\n\nParagraph four.",
         "restoreUrl": f"http://{client.server.host}:{client.server.port}{API}/versions/{good['id']}/restore",
