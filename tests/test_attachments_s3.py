@@ -97,3 +97,19 @@ async def test_readiness_and_doctor_see_the_bucket(client, make_client, s3):
                                 storage__s3__secret_access_key=SECRET_KEY, storage__s3__path_style=True)
     resp = await missing.get("/readyz")
     assert resp.status == 503 and (await resp.json())["checks"]["storage"]["ok"] is False
+
+
+async def test_export_reads_files_from_the_bucket(client):
+    import io
+    import zipfile
+
+    owner, ws = await setup(client)
+    a = await upload_raw(client, owner, ws, PNG, filename="p.png")
+    resp = await client.post(f"{API}/workspaces/{ws}/documents", json={"title": "D", "markdown": f"![](/api/v1/attachments/{a['id']})"},
+                             headers=owner.headers)
+    assert resp.status == 201
+    resp = await client.get(f"{API}/workspaces/{ws}/export", headers=owner.headers)
+    assert resp.status == 200
+    with zipfile.ZipFile(io.BytesIO(await resp.read())) as zf:
+        assert zf.read(f"attachments/{a['id']}/p.png") == PNG
+        assert zf.read("D.md").decode().endswith(f"![](attachments/{a['id']}/p.png)")

@@ -245,10 +245,10 @@ async def test_a_zip_of_plain_markdown_files(client):
         "Notes/": "",
     })
     counts = await import_zip(client, owner, ws, vault, multipart=True)
-    assert (counts["documents"], counts["folders"], counts["attachments"]) == (5, 3, 0)
+    assert (counts["documents"], counts["folders"], counts["attachments"]) == (5, 3, 1)  # img/pic.png
     reasons = {s["path"]: s["reason"] for s in counts["skipped"]}
-    assert "img/pic.png" in reasons and "attachments" in reasons["img/pic.png"]
-    assert ".obsidian/app.json" in reasons and counts["skipped_total"] == 3
+    assert "img/pic.png" not in reasons
+    assert ".obsidian/app.json" in reasons and counts["skipped_total"] == 2
     t = await tree(client, owner, ws)
     folders = {f["name"]: f for f in t["folders"]}
     assert set(folders) == {"Notes", "Journal", "2024"}  # folders hold documents: no "img", no ".obsidian"
@@ -654,3 +654,142 @@ def _rows(data_dir: Path, sql: str):
         return conn.execute(sql).fetchall()
     finally:
         conn.close()
+
+
+# -- attachments ----------------------------------------------------------------------------------
+async def attachment_bytes(client, who, link: str) -> bytes:
+    resp = await client.get(link, headers=who.headers)
+    assert resp.status == 200, (link, resp.status)
+    return await resp.read()
+
+
+async def test_attachments_round_trip_into_a_fresh_server(client, make_client):
+    from tests.test_attachments import PNG, SVG, upload_multipart, upload_raw
+
+    owner, ws = await owner_and_workspace(client)
+    pics = await folder(client, owner, ws, "Pics")
+    trip = await document(client, owner, ws, "Trip", folder_id=pics)
+    a = await upload_multipart(client, owner, ws, PNG, "my pic.png", document_id=trip["id"])
+    b = await upload_raw(client, owner, ws, b"%PDF-1.4 manual", filename="manual.pdf")
+    c = await upload_raw(client, owner, ws, SVG, filename="logo.svg")
+    gone = await upload_raw(client, owner, ws, PNG, filename="deleted.png")
+    assert (await client.delete(f"{API}/attachments/{gone['id']}", headers=owner.headers)).status == 204
+    trip_md = f"# Trip\n\n![a pic](/api/v1/attachments/{a['id']})\n\n<img src=\"/api/v1/attachments/{c['id']}\">\n"
+    top_md = f"See [the manual](/api/v1/attachments/{b['id']}) and ![](/api/v1/attachments/{a['id']} \"title\")\n"
+    resp = await client.put(f"{API}/documents/{trip['id']}/content", data=trip_md,
+                            headers={**owner.headers, "Content-Type": "text/markdown"})
+    assert resp.status == 200, await resp.text()
+    top = await document(client, owner, ws, "Top", markdown=top_md)
+
+    first = await export_zip(client, owner, ws)
+    files = entries(first)
+    assert files[f"attachments/{a['id']}/my pic.png"] == PNG
+    assert files[f"attachments/{b['id']}/manual.pdf"] == b"%PDF-1.4 manual"
+    assert files[f"attachments/{c['id']}/logo.svg"] == SVG
+    assert not any(gone["id"] in name for name in files)
+    exported_trip = files["Pics/Trip.md"].decode()
+    assert f"](../attachments/{a['id']}/my%20pic.png)" in exported_trip and "/api/v1/" not in exported_trip
+    assert f"[the manual](attachments/{b['id']}/manual.pdf)" in files["Top.md"].decode()
+    manifest = json.loads(files["mdsync.json"])
+    listed = {x["id"]: x for x in manifest["attachments"]}
+    assert set(listed) == {a["id"], b["id"], c["id"]}
+    assert listed[a["id"]]["document_id"] == trip["id"] and listed[a["id"]]["sha256"] == a["sha256"]
+
+    other = await make_client()
+    owner2, ws2 = await owner_and_workspace(other, "Restored")
+    counts = await import_zip(other, owner2, ws2, first)
+    assert counts["attachments"] == 3 and counts["skipped"] == []
+    # links rewritten back: the markdown is what it was, byte for byte (ids kept on a fresh server)
+    assert (await content(other, owner2, trip["id"]))[0] == trip_md
+    assert (await content(other, owner2, top["id"]))[0] == top_md
+    for original, data in ((a, PNG), (b, b"%PDF-1.4 manual"), (c, SVG)):
+        meta = await (await other.get(f"{API}/attachments/{original['id']}/meta", headers=owner2.headers)).json()
+        assert {k: meta[k] for k in ("name", "size", "sha256", "content_type", "document_id")} == \
+            {k: original[k] for k in ("name", "size", "sha256", "content_type", "document_id")}
+        assert await attachment_bytes(other, owner2, f"{API}/attachments/{original['id']}") == data
+    assert {e for e, *_ in feed(other, ws2)} >= {"attachment"}
+
+    second = await export_zip(other, owner2, ws2)
+    assert comparable(entries(second)) == comparable(files)
+
+    # into the same server again: the ids are taken, so new ones; the links follow them
+    counts = await import_zip(client, owner, ws, first)
+    assert counts["attachments"] == 3
+    t = await tree(client, owner, ws)
+    copies = [d for d in t["documents"] if d["title"] == "Trip" and d["id"] != trip["id"]]
+    assert len(copies) == 1
+    copy_md = (await content(client, owner, copies[0]["id"]))[0]
+    new_id = re.search(r"!\[a pic\]\(/api/v1/attachments/([0-9a-f-]{36})\)", copy_md).group(1)
+    assert new_id != a["id"]
+    assert await attachment_bytes(client, owner, f"{API}/attachments/{new_id}") == PNG
+
+
+async def test_an_obsidian_vault_with_images_becomes_documents_and_attachments(client):
+    from tests.test_attachments import PNG
+
+    png2 = PNG + b"second"
+    pdf = b"%PDF-1.5 obsidian"
+    owner, ws = await owner_and_workspace(client)
+    vault = make_zip({
+        "Travel/Trip.md": ("# Trip\n\n![](photo.png)\n\n![[diagram.png|300]]\n\n[the manual](../files/manual%20v2.pdf)\n\n"
+                           "![[Other note]]\n\n![missing](nowhere.png)\n"),
+        "Travel/photo.png": PNG,
+        "assets/diagram.png": png2,
+        "files/manual v2.pdf": pdf,
+        "Other note.md": "# Other note\n",
+        "Root links.md": "![](assets/diagram.png)\n",
+        ".obsidian/workspace.json": "{}",
+    })
+    counts = await import_zip(client, owner, ws, vault)
+    assert (counts["documents"], counts["attachments"]) == (3, 3)
+    t = await tree(client, owner, ws)
+    docs = {d["title"]: d for d in t["documents"]}
+    trip = (await content(client, owner, docs["Trip"]["id"]))[0]
+    links = re.findall(r"\]\((/api/v1/attachments/[0-9a-f-]{36})\)", trip)
+    assert len(links) == 3, trip
+    assert "![[Other note]]" in trip and "![missing](nowhere.png)" in trip  # not files of the vault
+    assert "![diagram.png](" in trip
+    assert [await attachment_bytes(client, owner, link) for link in links] == [PNG, png2, pdf]
+    root = (await content(client, owner, docs["Root links"]["id"]))[0]
+    assert re.fullmatch(r"!\[\]\(/api/v1/attachments/[0-9a-f-]{36}\)\n", root)
+    listed = await (await client.get(f"{API}/documents/{docs['Trip']['id']}/attachments", headers=owner.headers)).json()
+    # an attachment belongs to the first document (in path order) that links to it
+    assert sorted(i["name"] for i in listed["items"]) == ["manual v2.pdf", "photo.png"]
+    assert {i["content_type"] for i in listed["items"]} == {"image/png", "application/pdf"}
+    listed = await (await client.get(f"{API}/documents/{docs['Root links']['id']}/attachments",
+                                     headers=owner.headers)).json()
+    assert [i["name"] for i in listed["items"]] == ["diagram.png"]
+
+
+async def test_an_attachment_over_the_upload_limit_is_skipped(make_client):
+    client = await make_client(limits__max_upload_bytes=100)
+    owner, ws = await owner_and_workspace(client)
+    vault = make_zip({"Note.md": "![](big.png) ![](small.png)\n", "big.png": b"\x89PNG\r\n\x1a\n" + b"x" * 200,
+                      "small.png": b"\x89PNG\r\n\x1a\n"})
+    counts = await import_zip(client, owner, ws, vault)
+    assert counts["attachments"] == 1
+    assert [s["path"] for s in counts["skipped"]] == ["big.png"] and "max_upload_bytes" in counts["skipped"][0]["reason"]
+    files = client.app[SETTINGS].data_dir / "files"
+    assert len([p for p in files.rglob("*") if p.is_file()]) == 1
+
+
+async def test_stored_files_go_again_when_the_import_transaction_fails(client):
+    from mdsync.transfer import importer
+
+    owner, ws = await owner_and_workspace(client)
+    vault = make_zip({"Note.md": "![](pic.png)\n", "pic.png": b"\x89PNG\r\n\x1a\nbytes"})
+
+    def fail(tx, *args):  # a feature's import hook failing inside the transaction
+        raise RuntimeError("hook failed")
+
+    importer.DOCUMENT_HOOKS.append(fail)
+    try:
+        resp = await client.post(f"{API}/workspaces/{ws}/import", data=vault,
+                                 headers={**owner.headers, "Content-Type": "application/zip"})
+        assert resp.status == 500
+    finally:
+        importer.DOCUMENT_HOOKS.remove(fail)
+    files = client.app[SETTINGS].data_dir / "files"
+    assert [p for p in files.rglob("*") if p.is_file()] == []
+    assert db_rows(client, "SELECT id FROM attachments") == []
+    assert (await tree(client, owner, ws))["documents"] == []

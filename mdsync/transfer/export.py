@@ -12,6 +12,11 @@ a small bounded pipe (the thread waits when the client reads slowly), and the ma
 from the app's content backend on the event loop (`app[CONTENT].read`, live text when a room is
 loaded), a few documents ahead of the writer. `mdsync export` runs it with `stored_reader`,
 which reads what the database holds (the Yjs state where there is one).
+
+Attachments: given `read_file` (storage key -> chunks), each live attachment of the workspace is
+streamed into `attachments/<id>/<name>` before the documents (one chunk in memory at a time), its
+links in the markdown become relative paths to that file, and mdsync.json lists it. A file the
+storage no longer holds is left out (and logged) rather than failing every export.
 """
 
 from __future__ import annotations
@@ -169,9 +174,48 @@ def stored_markdown(conn: sqlite3.Connection, doc_id: str) -> str:
     return "" if row is None else row[0]
 
 
+# storage key -> the file's bytes, chunk by chunk
+FileReader = Callable[[str], Iterator[bytes]]
+
+
+def _attachment_rows(conn: sqlite3.Connection, workspace_id: str) -> list[sqlite3.Row]:
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'attachments'").fetchone() is None:
+        return []
+    return conn.execute("SELECT id, name, document_id, content_type, size, sha256, storage_key, created_at"
+                        " FROM attachments WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY created_at, id",
+                        (workspace_id,)).fetchall()
+
+
+def _write_attachments(zf: zipfile.ZipFile, rows: list[sqlite3.Row], read_file: FileReader) -> list[dict]:
+    """Each attachment's file into the zip; answers the manifest entries of those written."""
+    written = []
+    for row in rows:
+        chunks = read_file(row["storage_key"])
+        try:
+            first = next(chunks, b"")
+        except ExportCancelled:
+            raise
+        except Exception as exc:  # not in storage any more: leave it out, never fail every export
+            log.warning("export: attachment %s is not in storage (%s); left out", row["id"], exc)
+            continue
+        path = archive.attachment_path(row["id"], row["name"])
+        info = _entry(path, row["created_at"])
+        if not (row["content_type"].startswith("text/") or row["content_type"] in ("application/json", "image/svg+xml")):
+            info.compress_type = zipfile.ZIP_STORED  # images, PDFs, archives: compressed already
+        with zf.open(info, "w", force_zip64=True) as f:
+            f.write(first)
+            for chunk in chunks:
+                f.write(chunk)
+        written.append({"id": row["id"], "name": row["name"], "document_id": row["document_id"],
+                        "content_type": row["content_type"], "size": row["size"], "sha256": row["sha256"],
+                        "path": path, "created_at": row["created_at"]})
+    return written
+
+
 def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_markdown: MarkdownReader,
-                 progress: Callable[[int], Any] | None = None) -> ExportSummary:
-    """Write the workspace's zip to `out` (anything with `write`; need not seek)."""
+                 progress: Callable[[int], Any] | None = None, read_file: FileReader | None = None) -> ExportSummary:
+    """Write the workspace's zip to `out` (anything with `write`; need not seek). Attachments
+    are included when `read_file` is given."""
     summary = ExportSummary()
     conn.execute("BEGIN")  # one snapshot for both passes
     try:
@@ -181,13 +225,16 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
             raise WorkspaceGone(workspace_id)
         folder_rows, folders = _folders(conn, workspace_id)
         by_id = {r["id"]: r for r in folder_rows}
-        attachments: dict[str, str] = {}  # attachment id -> path in the zip (no attachments feature yet)
         zf = zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL,
                              allowZip64=True)
         try:
             for folder in folders.values():  # parents first
                 zf.writestr(_entry(folder.path + "/", by_id[folder.id]["updated_at"], directory=True), b"")
                 summary.folders += 1
+            listed = ([] if read_file is None
+                      else _write_attachments(zf, _attachment_rows(conn, workspace_id), read_file))
+            attachments = {a["id"]: a["path"] for a in listed}  # attachment id -> path in the zip
+            summary.attachments = len(listed)
             for placed, markdown in read_markdown(_placed(conn, workspace_id, folders)):
                 doc = placed.doc
                 body = archive.links_to_files(markdown, placed.directory, attachments)
@@ -198,7 +245,7 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
                 if progress is not None:
                     progress(1)
             with zf.open(_entry(archive.MANIFEST, clock.iso()), "w", force_zip64=True) as manifest:
-                _write_manifest(manifest, conn, ws, folder_rows, folders)
+                _write_manifest(manifest, conn, ws, folder_rows, folders, listed)
         except BaseException:
             # never finish a zip that lacks entries (no central directory, also not from
             # ZipFile.__del__): whoever reads it must see it broken, not a smaller export
@@ -211,7 +258,7 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
 
 
 def _write_manifest(out: Any, conn: sqlite3.Connection, ws: sqlite3.Row, folder_rows: list[sqlite3.Row],
-                    folders: dict[str, archive.FolderPath]) -> None:
+                    folders: dict[str, archive.FolderPath], attachments: list[dict] = ()) -> None:
     """mdsync.json, written piece by piece (one document's entry at a time)."""
     def put(text: str) -> None:
         out.write(text.encode("utf-8"))
@@ -236,9 +283,11 @@ def _write_manifest(out: Any, conn: sqlite3.Connection, ws: sqlite3.Row, folder_
             "position": d["position"], "kind": d["kind"], "content_model": d["content_model"], "path": placed.path,
             "created_at": d["created_at"], "updated_at": d["updated_at"], "versions": versions(d["id"])},
             ensure_ascii=False))
-    # attachments: [{id, name, document_id, content_type, size, sha256, path}] once attachments exist;
+    put('],"attachments":[')
+    for n, a in enumerate(attachments):
+        put(("," if n else "") + dumps(a, ensure_ascii=False))
     # comments: threads with their anchors once the comments feature exists (format reserved)
-    put('],"attachments":[],"comments":[]}')
+    put('],"comments":[]}')
 
 
 # -- markdown readers ----------------------------------------------------------------------------
@@ -370,7 +419,8 @@ class _Pipe:
         return item
 
 
-async def stream_export(write: Callable[[bytes], Any], db_path: Path | str, workspace_id: str, content: Any) -> None:
+async def stream_export(write: Callable[[bytes], Any], db_path: Path | str, workspace_id: str, content: Any,
+                        storage: Any = None) -> None:
     """Run the export in its own thread and `await write(chunk)` each chunk on the loop. Raises
     whatever stopped the export; stops the thread if the caller is cancelled."""
     loop = asyncio.get_running_loop()
@@ -384,7 +434,11 @@ async def stream_export(write: Callable[[bytes], Any], db_path: Path | str, work
             return
         try:
             sink = _ChunkSink(pipe.put)
-            write_export(sink, conn, workspace_id, loop_reader(loop, content, conn, pipe.stop))
+            read_file = None
+            if storage is not None:
+                from mdsync.transfer.attachments import loop_file_reader
+                read_file = loop_file_reader(loop, storage, pipe.stop)
+            write_export(sink, conn, workspace_id, loop_reader(loop, content, conn, pipe.stop), read_file=read_file)
             sink.drain()
             pipe.end()
         except BaseException as exc:  # the loop side re-raises it

@@ -23,9 +23,13 @@ otherwise new ones are made. Hidden files (`.obsidian/`, `.DS_Store`, `__MACOSX/
 The insert runs in the database writer (one transaction), so other writes wait while it runs:
 milliseconds for a typical vault, seconds for an import near the 1 GiB limit.
 
-Attachments (any other file) are not imported yet: there is no attachments feature. They are
-listed in the answer's `skipped`; `archive.file_links` already does the link rewriting an
-attachment import needs (see the ATTACHMENTS note below).
+Attachments (any other file that is not hidden) are stored BEFORE the transaction by
+`transfer/attachments.py` (size limit, type sniffing, a storage key of their own) and handed to
+`write` as `attachments` ({path in the archive: fields}); `write` inserts their rows and change
+rows inside the import's transaction and rewrites each document's links to those files
+(`archive.file_links`: relative links and `![[name]]` embeds) to `/api/v1/attachments/{id}`.
+The caller deletes the stored files when the transaction fails. Without `attachments` (the CLI
+has no storage backend at hand) the files are listed in `skipped`.
 """
 
 from __future__ import annotations
@@ -57,14 +61,9 @@ SKIPPED_LISTED = 100
 # here (a version of kind `import`; the exported version list is in manifest_entry["versions"]).
 DOCUMENT_HOOKS: list[Callable[[Tx, str, str, str | None, dict | None], Any]] = []
 
-# ATTACHMENTS, still to do (there is no attachments table yet): for each file in
-# `plan.attachment_files` — check its size against limits.max_upload_bytes in `plan`; store it
-# (storage backend, named by a new id) BEFORE the transaction; insert its row inside it
-# (document_id: the document whose links point at it, else null; for an export, the manifest's
-# `attachments` entry matched by path gives name, content type and document); delete the stored
-# files if the transaction fails; and read each document in `write` through
-# `archive.file_links(markdown, its directory, resolve=lambda path: f"/api/v1/attachments/{new_ids[path]}",
-# resolve_name=...)` (Obsidian `![[name]]` embeds resolve by file name).
+# ATTACHMENTS: see the module docstring; the manifest's `attachments` entry (matched by path)
+# gives an attachment's id, name, document and creation time; the document is otherwise the
+# first one whose links point at the file.
 
 
 @dataclass(frozen=True)
@@ -105,7 +104,8 @@ class DocumentPlan:
 class Plan:
     folders: list[FolderPlan] = field(default_factory=list)      # parents first
     documents: list[DocumentPlan] = field(default_factory=list)
-    attachment_files: list[Entry] = field(default_factory=list)  # not imported yet (see ATTACHMENTS above)
+    attachment_files: list[Entry] = field(default_factory=list)  # stored by transfer/attachments.py
+    attachment_manifest: dict[str, dict] = field(default_factory=dict)  # path -> mdsync.json entry
     skipped: list[dict] = field(default_factory=list)
     skipped_total: int = 0
     markdown_bytes: int = 0
@@ -199,8 +199,9 @@ def _timestamp(value: str | None) -> str | None:
         return None
 
 
-def _manifest(source, entry: Entry, budget: _Budget) -> tuple[dict[str, dict], dict[str, dict]]:
-    """mdsync.json → ({folder path: entry}, {document path: entry}), checked field by field."""
+def _manifest(source, entry: Entry, budget: _Budget) -> tuple[dict[str, dict], dict[str, dict], dict[str, dict]]:
+    """mdsync.json → ({folder path: entry}, {document path: entry}, {attachment path: entry}),
+    checked field by field."""
     import json
 
     raw = _read(source, entry, budget, MAX_MANIFEST_BYTES, "mdsync.json")
@@ -214,8 +215,8 @@ def _manifest(source, entry: Entry, budget: _Budget) -> tuple[dict[str, dict], d
     if not isinstance(version, int) or version > archive.FORMAT_VERSION:
         raise ImportRefused(f"mdsync.json: format version {version!r} is not supported "
                             f"(this server reads up to {archive.FORMAT_VERSION})")
-    out: tuple[dict[str, dict], dict[str, dict]] = ({}, {})
-    for key, index in (("folders", 0), ("documents", 1)):
+    out: tuple[dict[str, dict], dict[str, dict], dict[str, dict]] = ({}, {}, {})
+    for key, index in (("folders", 0), ("documents", 1), ("attachments", 2)):
         items = data.get(key, [])
         if not isinstance(items, list):
             raise ImportRefused(f"mdsync.json: {key} must be a list")
@@ -236,6 +237,9 @@ def _manifest(source, entry: Entry, budget: _Budget) -> tuple[dict[str, dict], d
                      "updated_at": _timestamp(_text(item.get("updated_at"), f"{where}.updated_at"))}
             if key == "folders":
                 clean["name"] = _text(item.get("name"), f"{where}.name")
+            elif key == "attachments":
+                clean["name"] = _text(item.get("name"), f"{where}.name")
+                clean["document_id"] = _text(item.get("document_id"), f"{where}.document_id")
             else:
                 clean["title"] = _text(item.get("title"), f"{where}.title")
                 clean["kind"] = _choice(item.get("kind"), archive.KINDS, f"mdsync.json: {where}.kind")
@@ -278,7 +282,7 @@ def plan(source, limits: Limits) -> Plan:
     manifest_docs: dict[str, dict] = {}
     manifest = files.pop(archive.MANIFEST, None)
     if manifest is not None:
-        manifest_folders, manifest_docs = _manifest(source, manifest, budget)
+        manifest_folders, manifest_docs, result.attachment_manifest = _manifest(source, manifest, budget)
 
     folder_paths: set[str] = set()
     documents: list[tuple[Entry, _Document]] = []
@@ -298,7 +302,6 @@ def plan(source, limits: Limits) -> Plan:
                 parent = posixpath.dirname(parent)
         else:
             result.attachment_files.append(entry)
-            result.skip(path, "attachments are not imported yet (this server has no attachments feature)")
     if manifest is not None:  # an export's directory entries keep its empty folders
         for path in dirs:
             if not _hidden(path) and path.split("/")[0] != archive.ATTACHMENTS_DIR:
@@ -333,8 +336,9 @@ def plan(source, limits: Limits) -> Plan:
 
 # -- writing -------------------------------------------------------------------------------------
 def write(tx: Tx, plan: Plan, source, workspace_id: str, user_id: str | None, limits: Limits,
-          *, via: str = "api") -> dict:
-    """Create the plan's folders and documents in the caller's transaction; returns the counts."""
+          *, via: str = "api", attachments: dict[str, dict] | None = None) -> dict:
+    """Create the plan's folders and documents (and the rows of the already stored `attachments`,
+    {path: fields}) in the caller's transaction; returns the counts."""
     if tx.value("SELECT 1 FROM workspaces WHERE id = ? AND deleted_at IS NULL", (workspace_id,)) is None:
         raise NotFound("no such workspace")
     now = clock.iso()
@@ -362,11 +366,26 @@ def write(tx: Tx, plan: Plan, source, workspace_id: str, user_id: str | None, li
                     user_id, f.created_at or now, f.updated_at or f.created_at or now))
         changes.record(tx, workspace_id, "folder", folder_id, "upsert")
 
+    if attachments is None:
+        for entry in plan.attachment_files:
+            plan.skip(entry.path, "attachments are imported through the server's API, not by this command")
+    stored = attachments or {}
+    by_name: dict[str, str] = {}  # Obsidian resolves `![[name]]` by file name (first path in order)
+    for path in sorted(stored, key=lambda p: (p.count("/"), p)):
+        by_name.setdefault(posixpath.basename(path), path)
+        by_name.setdefault(posixpath.basename(path).casefold(), path)
+    linked_from: dict[str, str] = {}  # attachment path -> the first document linking to it
+    new_doc_ids: dict[str, str] = {}  # archive's document id -> the id it got here
+
     budget = _Budget(limits.max_bytes)
     for d in plan.documents:
         markdown = _document(source, d.entry, budget, limits).markdown  # checked in the plan; read again
         folder_id = folder_ids[d.folder] if d.folder else None
         doc_id = pick(d.id, "documents")
+        if d.id:
+            new_doc_ids[d.id] = doc_id
+        if stored:
+            markdown = _link_attachments(markdown, d.folder or "", stored, by_name, linked_from, doc_id)
         tx.execute("INSERT INTO documents (id, workspace_id, folder_id, title, kind, content_model, markdown, size,"
                    " position, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (doc_id, workspace_id, folder_id, d.title, d.kind, d.content_model, markdown,
@@ -376,10 +395,47 @@ def write(tx: Tx, plan: Plan, source, workspace_id: str, user_id: str | None, li
         for hook in DOCUMENT_HOOKS:
             hook(tx, workspace_id, doc_id, user_id, d.manifest)
 
-    counts = {"documents": len(plan.documents), "folders": len(plan.folders), "attachments": 0}
+    from mdsync.attachments.service import insert_row  # the attachments feature's one insert
+
+    for path, fields in stored.items():
+        m = plan.attachment_manifest.get(path)
+        if m is not None:  # an export says which document it belongs to (or none)
+            document_id = new_doc_ids.get(m.get("document_id") or "")
+        else:
+            document_id = linked_from.get(path)
+        insert_row(tx, workspace_id, document_id, user_id, fields, created_at=(m or {}).get("created_at"))
+
+    counts = {"documents": len(plan.documents), "folders": len(plan.folders), "attachments": len(stored)}
     audit.record(tx, "workspace.import", actor_id=user_id, target_type="workspace", target_id=workspace_id,
                  workspace_id=workspace_id, detail={**counts, "skipped": plan.skipped_total, "via": via})
     return counts
+
+
+def _link_attachments(markdown: str, directory: str, stored: dict[str, dict], by_name: dict[str, str],
+                      linked_from: dict[str, str], doc_id: str) -> str:
+    """Links to files of the archive that became attachments → `/api/v1/attachments/{id}`."""
+    def found(path: str) -> str:
+        linked_from.setdefault(path, doc_id)
+        return f"/api/v1/attachments/{stored[path]['id']}"
+
+    def link(path: str) -> str | None:
+        if path in stored:
+            return found(path)
+        # Obsidian also writes links relative to the vault's root ("absolute path in vault") and
+        # bare file names found anywhere in it ("shortest path when possible")
+        raw = path[len(directory) + 1:] if directory and path.startswith(directory + "/") else path
+        if raw in stored:
+            return found(raw)
+        return by_file_name(raw) if "/" not in raw else None
+
+    def by_file_name(name: str) -> str | None:
+        name = name.strip()
+        if name in stored:
+            return found(name)
+        path = by_name.get(name) or by_name.get(posixpath.basename(name)) or by_name.get(name.casefold())
+        return None if path is None else found(path)
+
+    return archive.file_links(markdown, directory, resolve=link, resolve_name=by_file_name)
 
 
 class _Positions:

@@ -11,6 +11,7 @@ name on disk and disappears when closed), never unpacked to the filesystem.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import tempfile
@@ -23,8 +24,10 @@ from mdsync.api.errors import TooLarge, UnsupportedMediaType, ValidationFailed
 from mdsync.api.models import Out
 from mdsync.api.routing import Routes
 from mdsync.appkeys import DB, SETTINGS
+from mdsync.attachments.service import ATTACHMENTS
 from mdsync.db import Tx
 from mdsync.documents.content import CONTENT
+from mdsync.transfer import attachments as transfer_attachments
 from mdsync.transfer import export, importer
 from mdsync.workspaces.access import require
 
@@ -72,7 +75,8 @@ async def export_workspace(request: web.Request) -> web.StreamResponse:
     })
     await response.prepare(request)
     try:
-        await export.stream_export(response.write, db.path, access.workspace_id, request.app[CONTENT])
+        await export.stream_export(response.write, db.path, access.workspace_id, request.app[CONTENT],
+                                   request.app[ATTACHMENTS].storage)
     except (ConnectionResetError, export.ExportCancelled):
         raise
     except Exception:
@@ -142,8 +146,15 @@ async def import_workspace(request: web.Request) -> web.Response:
         source = await asyncio.to_thread(_open_zip, spool)
         try:
             plan = await asyncio.to_thread(importer.plan, source, limits)
-            counts = await request.app[DB].write(importer.write, plan, source, access.workspace_id,
-                                                 access.user_id, limits)
+            # attachment files go into storage first; their rows go in with the rest, or they go
+            files = request.app[ATTACHMENTS]
+            stored = await transfer_attachments.store(plan, source, files)
+            try:
+                counts = await request.app[DB].write(functools.partial(importer.write, attachments=stored),
+                                                     plan, source, access.workspace_id, access.user_id, limits)
+            except BaseException:
+                await transfer_attachments.discard(files, stored)
+                raise
         finally:
             source.close()
     except importer.ImportRefused as exc:
