@@ -16,7 +16,9 @@ import pytest
 from pycrdt import Doc, Text
 
 from tests.conftest import PASSWORD
-from tests.test_collab_interop import INTEROP, pytestmark  # noqa: F401  (same skip condition)
+from tests.nodeclients import INTEROP, needs_node
+
+pytestmark = needs_node
 
 
 def free_port() -> int:
