@@ -1,34 +1,8 @@
 // REST content writes against a live npm y-websocket client, run by pytest
 // (tests/test_collab_http.py):  node put_merge.mjs <scenario> '<json config>'
-// config: {url (ws base), http (server base), doc, token}. Prints one JSON object on stdout; exit 0
-// when the scenario ran to the end (pytest asserts on the JSON), 2 on a timeout. Waits are bounded.
-import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
-import WebSocket from 'ws'
-
-const [scenario, rawConfig] = process.argv.slice(2)
-const cfg = JSON.parse(rawConfig || '{}')
-const LIMIT_MS = cfg.timeoutMs || 60000
-setTimeout(() => { console.log(JSON.stringify({ error: 'timeout', scenario })); process.exit(2) }, LIMIT_MS).unref()
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-async function until (check, ms = 20000, what = 'condition') {
-  const end = Date.now() + ms
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error('timed out waiting for ' + what)
-    await sleep(10)
-  }
-}
-
-function client (token) {
-  const doc = new Y.Doc()
-  const provider = new WebsocketProvider(cfg.url, cfg.doc, doc, {
-    WebSocketPolyfill: WebSocket, params: { token }, disableBc: true, maxBackoffTime: 300
-  })
-  const c = { doc, provider, text: doc.getText('markdown'), synced: false }
-  provider.on('sync', (s) => { if (s) c.synced = true })
-  return c
-}
+// config: {url (ws base), http (server base), doc, token}. pytest asserts on the JSON it prints;
+// command line, time limit, output and exit codes: harness.mjs.
+import { cfg, client, done, run, sleep, until } from './harness.mjs'
 
 const contentUrl = () => `${cfg.http}/api/v1/documents/${cfg.doc}/content`
 const auth = { Authorization: `Bearer ${cfg.token}` }
@@ -84,8 +58,7 @@ async function stale () {
   }
   a.provider.destroy()
   fresh.provider.destroy()
-  console.log(JSON.stringify(result))
-  process.exit(0)
+  done(result)
 }
 
 async function diff () {
@@ -101,13 +74,9 @@ async function diff () {
   await until(() => a.text.toString() === before.text, 10000, 'initial text')
   const put = await putContent(before.text.replace(cfg.from, cfg.to), before.etag)
   await until(() => a.text.toString() === put.text, 10000, 'the edit')
-  console.log(JSON.stringify({ before: before.text, put, deltas, updates, a: a.text.toString() }))
+  const result = { before: before.text, put, deltas, updates, a: a.text.toString() }
   a.provider.destroy()
-  process.exit(0)
+  done(result)
 }
 
-const scenarios = { stale, diff }
-scenarios[scenario]().catch((err) => {
-  console.log(JSON.stringify({ error: String(err && err.stack ? err.stack : err) }))
-  process.exit(1)
-})
+run({ stale, diff })

@@ -1,42 +1,7 @@
 // Interop scenarios with the real npm clients (yjs + y-websocket's WebsocketProvider), run by
 // pytest (tests/test_collab_interop.py):  node scenario.mjs <scenario> '<json config>'
-// Prints one JSON object on stdout; exit 0 when the scenario ran to the end (assertions are
-// made by pytest on the JSON), 2 on a timeout. Every wait is bounded.
-import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
-import WebSocket from 'ws'
-
-const [scenario, rawConfig] = process.argv.slice(2)
-const cfg = JSON.parse(rawConfig || '{}')
-const LIMIT_MS = cfg.timeoutMs || 60000
-setTimeout(() => { console.log(JSON.stringify({ error: 'timeout', scenario })); process.exit(2) }, LIMIT_MS).unref()
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-async function until (check, ms = 20000, what = 'condition') {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error('timed out waiting for ' + what)
-    await sleep(10)
-  }
-}
-
-// a random generator with a seed, so a failing run can be replayed
-function rng (seed) {
-  let s = seed >>> 0
-  return () => { s = (s * 1664525 + 1013904223) >>> 0; return s / 4294967296 }
-}
-
-function client (token, { connect = true } = {}) {
-  const doc = new Y.Doc()
-  const provider = new WebsocketProvider(cfg.url, cfg.doc, doc, {
-    WebSocketPolyfill: WebSocket, params: { token }, disableBc: true, connect, maxBackoffTime: 300
-  })
-  const c = { doc, provider, text: doc.getText('markdown'), closed: null, synced: false }
-  provider.on('sync', (s) => { if (s) c.synced = true })
-  provider.on('closed', (ev) => { c.closed = ev.code })
-  provider.on('connection-close', (ev) => { if (ev && ev.code >= 4400 && ev.code < 4500) c.closed = ev.code })
-  return c
-}
+// pytest asserts on the JSON it prints; command line, time limit, output and exit codes: harness.mjs.
+import { cfg, client, done, rng, run, sleep, until } from './harness.mjs'
 
 function randomEdits (c, n, rand, tag) {
   for (let i = 0; i < n; i++) {
@@ -48,11 +13,6 @@ function randomEdits (c, n, rand, tag) {
       c.text.insert(Math.floor(rand() * (len + 1)), `${tag}${i};`)
     }
   }
-}
-
-const done = (result) => {
-  console.log(JSON.stringify(result))
-  process.exit(0)
 }
 
 async function converge () {
@@ -180,6 +140,4 @@ async function durability () {
   done(result)
 }
 
-const scenarios = { converge, offline, closeCode, durability }
-if (!scenarios[scenario]) { console.log(JSON.stringify({ error: 'unknown scenario ' + scenario })); process.exit(1) }
-scenarios[scenario]().catch((err) => { console.log(JSON.stringify({ error: String(err && err.message || err) })); process.exit(1) })
+run({ converge, offline, closeCode, durability })

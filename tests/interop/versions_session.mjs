@@ -1,28 +1,13 @@
 // Version-history scenarios with the real npm clients (yjs + y-websocket's WebsocketProvider),
 // run by pytest (tests/test_versions_interop.py):  node versions_session.mjs <scenario> '<json config>'
-// Prints one JSON object on stdout; exit 0 when the scenario ran to the end (pytest asserts on the
-// JSON), 1 on an error, 2 on a timeout. Every wait is bounded.
-import * as Y from 'yjs'
-import { WebsocketProvider } from 'y-websocket'
+// pytest asserts on the JSON it prints; command line, time limit, output and exit codes: harness.mjs.
 import WebSocket from 'ws'
-
-const [scenario, rawConfig] = process.argv.slice(2)
-const cfg = JSON.parse(rawConfig || '{}')
-const LIMIT_MS = cfg.timeoutMs || 60000
-setTimeout(() => { console.log(JSON.stringify({ error: 'timeout', scenario })); process.exit(2) }, LIMIT_MS).unref()
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-async function until (check, ms = 20000, what = 'condition') {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error('timed out waiting for ' + what)
-    await sleep(10)
-  }
-}
+import { cfg, client, done, run, sleep, until } from './harness.mjs'
 
 // A client on a slow network: everything it sends reaches the server `latencyMs` later (in order).
 // Its edits made just before a server-side change are then genuinely concurrent with it.
 function slowSocket (latencyMs) {
+  if (!latencyMs) return WebSocket
   return class SlowWebSocket extends WebSocket {
     send (data, ...rest) {
       const copy = Buffer.from(data)
@@ -30,18 +15,6 @@ function slowSocket (latencyMs) {
     }
   }
 }
-
-function client (token, { latencyMs = 0 } = {}) {
-  const doc = new Y.Doc()
-  const provider = new WebsocketProvider(cfg.url, cfg.doc, doc, {
-    WebSocketPolyfill: latencyMs ? slowSocket(latencyMs) : WebSocket, params: { token }, disableBc: true, maxBackoffTime: 300
-  })
-  const c = { doc, provider, text: doc.getText('markdown'), synced: false }
-  provider.on('sync', (s) => { if (s) c.synced = true })
-  return c
-}
-
-const done = (result) => { console.log(JSON.stringify(result)); process.exit(0) }
 
 async function type (c, pieces, gapMs) {
   for (const piece of pieces) {
@@ -83,7 +56,7 @@ async function restoreWhileTyping () {
   // After `before` keystrokes the restore is requested over HTTP (with the If-Match of the content
   // the restorer read before the typing began, when contentUrl is given); typing goes on for
   // `after` more.
-  const typist = client(cfg.typist, { latencyMs: cfg.latencyMs || 0 })
+  const typist = client(cfg.typist, { WebSocketPolyfill: slowSocket(cfg.latencyMs || 0) })
   const observer = client(cfg.observer)
   await until(() => typist.synced && observer.synced, 20000, 'sync')
   const typed = []
@@ -135,6 +108,4 @@ async function restoreWhileTyping () {
   done(result)
 }
 
-const scenarios = { session, restoreWhileTyping }
-if (!scenarios[scenario]) { console.log(JSON.stringify({ error: 'unknown scenario ' + scenario })); process.exit(1) }
-scenarios[scenario]().catch((err) => { console.log(JSON.stringify({ error: String(err && err.message || err) })); process.exit(1) })
+run({ session, restoreWhileTyping })
