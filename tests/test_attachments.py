@@ -48,7 +48,7 @@ async def upload_raw(client, who, ws, data: bytes, filename: str | None = None, 
 
 def stored_files(client) -> list[str]:
     root = client.app[SETTINGS].data_dir / "files"
-    return sorted(p.name for p in root.rglob("*") if p.is_file() and ".incoming" not in p.parts)
+    return sorted(p.name for p in root.rglob("*") if p.is_file())
 
 
 async def setup(client):
@@ -176,7 +176,7 @@ async def test_over_the_limit_is_413_and_nothing_is_stored(make_client):
                              headers={**owner.headers, "Content-Type": "application/octet-stream"})
     assert resp.status == 413
     assert stored_files(client) == before
-    incoming = client.app[SETTINGS].data_dir / "files" / ".incoming"
+    incoming = client.app[SETTINGS].data_dir / "incoming"
     assert not incoming.exists() or os.listdir(incoming) == []
     ok = await upload_raw(client, owner, ws, b"x" * 1000, filename="fits.bin")
     assert ok["size"] == 1000
@@ -238,3 +238,47 @@ async def test_readiness_reports_storage(client):
     resp = await client.get("/readyz")
     body = await resp.json()
     assert body["checks"]["storage"]["ok"] is True
+
+
+async def test_change_feed_and_audit(client):
+    from tests.test_workspaces import audit_actions, feed
+
+    owner, ws = await setup(client)
+    a = await upload_raw(client, owner, ws, PNG, filename="p.png")
+    assert (await client.delete(f"{API}/attachments/{a['id']}", headers=owner.headers)).status == 204
+    assert [(e, i, op) for e, i, op, _ in feed(client, ws) if e == "attachment"] == [
+        ("attachment", a["id"], "upsert"), ("attachment", a["id"], "delete")]
+    assert {"attachment.create", "attachment.delete"} <= set(audit_actions(client, ws))
+    resp = await client.get(f"{API}/sync/changes", headers=owner.headers)
+    assert resp.status == 200
+    assert a["id"] in await resp.text()
+
+
+async def test_purging_a_document_or_a_workspace_removes_its_files(make_client):
+    import asyncio
+
+    from mdsync.workspaces.service import WORKSPACES
+
+    client = await make_client(workspaces__purge_grace_seconds=600)
+    owner, ws = await setup(client)
+    doc = await document(client, owner, ws, "Doomed")
+    a = await upload_raw(client, owner, ws, PNG, filename="a.png", document_id=doc["id"])
+    kept = await upload_raw(client, owner, ws, PNG, filename="kept.png")
+    resp = await client.delete(f"{API}/documents/{doc['id']}", params={"permanent": "true"}, headers=owner.headers)
+    assert resp.status == 204, await resp.text()
+    for _ in range(50):  # the files go right after the purge commits
+        if a["id"] not in stored_files(client):
+            break
+        await asyncio.sleep(0.02)
+    assert stored_files(client) == [kept["id"]]
+    assert (await client.get(f"{API}/attachments/{a['id']}/meta", headers=owner.headers)).status == 404
+
+    assert (await client.delete(f"{API}/workspaces/{ws}", headers=owner.headers)).status == 204
+    assert (await client.get(local(kept["url"]))).status == 404  # a deleted workspace serves nothing
+    clock.advance(660)
+    assert await client.app[WORKSPACES].purge_expired() == 1
+    for _ in range(50):
+        if not stored_files(client):
+            break
+        await asyncio.sleep(0.02)
+    assert stored_files(client) == []

@@ -9,6 +9,7 @@ DELETE /api/v1/attachments/{attachment}      editor+
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from urllib.parse import quote, unquote
@@ -23,7 +24,7 @@ from mdsync.appkeys import DB, READINESS, SETTINGS
 from mdsync.attachments import sniff as sniffing
 from mdsync.attachments.service import ATTACHMENTS, Attachments
 from mdsync.attachments.signing import Signer
-from mdsync.attachments.storage import open_storage
+from mdsync.attachments.storage import clear_incoming, open_storage
 from mdsync.config import ensure_secret
 from mdsync.workspaces.access import require, resolve
 
@@ -238,6 +239,7 @@ def install(app: web.Application) -> None:
     app[DOCUMENTS].purge_hooks.append(svc.document_purged)
 
     async def close_storage(app: web.Application):
+        await asyncio.to_thread(clear_incoming, settings)  # leftovers of uploads a crash cut short
         yield
         await storage.close()
 

@@ -69,7 +69,7 @@ class Attachments:
 
     # -- uploads -----------------------------------------------------------------------------
     async def spool(self, chunks: AsyncIterable[bytes]) -> Spooled:
-        """Write the chunks to a temp file under data_dir/files/.incoming (413 past the limit)."""
+        """Write the chunks to a temp file under data_dir/incoming (413 past the limit)."""
         directory = await asyncio.to_thread(incoming_dir, self.settings)
         path = directory / uuid.uuid4().hex
         digest, size, head = hashlib.sha256(), 0, bytearray()

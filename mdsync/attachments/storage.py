@@ -1,9 +1,11 @@
 """The attachments storage protocol: one small interface, one module per backend beside it
 (local.py, s3.py), so adding a backend never touches the rest of the feature.
 
-Uploads are first spooled to a temporary file under `data_dir/files/.incoming/` (so size limits,
+Uploads are first spooled to a temporary file under `data_dir/incoming/` (so size limits,
 hashing and sniffing happen before anything is stored, and an upload is never whole in memory);
-`put` then moves (local) or uploads (S3) that complete file under its key.
+`put` then moves (local) or uploads (S3) that complete file under its key. The spool directory is
+beside `files/`, not in it: on the same filesystem (an atomic rename), but outside what backups
+copy, and emptied when the server starts (no upload is in flight then).
 """
 
 from __future__ import annotations
@@ -41,9 +43,17 @@ class Storage(Protocol):
 
 
 def incoming_dir(settings: Settings) -> Path:
-    path = settings.data_dir / "files" / ".incoming"
+    path = settings.data_dir / "incoming"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def clear_incoming(settings: Settings) -> None:
+    path = settings.data_dir / "incoming"
+    if path.is_dir():
+        for leftover in path.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
 
 
 def open_storage(settings: Settings) -> Storage:
