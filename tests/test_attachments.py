@@ -282,3 +282,29 @@ async def test_purging_a_document_or_a_workspace_removes_its_files(make_client):
             break
         await asyncio.sleep(0.02)
     assert stored_files(client) == []
+
+
+async def test_malformed_uploads_are_refused_and_store_nothing(client):
+    owner, ws = await setup(client)
+    form = aiohttp.FormData()
+    form.add_field("document_id", "x" * 5000)
+    form.add_field("file", b"data", filename="a.txt")
+    resp = await client.post(f"{API}/workspaces/{ws}/attachments", data=form, headers=owner.headers)
+    assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "document_id"
+    form = aiohttp.FormData()
+    form.add_field("file", b"one", filename="1.txt")
+    form.add_field("file", b"two", filename="2.txt")
+    resp = await client.post(f"{API}/workspaces/{ws}/attachments", data=form, headers=owner.headers)
+    assert resp.status == 422
+    form = aiohttp.FormData()
+    form.add_field("other", "x")
+    form.add_field("filler", b"data", filename="a.txt")
+    resp = await client.post(f"{API}/workspaces/{ws}/attachments", data=form, headers=owner.headers)
+    assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "file"
+    resp = await client.post(f"{API}/workspaces/{ws}/attachments", data=b"--x\r\nbroken",
+                             headers={**owner.headers, "Content-Type": "multipart/form-data"})
+    assert resp.status in (400, 422)
+    await upload_multipart(client, owner, ws, b"x", "a.txt", document_id="not-a-document", status=404)
+    assert stored_files(client) == []
+    incoming = client.app[SETTINGS].data_dir / "incoming"
+    assert not incoming.exists() or os.listdir(incoming) == []

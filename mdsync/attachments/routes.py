@@ -85,12 +85,18 @@ async def upload(request: web.Request, query: UploadQuery) -> web.Response:
             try:
                 reader = await request.multipart()
                 async for part in reader:
-                    if getattr(part, "name", None) == "file" and spooled is None:
+                    field = getattr(part, "name", None)
+                    if field == "file":
+                        if spooled is not None:
+                            raise ValidationFailed.field("file", "one file per upload")
                         # aiohttp (and some other clients) percent-encode the name in the header
                         name = unquote(part.filename) if part.filename else name
                         spooled = await svc.spool(_part_chunks(part))
-                    elif getattr(part, "name", None) == "document_id":
-                        document_id = (await part.read(decode=True))[:100].decode("utf-8", "replace").strip() or None
+                    elif field == "document_id":
+                        raw = await part.read_chunk(1024)  # (aiohttp reads at least a boundary's length)
+                        if len(raw) > 200 or await part.read_chunk(1024):  # an id is 36 characters
+                            raise ValidationFailed.field("document_id", "is not a document id")
+                        document_id = raw.decode("utf-8", "replace").strip() or None
             except ValueError as exc:  # aiohttp's parser: no boundary, or not that form
                 raise ValidationFailed.field("body", f"not a multipart form: {exc}") from None
             if spooled is None:
