@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 
 from mdsync.appkeys import SETTINGS
+from mdsync.attachments.service import ATTACHMENTS
 from tests.conftest import register
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.test_attachments import HTML, PNG, SVG, local, upload_multipart, upload_raw
@@ -56,9 +57,12 @@ async def test_put_presigned_redirect_and_delete(client, s3):
     # bad signature: 403, no redirect
     assert (await client.get(local(a["url"])[:-2] + "xx", allow_redirects=False)).status == 403
 
+    storage = client.app[ATTACHMENTS].storage
+    assert await storage.exists(a["id"]) is True
     resp = await client.delete(f"{API}/attachments/{a['id']}", headers=owner.headers)
     assert resp.status == 204
     assert f"attachments/{a['id']}" not in s3.keys(BUCKET)
+    assert await storage.exists(a["id"]) is False
     assert (await client.get(local(a["url"]), allow_redirects=False)).status == 404
     assert (await client.get(f"{API}/attachments/{a['id']}/meta", headers=owner.headers)).status == 404
 
