@@ -6,8 +6,11 @@ Admin commands work on the data dir directly (also while a server runs on it). E
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -497,8 +500,9 @@ def export_command(workspace, out, settings) -> None:
         target = sys.stdout.buffer if to_stdout else open(partial, "wb")
         try:
             with click.progressbar(length=total, label=f"exporting {ws['name']}", file=sys.stderr,
-                                   show_pos=True) as bar:
-                summary = export.write_export(target, conn, ws["id"], export.stored_reader(conn), bar.update)
+                                   show_pos=True) as bar, _storage_reader(settings) as read_file:
+                summary = export.write_export(target, conn, ws["id"], export.stored_reader(conn), bar.update,
+                                              read_file=read_file)
             if not to_stdout:
                 target.close()
                 partial.replace(out)
@@ -509,8 +513,8 @@ def export_command(workspace, out, settings) -> None:
             raise
     finally:
         conn.close()
-    click.echo(f"exported {summary.documents} documents and {summary.folders} folders of {ws['name']} "
-               f"to {out}", err=to_stdout)
+    click.echo(f"exported {summary.documents} documents, {summary.folders} folders and {summary.attachments} "
+               f"attachments of {ws['name']} to {out}", err=to_stdout)
 
 
 @main.command("import")
@@ -533,22 +537,75 @@ def import_command(workspace, source, settings) -> None:
             handle = open(source, "rb")
             src = importer.ZipSource(handle)
         plan = importer.plan(src, limits)
-
-        def write(tx):
-            ws = _export_target(tx, workspace)
-            return ws, importer.write(tx, plan, src, ws["id"], None, limits, via="cli")
-
-        ws, counts = _offline_api(settings, write)
+        ws, counts = asyncio.run(_import_with_attachments(settings, workspace, plan, src, limits))
     except importer.ImportRefused as exc:
         fail(f"nothing was imported: {exc}")
     finally:
         if handle is not None:
             handle.close()
-    click.echo(f"imported {counts['documents']} documents and {counts['folders']} folders into {ws['name']}")
+    click.echo(f"imported {counts['documents']} documents, {counts['folders']} folders and "
+               f"{counts['attachments']} attachments into {ws['name']}")
     if plan.skipped_total:
         click.echo(f"skipped {plan.skipped_total} files:", err=True)
         for item in plan.skipped:
             click.echo(f"  {item['path']}: {item['reason']}", err=True)
+
+
+@contextlib.contextmanager
+def _storage_reader(settings):
+    """Read attachment files for an export from the configured storage. Its client is async, so
+    it lives on an event loop in a thread of its own, as the server's lives on the server's loop."""
+    from mdsync.attachments.storage import open_storage
+    from mdsync.transfer.attachments import loop_file_reader
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="mdsync-export-storage", daemon=True)
+    thread.start()
+    storage = open_storage(settings)
+    try:
+        yield loop_file_reader(loop, storage, threading.Event())
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(storage.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+async def _import_with_attachments(settings, workspace, plan, src, limits):
+    """The API's import path, run against the data dir: attachment files into storage first, then
+    every row in one transaction through the writer (or the stored files are removed again)."""
+    from mdsync.api.errors import ApiError
+    from mdsync.attachments.service import Attachments
+    from mdsync.attachments.signing import Signer
+    from mdsync.attachments.storage import open_storage
+    from mdsync.db import Database
+    from mdsync.transfer import attachments as transfer_attachments
+    from mdsync.transfer import importer
+
+    db = Database(settings.db_path, readers=1, autocheckpoint=settings.replica.url is None)
+    await db.open()
+    storage = open_storage(settings)
+    try:
+        ws = await db.one("SELECT id, slug, name FROM workspaces WHERE (id = ? OR slug = ?) AND deleted_at IS NULL",
+                          (workspace, workspace))
+        if ws is None:
+            raise click.ClickException(f"no workspace with id or slug {workspace}")
+        files = Attachments(db, settings, storage, Signer(config.ensure_secret(settings), settings.public_url,
+                                                          settings.storage.signed_url_ttl))
+        stored = await transfer_attachments.store(plan, src, files)
+        try:
+            counts = await db.write(functools.partial(importer.write, attachments=stored, via="cli"),
+                                    plan, src, ws["id"], None, limits)
+        except BaseException:
+            await transfer_attachments.discard(files, stored)
+            raise
+        return ws, counts
+    except ApiError as exc:
+        raise click.ClickException(exc.detail) from None
+    finally:
+        await storage.close()
+        await db.close()
 
 
 @main.group()

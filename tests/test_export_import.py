@@ -588,6 +588,8 @@ def cli(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.Comp
 
 
 def test_cli_export_and_import(tmp_path):
+    from tests.test_attachments import PNG
+
     data_dir = tmp_path / "data"
     assert cli(data_dir, "users", "create", "admin@example.com", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
     for name in ("First", "Second"):
@@ -599,34 +601,44 @@ def test_cli_export_and_import(tmp_path):
     (vault / "Daily" / "2026").mkdir(parents=True)
     (vault / ".obsidian").mkdir()
     (vault / "Daily" / "2026" / "Nov 29.md").write_text("# Sunday\n\nwrote the export\n")
-    (vault / "Ideas.md").write_text("---\ntitle: Big ideas\n---\n- one\n")
+    (vault / "Ideas.md").write_text("---\ntitle: Big ideas\n---\n- one\n\n![[pic.png]]\n")
     (vault / ".obsidian" / "workspace.json").write_text("{}")
-    (vault / "pic.png").write_bytes(b"\x89PNG")
+    (vault / "pic.png").write_bytes(PNG)
     (vault / "outside.md").symlink_to(tmp_path / "secret.md")
     (tmp_path / "secret.md").write_text("must not be imported")
 
     done = cli(data_dir, "import", "--workspace", slugs["First"], str(vault))
     assert done.returncode == 0, done.stderr
-    assert "imported 2 documents and 2 folders" in done.stdout
-    assert "pic.png" in done.stderr
+    assert "imported 2 documents, 2 folders and 1 attachments" in done.stdout
+    [pic] = _rows(data_dir, "SELECT id, name, content_type FROM attachments")
+    assert (pic["name"], pic["content_type"]) == ("pic.png", "image/png")
+    assert (data_dir / "files").is_dir()
 
     first = tmp_path / "first.zip"
     done = cli(data_dir, "export", "--workspace", slugs["First"], str(first))
     assert done.returncode == 0, done.stderr
-    assert "exported 2 documents and 2 folders" in done.stdout
+    assert "exported 2 documents, 2 folders and 1 attachments" in done.stdout
     files = entries(first.read_bytes())
-    assert set(files) == {"Daily/", "Daily/2026/", "Daily/2026/Sunday.md", "Big ideas.md", "mdsync.json"}
+    assert set(files) == {"Daily/", "Daily/2026/", "Daily/2026/Sunday.md", "Big ideas.md", "mdsync.json",
+                          f"attachments/{pic['id']}/pic.png"}
+    assert files[f"attachments/{pic['id']}/pic.png"] == PNG  # the bytes, read from storage by the CLI
+    assert f"(attachments/{pic['id']}/pic.png)" in files["Big ideas.md"].decode()
     assert files["Daily/2026/Sunday.md"].decode().endswith("---\n# Sunday\n\nwrote the export\n")
 
     done = cli(data_dir, "import", "--workspace", slugs["Second"], str(first))
     assert done.returncode == 0, done.stderr
     second = tmp_path / "second.zip"
     assert cli(data_dir, "export", "--workspace", slugs["Second"], str(second)).returncode == 0
-    a, b = comparable(files), comparable(entries(second.read_bytes()))
-    assert a[0].keys() == b[0].keys()
+    second_files = entries(second.read_bytes())
+    [copy_id] = {name.split("/")[1] for name in second_files if name.startswith("attachments/")} - {pic["id"]}
+    assert second_files[f"attachments/{copy_id}/pic.png"] == PNG
+    a, b = comparable(files), comparable(second_files)
+    assert {k.replace(pic["id"], copy_id) for k in a[0]} == set(b[0])
     for name, data in a[0].items():  # new ids (same server), identical markdown and titles
+        if name.startswith("attachments/"):
+            continue
         x, y = archive.split_front_matter(data.decode()), archive.split_front_matter(b[0][name].decode())
-        assert (x.markdown, x.meta.get("title")) == (y.markdown, y.meta.get("title"))
+        assert (x.markdown.replace(pic["id"], copy_id), x.meta.get("title")) == (y.markdown, y.meta.get("title"))
 
     bad = tmp_path / "bad.zip"
     bad.write_bytes(make_zip({"../evil.md": "x"}))
@@ -640,6 +652,8 @@ def test_cli_export_and_import(tmp_path):
     second_docs = _rows(data_dir, "SELECT count(*) FROM documents d JOIN workspaces w ON w.id = d.workspace_id"
                                   f" WHERE w.slug = '{slugs['Second']}'")[0][0]
     assert second_docs == 2  # the refused imports wrote nothing
+    # the import into Second made its own copy of the attachment, linked from its copy of the document
+    assert len(_rows(data_dir, "SELECT id FROM attachments")) == 2
     done = cli(data_dir, "export", "--workspace", "no-such-workspace", str(tmp_path / "x.zip"))
     assert done.returncode == 1 and "no workspace" in done.stderr
     assert not (tmp_path / "x.zip").exists() and not (tmp_path / "x.zip.partial").exists()

@@ -28,8 +28,8 @@ Attachments (any other file that is not hidden) are stored BEFORE the transactio
 `write` as `attachments` ({path in the archive: fields}); `write` inserts their rows and change
 rows inside the import's transaction and rewrites each document's links to those files
 (`archive.file_links`: relative links and `![[name]]` embeds) to `/api/v1/attachments/{id}`.
-The caller deletes the stored files when the transaction fails. Without `attachments` (the CLI
-has no storage backend at hand) the files are listed in `skipped`.
+The caller (the API route, and `mdsync import` through the same path) deletes the stored files
+when the transaction fails. Without `attachments` the files are listed in `skipped`.
 """
 
 from __future__ import annotations
