@@ -50,7 +50,7 @@ def fail(message: str) -> None:
 
 def offline(settings: config.Settings, fn, *args):
     try:
-        return run_offline(settings.db_path, fn, *args)
+        return run_offline(settings.db_path, fn, *args, autocheckpoint=settings.replica.url is None)
     except SchemaTooNew as exc:
         fail(str(exc))
 
@@ -95,7 +95,7 @@ def migrate(settings) -> None:
         saved = backup_before_migrate(settings, _progress)
         if saved:
             click.echo(f"backed up the database before migrating: {saved}")
-    conn = connect(settings.db_path)
+    conn = connect(settings.db_path, autocheckpoint=settings.replica.url is None)
     try:
         done = apply_migrations(conn)
     except SchemaTooNew as exc:
@@ -490,7 +490,7 @@ def export_command(workspace, out, settings) -> None:
 
     if not settings.db_path.exists():
         fail(f"no database at {settings.db_path}")
-    conn = connect(settings.db_path)
+    conn = connect(settings.db_path, autocheckpoint=settings.replica.url is None)
     try:
         conn.execute("PRAGMA query_only = ON")
         ws = _export_target(conn, workspace)

@@ -287,14 +287,15 @@ class WriterStats:
         self.max_wait_seconds = max(self.max_wait_seconds, wait_seconds)
 
 
-def run_offline(path: Path | str, fn: Callable[..., Any], *args: Any) -> Any:
+def run_offline(path: Path | str, fn: Callable[..., Any], *args: Any, autocheckpoint: bool = True) -> Any:
     """Run one write job in its own transaction on a fresh connection (CLI commands).
 
     Applies pending migrations first, so admin commands work on a data dir no server has
-    opened yet. Safe beside a running server: SQLite serializes the two writers.
+    opened yet. Safe beside a running server: SQLite serializes the two writers. With a replica
+    configured pass `autocheckpoint=False`: litestream owns the checkpoints.
     """
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(path)
+    conn = connect(path, autocheckpoint=autocheckpoint)
     try:
         apply_migrations(conn)
         tx = Tx(conn)
