@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import uuid
-from pathlib import Path
 
-import pytest
 from aiohttp import WSMsgType
 from pycrdt import Doc, Text
 
@@ -28,30 +25,10 @@ from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
 from tests.collab_helpers import make_document
 from tests.conftest import register
+from tests.nodeclients import needs_node, run_node
 from tests.test_collab_relay import doc_text_in_db
 
-INTEROP = Path(__file__).resolve().parent / "interop"
-needs_node = pytest.mark.skipif(
-    shutil.which("node") is None or not (INTEROP / "node_modules" / "@hocuspocus" / "provider").is_dir(),
-    reason="needs node and `npm ci` in tests/interop (.ci/run does it)")
-
-
-async def run_node(scenario: str, config: dict, timeout: float = 60.0) -> dict:
-    config = {"timeoutMs": int(timeout * 1000) - 2000, **config}
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(INTEROP / "hocuspocus_scenario.mjs"), scenario, json.dumps(config), cwd=INTEROP,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise AssertionError(f"node {scenario} did not finish in {timeout} s") from None
-    lines = out.decode().strip().splitlines()
-    assert lines, f"node {scenario} printed nothing (exit {proc.returncode}): {err.decode()[-2000:]}"
-    result = json.loads(lines[-1])
-    assert "error" not in result, f"{scenario}: {result['error']} {result.get('trace')} {err.decode()[-2000:]}"
-    return result
+SCRIPT = "hocuspocus_scenario.mjs"
 
 
 def urls(client) -> dict:
@@ -67,7 +44,7 @@ async def test_providers_on_shared_sockets_converge_with_each_other_and_y_websoc
     ws_id, d1 = await make_document(app, alice.id, markdown="# Shared\n",
                                     members={bob.id: "editor", yuri.id: "editor"})
     _, d2 = await make_document(app, alice.id, markdown="second\n", workspace_id=ws_id)
-    result = await run_node("converge", {
+    result = await run_node(SCRIPT, "converge", {
         **urls(client), "docs": [d1, d2], "tokenA": alice.access_token, "tokenB": bob.access_token,
         "tokenY": yuri.access_token, "edits": 400, "seed": 11}, timeout=90)
     assert result["seeded"] == "# Shared\n"
@@ -96,7 +73,7 @@ async def test_one_socket_refusals_are_per_document(client):
     _, mine = await make_document(app, me.id, markdown="mine\n")
     _, foreign = await make_document(app, stranger.id, markdown="secret of another workspace\n")
     _, viewed = await make_document(app, owner.id, markdown="read only\n", members={me.id: "viewer"})
-    result = await run_node("mixed", {
+    result = await run_node(SCRIPT, "mixed", {
         **urls(client), "token": me.access_token, "mine": mine, "foreign": foreign, "viewerDoc": viewed,
         "missing": str(uuid.uuid4())})
     assert result["denied"] == {"mine": None, "viewer": None, "foreign": "not-found", "missing": "not-found"}
@@ -120,7 +97,7 @@ async def test_bad_tokens_are_refused_unauthenticated(client):
     alice = await register(client)
     _, doc_id = await make_document(app, alice.id, markdown="private\n")
     forged = alice.access_token[:-4] + ("AAAA" if not alice.access_token.endswith("AAAA") else "BBBB")
-    result = await run_node("denied", {**urls(client), "doc": doc_id, "tokens": ["", "garbage", forged]})
+    result = await run_node(SCRIPT, "denied", {**urls(client), "doc": doc_id, "tokens": ["", "garbage", forged]})
     assert [r["denied"] for r in result["results"]] == ["unauthenticated"] * 3
     assert all(r["text"] == "" and r["scope"] is None for r in result["results"])
 
