@@ -9,8 +9,11 @@ import WebSocket from 'ws'
 
 export const scenario = process.argv[2]
 export const cfg = JSON.parse(process.argv[3] || '{}')
+// what a script pushes here (events of its clients) goes out with a timeout or an error
+export const trace = []
+const withTrace = (result) => trace.length ? { ...result, trace } : result
 const LIMIT_MS = cfg.timeoutMs || 60000
-setTimeout(() => { console.log(JSON.stringify({ error: 'timeout', scenario })); process.exit(2) }, LIMIT_MS).unref()
+setTimeout(() => { console.log(JSON.stringify(withTrace({ error: 'timeout', scenario }))); process.exit(2) }, LIMIT_MS).unref()
 
 export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -18,7 +21,9 @@ export const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 export async function until (check, ms = 20000, what = 'condition') {
   const end = Date.now() + ms
   while (!(await check())) {
-    if (Date.now() > end) throw new Error('timed out waiting for ' + what)
+    if (Date.now() > end) {
+      throw new Error('timed out waiting for ' + what + (trace.length ? ' ' + JSON.stringify(trace.slice(-20)) : ''))
+    }
     await sleep(10)
   }
 }
@@ -29,11 +34,11 @@ export function rng (seed) {
   return () => { s = (s * 1664525 + 1013904223) >>> 0; return s / 4294967296 }
 }
 
-// a y-websocket WebsocketProvider on cfg.url / cfg.doc with `token`; `closed` is the close code of a
-// refusal (44xx), `synced` turns true on sync
-export function client (token, { connect = true, WebSocketPolyfill = WebSocket } = {}) {
+// a y-websocket WebsocketProvider on `url` / `room` (cfg.url / cfg.doc) with `token`; `closed` is the
+// close code of a refusal (44xx), `synced` turns true on sync
+export function client (token, { url = cfg.url, room = cfg.doc, connect = true, WebSocketPolyfill = WebSocket } = {}) {
   const doc = new Y.Doc()
-  const provider = new WebsocketProvider(cfg.url, cfg.doc, doc, {
+  const provider = new WebsocketProvider(url, room, doc, {
     WebSocketPolyfill, params: { token }, disableBc: true, connect, maxBackoffTime: 300
   })
   const c = { doc, provider, text: doc.getText('markdown'), closed: null, synced: false }
@@ -49,7 +54,7 @@ export function done (result) {
 }
 
 function fail (error) {
-  console.log(JSON.stringify({ error }))
+  console.log(JSON.stringify(withTrace({ error })))
   process.exit(1)
 }
 

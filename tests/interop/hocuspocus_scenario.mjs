@@ -1,32 +1,12 @@
 // Interop scenarios with the real @hocuspocus/provider 4 (HocuspocusProvider on a shared
 // HocuspocusProviderWebsocket, i.e. many documents per socket) against mdsync's /ws/hocuspocus,
 // run by pytest (tests/test_collab_hocuspocus.py):  node hocuspocus_scenario.mjs <scenario> '<json>'
-// Prints one JSON object on stdout; exit 0 when the scenario ran to the end (pytest asserts on the
-// JSON), 2 on a timeout. Every wait is bounded.
+// pytest asserts on the JSON it prints; command line, time limit, output (with the trace of the
+// providers' events on a timeout or an error) and exit codes: harness.mjs.
 import * as Y from 'yjs'
 import { HocuspocusProvider, HocuspocusProviderWebsocket } from '@hocuspocus/provider'
-import { WebsocketProvider } from 'y-websocket'
 import WebSocket from 'ws'
-
-const [scenario, rawConfig] = process.argv.slice(2)
-const cfg = JSON.parse(rawConfig || '{}')
-const LIMIT_MS = cfg.timeoutMs || 60000
-setTimeout(() => { console.log(JSON.stringify({ error: 'timeout', scenario, trace })); process.exit(2) }, LIMIT_MS).unref()
-
-const trace = []
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-async function until (check, ms = 20000, what = 'condition') {
-  const end = Date.now() + ms
-  while (!check()) {
-    if (Date.now() > end) throw new Error('timed out waiting for ' + what + ' ' + JSON.stringify(trace.slice(-20)))
-    await sleep(10)
-  }
-}
-
-function rng (seed) {
-  let s = seed >>> 0
-  return () => { s = (s * 1664525 + 1013904223) >>> 0; return s / 4294967296 }
-}
+import { cfg, client, done, rng, run, sleep, trace, until } from './harness.mjs'
 
 // counts the sockets the providers open
 let socketsOpened = 0
@@ -62,15 +42,8 @@ function hp (websocketProvider, name, token, label, options = {}) {
   return c
 }
 
-function yws (name, token) {
-  const doc = new Y.Doc()
-  const provider = new WebsocketProvider(cfg.yurl, name, doc, {
-    WebSocketPolyfill: WebSocket, params: { token }, disableBc: true, maxBackoffTime: 300
-  })
-  const c = { doc, provider, text: doc.getText('markdown'), synced: false }
-  provider.on('sync', (s) => { if (s) c.synced = true })
-  return c
-}
+// a y-websocket provider on the same document, through /ws/docs
+const yws = (name, token) => client(token, { url: cfg.yurl, room: name })
 
 function randomEdits (text, n, rand, tag) {
   for (let i = 0; i < n; i++) {
@@ -188,15 +161,4 @@ async function denied () {
   done({ results })
 }
 
-const done = (result) => {
-  console.log(JSON.stringify(result))
-  process.exit(0)
-}
-
-const scenarios = { converge, mixed, denied }
-try {
-  await scenarios[scenario]()
-} catch (e) {
-  console.log(JSON.stringify({ error: String(e && e.stack ? e.stack : e), trace }))
-  process.exit(1)
-}
+run({ converge, mixed, denied })
