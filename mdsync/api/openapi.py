@@ -83,7 +83,7 @@ def build(specs: list[RouteSpec], *, server_url: str | None = None) -> dict[str,
     document: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {"title": "mdsync", "version": __version__,
-                 "description": "The mdsync HTTP API. WebSocket: /ws/docs/{document_id} (y-websocket)."},
+                 "description": "The mdsync HTTP API. WebSockets: /ws/docs/{document_id} (y-websocket), /ws/hocuspocus (Hocuspocus provider)."},
         "paths": paths,
         "components": {
             "schemas": schemas,
