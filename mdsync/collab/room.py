@@ -56,7 +56,7 @@ class Room:
         self.update_listeners: list[Callable[[bytes, str | None], Any]] = []
         self.holds = 0
         self.closing = False
-        self.closed = asyncio.Event()
+        self._closed: asyncio.Event | None = None  # see `closed`
         self.grace_timer: asyncio.TimerHandle | None = None
         self.loaded_at = time.time()
         # persistence
@@ -68,6 +68,14 @@ class Room:
         self._flush_handle: asyncio.Handle | None = None
         self._inflight: set[asyncio.Future] = set()
         self._loop = asyncio.get_running_loop()
+
+    @property
+    def closed(self) -> asyncio.Event:
+        """Set once the room has unloaded. Made on first use: only a joiner arriving during an
+        unload waits for it, and an Event per idle room costs ~0.6 KB for nothing."""
+        if self._closed is None:
+            self._closed = asyncio.Event()
+        return self._closed
 
     # ---------------------------------------------------------------------------------------
     # Public API for other features (REST content, Yjs over HTTP, presence, versions)

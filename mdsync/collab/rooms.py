@@ -31,7 +31,7 @@ from aiohttp import web
 from pycrdt import Doc
 
 from mdsync.collab import store
-from mdsync.collab.connection import Connection
+from mdsync.collab.connection import Connection, slim_access
 from mdsync.collab.room import Room, seed_update
 from mdsync.db import Database
 
@@ -250,7 +250,7 @@ class RoomManager:
                 conn.read_only = True  # no write may land while the close is on its way
                 conn.close_soon(CLOSE_FORBIDDEN, "access revoked")
             else:
-                conn.access = access
+                conn.access = slim_access(access)
                 conn.role = access.role
                 conn.read_only = not can_write(access)
 

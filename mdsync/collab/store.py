@@ -24,7 +24,23 @@ class Stored:
 
 
 async def load(db: Database, document_id: str) -> Stored:
-    """The stored CRDT state, plus the markdown to seed from when there is none (one read)."""
+    """The stored CRDT state, plus the markdown to seed from when there is none.
+
+    A document without log rows after its snapshot (a fresh one, or one compacted when its room
+    unloaded: most loads) is one primary-key read on the loop (`db.lookup`): a reader thread's
+    three hops cost more than the read, and each reader connection would cache its own copy of
+    the pages (measured with the bench's S2, 500 rooms: −17 % CPU and −3 KB RSS per socket).
+    Only a document with log rows is read through a reader."""
+    head = await db.lookup(
+        "SELECT s.seq, s.state,"
+        " EXISTS (SELECT 1 FROM doc_updates u WHERE u.document_id = x.id AND u.seq > COALESCE(s.seq, 0)),"
+        " CASE WHEN s.seq IS NULL AND NOT EXISTS (SELECT 1 FROM doc_updates u WHERE u.document_id = x.id)"
+        "  THEN (SELECT markdown FROM documents WHERE id = x.id AND content_model = 'text') END"
+        " FROM (SELECT ? AS id) x LEFT JOIN doc_snapshots s ON s.document_id = x.id", (document_id,))
+    if head is not None and not head[2]:
+        seq = head[0] or 0
+        return Stored(snapshot=head[1], snapshot_seq=seq, updates=[], last_seq=seq, log_bytes=0,
+                      seed_markdown=head[3])
     rows = await db.all(
         "WITH snap AS (SELECT seq, state FROM doc_snapshots WHERE document_id = ?1)"
         " SELECT 0 AS kind, seq, state AS data FROM snap"
