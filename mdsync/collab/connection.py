@@ -139,11 +139,18 @@ class Connection:
         asyncio.ensure_future(self._close(code, reason, abort_after))
 
     async def _close(self, code: int, reason: str, abort_after: float) -> None:
-        try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120], drain=False), abort_after)
-        except (Exception, asyncio.CancelledError):
-            pass
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.abort()
-        elif self.transport is None and self.ws._req is not None and self.ws._req.transport is not None:  # noqa: SLF001
-            self.ws._req.transport.abort()  # noqa: SLF001
+        await close_websocket(self.ws, self.transport, code, reason, abort_after)
+
+
+async def close_websocket(ws: web.WebSocketResponse, transport: asyncio.Transport | None, code: int, reason: str,
+                          abort_after: float) -> None:
+    """Send the close frame (waiting at most `abort_after` s), then drop the connection if the peer
+    has not closed it: a socket we close never lingers on a peer that stopped reading."""
+    try:
+        await asyncio.wait_for(ws.close(code=code, message=reason.encode()[:120], drain=False), abort_after)
+    except (Exception, asyncio.CancelledError):
+        pass
+    if transport is None and ws._req is not None:  # noqa: SLF001
+        transport = ws._req.transport  # noqa: SLF001
+    if transport is not None and not transport.is_closing():
+        transport.abort()

@@ -55,7 +55,7 @@ from pycrdt import Doc
 from mdsync.appkeys import SETTINGS
 from mdsync.collab import protocol as p
 from mdsync.collab import socket as y_socket
-from mdsync.collab.connection import Connection, transport_of, write_frame
+from mdsync.collab.connection import Connection, close_websocket, transport_of, write_frame
 from mdsync.collab.protocol import ProtocolError
 from mdsync.collab.room import DocumentTooLarge, decode_state_vector
 from mdsync.collab.rooms import CLOSE_FORBIDDEN, CLOSE_RESTART, CLOSE_UNAUTHENTICATED, ROOMS, can_write
@@ -468,13 +468,7 @@ class Session:
         asyncio.ensure_future(self._close(code, reason, abort_after))
 
     async def _close(self, code: int, reason: str, abort_after: float) -> None:
-        try:
-            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120], drain=False), abort_after)
-        except (Exception, asyncio.CancelledError):
-            pass
-        transport = self._transport or (self.ws._req.transport if self.ws._req is not None else None)  # noqa: SLF001
-        if transport is not None and not transport.is_closing():
-            transport.abort()
+        await close_websocket(self.ws, self._transport, code, reason, abort_after)
 
     def garbage(self, exc: Exception) -> None:
         self.manager.stats.garbage_frames += 1
