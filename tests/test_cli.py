@@ -97,6 +97,21 @@ def test_create_refusals_exit_1_with_a_message(data_dir):
     assert listing.count("@") == 1
 
 
+def test_workspace_names_follow_the_apis_rules(data_dir):
+    """A name the API refuses (a bidi override, a control character, over 500 characters, blank)
+    is refused by `mdsync workspaces create` too, and no workspace is made; one it accepts is
+    stored as the API stores it (trimmed)."""
+    assert create(data_dir, "ann@example.com").returncode == 0
+    for name in ("evil\u202eexe.md", "tab\there", "x" * 501, "   "):
+        result = run(data_dir, "workspaces", "create", name, "--owner", "ann@example.com")
+        assert result.returncode == 1, (name, result.stdout)
+        assert "name" in result.stderr and "Traceback" not in result.stderr
+    assert "no workspaces yet" in run(data_dir, "workspaces", "list").stdout
+    result = run(data_dir, "workspaces", "create", "  Plain \u200fname  ", "--owner", "ann@example.com")
+    assert result.returncode == 0, result.stderr
+    assert "\tPlain \u200fname\t" in run(data_dir, "workspaces", "list").stdout
+
+
 def _pty_session(args: list[str], env: dict, answers: list[tuple[str, str]], timeout: float = 30) -> tuple[int, str]:
     """Run `args` on a pseudo-terminal; answer each prompt (text -> reply); return (exit code, screen)."""
     pid, fd = pty.fork()

@@ -34,6 +34,11 @@ class Passwords:
         # first need, in the pool, so that starting the server does not pay for a hash
         self._dummy: str | None = None
 
+    @classmethod
+    def configured(cls, auth) -> Passwords:
+        """The hasher with the `[auth]` section's argon2 costs (the server's and the CLI's)."""
+        return cls(auth.argon2_time_cost, auth.argon2_memory_cost, auth.argon2_parallelism)
+
     def hash_sync(self, password: str) -> str:
         return self._hasher.hash(password)
 

@@ -39,7 +39,7 @@ class AuthService:
         self.db = db
         self.settings = settings
         cfg = settings.auth
-        self.passwords = Passwords(cfg.argon2_time_cost, cfg.argon2_memory_cost, cfg.argon2_parallelism)
+        self.passwords = Passwords.configured(cfg)
         self.access = AccessTokens(secret, cfg.access_token_ttl)
         self.login_by_address = Window(cfg.login_attempts_per_address, 60)
         self.failures_by_account = Window(cfg.login_failures_per_account, ACCOUNT_WINDOW)

@@ -34,22 +34,26 @@ when the transaction fails. Without `attachments` the files are listed in `skipp
 
 from __future__ import annotations
 
+import functools
 import math
 import posixpath
 import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mdsync import audit, clock
 from mdsync.api.errors import NotFound
-from mdsync.db import Tx
+from mdsync.db import Database, Tx
 from mdsync.sync import changes
 from mdsync.transfer import archive
 # the sources are opened by callers through this module too
 from mdsync.transfer.sources import DirectorySource, Entry, ImportRefused, ZipSource  # noqa: F401
 from mdsync.workspaces.service import new_id
+
+if TYPE_CHECKING:
+    from mdsync.attachments.service import Attachments
 
 MAX_ENTRIES = 200_000
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
@@ -409,6 +413,22 @@ def write(tx: Tx, plan: Plan, source, workspace_id: str, user_id: str | None, li
     audit.record(tx, "workspace.import", actor_id=user_id, target_type="workspace", target_id=workspace_id,
                  workspace_id=workspace_id, detail={**counts, "skipped": plan.skipped_total, "via": via})
     return counts
+
+
+async def run(db: Database, files: Attachments, plan: Plan, source, workspace_id: str, user_id: str | None,
+              limits: Limits, *, via: str = "api") -> dict:
+    """The whole write side of an import, for the HTTP route and `mdsync import` alike: the
+    attachment files into storage first, then every row in one transaction through the writer,
+    or the stored files are removed again. Returns the counts."""
+    from mdsync.transfer import attachments as transfer_attachments
+
+    stored = await transfer_attachments.store(plan, source, files)
+    try:
+        return await db.write(functools.partial(write, via=via, attachments=stored),
+                              plan, source, workspace_id, user_id, limits)
+    except BaseException:
+        await transfer_attachments.discard(files, stored)
+        raise
 
 
 def _link_attachments(markdown: str, directory: str, stored: dict[str, dict], by_name: dict[str, str],

@@ -11,7 +11,6 @@ name on disk and disappears when closed), never unpacked to the filesystem.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import re
 import tempfile
@@ -27,7 +26,6 @@ from mdsync.appkeys import DB, SETTINGS
 from mdsync.attachments.service import ATTACHMENTS
 from mdsync.db import Tx
 from mdsync.documents.content import CONTENT
-from mdsync.transfer import attachments as transfer_attachments
 from mdsync.transfer import export, importer
 from mdsync.workspaces.access import require
 
@@ -146,15 +144,8 @@ async def import_workspace(request: web.Request) -> web.Response:
         source = await asyncio.to_thread(_open_zip, spool)
         try:
             plan = await asyncio.to_thread(importer.plan, source, limits)
-            # attachment files go into storage first; their rows go in with the rest, or they go
-            files = request.app[ATTACHMENTS]
-            stored = await transfer_attachments.store(plan, source, files)
-            try:
-                counts = await request.app[DB].write(functools.partial(importer.write, attachments=stored),
-                                                     plan, source, access.workspace_id, access.user_id, limits)
-            except BaseException:
-                await transfer_attachments.discard(files, stored)
-                raise
+            counts = await importer.run(request.app[DB], request.app[ATTACHMENTS], plan, source,
+                                        access.workspace_id, access.user_id, limits)
         finally:
             source.close()
     except importer.ImportRefused as exc:

@@ -100,6 +100,22 @@ def add_member(tx: Tx, workspace_id: str, user_id: str, role: str, *, actor_id: 
                  workspace_id=workspace_id, detail={"role": role, **({"via": via} if via else {})})
 
 
+def workspace_by_ref(tx: Tx, ref: str, *, deleted: bool = True) -> Any:
+    """The workspace whose id or slug is `ref` (what an admin types), or None; `deleted=False`
+    skips a deleted one."""
+    return tx.one("SELECT * FROM workspaces WHERE (id = ? OR slug = ?) AND (? OR deleted_at IS NULL)",
+                  (ref, ref, deleted))
+
+
+def list_all(tx: Tx) -> list[Any]:
+    """Every workspace with its member count and owners' emails (`mdsync workspaces list`)."""
+    return tx.all(
+        "SELECT w.id, w.slug, w.name, w.deleted_at, count(m.user_id) AS members,"
+        " group_concat(CASE WHEN m.role = 'owner' THEN u.email END, ',') AS owners"
+        " FROM workspaces w LEFT JOIN members m ON m.workspace_id = w.id LEFT JOIN users u ON u.id = m.user_id"
+        " GROUP BY w.id ORDER BY w.name, w.id")
+
+
 def member_role(tx: Tx, workspace_id: str, user_id: str) -> str | None:
     return tx.value("SELECT role FROM members WHERE workspace_id = ? AND user_id = ?", (workspace_id, user_id))
 
