@@ -110,6 +110,9 @@ class Principal:
     session_id: str | None = None
     token_id: str | None = None
     scopes: tuple[str, ...] = ("read", "write")
+    # Unix time the credential stops working (the JWT's exp, the token's expires_at; None: never).
+    # Long-lived connections end there: sockets close with 4401, SSE streams end.
+    expires_at: float | None = None
 
     @property
     def can_write(self) -> bool:

@@ -17,9 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
+from mdsync import clock
+
 log = logging.getLogger("mdsync.collab")
 
 CLOSE_SLOW = 1013
+CLOSE_EXPIRED = 4401  # the credential's exp passed (rooms.CLOSE_UNAUTHENTICATED)
 
 
 def transport_of(ws: web.WebSocketResponse) -> asyncio.Transport | None:
@@ -58,7 +61,8 @@ class Connection:
     # held per socket for hours)
     __slots__ = ("ws", "transport", "access", "user_id", "name", "session_id", "token_id",
                  "share_link_id", "workspace_id", "document_id", "role", "read_only", "awareness_ids",
-                 "connected_at", "closing", "_slow_timer", "_bound", "_slow_seconds", "room", "_fallback")
+                 "connected_at", "closing", "_slow_timer", "_bound", "_slow_seconds", "room", "_fallback",
+                 "expires_at", "_expiry")
 
     def __init__(self, ws: web.WebSocketResponse, principal: Any, access: Any, *, read_only: bool,
                  slow_peer_bytes: int, slow_peer_seconds: float):
@@ -71,6 +75,8 @@ class Connection:
         self.session_id: str | None = getattr(principal, "session_id", None)
         self.token_id: str | None = getattr(principal, "token_id", None)
         self.share_link_id: str | None = getattr(access, "share_link_id", None)
+        self.expires_at: float | None = getattr(principal, "expires_at", None)
+        self._expiry: asyncio.TimerHandle | None = None
         self.workspace_id: str = access.workspace_id
         self.document_id: str = access.document_id
         self.role: str = access.role
@@ -83,6 +89,23 @@ class Connection:
         self._bound = slow_peer_bytes
         self._slow_seconds = slow_peer_seconds
         self._fallback: list[asyncio.Task] | None = None if self.transport is not None else []
+
+    def arm_expiry(self) -> None:
+        """Close with 4401 when the credential expires (called once the socket is admitted)."""
+        if self.expires_at is None or self.closing:
+            return
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_at(loop.time() + max(0.0, self.expires_at - clock.timestamp()), self._expired)
+
+    def disarm_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _expired(self) -> None:
+        self._expiry = None
+        self.read_only = True  # nothing more lands while the close is on its way
+        self.close_soon(CLOSE_EXPIRED, "token expired")
 
     def send(self, framed: bytes) -> None:
         """Queue a pre-built frame for this peer; never raises, never waits."""
@@ -133,6 +156,7 @@ class Connection:
         if self.closing:
             return
         self.closing = True
+        self.disarm_expiry()
         if self._slow_timer is not None:
             self._slow_timer.cancel()
             self._slow_timer = None

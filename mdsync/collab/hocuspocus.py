@@ -40,7 +40,8 @@ unchanged. The room hands it the y-websocket frame it built once for every peer;
 re-frames it with its routing key through a `_Prefix` shared by every socket using that key,
 which builds the prefixed frame once per broadcast (identity cache), not once per peer.
 A lost access (4403) or an ended session (4401) refuses only that document (PermissionDenied);
-a slow socket (1013) or a restart (1012) closes the socket.
+a slow socket (1013) or a restart (1012) closes the socket, and so does a document's token
+reaching its `exp` (4401): the provider reconnects and sends fresh tokens.
 """
 
 from __future__ import annotations
@@ -186,6 +187,14 @@ class DocumentConnection(Connection):
         """A Hocuspocus message of this document (type + payload)."""
         if not self.closing:
             Connection.send(self, self.prefix.message(body))
+
+    def _expired(self) -> None:
+        """The document's token expired: close the whole socket with 4401. The provider reconnects
+        and sends each document's token again (a token function gives a fresh one); a refusal of
+        this document alone would leave it stopped until the application re-sends a token."""
+        self._expiry = None
+        self.read_only = True
+        self.session.close_soon(CLOSE_UNAUTHENTICATED, "token expired")
 
     def close_soon(self, code: int, reason: str = "", abort_after: float = 5.0) -> None:
         """Ended session (4401) or lost access (4403): refuse this document only; anything else

@@ -193,9 +193,11 @@ class RoomManager:
             self.by_user.setdefault(conn.user_id, set()).add(conn)
         self.by_document.setdefault(conn.document_id, set()).add(conn)
         self.stats.connections_total += 1
+        conn.arm_expiry()
         return True
 
     def dismiss(self, conn: Connection) -> None:
+        conn.disarm_expiry()
         for index, key in ((self.by_user, conn.user_id), (self.by_document, conn.document_id)):
             conns = index.get(key)
             if conns is not None:

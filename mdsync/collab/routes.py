@@ -56,9 +56,10 @@ def install(app: web.Application, settings: Settings, db: Database, auth) -> Roo
         access_recheck=lambda a: access.recheck(db, a),
     )
     app[ROOMS] = manager
-    app[socket.TICKETS] = Tickets()
+    tickets = app[socket.TICKETS] = Tickets()
     app[hocuspocus.PREFIXES] = hocuspocus.Prefixes()
     auth.revocation_listeners.append(manager.on_sessions_revoked)
+    auth.revocation_listeners.append(tickets.revoke)
     workspaces = app.get(WORKSPACES)
     if workspaces is not None:
         # member removed, role lowered, grant or share link revoked, document trashed: re-check

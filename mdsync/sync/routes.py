@@ -15,9 +15,7 @@ from mdsync import clock
 from mdsync.api.models import Out
 from mdsync.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from mdsync.api.routing import PRINCIPAL, Routes
-from mdsync.auth.routes import AUTH
 from mdsync.auth.service import AuthService
-from mdsync.auth.tokens import PAT_PREFIX
 from mdsync.db import Database
 from mdsync.ops.metrics import METRICS
 from mdsync.sync import changes as change_log
@@ -95,21 +93,26 @@ def _credential(principal) -> str | None:
     return principal.session_id or principal.token_id
 
 
-def _token_lifetime(request: web.Request) -> float | None:
-    """Seconds the caller's access JWT has left (None for a personal access token): a stream
-    ends with its token, and the client reconnects with a fresh one and its Last-Event-ID."""
-    token = request.headers.get("Authorization", "").partition(" ")[2].strip()
-    claims = request.app[AUTH].access.verify(token) if token and not token.startswith(PAT_PREFIX) else None
-    return None if claims is None else max(0.0, claims.expires_at - clock.timestamp())
+def _token_lifetime(principal) -> float | None:
+    """Seconds the caller's credential has left (its access JWT's exp, or its personal access
+    token's expiry; None: it never expires): a stream ends with its token, and the client
+    reconnects with a fresh one and its Last-Event-ID."""
+    if principal.expires_at is None:
+        return None
+    return max(0.0, principal.expires_at - clock.timestamp())
 
 
 @routes.get("/api/v1/sync/changes", "Changes in the caller's workspaces after a cursor; `wait` long-polls",
             query=ChangesQuery, response=ChangesOut)
 async def list_changes(request: web.Request, query: ChangesQuery) -> web.Response:
     principal = request[PRINCIPAL]
+    wait = query.wait or 0.0
+    lifetime = _token_lifetime(principal)
+    if lifetime is not None:
+        wait = min(wait, lifetime)  # a long-poll answers when its token expires, at the latest
     page = await request.app[FEED].changes(
         principal.user_id, _credential(principal), _since(query.since), query.limit or DEFAULT_LIMIT,
-        query.wait or 0.0, alive=_alive(request))
+        wait, alive=_alive(request))
     return web.Response(text=page.json(), content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
@@ -131,7 +134,7 @@ async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse
     await response.prepare(request)
     alive = _alive(request)
     pages = feed.stream(principal.user_id, _credential(principal), since, MAX_LIMIT, alive=alive,
-                        lifetime=_token_lifetime(request))
+                        lifetime=_token_lifetime(principal))
     try:
         async with aclosing(pages):   # the stream stops waiting as soon as this handler ends
             await response.write(b": mdsync change feed\nretry: 3000\n\n")
