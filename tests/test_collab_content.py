@@ -364,3 +364,42 @@ async def test_collection_keeps_the_chain_a_retained_etag_builds_on(make_client)
     assert (await put_content(client, owner, doc_id, "y\n")).status == 200
     resp = await put_content(client, owner, doc_id, text + "z\n", fresh)
     assert resp.status == 200 and await resp.text() == "y\nz\n"
+
+
+# -- one ETag scheme, whichever route hands it out (issue 14, item 1) ----------------------------
+async def test_etag_from_create_is_a_plain_write_and_later_a_merge(client):
+    owner = await register(client, name="Owner")
+    ws = await make_workspace(client, owner)
+    created = await document(client, owner, ws, "Doc", markdown="one\ntwo\n")
+    # the document was never opened: its creation ETag is the one GET /content answers
+    meta = await (await client.get(f"{API}/documents/{created['id']}", headers=owner.headers)).json()
+    assert meta["etag"] == created["etag"]
+    assert (await get_content(client, owner, created["id"]))[1] == created["etag"]
+    resp = await put_content(client, owner, created["id"], "one\ntwo\nthree\n", created["etag"])
+    assert resp.status == 200, await resp.text()
+    assert await resp.text() == "one\ntwo\nthree\n"
+    # another client created-then-wrote later: someone else's edit came in between; it merges
+    other = await document(client, owner, ws, "Other", markdown="alpha\nbeta\n")
+    assert (await put_content(client, owner, other["id"], "alpha\nbeta\ngamma\n")).status == 200
+    await wait_unloaded(client, other["id"])
+    client.server.app[STATES]._chains.clear()  # as a new process would: tables only
+    resp = await put_content(client, owner, other["id"], "zero\nalpha\nbeta\n", other["etag"])
+    assert resp.status == 200, await resp.text()
+    assert await resp.text() == "zero\nalpha\nbeta\ngamma\n"
+
+
+async def test_etag_listed_while_the_room_is_live_still_merges_after_more_typing(client):
+    owner, ws, doc_id = await setup_doc(client, "first\n")
+    live = await YClient.connect(client, doc_id, owner.access_token)
+    await live.wait_synced()
+    live.insert(len(str(live.text)), "second\n")
+    room = client.server.app[ROOMS].loaded(doc_id)
+    assert await eventually(lambda: "second" in room.text())
+    listed = await (await client.get(f"{API}/workspaces/{ws}/documents", headers=owner.headers)).json()
+    etag = next(item["etag"] for item in listed["items"] if item["id"] == doc_id)
+    live.insert(len(str(live.text)), "third\n")
+    assert await eventually(lambda: "third" in room.text())
+    resp = await put_content(client, owner, doc_id, "zero\nfirst\nsecond\n", etag)
+    assert resp.status == 200, await resp.text()
+    assert await resp.text() == "zero\nfirst\nsecond\nthird\n"
+    await live.close()

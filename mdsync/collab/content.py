@@ -37,7 +37,7 @@ from pycrdt import Doc, Text
 from mdsync import clock
 from mdsync.api.errors import PreconditionFailed, TooLarge
 from mdsync.collab import protocol as p
-from mdsync.collab.room import TEXT_NAME, DocumentTooLarge, Room, decode_state_vector
+from mdsync.collab.room import TEXT_NAME, DocumentTooLarge, Room, decode_state_vector, seed_update
 from mdsync.collab.rooms import RoomManager
 from mdsync.db import Database, Tx
 
@@ -211,15 +211,19 @@ class States:
                     "  WHERE document_id = ?1 AND full = 1)) AS since_full"
                     " FROM content_states WHERE document_id = ?1 ORDER BY seq DESC LIMIT 1", (document_id,))
                 chain = (row["seq"], row["sv"], row["etag"], row["since_full"]) if row else (0, b"", "", 0)
-            # from here to the insert's submission nothing awaits: text, ETag and bytes are one instant
             text, etag = str(doc.get(TEXT_NAME, type=Text)), state_etag(doc)
+            collected = False
             if etag == chain[2]:
-                self._remember_chain(document_id, chain)
-                await self.touch(document_id, etag)
-                return text, etag
+                if await self.touch(document_id, etag):
+                    self._remember_chain(document_id, chain)
+                    return text, etag
+                # collected meanwhile: record it again, whole (read again: the doc may have moved on)
+                collected = True
+                text, etag = str(doc.get(TEXT_NAME, type=Text)), state_etag(doc)
+            # from here to the insert's submission nothing awaits: text, ETag and bytes are one instant
             sv = doc.get_state()
             seq = chain[0] + 1
-            if chain[0] == 0:
+            if chain[0] == 0 or collected:
                 full, data = True, doc.get_update()
             else:
                 data = doc.get_update(chain[1])
@@ -247,13 +251,18 @@ class States:
         while len(self._touched) > 50000:
             self._touched.popitem(last=False)
 
-    async def touch(self, document_id: str, etag: str) -> None:
-        """A retained ETag was served again: its retention starts over (written at most hourly)."""
+    async def touch(self, document_id: str, etag: str) -> bool:
+        """A retained ETag was served again: its retention starts over (written at most hourly,
+        and never less often than twice per retention window). False when that state is no
+        longer retained (collected): the caller serves the current state instead."""
         last = self._touched.get((document_id, etag))
-        if last is not None and asyncio.get_running_loop().time() - last < self.TOUCH_EVERY:
-            return
-        await self.db.write(_touch, document_id, etag, clock.iso())
+        if last is not None and asyncio.get_running_loop().time() - last < min(self.TOUCH_EVERY, self.retention / 2):
+            return True
+        if not await self.db.write(_touch, document_id, etag, clock.iso()):
+            self._touched.pop((document_id, etag), None)
+            return False
         self._mark_touched(document_id, etag)
+        return True
 
     async def rebuild(self, document_id: str, etag: str, client_id: int | None = None) -> Doc | None:
         """A Doc (editing as `client_id`, when given) holding exactly the state served under
@@ -282,8 +291,10 @@ class States:
         return deleted
 
 
-def _touch(tx: Tx, document_id: str, etag: str, now: str) -> None:
-    tx.execute("UPDATE content_states SET served_at = ? WHERE document_id = ? AND etag = ?", (now, document_id, etag))
+def _touch(tx: Tx, document_id: str, etag: str, now: str) -> bool:
+    # a row still present is rebuildable (collection never keeps a row without its chain base)
+    return tx.execute("UPDATE content_states SET served_at = ? WHERE document_id = ? AND etag = ?",
+                      (now, document_id, etag)).rowcount > 0
 
 
 def _insert_state(tx: Tx, document_id: str, seq: int, etag: str, full: bool, sv: bytes, data: bytes, now: str) -> None:
@@ -343,18 +354,20 @@ class YjsContent:
         for row in rows[-100000:]:
             self.note_head(row["document_id"], row["etag"])
 
-    def etag(self, doc: Any) -> str:
-        """The ETag shown in document metadata (synchronous): the live state's when the room is
-        loaded, else the last known projection's; the content revision when neither is known."""
-        from mdsync.documents.content import revision_etag
-        if doc["content_model"] == "text":
-            room = self.rooms.loaded(doc["id"])
-            if room is not None:
-                return quote(state_etag(room.doc))
-            head = self.heads.get(doc["id"])
-            if head is not None:
-                return quote(head)
-        return revision_etag(doc["id"], doc["seq"])
+    async def etag(self, doc: Any) -> str:
+        """The ETag shown in document metadata: the one `read` would answer now, its state
+        retained like every served state, so an If-Match on it merges (one scheme for both
+        routes). Without reading the markdown when the live room or a retained head knows it."""
+        if doc["content_model"] != "text":
+            return await self.fallback.etag(doc)
+        document_id = doc["id"]
+        room = self.rooms.loaded(document_id)
+        if room is not None:
+            return (await self._serve(room))[1]
+        head = self.heads.get(document_id)
+        if head is not None and await self.states.touch(document_id, head):
+            return quote(head)
+        return (await self.read(doc))[1]
 
     async def read(self, doc: Any) -> tuple[str, str]:
         if doc["content_model"] != "text":
@@ -365,13 +378,32 @@ class YjsContent:
             stored = await self._exact_projection(document_id)
             if stored is not None:
                 markdown, etag = stored
-                await self.states.touch(document_id, etag)
-                return markdown, quote(etag)
+                if await self.states.touch(document_id, etag):
+                    return markdown, quote(etag)
+            elif (seeded := await self._serve_seed(document_id)) is not None:
+                return seeded
         async with self.rooms.use(document_id) as room:
             return await self._serve(room)
 
     async def _serve(self, room: Room) -> tuple[str, str]:
         text, etag = await self.states.serve(room.document_id, room.doc, room.size)
+        return text, quote(etag)
+
+    async def _serve_seed(self, document_id: str) -> tuple[str, str] | None:
+        """A document that has no CRDT state yet (never opened) holds exactly the deterministic
+        seed of its markdown (room.seed_update), the state its room will load: serve that state
+        without loading the room. None when the document has CRDT state."""
+        markdown = await self.db.value(
+            "SELECT markdown FROM documents d WHERE id = ?1 AND content_model = 'text'"
+            " AND NOT EXISTS (SELECT 1 FROM doc_snapshots WHERE document_id = ?1)"
+            " AND NOT EXISTS (SELECT 1 FROM doc_updates WHERE document_id = ?1)", (document_id,))
+        if markdown is None:
+            return None
+        seed = Doc()
+        seed.apply_update(seed_update(markdown))
+        text, etag = await self.states.serve(document_id, seed, len(markdown))
+        if self.rooms.loaded(document_id) is None and document_id not in self.heads:
+            self.note_head(document_id, etag)  # its projection (the markdown) is exactly that state
         return text, quote(etag)
 
     async def _exact_projection(self, document_id: str) -> tuple[str, str] | None:

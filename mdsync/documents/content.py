@@ -1,8 +1,13 @@
 """Where a document's content lives, behind one small interface.
 
 `app[CONTENT]` holds the backend every content route (and template copying) goes through:
-`read(doc) -> (markdown, etag)` and `write(doc, markdown, if_match, access) -> (markdown, etag)`.
-`doc` is a document row (the columns of `access.DOC_COLUMNS`: id, workspace_id, seq, ...).
+`read(doc) -> (markdown, etag)`, `write(doc, markdown, if_match, access) -> (markdown, etag)` and
+`etag(doc)`, the ETag shown in document metadata. `doc` is a document row (the columns of
+`access.DOC_COLUMNS`: id, workspace_id, seq, ...).
+
+One ETag scheme per document, whichever route hands it out: `etag(doc)` is the ETag `read(doc)`
+would answer at that moment, and an `If-Match` on it is honoured by `write` exactly as one from
+`read` (docs/api.md, "Document content").
 
 `TextContent`, the simple backend here, keeps the markdown in `documents.markdown`; its ETag is
 the content revision (`documents.seq`), so a stale `If-Match` is 412. The collaboration feature
@@ -33,17 +38,13 @@ class ContentBackend(Protocol):
         """Replace the content with `markdown` (based on the state served as `if_match`, when
         given) and answer the resulting (markdown, etag)."""
 
+    async def etag(self, doc: Any) -> str:
+        """The ETag `read(doc)` would answer now (for document metadata), as good for If-Match."""
+
 
 def revision_etag(doc_id: str, seq: int) -> str:
     """The ETag of content revision `seq` (quoted, as HTTP wants it)."""
     return f'"{doc_id[:8]}.{seq}"'
-
-
-def etag_of(backend: Any, doc: Any) -> str:
-    """The ETag shown in document metadata: the backend's own `etag(doc)` when it has one,
-    else the content revision."""
-    custom = getattr(backend, "etag", None)
-    return custom(doc) if custom is not None else revision_etag(doc["id"], doc["seq"])
 
 
 def etag_matches(if_match: str | None, current: str) -> bool:
@@ -81,6 +82,9 @@ class TextContent:
         if row is None:
             raise NotFound("no such document")
         return row["markdown"], revision_etag(doc["id"], row["seq"])
+
+    async def etag(self, doc: Any) -> str:
+        return revision_etag(doc["id"], doc["seq"])
 
     async def write(self, doc: Any, markdown: str, if_match: str | None, access: Any) -> tuple[str, str]:
         doc_id = doc["id"]

@@ -76,7 +76,9 @@ async def _list(request: web.Request, kind: str | None, folder_id: str | None = 
     p = page(request)
     docs = _docs(request)
     rows = await docs.list_documents(access.workspace_id, p.after, p.fetch_limit(), kind, folder_id)
-    return web.json_response(p.result(rows, key=lambda r: [r["created_at"], r["id"]], shape=docs.document_json))
+    result = p.result(rows, key=lambda r: [r["created_at"], r["id"]])
+    result["items"] = await docs.documents_json(result["items"])
+    return web.json_response(result)
 
 
 @routes.get("/api/v1/workspaces/{ws}/documents", "Documents of a workspace (not in the trash)",
@@ -111,7 +113,7 @@ async def create_document(request: web.Request, body: m.DocumentIn) -> web.Respo
 @routes.get("/api/v1/documents/{doc}", "A document's metadata (also in the trash)", response=m.DocumentOut)
 async def get_document(request: web.Request) -> web.Response:
     access = await require(request, "viewer", document_id=request.match_info["doc"], trashed=True, share=True)
-    return web.json_response(_docs(request).document_json(access.document))
+    return web.json_response(await _docs(request).document_json(access.document))
 
 
 @routes.patch("/api/v1/documents/{doc}", "Rename, move, reorder or change the kind of a document (editor)",
@@ -148,7 +150,9 @@ async def trash(request: web.Request, query: m.PageQuery) -> web.Response:
     p = page(request)
     docs = _docs(request)
     rows = await docs.list_trash(access.workspace_id, p.after, p.fetch_limit())
-    return web.json_response(p.result(rows, key=lambda r: [r["deleted_at"], r["id"]], shape=docs.document_json))
+    result = p.result(rows, key=lambda r: [r["deleted_at"], r["id"]])
+    result["items"] = await docs.documents_json(result["items"])
+    return web.json_response(result)
 
 
 # -- grants --------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from mdsync import audit, clock
 from mdsync.api.errors import Conflict, NotFound, TooLarge, ValidationFailed
 from mdsync.appkeys import SETTINGS
 from mdsync.db import Database, Tx
-from mdsync.documents.content import CONTENT, etag_of
+from mdsync.documents.content import CONTENT
 from mdsync.sync import changes
 from mdsync.workspaces.access import DOC_COLUMNS, Access
 from mdsync.workspaces.service import WORKSPACES, keyset, new_id
@@ -56,12 +56,22 @@ class Documents:
     def _notify(self, tx: Tx, workspace_id: str, document_id: str | None) -> None:
         self.app[WORKSPACES].access_changed(tx, workspace_id, None, document_id)
 
-    def document_json(self, row) -> dict:
+    async def document_json(self, row) -> dict:
+        """A document's metadata; its `etag` is the content backend's (the one GET …/content
+        answers, good for If-Match on PUT …/content)."""
+        return self._shape(row, await self.app[CONTENT].etag(row))
+
+    async def documents_json(self, rows: list[Any]) -> list[dict]:
+        content = self.app[CONTENT]
+        return [self._shape(row, await content.etag(row)) for row in rows]
+
+    @staticmethod
+    def _shape(row, etag: str) -> dict:
         return {"id": row["id"], "workspace_id": row["workspace_id"], "folder_id": row["folder_id"],
                 "title": row["title"], "kind": row["kind"], "content_model": row["content_model"],
                 "position": row["position"], "created_by": row["created_by"], "created_at": row["created_at"],
                 "updated_at": row["updated_at"], "deleted_at": row["deleted_at"], "size": row["size"],
-                "etag": etag_of(self.app[CONTENT], row)}
+                "etag": etag}
 
     # -- shared checks (inside a Tx) -------------------------------------------------------
     @staticmethod
@@ -184,7 +194,7 @@ class Documents:
             changes.record(tx, ws, "document", doc_id, "upsert")
             return tx.one(f"SELECT {DOC_FIELDS} FROM documents WHERE id = ?", (doc_id,))
 
-        return self.document_json(await self.db.write(create))
+        return await self.document_json(await self.db.write(create))
 
     async def list_documents(self, workspace_id: str, after, limit: int, kind: str | None,
                              folder_id: str | None) -> list[Any]:
@@ -227,7 +237,7 @@ class Documents:
             changes.record(tx, ws, "document", doc_id, "upsert")
             return tx.one(f"SELECT {DOC_FIELDS} FROM documents WHERE id = ?", (doc_id,))
 
-        return self.document_json(await self.db.write(update))
+        return await self.document_json(await self.db.write(update))
 
     async def trash(self, access: Access) -> None:
         ws, doc_id = access.workspace_id, access.document_id
@@ -269,7 +279,7 @@ class Documents:
                              target_id=doc_id, workspace_id=ws)
             return tx.one(f"SELECT {DOC_FIELDS} FROM documents WHERE id = ?", (doc_id,))
 
-        return self.document_json(await self.db.write(restore))
+        return await self.document_json(await self.db.write(restore))
 
     async def purge(self, access: Access) -> None:
         ws, doc_id = access.workspace_id, access.document_id

@@ -122,7 +122,7 @@ async def restore(request: web.Request) -> web.Response:
     access = await require(request, "editor", document_id=row["document_id"])
     await _versions(request).restore(access, row["id"], request.headers.get("If-Match"))
     fresh = await resolve(request.app[DB], access.user_id, document_id=access.document_id)
-    return web.json_response(request.app[DOCUMENTS].document_json(fresh.document))
+    return web.json_response(await request.app[DOCUMENTS].document_json(fresh.document))
 
 
 def install(app: web.Application, settings: Settings) -> Versions:
