@@ -72,7 +72,17 @@ class Routes:
 
     def register(self, app: web.Application) -> None:
         for spec in self.specs:
-            app.router.add_route(spec.method, spec.path, _wrap(spec))
+            handler = _wrap(spec)
+            app.router.add_route(spec.method, spec.path, handler)
+            if spec.method == "GET":
+                # HTTP semantics: HEAD is GET without a body (aiohttp leaves out a Response's
+                # body; handlers that stream check `is_head` and end after the headers)
+                app.router.add_route("HEAD", spec.path, handler)
+
+
+def is_head(request: web.BaseRequest) -> bool:
+    """A HEAD request on a GET route: answer its status and headers, write no body, wait for nothing."""
+    return request.method == "HEAD"
 
 
 def _wrap(spec: RouteSpec) -> Handler:

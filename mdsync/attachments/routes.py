@@ -19,7 +19,7 @@ from aiohttp import web
 from mdsync.api.errors import Forbidden, NotFound, TooLarge, Unauthenticated, UnsupportedMediaType, ValidationFailed
 from mdsync.api.models import Body, Out
 from mdsync.api.pagination import page
-from mdsync.api.routing import PRINCIPAL, Routes
+from mdsync.api.routing import PRINCIPAL, Routes, is_head
 from mdsync.appkeys import DB, READINESS, SETTINGS
 from mdsync.attachments import sniff as sniffing
 from mdsync.attachments.service import ATTACHMENTS, Attachments
@@ -221,7 +221,7 @@ async def _send(request: web.Request, svc: Attachments, row) -> web.StreamRespon
         response.headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     response.content_length = end - start + 1 if size else 0
     await response.prepare(request)
-    if size:
+    if size and not is_head(request):
         async for chunk in svc.storage.open(row["storage_key"], start, end):
             await response.write(chunk)
     await response.write_eof()

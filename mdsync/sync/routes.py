@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from mdsync import clock
 from mdsync.api.models import Out
 from mdsync.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from mdsync.api.routing import PRINCIPAL, Routes
+from mdsync.api.routing import PRINCIPAL, Routes, is_head
 from mdsync.auth.service import AuthService
 from mdsync.db import Database
 from mdsync.ops.metrics import METRICS
@@ -106,7 +106,7 @@ def _token_lifetime(principal) -> float | None:
             query=ChangesQuery, response=ChangesOut)
 async def list_changes(request: web.Request, query: ChangesQuery) -> web.Response:
     principal = request[PRINCIPAL]
-    wait = query.wait or 0.0
+    wait = 0.0 if is_head(request) else query.wait or 0.0
     lifetime = _token_lifetime(principal)
     if lifetime is not None:
         wait = min(wait, lifetime)  # a long-poll answers when its token expires, at the latest
@@ -132,6 +132,9 @@ async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse
         "X-Accel-Buffering": "no",      # proxies must not hold events back
     })
     await response.prepare(request)
+    if is_head(request):
+        await response.write_eof()
+        return response
     alive = _alive(request)
     pages = feed.stream(principal.user_id, _credential(principal), since, MAX_LIMIT, alive=alive,
                         lifetime=_token_lifetime(principal))

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from mdsync import audit
 from mdsync.api.errors import TooLarge, UnsupportedMediaType, ValidationFailed
 from mdsync.api.models import Out
-from mdsync.api.routing import Routes
+from mdsync.api.routing import Routes, is_head
 from mdsync.appkeys import DB, SETTINGS
 from mdsync.attachments.service import ATTACHMENTS
 from mdsync.db import Tx
@@ -59,18 +59,22 @@ async def export_workspace(request: web.Request) -> web.StreamResponse:
     access = await require(request, "admin", workspace_id=request.match_info["ws"])
     db = request.app[DB]
     slug = await db.value("SELECT slug FROM workspaces WHERE id = ?", (access.workspace_id,))
-
-    def record(tx: Tx) -> None:
-        audit.record(tx, "workspace.export", actor_id=access.user_id, target_type="workspace",
-                     target_id=access.workspace_id, workspace_id=access.workspace_id)
-
-    await db.write(record)
     response = web.StreamResponse(headers={
         "Content-Type": "application/zip",
         "Content-Disposition": f'attachment; filename="{_filename(slug or "")}-export.zip"',
         "Cache-Control": "no-store",
         "X-Content-Type-Options": "nosniff",
     })
+    if is_head(request):  # the headers only: nothing is exported, nothing audited
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+
+    def record(tx: Tx) -> None:
+        audit.record(tx, "workspace.export", actor_id=access.user_id, target_type="workspace",
+                     target_id=access.workspace_id, workspace_id=access.workspace_id)
+
+    await db.write(record)
     await response.prepare(request)
     try:
         await export.stream_export(response.write, db.path, access.workspace_id, request.app[CONTENT],
