@@ -14,6 +14,8 @@ from mdsync.auth import routes as auth_routes
 from mdsync.auth.service import AuthService
 from mdsync.collab import routes as collab_routes
 from mdsync.collab import http_routes as collab_http
+from mdsync import comments
+from mdsync.comments import routes as comment_routes
 from mdsync.config import Settings, ensure_secret
 from mdsync.db import Database
 from mdsync.ops import backup as ops_backup
@@ -60,6 +62,7 @@ def create_app(settings: Settings) -> web.Application:
     app[DOCUMENTS] = Documents(app, db)
     app[SHARING] = Sharing(app, db, settings.public_url)
     attachment_routes.install(app)  # after documents, sharing and workspaces: it hooks into them
+    comments.install(app, settings)
 
     tables = [health.routes, ops_metrics.routes, auth_routes.routes, sync_routes.routes, collab_routes.routes,
               workspace_routes.routes, document_routes.routes, content_routes.routes,
@@ -67,6 +70,7 @@ def create_app(settings: Settings) -> web.Application:
     tables.append(versions_routes.routes)
     tables.append(collab_http.routes)
     tables.append(attachment_routes.routes)
+    tables.append(comment_routes.routes)
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables

@@ -245,6 +245,27 @@ async def fresh_attachment(w: World, caller: str) -> dict:
     return {"attachment": body["id"], "signed": body["url"].split("?", 1)[1]}
 
 
+async def commenter_link(w: World, caller: str) -> dict:
+    return {"token": (await share(w.client, w.people["owner"], w.doc, role="commenter"))["token"]}
+
+
+async def owners_comment(w: World, caller: str) -> dict:
+    resp = await w.client.post(f"{D}/{w.doc}/comments", json={"body": "The owner's"}, headers=w.people["owner"].headers)
+    assert resp.status == 201, await resp.text()
+    return {"comment": (await resp.json())["id"]}
+
+
+async def own_comment(w: World, caller: str) -> dict:
+    """A comment written by the caller: members who may comment write it themselves, the share
+    caller through a commenter link (which it then presents); others get the owner's."""
+    link = await commenter_link(w, caller)
+    author = w.people[caller] if caller in ("owner", "admin", "editor", "commenter", "share") else w.people["owner"]
+    headers = {**author.headers, "X-Mdsync-Share": link["token"]} if caller == "share" else author.headers
+    resp = await w.client.post(f"{D}/{w.doc}/comments", json={"body": "Mine"}, headers=headers)
+    assert resp.status == 201, await resp.text()
+    return {"comment": (await resp.json())["id"], **link}
+
+
 # -- the matrix ------------------------------------------------------------------------------------
 #                 owner admin editor commenter viewer nonmember share anonymous
 MEMBERS_READ = "200 200 200 200 200 404 404 401"
@@ -353,6 +374,24 @@ ROWS: list[Row] = [
         label="signed url"),
     Row("GET", D + "/{doc}/attachments", "200 200 200 200 200 404 403 401"),
     Row("DELETE", C + "/attachments/{attachment}", "204 204 204 403 403 404 404 401", setup=fresh_attachment),
+    # comments: members and share links read; commenters and up write (a viewer link: 403)
+    Row("GET", D + "/{doc}/comments", DOC_READ),
+    Row("POST", D + "/{doc}/comments", "201 201 201 201 403 404 403 401", body={"body": "Looks good"}),
+    # a commenter link, presented by every caller (?share=): signed-in holders comment, anonymous never;
+    # a member keeps their own role
+    Row("POST", D + "/{doc}/comments", "201 201 201 201 403 201 201 401", query="?share={token}",
+        body={"body": "Via the link"}, setup=commenter_link, label="commenter share link"),
+    Row("GET", C + "/comments/{comment}", DOC_READ, setup=owners_comment),
+    # the owner's comment: only its author edits it; admins and up delete it
+    Row("PATCH", C + "/comments/{comment}", "200 403 403 403 403 404 403 401", body={"body": "Edited"},
+        setup=owners_comment),
+    Row("PATCH", C + "/comments/{comment}", "200 200 200 200 403 404 200 401", body={"body": "Edited"},
+        setup=own_comment, label="own comment"),
+    Row("DELETE", C + "/comments/{comment}", "204 204 403 403 403 404 403 401", setup=owners_comment),
+    Row("DELETE", C + "/comments/{comment}", "204 204 204 204 403 404 204 401", setup=own_comment,
+        label="own comment"),
+    Row("POST", C + "/comments/{comment}/resolve", "200 200 200 200 403 404 403 401", setup=owners_comment),
+    Row("POST", C + "/comments/{comment}/reopen", "200 200 200 200 403 404 403 401", setup=owners_comment),
     # export / import: admin and up
     Row("GET", W + "/{ws}/export", ADMIN_WRITE),
     Row("POST", W + "/{ws}/import", ADMIN_WRITE, raw=_IMPORT_ZIP, content_type="application/zip"),

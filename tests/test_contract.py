@@ -112,6 +112,9 @@ class World:
         if name == "token":
             return (await self.ok("POST", f"/api/v1/documents/{self.ids['doc']}/share-links", 201,
                                   json={"role": "viewer"}))["token"]
+        if name == "comment":
+            return (await self.ok("POST", f"/api/v1/documents/{self.ids['doc']}/comments", 201,
+                                  json={"body": f"Comment {tag}"}))["id"]
         if name == "attachment":
             return (await self.ok("POST", f"/api/v1/workspaces/{ws}/attachments", 201, data=b"attached bytes",
                                   params={"filename": f"a-{tag}.txt", "document_id": self.ids["doc"]},
@@ -149,6 +152,9 @@ async def build_world(client, label: str = "A") -> World:
     w.ids["session_id"] = await w.fresh("session_id")
     if any("{attachment}" in spec.path for spec in specs_of(client)):  # once the attachments feature is in
         w.ids["attachment"] = await w.fresh("attachment")
+    w.texts.append(f"Comment {tag}")
+    w.ids["comment"] = (await w.ok("POST", f"/api/v1/documents/{doc['id']}/comments", 201,
+                                   json={"body": w.texts[-1]}))["id"]
     await w.ok("PUT", f"/api/v1/documents/{doc['id']}/grants/{w.member.id}", 200, json={"role": "viewer"})
     await settle(client)
     return w
@@ -205,6 +211,8 @@ def valid_body(world: World, spec: RouteSpec) -> dict:
         ("PUT", "/api/v1/documents/{doc}/grants/{user}"): {"role": "commenter"},
         ("POST", "/api/v1/documents/{doc}/share-links"): {"role": "viewer"},
         ("POST", "/api/v1/documents/{doc}/versions"): {"label": f"Version {tag}"},
+        ("POST", "/api/v1/documents/{doc}/comments"): {"body": f"Comment {tag}"},
+        ("PATCH", "/api/v1/comments/{comment}"): {"body": f"Edited {tag}"},
         # a raw-body route: a JSON body is stored as the file's bytes (named "file")
         ("POST", "/api/v1/workspaces/{ws}/attachments"): {"note": f"attached {tag}"},
     }
@@ -312,6 +320,8 @@ async def populate(world: World, spec: RouteSpec, n: int) -> None:
             await world.fresh("version")
         elif path == "/api/v1/documents/{doc}/attachments":
             await world.fresh("attachment")
+        elif path == "/api/v1/documents/{doc}/comments":
+            await world.fresh("comment")
         else:
             raise AssertionError(f"GET {path} is a list: teach populate() how to fill it")
 

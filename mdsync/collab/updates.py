@@ -5,6 +5,11 @@ dependencies have not arrived), and `get_state(update)` only reports clients who
 at clock 0. Compaction uses `struct_ends` to find logged updates the document has not fully
 integrated and carries them over instead of losing them.
 
+`ascii_shadow` rewrites an update with every string replaced by as many `x` as it has UTF-16
+code units, items, ids and origins unchanged: a Doc built from it has the same structure with
+UTF-8 bytes = UTF-16 units, which is how positions.py gets Yjs-compatible relative positions out
+of pycrdt (whose text offsets are bytes).
+
 The format (y-protocols/Yjs `writeClientsStructs`): varuint client count; per client: varuint
 struct count, varuint client id, varuint first clock, then the structs (GC, Skip, or an Item:
 info byte, origins or parent, content). Content lengths count UTF-16 code units for strings.
@@ -12,7 +17,7 @@ info byte, origins or parent, content). Content lengths count UTF-16 code units 
 
 from __future__ import annotations
 
-from mdsync.collab.protocol import ProtocolError, read_varuint
+from mdsync.collab.protocol import ProtocolError, read_varuint, varuint
 
 
 class _Reader:
@@ -153,3 +158,44 @@ def struct_ends(update: bytes) -> dict[int, int]:
         if end is not None:
             ends[client] = max(end, ends.get(client, 0))
     return ends
+
+
+def ascii_shadow(update: bytes) -> bytes:
+    """`update` with the text of every string item replaced by `x` × its UTF-16 length (the
+    length Yjs counts clocks in); everything else byte for byte. Raises ProtocolError when it
+    does not parse."""
+    r = _Reader(update)
+    out = bytearray()
+    copied = 0
+    for _ in range(r.uint()):
+        count = r.uint()
+        r.uint()                               # client
+        r.uint()                               # first clock
+        for _ in range(count):
+            info = r.byte()
+            ref = info & 0x1F
+            if ref == 0 or ref == 10:          # GC or Skip
+                r.uint()
+                continue
+            if info & 0x80:
+                r.uint(); r.uint()
+            if info & 0x40:
+                r.uint(); r.uint()
+            if not info & 0xC0:
+                if r.uint() == 1:
+                    r.bytes_()
+                else:
+                    r.uint(); r.uint()
+                if info & 0x20:
+                    r.bytes_()
+            if ref != 4:
+                _content_length(r, ref)
+                continue
+            start = r.pos
+            units = len(r.string().encode("utf-16-le", "surrogatepass")) // 2
+            out += update[copied:start]
+            out += varuint(units)
+            out += b"x" * units
+            copied = r.pos
+    out += update[copied:]  # the delete set
+    return bytes(out)
