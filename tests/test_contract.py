@@ -718,11 +718,18 @@ async def test_malformed_multipart_bodies_are_4xx_problems_on_every_body_route(c
     routes = [s for s in specs_of(client) if s.body is not None or s.raw_body is not None]
     for spec in routes:
         for ctype, data in MALFORMED_FORMS:
-            before = snapshot(client)
-            resp = await world.call(spec.method, fill(spec.path, world.ids), data=data,
-                                    headers={**world.owner.headers, "Content-Type": ctype})
-            text = await resp.text()
-            assert 400 <= resp.status < 500, f"{spec.method} {spec.path} [{data[:30]!r}]: {resp.status} {text[:300]}"
-            await problem(resp, resp.status)
-            assert diff(before, snapshot(client)) == {}, spec.path
+            for attempt in (1, 2):
+                before = snapshot(client)
+                resp = await world.call(spec.method, fill(spec.path, world.ids), data=data,
+                                        headers={**world.owner.headers, "Content-Type": ctype})
+                text = await resp.text()
+                assert 400 <= resp.status < 500, f"{spec.method} {spec.path} [{data[:30]!r}]: {resp.status} {text[:300]}"
+                await problem(resp, resp.status)
+                changed = diff(before, snapshot(client))
+                if not changed:
+                    break
+                # a room an earlier route opened (POST …/yjs loads it before reading the update) may
+                # have closed meanwhile and stored its projection: once more, after the quiet
+                await settle(client)
+            assert changed == {}, spec.path
     assert (await client.get("/healthz")).status == 200
