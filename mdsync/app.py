@@ -21,7 +21,7 @@ from mdsync.db import Database
 from mdsync.ops import backup as ops_backup
 from mdsync.documents import content_routes
 from mdsync.documents import routes as document_routes
-from mdsync.documents.content import CONTENT, TextContent
+from mdsync.documents.content import CONTENT, ContentModels, StoredMarkdown
 from mdsync.documents.service import DOCUMENTS, Documents
 from mdsync.documents.sharing import SHARING, Sharing
 from mdsync.ops import health
@@ -58,7 +58,6 @@ def create_app(settings: Settings) -> web.Application:
     app[WORKSPACES] = workspaces
     app[workspace_routes.INVITATIONS] = Invitations(db, workspaces, settings.public_url)
     auth.accept_invitation = registration_hook
-    app[CONTENT] = TextContent(db)  # the collaboration feature replaces it with its Yjs backend
     app[DOCUMENTS] = Documents(app, db)
     app[SHARING] = Sharing(app, db, settings.public_url)
     attachment_routes.install(app)  # after documents, sharing and workspaces: it hooks into them
@@ -93,7 +92,9 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(workspace_purger)
     collab_routes.install(app, settings, db, auth)
-    collab_http.install(app, settings, db)  # after collab: the Yjs content backend and projection
+    # the content backend of each content model (documents/content.py), after the room manager
+    app[CONTENT] = ContentModels({"text": collab_http.text_content(app, settings, db),
+                                  "tiptap": StoredMarkdown(db)})
     versions_routes.install(app, settings)  # after collab: it listens to the rooms
     sync_routes.install(app, db, auth)  # after the database: the feed starts once it is open
     return app

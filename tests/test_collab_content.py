@@ -15,7 +15,8 @@ from pycrdt import Doc, Text
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.collab import store
-from mdsync.collab.content import apply_text_diff, state_etag, text_ops
+from mdsync.collab.etags import state_etag
+from mdsync.collab.text_ops import apply_text_diff, text_ops
 from mdsync.collab.http_routes import STATES
 from mdsync.collab.rooms import ROOMS
 from tests.collab_helpers import YClient, eventually

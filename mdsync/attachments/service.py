@@ -29,7 +29,7 @@ from mdsync.attachments import sniff as sniffing
 from mdsync.attachments.signing import Signer
 from mdsync.attachments.storage import Storage, incoming_dir
 from mdsync.config import Settings
-from mdsync.db import Database, Tx
+from mdsync.db import Database, Tx, new_id
 from mdsync.sync import changes
 
 log = logging.getLogger("mdsync.attachments")
@@ -93,7 +93,7 @@ class Attachments:
 
     async def store(self, spooled: Spooled, name: str) -> dict:
         """Put a spooled file into storage under a new id (no row yet): the fields of its row."""
-        attachment_id = str(uuid.uuid4())
+        attachment_id = new_id()
         name = reduce_name(name)
         try:
             await self.storage.put(attachment_id, spooled.path)

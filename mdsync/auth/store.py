@@ -10,8 +10,8 @@ import json
 import sqlite3
 
 from mdsync import clock
-from mdsync.auth.tokens import digest, new_id
-from mdsync.db import Database, Tx
+from mdsync.auth.tokens import digest
+from mdsync.db import Database, Tx, new_id
 
 USER_COLUMNS = "id, email, name, is_admin, disabled_at, created_at, password_hash"
 

@@ -17,11 +17,6 @@ PAT_PREFIX = "mds_"
 REFRESH_PREFIX = "mdr_"
 
 
-def new_id() -> str:
-    import uuid
-    return str(uuid.uuid4())
-
-
 def opaque(prefix: str = "") -> str:
     return prefix + secrets.token_urlsafe(32)
 

@@ -1,6 +1,6 @@
 """HTTP routes of collaboration beside the socket: Yjs over HTTP (state vector in, missing update
-out; update in) and presence; `install` puts the Yjs content backend (content.py) at
-`app[CONTENT]` and wires the markdown projection (projection.py) into the room manager.
+out; update in) and presence; `text_content` builds the Yjs content backend of content model
+`text` (content.py) and wires its markdown projection (projection.py) into the room manager.
 
 Every route goes through the live room (`rooms.use`), so what HTTP clients read and write is
 what socket clients see, at once.
@@ -21,13 +21,13 @@ from mdsync.api.models import Out
 from mdsync.api.routing import Routes, read_body
 from mdsync.appkeys import SETTINGS
 from mdsync.api.models import Body
-from mdsync.collab.content import States, YjsContent
-from mdsync.collab.projection import Projector
+from mdsync.collab.content import YjsTextContent
+from mdsync.collab.projection import Heads, Projector
 from mdsync.collab.room import DocumentTooLarge
 from mdsync.collab.rooms import ROOMS
+from mdsync.collab.states import States
 from mdsync.config import Settings
 from mdsync.db import Database
-from mdsync.documents.content import CONTENT
 from mdsync.workspaces.access import require
 
 log = logging.getLogger("mdsync.collab")
@@ -101,13 +101,15 @@ async def presence(request: web.Request) -> web.Response:
     return web.json_response({"items": items})
 
 
-def install(app: web.Application, settings: Settings, db: Database) -> None:
-    """After the room manager is installed: the Yjs content backend replaces the simple one (kept
-    for other content models), and the projection listens to every room."""
+def text_content(app: web.Application, settings: Settings, db: Database) -> YjsTextContent:
+    """The `ContentBackend` of content model `text` (app.py puts it in `app[CONTENT]`), with its
+    retained states and its markdown projection listening to every room. Call after the room
+    manager is installed."""
     from mdsync.ops.metrics import METRICS
 
     rooms = app[ROOMS]
     states = States(db, settings.sync.etag_retention_days * 86400)
+    heads = Heads(db)
     metrics = app.get(METRICS)
     writes = metrics.counter("mdsync_content_writes_total",
                              "REST content writes on Yjs documents: applied as a diff, merged from a stale"
@@ -115,11 +117,10 @@ def install(app: web.Application, settings: Settings, db: Database) -> None:
     lag = metrics.histogram("mdsync_collab_projection_lag_seconds",
                             "Time from the first unprojected edit to its markdown projection being stored",
                             buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)) if metrics else None
-    content = YjsContent(db, rooms, states, fallback=app[CONTENT],
-                         on_result=(lambda kind: writes.labels(kind).inc()) if writes else None)
-    app[CONTENT] = content
+    content = YjsTextContent(db, rooms, states, heads,
+                             on_result=(lambda kind: writes.labels(kind).inc()) if writes else None)
     app[STATES] = states
-    projector = Projector(db, content, states, debounce=settings.collab.projection_debounce,
+    projector = Projector(db, "text", content, states, heads, debounce=settings.collab.projection_debounce,
                           max_delay=settings.collab.projection_max_delay,
                           observe_lag=lag.observe if lag else None)
     app[PROJECTOR] = projector
@@ -128,7 +129,7 @@ def install(app: web.Application, settings: Settings, db: Database) -> None:
     rooms.close_hooks.append(projector.on_close)
 
     async def collector(app: web.Application):
-        await content.load_heads()  # document metadata shows content ETags from the first request on
+        await heads.load()  # document metadata shows content ETags from the first request on
 
         async def sweep():
             while True:
@@ -146,3 +147,4 @@ def install(app: web.Application, settings: Settings, db: Database) -> None:
         await projector.flush()  # rooms closed at shutdown have stored theirs; anything left goes now
 
     app.cleanup_ctx.append(collector)
+    return content

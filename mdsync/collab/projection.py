@@ -1,6 +1,8 @@
-"""The markdown projection of content model `text`: Y.Text('markdown') copied into
+"""The markdown projection of a Yjs-backed content model: the markdown its backend derives from
+a room (`ContentBackend.room_markdown`; for `text`, Y.Text('markdown')) copied into
 documents.markdown (with size, updated_at, a content revision and a change-feed upsert, in one
-transaction) for REST reads, search, versions and export.
+transaction: `documents.content.store_markdown`) for REST reads, search, versions and export.
+One `Projector` per such content model; it ignores rooms of other models.
 
 When: an idle debounce after the last update (`collab.projection_debounce`), but never later than
 `collab.projection_max_delay` after the first update not yet projected, even while typing goes
@@ -12,22 +14,25 @@ when the wait is over and starts the work in a task. The work itself reads the t
 10 ms for a heavily edited 120 KB document, measured: no cheaper read exists in pycrdt, and the
 debounce bounds it to a few per second per document) and hands the write to the database writer.
 Along with the markdown, content_heads records the ETag and update-log seq it was made from, so
-REST reads of an unloaded document can tell whether the projection is exact (content.py).
+REST reads of an unloaded document can tell whether the projection is exact (content.py);
+`Heads` keeps those ETags in memory, so document metadata shows them without loading a room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mdsync import clock
-from mdsync.collab.content import States, YjsContent, state_etag
+from mdsync.collab.etags import state_etag
 from mdsync.collab.room import Room
+from mdsync.collab.states import States
 from mdsync.db import Database, Tx
-from mdsync.sync import changes
+from mdsync.documents.content import ContentBackend, store_markdown
 
 log = logging.getLogger("mdsync.collab.projection")
 
@@ -42,12 +47,43 @@ class _Dirty:
     waiters: list = field(default_factory=list)
 
 
-class Projector:
-    def __init__(self, db: Database, content: YjsContent, states: States, *, debounce: float, max_delay: float,
-                 observe_lag: Callable[[float], Any] | None = None):
+class Heads:
+    """document id -> the ETag of its stored projection, for the projections known to be exactly
+    their document's stored CRDT state (filled at startup, as projections are stored and read)."""
+
+    KEPT = 100000
+
+    def __init__(self, db: Database):
         self.db = db
-        self.content = content
+        self._etags: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, document_id: str) -> str | None:
+        return self._etags.get(document_id)
+
+    def note(self, document_id: str, etag: str) -> None:
+        self._etags[document_id] = etag
+        self._etags.move_to_end(document_id)
+        while len(self._etags) > self.KEPT:
+            self._etags.popitem(last=False)
+
+    async def load(self) -> None:
+        """At startup: the projections that are exactly their document's stored state."""
+        rows = await self.db.all(
+            "SELECT h.document_id, h.etag FROM content_heads h WHERE h.crdt_seq ="
+            " max(coalesce((SELECT seq FROM doc_snapshots s WHERE s.document_id = h.document_id), 0),"
+            "     coalesce((SELECT max(seq) FROM doc_updates u WHERE u.document_id = h.document_id), 0))")
+        for row in rows[-self.KEPT:]:
+            self.note(row["document_id"], row["etag"])
+
+
+class Projector:
+    def __init__(self, db: Database, model: str, backend: ContentBackend, states: States, heads: Heads, *,
+                 debounce: float, max_delay: float, observe_lag: Callable[[float], Any] | None = None):
+        self.db = db
+        self.model = model
+        self.backend = backend
         self.states = states
+        self.heads = heads
         self.debounce = debounce
         self.max_delay = max(max_delay, 0.0)
         self.observe_lag = observe_lag or (lambda seconds: None)
@@ -58,8 +94,8 @@ class Projector:
     # -- the hot path: RoomManager.update_listeners ----------------------------------------
     def on_update(self, room: Room, update: bytes, user_id: str | None) -> None:
         entry = self._dirty.get(room.document_id)
-        if entry is None and self._models.get(room.document_id, "text") != "text":
-            return  # a known TipTap document: nothing to project here
+        if entry is None and self._models.get(room.document_id, self.model) != self.model:
+            return  # a document of another content model: not projected here
         loop = asyncio.get_running_loop()
         now = loop.time()
         if entry is None:
@@ -99,12 +135,14 @@ class Projector:
 
     async def store(self, room: Room) -> None:
         """Store the room's markdown now (text, ETag and log seq read at one instant)."""
-        if not await self.is_text(room.document_id):
-            return  # other content models project their own way (a later stage)
-        text, etag, seq = room.text(), state_etag(room.doc), room.seq
+        if not await self.projects(room.document_id):
+            return
+        text, etag, seq = self.backend.room_markdown(room), state_etag(room.doc), room.seq
+        if text is None:
+            return
         stored = await self.db.write(store_projection, room.document_id, text, etag, seq, clock.iso())
         if stored:
-            self.content.note_head(room.document_id, etag)
+            self.heads.note(room.document_id, etag)
 
     async def project_now(self, room: Room) -> None:
         """Store the projection at once (after a REST write: the writer's next read of the tree,
@@ -128,7 +166,7 @@ class Projector:
             await asyncio.gather(running, return_exceptions=True)
         if room.manager.rooms.get(room.document_id) is not room:
             return
-        if not await self.is_text(room.document_id):
+        if not await self.projects(room.document_id):
             return
         try:
             await self.states.serve(room.document_id, room.doc, room.size)
@@ -138,7 +176,8 @@ class Projector:
         if entry is not None:
             self.observe_lag(asyncio.get_running_loop().time() - entry.since)
 
-    async def is_text(self, document_id: str) -> bool:
+    async def projects(self, document_id: str) -> bool:
+        """Whether the document is of this projector's content model."""
         model = self._models.get(document_id)
         if model is None:
             model = await self.db.value("SELECT content_model FROM documents WHERE id = ?", (document_id,))
@@ -147,7 +186,7 @@ class Projector:
             if len(self._models) > 100000:
                 self._models.clear()
             self._models[document_id] = model
-        return model == "text"
+        return model == self.model
 
     async def flush(self) -> None:
         """Store every pending projection now (tests, shutdown of the projector)."""
@@ -164,15 +203,11 @@ def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_se
     """Write the projection and its provenance. The markdown, its size, updated_at, the content
     revision and a change-feed upsert only change when the markdown did. False when the document
     is gone."""
-    row = tx.one("SELECT workspace_id, deleted_at, markdown = ? AS same FROM documents WHERE id = ?",
-                 (markdown, document_id))
+    row = tx.one("SELECT markdown = ? AS same FROM documents WHERE id = ?", (markdown, document_id))
     if row is None:
         return False
     if not row["same"]:
-        tx.execute("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ? WHERE id = ?",
-                   (markdown, len(markdown.encode("utf-8")), now, document_id))
-        if row["deleted_at"] is None:  # a trashed document keeps its text for a restore, silently
-            changes.record(tx, row["workspace_id"], "document", document_id, "upsert")
+        store_markdown(tx, document_id, markdown, trashed=True)
     tx.execute("INSERT INTO content_heads (document_id, etag, crdt_seq, updated_at) VALUES (?, ?, ?, ?)"
                " ON CONFLICT (document_id) DO UPDATE SET etag = excluded.etag, crdt_seq = excluded.crdt_seq,"
                " updated_at = excluded.updated_at", (document_id, etag, crdt_seq, now))

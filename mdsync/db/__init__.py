@@ -17,6 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,11 @@ PRAGMAS = (
 )
 MAX_BATCH = 2000
 _STOP = object()
+
+
+def new_id() -> str:
+    """A new row id (a random UUID, as text): every table's ids are made here."""
+    return str(uuid.uuid4())
 
 
 def connect(path: Path | str, *, autocheckpoint: bool = True) -> sqlite3.Connection:

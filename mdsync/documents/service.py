@@ -22,11 +22,11 @@ from aiohttp import web
 from mdsync import audit, clock
 from mdsync.api.errors import Conflict, NotFound, TooLarge, ValidationFailed
 from mdsync.appkeys import SETTINGS
-from mdsync.db import Database, Tx
+from mdsync.db import Database, Tx, new_id
 from mdsync.documents.content import CONTENT
 from mdsync.sync import changes
 from mdsync.workspaces.access import DOC_COLUMNS, Access
-from mdsync.workspaces.service import WORKSPACES, keyset, new_id
+from mdsync.workspaces.service import WORKSPACES, keyset
 
 DOC_FIELDS = DOC_COLUMNS.replace("d.", "")
 TREE_CACHE_ENTRIES = 16  # trees kept in memory (a 10 000-document tree is ~2 MB)
@@ -175,7 +175,7 @@ class Documents:
                                          " AND deleted_at IS NULL", (template_id, ws))
             if template is None:
                 raise ValidationFailed.field("template_id", "no such document in this workspace")
-            source, _ = await self.app[CONTENT].read(template)
+            source = await self.app[CONTENT].markdown(template)
             markdown = _fill_template(source, title, author_name)
         markdown = markdown or ""
         limit = self.app[SETTINGS].limits.max_document_bytes

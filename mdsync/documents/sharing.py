@@ -17,10 +17,10 @@ from aiohttp import web
 from mdsync import audit, clock
 from mdsync.api.errors import Forbidden, NotFound
 from mdsync.auth.tokens import digest, opaque
-from mdsync.db import Database, Tx
+from mdsync.db import Database, Tx, new_id
 from mdsync.sync import changes
 from mdsync.workspaces.access import RANK, Access
-from mdsync.workspaces.service import WORKSPACES, keyset, new_id
+from mdsync.workspaces.service import WORKSPACES, keyset
 
 SHARE_PREFIX = "mdl_"
 

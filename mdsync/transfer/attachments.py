@@ -27,6 +27,7 @@ from typing import Any
 from mdsync.attachments import sniff as sniffing
 from mdsync.attachments.service import Attachments, reduce_name
 from mdsync.attachments.storage import incoming_dir
+from mdsync.db import new_id
 from mdsync.transfer import archive
 from mdsync.transfer.sources import Entry, ImportRefused
 
@@ -82,7 +83,7 @@ async def store(plan: Any, source, service: Attachments) -> dict[str, dict]:
                     and await service.db.value("SELECT 1 FROM attachments WHERE id = ?", (wanted,)) is None):
                 attachment_id = wanted
             else:
-                attachment_id = str(uuid.uuid4())
+                attachment_id = new_id()
             taken.add(attachment_id)
             key = str(uuid.uuid4())
             try:

@@ -9,7 +9,7 @@ by a second pass over the same snapshot.
 
 `stream_export` runs it for the HTTP route: the zip goes to the response chunk by chunk through
 a small bounded pipe (the thread waits when the client reads slowly), and the markdown comes
-from the app's content backend on the event loop (`app[CONTENT].read`, live text when a room is
+from the app's content backend on the event loop (`app[CONTENT].markdown`, live text when a room is
 loaded), a few documents ahead of the writer. `mdsync export` runs it with `stored_reader`,
 which reads what the database holds (the Yjs state where there is one).
 
@@ -320,8 +320,8 @@ def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
 def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Connection,
                 stop: threading.Event) -> MarkdownReader:
     """In the export thread: the markdown of each document that has Yjs state comes from the
-    content backend on the event loop (`content.markdown(doc)` if it has one, else
-    `content.read(doc)`: the live text when its room is loaded), READ_AHEAD documents ahead.
+    content backend on the event loop (`content.markdown(doc)`: the live text when its room is
+    loaded), READ_AHEAD documents ahead.
     A document without Yjs state was never opened: its stored markdown IS its content (a room
     would be seeded from it), so it is read from the snapshot and no room is loaded for it.
     A document deleted since the snapshot was taken is exported as the snapshot holds it, so
@@ -340,12 +340,7 @@ def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Con
             except NotFound:
                 return placed, stored_markdown(conn, placed.doc["id"])
 
-    # a backend may offer `markdown(doc) -> str`: the text alone, without serving an ETag
-    read = getattr(content, "markdown", None)
-    if read is None:
-        async def read(doc: dict) -> str:
-            return (await content.read(doc))[0]
-
+    read = content.markdown
     def read_all(items: Iterable[Placed]) -> Iterator[tuple[Placed, str]]:
         pending: deque = deque()
         for placed in items:

@@ -45,12 +45,11 @@ from typing import TYPE_CHECKING, Any
 
 from mdsync import audit, clock
 from mdsync.api.errors import NotFound
-from mdsync.db import Database, Tx
+from mdsync.db import Database, Tx, new_id
 from mdsync.sync import changes
 from mdsync.transfer import archive
 # the sources are opened by callers through this module too
 from mdsync.transfer.sources import DirectorySource, Entry, ImportRefused, ZipSource  # noqa: F401
-from mdsync.workspaces.service import new_id
 
 if TYPE_CHECKING:
     from mdsync.attachments.service import Attachments

@@ -50,12 +50,8 @@ class Versions:
     # -- recording ---------------------------------------------------------------------------
     async def markdown_and_state(self, room) -> tuple[str, bytes]:
         """The room's markdown and whole Yjs state, taken in one loop step (no await between)."""
-        if await self._content_model(room.document_id) == "text":
-            return room.text(), room.encode_state()
-        # a TipTap document: its markdown is the projection the collaboration feature stores
-        state = room.encode_state()
-        markdown = await self.db.value("SELECT markdown FROM documents WHERE id = ?", (room.document_id,))
-        return markdown or "", state
+        model = await self._content_model(room.document_id)
+        return await self.app[CONTENT].of(model or "text").state(room)
 
     async def _content_model(self, document_id: str) -> str | None:
         return await self.db.value("SELECT content_model FROM documents WHERE id = ?", (document_id,))
@@ -74,12 +70,10 @@ class Versions:
                 return burst.stash[0], burst.stash[1], list(burst.authors)
             async with self.rooms.use(document_id) as loaded:
                 return await self._snapshot(document_id, loaded)
-        if model == "text":
-            markdown, state = room.text(), room.encode_state()
-        else:
-            state = room.encode_state()
-            markdown = await self.db.value("SELECT markdown FROM documents WHERE id = ?", (document_id,)) or ""
-        burst = self.bursts.take(document_id)  # same loop step as the text/state above (text model)
+        # a backend reading the room alone (text) returns without awaiting anything: the burst is
+        # taken in the same loop step as the markdown and state
+        markdown, state = await self.app[CONTENT].of(model).state(room)
+        burst = self.bursts.take(document_id)
         return markdown, state, list(burst.authors) if burst else []
 
     async def _insert(self, document_id: str, kind: str, label: str | None, authors: list[str],
@@ -146,7 +140,7 @@ class Versions:
         document_id = document["id"]
         old = await self.of_document(document_id, from_id)
         if to_id == "current":  # the live text, as GET /documents/{id}/content answers it
-            new_markdown, tofile = (await self.app[CONTENT].read(document))[0], "current"
+            new_markdown, tofile = await self.app[CONTENT].markdown(document), "current"
         else:
             new = await self.of_document(document_id, to_id)
             new_markdown, tofile = new["markdown"], f"version/{to_id}"

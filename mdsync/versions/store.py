@@ -4,11 +4,10 @@ take the Database. Every insert and delete writes its change-feed row in the sam
 from __future__ import annotations
 
 import json
-import uuid
 from typing import Any
 
 from mdsync import clock
-from mdsync.db import Database, Tx
+from mdsync.db import Database, Tx, new_id
 from mdsync.sync import changes
 
 META = "id, document_id, workspace_id, created_at, kind, label, authors, created_by, size"
@@ -24,7 +23,7 @@ def insert(tx: Tx, document_id: str, kind: str, label: str | None, author_ids: l
     row = tx.one(
         f"INSERT INTO versions (id, document_id, workspace_id, created_at, kind, label, authors, created_by,"
         f" size, markdown, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {META}",
-        (str(uuid.uuid4()), document_id, workspace_id, clock.iso(), kind, label, json.dumps(authors),
+        (new_id(), document_id, workspace_id, clock.iso(), kind, label, json.dumps(authors),
          created_by, len(markdown.encode("utf-8")), markdown, state))
     changes.record(tx, workspace_id, "version", row["id"], "upsert")
     return meta_json(row)

@@ -14,9 +14,9 @@ from typing import Any
 from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, Gone, NotFound
 from mdsync.auth.tokens import digest, opaque
-from mdsync.db import Database, Tx
+from mdsync.db import Database, Tx, new_id
 from mdsync.workspaces.access import RANK, Access
-from mdsync.workspaces.service import WorkspaceService, add_member, keyset, new_id, workspace_json
+from mdsync.workspaces.service import WorkspaceService, add_member, keyset, workspace_json
 
 TOKEN_PREFIX = "mdi_"
 DEFAULT_TTL = 7 * 24 * 3600

@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import unicodedata
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +26,7 @@ from aiohttp import web
 
 from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from mdsync.db import Database, Tx
+from mdsync.db import Database, Tx, new_id
 from mdsync.sync import changes
 from mdsync.workspaces.access import RANK, Access
 
@@ -35,10 +34,6 @@ log = logging.getLogger("mdsync.workspaces")
 
 AccessListener = Callable[[str, str | None, str | None], Any]
 MAX_SETTINGS_BYTES = 64 * 1024
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def workspace_json(row, role: str | None = None) -> dict:
