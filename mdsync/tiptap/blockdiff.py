@@ -33,7 +33,7 @@ from typing import Any
 from cdifflib import CSequenceMatcher
 from pycrdt import Doc, XmlElement, XmlFragment, XmlText
 
-from mdsync.collab.content import text_ops
+from mdsync.collab.text_ops import text_ops
 from mdsync.tiptap import parse as md_parse
 from mdsync.tiptap import yxml
 from mdsync.tiptap.render import MARK_RANKS, Renderer, render
