@@ -8,9 +8,10 @@ Two passes, so a refused import writes nothing:
    while reading, the bytes actually produced; every document must be UTF-8 and within
    `limits.max_document_bytes`; `mdsync.json`, when present, must be well formed. Any problem is
    an `ImportRefused` naming the entry. The plan holds metadata only, never the markdown.
-2. `write(tx, plan, source, ...)` creates the folders and documents inside ONE transaction (the
-   caller's: the writer queue's job, or `run_offline`), reading each document again, recording
-   each creation in the change feed. Whatever fails rolls the whole import back.
+2. `write(db, plan, source, ...)` creates the folders and documents, reading each document
+   again, without holding the database writer for long: batches staged where nobody sees them,
+   then one short switch that makes the whole import visible at once and records each creation
+   in the change feed (see "writing" below). Whatever fails leaves nothing behind.
 
 Where things come from: the tree is the zip's directories and `.md` files (a document's folder is
 its directory); `mdsync.json` (matched by path) gives exact folder names, ids, positions and
@@ -20,21 +21,19 @@ positions follow the names' order after what the workspace already holds. Ids fr
 are kept when no row has them yet (so an export imported into a fresh server keeps its ids),
 otherwise new ones are made. Hidden files (`.obsidian/`, `.DS_Store`, `__MACOSX/`) are skipped.
 
-The insert runs in the database writer (one transaction), so other writes wait while it runs:
-milliseconds for a typical vault, seconds for an import near the 1 GiB limit.
-
-Attachments (any other file that is not hidden) are stored BEFORE the transaction by
+Attachments (any other file that is not hidden) are stored BEFORE any row is written, by
 `transfer/attachments.py` (size limit, type sniffing, a storage key of their own) and handed to
 `write` as `attachments` ({path in the archive: fields}); `write` inserts their rows and change
-rows inside the import's transaction and rewrites each document's links to those files
+rows in the import's switch and rewrites each document's links to those files
 (`archive.file_links`: relative links and `![[name]]` embeds) to `/api/v1/attachments/{id}`.
 The caller (the API route, and `mdsync import` through the same path) deletes the stored files
-when the transaction fails. Without `attachments` the files are listed in `skipped`.
+when the import fails. Without `attachments` the files are listed in `skipped`.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import logging
 import math
 import posixpath
 import zipfile
@@ -53,6 +52,8 @@ from mdsync.transfer.sources import DirectorySource, Entry, ImportRefused, ZipSo
 
 if TYPE_CHECKING:
     from mdsync.attachments.service import Attachments
+
+log = logging.getLogger("mdsync.transfer.importer")
 
 MAX_ENTRIES = 200_000
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
@@ -338,103 +339,220 @@ def plan(source, limits: Limits) -> Plan:
 
 
 # -- writing -------------------------------------------------------------------------------------
-def write(tx: Tx, plan: Plan, source, workspace_id: str, user_id: str | None, limits: Limits,
-          *, via: str = "api", attachments: dict[str, dict] | None = None) -> dict:
-    """Create the plan's folders and documents (and the rows of the already stored `attachments`,
-    {path: fields}) in the caller's transaction; returns the counts."""
-    if tx.value("SELECT 1 FROM workspaces WHERE id = ? AND deleted_at IS NULL", (workspace_id,)) is None:
-        raise NotFound("no such workspace")
-    now = clock.iso()
-    taken: set[str] = set()
+# An import never holds the single database writer for long: that writer commits every accepted
+# live edit within 1 s (docs/api.md), and an import near the 1 GiB limit has seconds of work.
+#   1. Off the writer, in a worker thread: the plan has already checked everything; documents
+#      are read (decompressed) again and their attachment links rewritten, one bounded batch at
+#      a time (BATCH_ROWS rows or BATCH_BYTES of markdown), so memory stays bounded too.
+#   2. The writer inserts each batch as its own short job, into a staging workspace: a
+#      workspaces row created already deleted, which nobody can see, nor anything in it (every
+#      route reaches folders and documents through a live workspace, and staged rows write no
+#      change rows). The rows get their final ids here, so ids are taken as they are staged.
+#   3. One final job switches: the staged folders and documents move into the target workspace
+#      (an UPDATE of workspace_id between two ids of one length, so SQLite overwrites each row in
+#      place and leaves the markdown's overflow pages alone), their change rows, the attachment
+#      rows and the audit row are written, and the empty staging row goes. Readers see none of
+#      the import, then all of it.
+# A failure before the switch (a refused read, the target workspace deleted meanwhile, a hook
+# failing) removes the staged rows again, in short jobs; a process killed mid-import leaves a
+# staging workspace with `purge_after` set, which the workspace purger removes like any other.
+BATCH_ROWS = 500
+BATCH_BYTES = 4 << 20
+STAGING_TTL = 24 * 3600.0  # a staging workspace left by a crash is purged this long after its last batch
 
-    def pick(wanted: str | None, table: str) -> str:
+
+@dataclass
+class _Staging:
+    """What the import's jobs share: the staging workspace and the ids given so far."""
+
+    staging_id: str
+    workspace_id: str          # the target
+    user_id: str | None
+    positions: _Positions
+    taken: set[str] = field(default_factory=set)
+    folder_ids: dict[str, str] = field(default_factory=dict)   # folder path -> id
+    doc_ids: dict[str, str] = field(default_factory=dict)      # document path -> id
+    new_doc_ids: dict[str, str] = field(default_factory=dict)  # archive's document id -> the id it got here
+
+    def pick(self, tx: Tx, wanted: str | None, table: str) -> str:
+        """The archive's id when it is a UUID no row has, else a new one."""
         # table is "folders" or "documents", named by the two callers below
-        if (archive.is_uuid(wanted) and wanted not in taken
+        if (archive.is_uuid(wanted) and wanted not in self.taken
                 and tx.value(f"SELECT 1 FROM {table} WHERE id = ?", (wanted,)) is None):
-            taken.add(wanted)
+            self.taken.add(wanted)
             return wanted
         fresh = new_id()
-        taken.add(fresh)
+        self.taken.add(fresh)
         return fresh
 
-    folder_ids: dict[str, str] = {}
-    positions = _Positions(tx, workspace_id)
-    for f in plan.folders:
-        parent_id = folder_ids[f.parent] if f.parent else None
-        folder_id = pick(f.id, "folders")
-        folder_ids[f.path] = folder_id
+
+def _open_staging(tx: Tx, workspace_id: str, user_id: str | None) -> _Staging:
+    if tx.value("SELECT 1 FROM workspaces WHERE id = ? AND deleted_at IS NULL", (workspace_id,)) is None:
+        raise NotFound("no such workspace")
+    staging_id, now = new_id(), clock.iso()
+    tx.execute("INSERT INTO workspaces (id, name, slug, created_by, created_at, updated_at, deleted_at, purge_after)"
+               " VALUES (?, 'import staging', ?, ?, ?, ?, ?, ?)",
+               (staging_id, f"import-staging-{staging_id}", user_id, now, now, now, clock.iso_in(STAGING_TTL)))
+    return _Staging(staging_id, workspace_id, user_id, _Positions(workspace_id))
+
+
+def _still_staging(tx: Tx, st: _Staging) -> None:
+    if tx.value("SELECT 1 FROM workspaces WHERE id = ? AND deleted_at IS NULL", (st.workspace_id,)) is None:
+        raise NotFound("no such workspace")
+    if not tx.execute("UPDATE workspaces SET purge_after = ? WHERE id = ?",
+                      (clock.iso_in(STAGING_TTL), st.staging_id)).rowcount:
+        raise RuntimeError("the import's staging workspace was purged")
+
+
+def _stage_folders(tx: Tx, st: _Staging, folders: list[FolderPlan]) -> None:
+    _still_staging(tx, st)
+    now = clock.iso()
+    for f in folders:
+        parent_id = st.folder_ids[f.parent] if f.parent else None
+        folder_id = st.pick(tx, f.id, "folders")
+        st.folder_ids[f.path] = folder_id
         tx.execute("INSERT INTO folders (id, workspace_id, parent_id, name, position, created_by, created_at, updated_at)"
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   (folder_id, workspace_id, parent_id, f.name, positions.take("folders", parent_id, f.position),
-                    user_id, f.created_at or now, f.updated_at or f.created_at or now))
-        changes.record(tx, workspace_id, "folder", folder_id, "upsert")
+                   (folder_id, st.staging_id, parent_id, f.name, st.positions.take(tx, "folders", parent_id, f.position),
+                    st.user_id, f.created_at or now, f.updated_at or f.created_at or now))
 
-    if attachments is None:
-        for entry in plan.attachment_files:
-            plan.skip(entry.path, "attachments are imported through the server's API, not by this command")
-    stored = attachments or {}
-    by_name: dict[str, str] = {}  # Obsidian resolves `![[name]]` by file name (first path in order)
-    for path in sorted(stored, key=lambda p: (p.count("/"), p)):
-        by_name.setdefault(posixpath.basename(path), path)
-        by_name.setdefault(posixpath.basename(path).casefold(), path)
-    linked_from: dict[str, str] = {}  # attachment path -> the first document linking to it
-    new_doc_ids: dict[str, str] = {}  # archive's document id -> the id it got here
 
-    budget = _Budget(limits.max_bytes)
-    for d in plan.documents:
-        markdown = _document(source, d.entry, budget, limits).markdown  # checked in the plan; read again
-        folder_id = folder_ids[d.folder] if d.folder else None
-        doc_id = pick(d.id, "documents")
+def _stage_documents(tx: Tx, st: _Staging, batch: list[tuple[DocumentPlan, str]]) -> None:
+    _still_staging(tx, st)
+    now = clock.iso()
+    for d, markdown in batch:
+        folder_id = st.folder_ids[d.folder] if d.folder else None
+        doc_id = st.pick(tx, d.id, "documents")
+        st.doc_ids[d.path] = doc_id
         if d.id:
-            new_doc_ids[d.id] = doc_id
-        if stored:
-            markdown = _link_attachments(markdown, d.folder or "", stored, by_name, linked_from, doc_id)
+            st.new_doc_ids[d.id] = doc_id
         tx.execute("INSERT INTO documents (id, workspace_id, folder_id, title, kind, content_model, markdown, size,"
                    " position, created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (doc_id, workspace_id, folder_id, d.title, d.kind, d.content_model, markdown,
-                    len(markdown.encode("utf-8")), positions.take("documents", folder_id, d.position), user_id,
-                    d.created_at or now, d.updated_at or d.created_at or now))
-        changes.record(tx, workspace_id, "document", doc_id, "upsert")
+                   (doc_id, st.staging_id, folder_id, d.title, d.kind, d.content_model, markdown,
+                    len(markdown.encode("utf-8")), st.positions.take(tx, "documents", folder_id, d.position),
+                    st.user_id, d.created_at or now, d.updated_at or d.created_at or now))
         for hook in DOCUMENT_HOOKS:
-            hook(tx, workspace_id, doc_id, user_id, d.manifest)
+            hook(tx, st.workspace_id, doc_id, st.user_id, d.manifest)
+
+
+def _switch(tx: Tx, st: _Staging, plan: Plan, stored: dict[str, dict], linked_from: dict[str, str],
+            via: str) -> dict:
+    """The import's one visible moment (see above): staged rows into the workspace, all at once."""
+    _still_staging(tx, st)
+    ws = st.workspace_id
+    tx.execute("UPDATE folders SET workspace_id = ? WHERE workspace_id = ?", (ws, st.staging_id))
+    tx.execute("UPDATE documents SET workspace_id = ? WHERE workspace_id = ?", (ws, st.staging_id))
+    tx.execute("DELETE FROM workspaces WHERE id = ?", (st.staging_id,))
+    for f in plan.folders:
+        changes.record(tx, ws, "folder", st.folder_ids[f.path], "upsert")
+    for d in plan.documents:
+        changes.record(tx, ws, "document", st.doc_ids[d.path], "upsert")
 
     from mdsync.attachments.service import insert_row  # the attachments feature's one insert
 
     for path, fields in stored.items():
         m = plan.attachment_manifest.get(path)
         if m is not None:  # an export says which document it belongs to (or none)
-            document_id = new_doc_ids.get(m.get("document_id") or "")
+            document_id = st.new_doc_ids.get(m.get("document_id") or "")
         else:
-            document_id = linked_from.get(path)
-        insert_row(tx, workspace_id, document_id, user_id, fields, created_at=(m or {}).get("created_at"))
+            linking = linked_from.get(path)
+            document_id = st.doc_ids[linking] if linking is not None else None
+        insert_row(tx, ws, document_id, st.user_id, fields, created_at=(m or {}).get("created_at"))
 
     counts = {"documents": len(plan.documents), "folders": len(plan.folders), "attachments": len(stored)}
-    audit.record(tx, "workspace.import", actor_id=user_id, target_type="workspace", target_id=workspace_id,
-                 workspace_id=workspace_id, detail={**counts, "skipped": plan.skipped_total, "via": via})
+    audit.record(tx, "workspace.import", actor_id=st.user_id, target_type="workspace", target_id=ws,
+                 workspace_id=ws, detail={**counts, "skipped": plan.skipped_total, "via": via})
     return counts
+
+
+class _Reader:
+    """Off the writer: the plan's documents read again (checked in the plan), their links to
+    stored attachments rewritten, handed out a bounded batch at a time."""
+
+    def __init__(self, plan: Plan, source, limits: Limits, stored: dict[str, dict]):
+        self.plan, self.source, self.limits, self.stored = plan, source, limits, stored
+        self.budget = _Budget(limits.max_bytes)
+        self.next = 0
+        self.by_name: dict[str, str] = {}  # Obsidian resolves `![[name]]` by file name (first path in order)
+        for path in sorted(stored, key=lambda p: (p.count("/"), p)):
+            self.by_name.setdefault(posixpath.basename(path), path)
+            self.by_name.setdefault(posixpath.basename(path).casefold(), path)
+        self.linked_from: dict[str, str] = {}  # attachment path -> the first document (path) linking to it
+
+    def batch(self) -> list[tuple[DocumentPlan, str]]:
+        out: list[tuple[DocumentPlan, str]] = []
+        size = 0
+        while self.next < len(self.plan.documents) and len(out) < BATCH_ROWS and size < BATCH_BYTES:
+            d = self.plan.documents[self.next]
+            self.next += 1
+            markdown = _document(self.source, d.entry, self.budget, self.limits).markdown
+            if self.stored:
+                markdown = _link_attachments(markdown, d.folder or "", self.stored, self.by_name,
+                                             self.linked_from, d.path)
+            out.append((d, markdown))
+            size += len(markdown)
+        return out
+
+
+async def write(db: Database, plan: Plan, source, workspace_id: str, user_id: str | None, limits: Limits,
+                *, via: str = "api", attachments: dict[str, dict] | None = None) -> dict:
+    """Create the plan's folders and documents (and the rows of the already stored `attachments`,
+    {path: fields}) as described above; all or nothing. Returns the counts."""
+    if attachments is None:
+        for entry in plan.attachment_files:
+            plan.skip(entry.path, "attachments are imported through the server's API, not by this command")
+    stored = attachments or {}
+    st = await db.write(_open_staging, workspace_id, user_id)
+    try:
+        for start in range(0, len(plan.folders), BATCH_ROWS):
+            await db.write(_stage_folders, st, plan.folders[start:start + BATCH_ROWS])
+        reader = _Reader(plan, source, limits, stored)
+        for _ in range(len(plan.documents) + 1):  # each batch holds one document at least
+            batch = await asyncio.to_thread(reader.batch)
+            if not batch:
+                break
+            await db.write(_stage_documents, st, batch)
+        return await db.write(_switch, st, plan, stored, reader.linked_from, via)
+    except BaseException:
+        await asyncio.shield(_discard(db, st.staging_id))
+        raise
+
+
+async def _discard(db: Database, staging_id: str) -> None:
+    """Remove a failed import's staged rows (in short jobs) and its staging workspace."""
+    from mdsync.workspaces.service import purge_documents_in_steps
+
+    def drop(tx: Tx) -> None:
+        tx.execute("DELETE FROM workspaces WHERE id = ?", (staging_id,))  # its folders cascade
+
+    try:
+        await purge_documents_in_steps(db, staging_id, None)
+        await db.write(drop)
+    except Exception:  # the workspace purger removes it later (its purge_after is set)
+        log.exception("could not remove the staging rows of a failed import")
 
 
 async def run(db: Database, files: Attachments, plan: Plan, source, workspace_id: str, user_id: str | None,
               limits: Limits, *, via: str = "api") -> dict:
     """The whole write side of an import, for the HTTP route and `mdsync import` alike: the
-    attachment files into storage first, then every row in one transaction through the writer,
-    or the stored files are removed again. Returns the counts."""
+    attachment files into storage first, then the rows (`write`), or the stored files are
+    removed again. Returns the counts."""
     from mdsync.transfer import attachments as transfer_attachments
 
     stored = await transfer_attachments.store(plan, source, files)
     try:
-        return await db.write(functools.partial(write, via=via, attachments=stored),
-                              plan, source, workspace_id, user_id, limits)
+        return await write(db, plan, source, workspace_id, user_id, limits, via=via, attachments=stored)
     except BaseException:
         await transfer_attachments.discard(files, stored)
         raise
 
 
 def _link_attachments(markdown: str, directory: str, stored: dict[str, dict], by_name: dict[str, str],
-                      linked_from: dict[str, str], doc_id: str) -> str:
-    """Links to files of the archive that became attachments → `/api/v1/attachments/{id}`."""
+                      linked_from: dict[str, str], document: str) -> str:
+    """Links to files of the archive that became attachments → `/api/v1/attachments/{id}`;
+    `linked_from` notes the first `document` (its path) linking to each."""
     def found(path: str) -> str:
-        linked_from.setdefault(path, doc_id)
+        linked_from.setdefault(path, document)
         return f"/api/v1/attachments/{stored[path]['id']}"
 
     def link(path: str) -> str | None:
@@ -461,16 +579,16 @@ class _Positions:
     """Positions for items the archive gives none: after everything already in that parent
     (in the workspace, or given by the archive), in the plan's order (by name)."""
 
-    def __init__(self, tx: Tx, workspace_id: str):
-        self.tx, self.workspace_id = tx, workspace_id
+    def __init__(self, workspace_id: str):
+        self.workspace_id = workspace_id
         self.next: dict[tuple[str, str | None], float] = {}
 
-    def take(self, table: str, parent: str | None, given: float | None) -> float:
+    def take(self, tx: Tx, table: str, parent: str | None, given: float | None) -> float:
         key = (table, parent)
         if key not in self.next:
             column = "parent_id" if table == "folders" else "folder_id"  # fixed names, not input
-            highest = self.tx.value(f"SELECT max(position) FROM {table} WHERE workspace_id = ? AND {column} IS ?"
-                                    " AND deleted_at IS NULL", (self.workspace_id, parent))
+            highest = tx.value(f"SELECT max(position) FROM {table} WHERE workspace_id = ? AND {column} IS ?"
+                               " AND deleted_at IS NULL", (self.workspace_id, parent))
             self.next[key] = -1.0 if highest is None else float(highest)
         if given is not None:
             self.next[key] = max(self.next[key], given)
