@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from mdsync import ai
 from mdsync.api import middleware
 from mdsync.api.routing import AUTHENTICATOR, BODY_LIMIT
 from mdsync.attachments import routes as attachment_routes
@@ -40,10 +41,11 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         # the metrics middleware is outermost: it sees every answer, including mapped errors
         middlewares=[ops_metrics.middleware(metrics),
-                     *middleware.build(settings.cors.origins, hsts=settings.public_url.startswith("https://"))],
+                     *middleware.build(settings.cors.origins)],
         # handlers read bodies through routing.read_body with their own limit; this is the ceiling
         client_max_size=max(settings.limits.max_body_bytes, settings.limits.max_document_bytes) + 1024,
     )
+    app.on_response_prepare.append(middleware.on_prepare(hsts=settings.public_url.startswith("https://")))
     app[SETTINGS] = settings
     app[BODY_LIMIT] = settings.limits.max_body_bytes
     app[READINESS] = {}
@@ -70,6 +72,7 @@ def create_app(settings: Settings) -> web.Application:
     tables.append(collab_http.routes)
     tables.append(attachment_routes.routes)
     tables.append(comment_routes.routes)
+    tables.append(ai.routes)
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables
@@ -97,4 +100,5 @@ def create_app(settings: Settings) -> web.Application:
                                   "tiptap": StoredMarkdown(db)})
     versions_routes.install(app, settings)  # after collab: it listens to the rooms
     sync_routes.install(app, db, auth)  # after the database: the feed starts once it is open
+    ai.install(app, settings)  # after the database: it releases reservations a stopped process held
     return app

@@ -24,12 +24,15 @@ PASSWORD = "correct horse battery"
 
 # argon2 at full cost takes ~100 ms per hash; tests use the cheapest valid parameters
 FAST_AUTH = {"auth.argon2_time_cost": 1, "auth.argon2_memory_cost": 1024, "auth.argon2_parallelism": 1}
+# tests never reach a real AI provider: unless a test points them at its fake upstream, the AI
+# base URLs are a loopback port nothing listens on (a call there is a 502, never traffic out)
+NO_AI_UPSTREAM = {"ai.openai.base_url": "http://127.0.0.1:9/v1", "ai.anthropic.base_url": "http://127.0.0.1:9"}
 
 
 def make_settings(data_dir: Path, **overrides) -> config.Settings:
     """Settings for a test server: open registration, cheap hashing; `overrides` use dotted keys
     with `__` for dots (`auth__registration="invite"`)."""
-    values = {"server.data_dir": data_dir, "auth.registration": "open", **FAST_AUTH}
+    values = {"server.data_dir": data_dir, "auth.registration": "open", **FAST_AUTH, **NO_AI_UPSTREAM}
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return config.load(None, environ={}, overrides=values)
 
@@ -43,6 +46,8 @@ def test_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "MDSYNC_AUTH__ARGON2_MEMORY_COST": "1024",
         "MDSYNC_AUTH__ARGON2_PARALLELISM": "1",
         "MDSYNC_LOG__LEVEL": "warning",
+        "MDSYNC_AI__OPENAI__BASE_URL": NO_AI_UPSTREAM["ai.openai.base_url"],
+        "MDSYNC_AI__ANTHROPIC__BASE_URL": NO_AI_UPSTREAM["ai.anthropic.base_url"],
     })
     env.update(extra)
     return env

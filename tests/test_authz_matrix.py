@@ -266,6 +266,13 @@ async def own_comment(w: World, caller: str) -> dict:
     return {"comment": (await resp.json())["id"], **link}
 
 
+async def ai_key(w: World, caller: str) -> dict:
+    resp = await w.client.put(f"/api/v1/workspaces/{w.ws}/ai/keys/openai", json={"api_key": "sk-matrix-key"},
+                              headers=w.people["owner"].headers)
+    assert resp.status == 204, await resp.text()
+    return {"provider": "openai"}
+
+
 # -- the matrix ------------------------------------------------------------------------------------
 #                 owner admin editor commenter viewer nonmember share anonymous
 MEMBERS_READ = "200 200 200 200 200 404 404 401"
@@ -280,6 +287,12 @@ EVERYONE = "200 200 200 200 200 200 200 200"      # no token needed
 FEED_AHEAD = encode_cursor(10**9)  # a cursor ahead of the feed: the event stream refuses it (422) at once
 
 W, D, C = "/api/v1/workspaces", "/api/v1/documents", "/api/v1"
+_AI_CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+_AI_PASSTHROUGH = [("POST", "/ai/openai/v1/chat/completions", _AI_CHAT),
+                   ("POST", "/ai/openai/v1/responses", {"model": "gpt-4o-mini", "input": "hi"}),
+                   ("GET", "/ai/openai/v1/models", None),
+                   ("POST", "/ai/anthropic/v1/messages", {**_AI_CHAT, "model": "claude-haiku", "max_tokens": 10}),
+                   ("GET", "/ai/anthropic/v1/models", None)]
 _IMPORT_ZIP = bytes.fromhex(  # a zip holding one document, "imported.md" ("# hello")
     "504b030414000000000000002100c3129e5a08000000080000000b000000696d706f727465642e6d64232068656c6c6f0a"
     "504b0102140314000000000000002100c3129e5a08000000080000000b0000000000000000000000800100000000696d70"
@@ -431,6 +444,22 @@ ROWS: list[Row] = [
     # collab: a ticket for the document socket (its use: tests/test_authz_socket.py); a share link
     # does not open this route (the socket takes the share token itself)
     Row("POST", D + "/{document_id}/ws-ticket", "201 201 201 201 201 404 403 401"),
+    # AI proxy: editors and up of the paying workspace call (no key is configured here: 409 once
+    # past every check); a workspace the caller is not in is 403, none named and none or several
+    # joined is 400; keys and limits are admin routes
+    *[Row(method, C + path, "409 409 409 403 403 403 403 401", body=body, headers={"X-Mdsync-Workspace": "{ws}"})
+      for method, path, body in _AI_PASSTHROUGH],
+    *[Row(method, C + path, "409 409 409 403 403 400 400 401", body=body, label="no X-Mdsync-Workspace")
+      for method, path, body in _AI_PASSTHROUGH],
+    Row("GET", C + "/ai/models", "200 200 200 403 403 403 403 401", headers={"X-Mdsync-Workspace": "{ws}"}),
+    Row("GET", C + "/ai/usage", SIGNED_IN),
+    Row("GET", C + "/ai/usage", MEMBERS_READ, query="?workspace_id={ws}", label="one workspace"),
+    Row("GET", W + "/{ws}/ai/keys/{provider}", ADMIN_WRITE, setup=ai_key),
+    Row("PUT", W + "/{ws}/ai/keys/{provider}", "204 204 403 403 403 404 404 401", body={"api_key": "sk-matrix"},
+        setup=lambda w, c: _const({"provider": "anthropic"})),
+    Row("DELETE", W + "/{ws}/ai/keys/{provider}", "204 204 403 403 403 404 404 401", setup=ai_key),
+    Row("GET", W + "/{ws}/ai/limits", ADMIN_WRITE),
+    Row("PUT", W + "/{ws}/ai/limits", ADMIN_WRITE, body={"tokens_per_month": 1000}),
 ]
 
 
@@ -453,7 +482,7 @@ async def _call(world: World, row: Row, caller: str) -> int:
         extra = await row.setup(world, caller)
         body = extra.pop("body", body)
         values.update(extra)
-    headers: dict[str, str] = dict(row.headers or {})
+    headers: dict[str, str] = {name: _fill(value, values) for name, value in (row.headers or {}).items()}
     if caller != "anonymous":
         headers.update(world.people[caller].headers)
     if caller == "share":

@@ -115,6 +115,9 @@ class World:
         if name == "comment":
             return (await self.ok("POST", f"/api/v1/documents/{self.ids['doc']}/comments", 201,
                                   json={"body": f"Comment {tag}"}))["id"]
+        if name == "provider":  # an AI provider with a key set (the key to remove)
+            await self.ok("PUT", f"/api/v1/workspaces/{ws}/ai/keys/openai", 204, json={"api_key": f"sk-{tag}"})
+            return "openai"
         if name == "attachment":
             return (await self.ok("POST", f"/api/v1/workspaces/{ws}/attachments", 201, data=b"attached bytes",
                                   params={"filename": f"a-{tag}.txt", "document_id": self.ids["doc"]},
@@ -147,6 +150,7 @@ async def build_world(client, label: str = "A") -> World:
     w.ids["link"], w.ids["token"] = link["id"], link["token"]
     w.ids["version"] = (await w.ok("POST", f"/api/v1/documents/{doc['id']}/versions", 201,
                                    json={"label": w.texts[4]}))["id"]
+    w.ids["provider"] = "openai"
     w.ids["invitation"] = await w.fresh("invitation")
     w.ids["token_id"] = await w.fresh("token_id")
     w.ids["session_id"] = await w.fresh("session_id")
@@ -215,6 +219,8 @@ def valid_body(world: World, spec: RouteSpec) -> dict:
         ("PATCH", "/api/v1/comments/{comment}"): {"body": f"Edited {tag}"},
         # a raw-body route: a JSON body is stored as the file's bytes (named "file")
         ("POST", "/api/v1/workspaces/{ws}/attachments"): {"note": f"attached {tag}"},
+        ("PUT", "/api/v1/workspaces/{ws}/ai/keys/{provider}"): {"api_key": f"sk-{tag}"},
+        ("PUT", "/api/v1/workspaces/{ws}/ai/limits"): {"tokens_per_month": 1000},
     }
     return bodies[(spec.method, spec.path)]
 
@@ -287,7 +293,9 @@ def list_specs(client) -> list[RouteSpec]:
 
 
 # Lists documented as one page without a cursor:
-ONE_PAGE_LISTS = {("GET", "/api/v1/documents/{doc}/presence")}  # "(one page, no cursor)"
+ONE_PAGE_LISTS = {("GET", "/api/v1/documents/{doc}/presence"),  # "(one page, no cursor)"
+                  ("GET", "/api/v1/ai/models"),  # API.md: `{items}`, the whole list
+                  ("GET", "/api/v1/ai/usage")}   # API.md: `{items}` of the date range asked for
 
 
 async def populate(world: World, spec: RouteSpec, n: int) -> None:
@@ -404,6 +412,9 @@ EMPTY_BODY_STATUS = {
     ("POST", "/api/v1/documents/{doc}/restore"): 200,
     ("POST", "/api/v1/auth/logout"): 204,
     ("POST", "/api/v1/workspaces/{ws}/import"): 422,            # documented body: a zip (raw)
+    ("GET", "/api/v1/ai/openai/v1/models"): 409,               # no AI key is configured in these tests
+    ("GET", "/api/v1/ai/anthropic/v1/models"): 409,
+    ("GET", "/api/v1/workspaces/{ws}/ai/keys/{provider}"): 404,  # no key is set
 }
 
 
@@ -426,6 +437,8 @@ async def test_endpoints_without_a_body_accept_an_empty_one(client, content_type
             headers = bearer(pair["access_token"])
         if content_type:
             headers["Content-Type"] = content_type
+        if spec.path.startswith("/api/v1/ai/"):  # the paying workspace (the owner may have made more by now)
+            headers["X-Mdsync-Workspace"] = ids["ws"]
         query = {"from": ids["version"], "to": "current"} if spec.path.endswith("/diff") else None  # required
         resp = await client.request(spec.method, fill(spec.path, ids), data=b"", headers=headers, params=query,
                                     skip_auto_headers=["Content-Type"])
@@ -555,6 +568,7 @@ async def test_a_bad_token_on_an_optional_route_is_401_not_anonymous(client):
 # Path parameters that are not workspace-scoped ids:
 NOT_WORKSPACE_IDS = {
     "token",  # a share token is a capability: whoever holds it reads (GET /share/{token})
+    "provider",  # an AI provider's name (openai, anthropic), the same in every workspace
 }
 # Routes whose answer to a stranger's id is not 404, with the reason:
 CROSS_EXCEPTIONS = {
@@ -717,6 +731,7 @@ async def test_malformed_multipart_bodies_are_4xx_problems_on_every_body_route(c
     world = await build_world(client)
     routes = [s for s in specs_of(client) if s.body is not None or s.raw_body is not None]
     for spec in routes:
+        await settle(client)  # a room an earlier route opened stores its projection when it closes
         for ctype, data in MALFORMED_FORMS:
             for attempt in (1, 2):
                 before = snapshot(client)

@@ -1,5 +1,9 @@
-"""Middlewares every request passes through, outermost first: request id and security headers,
-CORS, then errors (any exception becomes problem+json; stack traces stay in the server log)."""
+"""Middlewares every request passes through, outermost first: request id, CORS (preflights),
+then errors (any exception becomes problem+json; stack traces stay in the server log).
+
+The headers every answer carries (request id, security headers, CORS for an allowed origin) are
+set by `on_prepare`, the app's response-prepare signal, so streamed answers (SSE, the AI proxy)
+carry them too: a stream's headers leave before its handler returns."""
 
 from __future__ import annotations
 
@@ -19,9 +23,22 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
-ALLOW_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match, X-Request-Id, X-Mdsync-Workspace, X-Mdsync-Context, X-Mdsync-Share, x-api-key, anthropic-version"
-EXPOSE_HEADERS = "ETag, Retry-After, X-Request-Id, Location, Content-Disposition"
+ALLOW_HEADERS = ("Authorization, Content-Type, If-Match, If-None-Match, X-Request-Id, X-Mdsync-Workspace,"
+                 " X-Mdsync-Context, X-Mdsync-Share, x-api-key, anthropic-version, anthropic-beta,"
+                 " anthropic-dangerous-direct-browser-access, OpenAI-Organization, OpenAI-Project, OpenAI-Beta,"
+                 " Idempotency-Key")
+# the official OpenAI and Anthropic SDKs send x-stainless-* headers (os, runtime, retry count...):
+# a preflight asking for them is answered with them
+_SDK_HEADER = re.compile(r"^x-stainless-[a-z0-9-]{1,64}$")
+EXPOSE_HEADERS = ("ETag, Retry-After, X-Request-Id, Location, Content-Disposition, x-should-retry, retry-after-ms,"
+                  " request-id")
 ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+CORS_ORIGIN: web.RequestKey[str] = web.RequestKey("cors_origin", str)
+
+
+def _allow_headers(requested: str) -> str:
+    extra = [h.strip() for h in requested.split(",") if _SDK_HEADER.match(h.strip().lower())]
+    return ", ".join([ALLOW_HEADERS, *extra])
 
 
 # Path parameters that are secrets in their own right: a share link's token is the whole
@@ -72,7 +89,7 @@ def _from_http_exception(exc: web.HTTPException) -> errors.ApiError:
     return error
 
 
-def build(cors_origins: list[str], hsts: bool):
+def build(cors_origins: list[str]):
     origins = frozenset(cors_origins)
 
     @web.middleware
@@ -82,19 +99,9 @@ def build(cors_origins: list[str], hsts: bool):
         request[REQUEST_ID] = rid
         request_id_var.set(rid)
         try:
-            resp = await handler(request)
+            return await handler(request)
         except web.HTTPException as exc:  # raised past the error middleware (e.g. a 101 upgrade)
-            resp = exc
-        resp.headers.setdefault("X-Request-Id", rid)
-        headers = resp.headers
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        if hsts:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-        return resp
+            return exc
 
     @web.middleware
     async def cors(request: web.Request, handler):
@@ -106,16 +113,13 @@ def build(cors_origins: list[str], hsts: bool):
             return web.Response(status=204, headers={
                 "Access-Control-Allow-Origin": origin,
                 "Access-Control-Allow-Methods": ALLOW_METHODS,
-                "Access-Control-Allow-Headers": ALLOW_HEADERS,
+                "Access-Control-Allow-Headers": _allow_headers(request.headers.get("Access-Control-Request-Headers", "")),
                 "Access-Control-Max-Age": "600",
                 "Vary": "Origin",
             })
-        resp = await handler(request)
-        if allowed and not resp.prepared:
-            resp.headers["Access-Control-Allow-Origin"] = origin
-            resp.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
-            resp.headers.add("Vary", "Origin")
-        return resp
+        if allowed:
+            request[CORS_ORIGIN] = origin  # on_prepare adds the headers
+        return await handler(request)
 
     @web.middleware
     async def error_handler(request: web.Request, handler):
@@ -144,3 +148,26 @@ def build(cors_origins: list[str], hsts: bool):
                                     request.get(REQUEST_ID))
 
     return [request_id, cors, error_handler]
+
+
+def on_prepare(hsts: bool):
+    """The response-prepare signal: headers every answer carries, streamed or not."""
+    async def add_headers(request: web.Request, resp: web.StreamResponse) -> None:
+        headers = resp.headers
+        rid = request.get(REQUEST_ID)
+        if rid:
+            headers.setdefault("X-Request-Id", rid)
+        headers.setdefault("X-Content-Type-Options", "nosniff")
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers.setdefault("Referrer-Policy", "no-referrer")
+        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        if hsts:
+            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        origin = request.get(CORS_ORIGIN)
+        if origin is not None and "Access-Control-Allow-Origin" not in headers:
+            headers["Access-Control-Allow-Origin"] = origin
+            headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+            headers.add("Vary", "Origin")
+
+    return add_headers

@@ -73,7 +73,7 @@ def build(specs: list[RouteSpec], *, server_url: str | None = None) -> dict[str,
                                       "content": {"application/problem+json": {
                                           "schema": {"$ref": "#/components/schemas/Problem"}}}}
         if spec.auth == "user":
-            op["security"] = [{"bearer": []}]
+            op["security"] = [{"bearer": []}] + ([{"apiKeyHeader": []}] if spec.key_header else [])
         elif spec.auth == "optional":
             op["security"] = [{"bearer": []}, {}]
         else:
@@ -88,7 +88,9 @@ def build(specs: list[RouteSpec], *, server_url: str | None = None) -> dict[str,
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "access JWT or personal access token (mds_…)"}},
+                                           "description": "access JWT or personal access token (mds_…)"},
+                                "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                                 "description": "the same token, where the Anthropic SDK sends its key"}},
         },
     }
     if server_url:

@@ -46,6 +46,7 @@ class RouteSpec:
     raw_body: str | None = None        # content type of a non-JSON body (documented, read by the handler)
     raw_response: str | None = None    # content type of a non-JSON answer
     write_scope: bool | None = None    # None: needed for every method but GET/HEAD
+    key_header: str | None = None      # a header that may carry the token instead (the Anthropic SDK's x-api-key)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -89,7 +90,8 @@ def _wrap(spec: RouteSpec) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         request[ROUTE_SPEC] = spec
         if spec.auth != "none":
-            principal = await request.app[AUTHENTICATOR].authenticate(request, optional=spec.auth == "optional")
+            principal = await request.app[AUTHENTICATOR].authenticate(request, optional=spec.auth == "optional",
+                                                                       key_header=spec.key_header)
             request[PRINCIPAL] = principal
             if principal is not None and spec.needs_write_scope and not principal.can_write:
                 raise errors.Forbidden("this token has the read scope only")

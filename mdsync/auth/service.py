@@ -71,9 +71,17 @@ class AuthService:
             return False
         return any(ip in net for net in self._trusted)
 
-    async def authenticate(self, request: web.Request, optional: bool = False) -> Principal | None:
+    async def authenticate(self, request: web.Request, optional: bool = False,
+                           key_header: str | None = None) -> Principal | None:
+        """The caller behind `Authorization: Bearer <token>` (or, on routes that name one, a
+        `key_header` such as the Anthropic SDK's `x-api-key`)."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
+        if not header and key_header and request.headers.get(key_header, "").strip():
+            principal = await self.principal_from_token(request.headers[key_header].strip())
+            if principal is None:
+                raise Unauthenticated(f"the token in {key_header} is invalid, expired or revoked")
+            return principal
         if not header:
             if optional:
                 return None

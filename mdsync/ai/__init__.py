@@ -1,0 +1,40 @@
+"""The AI proxy (API.md "AI proxy"; docs/api.md): the editor's OpenAI and Anthropic SDKs talk to
+mdsync with their mdsync token; mdsync holds the provider keys, enforces limits and records usage.
+
+routes.py    the HTTP routes (passthrough, models, usage, keys, limits)
+service.py   who pays (X-Mdsync-Workspace), context documents (X-Mdsync-Context), the model list
+proxy.py     the passthrough itself: key choice, headers, relaying answers and streams, client gone
+provider.py  the interface a provider implements, the stream splitter, the usage meter
+openai.py    OpenAI wire format (Chat Completions, Responses; Ollama and vLLM alike)
+anthropic.py Anthropic wire format (Messages)
+splice.py    in-place JSON edits: every byte not edited passes unchanged
+keys.py      workspace keys, encrypted with a key derived from the server secret
+ssrf.py      where a workspace's base_url may point, checked on PUT and on every call
+ledger.py    limits, and reserve-then-settle budgets in one transaction of the single writer
+usage.py     the usage report
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mdsync.ai.routes import routes
+from mdsync.ai.service import AI, AI_KEY
+from mdsync.appkeys import DB
+from mdsync.config import Settings, ensure_secret
+
+__all__ = ["install", "routes", "AI_KEY"]
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    """Put the AI service on the app; its HTTP client sessions live as long as the app."""
+    ai = AI(app, settings, app[DB], ensure_secret(settings))
+    app[AI_KEY] = ai
+
+    async def sessions(app: web.Application):
+        await ai.proxy.start()
+        await ai.ledger.release_abandoned()
+        yield
+        await ai.proxy.stop()
+
+    app.cleanup_ctx.append(sessions)

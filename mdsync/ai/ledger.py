@@ -1,0 +1,149 @@
+"""The ledger: a workspace's AI limits, and every call reserved before it goes upstream and
+settled after (API.md "AI proxy").
+
+`reserve` runs as one job of the database's single writer: it reads the limits and the running
+totals, refuses (403 model, 429 user limit, 429 budget), or records the call and adds its
+reservation (prompt estimate + output cap) to the totals, all in one transaction. Since the
+writer runs one job at a time, concurrent requests can never together pass `tokens_per_month`.
+`settle` replaces the reservation with the provider's counts (or the estimate), releasing the
+rest; it runs in the proxy's `finally`, so errors and cut-off streams release too.
+
+Totals (`ai_spend`): per workspace and UTC month (user ''), per workspace, user and UTC day.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from mdsync import clock
+from mdsync.ai.provider import Usage
+from mdsync.api.errors import Forbidden, RateLimited
+from mdsync.db import Database, Tx
+
+LIMIT_FIELDS = ("tokens_per_month", "user_requests_per_minute", "user_tokens_per_day", "models")
+NO_RETRY = {"x-should-retry": "false"}
+
+
+class UserLimited(RateLimited):
+    """A per-user limit: the only refusal of the proxy that clients may retry (after Retry-After)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    tokens_per_month: int | None = None
+    user_requests_per_minute: int | None = None
+    user_tokens_per_day: int | None = None
+    models: list[str] | None = None
+
+    def json(self) -> dict:
+        return {name: getattr(self, name) for name in LIMIT_FIELDS}
+
+
+def _limits(row) -> Limits:
+    if row is None:
+        return Limits()
+    return Limits(row["tokens_per_month"], row["user_requests_per_minute"], row["user_tokens_per_day"],
+                  None if row["models"] is None else json.loads(row["models"]))
+
+
+def _month_start_after(moment: datetime) -> datetime:
+    return datetime(moment.year + (moment.month == 12), moment.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def _add(tx: Tx, workspace_id: str, period: str, user_id: str, tokens: int) -> None:
+    tx.execute("INSERT INTO ai_spend (workspace_id, period, user_id, tokens) VALUES (?, ?, ?, ?)"
+               " ON CONFLICT (workspace_id, period, user_id) DO UPDATE SET tokens = tokens + excluded.tokens",
+               (workspace_id, period, user_id, tokens))
+
+
+def _spent(tx: Tx, workspace_id: str, period: str, user_id: str) -> int:
+    return tx.value("SELECT tokens FROM ai_spend WHERE workspace_id = ? AND period = ? AND user_id = ?",
+                    (workspace_id, period, user_id)) or 0
+
+
+class Ledger:
+    def __init__(self, db: Database):
+        self.db = db
+
+    # -- limits ----------------------------------------------------------------------------------
+    async def limits(self, workspace_id: str) -> Limits:
+        return _limits(await self.db.lookup("SELECT * FROM ai_limits WHERE workspace_id = ?", (workspace_id,)))
+
+    async def set_limits(self, workspace_id: str, limits: Limits) -> Limits:
+        def store(tx: Tx) -> None:
+            tx.execute("INSERT INTO ai_limits (workspace_id, tokens_per_month, user_requests_per_minute,"
+                       " user_tokens_per_day, models, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+                       " ON CONFLICT (workspace_id) DO UPDATE SET tokens_per_month = excluded.tokens_per_month,"
+                       " user_requests_per_minute = excluded.user_requests_per_minute,"
+                       " user_tokens_per_day = excluded.user_tokens_per_day, models = excluded.models,"
+                       " updated_at = excluded.updated_at",
+                       (workspace_id, limits.tokens_per_month, limits.user_requests_per_minute,
+                        limits.user_tokens_per_day, None if limits.models is None else json.dumps(limits.models),
+                        clock.iso()))
+
+        await self.db.write(store)
+        return limits
+
+    # -- reserve, settle -------------------------------------------------------------------------
+    async def reserve(self, workspace_id: str, user_id: str, provider: str, model: str, tokens: int) -> int:
+        """Record the call and hold `tokens`; the call's id. Raises Forbidden or RateLimited."""
+        return await self.db.write(_reserve, workspace_id, user_id, provider, model, tokens, clock.timestamp())
+
+    async def settle(self, call_id: int, status: int, usage: Usage) -> None:
+        await self.db.write(_settle, call_id, status, usage)
+
+    async def release_abandoned(self) -> int:
+        """At start: calls a stopped process never settled hold nothing any more."""
+        def release(tx: Tx) -> int:
+            rows = tx.all("SELECT id FROM ai_calls WHERE settled_at IS NULL")
+            for row in rows:
+                _settle(tx, row["id"], 0, Usage(0, 0, True))
+            return len(rows)
+
+        return await self.db.write(release)
+
+
+def _reserve(tx: Tx, workspace_id: str, user_id: str, provider: str, model: str, tokens: int, now: float) -> int:
+    moment = datetime.fromtimestamp(now, UTC)
+    day, month = moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
+    limits = _limits(tx.one("SELECT * FROM ai_limits WHERE workspace_id = ?", (workspace_id,)))
+    if limits.models is not None and model not in limits.models:
+        raise Forbidden(f"the model {model!r} is not allowed in this workspace", headers=NO_RETRY)
+    if limits.user_requests_per_minute is not None:
+        recent = tx.all("SELECT started FROM ai_calls WHERE workspace_id = ? AND user_id = ? AND started > ?"
+                        " ORDER BY started LIMIT ?", (workspace_id, user_id, now - 60, limits.user_requests_per_minute))
+        if len(recent) >= limits.user_requests_per_minute:
+            raise UserLimited(recent[0]["started"] + 60 - now,
+                              f"at most {limits.user_requests_per_minute} AI requests per minute per user")
+    if limits.user_tokens_per_day is not None and \
+            _spent(tx, workspace_id, day, user_id) + tokens > limits.user_tokens_per_day:
+        midnight = datetime(moment.year, moment.month, moment.day, tzinfo=UTC) + timedelta(days=1)
+        raise UserLimited((midnight - moment).total_seconds(),
+                          f"this request could pass the {limits.user_tokens_per_day} tokens a user may use per day")
+    if limits.tokens_per_month is not None and \
+            _spent(tx, workspace_id, month, "") + tokens > limits.tokens_per_month:
+        raise RateLimited((_month_start_after(moment) - moment).total_seconds(),
+                          f"the workspace's AI budget of {limits.tokens_per_month} tokens this month is spent"
+                          " (or held by requests in progress)", headers=NO_RETRY)
+    call_id = tx.execute("INSERT INTO ai_calls (workspace_id, user_id, provider, model, started, day, reserved)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (workspace_id, user_id, provider, model, now, day, tokens)).lastrowid
+    _add(tx, workspace_id, month, "", tokens)
+    _add(tx, workspace_id, day, user_id, tokens)
+    return call_id
+
+
+def _settle(tx: Tx, call_id: int, status: int, usage: Usage) -> None:
+    row = tx.one("SELECT workspace_id, user_id, day, reserved FROM ai_calls WHERE id = ? AND settled_at IS NULL",
+                 (call_id,))
+    if row is None:
+        return
+    spent = usage.input_tokens + usage.output_tokens
+    tx.execute("UPDATE ai_calls SET reserved = 0, status = ?, input_tokens = ?, output_tokens = ?, estimated = ?,"
+               " settled_at = ? WHERE id = ?",
+               (status, usage.input_tokens, usage.output_tokens, int(usage.estimated), clock.iso(), call_id))
+    delta = spent - row["reserved"]
+    _add(tx, row["workspace_id"], row["day"][:7], "", delta)
+    _add(tx, row["workspace_id"], row["day"], row["user_id"], delta)
