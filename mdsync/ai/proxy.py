@@ -172,8 +172,9 @@ class AIProxy:
                         prepared: Prepared | None, meter: Meter | None, got: Exchange) -> web.StreamResponse:
         url = upstream.base_url.rstrip("/") + path + (f"?{request.query_string}" if request.query_string else "")
         try:
+            method = "GET" if request.method == "HEAD" else request.method  # HEAD: the GET's answer, no body
             answer = await upstream.session.request(
-                request.method, url, data=prepared.body if prepared is not None else None, allow_redirects=False,
+                method, url, data=prepared.body if prepared is not None else None, allow_redirects=False,
                 headers=request_headers(request.headers, provider, upstream.api_key))
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             log.warning("AI upstream %s unreachable: %s", provider.name, exc.__class__.__name__)
