@@ -300,3 +300,24 @@ async def fake_ollama():
     fake = await FakeUpstream(ollama=True).start()
     yield fake
     await fake.stop()
+
+
+def main() -> None:
+    """`python -m tests.fake_ai_upstream`: serve until stopped, printing `fake upstream on URL`
+    (the bench runs it as a process of its own, beside `mdsync serve`)."""
+    async def run() -> None:
+        fake = await FakeUpstream().start()
+        print(f"fake upstream on {fake.url}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await fake.stop()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

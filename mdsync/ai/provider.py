@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -77,13 +78,14 @@ class Meter:
     def feed(self, chunk: bytes) -> bytes:
         self._buffer += chunk
         out = []
-        while True:
-            end, size = _event_end(self._buffer)
-            if end < 0:
-                break
-            raw, self._buffer = self._buffer[: end + size], self._buffer[end + size:]
-            if self._read_event(raw[:end]) and self._drop:
-                out.append(raw)
+        start = 0
+        # one left-to-right scan: a read often holds many events (a fast upstream)
+        while (match := _EVENT_END.search(self._buffer, start)) is not None:
+            if self._read_event(self._buffer[start:match.start()]) and self._drop:
+                out.append(self._buffer[start:match.end()])
+            start = match.end()
+        if start:
+            self._buffer = self._buffer[start:]
         # with nothing to drop, every byte goes on the moment it arrives (events are read once whole)
         return b"".join(out) if self._drop else chunk
 
@@ -138,14 +140,8 @@ class Meter:
         return Usage(inp, estimate_tokens(self.output_chars), True)
 
 
-def _event_end(buffer: bytes) -> tuple[int, int]:
-    """Where the first complete event ends (index of its blank line, separator length), or -1."""
-    best, size = -1, 0
-    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        i = buffer.find(sep)
-        if i >= 0 and (best < 0 or i < best):
-            best, size = i, len(sep)
-    return best, size
+# the blank line that ends a server-sent event (any of the three line endings SSE allows)
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
 class Provider(Protocol):
