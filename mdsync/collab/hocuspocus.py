@@ -60,6 +60,7 @@ from mdsync.collab.connection import Connection, close_websocket, transport_of, 
 from mdsync.collab.protocol import ProtocolError
 from mdsync.collab.room import DocumentTooLarge, decode_state_vector
 from mdsync.collab.rooms import CLOSE_FORBIDDEN, CLOSE_RESTART, CLOSE_UNAUTHENTICATED, ROOMS, can_write
+from mdsync.collab import updates
 from mdsync.collab.updates import struct_ends
 
 log = logging.getLogger("mdsync.collab")
@@ -325,8 +326,8 @@ class Session:
         probe.apply_update(room.encode_state())
         before = probe.get_update()
         try:
-            probe.apply_update(update)
-        except ValueError:
+            updates.apply(probe, update)
+        except ProtocolError:
             return False
         return probe.get_update() == before
 

@@ -86,8 +86,8 @@ async def post_yjs(request: web.Request) -> web.Response:
             room.apply_update(update, access.user_id)
         except DocumentTooLarge as exc:
             raise TooLarge(str(exc)) from None
-        except ValueError:
-            raise ValidationFailed.field("body", "is not a Yjs update (v1 encoding)") from None
+        except ValueError as exc:  # refused by the gate (collab/updates.py): it says why
+            raise ValidationFailed.field("body", f"is not a Yjs update (v1 encoding) the server accepts: {exc}") from None
         await room.drain()
     return web.Response(status=204)
 

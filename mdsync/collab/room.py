@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Doc, Text, merge_updates
 
 from mdsync.collab import protocol as p
-from mdsync.collab import store
+from mdsync.collab import store, updates
 from mdsync.collab.protocol import ProtocolError
-from mdsync.collab.updates import struct_ends
 
 if TYPE_CHECKING:
     from mdsync.collab.connection import Connection
@@ -94,7 +93,8 @@ class Room:
 
     def apply_update(self, update: bytes, user_id: str | None = None) -> None:
         """Apply a Yjs update as `user_id` (None: the server): broadcast to every socket and append
-        to the log. Raises ValueError when it does not decode, DocumentTooLarge past the limit."""
+        to the log. Raises ProtocolError (a ValueError) when refused by the gate
+        (`updates.apply`), DocumentTooLarge past the limit."""
         if update == p.EMPTY_UPDATE:
             return
         self._accept(update, user_id, None, None)
@@ -229,10 +229,15 @@ class Room:
             self._compact()  # the estimate may be stale: measure before refusing
             if self.snapshot_bytes + len(update) > limit:
                 raise DocumentTooLarge(f"the document would exceed {limit} bytes")
+        state = self.doc.get_state()
         try:
-            self.doc.apply_update(update)
-        except ValueError:
-            raise ProtocolError("undecodable update") from None
+            updates.apply(self.doc, update)  # the gate: checked whole before pycrdt sees it
+        except ProtocolError:
+            if self.doc.get_state() != state:
+                # pycrdt refused it halfway: what it integrated goes to every peer and the log,
+                # so the live Doc never holds state that was not persisted
+                self._after_apply(self.doc.get_update(state), user_id, None, None)
+            raise
         self._after_apply(update, user_id, sender, message)
 
     def _after_apply(self, update: bytes, user_id: str | None, sender: Connection | None,
@@ -339,7 +344,7 @@ class Room:
         missing = []
         for update in self._log:
             try:
-                ends = struct_ends(update)
+                ends = updates.struct_ends(update)
             except ProtocolError:
                 missing.append(update)  # cannot tell: keeping it costs a few bytes, losing it an edit
                 continue

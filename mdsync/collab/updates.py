@@ -1,23 +1,58 @@
-"""What a Yjs update (v1 encoding) covers: the clock ranges of its structs, per client.
+"""The gate every client's Yjs update passes before pycrdt sees it, and what an update covers.
 
-Needed because yrs' `get_update()` leaves out structs it could not integrate yet (their
-dependencies have not arrived), and `get_state(update)` only reports clients whose structs start
-at clock 0. Compaction uses `struct_ends` to find logged updates the document has not fully
-integrated and carries them over instead of losing them.
+`apply(doc, update)` is the only way an update from outside reaches a live `Doc`: `check` reads the
+whole update first and refuses (ProtocolError, a ValueError) anything pycrdt could choke on, then
+pycrdt's own errors (ValueError, RuntimeError, a Rust panic) become ProtocolError too. Why a parser
+of our own: yrs decodes nested values recursively, so a 60 KB update holding one value of 30 000
+nested one-element arrays overflows the native stack and kills the process (no exception to catch);
+a clock past 2^32 makes it panic. Every path that applies a client's bytes (POST …/yjs, /ws/docs,
+/ws/hocuspocus, and the PUT content merge and the import through `Room.apply_update`) goes through
+`Room._accept`, which calls `apply`. Stored rows and states the server made itself were gated
+when they came in.
+
+What `check` refuses, besides anything that does not parse or has bytes left over:
+- a value (ContentAny, a subdocument's options, a JSON/embed/format string) nested deeper than
+  MAX_DEPTH; an unknown value, content or type tag;
+- a struct of length 0, and a clock (struct, origin, parent, delete range) past MAX_CLOCK;
+- a client id past 2^53 (Yjs clients are JavaScript numbers);
+- strings that are not UTF-8.
+Counts (clients, structs, values) need no limit of their own: each costs at least one byte, and
+the byte length is bounded by the caller (limits.max_ws_message_bytes, limits.max_document_bytes).
+
+Also here, `struct_ends`: the clock ranges an update covers, per client. Needed because yrs'
+`get_update()` leaves out structs it could not integrate yet (their dependencies have not arrived),
+and `get_state(update)` only reports clients whose structs start at clock 0. Compaction uses it to
+find logged updates the document has not fully integrated and carries them over instead of losing
+them.
 
 `ascii_shadow` rewrites an update with every string replaced by as many `x` as it has UTF-16
 code units, items, ids and origins unchanged: a Doc built from it has the same structure with
 UTF-8 bytes = UTF-16 units, which is how positions.py gets Yjs-compatible relative positions out
 of pycrdt (whose text offsets are bytes).
 
-The format (y-protocols/Yjs `writeClientsStructs`): varuint client count; per client: varuint
+The format (y-protocols/Yjs `writeClientsStructs`, v1): varuint client count; per client: varuint
 struct count, varuint client id, varuint first clock, then the structs (GC, Skip, or an Item:
-info byte, origins or parent, content). Content lengths count UTF-16 code units for strings.
+info byte, origins or parent, content); then the delete set: varuint client count, per client a
+varuint client id and a varuint count of (clock, length) ranges. Content lengths count UTF-16
+code units for strings.
 """
 
 from __future__ import annotations
 
+import re
+
+from pycrdt import Doc
+
 from mdsync.collab.protocol import ProtocolError, read_varuint, varuint
+
+MAX_DEPTH = 64            # nesting of one value; editors store flat attributes, yrs recurses per level
+MAX_CLOCK = 2**32 - 1     # yrs clocks are u32: a struct must end at or before this
+MAX_CLIENT = 2**53 - 1    # Yjs client ids are JavaScript numbers
+MAX_TYPE_REF = 6          # YArray, YMap, YText, YXmlElement, YXmlFragment, YXmlHook, YXmlText
+
+# the tokens of a JSON text that matter for its depth: a string literal (to the end of the text
+# when unterminated, so no match is ever retried: linear time) or a bracket
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
 
 
 class _Reader:
@@ -29,6 +64,18 @@ class _Reader:
 
     def uint(self) -> int:
         value, self.pos = read_varuint(self.buf, self.pos)
+        return value
+
+    def clock(self) -> int:
+        value = self.uint()
+        if value > MAX_CLOCK:
+            raise ProtocolError("clock out of range")
+        return value
+
+    def client(self) -> int:
+        value = self.uint()
+        if value > MAX_CLIENT:
+            raise ProtocolError("client id out of range")
         return value
 
     def byte(self) -> int:
@@ -55,13 +102,19 @@ class _Reader:
         except UnicodeDecodeError:
             raise ProtocolError("string is not UTF-8") from None
 
-    def signed(self) -> None:
-        while self.byte() & 0x80:
-            pass
+    def json(self) -> None:
+        """A JSON text (ContentJSON entries, embeds, format values): UTF-8, nested at most MAX_DEPTH."""
+        _check_json_depth(self.string())
 
-    def any_(self, depth: int = 0) -> None:
-        if depth > 100:
-            raise ProtocolError("value nested too deep")
+    def signed(self) -> None:
+        for _ in range(10):            # lib0 varint: at most 64 bits
+            if not self.byte() & 0x80:
+                return
+        raise ProtocolError("varint too long")
+
+    def any_(self, depth: int = 1) -> None:
+        if depth > MAX_DEPTH:
+            raise ProtocolError(f"a value is nested deeper than {MAX_DEPTH} levels")
         kind = self.byte()
         if kind in (127, 126, 121, 120):       # undefined, null, false, true
             return
@@ -72,10 +125,10 @@ class _Reader:
         elif kind in (123, 122):               # float64, bigint64
             self.skip(8)
         elif kind == 119:                      # string
-            self.bytes_()
+            self.string()
         elif kind == 118:                      # object
             for _ in range(self.uint()):
-                self.bytes_()
+                self.string()
                 self.any_(depth + 1)
         elif kind == 117:                      # array
             for _ in range(self.uint()):
@@ -86,13 +139,25 @@ class _Reader:
             raise ProtocolError(f"unknown value type {kind}")
 
 
+def _check_json_depth(text: str) -> None:
+    depth = 0
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ProtocolError(f"a value is nested deeper than {MAX_DEPTH} levels")
+        elif token in ("]", "}"):
+            depth -= 1
+
+
 def _content_length(r: _Reader, ref: int) -> int:
     if ref == 1:                               # deleted
         return r.uint()
     if ref == 2:                               # JSON
         n = r.uint()
         for _ in range(n):
-            r.bytes_()
+            r.json()
         return n
     if ref == 3:                               # binary
         r.bytes_()
@@ -100,64 +165,96 @@ def _content_length(r: _Reader, ref: int) -> int:
     if ref == 4:                               # string: length in UTF-16 code units
         return len(r.string().encode("utf-16-le")) // 2
     if ref == 5:                               # embed
-        r.bytes_()
+        r.json()
         return 1
-    if ref == 6:                               # format
-        r.bytes_()
-        r.bytes_()
+    if ref == 6:                               # format: key, value
+        r.string()
+        r.json()
         return 1
     if ref == 7:                               # type
         type_ref = r.uint()
+        if type_ref > MAX_TYPE_REF:
+            raise ProtocolError(f"unknown type {type_ref}")
         if type_ref in (3, 5):                 # XmlElement name, XmlHook name
-            r.bytes_()
+            r.string()
         return 1
     if ref == 8:                               # any
         n = r.uint()
         for _ in range(n):
             r.any_()
         return n
-    if ref == 9:                               # subdocument
-        r.bytes_()
+    if ref == 9:                               # subdocument: guid, options
+        r.string()
         r.any_()
         return 1
     raise ProtocolError(f"unknown content type {ref}")
 
 
-def struct_ends(update: bytes) -> dict[int, int]:
-    """Per client, the clock right after the last struct (not counting skips) the update carries.
-    Raises ProtocolError when it does not parse."""
+def check(update: bytes) -> dict[int, int]:
+    """Read all of a v1 update; raise ProtocolError for anything `apply` must not hand to pycrdt.
+    Returns, per client, the clock right after the last struct (not counting skips) it carries."""
     r = _Reader(update)
     ends: dict[int, int] = {}
     for _ in range(r.uint()):
         count = r.uint()
-        client = r.uint()
-        clock = r.uint()
+        client = r.client()
+        clock = r.clock()
         end = None
         for _ in range(count):
             info = r.byte()
             ref = info & 0x1F
             if ref == 0 or ref == 10:          # GC or Skip: a length
                 length = r.uint()
-                clock += length
-                if ref == 0:
-                    end = clock
-                continue
-            if info & 0x80:
-                r.uint(); r.uint()             # left origin id
-            if info & 0x40:
-                r.uint(); r.uint()             # right origin id
-            if not info & 0xC0:
-                if r.uint() == 1:              # parent is a root type name
-                    r.bytes_()
-                else:                          # parent is an item id
-                    r.uint(); r.uint()
-                if info & 0x20:
-                    r.bytes_()                 # parent sub (map key)
-            clock += _content_length(r, ref)
-            end = clock
+            else:
+                if info & 0x80:
+                    r.client(); r.clock()      # left origin id
+                if info & 0x40:
+                    r.client(); r.clock()      # right origin id
+                if not info & 0xC0:
+                    if r.uint() == 1:          # parent is a root type name
+                        r.string()
+                    else:                      # parent is an item id
+                        r.client(); r.clock()
+                    if info & 0x20:
+                        r.string()             # parent sub (map key)
+                length = _content_length(r, ref)
+            if length < 1 or clock + length > MAX_CLOCK:
+                raise ProtocolError("struct length out of range")
+            clock += length
+            if ref != 10:
+                end = clock
         if end is not None:
             ends[client] = max(end, ends.get(client, 0))
+    for _ in range(r.uint()):                  # the delete set
+        r.client()
+        for _ in range(r.uint()):
+            start = r.clock()
+            length = r.uint()
+            if length < 1 or start + length > MAX_CLOCK:
+                raise ProtocolError("deleted range out of range")
+    if r.pos != len(update):
+        raise ProtocolError("bytes after the update")
     return ends
+
+
+def apply(doc: Doc, update: bytes) -> None:
+    """Apply a client's update to `doc` after `check`. Raises ProtocolError (a ValueError) when
+    refused; pycrdt may then have integrated part of it (compare `doc.get_state()` from before)."""
+    check(update)
+    try:
+        doc.apply_update(update)
+    except (ValueError, RuntimeError) as exc:
+        raise ProtocolError(f"the update does not apply: {exc}") from None
+    except BaseException as exc:
+        if type(exc).__name__ != "PanicException":   # pyo3's, made on the first Rust panic
+            raise
+        raise ProtocolError("the update does not apply") from None
+
+
+def struct_ends(update: bytes) -> dict[int, int]:
+    """Per client, the clock right after the last struct (not counting skips) the update carries.
+    Raises ProtocolError when it does not pass `check`."""
+    return check(update)
 
 
 def ascii_shadow(update: bytes) -> bytes:
