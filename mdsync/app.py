@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from mdsync import ai
@@ -28,6 +26,7 @@ from mdsync.documents.sharing import SHARING, Sharing
 from mdsync.ops import health
 from mdsync.ops import metrics as ops_metrics
 from mdsync.ops import replica as ops_replica
+from mdsync.ops import retention
 from mdsync.sync import routes as sync_routes
 from mdsync.transfer import routes as transfer_routes
 from mdsync.versions import routes as versions_routes
@@ -88,12 +87,7 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(ops_backup.before_migrate_ctx)
     app.cleanup_ctx.append(database)
 
-    async def workspace_purger(app: web.Application):
-        task = asyncio.create_task(workspaces.run_purger(settings.workspaces.purge_interval))
-        yield
-        task.cancel()
-
-    app.cleanup_ctx.append(workspace_purger)
+    retention.install(app, settings)  # deleted workspaces, the trash, old change-feed rows
     collab_routes.install(app, settings, db, auth)
     # the content backend of each content model (documents/content.py), after the room manager
     app[CONTENT] = ContentModels({"text": collab_http.text_content(app, settings, db),

@@ -135,6 +135,11 @@ class CollabSettings(Section):
 
 class SyncSettings(Section):
     etag_retention_days: float = Field(30.0, gt=0)
+    changes_retention_days: float = Field(90.0, ge=0)
+
+
+class DocumentsSettings(Section):
+    trash_retention_days: float = Field(30.0, ge=0)
 
 
 class WorkspacesSettings(Section):
@@ -160,6 +165,7 @@ class Settings(Section):
     log: LogSettings = LogSettings()
     workspaces: WorkspacesSettings = WorkspacesSettings()
     sync: SyncSettings = SyncSettings()
+    documents: DocumentsSettings = DocumentsSettings()
     collab: CollabSettings = CollabSettings()
     versions: VersionsSettings = VersionsSettings()
 

@@ -122,6 +122,12 @@ async def fresh_folder(w: World, caller: str) -> dict:
     return {"folder": await folder(w.client, w.people["owner"], w.ws, "Fresh")}
 
 
+async def fresh_trashed_folder(w: World, caller: str) -> dict:
+    target = await fresh_folder(w, caller)
+    await w.client.delete(f"/api/v1/folders/{target['folder']}", headers=w.people["owner"].headers)
+    return target
+
+
 async def fresh_member(w: World, caller: str) -> dict:
     return {"user": (await join(w.client, w.people["owner"], w.ws, "commenter")).id}
 
@@ -335,6 +341,8 @@ ROWS: list[Row] = [
     Row("POST", W + "/{ws}/folders", EDITOR_CREATE, body={"name": "F"}),
     Row("PATCH", C + "/folders/{folder}", "200 200 200 403 403 404 404 401", body={"name": "G"}),
     Row("DELETE", C + "/folders/{folder}", "204 204 204 403 403 404 404 401", setup=fresh_folder),
+    Row("POST", C + "/folders/{folder}/restore", "200 200 200 403 403 404 404 401", setup=fresh_trashed_folder),
+    Row("GET", W + "/{ws}/trash/folders", MEMBERS_READ),
     # documents
     Row("GET", W + "/{ws}/documents", MEMBERS_READ),
     Row("GET", W + "/{ws}/templates", MEMBERS_READ),

@@ -89,6 +89,11 @@ class DocumentList(Out):
     next_cursor: str | None
 
 
+class FolderList(Out):
+    items: list[FolderOut]
+    next_cursor: str | None
+
+
 class DocumentQuery(Body):
     kind: Kind | None = None
     folder_id: Id | None = Field(None, max_length=100)

@@ -13,7 +13,7 @@ from mdsync.api.pagination import page
 from mdsync.api.routing import PRINCIPAL, Routes
 from mdsync.documents import models as m
 from mdsync.documents.content import CONTENT, etag_matches
-from mdsync.documents.service import DOCUMENTS, UNSET, Documents
+from mdsync.documents.service import DOCUMENTS, UNSET, Documents, folder_json
 from mdsync.documents.sharing import SHARING, grant_json, link_json
 from mdsync.workspaces.access import require, resolve_share
 
@@ -68,6 +68,23 @@ async def delete_folder(request: web.Request) -> web.Response:
     access = await require(request, "editor", folder_id=folder_id)
     await _docs(request).delete_folder(access, folder_id)
     return web.Response(status=204)
+
+
+@routes.post("/api/v1/folders/{folder}/restore", "Bring a folder back from the trash, with what was trashed"
+             " along with it and the trashed folders above it (editor)", response=m.FolderOut)
+async def restore_folder(request: web.Request) -> web.Response:
+    folder_id = request.match_info["folder"]
+    access = await require(request, "editor", folder_id=folder_id, trashed=True)
+    return web.json_response(await _docs(request).restore_folder(access, folder_id))
+
+
+@routes.get("/api/v1/workspaces/{ws}/trash/folders", "Folders in the trash", query=m.PageQuery,
+            response=m.FolderList)
+async def trashed_folders(request: web.Request, query: m.PageQuery) -> web.Response:
+    access = await require(request, "viewer", workspace_id=request.match_info["ws"])
+    p = page(request)
+    rows = await _docs(request).list_trashed_folders(access.workspace_id, p.after, p.fetch_limit())
+    return web.json_response(p.result(rows, key=lambda r: [r["deleted_at"], r["id"]], shape=folder_json))
 
 
 # -- documents -----------------------------------------------------------------------------------

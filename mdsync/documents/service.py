@@ -282,19 +282,99 @@ class Documents:
         return await self.document_json(await self.db.write(restore))
 
     async def purge(self, access: Access) -> None:
-        ws, doc_id = access.workspace_id, access.document_id
+        await self.db.write(self._purge, access.workspace_id, access.document_id, access.user_id, None)
 
-        def purge(tx: Tx):
-            for hook in self.purge_hooks:
-                hook(tx, doc_id)
-            if not tx.execute("DELETE FROM documents WHERE id = ?", (doc_id,)).rowcount:
-                raise NotFound("no such document")
-            changes.record(tx, ws, "document", doc_id, "delete")
-            audit.record(tx, "document.purge", actor_id=access.user_id, target_type="document", target_id=doc_id,
-                         workspace_id=ws)
-            self._notify(tx, ws, doc_id)
+    def _purge(self, tx: Tx, ws: str, doc_id: str, actor_id: str | None, detail: dict | None) -> None:
+        """The one purge of a document (DELETE ?permanent=true, and the trash retention sweep)."""
+        for hook in self.purge_hooks:
+            hook(tx, doc_id)
+        if not tx.execute("DELETE FROM documents WHERE id = ?", (doc_id,)).rowcount:
+            raise NotFound("no such document")
+        changes.record(tx, ws, "document", doc_id, "delete")
+        audit.record(tx, "document.purge", actor_id=actor_id, target_type="document", target_id=doc_id,
+                     workspace_id=ws, detail=detail)
+        self._notify(tx, ws, doc_id)
 
-        await self.db.write(purge)
+    # -- the trash: retention, folders -------------------------------------------------------
+    async def purge_trash(self, retention_days: float) -> int:
+        """Purge what has been in the trash longer than `retention_days` (0: keep it): each
+        document as DELETE ?permanent=true would (a `delete` in the change feed), one per writer
+        job, then the trashed folders left empty. Returns how many documents went."""
+        if retention_days <= 0:
+            return 0
+        cutoff = clock.iso_in(-retention_days * 86400)
+        purged = 0
+
+        def purge_one(tx: Tx, doc_id: str) -> int:
+            row = tx.one("SELECT workspace_id FROM documents WHERE id = ? AND deleted_at < ?", (doc_id, cutoff))
+            if row is None:
+                return 0  # restored (or purged) meanwhile
+            self._purge(tx, row["workspace_id"], doc_id, None, {"reason": "trash retention",
+                                                                "retention_days": retention_days})
+            return 1
+
+        for _ in range(100_000):  # bounded: each pass takes a page of what is due, or ends
+            due = await self.db.all("SELECT id FROM documents WHERE deleted_at < ? ORDER BY deleted_at LIMIT 500",
+                                    (cutoff,))
+            if not due:
+                break
+            for row in due:
+                purged += await self.db.write(purge_one, row["id"])
+
+        def purge_empty_folders(tx: Tx) -> int:
+            # trashed long enough, holding no document and no folder (whatever their state): leaves
+            # first, so a deep empty tree goes over a few passes
+            return tx.execute(
+                "DELETE FROM folders WHERE id IN (SELECT f.id FROM folders f WHERE f.deleted_at < ?"
+                " AND NOT EXISTS (SELECT 1 FROM documents d WHERE d.folder_id = f.id)"
+                " AND NOT EXISTS (SELECT 1 FROM folders c WHERE c.parent_id = f.id) LIMIT 500)", (cutoff,)).rowcount
+
+        for _ in range(10_000):  # bounded by the depth and number of trashed folders
+            if not await self.db.write(purge_empty_folders):
+                break
+        return purged
+
+    async def restore_folder(self, access: Access, folder_id: str) -> dict:
+        """Bring a folder back from the trash, with what its delete trashed along with it (its
+        subfolders and documents trashed at that same moment) and the trashed folders above it,
+        so it returns where it was. An empty folder comes back too."""
+        ws = access.workspace_id
+
+        def restore(tx: Tx):
+            row = tx.one("SELECT parent_id, deleted_at FROM folders WHERE id = ? AND workspace_id = ?", (folder_id, ws))
+            if row is None:
+                raise NotFound("no such folder")
+            if row["deleted_at"] is not None:
+                now, when = clock.iso(), row["deleted_at"]
+                above = [r["id"] for r in tx.all(
+                    "WITH RECURSIVE up(id, parent_id, deleted_at) AS ("
+                    " SELECT id, parent_id, deleted_at FROM folders WHERE id = ?"
+                    " UNION SELECT f.id, f.parent_id, f.deleted_at FROM folders f JOIN up ON f.id = up.parent_id)"
+                    " SELECT id FROM up WHERE deleted_at IS NOT NULL", (row["parent_id"],))]
+                below = [r["id"] for r in tx.all(
+                    "WITH RECURSIVE down(id) AS (SELECT ?"
+                    " UNION SELECT f.id FROM folders f JOIN down ON f.parent_id = down.id WHERE f.deleted_at = ?)"
+                    " SELECT id FROM down", (folder_id, when))]
+                marks = ",".join("?" * len(below))
+                docs = [r["id"] for r in tx.all(
+                    f"SELECT id FROM documents WHERE folder_id IN ({marks}) AND deleted_at = ?", (*below, when))]
+                for fid in above + below:
+                    tx.execute("UPDATE folders SET deleted_at = NULL, updated_at = ? WHERE id = ?", (now, fid))
+                    changes.record(tx, ws, "folder", fid, "upsert")
+                for doc_id in docs:
+                    tx.execute("UPDATE documents SET deleted_at = NULL, updated_at = ? WHERE id = ?", (now, doc_id))
+                    changes.record(tx, ws, "document", doc_id, "upsert")
+                audit.record(tx, "folder.restore", actor_id=access.user_id, target_type="folder", target_id=folder_id,
+                             workspace_id=ws, detail={"folders": len(above) + len(below), "documents": len(docs)})
+            return tx.one("SELECT * FROM folders WHERE id = ?", (folder_id,))
+
+        return folder_json(await self.db.write(restore))
+
+    async def list_trashed_folders(self, workspace_id: str, after, limit: int) -> list[Any]:
+        deleted, last_id = keyset(after)
+        return await self.db.all(
+            "SELECT * FROM folders WHERE workspace_id = ? AND deleted_at IS NOT NULL"
+            " AND (deleted_at, id) > (?, ?) ORDER BY deleted_at, id LIMIT ?", (workspace_id, deleted, last_id, limit))
 
     # -- the tree --------------------------------------------------------------------------
     async def tree(self, workspace_id: str, gzip_ok: bool) -> tuple[bytes, str, bool]:

@@ -72,3 +72,36 @@ def workspace_purged(tx: Tx, workspace_id: str) -> None:
     tx.execute("DELETE FROM changes WHERE workspace_id = ? AND (user_id IS NULL OR op = 'upsert')", (workspace_id,))
     for row in tx.all("SELECT user_id FROM members WHERE workspace_id = ?", (workspace_id,)):
         record(tx, workspace_id, "workspace", workspace_id, "delete", user_id=row[0])
+
+
+# The retention sweep deletes at most this many rows per writer job (the writer also commits live
+# edits: no job may hold it long), oldest first.
+TRIM_BATCH = 5000
+
+
+def trim(tx: Tx, cutoff: str) -> int:
+    """One job of the retention sweep: delete the oldest rows recorded before `cutoff` (at most
+    TRIM_BATCH), and remember the newest seq deleted (feed.py refuses older cursors with 410).
+    Returns how many went; 0 when none is left to go."""
+    row = tx.one("SELECT count(*) AS n, max(seq) AS through FROM changes"
+                 " WHERE seq IN (SELECT seq FROM changes ORDER BY seq LIMIT ?) AND at < ?", (TRIM_BATCH, cutoff))
+    if not row["n"]:
+        return 0
+    tx.execute("DELETE FROM changes WHERE seq <= ? AND at < ?", (row["through"], cutoff))
+    tx.execute("INSERT INTO changes_trimmed (id, through_seq) VALUES (1, ?)"
+               " ON CONFLICT (id) DO UPDATE SET through_seq = max(through_seq, excluded.through_seq)", (row["through"],))
+    return row["n"]
+
+
+async def trim_old(db, retention_days: float) -> int:
+    """Delete the change-feed rows older than `retention_days` (0: keep them all), job by job."""
+    if retention_days <= 0:
+        return 0
+    cutoff = clock.iso_in(-retention_days * 86400)
+    total = 0
+    for _ in range(1_000_000):  # bounded by the rows there are: each job deletes one at least
+        done = await db.write(trim, cutoff)
+        if not done:
+            break
+        total += done
+    return total

@@ -31,7 +31,7 @@ import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from mdsync.api.errors import ValidationFailed
+from mdsync.api.errors import Gone, ValidationFailed
 from mdsync.db import Database
 from mdsync.sync.changes import Wake
 
@@ -97,6 +97,11 @@ def _merged_sql(arms: int, with_user: bool) -> str:
     return " UNION ALL ".join(parts) + " ORDER BY seq LIMIT ?3"
 
 
+def _trimmed(name: str) -> Gone:
+    return Gone(f"the changes after this {name} are no longer kept (sync.changes_retention_days): take a fresh"
+                " cursor with since=now, read the tree of each workspace again, then go on from that cursor")
+
+
 def _ahead(name: str) -> ValidationFailed:
     return ValidationFailed.field(name, "is ahead of this server's change feed (was the database restored?): "
                                         "sync in full, then start again with since=now")
@@ -105,8 +110,11 @@ def _ahead(name: str) -> ValidationFailed:
 # the newest seq ever given (AUTOINCREMENT's high-water mark): unlike max(seq), it never goes
 # back when rows are deleted (a purged workspace's rows), so no issued cursor ever lies ahead
 HEAD = "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'changes'), 0)"
+# the newest seq the retention sweep deleted (sync/changes.py trim): a cursor before it may
+# have missed changes that are gone, so it is refused (410) instead of answered with a gap
+TRIMMED = "SELECT coalesce((SELECT through_seq FROM changes_trimmed), 0)"
 HEAD_AND_WORKSPACES = (
-    f"SELECT ({HEAD}) AS head,"
+    f"SELECT ({HEAD}) AS head, ({TRIMMED}) AS trimmed,"
     " (SELECT json_group_array(workspace_id) FROM members WHERE user_id = ?) AS workspaces"
 )
 
@@ -122,6 +130,8 @@ async def read_page(db: Database, user_id: str, since: int | None, limit: int) -
         return Page([], head, False, workspaces)
     if since > head:
         raise _ahead("since")
+    if since < row["trimmed"]:
+        raise _trimmed("since")
     if since == head:
         return Page([], head, False, workspaces)
     ordered = sorted(workspaces)
@@ -232,9 +242,13 @@ class Feed:
                             waiter.event.set()
 
     async def check_cursor(self, since: int, name: str = "since") -> None:
-        """422 for a position this feed has not reached (SSE checks before its answer starts)."""
-        if since > await self.db.value(HEAD):
+        """422 for a position this feed has not reached, 410 for one older than what it keeps
+        (SSE checks before its answer starts)."""
+        row = await self.db.one(f"SELECT ({HEAD}) AS head, ({TRIMMED}) AS trimmed")
+        if since > row["head"]:
             raise _ahead(name)
+        if since < row["trimmed"]:
+            raise _trimmed(name)
 
     # -- wake-ups (event loop only) ---------------------------------------------------------
     def on_commit(self, change: Wake) -> None:
@@ -380,7 +394,10 @@ class Feed:
                 since = (await self._read(waiter, None, limit)).cursor
             last_sent = loop.time()
             while not waiter.ended and loop.time() < end:
-                page = await self._read(waiter, since, limit)
+                try:
+                    page = await self._read(waiter, since, limit)
+                except Gone:
+                    return  # trimmed past this stream's position: the reconnect answers 410
                 since = page.cursor
                 if page.rows:
                     yield page

@@ -14,7 +14,6 @@ their access (`access.recheck`) and close or downgrade.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -303,15 +302,6 @@ class WorkspaceService:
             await purge_documents_in_steps(self.db, row["id"], now)
             purged += await self.db.write(purge, row["id"])
         return purged
-
-    async def run_purger(self, interval: float) -> None:
-        """Purge expired workspaces now and every `interval` seconds (a task the app runs)."""
-        while True:
-            try:
-                await self.purge_expired()
-            except Exception:
-                log.exception("purging deleted workspaces failed")
-            await asyncio.sleep(interval)
 
     # -- members ---------------------------------------------------------------------------
     async def members(self, workspace_id: str, after, limit: int) -> list[Any]:
