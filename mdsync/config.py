@@ -106,7 +106,7 @@ class AISettings(Section):
     default_max_tokens: int = Field(4096, gt=0)
     context_max_chars: int = Field(100000, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
-    idle_timeout: float = Field(120.0, gt=0)
+    idle_timeout: float = Field(300.0, gt=0)
 
 
 class MetricsSettings(Section):

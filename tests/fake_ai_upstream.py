@@ -196,7 +196,11 @@ class FakeUpstream:
         if model in ("fake-401", "fake-429", "fake-500"):
             return self._error(int(model[5:]), anthropic)
         if model == "fake-hold":
-            await asyncio.wait_for(self._hold.wait(), 60)
+            watch = asyncio.ensure_future(self._closed_watch(request, rec))
+            try:
+                await asyncio.wait_for(self._hold.wait(), 60)
+            finally:
+                watch.cancel()
             return None
         if model == "fake-slow":
             content = [e for e in events if b'"content":"' in e or b"text_delta" in e]

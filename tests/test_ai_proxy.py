@@ -268,6 +268,32 @@ async def test_a_client_gone_mid_stream_closes_the_upstream_at_once_and_is_recor
     assert usage[0]["estimated"] is True and usage[0]["requests"] == 1
 
 
+async def test_a_client_gone_before_the_answer_ends_the_upstream_request(client, fake_ai):
+    t = await team(client)
+    fake_ai._hold.clear()
+    call = asyncio.ensure_future(client.post(OPENAI + "/chat/completions", json={**CHAT, "model": "fake-hold"},
+                                             headers=t.headers()))
+    for _ in range(200):
+        if fake_ai.requests:
+            break
+        await asyncio.sleep(0.02)
+    left = time.monotonic()
+    call.cancel()  # the client gives up while the upstream is still thinking
+    upstream = fake_ai.requests[-1]
+    for _ in range(100):
+        if upstream.closed_at is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.closed_at is not None and upstream.closed_at - left < 1.0
+    for _ in range(100):
+        rows = t.rows("SELECT * FROM ai_calls WHERE settled_at IS NOT NULL")
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    assert rows[0]["reserved"] == 0 and rows[0]["estimated"] == 1 and rows[0]["input_tokens"] > 0
+    fake_ai.release()
+
+
 # -- OpenAI-compatible upstreams (Ollama) ------------------------------------------------------------
 async def test_an_ollama_like_upstream_as_openai_with_its_prefix_allowed(make_client, fake_ollama):
     client = await make_client(ai__allowed_base_urls=[fake_ollama.openai_base])

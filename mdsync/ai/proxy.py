@@ -161,6 +161,9 @@ class AIProxy:
                     gone = True
             log.info("AI client went away during %s %s; upstream request ended", request.method, path)
             return got.response if got.response is not None else web.Response(status=499)
+        except asyncio.CancelledError:  # the server cancelled this handler: its client went away, or shutdown
+            gone = True
+            raise
         finally:
             watch.cancel()
             if not work.done():  # this handler itself was cancelled (shutdown)
