@@ -9,6 +9,7 @@ from mdsync.api import middleware
 from mdsync.api.routing import AUTHENTICATOR, BODY_LIMIT
 from mdsync.attachments import routes as attachment_routes
 from mdsync.appkeys import DB, READINESS, ROUTE_TABLES, SETTINGS
+from mdsync.auth import revocations
 from mdsync.auth import routes as auth_routes
 from mdsync.auth.service import AuthService
 from mdsync.collab import routes as collab_routes
@@ -86,6 +87,9 @@ def create_app(settings: Settings) -> web.Application:
     if settings.server.backup_before_migrate:
         app.cleanup_ctx.append(ops_backup.before_migrate_ctx)
     app.cleanup_ctx.append(database)
+    # credentials ended and access changed, by this process or another (the admin CLI), reach
+    # the live sockets, streams and tickets through the same listeners
+    revocations.install(app, db, auth.notify_revoked, workspaces.notify_access_changed)
 
     retention.install(app, settings)  # deleted workspaces, the trash, old change-feed rows
     collab_routes.install(app, settings, db, auth)

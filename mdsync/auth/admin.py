@@ -7,8 +7,9 @@ from __future__ import annotations
 import sqlite3
 
 from mdsync import audit, clock
-from mdsync.auth import store
+from mdsync.auth import revocations, store
 from mdsync.db import Tx
+from mdsync.workspaces.service import remove_member
 
 
 def create_user(tx: Tx, email: str, name: str, password_hash: str, *, admin: bool, via: str) -> sqlite3.Row:
@@ -23,6 +24,9 @@ def set_disabled(tx: Tx, user_id: str, disabled: bool, *, via: str) -> list[str]
     """Disable (sign-in refused, sessions ended) or enable an account; returns the ended sessions."""
     store.update_user(tx, user_id, disabled_at=clock.iso() if disabled else None)
     ended = store.revoke_sessions_of(tx, user_id) if disabled else []
+    if disabled:
+        # personal access tokens stop working too: every connection of the user closes
+        revocations.credentials_ended(tx, user_id, None)
     audit.record(tx, "admin.user_disable" if disabled else "admin.user_enable", target_type="user",
                  target_id=user_id, detail={"via": via})
     return ended
@@ -42,7 +46,12 @@ def set_admin(tx: Tx, user_id: str, admin: bool, *, via: str) -> None:
 
 
 def delete_user(tx: Tx, user: sqlite3.Row, *, via: str) -> None:
-    """Delete an account with its sessions and tokens (the caller refuses a workspace's only owner)."""
+    """Delete an account with its sessions and tokens (the caller refuses a workspace's only owner).
+    Each membership ends as a removal does, with its change rows (other members' devices learn
+    of it), before the account's rows go."""
+    for (workspace_id,) in tx.all("SELECT workspace_id FROM members WHERE user_id = ? ORDER BY workspace_id",
+                                  (user["id"],)):
+        remove_member(tx, workspace_id, user["id"], actor_id=None)
     store.delete_user(tx, user["id"])
     audit.record(tx, "admin.user_delete", target_type="user", target_id=user["id"],
                  detail={"via": via, "email": user["email"]})

@@ -47,8 +47,9 @@ class AuthService:
         self.refresh_by_address = Window(cfg.refresh_attempts_per_address, 60)
         self.setup_token: str | None = None
         self.accept_invitation: InvitationHook = _no_invitations
-        # called after commit with (user_id, [session ids]) when sessions end, and with
-        # (user_id, [token id]) when a personal access token is deleted; live sockets listen
+        # called with (user_id, [session ids]) when sessions end, with (user_id, [token id]) when a
+        # personal access token is deleted, with (user_id, None) when the user is disabled or
+        # deleted — whichever process made the change (auth/revocations.py); live sockets listen
         self.revocation_listeners: list[Callable[[str, list[str] | None], Any]] = []
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies]
 
@@ -221,7 +222,6 @@ class AuthService:
 
         outcome, data = await self.db.write(rotate)
         if outcome == "reused":
-            self._notify_revoked(data["user_id"], [data["session_id"]])
             raise Unauthenticated("this refresh token was already used; the session has been signed out")
         if outcome != "ok":
             raise Unauthenticated("the refresh token is invalid, expired or revoked")
@@ -238,7 +238,6 @@ class AuthService:
             audit.record(tx, "logout", actor_id=principal.user_id, target_type="session", target_id=session_id)
 
         await self.db.write(revoke)
-        self._notify_revoked(principal.user_id, [session_id])
 
     async def revoke_session(self, principal: Principal, session_id: str) -> None:
         def revoke(tx: Tx):
@@ -251,9 +250,10 @@ class AuthService:
 
         if not await self.db.write(revoke):
             raise NotFound("no such session")
-        self._notify_revoked(principal.user_id, [session_id])
 
-    def _notify_revoked(self, user_id: str, session_ids: list[str] | None) -> None:
+    def notify_revoked(self, user_id: str, session_ids: list[str] | None) -> None:
+        """Tell the revocation listeners (called by the revocations watcher, auth/revocations.py,
+        for every credential that ended: at commit in this process, from a poll for others)."""
         for listener in self.revocation_listeners:
             try:
                 listener(user_id, session_ids)
@@ -291,13 +291,11 @@ class AuthService:
 
         def change(tx: Tx):
             store.update_user(tx, principal.user_id, password_hash=new_hash)
-            ended = store.revoke_sessions_of(tx, principal.user_id, keep=principal.session_id)
+            store.revoke_sessions_of(tx, principal.user_id, keep=principal.session_id)
             audit.record(tx, "user.password_change", actor_id=principal.user_id, target_type="user",
                          target_id=principal.user_id, ip=ip)
-            return ended
 
-        ended = await self.db.write(change)
-        self._notify_revoked(principal.user_id, ended)
+        await self.db.write(change)
 
     async def create_api_token(self, principal: Principal, name: str, scopes: list[str],
                                expires_at: str | None) -> dict:
@@ -321,7 +319,6 @@ class AuthService:
 
         if not await self.db.write(delete):
             raise NotFound("no such token")
-        self._notify_revoked(principal.user_id, [token_id])
 
     # -- first admin -----------------------------------------------------------------------
     async def prepare_setup(self) -> str | None:

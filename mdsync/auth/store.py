@@ -10,6 +10,7 @@ import json
 import sqlite3
 
 from mdsync import clock
+from mdsync.auth import revocations
 from mdsync.auth.tokens import digest
 from mdsync.db import Database, Tx, new_id
 
@@ -71,7 +72,9 @@ def update_user(tx: Tx, user_id: str, **fields) -> sqlite3.Row:
 
 
 def delete_user(tx: Tx, user_id: str) -> None:
+    """Delete the account; its sessions and tokens go with it (their connections close)."""
     tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+    revocations.credentials_ended(tx, user_id, None)
 
 
 def list_users(tx: Tx) -> list[sqlite3.Row]:
@@ -108,7 +111,10 @@ def rotate_refresh_token(tx: Tx, session_id: str, old_token: str, new_token: str
 
 
 def revoke_session(tx: Tx, session_id: str) -> None:
-    tx.execute("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (clock.iso(), session_id))
+    # all(): a RETURNING statement must run to its end before the job's savepoint is released
+    for row in tx.all("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING user_id",
+                      (clock.iso(), session_id)):
+        revocations.credentials_ended(tx, row["user_id"], [session_id])
 
 
 def revoke_sessions_of(tx: Tx, user_id: str, keep: str | None = None) -> list[str]:
@@ -116,7 +122,9 @@ def revoke_sessions_of(tx: Tx, user_id: str, keep: str | None = None) -> list[st
                   (user_id, keep))
     tx.execute("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id IS NOT ?",
                (clock.iso(), user_id, keep))
-    return [row["id"] for row in rows]
+    ended = [row["id"] for row in rows]
+    revocations.credentials_ended(tx, user_id, ended)
+    return ended
 
 
 async def session_state(db: Database, session_id: str) -> sqlite3.Row | None:
@@ -168,7 +176,10 @@ async def list_api_tokens(db: Database, user_id: str, after: tuple[str, str] | N
 
 
 def delete_api_token(tx: Tx, token_id: str, user_id: str) -> bool:
-    return tx.execute("DELETE FROM api_tokens WHERE id = ? AND user_id = ?", (token_id, user_id)).rowcount > 0
+    if tx.execute("DELETE FROM api_tokens WHERE id = ? AND user_id = ?", (token_id, user_id)).rowcount == 0:
+        return False
+    revocations.credentials_ended(tx, user_id, [token_id])
+    return True
 
 
 async def api_token_state(db: Database, token: str) -> sqlite3.Row | None:

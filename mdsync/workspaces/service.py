@@ -6,10 +6,11 @@ always keeps at least one owner: each membership change re-counts owners before 
 refuses (409) when none would be left, so no sequence of changes can get past it.
 
 `WorkspaceService.access_listeners`: callables `(workspace_id, user_id | None, document_id | None)`
-called on the event loop after a commit that changed someone's access (member
-removed, left, role raised or lowered; grant changed or revoked; share link revoked; document trashed or
-purged; workspace deleted). `None` means "everyone" / "every document". Live sockets re-check
-their access (`access.recheck`) and close or downgrade.
+called on the event loop after a commit that changed someone's access (member removed, left,
+role raised or lowered; grant changed or revoked; share link revoked; document trashed or purged;
+workspace deleted), whichever process committed it — the admin CLI too (auth/revocations.py).
+`None` means "everyone" / "every document". Live sockets re-check their access
+(`access.recheck`) and close or downgrade.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from aiohttp import web
 
 from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from mdsync.auth import revocations
 from mdsync.db import Database, Tx, new_id
 from mdsync.sync import changes
 from mdsync.workspaces.access import RANK, Access
@@ -133,6 +135,8 @@ def set_role(tx: Tx, workspace_id: str, user_id: str, role: str, *, actor_id: st
     changes.record(tx, workspace_id, "member", user_id, "upsert")
     audit.record(tx, "member.role", actor_id=actor_id, target_type="user", target_id=user_id,
                  workspace_id=workspace_id, detail={"from": old, "to": role})
+    # both ways: a lowered role makes live sockets read-only, a raised one writable
+    revocations.access_changed(tx, workspace_id, user_id)
     return old
 
 
@@ -150,6 +154,7 @@ def remove_member(tx: Tx, workspace_id: str, user_id: str, *, actor_id: str | No
     changes.record(tx, workspace_id, "workspace", workspace_id, "delete", user_id=user_id)
     audit.record(tx, action, actor_id=actor_id, target_type="user", target_id=user_id,
                  workspace_id=workspace_id, detail={"role": old})
+    revocations.access_changed(tx, workspace_id, user_id)
 
 
 def sole_owner_workspaces(tx: Tx, user_id: str) -> list[Any]:
@@ -210,10 +215,13 @@ class WorkspaceService:
     # -- listeners -------------------------------------------------------------------------
     def access_changed(self, tx: Tx, workspace_id: str, user_id: str | None = None,
                        document_id: str | None = None) -> None:
-        """Tell access listeners, after this transaction commits, that access may have shrunk."""
-        tx.after_commit(lambda: self._notify(workspace_id, user_id, document_id))
+        """Record in this transaction that access may have shrunk: the access listeners hear of
+        it once it commits (auth/revocations.py; `set_role` and `remove_member` record their own)."""
+        revocations.access_changed(tx, workspace_id, user_id, document_id)
 
-    def _notify(self, workspace_id: str, user_id: str | None, document_id: str | None) -> None:
+    def notify_access_changed(self, workspace_id: str, user_id: str | None, document_id: str | None) -> None:
+        """Tell the access listeners (called by the revocations watcher for every recorded change,
+        whichever process made it)."""
         for listener in list(self.access_listeners):
             try:
                 listener(workspace_id, user_id, document_id)
@@ -332,9 +340,6 @@ class WorkspaceService:
                 raise NotFound("no such member")
             self._may_manage(access, old, role)
             set_role(tx, ws_id, user_id, role, actor_id=access.user_id)
-            if role != old:
-                # both ways: a lowered role makes live sockets read-only, a raised one writable
-                self.access_changed(tx, ws_id, user_id)
 
         await self.db.write(change)
 
@@ -349,7 +354,6 @@ class WorkspaceService:
                 self._may_manage(access, old)
             remove_member(tx, ws_id, user_id, actor_id=access.user_id,
                           action="member.leave" if user_id == access.user_id else "member.remove")
-            self.access_changed(tx, ws_id, user_id)
 
         await self.db.write(remove)
 
@@ -366,7 +370,6 @@ class WorkspaceService:
             set_role(tx, ws_id, access.user_id, "admin", actor_id=access.user_id)
             audit.record(tx, "workspace.transfer", actor_id=access.user_id, target_type="user", target_id=user_id,
                          workspace_id=ws_id)
-            self.access_changed(tx, ws_id, access.user_id)
 
         await self.db.write(transfer)
 
