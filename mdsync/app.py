@@ -28,6 +28,8 @@ from mdsync.ops import health
 from mdsync.ops import metrics as ops_metrics
 from mdsync.ops import replica as ops_replica
 from mdsync.ops import retention
+from mdsync import search
+from mdsync.search import routes as search_routes
 from mdsync.sync import routes as sync_routes
 from mdsync.transfer import routes as transfer_routes
 from mdsync.versions import routes as versions_routes
@@ -64,6 +66,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SHARING] = Sharing(app, db, settings.public_url)
     attachment_routes.install(app)  # after documents, sharing and workspaces: it hooks into them
     comments.install(app, settings)
+    search.install(app, settings)
 
     tables = [health.routes, ops_metrics.routes, auth_routes.routes, sync_routes.routes, collab_routes.routes,
               workspace_routes.routes, document_routes.routes, content_routes.routes,
@@ -73,6 +76,7 @@ def create_app(settings: Settings) -> web.Application:
     tables.append(attachment_routes.routes)
     tables.append(comment_routes.routes)
     tables.append(ai.routes)
+    tables.append(search_routes.routes)
     for table in tables:
         table.register(app)
     app[ROUTE_TABLES] = tables

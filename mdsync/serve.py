@@ -21,12 +21,15 @@ from mdsync.auth.routes import AUTH
 from mdsync.config import Settings
 
 log = logging.getLogger("mdsync.serve")
+# The longest request line (and header line) read: aiohttp's 8 KiB default would refuse a long
+# search query (`GET /api/v1/search?q=…`) with a bare 400 before the route could answer it (422).
+MAX_REQUEST_LINE = 64 * 1024
 
 
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
     runner = web.AppRunner(app, access_log_class=logs.AccessLogger, handle_signals=False,
-                           shutdown_timeout=settings.server.shutdown_timeout)
+                           shutdown_timeout=settings.server.shutdown_timeout, max_line_size=MAX_REQUEST_LINE)
     # handlers first: a SIGTERM that arrives while starting still means "stop cleanly", not death
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

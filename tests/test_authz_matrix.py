@@ -413,6 +413,9 @@ ROWS: list[Row] = [
         label="own comment"),
     Row("POST", C + "/comments/{comment}/resolve", "200 200 200 200 403 404 403 401", setup=owners_comment),
     Row("POST", C + "/comments/{comment}/reopen", "200 200 200 200 403 404 403 401", setup=owners_comment),
+    # search: every signed-in caller searches what they may read; one workspace only for its members
+    Row("GET", C + "/search", SIGNED_IN, query="?q=hello"),
+    Row("GET", C + "/search", MEMBERS_READ, query="?q=hello&workspace_id={ws}", label="one workspace"),
     # export / import: admin and up
     Row("GET", W + "/{ws}/export", ADMIN_WRITE),
     Row("POST", W + "/{ws}/import", ADMIN_WRITE, raw=_IMPORT_ZIP, content_type="application/zip"),

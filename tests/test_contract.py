@@ -295,7 +295,8 @@ def list_specs(client) -> list[RouteSpec]:
 # Lists documented as one page without a cursor:
 ONE_PAGE_LISTS = {("GET", "/api/v1/documents/{doc}/presence"),  # "(one page, no cursor)"
                   ("GET", "/api/v1/ai/models"),  # API.md: `{items}`, the whole list
-                  ("GET", "/api/v1/ai/usage")}   # API.md: `{items}` of the date range asked for
+                  ("GET", "/api/v1/ai/usage"),   # API.md: `{items}` of the date range asked for
+                  ("GET", "/api/v1/search")}  # `{items}` only, the best matches (limit clamped: test_search.py)
 
 
 async def populate(world: World, spec: RouteSpec, n: int) -> None:
@@ -415,6 +416,7 @@ EMPTY_BODY_STATUS = {
     ("GET", "/api/v1/ai/openai/v1/models"): 409,               # no AI key is configured in these tests
     ("GET", "/api/v1/ai/anthropic/v1/models"): 409,
     ("GET", "/api/v1/workspaces/{ws}/ai/keys/{provider}"): 404,  # no key is set
+    ("GET", "/api/v1/search"): 422,                             # `q` is required
 }
 
 
@@ -624,6 +626,7 @@ async def test_ids_from_another_workspace_in_bodies_and_queries_answer_as_unknow
         ("GET", f"/api/v1/documents/{doc}/diff", "params", {"from": "version", "to": "current"}),
         ("GET", f"/api/v1/documents/{doc}/diff", "params", {"from": mine.ids["version"], "to": "version"}),
         ("GET", f"/api/v1/workspaces/{ws}/documents", "params", {"folder_id": "folder"}),
+        ("GET", "/api/v1/search", "params", {"q": "secret", "workspace_id": "ws"}),
     ]
     theirs_ids = {**theirs.ids, "owner": theirs.owner.id}
     for method, url, where, template in cases:

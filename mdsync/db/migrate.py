@@ -2,18 +2,26 @@
 
 Applied versions are recorded in `schema_migrations`. A database whose newest recorded version
 is unknown to this code was written by a newer mdsync: we refuse to touch it.
+
+A migration that takes a while (building the search index of a large database, say) logs a
+progress line every PROGRESS_EVERY seconds, so an operator watching the log of a start that
+seems stuck sees why.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import sqlite3
+import time
 from dataclasses import dataclass
 from importlib import resources
 
 from mdsync import clock
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+PROGRESS_EVERY = 5.0  # seconds between progress lines of one long migration
+log = logging.getLogger("mdsync.db")
 
 
 class SchemaTooNew(Exception):
@@ -65,10 +73,34 @@ def apply_migrations(conn: sqlite3.Connection) -> list[Migration]:
             "INSERT INTO schema_migrations (version, name, applied_at) "
             f"VALUES ({migration.version}, '{migration.name}', '{clock.iso()}');"
         )
+        name = f"{migration.version:04d}_{migration.name}"
+        started = time.monotonic()
+        conn.set_progress_handler(_progress_logger(name, started), 1000)
         try:
             conn.executescript(f"BEGIN IMMEDIATE;\n{migration.sql}\n;{record}\nCOMMIT;")
         except sqlite3.Error as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise RuntimeError(f"migration {migration.version}_{migration.name} failed: {exc}") from exc
+            raise RuntimeError(f"migration {name} failed: {exc}") from exc
+        finally:
+            conn.set_progress_handler(None, 0)
+        took = time.monotonic() - started
+        if took >= PROGRESS_EVERY:
+            log.info("migration %s applied in %.0f s", name, took)
     return todo
+
+
+def _progress_logger(name: str, started: float):
+    """A SQLite progress handler (called every 1000 VM steps: some 50 rows of an index build) that
+    logs every PROGRESS_EVERY seconds."""
+    next_line = started + PROGRESS_EVERY
+
+    def progress() -> int:
+        nonlocal next_line
+        now = time.monotonic()
+        if now >= next_line:
+            log.info("migration %s still running after %.0f s (the database is being upgraded)", name, now - started)
+            next_line = now + PROGRESS_EVERY
+        return 0  # go on
+
+    return progress

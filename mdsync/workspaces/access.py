@@ -38,6 +38,14 @@ DOC_COLUMNS = ("d.id, d.workspace_id, d.folder_id, d.title, d.kind, d.content_mo
                " d.position, d.created_by, d.created_at, d.updated_at, d.deleted_at")
 
 
+# The documents a signed-in user may read, for queries over many documents at once (search),
+# as joins onto a `documents` alias `d`, with one parameter: the user id. The same rule as
+# `resolve`: a member of the document's workspace, which is not deleted. A grant only replaces
+# the role on its document, and every role reads. Trashed documents are the caller's to exclude.
+READABLE_DOCUMENTS = ("JOIN workspaces w ON w.id = d.workspace_id AND w.deleted_at IS NULL"
+                      " JOIN members m ON m.workspace_id = d.workspace_id AND m.user_id = ?")
+
+
 def rank(role: str) -> int:
     return RANK[role]
 

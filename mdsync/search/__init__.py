@@ -1,0 +1,23 @@
+"""Full-text search (API.md "Search"): SQLite FTS5 over the title and markdown of documents.
+
+The index itself is kept by triggers on `documents` (migration 0011_search.sql), in the same
+transaction as every change to what it holds; this package only reads it.
+
+query.py     the search box's words as an FTS5 query; snippets as escaped HTML with <mark>
+service.py   the search statement, limited to the documents the caller may read
+routes.py    GET /api/v1/search
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mdsync.appkeys import DB
+from mdsync.config import Settings
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    """The search service (its route is registered with the other route tables)."""
+    from mdsync.search.service import SEARCH_SERVICE, Search
+
+    app[SEARCH_SERVICE] = Search(app[DB])
