@@ -1,6 +1,6 @@
 """Full-text search (API.md "Search"): SQLite FTS5 over the title and markdown of documents.
 
-The index itself is kept by triggers on `documents` (migration 0011_search.sql), in the same
+The index itself is kept by triggers on `documents` (migration 0012_search.sql), in the same
 transaction as every change to what it holds; this package only reads it.
 
 query.py     the search box's words as an FTS5 query; snippets as escaped HTML with <mark>

@@ -1,6 +1,6 @@
 """Full-text search over the documents a user may read (SQL inside).
 
-One statement: the FTS5 index (migration 0011) in bm25 order (`rank`, with the title weighed
+One statement: the FTS5 index (migration 0012) in bm25 order (`rank`, with the title weighed
 10×), each match joined to its document and kept only when the caller may read it
 (`access.READABLE_DOCUMENTS`), the first `limit` taken. FTS5 hands its matches over already in
 rank order, so `snippet()` runs for the rows returned only. `score` is -bm25: higher is better.
