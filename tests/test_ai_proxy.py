@@ -392,3 +392,15 @@ async def test_cors_lets_the_sdks_call_from_the_browser(client, fake_ai):
     resp = await client.post(OPENAI + "/chat/completions", json={**CHAT, "model": "fake-429"},
                              headers=t.headers(Origin=origin))
     assert resp.headers["Access-Control-Allow-Origin"] == origin and resp.status == 429
+
+
+def test_the_meter_reads_events_split_anywhere_and_drops_only_the_usage_chunk():
+    from mdsync.ai.openai import ChatMeter
+
+    data = fixture("chat_stream.sse").replace(b"\n\n", b"\r\n\r\n")
+    for size in (1, 7, 64, len(data)):
+        meter = ChatMeter(drop_usage_chunk=True)
+        out = b"".join(meter.feed(data[i:i + size]) for i in range(0, len(data), size)) + meter.end()
+        assert out == b"".join(e for e in data.split(b"\r\n\r\n") if e and b'"choices":[]' not in e
+                               for e in [e + b"\r\n\r\n"])
+        assert meter.usage(0) == type(meter.usage(0))(12, 5, False)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from mdsync.ai.splice import Body
 
+MAX_EVENT_BYTES = 4 * 1024 * 1024  # an unterminated "event" longer than this is relayed without waiting
 # a message's share of the prompt the provider counts beyond its text (role, separators)
 PER_MESSAGE_TOKENS = 16
 
@@ -86,6 +87,13 @@ class Meter:
             start = match.end()
         if start:
             self._buffer = self._buffer[start:]
+        if len(self._buffer) > MAX_EVENT_BYTES:
+            # no event is this long: not an event stream after all; relay it as it comes, unread
+            if self._drop:
+                out.append(self._buffer)
+            self._buffer = b""
+            forward, self._drop = (b"".join(out) if self._drop else chunk), False
+            return forward
         # with nothing to drop, every byte goes on the moment it arrives (events are read once whole)
         return b"".join(out) if self._drop else chunk
 
