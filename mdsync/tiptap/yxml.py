@@ -181,9 +181,13 @@ def y_format(marks: list[dict] | None) -> dict[str, Any]:
 
 
 def insert_blocks(parent: XmlFragment | XmlElement, index: int, nodes: list[dict]) -> None:
-    """Insert `nodes` (JSON) as children of `parent` at `index` (inside the caller's transaction)."""
-    for offset, node in enumerate(nodes):
-        _insert_node(parent, index + offset, node)
+    """Insert `nodes` (JSON) as children of `parent` at `index` (inside the caller's transaction).
+
+    Built back to front, each node inserted at the same index: yrs finds an index by walking the
+    list from its start, so appending thousands of blocks one after the other is quadratic
+    (measured: 1 MB of markdown 3.3x slower at 300 KB and worse beyond)."""
+    for node in reversed(nodes):
+        _insert_node(parent, index, node)
 
 
 def _insert_node(parent: Any, index: int, node: dict) -> None:
@@ -192,21 +196,29 @@ def _insert_node(parent: Any, index: int, node: dict) -> None:
 
 
 def fill(el: XmlElement, content: list[dict]) -> None:
-    """Append `content` (JSON nodes) to an empty element: runs of text nodes become one XmlText."""
-    i = 0
-    n = len(content)
-    while i < n:
-        node = content[i]
+    """Fill an empty element with `content` (JSON nodes): each run of text nodes is one XmlText
+    (y-prosemirror's mapping), inline and block nodes elements. Back to front, as above."""
+    segments: list[Any] = []
+    for node in content:
         if node["type"] == "text":
-            text = el.children.append(XmlText())
-            pos = 0
-            while i < n and content[i]["type"] == "text":
-                run = content[i]
-                fmt = y_format(run.get("marks"))
-                text.insert(pos, run["text"], fmt or None)
-                pos += len(run["text"].encode("utf-8"))
-                i += 1
+            if segments and isinstance(segments[-1], list):
+                segments[-1].append(node)
+            else:
+                segments.append([node])
         else:
-            child = el.children.append(XmlElement(node["type"], y_attrs(node)))
-            fill(child, node.get("content") or [])
-            i += 1
+            segments.append(node)
+    for segment in reversed(segments):
+        if isinstance(segment, list):
+            text = el.children.insert(0, XmlText())
+            fill_text(text, segment)
+        else:
+            _insert_node(el, 0, segment)
+
+
+def fill_text(text: XmlText, runs: list[dict]) -> None:
+    """Write text nodes (with their marks as formatting attributes) into an empty XmlText."""
+    pos = 0
+    for run in runs:
+        fmt = y_format(run.get("marks"))
+        text.insert(pos, run["text"], fmt or None)
+        pos += len(run["text"].encode("utf-8"))
