@@ -21,7 +21,7 @@ from mdsync.db import Database
 from mdsync.ops import backup as ops_backup
 from mdsync.documents import content_routes
 from mdsync.documents import routes as document_routes
-from mdsync.documents.content import CONTENT, ContentModels, StoredMarkdown
+from mdsync.documents.content import CONTENT, ContentModels
 from mdsync.documents.service import DOCUMENTS, Documents
 from mdsync.documents.sharing import SHARING, Sharing
 from mdsync.ops import health
@@ -31,6 +31,7 @@ from mdsync.ops import retention
 from mdsync import search
 from mdsync.search import routes as search_routes
 from mdsync.sync import routes as sync_routes
+from mdsync import tiptap
 from mdsync.transfer import routes as transfer_routes
 from mdsync.versions import routes as versions_routes
 from mdsync.workspaces import routes as workspace_routes
@@ -99,7 +100,7 @@ def create_app(settings: Settings) -> web.Application:
     collab_routes.install(app, settings, db, auth)
     # the content backend of each content model (documents/content.py), after the room manager
     app[CONTENT] = ContentModels({"text": collab_http.text_content(app, settings, db),
-                                  "tiptap": StoredMarkdown(db)})
+                                  "tiptap": tiptap.content_backend(app, settings, db)})
     versions_routes.install(app, settings)  # after collab: it listens to the rooms
     sync_routes.install(app, db, auth)  # after the database: the feed starts once it is open
     ai.install(app, settings)  # after the database: it releases reservations a stopped process held

@@ -153,6 +153,12 @@ class VersionsSettings(Section):
     prune_interval_seconds: float = Field(3600.0, gt=0)
 
 
+class TipTapSettings(Section):
+    # node and mark names of the editor's extensions beyond StarterKit, task list, table, image, link
+    extra_nodes: list[str] = []
+    extra_marks: list[str] = []
+
+
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -168,6 +174,7 @@ class Settings(Section):
     documents: DocumentsSettings = DocumentsSettings()
     collab: CollabSettings = CollabSettings()
     versions: VersionsSettings = VersionsSettings()
+    tiptap: TipTapSettings = TipTapSettings()
 
     @property
     def data_dir(self) -> Path:

@@ -210,17 +210,6 @@ async def test_viewer_reads_but_cannot_write_and_other_workspaces_see_nothing(cl
     assert (await get_content(client, owner, doc_id))[0] == "text\n"
 
 
-async def test_tiptap_documents_keep_the_simple_backend(client):
-    owner = await register(client)
-    ws = await make_workspace(client, owner)
-    doc = await document(client, owner, ws, "T", markdown="# T\n", content_model="tiptap")
-    text, etag = await get_content(client, owner, doc["id"])
-    assert (text, etag) == ("# T\n", doc["etag"])
-    resp = await put_content(client, owner, doc["id"], "# T2\n", etag)
-    assert resp.status == 200
-    assert (await put_content(client, owner, doc["id"], "# T3\n", etag)).status == 412
-
-
 # -- reads and the projection -----------------------------------------------------------------
 async def test_document_with_crdt_state_is_read_from_it_not_from_a_trailing_projection(client):
     owner, _, doc_id = await setup_doc(client, "first\n")

@@ -1,5 +1,7 @@
-"""Content model `text` on top of Yjs: `YjsTextContent`, the `ContentBackend`
-(documents/content.py) of documents whose markdown lives in `Y.Text('markdown')`.
+"""Content models on top of Yjs: `YjsContent`, what every Yjs-backed `ContentBackend`
+(documents/content.py) shares, and `YjsTextContent`, the backend of documents whose markdown lives
+in `Y.Text('markdown')` (TipTap's is tiptap/content.py). How a model keeps its markdown in the
+Yjs document: yjs_markdown.py.
 
 - ETag: `etags.state_etag` of the CRDT state, the same from `etag` (document metadata) and
   `read`; a document never opened is served as the deterministic seed state its room will load.
@@ -27,10 +29,11 @@ from pycrdt import Doc, Text
 
 from mdsync.api.errors import PreconditionFailed, TooLarge
 from mdsync.collab.etags import state_etag
-from mdsync.collab.room import TEXT_NAME, DocumentTooLarge, Room, decode_state_vector, seed_update
+from mdsync.collab.room import TEXT_NAME, DocumentTooLarge, Room, decode_state_vector
 from mdsync.collab.rooms import RoomManager
 from mdsync.collab.states import States
 from mdsync.collab.text_ops import apply_text_diff, text_ops_async
+from mdsync.collab.yjs_markdown import TEXT, YjsMarkdown
 from mdsync.db import Database
 from mdsync.documents.content import if_match_etags, quote, revision_etag
 
@@ -44,15 +47,17 @@ def merge_client_id(etag: str, markdown: str) -> int:
     return (int.from_bytes(digest[:4], "big") & 0x7FFFFFFF) or 1
 
 
-class YjsTextContent:
-    """`ContentBackend` of content model `text`."""
+class YjsContent:
+    """What every Yjs-backed `ContentBackend` shares (ETags, reads, served states, projection,
+    versions); `model` says how the markdown lives in the Yjs document. Subclasses write."""
 
-    def __init__(self, db: Database, rooms: RoomManager, states: States, heads: Heads,
+    def __init__(self, db: Database, rooms: RoomManager, states: States, heads: Heads, model: YjsMarkdown,
                  on_result: Callable[[str], None] | None = None):
         self.db = db
         self.rooms = rooms
         self.states = states
         self.heads = heads  # the ETags of stored projections (projection.py)
+        self.model = model
         self.on_result = on_result or (lambda kind: None)  # metrics: "diff" · "merge" · "refused"
         self.projector: Projector | None = None  # REST writes store their projection at once
 
@@ -91,13 +96,60 @@ class YjsTextContent:
             if stored is not None:
                 return stored[0]
         async with self.rooms.use(doc["id"]) as room:
-            return room.text()
+            return await self.room_markdown(room)
 
-    def room_markdown(self, room: Room) -> str:
-        return room.text()
+    async def room_markdown(self, room: Room) -> str:
+        snapshot = self.model.snapshot(room.doc)  # before any await: the caller's instant
+        return await self.model.render(snapshot, room.document_id)
 
     async def state(self, room: Room) -> tuple[str, bytes]:
-        return room.text(), room.encode_state()
+        snapshot, state = self.model.snapshot(room.doc), room.encode_state()
+        return await self.model.render(snapshot, room.document_id), state
+
+    # -- the parts ---------------------------------------------------------------------------
+    async def _serve(self, room: Room) -> tuple[str, str]:
+        text, etag = await self.states.serve(room.document_id, room.doc, room.size, self.model)
+        return text, quote(etag)
+
+    async def _serve_seed(self, document_id: str) -> tuple[str, str] | None:
+        """A document that has no CRDT state yet (never opened) holds exactly the deterministic
+        seed of its markdown (`model.seed`), the state its room will load: serve that state
+        without loading the room. None when the document has CRDT state."""
+        markdown = await self.db.value(
+            "SELECT markdown FROM documents d WHERE id = ?1 AND content_model = ?2"
+            " AND NOT EXISTS (SELECT 1 FROM doc_snapshots WHERE document_id = ?1)"
+            " AND NOT EXISTS (SELECT 1 FROM doc_updates WHERE document_id = ?1)", (document_id, self.model.name))
+        if markdown is None:
+            return None
+        seed = Doc()
+        seed.apply_update(await self.model.seed(markdown))
+        text, etag = await self.states.serve(document_id, seed, len(markdown), self.model)
+        if self.rooms.loaded(document_id) is None and self.heads.get(document_id) is None:
+            self.heads.note(document_id, etag)  # its projection (the markdown) is exactly that state
+        return text, quote(etag)
+
+    async def _exact_projection(self, document_id: str) -> tuple[str, str] | None:
+        """(markdown, etag) of the stored projection when it is exactly the stored CRDT state and
+        that state is retained; None when the room must be loaded to know."""
+        row = await self.db.one(
+            "SELECT d.markdown, h.etag, h.crdt_seq,"
+            " max(coalesce((SELECT seq FROM doc_snapshots WHERE document_id = d.id), 0),"
+            "     coalesce((SELECT max(seq) FROM doc_updates WHERE document_id = d.id), 0)) AS crdt_now,"
+            " (SELECT served_at FROM content_states s WHERE s.document_id = d.id AND s.etag = h.etag) AS served_at"
+            " FROM documents d JOIN content_heads h ON h.document_id = d.id WHERE d.id = ?", (document_id,))
+        if (row is None or row["crdt_now"] == 0 or row["crdt_now"] != row["crdt_seq"]
+                or row["served_at"] is None or row["served_at"] < self.states.cutoff()):
+            return None
+        self.heads.note(document_id, row["etag"])
+        return row["markdown"], row["etag"]
+
+
+class YjsTextContent(YjsContent):
+    """`ContentBackend` of content model `text`."""
+
+    def __init__(self, db: Database, rooms: RoomManager, states: States, heads: Heads,
+                 on_result: Callable[[str], None] | None = None):
+        super().__init__(db, rooms, states, heads, TEXT, on_result)
 
     async def write(self, doc: Any, markdown: str, if_match: str | None, access: Any) -> tuple[str, str]:
         document_id = doc["id"]
@@ -129,43 +181,6 @@ class YjsTextContent:
             if self.projector is not None:
                 await self.projector.project_now(room)
             return await self._serve(room)
-
-    # -- the parts ---------------------------------------------------------------------------
-    async def _serve(self, room: Room) -> tuple[str, str]:
-        text, etag = await self.states.serve(room.document_id, room.doc, room.size)
-        return text, quote(etag)
-
-    async def _serve_seed(self, document_id: str) -> tuple[str, str] | None:
-        """A document that has no CRDT state yet (never opened) holds exactly the deterministic
-        seed of its markdown (room.seed_update), the state its room will load: serve that state
-        without loading the room. None when the document has CRDT state."""
-        markdown = await self.db.value(
-            "SELECT markdown FROM documents d WHERE id = ?1 AND content_model = 'text'"
-            " AND NOT EXISTS (SELECT 1 FROM doc_snapshots WHERE document_id = ?1)"
-            " AND NOT EXISTS (SELECT 1 FROM doc_updates WHERE document_id = ?1)", (document_id,))
-        if markdown is None:
-            return None
-        seed = Doc()
-        seed.apply_update(seed_update(markdown))
-        text, etag = await self.states.serve(document_id, seed, len(markdown))
-        if self.rooms.loaded(document_id) is None and self.heads.get(document_id) is None:
-            self.heads.note(document_id, etag)  # its projection (the markdown) is exactly that state
-        return text, quote(etag)
-
-    async def _exact_projection(self, document_id: str) -> tuple[str, str] | None:
-        """(markdown, etag) of the stored projection when it is exactly the stored CRDT state and
-        that state is retained; None when the room must be loaded to know."""
-        row = await self.db.one(
-            "SELECT d.markdown, h.etag, h.crdt_seq,"
-            " max(coalesce((SELECT seq FROM doc_snapshots WHERE document_id = d.id), 0),"
-            "     coalesce((SELECT max(seq) FROM doc_updates WHERE document_id = d.id), 0)) AS crdt_now,"
-            " (SELECT served_at FROM content_states s WHERE s.document_id = d.id AND s.etag = h.etag) AS served_at"
-            " FROM documents d JOIN content_heads h ON h.document_id = d.id WHERE d.id = ?", (document_id,))
-        if (row is None or row["crdt_now"] == 0 or row["crdt_now"] != row["crdt_seq"]
-                or row["served_at"] is None or row["served_at"] < self.states.cutoff()):
-            return None
-        self.heads.note(document_id, row["etag"])
-        return row["markdown"], row["etag"]
 
     async def _apply_if_current(self, room: Room, wanted: list[str], markdown: str, user_id: str | None) -> bool:
         """The If-Match names the live state: apply base→markdown as a diff, unless the room moved

@@ -25,14 +25,17 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mdsync import clock
 from mdsync.collab.etags import state_etag
 from mdsync.collab.room import Room
 from mdsync.collab.states import States
 from mdsync.db import Database, Tx
-from mdsync.documents.content import ContentBackend, store_markdown
+from mdsync.documents.content import store_markdown
+
+if TYPE_CHECKING:
+    from mdsync.collab.content import YjsContent
 
 log = logging.getLogger("mdsync.collab.projection")
 
@@ -77,7 +80,7 @@ class Heads:
 
 
 class Projector:
-    def __init__(self, db: Database, model: str, backend: ContentBackend, states: States, heads: Heads, *,
+    def __init__(self, db: Database, model: str, backend: YjsContent, states: States, heads: Heads, *,
                  debounce: float, max_delay: float, observe_lag: Callable[[float], Any] | None = None):
         self.db = db
         self.model = model
@@ -137,7 +140,8 @@ class Projector:
         """Store the room's markdown now (text, ETag and log seq read at one instant)."""
         if not await self.projects(room.document_id):
             return
-        text, etag, seq = self.backend.room_markdown(room), state_etag(room.doc), room.seq
+        etag, seq = state_etag(room.doc), room.seq
+        text = await self.backend.room_markdown(room)  # reads the room before its first await: same instant
         if text is None:
             return
         stored = await self.db.write(store_projection, room.document_id, text, etag, seq, clock.iso())
@@ -169,7 +173,7 @@ class Projector:
         if not await self.projects(room.document_id):
             return
         try:
-            await self.states.serve(room.document_id, room.doc, room.size)
+            await self.states.serve(room.document_id, room.doc, room.size, self.backend.model)
         except Exception:
             log.exception("could not record the final state of %s", room.document_id)
         await self.store(room)

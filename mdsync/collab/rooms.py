@@ -63,6 +63,10 @@ class CollabStats:
         self.refused = 0
 
 
+async def _seed_text(markdown: str) -> bytes:
+    return seed_update(markdown)
+
+
 class RoomManager:
     def __init__(self, db: Database, *, grace_seconds: float = 10.0, snapshot_after_updates: int = 1000,
                  snapshot_after_bytes: int = 1 << 20, max_document_bytes: int = 16 << 20,
@@ -81,6 +85,9 @@ class RoomManager:
         self.close_hooks: list[Callable[[Room], Awaitable[Any]]] = []
         self.update_listeners: list[Callable[[Room, bytes, str | None], Any]] = []
         self.access_recheck = access_recheck
+        # content model -> the deterministic first state of a document holding some markdown
+        # (a document without CRDT state is seeded from documents.markdown when its room loads)
+        self.seeders: dict[str, Callable[[str], Awaitable[bytes]]] = {"text": _seed_text}
         self.stats = CollabStats()
         self.shutting_down = False
 
@@ -154,8 +161,9 @@ class RoomManager:
         if stored.snapshot is None and not stored.updates:
             # never rebuild a document that has CRDT state from markdown: only a fresh one is seeded
             markdown = stored.seed_markdown
-            if markdown:
-                room.apply_update(seed_update(markdown), None)
+            seeder = self.seeders.get(stored.content_model)
+            if markdown and seeder is not None:
+                room.apply_update(await seeder(markdown), None)
                 await room.drain()
         self.rooms[document_id] = room
         self.stats.rooms_loaded += 1

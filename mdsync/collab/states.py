@@ -15,11 +15,11 @@ import asyncio
 import logging
 from collections import OrderedDict
 
-from pycrdt import Doc, Text
+from pycrdt import Doc
 
 from mdsync import clock
 from mdsync.collab.etags import state_etag
-from mdsync.collab.room import TEXT_NAME
+from mdsync.collab.yjs_markdown import TEXT, YjsMarkdown
 from mdsync.db import Database, Tx
 
 log = logging.getLogger("mdsync.collab.content")
@@ -51,10 +51,16 @@ class States:
     def cutoff(self) -> str:
         return clock.iso_in(-self.retention)
 
-    async def serve(self, document_id: str, doc: Doc, size_hint: int = 0) -> tuple[str, str]:
-        """(text, etag) of `doc` now, its state recorded first so that a later If-Match on that
-        ETag can rebuild it: as the delta from the document's previous recorded state, or whole
-        when the deltas since the last whole one outweigh the document."""
+    async def serve(self, document_id: str, doc: Doc, size_hint: int = 0,
+                    model: YjsMarkdown = TEXT) -> tuple[str, str]:
+        """(markdown, etag) of `doc` now (its `model` says how its markdown is kept), its state
+        recorded first so that a later If-Match on that ETag can rebuild it: as the delta from the
+        document's previous recorded state, or whole when the deltas since the last whole one
+        outweigh the document. The markdown is rendered from a snapshot taken with the ETag."""
+        snapshot, etag = await self._record(document_id, doc, size_hint, model)
+        return await model.render(snapshot, document_id), etag
+
+    async def _record(self, document_id: str, doc: Doc, size_hint: int, model: YjsMarkdown) -> tuple[object, str]:
         async with self._lock(document_id):
             chain = self._chains.get(document_id)
             if chain is None:
@@ -64,7 +70,7 @@ class States:
                     "  WHERE document_id = ?1 AND full = 1)) AS since_full"
                     " FROM content_states WHERE document_id = ?1 ORDER BY seq DESC LIMIT 1", (document_id,))
                 chain = (row["seq"], row["sv"], row["etag"], row["since_full"]) if row else (0, b"", "", 0)
-            text, etag = str(doc.get(TEXT_NAME, type=Text)), state_etag(doc)
+            text, etag = model.snapshot(doc), state_etag(doc)
             collected = False
             if etag == chain[2]:
                 if await self.touch(document_id, etag):
@@ -72,7 +78,7 @@ class States:
                     return text, etag
                 # collected meanwhile: record it again, whole (read again: the doc may have moved on)
                 collected = True
-                text, etag = str(doc.get(TEXT_NAME, type=Text)), state_etag(doc)
+                text, etag = model.snapshot(doc), state_etag(doc)
             # from here to the insert's submission nothing awaits: text, ETag and bytes are one instant
             sv = doc.get_state()
             seq = chain[0] + 1

@@ -21,6 +21,7 @@ class Stored:
     last_seq: int
     log_bytes: int
     seed_markdown: str | None = None  # documents.markdown, only when there is no CRDT state
+    content_model: str = "text"       # the document's (known when seed_markdown is)
 
 
 async def load(db: Database, document_id: str) -> Stored:
@@ -35,22 +36,24 @@ async def load(db: Database, document_id: str) -> Stored:
         "SELECT s.seq, s.state,"
         " EXISTS (SELECT 1 FROM doc_updates u WHERE u.document_id = x.id AND u.seq > COALESCE(s.seq, 0)),"
         " CASE WHEN s.seq IS NULL AND NOT EXISTS (SELECT 1 FROM doc_updates u WHERE u.document_id = x.id)"
-        "  THEN (SELECT markdown FROM documents WHERE id = x.id AND content_model = 'text') END"
+        "  THEN (SELECT markdown FROM documents WHERE id = x.id) END,"
+        " (SELECT content_model FROM documents WHERE id = x.id)"
         " FROM (SELECT ? AS id) x LEFT JOIN doc_snapshots s ON s.document_id = x.id", (document_id,))
     if head is not None and not head[2]:
         seq = head[0] or 0
         return Stored(snapshot=head[1], snapshot_seq=seq, updates=[], last_seq=seq, log_bytes=0,
-                      seed_markdown=head[3])
+                      seed_markdown=head[3], content_model=head[4] or "text")
     rows = await db.all(
         "WITH snap AS (SELECT seq, state FROM doc_snapshots WHERE document_id = ?1)"
         " SELECT 0 AS kind, seq, state AS data FROM snap"
         " UNION ALL SELECT 1, seq, data FROM doc_updates"
         "  WHERE document_id = ?1 AND seq > COALESCE((SELECT seq FROM snap), 0)"
-        " UNION ALL SELECT 2, 0, markdown FROM documents WHERE id = ?1 AND content_model = 'text'"
+        " UNION ALL SELECT 2, 0, markdown FROM documents WHERE id = ?1"
         "  AND NOT EXISTS (SELECT 1 FROM snap)"
         "  AND NOT EXISTS (SELECT 1 FROM doc_updates WHERE document_id = ?1)"
+        " UNION ALL SELECT 3, 0, content_model FROM documents WHERE id = ?1"
         " ORDER BY kind, seq", (document_id,))
-    snapshot, snapshot_seq, updates, last_seq, seed = None, 0, [], 0, None
+    snapshot, snapshot_seq, updates, last_seq, seed, model = None, 0, [], 0, None, "text"
     for row in rows:
         if row["kind"] == 0:
             snapshot, snapshot_seq = row["data"], row["seq"]
@@ -58,10 +61,12 @@ async def load(db: Database, document_id: str) -> Stored:
         elif row["kind"] == 1:
             updates.append(row["data"])
             last_seq = row["seq"]
-        else:
+        elif row["kind"] == 2:
             seed = row["data"]
+        else:
+            model = row["data"]
     return Stored(snapshot=snapshot, snapshot_seq=snapshot_seq, updates=updates, last_seq=last_seq,
-                  log_bytes=sum(len(u) for u in updates), seed_markdown=seed)
+                  log_bytes=sum(len(u) for u in updates), seed_markdown=seed, content_model=model)
 
 
 def append(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | None]]) -> None:

@@ -6,11 +6,11 @@ it: the content routes, document metadata (the `etag`), template copies, export,
 and restores, the markdown projection. `doc` is a document row (the columns of
 `access.DOC_COLUMNS`: id, workspace_id, content_model, seq, ...).
 
-Backends today:
-- `text`: `collab/content.py` `YjsTextContent`, the markdown in the CRDT `Y.Text('markdown')`;
-  stale `If-Match` bases are merged.
-- `tiptap`: `StoredMarkdown` below: the markdown as stored in `documents.markdown`, its ETag the
-  content revision (`documents.seq`), so a stale `If-Match` is 412.
+Backends today (both Yjs-backed, sharing `collab/content.py` `YjsContent`; stale `If-Match`
+bases are merged):
+- `text`: `collab/content.py` `YjsTextContent`, the markdown in the CRDT `Y.Text('markdown')`.
+- `tiptap`: `tiptap/content.py` `YjsTipTapContent`, TipTap's `Y.XmlFragment('default')` rendered
+  to markdown and written by a block diff.
 
 A new content model adds a class that satisfies `ContentBackend` and one entry in `app.py`.
 
@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from mdsync import clock
-from mdsync.api.errors import NotFound, PreconditionFailed
-from mdsync.db import Database, Tx
+from mdsync.db import Tx
 from mdsync.sync import changes
 
 if TYPE_CHECKING:
@@ -59,10 +58,12 @@ class ContentBackend(Protocol):
         merged onto it, or PreconditionFailed when this backend cannot. Returns (markdown, etag)
         after the write, which is durable on return."""
 
-    def room_markdown(self, room: Room) -> str | None:
-        """The markdown of a loaded room's Yjs document at this instant (synchronous: the caller
-        reads the room's state vector in the same step), or None when this model's markdown is not
-        derived from the room. The projection stores it into `documents.markdown`."""
+    async def room_markdown(self, room: Room) -> str | None:
+        """The markdown of a loaded room's Yjs document at the instant of the call: the room is
+        read before the first await, so a caller reading the room's state vector right before
+        the call describes the same state (rendering may then take its time off the loop). None
+        when this model's markdown is not derived from the room. The projection stores it into
+        `documents.markdown`."""
 
     async def state(self, room: Room) -> tuple[str, bytes]:
         """(markdown, whole Yjs state) of a loaded room, read at one instant: a version."""
@@ -130,51 +131,6 @@ def store_markdown(tx: Tx, doc_id: str, markdown: str, *, trashed: bool = False)
     if row["deleted_at"] is None:
         changes.record(tx, row["workspace_id"], "document", doc_id, "upsert")
     return row["seq"]
-
-
-class StoredMarkdown:
-    """`ContentBackend` of markdown stored as-is in documents.markdown (content model `tiptap`
-    until it has a backend of its own); If-Match must name the current revision."""
-
-    def __init__(self, db: Database):
-        self.db = db
-
-    async def etag(self, doc: Any) -> str:
-        return revision_etag(doc["id"], doc["seq"])
-
-    async def read(self, doc: Any) -> tuple[str, str]:
-        row = await self.db.one("SELECT markdown, seq FROM documents WHERE id = ?", (doc["id"],))
-        if row is None:
-            raise NotFound("no such document")
-        return row["markdown"], revision_etag(doc["id"], row["seq"])
-
-    async def markdown(self, doc: Any) -> str:
-        return (await self.read(doc))[0]
-
-    async def write(self, doc: Any, markdown: str, if_match: str | None, access: Any) -> tuple[str, str]:
-        doc_id = doc["id"]
-
-        def replace(tx: Tx) -> int:
-            seq = tx.value("SELECT seq FROM documents WHERE id = ?", (doc_id,))
-            if seq is None:
-                raise NotFound("no such document")
-            if not etag_matches(if_match, revision_etag(doc_id, seq)):
-                raise PreconditionFailed("the document changed since that ETag; GET it again")
-            seq = store_markdown(tx, doc_id, markdown)
-            if seq is None:
-                raise NotFound("no such document")
-            return seq
-
-        seq = await self.db.write(replace)
-        return markdown, revision_etag(doc_id, seq)
-
-    def room_markdown(self, room: Room) -> None:
-        return None  # not derived from the room: nothing to project
-
-    async def state(self, room: Room) -> tuple[str, bytes]:
-        state = room.encode_state()
-        markdown = await self.db.value("SELECT markdown FROM documents WHERE id = ?", (room.document_id,))
-        return markdown or "", state
 
 
 CONTENT: web.AppKey[ContentModels] = web.AppKey("content", ContentModels)

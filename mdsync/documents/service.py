@@ -27,6 +27,7 @@ from mdsync.documents.content import CONTENT
 from mdsync.sync import changes
 from mdsync.workspaces.access import DOC_COLUMNS, Access
 from mdsync.workspaces.service import WORKSPACES, keyset
+from mdsync.tiptap.parse import TooDeep, check_depth
 
 DOC_FIELDS = DOC_COLUMNS.replace("d.", "")
 TREE_CACHE_ENTRIES = 16  # trees kept in memory (a 10 000-document tree is ~2 MB)
@@ -182,6 +183,11 @@ class Documents:
         size = len(markdown.encode("utf-8"))
         if size > limit:
             raise TooLarge(f"the markdown is larger than {limit} bytes")
+        if content_model == "tiptap":
+            try:
+                check_depth(markdown)  # what the editor's document could not hold
+            except TooDeep as exc:
+                raise ValidationFailed.field("template_id" if template_id else "markdown", str(exc)) from None
 
         def create(tx: Tx):
             if folder_id is not None:

@@ -62,7 +62,12 @@ class Stats:
 def seed_update(markdown: str) -> bytes:
     """The Yjs state of a new TipTap document holding `markdown` (always the same bytes)."""
     doc = Doc(client_id=SEED_CLIENT_ID)
-    blocks = md_parse.parse(markdown)
+    try:
+        blocks = md_parse.parse(markdown)
+    except md_parse.TooDeep:
+        # stored before it could be refused (an import, an older server): kept as text
+        blocks = [{"type": "paragraph", "content": [{"type": "text", "text": chunk}]}
+                  for chunk in md_parse.normalize_newlines(markdown).split("\n\n") if chunk.strip()]
     frag = yxml.fragment(doc)
     with doc.transaction(origin="mdsync-seed"):
         yxml.insert_blocks(frag, 0, blocks)
@@ -133,7 +138,7 @@ class _Writer:
 
     def canonical_key(self, node: dict | None, ancestors: list[dict]) -> str | None:
         """The key of `node` once its markdown is read back (what a PUT of the same markdown
-        would carry), or None when that does not give one block of the same shape."""
+        would carry), or None when that does not give one block in the same place."""
         if node is None:
             return None
         wrapped = node
@@ -154,7 +159,9 @@ class _Writer:
             if found.get("type") != anc.get("type") or len(content) != 1:
                 return None
             found = content[0]
-        return self.key(found, ancestors) if found.get("type") == node.get("type") else None
+        # the type may differ (a node outside the schema reads back as the block its text makes):
+        # what counts is the markdown
+        return self.key(found, ancestors)
 
     # -- block sequences ---------------------------------------------------------------------
     def sync_children(self, parent: XmlFragment | XmlElement, ancestors: list[dict], new: list[dict],

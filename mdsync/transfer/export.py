@@ -292,18 +292,20 @@ def _write_manifest(out: Any, conn: sqlite3.Connection, ws: sqlite3.Row, folder_
 
 # -- markdown readers ----------------------------------------------------------------------------
 def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
-    """Offline (the CLI): a text document's markdown from its Yjs state when it has one (updates
+    """Offline (the CLI): a document's markdown from its Yjs state when it has one (updates
     are committed within 1 s, while the stored projection may trail a live room), else the stored
-    markdown."""
+    markdown. A `tiptap` document's fragment is rendered as GET content renders it."""
     from pycrdt import Doc, Text
 
     from mdsync.collab.room import TEXT_NAME
+    from mdsync.tiptap import yxml
+    from mdsync.tiptap.render import render
 
     def read_all(items: Iterable[Placed]) -> Iterator[tuple[Placed, str]]:
         for placed in items:
             doc_id = placed.doc["id"]
             markdown = None
-            if placed.has_state and placed.doc["content_model"] == "text":
+            if placed.has_state and placed.doc["content_model"] in ("text", "tiptap"):
                 snap = conn.execute("SELECT state FROM doc_snapshots WHERE document_id = ?", (doc_id,)).fetchone()
                 updates = conn.execute("SELECT data FROM doc_updates WHERE document_id = ? ORDER BY seq",
                                        (doc_id,)).fetchall()
@@ -311,7 +313,10 @@ def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
                     ydoc = Doc()
                     for update in ([snap[0]] if snap is not None else []) + [u[0] for u in updates]:
                         ydoc.apply_update(update)
-                    markdown = str(ydoc.get(TEXT_NAME, type=Text))
+                    if placed.doc["content_model"] == "text":
+                        markdown = str(ydoc.get(TEXT_NAME, type=Text))
+                    else:
+                        markdown = render(yxml.read_blocks(yxml.fragment(ydoc)))
             yield placed, markdown if markdown is not None else stored_markdown(conn, doc_id)
 
     return read_all

@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from mdsync import clock
-from mdsync.api.errors import Conflict, NotFound, PreconditionFailed, TooLarge, ValidationFailed
+from mdsync.api.errors import NotFound, PreconditionFailed, TooLarge, ValidationFailed
 from mdsync.documents.content import CONTENT
 from mdsync.db import Database, Tx
 from mdsync.versions import policy, store, textdiff
@@ -70,10 +70,10 @@ class Versions:
                 return burst.stash[0], burst.stash[1], list(burst.authors)
             async with self.rooms.use(document_id) as loaded:
                 return await self._snapshot(document_id, loaded)
-        # a backend reading the room alone (text) returns without awaiting anything: the burst is
-        # taken in the same loop step as the markdown and state
-        markdown, state = await self.app[CONTENT].of(model).state(room)
+        # the burst is taken in the same loop step as the state: a backend reads the room before
+        # its first await (rendering TipTap's markdown may then take its time off the loop)
         burst = self.bursts.take(document_id)
+        markdown, state = await self.app[CONTENT].of(model).state(room)
         return markdown, state, list(burst.authors) if burst else []
 
     async def _insert(self, document_id: str, kind: str, label: str | None, authors: list[str],
@@ -158,14 +158,12 @@ class Versions:
         version of the state before is recorded first."""
         document = access.document
         version = await self.of_document(document["id"], version_id)
-        if document["content_model"] != "text":
-            raise Conflict("restoring a version of a TipTap document is not supported yet")
         async with self.rooms.use(document["id"]):  # one loaded room for both steps
             before = await self.record(document["id"], "restore", f"Before restoring {version['created_at']}",
                                        access.user_id)
             try:
                 await self.app[CONTENT].write(document, version["markdown"], if_match, access)
-            except (PreconditionFailed, TooLarge):
+            except (PreconditionFailed, TooLarge, ValidationFailed):
                 # refused before any edit (stale If-Match, too large): nothing was restored, so no
                 # "before restoring" version either; its authors go back to the open burst
                 await self.db.write(store.remove, before["id"])
