@@ -344,3 +344,55 @@ async def test_role_lowered_while_attached_makes_that_document_read_only(client)
     assert room.text() == "r\n"
     assert not c._reader.done()
     await c.close()
+
+
+async def test_sync_status_is_sent_only_after_the_commit_in_order(make_client):
+    # a long group-commit window: an acknowledgement sent on receipt would come 0.3 s early
+    client = await make_client(collab__flush_delay_seconds=0.3)
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="s\n")
+    c = await HPClient.connect(client)
+    await c.open(doc_id, alice.access_token)
+    await c.until(lambda: c.statuses(doc_id) == [1], "sync")
+    for n in range(5):
+        await c.edit(doc_id, len(str(c.text(doc_id))), f"e{n};")
+    seen = 1
+    async with asyncio.timeout(10):
+        while seen < 6:
+            if len(c.statuses(doc_id)) > seen:
+                seen = len(c.statuses(doc_id))
+                # whatever has been acknowledged is in the database at the moment the ack arrives
+                stored = await doc_text_in_db(app, doc_id)
+                assert stored.startswith("s\n" + "".join(f"e{n};" for n in range(seen - 1))), stored
+            await asyncio.sleep(0)
+    assert c.statuses(doc_id) == [1] * 6
+    await c.close()
+
+
+async def test_an_update_whose_log_write_fails_is_acknowledged_once_a_snapshot_holds_it(client, monkeypatch):
+    import sqlite3
+
+    from mdsync.collab import store
+
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="f\n")
+    c = await HPClient.connect(client)
+    await c.open(doc_id, alice.access_token)
+    await c.until(lambda: c.statuses(doc_id) == [1], "sync")
+    append = store.append
+    failed = []
+
+    def refuse_once(tx, document_id, rows):
+        if not failed:
+            failed.append(rows)
+            raise sqlite3.IntegrityError("simulated: these rows never reach the log")
+        return append(tx, document_id, rows)
+
+    monkeypatch.setattr(store, "append", refuse_once)
+    await c.edit(doc_id, 0, "kept ")
+    await c.until(lambda: c.statuses(doc_id) == [1, 1], "ack after the snapshot")
+    assert failed
+    assert await doc_text_in_db(app, doc_id) == "kept f\n"
+    await c.close()

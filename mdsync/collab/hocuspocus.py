@@ -12,7 +12,8 @@ Then a varuint message type and its payload:
     7 Close (client → server: detach this document; server → client: [reason], the provider
       stops using the document)
     8 SyncStatus [varint 1|0] (server → client: the ack of one step 2 / update, 1 = applied;
-      the provider counts its unsynced changes down with it)
+      the provider counts its unsynced changes down with it, and an editor shows "saved" at 0:
+      so it is sent only once the update is committed — `Session.ack`)
     9 Ping / 10 Pong: a one-byte frame without routing key (provider 4 answers a ping). The
       provider reconnects after 30 s without any message. Hocuspocus itself never pings (the
       echo of each provider's 15 s awareness renewal keeps sockets alive, as here); a socket
@@ -47,6 +48,7 @@ reaching its `exp` (4401): the provider reconnects and sends fresh tokens.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
@@ -285,16 +287,15 @@ class Session:
                 # is acked as applied when it holds nothing new (the usual answer of a viewer)
                 applied = inner == p.SYNC_STEP2 and self._contained(room, payload)
                 room.receive(conn, message)  # dropped (and counted) by the room
-                conn.send_message(sync_status(applied))
+                self.ack(conn.key, room, applied)
                 return
             try:
                 room.receive(conn, message)
             except DocumentTooLarge as exc:
-                conn.send_message(sync_status(False))
-                conn.send_message(close_message(str(exc)))
+                self.ack(conn.key, room, False, then=close_message(str(exc)))
                 self.detach(conn.key, conn)
                 return
-            conn.send_message(sync_status(True))
+            self.ack(conn.key, room, True)
         elif kind in (p.MSG_AWARENESS, p.MSG_QUERY_AWARENESS):
             room.receive(conn, data[pos:])
         elif kind == MSG_CLOSE:
@@ -307,6 +308,19 @@ class Session:
             return
         else:
             raise ProtocolError(f"unknown message type {kind}")
+
+    def ack(self, key: str, room, applied: bool, then: bytes | None = None) -> None:
+        """SyncStatus for one step 2 / update of `key` (and `then`, a message to send after it),
+        sent once everything the room accepted so far is committed: "saved" is never said before
+        the commit that holds the update. Acks wait in the room's order, so each document's come
+        in the order of its messages (in bursts, one per group commit); a socket that closes
+        before the commit gets none, and its provider resends on reconnect."""
+        room.when_saved(functools.partial(self._acked, key, applied, then))
+
+    def _acked(self, key: str, applied: bool, then: bytes | None) -> None:
+        self._send_raw(key, sync_status(applied))
+        if then is not None:
+            self._send_raw(key, then)
 
     @staticmethod
     def _contained(room, update: bytes) -> bool:

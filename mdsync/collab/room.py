@@ -14,6 +14,7 @@ never seen half-changed and a cancelled socket handler cannot leave it inconsist
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import sqlite3
 import time
@@ -66,6 +67,10 @@ class Room:
         self._pending: list[tuple[int, bytes, str | None]] = []
         self._flush_handle: asyncio.Handle | None = None
         self._inflight: set[asyncio.Future] = set()
+        # first seq -> last seq of log rows handed to the writer and not committed yet (in flight,
+        # waiting for a retry, or lost until a snapshot holds them): what `saved_seq` is below
+        self._unsaved: dict[int, int] = {}
+        self._when_saved: collections.deque | None = None   # (seq, callback), made on first use
         self._loop = asyncio.get_running_loop()
 
     @property
@@ -277,6 +282,37 @@ class Room:
     # ---------------------------------------------------------------------------------------
     # Persistence
     # ---------------------------------------------------------------------------------------
+    def saved_seq(self) -> int:
+        """Every update up to this seq is committed (in the log or a snapshot)."""
+        low = min(self._unsaved) if self._unsaved else None
+        if self._pending and (low is None or self._pending[0][0] < low):
+            low = self._pending[0][0]
+        return self.seq if low is None else low - 1
+
+    def when_saved(self, callback: Callable[[], Any]) -> None:
+        """Call `callback` (on the loop) once every update accepted so far is committed: at once
+        when it already is. Callbacks run in the order they were registered. An update whose write
+        fails for good is never reported saved until a snapshot holding it commits."""
+        waiting = self._when_saved
+        if not waiting and self.saved_seq() >= self.seq:
+            callback()
+            return
+        if waiting is None:
+            waiting = self._when_saved = collections.deque()
+        waiting.append((self.seq, callback))
+
+    def _saved(self) -> None:
+        waiting = self._when_saved
+        if not waiting:
+            return
+        saved = self.saved_seq()
+        while waiting and waiting[0][0] <= saved:
+            _, callback = waiting.popleft()
+            try:
+                callback()
+            except Exception:
+                log.exception("a saved-callback failed")
+
     def flush(self) -> None:
         """Hand the pending updates to the database writer (group commit) as one job."""
         self._flush_handle = None
@@ -287,9 +323,12 @@ class Room:
                 or self._log_bytes > max(self.manager.snapshot_after_bytes, self.snapshot_bytes)):
             self._compact()
 
-    def _track(self, future: asyncio.Future, rows: list | None) -> None:
+    def _track(self, future: asyncio.Future, rows: list | None, covers: int | None = None) -> None:
+        """Follow a write: `rows` appended, or a snapshot that `covers` every update up to a seq."""
         self._inflight.add(future)
         started = time.perf_counter()
+        if rows:
+            self._unsaved[rows[0][0]] = rows[-1][0]
 
         def done(fut: asyncio.Future) -> None:
             self._inflight.discard(fut)
@@ -300,11 +339,24 @@ class Room:
             if exc is None:
                 stats.flushes += 1
                 stats.flush_seconds_total += time.perf_counter() - started
+                if rows:
+                    self._unsaved.pop(rows[0][0], None)
+                if covers is not None:
+                    for first in [f for f in self._unsaved if f <= covers]:
+                        del self._unsaved[first]
+                self._saved()
                 return
             stats.flush_errors += 1
             if rows and not isinstance(exc, sqlite3.IntegrityError):
                 log.error("could not append %d updates of %s (%s): retrying in 1 s", len(rows), self.document_id, exc)
                 self._loop.call_later(1.0, self._retry, rows)
+            elif rows:
+                # these rows will never be in the log: the live Doc holds them, so a snapshot of it
+                # does (their updates stay unsaved, and unacknowledged, until it commits)
+                log.error("could not append %d updates of %s (%s): writing a snapshot instead",
+                          len(rows), self.document_id, exc)
+                if not self.closing:
+                    self._compact()
             else:
                 log.error("write for document %s failed: %s", self.document_id, exc)
 
@@ -325,7 +377,7 @@ class Room:
         state = self.doc.get_update()
         seq = self.seq
         carried = self._not_integrated()
-        self._track(self.manager.db.submit(store.compact, self.document_id, seq, state), None)
+        self._track(self.manager.db.submit(store.compact, self.document_id, seq, state), None, covers=seq)
         self.snapshot_bytes = len(state)
         self._log = []
         self._log_bytes = 0

@@ -161,4 +161,32 @@ async function denied () {
   done({ results })
 }
 
-run({ converge, mixed, denied })
+async function killAtSaved () {
+  // one provider types in bursts; the first time after `cfg.killAfter` bursts that its unsynced
+  // changes reach 0 (the editor would show "saved"), the server is SIGKILLed inside that very
+  // callback, and what the provider held at that moment is reported: all of it must survive
+  const s = socket()
+  const c = hp(s, cfg.doc, cfg.token, 'typist')
+  await until(() => c.synced && c.provider.unsyncedChanges === 0, 20000, 'initial sync')
+  let armed = false
+  let saved = null
+  c.provider.on('unsyncedChanges', ({ number }) => {
+    if (armed && number === 0 && saved === null) {
+      process.kill(cfg.serverPid, 'SIGKILL')
+      saved = c.text.toString()
+    }
+  })
+  const rand = rng(cfg.seed || 5)
+  let typed = 0
+  for (let burst = 0; burst <= cfg.killAfter; burst++) {
+    armed = burst === cfg.killAfter
+    const n = 1 + Math.floor(rand() * cfg.burst)
+    for (let i = 0; i < n; i++) c.text.insert(c.text.length, `b${burst}.${i};`)   // one update each
+    typed += n
+    await until(() => saved !== null || c.provider.unsyncedChanges === 0, 20000, `acks of burst ${burst}`)
+    await sleep(Math.floor(rand() * 30))
+  }
+  done({ saved, typed })
+}
+
+run({ converge, mixed, denied, killAtSaved })
