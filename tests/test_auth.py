@@ -251,14 +251,15 @@ async def test_me_and_profile_changes(client):
     assert set(me) == {"id", "email", "name", "is_admin", "created_at"}
     assert (me["id"], me["email"], me["name"], me["is_admin"]) == (account.id, "ada@example.com", "Ada", False)
 
-    resp = await client.patch("/api/v1/me", json={"name": "Ada L.", "email": "Lovelace@Example.com"},
-                              headers=account.headers)
+    resp = await client.patch("/api/v1/me", json={"name": "Ada L.", "email": "Lovelace@Example.com",
+                                                  "current_password": PASSWORD}, headers=account.headers)
     assert resp.status == 200
     assert (await resp.json())["email"] == "lovelace@example.com"
     me = await (await client.get("/api/v1/me", headers=account.headers)).json()
     assert (me["name"], me["email"]) == ("Ada L.", "lovelace@example.com")
 
-    resp = await client.patch("/api/v1/me", json={"email": "GRACE@example.com"}, headers=account.headers)
+    resp = await client.patch("/api/v1/me", json={"email": "GRACE@example.com", "current_password": PASSWORD},
+                              headers=account.headers)
     await problem(resp, 409, "conflict")
     assert (await (await client.get("/api/v1/me", headers=account.headers)).json())["email"] == "lovelace@example.com"
     assert (await login(client, "lovelace@example.com")).status == 200

@@ -41,6 +41,7 @@ class SetupIn(Body):
 class ProfileIn(Body):
     name: Name | None = None
     email: Email | None = None
+    current_password: Password | None = None  # required to change the email
 
 
 class PasswordIn(Body):
@@ -52,6 +53,7 @@ class TokenIn(Body):
     name: Name
     scopes: list[Literal["read", "write"]] = ["read", "write"]
     expires_at: datetime | None = None
+    password: Password | None = None  # required unless the session signed in recently
 
     @field_validator("scopes")
     @classmethod

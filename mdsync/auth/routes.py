@@ -94,12 +94,15 @@ async def me(request: web.Request) -> web.Response:
     return web.json_response(store.user_json(user))
 
 
-@routes.patch("/api/v1/me", "Change name or email", body=m.ProfileIn, response=m.UserOut)
+@routes.patch("/api/v1/me", "Change name or email (the email with current_password)", body=m.ProfileIn,
+               response=m.UserOut)
 async def update_me(request: web.Request, body: m.ProfileIn) -> web.Response:
-    return web.json_response(await _svc(request).update_profile(request[PRINCIPAL], body.name, body.email))
+    return web.json_response(await _svc(request).update_profile(request[PRINCIPAL], body.name, body.email,
+                                                                body.current_password))
 
 
-@routes.post("/api/v1/me/password", "Change password (signs out other sessions)", body=m.PasswordIn, status=204)
+@routes.post("/api/v1/me/password", "Change password (signs out other sessions, revokes personal access tokens)",
+             body=m.PasswordIn, status=204)
 async def change_password(request: web.Request, body: m.PasswordIn) -> web.Response:
     svc = _svc(request)
     await svc.change_password(request[PRINCIPAL], body.current_password, body.new_password,
@@ -115,7 +118,8 @@ async def list_tokens(request: web.Request) -> web.Response:
     return web.json_response(p.result(rows, key=lambda r: [r["created_at"], r["id"]], shape=store.api_token_json))
 
 
-@routes.post("/api/v1/me/tokens", "Create a personal access token (shown once)", body=m.TokenIn,
+@routes.post("/api/v1/me/tokens", "Create a personal access token (shown once; needs the password unless"
+             " signed in within auth.recent_sign_in_seconds)", body=m.TokenIn,
              response=m.ApiTokenCreated, status=201)
 async def create_token(request: web.Request, body: m.TokenIn) -> web.Response:
     expires_at = None
@@ -123,7 +127,8 @@ async def create_token(request: web.Request, body: m.TokenIn) -> web.Response:
         if body.expires_at <= clock.now():
             raise ValidationFailed.field("expires_at", "must be in the future")
         expires_at = clock.iso(body.expires_at)
-    created = await _svc(request).create_api_token(request[PRINCIPAL], body.name, body.scopes, expires_at)
+    created = await _svc(request).create_api_token(request[PRINCIPAL], body.name, body.scopes, expires_at,
+                                                   body.password)
     return web.json_response(created, status=201)
 
 

@@ -261,8 +261,28 @@ class AuthService:
                 log.exception("revocation listener failed")
 
     # -- profile, password, tokens ---------------------------------------------------------
-    async def update_profile(self, principal: Principal, name: str | None, email: str | None) -> dict:
+    # A stolen access token (15 minutes) must not become something that outlives it: a personal
+    # access token, or an email address to take over the account or its invitations with. Those
+    # need the password (docs/api.md "Auth and accounts").
+    async def _confirm_password(self, principal: Principal, password: str | None, field: str, why: str) -> None:
+        """The caller proves they know the password (403 naming `field` when missing or wrong);
+        wrong guesses count against the same per-account limit as sign-in."""
+        if password is None:
+            raise Forbidden(f"{why} needs your password", errors=[{"field": field, "message": "send your password"}])
+        wait = self.failures_by_account.take(principal.email)
+        if wait is not None:
+            raise RateLimited(wait, "too many failed password checks for this account")
+        user = await store.user_by_id(self.db, principal.user_id)
+        if user is None or not await self.passwords.verify(user["password_hash"], password):
+            raise Forbidden("the password is incorrect", errors=[{"field": field, "message": "is incorrect"}])
+        self.failures_by_account.clear(principal.email)
+
+    async def update_profile(self, principal: Principal, name: str | None, email: str | None,
+                             current_password: str | None = None) -> dict:
         changes = {k: v for k, v in (("name", name), ("email", email)) if v is not None}
+        if email is not None and email.casefold() != principal.email.casefold():
+            await self._confirm_password(principal, current_password, "current_password", "changing the email")
+            changes["email_set_at"] = clock.iso()
 
         def update(tx: Tx):
             try:
@@ -271,7 +291,7 @@ class AuthService:
                 raise Conflict("an account with this email already exists") from None
             if changes:
                 audit.record(tx, "user.update", actor_id=principal.user_id, target_type="user",
-                             target_id=principal.user_id, detail={"fields": sorted(changes)})
+                             target_id=principal.user_id, detail={"fields": sorted(set(changes) - {"email_set_at"})})
             return user
 
         return store.user_json(await self.db.write(update))
@@ -292,13 +312,21 @@ class AuthService:
         def change(tx: Tx):
             store.update_user(tx, principal.user_id, password_hash=new_hash)
             store.revoke_sessions_of(tx, principal.user_id, keep=principal.session_id)
+            # personal access tokens too: one minted with a stolen token must not survive the
+            # password change meant to evict the thief (scripts get new tokens)
+            tokens = store.delete_api_tokens_of(tx, principal.user_id)
             audit.record(tx, "user.password_change", actor_id=principal.user_id, target_type="user",
-                         target_id=principal.user_id, ip=ip)
+                         target_id=principal.user_id, ip=ip, detail={"tokens_revoked": len(tokens)})
 
         await self.db.write(change)
 
     async def create_api_token(self, principal: Principal, name: str, scopes: list[str],
-                               expires_at: str | None) -> dict:
+                               expires_at: str | None, password: str | None = None) -> dict:
+        """A personal access token outlives the access token that asks for it: the password is
+        needed, unless the caller's session signed in (with it) within auth.recent_sign_in_seconds."""
+        if password is not None or not await self._signed_in_recently(principal):
+            await self._confirm_password(principal, password, "password", "creating a personal access token"
+                                         f" (beyond {self.settings.auth.recent_sign_in_seconds} s after signing in)")
         token = opaque(PAT_PREFIX)
 
         def create(tx: Tx):
@@ -309,6 +337,12 @@ class AuthService:
 
         row = await self.db.write(create)
         return {**store.api_token_json(row), "token": token}
+
+    async def _signed_in_recently(self, principal: Principal) -> bool:
+        if principal.session_id is None:
+            return False  # a personal access token proves no recent sign-in
+        signed_in = await store.session_signed_in_at(self.db, principal.session_id)
+        return signed_in is not None and signed_in >= clock.iso_in(-self.settings.auth.recent_sign_in_seconds)
 
     async def delete_api_token(self, principal: Principal, token_id: str) -> None:
         def delete(tx: Tx):

@@ -59,7 +59,7 @@ def count_users(tx: Tx) -> int:
 
 
 def update_user(tx: Tx, user_id: str, **fields) -> sqlite3.Row:
-    allowed = {"name", "email", "password_hash", "is_admin", "disabled_at"}
+    allowed = {"name", "email", "email_set_at", "password_hash", "is_admin", "disabled_at"}
     assert set(fields) <= allowed, fields
     if fields:
         assignments = ", ".join(f"{name} = ?" for name in fields)  # names from the allow-list above
@@ -180,6 +180,19 @@ def delete_api_token(tx: Tx, token_id: str, user_id: str) -> bool:
         return False
     revocations.credentials_ended(tx, user_id, [token_id])
     return True
+
+
+def delete_api_tokens_of(tx: Tx, user_id: str) -> list[str]:
+    """Revoke every personal access token of a user; returns their ids."""
+    ended = [r[0] for r in tx.all("DELETE FROM api_tokens WHERE user_id = ? RETURNING id", (user_id,))]
+    if ended:
+        revocations.credentials_ended(tx, user_id, ended)
+    return ended
+
+
+async def session_signed_in_at(db: Database, session_id: str) -> str | None:
+    """When a session signed in (with the password: login, registration or setup)."""
+    return await db.value("SELECT created_at FROM sessions WHERE id = ?", (session_id,))
 
 
 async def api_token_state(db: Database, token: str) -> sqlite3.Row | None:

@@ -2,7 +2,10 @@
 
 Only the SHA-256 of a token is stored; the token itself is shown once, in the create answer.
 An invitation is usable once, until it expires or is revoked; an unusable one is `Gone` (410)
-and accepting it changes nothing. An invitation with an email can only be used by that email.
+and accepting it changes nothing. An invitation with an email can only be used by an account that
+had that email when the invitation was created, or by registering a new account with that email
+and the invitation: emails are not verified, so an address set on an account after the
+invitation (PATCH /me) never accepts it (403; the inviter sends a new one).
 `accept_in_tx` is also the registration hook (`AuthService.accept_invitation`): a user who
 registers with an invitation joins in the same transaction that creates the account.
 """
@@ -36,8 +39,9 @@ def invitation_json(row) -> dict:
             "status": status}
 
 
-def accept_in_tx(tx: Tx, token: str, user_id: str, email: str) -> dict:
-    """Use an invitation for `user_id`: validate it and add the membership, in `tx`."""
+def accept_in_tx(tx: Tx, token: str, user_id: str, email: str, *, new_account: bool = False) -> dict:
+    """Use an invitation for `user_id` (`new_account`: registering with it): validate it and add
+    the membership, in `tx`."""
     row = tx.one("SELECT i.*, w.deleted_at AS ws_deleted FROM invitations i JOIN workspaces w ON w.id = i.workspace_id"
                  " WHERE i.token_hash = ?", (digest(token),))
     if row is None or row["ws_deleted"]:
@@ -48,8 +52,13 @@ def accept_in_tx(tx: Tx, token: str, user_id: str, email: str) -> dict:
         raise Gone("this invitation was already used")
     if row["expires_at"] <= clock.iso():
         raise Gone("this invitation has expired")
-    if row["email"] and row["email"].lower() != (email or "").strip().lower():
-        raise Forbidden("this invitation is for another email address")
+    if row["email"]:
+        user = tx.one("SELECT email, coalesce(email_set_at, created_at) AS since FROM users WHERE id = ?", (user_id,))
+        if user is None or row["email"].lower() != user["email"].lower():
+            raise Forbidden("this invitation is for another email address")
+        if not new_account and user["since"] > row["created_at"]:
+            raise Forbidden("this invitation is for an email address your account took after it was sent;"
+                            " ask for a new invitation")
     add_member(tx, row["workspace_id"], user_id, row["role"], actor_id=user_id, via="invitation")
     tx.execute("UPDATE invitations SET accepted_at = ?, accepted_by = ? WHERE id = ?", (clock.iso(), user_id, row["id"]))
     audit.record(tx, "invitation.accept", actor_id=user_id, target_type="invitation", target_id=row["id"],
@@ -58,7 +67,7 @@ def accept_in_tx(tx: Tx, token: str, user_id: str, email: str) -> dict:
 
 
 def registration_hook(tx: Tx, token: str, user_id: str, email: str) -> None:
-    accept_in_tx(tx, token, user_id, email)
+    accept_in_tx(tx, token, user_id, email, new_account=True)
 
 
 class Invitations:
