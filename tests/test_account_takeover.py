@@ -11,7 +11,11 @@ something that outlives it or the owner's password change.
 
 from __future__ import annotations
 
+from functools import partial
+
 from mdsync import clock
+from mdsync.appkeys import DB
+from mdsync.auth import admin
 from tests.conftest import PASSWORD, bearer, register
 from tests.test_workspaces import API, invite, make_workspace, role_of
 
@@ -49,6 +53,14 @@ async def test_a_password_change_revokes_personal_access_tokens(client):
     assert (await client.get(f"{API}/me", headers=bearer(pat))).status == 401
     listed = await (await client.get(f"{API}/me/tokens", headers=account.headers)).json()
     assert listed["items"] == []
+
+
+async def test_an_admin_password_reset_revokes_them_too(client):
+    account = await register(client)
+    pat = (await (await new_token(client, account)).json())["token"]
+    # what `mdsync users reset-password` runs
+    await client.app[DB].write(partial(admin.reset_password, via="cli"), account.id, "not a real hash")
+    assert (await client.get(f"{API}/me", headers=bearer(pat))).status == 401
 
 
 async def test_changing_the_email_needs_the_current_password(client):

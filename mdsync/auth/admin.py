@@ -33,10 +33,14 @@ def set_disabled(tx: Tx, user_id: str, disabled: bool, *, via: str) -> list[str]
 
 
 def reset_password(tx: Tx, user_id: str, password_hash: str, *, via: str) -> list[str]:
-    """A new password; every session of the user ends. Returns the ended sessions."""
+    """A new password; every session and personal access token of the user ends (as when the
+    user changes it: a reset after a takeover must evict the thief's tokens too). Returns the
+    ended sessions."""
     store.update_user(tx, user_id, password_hash=password_hash)
     ended = store.revoke_sessions_of(tx, user_id)
-    audit.record(tx, "admin.password_reset", target_type="user", target_id=user_id, detail={"via": via})
+    tokens = store.delete_api_tokens_of(tx, user_id)
+    audit.record(tx, "admin.password_reset", target_type="user", target_id=user_id,
+                 detail={"via": via, "tokens_revoked": len(tokens)})
     return ended
 
 
