@@ -12,7 +12,7 @@ import pytest
 from pycrdt import Doc, XmlElement, XmlFragment, XmlText
 
 from mdsync.tiptap import blockdiff, yxml
-from mdsync.tiptap.parse import MAX_CONTAINERS, TooDeep, parse
+from mdsync.tiptap.parse import MAX_CONTAINERS, TooDeep, parse, parse_with_sources
 from mdsync.tiptap.render import render
 from mdsync.tiptap.schema import Guard, Schema, Unknown
 from tests.tiptap_cases import BR, CASES, TIPTAP_READS, TIPTAP_WRITES, corpus, h, li, p, t, ul
@@ -177,12 +177,13 @@ def seeded(markdown: str = BASE) -> Doc:
     return doc
 
 
-def write(doc: Doc, markdown: str) -> tuple[blockdiff.Stats, list[bytes]]:
+def write(doc: Doc, markdown: str, by_source: bool = True) -> tuple[blockdiff.Stats, list[bytes]]:
     updates: list[bytes] = []
     sub = doc.observe(lambda event: updates.append(event.update))
+    blocks, sources = parse_with_sources(markdown)
     try:
         with doc.transaction(origin="test"):
-            stats = blockdiff.apply(yxml.fragment(doc), parse(markdown))
+            stats = blockdiff.apply(yxml.fragment(doc), blocks, sources=sources if by_source else None)
     finally:
         doc.unobserve(sub)
     return stats, updates
@@ -195,9 +196,10 @@ def test_seeding_is_deterministic_and_two_seeds_merge_into_one_copy():
     assert markdown_of(a) == render(parse(BASE))
 
 
-def test_writing_the_same_markdown_changes_nothing():
+@pytest.mark.parametrize("by_source", [True, False], ids=["by-source", "rendered"])
+def test_writing_the_same_markdown_changes_nothing(by_source):
     doc = seeded()
-    stats, updates = write(doc, markdown_of(doc))
+    stats, updates = write(doc, markdown_of(doc), by_source)
     assert updates == [] and stats.edited == stats.inserted == stats.deleted == 0
 
 
@@ -209,7 +211,8 @@ def test_markdown_that_differs_only_where_markdown_cannot_write_changes_nothing(
     assert updates == [] and stats.kept == 2
 
 
-def test_a_changed_paragraph_is_edited_in_place_and_a_concurrent_edit_elsewhere_survives():
+@pytest.mark.parametrize("by_source", [True, False], ids=["by-source", "rendered"])
+def test_a_changed_paragraph_is_edited_in_place_and_a_concurrent_edit_elsewhere_survives(by_source):
     server = seeded()
     client = Doc()
     client.apply_update(server.get_update())
@@ -217,7 +220,7 @@ def test_a_changed_paragraph_is_edited_in_place_and_a_concurrent_edit_elsewhere_
     fifth = yxml.fragment(client).children[3]
     with client.transaction():
         fifth.children[0].insert(len("Fifth"), " (edited)")
-    stats, updates = write(server, BASE.replace("First paragraph.", "First paragraph, changed."))
+    stats, updates = write(server, BASE.replace("First paragraph.", "First paragraph, changed."), by_source)
     assert stats.edited == 1 and stats.inserted == stats.deleted == 0
     assert sum(len(u) for u in updates) < 200  # the change, not the document
     client.apply_update(server.get_update(client.get_state()))

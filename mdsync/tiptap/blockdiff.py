@@ -74,10 +74,13 @@ def seed_update(markdown: str) -> bytes:
     return doc.get_update()
 
 
-def apply(frag: XmlFragment, blocks: list[dict], schema: Schema = DEFAULT_SCHEMA) -> Stats:
-    """Make `frag` hold `blocks` with the fewest changes (call inside a transaction)."""
+def apply(frag: XmlFragment, blocks: list[dict], schema: Schema = DEFAULT_SCHEMA,
+          sources: list[str | None] | None = None) -> Stats:
+    """Make `frag` hold `blocks` with the fewest changes (call inside a transaction). `sources`
+    (parse.parse_with_sources) lets unchanged blocks be recognised by the text they were read
+    from, without rendering them again."""
     stats = Stats()
-    _Writer(schema, stats).sync_children(frag, [], blocks, top=True)
+    _Writer(schema, stats).sync_children(frag, [], blocks, top=True, sources=sources)
     return stats
 
 
@@ -165,7 +168,7 @@ class _Writer:
 
     # -- block sequences ---------------------------------------------------------------------
     def sync_children(self, parent: XmlFragment | XmlElement, ancestors: list[dict], new: list[dict],
-                      top: bool = False) -> None:
+                      top: bool = False, sources: list[str | None] | None = None) -> None:
         children = list(parent.children)
         old: list[dict | None] = [yxml.read_node(c, self.schema) if isinstance(c, XmlElement) else None
                                   for c in children]
@@ -173,18 +176,34 @@ class _Writer:
                 and not _is_empty_paragraph(new[-1]):
             children, old = children[:-1], old[:-1]  # keep TipTap's trailing paragraph
         okeys = [self.key(o, ancestors) for o in old]
-        nkeys = [self.key(n, ancestors) for n in new]
-        for tag, i1, i2, j1, j2 in reversed(_match(okeys, nkeys)):
-            if tag == "equal":
-                self.stats.kept += i2 - i1
-                continue
-            canon = [self.canonical_key(old[i], ancestors) if old[i] is not None else None for i in range(i1, i2)]
-            canon_keys = [c if c is not None else f"\0nocanon{i}" for i, c in enumerate(canon)]
-            for tag2, a1, a2, b1, b2 in reversed(_match(canon_keys, nkeys[j1:j2])):
-                if tag2 == "equal":
-                    self.stats.kept += a2 - a1
+        if sources is not None and len(sources) == len(new):
+            # first by the text each new block was read from (what GET wrote, for the blocks a
+            # client left alone); only where that differs are the new blocks rendered
+            by_source = [f"{n.get('type')}\0{src}" if src is not None else f"\0new{j}"
+                         for j, (n, src) in enumerate(zip(new, sources))]
+            regions = []
+            for tag, i1, i2, j1, j2 in _match([_source_form(k) for k in okeys], by_source):
+                if tag == "equal":
+                    self.stats.kept += i2 - i1
+                else:
+                    regions.append((i1, i2, j1, j2))
+        else:
+            regions = [(0, len(old), 0, len(new))]
+        for r1, r2, s1, s2 in reversed(regions):
+            nkeys = [self.key(n, ancestors) for n in new[s1:s2]]
+            for tag, i1, i2, j1, j2 in reversed(_match(okeys[r1:r2], nkeys)):
+                i1, i2 = i1 + r1, i2 + r1
+                if tag == "equal":
+                    self.stats.kept += i2 - i1
                     continue
-                self.replace_region(parent, ancestors, children, old, i1 + a1, i1 + a2, new, j1 + b1, j1 + b2)
+                canon = [self.canonical_key(old[i], ancestors) if old[i] is not None else None for i in range(i1, i2)]
+                canon_keys = [c if c is not None else f"\0nocanon{i}" for i, c in enumerate(canon)]
+                for tag2, a1, a2, b1, b2 in reversed(_match(canon_keys, nkeys[j1:j2])):
+                    if tag2 == "equal":
+                        self.stats.kept += a2 - a1
+                        continue
+                    self.replace_region(parent, ancestors, children, old, i1 + a1, i1 + a2,
+                                        new, s1 + j1 + b1, s1 + j1 + b2)
 
     def replace_region(self, parent: Any, ancestors: list[dict], children: list, old: list[dict | None],
                        a1: int, a2: int, new: list[dict], b1: int, b2: int) -> None:
@@ -251,6 +270,12 @@ class _Writer:
                     sync_text(text, value)
                 else:
                     yxml.insert_blocks(el, i1 + offset, [value])
+
+
+def _source_form(key: str) -> str:
+    """A rendered block key as the block's own lines (a table is rendered between newlines)."""
+    kind, _, markdown = key.partition("\0")
+    return f"{kind}\0{markdown.strip(chr(10))}" if kind == "table" else key
 
 
 def _is_textblock(node: dict) -> bool:

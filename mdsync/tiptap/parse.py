@@ -89,15 +89,22 @@ def check_depth(markdown: str) -> None:
 
 def parse(markdown: str) -> list[dict]:
     """The top-level blocks of `markdown` as ProseMirror JSON."""
+    return parse_with_sources(markdown)[0]
+
+
+def parse_with_sources(markdown: str) -> tuple[list[dict], list[str | None]]:
+    """The top-level blocks and, for each, the markdown it was read from (its lines, blank lines
+    around it left out), or None for a block that has no lines of its own (an empty paragraph
+    made of blank lines, one of several blocks read from one construct)."""
     src = normalize_newlines(markdown)
     check_depth(src)
     tokens = _markdown_it().parse(src)
     if any(t.level >= _MAX_NESTING - 1 for t in tokens):
         raise TooDeep(f"the markdown is nested deeper than {MAX_CONTAINERS} levels")
-    blocks = _Builder(src).build(tokens)
+    blocks, sources = _Builder(src).build(tokens)
     if depth(blocks) > MAX_DEPTH:
         raise TooDeep(f"lists or quotes are nested deeper than {MAX_CONTAINERS} levels")
-    return blocks
+    return blocks, sources
 
 
 def depth(blocks: list[dict]) -> int:
@@ -125,7 +132,7 @@ class _Builder:
     def __init__(self, src: str):
         self.lines = src.split("\n")
 
-    def build(self, tokens: list[Token]) -> list[dict]:
+    def build(self, tokens: list[Token]) -> tuple[list[dict], list[str | None]]:
         root = _Frame({"type": "doc"}, None)
         stack = [root]
         top: list[tuple[int, int, list[dict]]] = []  # (first line, end line, blocks) of each top-level block
@@ -171,10 +178,11 @@ class _Builder:
         return self._with_blank_paragraphs(top)
 
     # -- top level: blank lines → empty paragraphs -------------------------------------------
-    def _with_blank_paragraphs(self, top: list[tuple[int, int, list[dict]]]) -> list[dict]:
+    def _with_blank_paragraphs(self, top: list[tuple[int, int, list[dict]]]) -> tuple[list[dict], list[str | None]]:
         """Blank lines between top-level blocks beyond the one separator, two per empty
-        paragraph (at the start and end of the document: every two)."""
+        paragraph (at the start and end of the document: every two); and each block's source."""
         out: list[dict] = []
+        sources: list[str | None] = []
         lines = self.lines
         previous_end: int | None = None
         for start, end, blocks in top:
@@ -185,6 +193,7 @@ class _Builder:
                 while leading < start and not lines[leading].strip():
                     leading += 1
                 out.extend(_empty_paragraph() for _ in range((leading - table_next) // 2))
+                sources.extend([None] * (len(out) - len(sources)))
             else:
                 blank = 0
                 i = start - 1
@@ -193,8 +202,14 @@ class _Builder:
                     i -= 1
                 newlines = blank + 1 - table_next - (out[-1]["type"] == "table" if out else 0)
                 out.extend(_empty_paragraph() for _ in range(max(newlines // 2 - 1, 0)))
+                sources.extend([None] * (len(out) - len(sources)))
             out.extend(blocks)
-            previous_end = max(self._content_end(start, end), previous_end or 0)
+            content_end = self._content_end(start, end)
+            if len(blocks) == 1 and start < len(lines):
+                sources.append("\n".join(lines[start:content_end]))
+            else:
+                sources.extend([None] * len(blocks))
+            previous_end = max(content_end, previous_end or 0)
         if previous_end is None:
             out.extend(_empty_paragraph() for _ in range((len(lines) - 1) // 2))
         else:
@@ -204,7 +219,8 @@ class _Builder:
             if i < previous_end:  # only blank lines follow (newlines after the last line: len - end)
                 newlines = len(lines) - previous_end - (out[-1]["type"] == "table")
                 out.extend(_empty_paragraph() for _ in range(max(newlines, 0) // 2))
-        return out
+        sources.extend([None] * (len(out) - len(sources)))
+        return out, sources
 
     def _content_end(self, start: int, end: int) -> int:
         """The line after the last non-blank line of a block spanning [start, end)."""

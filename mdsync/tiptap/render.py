@@ -45,6 +45,7 @@ _CELL_PIPES = re.compile(r"\\.|\|", re.S)
 # at the start of a line of text: what a markdown parser would read as the start of a block
 _LINE_BLOCK_START = re.compile(r"^([ \t]*)(#{1,6}(?=[ \t]|$)|[-+](?=[ \t]|$)|\d{1,9}[.)](?=[ \t]|$))")
 _SETEXT_OR_RULE = re.compile(r"^[ \t]*(=+|-[ \t-]*)[ \t]*$")
+_TRAILING_BANG = re.compile(r"(\\*)!$")
 _FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.M)
 
 # mark -> rank in MarkdownManager's registration order (Link has priority 1000: outermost)
@@ -120,6 +121,11 @@ class Renderer:
     def nodes(self, nodes: list[dict], parent: dict | None, separator: str = "", level: int = 0) -> str:
         """MarkdownManager.renderNodesWithMarkBoundaries: a list of nodes, marks opened and closed
         across text nodes."""
+        if not any("marks" in n for n in nodes):
+            # no marks anywhere (every block list, most paragraphs): nothing to open or close
+            result = [self.encode(n.get("text") or "", n, parent) if n.get("type") == "text"
+                      else self.node(n, parent, i, level) for i, n in enumerate(nodes) if n.get("type")]
+            return separator.join(_escape_bang_before_link(result) if separator == "" else result)
         result: list[str] = []
         active: dict[str, dict] = {}   # mark type -> mark, in opening order (outer first)
         reopen_html: set[str] = set()
@@ -215,16 +221,7 @@ class Renderer:
                         active[mark_type] = mark
                 result.append(before + rendered + after)
         if separator == "":
-            # a literal "!" right before a link would read as an image
-            previous = -1
-            for i, piece in enumerate(result):
-                if not piece:
-                    continue
-                if previous >= 0 and piece.startswith("["):
-                    m = re.search(r"(\\*)!$", result[previous])
-                    if m and len(m.group(1)) % 2 == 0:
-                        result[previous] = result[previous][:-1] + "\\!"
-                previous = i
+            result = _escape_bang_before_link(result)
         return separator.join(result)
 
     def children(self, node: dict, ctx: _Ctx | None, nodes: Any, separator: str = "") -> str:
@@ -325,6 +322,20 @@ class Renderer:
         if any(c.get("type") == "text" or _is_inline_leaf(c) for c in content):
             return self.nodes(content, node, "", level)
         return self.nodes(content, node, "\n\n", level)
+
+
+def _escape_bang_before_link(result: list[str]) -> list[str]:
+    """A literal "!" right before a link would read as an image: escape it."""
+    previous = -1
+    for i, piece in enumerate(result):
+        if not piece:
+            continue
+        if previous >= 0 and piece.startswith("["):
+            m = _TRAILING_BANG.search(result[previous])
+            if m and len(m.group(1)) % 2 == 0:
+                result[previous] = result[previous][:-1] + "\\!"
+        previous = i
+    return result
 
 
 def _is_inline_leaf(node: dict) -> bool:

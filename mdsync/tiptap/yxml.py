@@ -21,6 +21,8 @@ import re
 from typing import Any
 
 from pycrdt import Doc, XmlElement, XmlFragment, XmlText
+from pycrdt._pycrdt import XmlElement as _RawElement
+from pycrdt._pycrdt import XmlText as _RawText
 
 from mdsync.tiptap.schema import DEFAULT_SCHEMA, MARKS, NODES, Schema, Unknown
 
@@ -56,50 +58,79 @@ def read_blocks(frag: XmlFragment | XmlElement, schema: Schema = DEFAULT_SCHEMA,
                 unknown: Unknown | None = None) -> list[dict]:
     """The JSON of a fragment's (or element's) children."""
     unknown = unknown if unknown is not None else Unknown()
-    with frag.doc.transaction():
-        return _read_children(frag, schema, unknown, 1)
+    with frag.doc.transaction() as txn:
+        return _Reader(txn._txn, schema, unknown).children(frag.integrated, 1)
 
 
 def read_node(el: XmlElement, schema: Schema = DEFAULT_SCHEMA, unknown: Unknown | None = None,
               depth: int = 1) -> dict:
     unknown = unknown if unknown is not None else Unknown()
-    with el.doc.transaction():
-        return _read_element(el, schema, unknown, depth)
+    with el.doc.transaction() as txn:
+        return _Reader(txn._txn, schema, unknown).element(el.integrated, depth)
 
 
-def _read_children(parent: Any, schema: Schema, unknown: Unknown, depth: int) -> list[dict]:
-    out: list[dict] = []
-    for child in parent.children:
-        if isinstance(child, XmlText):
-            out.extend(read_text(child, schema, unknown))
-        elif isinstance(child, XmlElement):
-            out.append(_read_element(child, schema, unknown, depth))
-        # a nested XmlFragment cannot come from y-prosemirror: nothing to read
-    return _merge_text(out)
+class _Reader:
+    """Reads through pycrdt's integrated (Rust) objects inside one transaction: the Python
+    wrappers cost about a fifth of a whole read, for nothing the reader needs."""
 
+    def __init__(self, txn: Any, schema: Schema, unknown: Unknown):
+        self.txn = txn
+        self.schema = schema
+        self.unknown = unknown
 
-def _read_element(el: XmlElement, schema: Schema, unknown: Unknown, depth: int) -> dict:
-    tag = el.tag or ""
-    if not schema.knows_node(tag):
-        unknown.nodes.add(tag)
-    if depth > MAX_DEPTH:
-        unknown.nodes.add("(nested too deep)")
-        text = plain_text(el)
-        return {"type": "paragraph", "content": [{"type": "text", "text": text}]} if text else {"type": "paragraph"}
-    node: dict[str, Any] = {"type": tag}
-    attrs = {k: clean_value(v) for k, v in el.attributes}
-    if attrs:
-        node["attrs"] = attrs
-    content = _read_children(el, schema, unknown, depth + 1)
-    if content:
-        node["content"] = content
-    return node
+    def children(self, parent: Any, depth: int) -> list[dict]:
+        out: list[dict] = []
+        for child in parent.children(self.txn):
+            if isinstance(child, _RawElement):
+                out.append(self.element(child, depth))
+            elif isinstance(child, _RawText):
+                out.extend(_text_nodes(child.diff(self.txn), self.schema, self.unknown))
+            # a nested XmlFragment cannot come from y-prosemirror: nothing to read
+        return _merge_text(out)
+
+    def plain_text(self, el: Any) -> str:
+        """All text under an element, blocks separated by newlines (iterative: any depth)."""
+        parts: list[str] = []
+        stack: list[Any] = [el]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                parts.append(item)
+            elif isinstance(item, _RawText):
+                parts.append("".join(i for i, _ in item.diff(self.txn) if isinstance(i, str)))
+            else:
+                children = list(item.children(self.txn))
+                if parts and children and not isinstance(children[0], _RawText):
+                    stack.append("\n")
+                stack.extend(reversed(children))
+        return "".join(parts).strip("\n")
+
+    def element(self, el: Any, depth: int) -> dict:
+        tag = el.tag() or ""
+        if not self.schema.knows_node(tag):
+            self.unknown.nodes.add(tag)
+        if depth > MAX_DEPTH:
+            self.unknown.nodes.add("(nested too deep)")
+            text = self.plain_text(el)
+            return {"type": "paragraph", "content": [{"type": "text", "text": text}]} if text else {"type": "paragraph"}
+        node: dict[str, Any] = {"type": tag}
+        attrs = el.attributes(self.txn)
+        if attrs:
+            node["attrs"] = {k: clean_value(v) for k, v in attrs}
+        content = self.children(el, depth + 1)
+        if content:
+            node["content"] = content
+        return node
 
 
 def read_text(text: XmlText, schema: Schema = DEFAULT_SCHEMA, unknown: Unknown | None = None) -> list[dict]:
     """The text nodes of one Y.XmlText (its runs), marks sorted by schema rank."""
+    return _text_nodes(text.diff(), schema, unknown)
+
+
+def _text_nodes(runs: list, schema: Schema, unknown: Unknown | None) -> list[dict]:
     out = []
-    for insert, fmt in text.diff():
+    for insert, fmt in runs:
         if not isinstance(insert, str):
             if unknown is not None:
                 unknown.nodes.add("(embed)")
@@ -143,24 +174,6 @@ def _merge_text(nodes: list[dict]) -> list[dict]:
     return out
 
 
-def plain_text(el: Any) -> str:
-    """All text under an element, blocks separated by newlines (iterative: any depth)."""
-    parts: list[str] = []
-    stack = [el]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, XmlText):
-            parts.append("".join(i for i, _ in item.diff() if isinstance(i, str)))
-        elif isinstance(item, str):
-            parts.append(item)
-        else:
-            children = list(item.children)
-            if parts and children and not isinstance(children[0], XmlText):
-                stack.append("\n")
-            stack.extend(reversed(children))
-    return "".join(parts).strip("\n")
-
-
 # ---------------------------------------------------------------------------------------------
 # JSON → Yjs
 # ---------------------------------------------------------------------------------------------
@@ -185,40 +198,51 @@ def insert_blocks(parent: XmlFragment | XmlElement, index: int, nodes: list[dict
 
     Built back to front, each node inserted at the same index: yrs finds an index by walking the
     list from its start, so appending thousands of blocks one after the other is quadratic
-    (measured: 1 MB of markdown 3.3x slower at 300 KB and worse beyond)."""
-    for node in reversed(nodes):
-        _insert_node(parent, index, node)
-
-
-def _insert_node(parent: Any, index: int, node: dict) -> None:
-    el = parent.children.insert(index, XmlElement(node["type"], y_attrs(node)))
-    fill(el, node.get("content") or [])
-
-
-def fill(el: XmlElement, content: list[dict]) -> None:
-    """Fill an empty element with `content` (JSON nodes): each run of text nodes is one XmlText
-    (y-prosemirror's mapping), inline and block nodes elements. Back to front, as above."""
-    segments: list[Any] = []
-    for node in content:
-        if node["type"] == "text":
-            if segments and isinstance(segments[-1], list):
-                segments[-1].append(node)
-            else:
-                segments.append([node])
-        else:
-            segments.append(node)
-    for segment in reversed(segments):
-        if isinstance(segment, list):
-            text = el.children.insert(0, XmlText())
-            fill_text(text, segment)
-        else:
-            _insert_node(el, 0, segment)
+    (measured: 3.3x slower at 300 KB of markdown, worse beyond). Through pycrdt's integrated
+    objects, as reading is (the wrappers cost more than the inserts)."""
+    with parent.doc.transaction() as txn:
+        writer = _Writer(txn._txn)
+        for node in reversed(nodes):
+            writer.node(parent.integrated, index, node)
 
 
 def fill_text(text: XmlText, runs: list[dict]) -> None:
     """Write text nodes (with their marks as formatting attributes) into an empty XmlText."""
-    pos = 0
-    for run in runs:
-        fmt = y_format(run.get("marks"))
-        text.insert(pos, run["text"], fmt or None)
-        pos += len(run["text"].encode("utf-8"))
+    with text.doc.transaction() as txn:
+        _Writer(txn._txn).text(text.integrated, runs)
+
+
+class _Writer:
+    def __init__(self, txn: Any):
+        self.txn = txn
+
+    def node(self, parent: Any, index: int, node: dict) -> None:
+        el = parent.insert_element_prelim(self.txn, index, node["type"])
+        for key, value in y_attrs(node).items():
+            el.insert_attribute(self.txn, key, value)
+        self.fill(el, node.get("content") or [])
+
+    def fill(self, el: Any, content: list[dict]) -> None:
+        """Fill an empty element with `content` (JSON nodes): each run of text nodes is one
+        XmlText (y-prosemirror's mapping), inline and block nodes elements. Back to front."""
+        segments: list[Any] = []
+        for node in content:
+            if node["type"] == "text":
+                if segments and isinstance(segments[-1], list):
+                    segments[-1].append(node)
+                else:
+                    segments.append([node])
+            else:
+                segments.append(node)
+        for segment in reversed(segments):
+            if isinstance(segment, list):
+                self.text(el.insert_str(self.txn, 0, ""), segment)
+            else:
+                self.node(el, 0, segment)
+
+    def text(self, text: Any, runs: list[dict]) -> None:
+        pos = 0
+        for run in runs:
+            fmt = y_format(run.get("marks"))
+            text.insert(self.txn, pos, run["text"], iter(fmt.items()))
+            pos += len(run["text"].encode("utf-8"))
