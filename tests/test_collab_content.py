@@ -393,3 +393,13 @@ async def test_etag_listed_while_the_room_is_live_still_merges_after_more_typing
     assert resp.status == 200, await resp.text()
     assert await resp.text() == "zero\nfirst\nsecond\nthird\n"
     await live.close()
+
+
+async def test_a_tiptap_documents_creation_etag_writes_too(client):
+    owner = await register(client, name="Owner")
+    ws = await make_workspace(client, owner)
+    created = await document(client, owner, ws, "Rich", content_model="tiptap", markdown="# Rich\n\nfirst\n")
+    assert (await get_content(client, owner, created["id"]))[1] == created["etag"]
+    resp = await put_content(client, owner, created["id"], "# Rich\n\nfirst\n\nsecond\n", created["etag"])
+    assert resp.status == 200, await resp.text()
+    assert "second" in await resp.text()
