@@ -173,9 +173,11 @@ class Versions:
 
     # -- thinning ----------------------------------------------------------------------------
     async def prune(self, dry_run: bool = False) -> list[dict[str, Any]]:
-        """The periodic thinning: decide in one job, delete in small ones (a first prune of a
+        """The periodic thinning: decide from a read, delete in small jobs (a first prune of a
         long history must not hold the single writer for seconds)."""
-        removed = await self.db.write(prune, clock.now(), True)
+        now = clock.now()
+        # read through a reader, not the writer: a first prune of a long history reads many rows
+        removed = thin(await self.db.all(store.AUTO_VERSIONS_BEFORE, (clock.iso(_horizon(now)),)), now)
         if not dry_run:
             for start in range(0, len(removed), PRUNE_BATCH):
                 await self.db.write(store.delete, removed[start:start + PRUNE_BATCH])
@@ -192,8 +194,18 @@ def prune(tx: Tx, now, dry_run: bool = False) -> list[dict[str, Any]]:
 
     Only versions older than the end of the hour that holds "24 h ago" are read: younger ones are
     all kept and share no hour or day with an older one, except within that hour."""
-    horizon = (now - policy.KEEP_ALL).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
-    rows = store.auto_versions_before(tx, clock.iso(horizon))
+    removed = thin(store.auto_versions_before(tx, clock.iso(_horizon(now))), now)
+    if not dry_run:
+        store.delete(tx, removed)
+    return removed
+
+
+def _horizon(now):
+    return (now - policy.KEEP_ALL).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+
+
+def thin(rows: list[Any], now) -> list[dict[str, Any]]:
+    """Of these automatic versions (store.auto_versions_before), the ones `policy.keep` does not name."""
     by_document: dict[str, list[Any]] = {}
     for row in rows:
         by_document.setdefault(row["document_id"], []).append(row)
@@ -201,8 +213,6 @@ def prune(tx: Tx, now, dry_run: bool = False) -> list[dict[str, Any]]:
     for versions in by_document.values():
         gone = set(policy.thin([(r["id"], r["created_at"]) for r in versions], now))
         removed.extend(r for r in versions if r["id"] in gone)
-    if not dry_run:
-        store.delete(tx, removed)
     return [{"id": r["id"], "document_id": r["document_id"], "workspace_id": r["workspace_id"],
              "created_at": r["created_at"]} for r in removed]
 

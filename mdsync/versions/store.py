@@ -66,10 +66,13 @@ async def latest_markdown(db: Database, document_id: str) -> str | None:
                           " ORDER BY created_at DESC, id DESC LIMIT 1", (document_id,))
 
 
+AUTO_VERSIONS_BEFORE = ("SELECT id, document_id, workspace_id, created_at FROM versions WHERE kind = 'auto'"
+                        " AND created_at < ? ORDER BY document_id, created_at, id")
+
+
 def auto_versions_before(tx: Tx, before: str) -> list[Any]:
     """The automatic versions created before `before`, by document, oldest first."""
-    return tx.all("SELECT id, document_id, workspace_id, created_at FROM versions WHERE kind = 'auto'"
-                  " AND created_at < ? ORDER BY document_id, created_at, id", (before,))
+    return tx.all(AUTO_VERSIONS_BEFORE, (before,))
 
 
 def delete(tx: Tx, rows: list[Any]) -> None:
