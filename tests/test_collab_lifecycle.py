@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 
-import pytest
-
 from mdsync import clock
 from mdsync.collab import hocuspocus as hp
+from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
 from mdsync.collab.socket import TICKETS
 from tests.collab_helpers import HPClient, YClient, eventually, make_document
@@ -120,3 +119,93 @@ async def test_signing_out_drops_the_sessions_unspent_tickets(client):
     resp = await client.post("/api/v1/auth/logout", headers=alice.headers)
     assert resp.status == 204
     assert len(app[TICKETS]) == 0
+
+
+# -- item: one viewer cannot lock a document ---------------------------------------------------
+LIMITS = {"collab__max_connections_per_document": 12, "collab__max_connections_per_user_per_document": 4,
+          "collab__max_connections_per_share_link": 3, "collab__reserved_writer_connections": 4}
+
+
+async def share_token(client, doc_id: str, owner) -> str:
+    resp = await client.post(f"/api/v1/documents/{doc_id}/share-links", json={"role": "viewer"}, headers=owner.headers)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["token"]
+
+
+async def opens(client, doc_id: str, token: str | None = None, share: str | None = None) -> YClient:
+    """A /ws/docs socket, synced, or closed (its close_code says why)."""
+    query = "&".join(part for part in (f"token={token}" if token else "", f"share={share}" if share else "") if part)
+    ws = await client.ws_connect(f"/ws/docs/{doc_id}?{query}")
+    c = YClient(ws)
+    await ws.send_bytes(p.sync_step1(c.doc.get_state()))
+    try:
+        await asyncio.wait_for(asyncio.shield(c.synced.wait()), 5)
+    except TimeoutError:
+        pass
+    if not c.synced.is_set():
+        await c.wait_closed()
+    return c
+
+
+async def test_one_viewer_multiplexing_hocuspocus_sessions_cannot_lock_a_document(make_client):
+    client = await make_client(**LIMITS)
+    app = client.server.app
+    owner, viewer = await register(client), await register(client)
+    _, doc_id = await make_document(app, owner.id, markdown="locked?\n", members={viewer.id: "viewer"})
+    sockets = [await HPClient.connect(client) for _ in range(4)]
+    keys = [(s, f"{doc_id}\0s{n}") for s in sockets for n in range(10)]   # 40 sessions of one viewer
+    for s, key in keys:
+        await s.open(key, viewer.access_token, sync=False)
+    for s, key in keys:
+        await s.until(lambda s=s, key=key: s.auth(key) is not None, "an answer")
+    answers = [s.auth(key) for s, key in keys]
+    assert answers.count((hp.AUTH_OK, "readonly")) == 4   # the viewer's share of the document
+    assert answers.count((hp.AUTH_DENIED, "too-many-connections")) == 36
+    # the document stays open to everyone else
+    editor = await opens(client, doc_id, owner.access_token)
+    assert editor.synced.is_set() and editor.close_code is None
+    await editor.close()
+    for s in sockets:
+        await s.close()
+
+
+async def test_share_link_sockets_count_per_link(make_client):
+    client = await make_client(**LIMITS)
+    app = client.server.app
+    owner = await register(client)
+    _, doc_id = await make_document(app, owner.id, markdown="shared\n")
+    first, second = await share_token(client, doc_id, owner), await share_token(client, doc_id, owner)
+    held = [await opens(client, doc_id, share=first) for _ in range(3)]
+    assert all(c.synced.is_set() for c in held)
+    refused = await opens(client, doc_id, share=first)
+    assert refused.close_code == 1013
+    other = await opens(client, doc_id, share=second)   # another link has its own count
+    assert other.synced.is_set()
+    await held[0].close()
+    assert await eventually(lambda: len(app[ROOMS].connections(doc_id)) == 3)
+    again = await opens(client, doc_id, share=first)    # a place of that link came free
+    assert again.synced.is_set()
+    for c in (*held[1:], other, again):
+        await c.close()
+
+
+async def test_read_only_connections_never_take_the_editors_places(make_client):
+    client = await make_client(**LIMITS)
+    app = client.server.app
+    owner, editor = await register(client), await register(client)
+    viewers = [await register(client) for _ in range(3)]
+    _, doc_id = await make_document(app, owner.id, markdown="room\n",
+                                    members={editor.id: "editor", **{v.id: "viewer" for v in viewers}})
+    read_only = []
+    for v in viewers:
+        for _ in range(3):
+            read_only.append(await opens(client, doc_id, v.access_token))
+    # 12 places, the last 4 for writers: 8 viewers' sockets get in, the 9th does not
+    assert [c.synced.is_set() for c in read_only] == [True] * 8 + [False]
+    assert read_only[-1].close_code == 1013
+    writers = [await opens(client, doc_id, editor.access_token) for _ in range(4)]
+    assert all(c.synced.is_set() for c in writers)
+    full = await opens(client, doc_id, owner.access_token)
+    assert full.close_code == 1013   # the document's own cap still holds
+    for c in (*read_only[:8], *writers):
+        await c.close()

@@ -377,7 +377,7 @@ class Session:
             prefix = self.prefixes.take(key)
             conn = DocumentConnection(self, key, prefix, principal, access, read_only=not writable,
                                       slow_peer_bytes=cfg.slow_peer_bytes, slow_peer_seconds=cfg.slow_peer_seconds)
-            if not manager.admit(conn, cfg.max_connections_per_user, cfg.max_connections_per_document):
+            if not manager.admit(conn):
                 self.prefixes.give_back(prefix)
                 conn = None
                 self._refuse(key, TOO_MANY)

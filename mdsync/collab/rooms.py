@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -67,11 +68,33 @@ async def _seed_text(markdown: str) -> bytes:
     return seed_update(markdown)
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How many sockets may be open (config `[collab]`; over a limit: 1013 on /ws/docs,
+    PermissionDenied `too-many-connections` for a Hocuspocus document).
+
+    One user holds far fewer connections on a document than the document allows
+    (`per_user_per_document`), so no single account — a viewer multiplexing hundreds of
+    Hocuspocus sessions — can fill it; share-link sockets count against their link
+    (`per_share_link`); and the last `reserved_for_writers` places of a document are for
+    connections that may write: read-only ones never starve the editors."""
+
+    per_user: int = 5000
+    per_document: int = 1000
+    per_user_per_document: int = 32
+    per_share_link: int = 200
+    reserved_for_writers: int = 100
+
+
 class RoomManager:
     def __init__(self, db: Database, *, grace_seconds: float = 10.0, snapshot_after_updates: int = 1000,
                  snapshot_after_bytes: int = 1 << 20, max_document_bytes: int = 16 << 20,
-                 flush_delay: float = 0.05, access_recheck: Callable[[Any], Awaitable[Any]] | None = None):
+                 flush_delay: float = 0.05, access_recheck: Callable[[Any], Awaitable[Any]] | None = None,
+                 limits: ConnectionLimits = ConnectionLimits()):
         self.db = db
+        self.limits = limits
+        self._per_holder: dict[tuple[str, str], int] = {}   # (user, document) -> sockets
+        self._per_link: dict[str, int] = {}                 # share link -> sockets
         self.grace_seconds = grace_seconds
         self.snapshot_after_updates = snapshot_after_updates
         self.snapshot_after_bytes = snapshot_after_bytes
@@ -189,29 +212,50 @@ class RoomManager:
         await room.close()
 
     # -- connections -----------------------------------------------------------------------
-    def admit(self, conn: Connection, max_per_user: int, max_per_document: int) -> bool:
-        """Count a new socket against the limits; False (and not counted) when over one."""
-        user_conns = self.by_user.get(conn.user_id) if conn.user_id else None
+    def admit(self, conn: Connection) -> bool:
+        """Count a new socket (a Hocuspocus document: one per routing key) against the limits;
+        False, and not counted, when over one. `ConnectionLimits` says which and why."""
+        limits = self.limits
         doc_conns = self.by_document.get(conn.document_id)
-        if (user_conns is not None and len(user_conns) >= max_per_user) or \
-                (doc_conns is not None and len(doc_conns) >= max_per_document):
+        on_document = len(doc_conns) if doc_conns is not None else 0
+        user_conns = self.by_user.get(conn.user_id) if conn.user_id else None
+        holder = (conn.user_id, conn.document_id) if conn.user_id else None
+        if (on_document >= (limits.per_document - limits.reserved_for_writers if conn.read_only
+                            else limits.per_document)
+                or (user_conns is not None and len(user_conns) >= limits.per_user)
+                or (holder is not None and self._per_holder.get(holder, 0) >= limits.per_user_per_document)
+                or (conn.share_link_id is not None
+                    and self._per_link.get(conn.share_link_id, 0) >= limits.per_share_link)):
             self.stats.refused += 1
             return False
         if conn.user_id:
             self.by_user.setdefault(conn.user_id, set()).add(conn)
+            self._per_holder[holder] = self._per_holder.get(holder, 0) + 1
+        if conn.share_link_id is not None:
+            self._per_link[conn.share_link_id] = self._per_link.get(conn.share_link_id, 0) + 1
         self.by_document.setdefault(conn.document_id, set()).add(conn)
         self.stats.connections_total += 1
         conn.arm_expiry()
         return True
 
     def dismiss(self, conn: Connection) -> None:
+        """Uncount a socket (safe to call for one never admitted, or twice)."""
         conn.disarm_expiry()
+        doc_conns = self.by_document.get(conn.document_id)
+        if doc_conns is None or conn not in doc_conns:
+            return
         for index, key in ((self.by_user, conn.user_id), (self.by_document, conn.document_id)):
             conns = index.get(key)
             if conns is not None:
                 conns.discard(conn)
                 if not conns:
                     del index[key]
+        for counts, key in ((self._per_holder, (conn.user_id, conn.document_id) if conn.user_id else None),
+                            (self._per_link, conn.share_link_id)):
+            if key is not None and key in counts:
+                counts[key] -= 1
+                if counts[key] <= 0:
+                    del counts[key]
 
     def connections(self, document_id: str | None = None) -> list[Connection]:
         if document_id is None:

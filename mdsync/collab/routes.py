@@ -8,7 +8,7 @@ from aiohttp import web
 from mdsync.api.models import Out
 from mdsync.api.routing import PRINCIPAL, Routes
 from mdsync.collab import hocuspocus, socket
-from mdsync.collab.rooms import ROOMS, CollabCollector, RoomManager
+from mdsync.collab.rooms import ROOMS, CollabCollector, ConnectionLimits, RoomManager
 from mdsync.collab.tickets import Tickets
 from mdsync.config import Settings
 from mdsync.db import Database
@@ -54,6 +54,11 @@ def install(app: web.Application, settings: Settings, db: Database, auth) -> Roo
         snapshot_after_bytes=cfg.snapshot_after_bytes, max_document_bytes=settings.limits.max_document_bytes,
         flush_delay=cfg.flush_delay_seconds,
         access_recheck=lambda a: access.recheck(db, a),
+        limits=ConnectionLimits(
+            per_user=cfg.max_connections_per_user, per_document=cfg.max_connections_per_document,
+            per_user_per_document=cfg.max_connections_per_user_per_document,
+            per_share_link=cfg.max_connections_per_share_link,
+            reserved_for_writers=cfg.reserved_writer_connections),
     )
     app[ROOMS] = manager
     tickets = app[socket.TICKETS] = Tickets()

@@ -113,7 +113,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     writable = can_write(access) and (principal is None or principal.can_write)
     conn = Connection(ws, principal, access, read_only=not writable,
                       slow_peer_bytes=cfg.slow_peer_bytes, slow_peer_seconds=cfg.slow_peer_seconds)
-    if not manager.admit(conn, cfg.max_connections_per_user, cfg.max_connections_per_document):
+    if not manager.admit(conn):
         await ws.close(code=CLOSE_TRY_LATER, message=b"too many connections")
         return ws
     room = None
