@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC
@@ -40,9 +41,14 @@ def folder_json(row) -> dict:
             "deleted_at": row["deleted_at"]}
 
 
+_PLACEHOLDER = re.compile(r"\{\{(title|date|author)\}\}")
+
+
 def _fill_template(markdown: str, title: str, author: str) -> str:
-    today = clock.now().astimezone(UTC).strftime("%Y-%m-%d")
-    return markdown.replace("{{title}}", title).replace("{{date}}", today).replace("{{author}}", author)
+    """`{{title}}`, `{{date}}` (today, UTC) and `{{author}}` filled in one pass: a title or name
+    that itself reads `{{date}}` stays as typed; other `{{…}}` are left as written."""
+    values = {"title": title, "date": clock.now().astimezone(UTC).strftime("%Y-%m-%d"), "author": author}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], markdown)
 
 
 class Documents:
