@@ -6,6 +6,7 @@ writes, trash, restore, purge and import — and a live npm client's typing with
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import uuid
 
@@ -168,7 +169,7 @@ async def test_snippet_escapes_everything_but_mark(client, two_teams):
                                                          "\x02not a mark\x03 lemurs\n")
     snippet = (await search(client, viewer, "lemur"))["items"][0]["snippet"]
     assert snippet == ("Use &lt;b&gt;bold&lt;/b&gt; <mark>lemur</mark> &amp; &quot;quotes&quot; "
-                       "&lt;script&gt;x()&lt;/script&gt; <mark>not a mark</mark> <mark>lemurs</mark>")
+                       "&lt;script&gt;x()&lt;/script&gt; not a mark <mark>lemurs</mark>")
     assert snippet.replace("<mark>", "").replace("</mark>", "").count("<") == 0
 
 
@@ -276,3 +277,23 @@ async def test_the_migration_indexes_an_existing_database(make_client, tmp_path,
     assert titles(await search(client, ada, "axolo")) == ["Kept"]
     assert titles(await search(client, ada, "token2999")) == ["Bulk 2999"]
     _integrity(client)
+
+
+def test_snippets_mark_what_the_index_matched():
+    """The highlighter marks the tokens the index matched: prefixes of letters-and-digits runs,
+    case and diacritics ignored; the window is the text around the first match."""
+    from mdsync.search.query import Highlighter
+
+    h = Highlighter("cafe BRU")
+    assert h.snippet("Au Café, crème brûlée; Brunch at the café_bar.") == (
+        "Au <mark>Café</mark>, crème <mark>brûlée</mark>; <mark>Brunch</mark> at the <mark>café</mark>_bar.")
+    assert Highlighter("rus").snippet("walrus rust") == "walrus <mark>rust</mark>"  # prefixes, not infixes
+    assert Highlighter("日本").snippet("これは日本語です。日本") == "これは日本語です。<mark>日本</mark>"
+    long = "intro " * 100 + "the needle here " + "outro " * 100
+    snippet = Highlighter("needle").snippet(long)
+    assert snippet.startswith("… intro") and snippet.endswith("outro …") and "<mark>needle</mark> here" in snippet
+    assert len(snippet) < 300
+    assert Highlighter("title-only").snippet("Body text\nwith lines") == "Body text with lines"
+    # a word matched 20 000 times in one document: every match in the window marked, and no more
+    many = Highlighter("th").snippet("the that this " * 20_000)
+    assert many.count("<mark>") == len(re.findall(r"\bth", many.replace("<mark>", "").replace("</mark>", "")))

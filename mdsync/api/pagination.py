@@ -36,6 +36,15 @@ class Page:
         return {"items": [shape(row) for row in rows], "next_cursor": next_cursor}
 
 
+    def result_json(self, rows: list[Any], key, text) -> str:
+        """`result` for rows whose JSON SQLite built: `text(row)` is an item's JSON text; answers
+        the page as JSON text, without decoding and re-encoding the items."""
+        more = len(rows) > self.limit
+        rows = rows[: self.limit]
+        next_cursor = encode_cursor(key(rows[-1])) if more and rows else None
+        return '{"items":[' + ",".join(text(row) for row in rows) + '],"next_cursor":' + json.dumps(next_cursor) + "}"
+
+
 def parse_limit(raw: str | None, default: int = DEFAULT_LIMIT, maximum: int = MAX_LIMIT) -> int:
     if raw is None or raw == "":
         return default

@@ -30,8 +30,9 @@ def _comments(request: web.Request) -> Comments:
 async def list_comments(request: web.Request, query: m.CommentQuery) -> web.Response:
     access = await require(request, "viewer", document_id=request.match_info["doc"], share=True)
     p = page(request)
-    items = await _comments(request).threads(access.document_id, query.status, p.after, p.fetch_limit())
-    return web.json_response(p.result(items, key=lambda c: [c["created_at"], c["id"]]))
+    rows = await _comments(request).threads(access.document_id, query.status, p.after, p.fetch_limit())
+    body = p.result_json(rows, key=lambda r: [r["created_at"], r["id"]], text=lambda r: r["json"])
+    return web.Response(text=body, content_type="application/json")
 
 
 @routes.post("/api/v1/documents/{doc}/comments", "Start a thread, or reply to one (commenter)",
@@ -58,7 +59,7 @@ async def _require_on_comment(request: web.Request, role: str):
             response=m.CommentOut)
 async def get_comment(request: web.Request) -> web.Response:
     comment_id, _ = await _require_on_comment(request, "viewer")
-    return web.json_response(await _comments(request).get(comment_id))
+    return web.Response(text=await _comments(request).get_json(comment_id), content_type="application/json")
 
 
 @routes.patch("/api/v1/comments/{comment}", "Edit a comment's body (its author)", body=m.CommentPatch,

@@ -24,19 +24,25 @@ from mdsync.sync import changes
 from mdsync.workspaces.access import Access
 from mdsync.workspaces.service import keyset, new_id
 
-SELECT = ("SELECT c.id, c.document_id, c.workspace_id, c.parent_id, c.author_id, u.name AS author_name, c.body,"
-          " c.anchor, c.resolved_at, c.resolved_by, c.created_at, c.updated_at"
-          " FROM comments c LEFT JOIN users u ON u.id = c.author_id")
 STATUS = {"open": "c.resolved_at IS NULL", "resolved": "c.resolved_at IS NOT NULL", "all": "1"}
 
 
-def comment_json(row, replies: list | None = None) -> dict:
-    return {"id": row["id"], "document_id": row["document_id"], "parent_id": row["parent_id"],
-            "author_id": row["author_id"], "author_name": row["author_name"], "body": row["body"],
-            "anchor": json.loads(row["anchor"]) if row["anchor"] else None,
-            "resolved": row["resolved_at"] is not None, "resolved_at": row["resolved_at"],
-            "resolved_by": row["resolved_by"], "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "replies": [comment_json(r) for r in replies or ()]}
+def _json_of(c: str, u: str, replies: str) -> str:
+    """SQL for the JSON of comment `c` (its author's row `u`): the API shape, built by SQLite."""
+    return (f"json_object('id', {c}.id, 'document_id', {c}.document_id, 'parent_id', {c}.parent_id,"
+            f" 'author_id', {c}.author_id, 'author_name', {u}.name, 'body', {c}.body, 'anchor', json({c}.anchor),"
+            f" 'resolved', json(CASE WHEN {c}.resolved_at IS NULL THEN 'false' ELSE 'true' END),"
+            f" 'resolved_at', {c}.resolved_at, 'resolved_by', {c}.resolved_by, 'created_at', {c}.created_at,"
+            f" 'updated_at', {c}.updated_at, 'replies', json({replies}))")
+
+
+# a thread with its replies (oldest first), or a reply (no replies of its own), as one JSON text
+COMMENT_JSON = _json_of("c", "u", (
+    "(SELECT coalesce(json_group_array(json(obj)), '[]') FROM (SELECT " + _json_of("r", "ru", "'[]'") + " AS obj"
+    " FROM comments r LEFT JOIN users ru ON ru.id = r.author_id WHERE r.parent_id = c.id"
+    " ORDER BY r.created_at, r.id))"))
+SELECT = (f"SELECT c.id, c.created_at, {COMMENT_JSON} AS json"
+          " FROM comments c LEFT JOIN users u ON u.id = c.author_id")
 
 
 class Comments:
@@ -52,33 +58,24 @@ class Comments:
             raise NotFound("no such comment")
         return row["document_id"]
 
-    async def threads(self, document_id: str, status: str, after, limit: int) -> list[dict]:
-        """A page of threads (`limit` rows, cursor `after`), oldest first, each with its replies."""
+    async def threads(self, document_id: str, status: str, after, limit: int) -> list[Any]:
+        """A page of threads (`limit` rows, cursor `after`), oldest first: rows of (id, created_at,
+        json), the JSON of each thread holding its replies."""
         created, last_id = keyset(after)
-        rows = await self.db.all(
+        return await self.db.all(
             f"{SELECT} WHERE c.document_id = ? AND c.parent_id IS NULL AND {STATUS[status]}"
             " AND (c.created_at, c.id) > (?, ?) ORDER BY c.created_at, c.id LIMIT ?",
             (document_id, created, last_id, limit))
-        return await self._with_replies(rows)
 
-    async def _with_replies(self, threads: list) -> list[dict]:
-        replies: dict[str, list] = {row["id"]: [] for row in threads}
-        ids = list(replies)
-        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
-            chunk = ids[start:start + 500]
-            for row in await self.db.all(f"{SELECT} WHERE c.parent_id IN ({','.join('?' * len(chunk))})"
-                                         " ORDER BY c.created_at, c.id", chunk):
-                replies[row["parent_id"]].append(row)
-        return [comment_json(row, replies[row["id"]]) for row in threads]
-
-    async def get(self, comment_id: str) -> dict:
-        """A comment; a thread with its replies."""
+    async def get_json(self, comment_id: str) -> str:
+        """A comment as JSON text; a thread with its replies."""
         row = await self.db.one(f"{SELECT} WHERE c.id = ?", (comment_id,))
         if row is None:
             raise NotFound("no such comment")
-        if row["parent_id"] is not None:
-            return comment_json(row)
-        return (await self._with_replies([row]))[0]
+        return row["json"]
+
+    async def get(self, comment_id: str) -> dict:
+        return json.loads(await self.get_json(comment_id))
 
     # -- writes ----------------------------------------------------------------------------
     async def create(self, access: Access, body: str, anchor: dict | None, parent_id: str | None) -> dict:

@@ -164,8 +164,9 @@ class Database:
             return await cur.fetchone()
 
     async def all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        async with self._reader().execute(sql, tuple(params)) as cur:
-            return list(await cur.fetchall())
+        # one hop to the reader's thread (execute and fetch there), not one per step: on a busy
+        # machine each hop waits for a thread to be scheduled (search: 10.6 → see bench/README)
+        return list(await self._reader().execute_fetchall(sql, tuple(params)))
 
     async def value(self, sql: str, params: Iterable[Any] = ()) -> Any:
         row = await self.one(sql, params)

@@ -41,5 +41,6 @@ async def search(request: web.Request, query: SearchQuery) -> web.Response:
     limit = parse_limit(query.limit)
     if query.workspace_id is not None:
         await require(request, "viewer", workspace_id=query.workspace_id)
-    items = await request.app[SEARCH_SERVICE].query(request[PRINCIPAL].user_id, expression, query.workspace_id, limit)
+    items = await request.app[SEARCH_SERVICE].query(request[PRINCIPAL].user_id, query.q, expression,
+                                                    query.workspace_id, limit)
     return web.json_response({"items": items})
