@@ -261,7 +261,7 @@ async def test_the_migration_indexes_an_existing_database(make_client, tmp_path,
     conn = sqlite3.connect(db_path, isolation_level=None)
     search_version = next(m.version for m in migrate.available() if m.name == "search")
     conn.executescript("DROP TRIGGER docs_fts_insert; DROP TRIGGER docs_fts_update; DROP TRIGGER docs_fts_delete;"
-                       f"DROP TABLE docs_fts; DROP VIEW live_documents; DELETE FROM schema_migrations WHERE version >= {search_version};")
+                       f"DROP TABLE docs_fts; DROP VIEW live_documents; DELETE FROM schema_migrations WHERE version = {search_version};")
     conn.execute("BEGIN")
     for i in range(3000):
         conn.execute("INSERT INTO documents (id, workspace_id, title, markdown, created_at, updated_at)"
