@@ -14,6 +14,7 @@ never seen half-changed and a cancelled socket handler cannot leave it inconsist
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
 import sqlite3
@@ -72,6 +73,8 @@ class Room:
         self._unsaved: dict[int, int] = {}
         self._when_saved: collections.deque | None = None   # (seq, callback), made on first use
         self._loop = asyncio.get_running_loop()
+        # (seq, clocks, delete set as per-client sorted starts and ends) for `has_all`
+        self._known: tuple[int, dict[int, int], dict[int, tuple[list[int], list[int]]]] | None = None
 
     @property
     def closed(self) -> asyncio.Event:
@@ -95,6 +98,33 @@ class Room:
         """The update a peer with `state_vector` lacks (the whole document without one).
         Raises ValueError for a state vector that does not decode."""
         return self.doc.get_update(state_vector) if state_vector else self.doc.get_update()
+
+    def has_all(self, covered: updates.Covered) -> bool:
+        """Whether the document has every struct and every deletion an update carries (what
+        `updates.check` returned for it), without encoding the document: its clocks and delete
+        set are read once per change (`seq`), however many updates are compared."""
+        if self._known is None or self._known[0] != self.seq:
+            own = updates.check(self.doc.get_update(self.doc.get_state()))  # no structs: the delete set
+            deleted = {}
+            for client, ranges in own.deleted.items():
+                merged: list[list[int]] = []
+                for start, end in sorted(ranges):
+                    if merged and start <= merged[-1][1]:
+                        merged[-1][1] = max(merged[-1][1], end)
+                    else:
+                        merged.append([start, end])
+                deleted[client] = ([m[0] for m in merged], [m[1] for m in merged])
+            self._known = (self.seq, decode_state_vector(self.doc.get_state()), deleted)
+        _, clocks, deleted = self._known
+        if any(clocks.get(client, 0) < end for client, end in covered.ends.items()):
+            return False
+        for client, ranges in covered.deleted.items():
+            starts, ends = deleted.get(client, ((), ()))
+            for start, end in ranges:
+                at = bisect.bisect_right(starts, start) - 1
+                if at < 0 or ends[at] < end:
+                    return False
+        return True
 
     def apply_update(self, update: bytes, user_id: str | None = None) -> None:
         """Apply a Yjs update as `user_id` (None: the server): broadcast to every socket and append

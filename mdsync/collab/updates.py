@@ -40,6 +40,7 @@ code units for strings.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 from pycrdt import Doc
 
@@ -190,9 +191,15 @@ def _content_length(r: _Reader, ref: int) -> int:
     raise ProtocolError(f"unknown content type {ref}")
 
 
-def check(update: bytes) -> dict[int, int]:
-    """Read all of a v1 update; raise ProtocolError for anything `apply` must not hand to pycrdt.
-    Returns, per client, the clock right after the last struct (not counting skips) it carries."""
+class Covered(NamedTuple):
+    """What an update carries: per client, the clock right after its last struct (not counting
+    skips), and the (start, end) clock ranges its delete set names."""
+    ends: dict[int, int]
+    deleted: dict[int, list[tuple[int, int]]]
+
+
+def check(update: bytes) -> Covered:
+    """Read all of a v1 update; raise ProtocolError for anything `apply` must not hand to pycrdt."""
     r = _Reader(update)
     ends: dict[int, int] = {}
     for _ in range(r.uint()):
@@ -225,16 +232,18 @@ def check(update: bytes) -> dict[int, int]:
                 end = clock
         if end is not None:
             ends[client] = max(end, ends.get(client, 0))
+    deleted: dict[int, list[tuple[int, int]]] = {}
     for _ in range(r.uint()):                  # the delete set
-        r.client()
+        ranges = deleted.setdefault(r.client(), [])
         for _ in range(r.uint()):
             start = r.clock()
             length = r.uint()
             if length < 1 or start + length > MAX_CLOCK:
                 raise ProtocolError("deleted range out of range")
+            ranges.append((start, start + length))
     if r.pos != len(update):
         raise ProtocolError("bytes after the update")
-    return ends
+    return Covered(ends, deleted)
 
 
 def apply(doc: Doc, update: bytes) -> None:
@@ -254,7 +263,7 @@ def apply(doc: Doc, update: bytes) -> None:
 def struct_ends(update: bytes) -> dict[int, int]:
     """Per client, the clock right after the last struct (not counting skips) the update carries.
     Raises ProtocolError when it does not pass `check`."""
-    return check(update)
+    return check(update).ends
 
 
 def ascii_shadow(update: bytes) -> bytes:
