@@ -71,14 +71,20 @@ async def next_binary(ws, timeout: float = 10) -> bytes | None:
         msg = await asyncio.wait_for(ws.receive(), timeout)
         if msg.type == aiohttp.WSMsgType.BINARY:
             return msg.data
-        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
+                        aiohttp.WSMsgType.ERROR):
             return None
 
 
 async def closed_with(ws, timeout: float = 10) -> int | None:
-    while await next_binary(ws, timeout) is not None:
-        pass
-    return ws.close_code
+    """The code of the close frame the server sends (not ws.close_code: the client's answer to it
+    may meet a transport the server has closed already, which aiohttp reports as 1006)."""
+    while True:
+        msg = await asyncio.wait_for(ws.receive(), timeout)
+        if msg.type == aiohttp.WSMsgType.CLOSE:
+            return msg.data
+        if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            return None
 
 
 def hp_frame(doc_id: str, body: bytes) -> bytes:
@@ -102,12 +108,12 @@ async def test_a_deeply_nested_value_is_refused_on_every_write_path_and_the_serv
 
         attacker = await http.ws_connect(f"/ws/docs/{doc_id}?token={token}")
         await attacker.send_bytes(p.update_message(NESTED))
-        assert await closed_with(attacker) == 1002
+        assert await closed_with(attacker) == 1002, "/ws/docs"
 
         hp = await http.ws_connect("/ws/hocuspocus")
         await hp.send_bytes(hp_frame(doc_id, bytes((p.MSG_AUTH, 0)) + vstr(token.encode()) + vstr(b"4.0.0")))
         await hp.send_bytes(hp_frame(doc_id, bytes((p.MSG_SYNC, p.SYNC_UPDATE)) + vstr(NESTED)))
-        assert await closed_with(hp) == 1002
+        assert await closed_with(hp) == 1002, "/ws/hocuspocus"
 
         # the process, the room and its other socket go on: an edit over HTTP reaches the watcher
         assert server.proc.poll() is None, server.rest_of_output()
@@ -236,6 +242,8 @@ def test_every_apply_update_in_mdsync_is_the_gate_or_on_the_servers_own_bytes():
         ("mdsync/collab/content.py", "_merge"): "a copy of a Doc the server holds",
         ("mdsync/collab/content.py", "_serve_seed"): "the server's seed of stored markdown",
         ("mdsync/collab/positions.py", "__init__"): "a rewrite of a Doc the server holds",
+        ("mdsync/tiptap/content.py", "render_state"): "a snapshot of a Doc the server holds",
+        ("mdsync/tiptap/content.py", "diff_update"): "a state the server served",
         ("mdsync/collab/hocuspocus.py", "_contained"): "a copy of the room's state (the client's: the gate)",
         ("mdsync/transfer/export.py", "read_all"): "snapshot and log rows, gated when accepted",
     }
