@@ -209,3 +209,14 @@ async def test_read_only_connections_never_take_the_editors_places(make_client):
     assert full.close_code == 1013   # the document's own cap still holds
     for c in (*read_only[:8], *writers):
         await c.close()
+
+
+async def test_a_socket_opened_with_an_expiring_share_link_closes_when_the_link_expires(client):
+    owner = await register(client)
+    _, doc_id = await make_document(client.server.app, owner.id, markdown="for a while\n")
+    resp = await client.post(f"/api/v1/documents/{doc_id}/share-links", json={"role": "viewer", "expires_in": 2},
+                             headers=owner.headers)
+    assert resp.status == 201, await resp.text()
+    guest = await opens(client, doc_id, share=(await resp.json())["token"])
+    assert guest.synced.is_set()
+    assert await guest.wait_closed(timeout=15) == 4401

@@ -5,6 +5,11 @@
 whose write buffer stays over `slow_peer_bytes` for `slow_peer_seconds` (or grows past four times
 that at once) is closed with 1013: one slow client never stalls the room, and it reconnects and
 resyncs instead of silently missing updates.
+
+A socket opened with an expiring credential (an access JWT, a personal access token with an
+expiry, a ticket traded for either, or a share link with an expiry) ends when it does: one timer
+per socket (`loop.call_at`, armed when the manager admits it) closes it with 4401 at that moment,
+and the client reconnects with a fresh token.
 """
 
 from __future__ import annotations
@@ -76,6 +81,10 @@ class Connection:
         self.token_id: str | None = getattr(principal, "token_id", None)
         self.share_link_id: str | None = getattr(access, "share_link_id", None)
         self.expires_at: float | None = getattr(principal, "expires_at", None)
+        link_expires = getattr(access, "expires_at", None)   # opened with an expiring share link
+        if link_expires:
+            at = clock.parse(link_expires).timestamp()
+            self.expires_at = at if self.expires_at is None else min(self.expires_at, at)
         self._expiry: asyncio.TimerHandle | None = None
         self.workspace_id: str = access.workspace_id
         self.document_id: str = access.document_id

@@ -61,7 +61,7 @@ class Access:
     """What the caller may do: their effective role in `workspace_id` (on `document` if given).
 
     `user_id` is None for an anonymous share-link holder; `share_link_id` is set when the access
-    comes from a share link rather than a membership.
+    comes from a share link rather than a membership, `expires_at` when that link expires.
     """
 
     user_id: str | None
@@ -69,6 +69,7 @@ class Access:
     role: str
     document: Any = None  # sqlite3.Row or dict: the document's columns (DOC_COLUMNS), no markdown
     share_link_id: str | None = None
+    expires_at: str | None = None  # the share link's expiry (RFC 3339), if any
 
     def at_least(self, role: str) -> bool:
         return RANK[self.role] >= RANK[role]
@@ -138,15 +139,17 @@ async def resolve_share(db, token: str, principal=None, *, document_id: str | No
     """The access a share token gives (NotFound when unknown, revoked, expired, or its document
     is trashed or its workspace deleted). With `document_id`, the link must be for that document."""
     row = await _row(db)(
-        f"SELECT {DOC_COLUMNS}, s.id AS link_id, s.role AS link_role FROM share_links s"
+        f"SELECT {DOC_COLUMNS}, s.id AS link_id, s.role AS link_role, s.expires_at AS link_expires_at"
+        " FROM share_links s"
         " JOIN documents d ON d.id = s.document_id AND d.deleted_at IS NULL"
         " JOIN workspaces w ON w.id = d.workspace_id AND w.deleted_at IS NULL"
         " WHERE s.token_hash = ? AND s.revoked_at IS NULL AND (s.expires_at IS NULL OR s.expires_at > ?)",
         (digest(token), clock.iso()))
     if row is None or (document_id is not None and row["id"] != document_id):
         raise NotFound("no such share link")
-    document = {k: row[k] for k in row.keys() if k not in ("link_id", "link_role")}
-    return Access(_user_id(principal), row["workspace_id"], row["link_role"], document, share_link_id=row["link_id"])
+    document = {k: row[k] for k in row.keys() if k not in ("link_id", "link_role", "link_expires_at")}
+    return Access(_user_id(principal), row["workspace_id"], row["link_role"], document, share_link_id=row["link_id"],
+                  expires_at=row["link_expires_at"])
 
 
 async def recheck(db, access: Access) -> Access | None:
