@@ -11,63 +11,44 @@ test all talk to it over real HTTP; stopped by its pid.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from tests.processes import ChildProcess, free_port, wait_for_port
+
 ACCESS_KEY = "mdsync-test-key"
 SECRET_KEY = "mdsync-test-secret"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class S3Server(ChildProcess):
+    what = "moto server"
 
-
-class S3Server:
     def __init__(self, log_dir: Path | None = None):
+        super().__init__()
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
         self.log_dir = log_dir
 
     def start(self, timeout: float = 20.0) -> "S3Server":
         moto = Path(sys.executable).parent / "moto_server"
         cmd = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-        out = open(self.log_dir / "moto.log", "w") if self.log_dir else subprocess.DEVNULL
-        self.proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(self.port)], env=env,
-                                     stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("moto server exited at start")
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("moto server did not start")
+        if self.log_dir:
+            with open(self.log_dir / "moto.log", "w") as out:
+                self.launch([*cmd, "-H", "127.0.0.1", "-p", str(self.port)], env, out)
+        else:
+            self.launch([*cmd, "-H", "127.0.0.1", "-p", str(self.port)], env, subprocess.DEVNULL)
+        self.wait_ready(timeout)
+        return self
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def __enter__(self) -> "S3Server":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def wait_ready(self, timeout: float) -> None:
+        try:
+            wait_for_port(self.port, self.proc, self.what, time.monotonic() + timeout)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def client(self):
         import boto3

@@ -4,46 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import os
-from urllib.parse import urlsplit
 
 import aiohttp
 
 from mdsync import clock
 from mdsync.appkeys import SETTINGS
-from tests.conftest import register
-from tests.test_folders_documents import document
-from tests.test_share_links import share
-from tests.test_workspaces import API, join, make_workspace
-
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
-SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
-HTML = b"<!doctype html><html><body><script>alert(document.cookie)</script></body></html>"
-
-
-def local(url: str) -> str:
-    """The path and query of a signed url (its host is the configured public_url)."""
-    parts = urlsplit(url)
-    return f"{parts.path}?{parts.query}"
-
-
-async def upload_multipart(client, who, ws, data: bytes, filename: str, document_id: str | None = None,
-                           status: int = 201) -> dict:
-    form = aiohttp.FormData()
-    form.add_field("file", data, filename=filename, content_type="application/octet-stream")
-    if document_id:
-        form.add_field("document_id", document_id)
-    resp = await client.post(f"{API}/workspaces/{ws}/attachments", data=form, headers=who.headers)
-    assert resp.status == status, await resp.text()
-    return await resp.json()
-
-
-async def upload_raw(client, who, ws, data: bytes, filename: str | None = None, status: int = 201, **params) -> dict:
-    if filename is not None:
-        params["filename"] = filename
-    resp = await client.post(f"{API}/workspaces/{ws}/attachments", data=data, params=params,
-                             headers={**who.headers, "Content-Type": "application/octet-stream"})
-    assert resp.status == status, await resp.text()
-    return await resp.json()
+from tests.builders import (
+    API,
+    HTML,
+    PNG,
+    SVG,
+    document,
+    join,
+    make_workspace,
+    register,
+    share,
+    upload_multipart,
+    upload_raw,
+)
+from tests.readers import local
 
 
 def stored_files(client) -> list[str]:
@@ -241,7 +220,7 @@ async def test_readiness_reports_storage(client):
 
 
 async def test_change_feed_and_audit(client):
-    from tests.test_workspaces import audit_actions, feed
+    from tests.readers import audit_actions, feed
 
     owner, ws = await setup(client)
     a = await upload_raw(client, owner, ws, PNG, filename="p.png")

@@ -9,10 +9,9 @@ import pytest
 
 from mdsync.appkeys import SETTINGS
 from mdsync.attachments.service import ATTACHMENTS
-from tests.conftest import register
+from tests.builders import API, HTML, PNG, SVG, make_workspace, register, upload_multipart, upload_raw
+from tests.readers import local
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
-from tests.test_attachments import HTML, PNG, SVG, local, upload_multipart, upload_raw
-from tests.test_workspaces import API, make_workspace
 
 BUCKET = "mdsync-attachments"
 

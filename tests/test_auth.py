@@ -16,8 +16,8 @@ import pytest
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.auth.routes import AUTH
-from tests.conftest import PASSWORD, ROOT, bearer, register
-from tests.conftest import test_env as subprocess_env
+from tests.builders import PASSWORD, bearer, register
+from tests.processes import cli_async
 
 PROBLEM = "application/problem+json"
 
@@ -452,26 +452,19 @@ async def test_refresh_endpoint_refuses_an_access_token(client):
 
 
 # -- disabled users (admin CLI on the data dir of the running server) ----------------------------
-async def cli(settings, *args: str, stdin: str | None = None) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "mdsync", *args, "--data-dir", str(settings.data_dir),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env=subprocess_env(settings.data_dir), cwd=ROOT)
-    out, _ = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 60)
-    return proc.returncode, out.decode()
 
 
 async def test_disabled_user_is_locked_out_at_once(client, settings):
     account = await register(client)
     pat = await create_pat(client, account)
-    code, out = await cli(settings, "users", "disable", account.email)
+    code, out = await cli_async(settings.data_dir, "users", "disable", account.email)
     assert code == 0, out
     assert await me_status(client, account.access_token) == 401
     assert await me_status(client, pat["token"]) == 401
     await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")
     await problem(await login(client, account.email), 401, "unauthenticated")
 
-    code, out = await cli(settings, "users", "enable", account.email)
+    code, out = await cli_async(settings.data_dir, "users", "enable", account.email)
     assert code == 0, out
     assert (await login(client, account.email)).status == 200
     assert await me_status(client, pat["token"]) == 200
@@ -496,7 +489,7 @@ async def test_disabled_flag_alone_stops_every_token(client, settings):
 
 
 async def test_user_created_by_cli_can_sign_in_at_once(client, settings):
-    code, out = await cli(settings, "users", "create", "cli@example.com", "--name", "From CLI",
+    code, out = await cli_async(settings.data_dir, "users", "create", "cli@example.com", "--name", "From CLI",
                           "--password-stdin", stdin=PASSWORD + "\n")
     assert code == 0, out
     resp = await login(client, "cli@example.com")

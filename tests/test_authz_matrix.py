@@ -30,10 +30,9 @@ import pytest
 
 from mdsync.appkeys import ROUTE_TABLES
 from mdsync.sync.feed import encode_cursor
-from tests.conftest import PASSWORD, Account, register
-from tests.test_folders_documents import document, folder
-from tests.test_share_links import share
-from tests.test_workspaces import invite, join, make_workspace
+from tests.authz_world import World, build_world, fresh_doc, fresh_trashed_doc, viewer_grant
+from tests.builders import PASSWORD, Account, document, folder, invite, join, make_workspace, register, share
+
 
 @pytest.fixture
 async def client(make_client):
@@ -49,34 +48,6 @@ NOT_A_ROW = {
     ("GET", "/ws/docs/{document_id}"): "tests/test_authz_socket.py",
     ("GET", "/ws/hocuspocus"): "tests/test_authz_socket.py",
 }
-
-
-@dataclass
-class World:
-    client: Any
-    ws: str
-    people: dict[str, Account]
-    folder: str
-    doc: str
-    token: str  # a share token (viewer) of `doc`
-
-    def vars(self) -> dict[str, str]:
-        return {"ws": self.ws, "folder": self.folder, "doc": self.doc, "token": self.token,
-                "user": self.people["viewer"].id}
-
-
-async def build_world(client) -> World:
-    owner = await register(client, name="Owner")
-    ws = await make_workspace(client, owner)
-    people = {"owner": owner}
-    for role in ("admin", "editor", "commenter", "viewer"):
-        people[role] = await join(client, owner, ws, role, role.title())
-    people["nonmember"] = await register(client, name="Outsider")
-    people["share"] = await register(client, name="Link holder")
-    f = await folder(client, owner, ws, "Folder")
-    doc = await document(client, owner, ws, "Doc", folder_id=f, markdown="hello")
-    link = await share(client, owner, doc["id"])
-    return World(client, ws, people, f, doc["id"], link["token"])
 
 
 Setup = Callable[[World, str], Awaitable[dict[str, Any]]]
@@ -102,20 +73,9 @@ class Row:
 
 
 # -- setups: fresh targets per caller -------------------------------------------------------------
-async def fresh_doc(w: World, caller: str) -> dict:
-    doc = await document(w.client, w.people["owner"], w.ws, "Fresh", markdown="x")
-    return {"doc": doc["id"], "token": (await share(w.client, w.people["owner"], doc["id"]))["token"]}
-
-
 async def link_of_another_doc(w: World, caller: str) -> dict:
     other = await fresh_doc(w, caller)
     return {"token": other["token"]}
-
-
-async def fresh_trashed_doc(w: World, caller: str) -> dict:
-    target = await fresh_doc(w, caller)
-    await w.client.delete(f"/api/v1/documents/{target['doc']}", headers=w.people["owner"].headers)
-    return target
 
 
 async def fresh_folder(w: World, caller: str) -> dict:
@@ -138,14 +98,6 @@ async def fresh_invitation(w: World, caller: str) -> dict:
 
 async def fresh_invitation_token(w: World, caller: str) -> dict:
     return {"body": {"token": (await invite(w.client, w.people["owner"], w.ws, "viewer"))["token"]}}
-
-
-async def viewer_grant(w: World, caller: str) -> dict:
-    target = await fresh_doc(w, caller)
-    resp = await w.client.put(f"/api/v1/documents/{target['doc']}/grants/{w.people['viewer'].id}",
-                              json={"role": "editor"}, headers=w.people["owner"].headers)
-    assert resp.status == 200
-    return target
 
 
 async def swapped_grants(w: World, caller: str) -> dict:
@@ -521,8 +473,7 @@ async def test_matrix(client, row: Row):
 
 def test_every_route_has_a_row(settings):
     from mdsync.app import create_app
-
-    from tests.test_authz_socket import SOCKET_ROUTES
+    from tests.authz_world import SOCKET_ROUTES
 
     app = create_app(settings)
     declared = {(spec.method, spec.path) for table in app[ROUTE_TABLES] for spec in table.specs}

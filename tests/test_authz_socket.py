@@ -32,12 +32,10 @@ from pycrdt import Doc, Text
 from mdsync import clock
 from mdsync.appkeys import ROUTE_TABLES
 from mdsync.collab import protocol as p
-from tests.collab_helpers import YClient
-from tests.test_authz_matrix import World, build_world, fresh_doc, fresh_trashed_doc, viewer_grant
-from tests.test_folders_documents import document
-from tests.test_share_links import share
+from tests.authz_world import World, fresh_doc, fresh_trashed_doc, viewer_grant
+from tests.builders import document, share
+from tests.yclient import YClient
 
-SOCKET_ROUTES = {("GET", "/ws/docs/{document_id}"), ("GET", "/ws/hocuspocus")}
 RW, RO = "read-write", "read-only"
 
 
@@ -290,8 +288,7 @@ async def owner_sees(w: World, document_id: str, marker: str) -> bool:
 
 
 @pytest.mark.parametrize("name,opener,expected", SOCKET_ROWS, ids=[row[0] for row in SOCKET_ROWS])
-async def test_socket(client, name: str, opener: Opener, expected: str | int):
-    world = await build_world(client)
+async def test_socket(client, world: World, name: str, opener: Opener, expected: str | int):
     document_id, query = await opener(world)
     ws = await client.ws_connect(f"/ws/docs/{document_id}{query}", max_msg_size=64 << 20)
     if isinstance(expected, int):
@@ -375,9 +372,8 @@ class Hocuspocus:
 
 
 @pytest.mark.parametrize("name,opener,expected", HOCUSPOCUS_ROWS, ids=[row[0] for row in HOCUSPOCUS_ROWS])
-async def test_hocuspocus(client, name: str, opener: Opener, expected: str):
+async def test_hocuspocus(client, world: World, name: str, opener: Opener, expected: str):
     assert HOCUSPOCUS in {(s.method, s.path) for t in client.app[ROUTE_TABLES] for s in t.specs}
-    world = await build_world(client)
     document_id, query = await opener(world)
     token = parse_qs(query.lstrip("?")).get("token", [""])[0]
     ws = await client.ws_connect("/ws/hocuspocus", max_msg_size=64 << 20)
@@ -493,8 +489,7 @@ LIVE_ROWS = [
 
 
 @pytest.mark.parametrize("row", LIVE_ROWS, ids=[row.name for row in LIVE_ROWS])
-async def test_socket_loses_access(client, row: Live):
-    world = await build_world(client)
+async def test_socket_loses_access(client, world: World, row: Live):
     opener = {"share": share_signed_in, "editor-pat": personal_token("editor", ["read", "write"])}.get(
         row.caller) or member(row.caller)
     document_id, query = await opener(world)

@@ -12,14 +12,11 @@ import time
 import uuid
 
 import aiohttp
-import pytest
 
-from mdsync.db import connect
 from mdsync.db.migrate import available
 from mdsync.ops.backup import read_manifest
-from tests.conftest import MDSYNC, PASSWORD, ROOT
-from tests.conftest import test_env as subprocess_env
-from tests.test_replica import cli
+from tests.builders import PASSWORD, older_database
+from tests.processes import MDSYNC, ROOT, cli, subprocess_env
 
 OPEN = {"MDSYNC_AUTH__REGISTRATION": "open"}
 
@@ -197,24 +194,10 @@ def test_damaged_or_hostile_backups_are_refused_and_nothing_is_written(tmp_path)
     assert result.returncode == 1 and "nothing to back up" in result.stderr
 
 
-def _older_database(data_dir) -> int:
-    """A database migrated to all but the newest migration (as an older mdsync left it)."""
-    migrations = available()
-    data_dir.mkdir(parents=True)
-    conn = connect(data_dir / "mdsync.db")
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
-                 "applied_at TEXT NOT NULL) STRICT")
-    for m in migrations[:-1]:
-        conn.executescript(f"BEGIN;\n{m.sql}\n;INSERT INTO schema_migrations VALUES ({m.version}, '{m.name}', "
-                           "'2026-01-01T00:00:00.000000Z');COMMIT;")
-    conn.close()
-    return migrations[-2].version
-
-
 def test_backup_before_migrate(tmp_path, server_process):
     # mdsync migrate
     data = tmp_path / "cli"
-    old = _older_database(data)
+    old = older_database(data)
     result = cli(data, "migrate", env={"MDSYNC_SERVER__BACKUP_BEFORE_MIGRATE": "true"})
     assert result.returncode == 0, result.stderr
     backups = list((data / "backups").glob("pre-migrate-*.tar"))
@@ -225,7 +208,7 @@ def test_backup_before_migrate(tmp_path, server_process):
 
     # mdsync serve
     data = tmp_path / "serve"
-    _older_database(data)
+    older_database(data)
     server = server_process(data, env={"MDSYNC_SERVER__BACKUP_BEFORE_MIGRATE": "true"})
     assert server.terminate() == 0
     backups = list((data / "backups").glob("pre-migrate-*.tar"))
@@ -235,6 +218,6 @@ def test_backup_before_migrate(tmp_path, server_process):
 
     # off (the default): no backup
     data = tmp_path / "off"
-    _older_database(data)
+    older_database(data)
     assert cli(data, "migrate").returncode == 0
     assert not (data / "backups").exists()

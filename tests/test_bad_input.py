@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 
 from mdsync.app import create_app
-from tests.conftest import PASSWORD, register
+from tests.builders import PASSWORD, register
 
 PROBLEM = "application/problem+json"
 MB = 1024 * 1024

@@ -19,10 +19,10 @@ from mdsync.collab.etags import state_etag
 from mdsync.collab.text_ops import apply_text_diff, text_ops
 from mdsync.collab.http_routes import STATES
 from mdsync.collab.rooms import ROOMS
-from tests.collab_helpers import YClient, eventually
-from tests.conftest import register
-from tests.test_folders_documents import document
-from tests.test_workspaces import join, make_workspace
+from tests.builders import document, join, make_workspace, owned_document, register
+from tests.readers import content
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 API = "/api/v1"
 
@@ -32,25 +32,12 @@ async def client(make_client):
     return await make_client(collab__room_grace_seconds=0.2)
 
 
-async def get_content(client, who, doc_id) -> tuple[str, str]:
-    resp = await client.get(f"{API}/documents/{doc_id}/content", headers=who.headers)
-    assert resp.status == 200, await resp.text()
-    return await resp.text(), resp.headers["ETag"]
-
-
 async def put_content(client, who, doc_id, body, if_match=None):
     headers = {**who.headers, "Content-Type": "text/markdown"}
     if if_match is not None:
         headers["If-Match"] = if_match
     return await client.put(f"{API}/documents/{doc_id}/content", data=body if isinstance(body, bytes) else body.encode(),
                             headers=headers)
-
-
-async def setup_doc(client, markdown="# Title\n\nhello world\n"):
-    owner = await register(client, name="Owner")
-    ws = await make_workspace(client, owner)
-    doc = await document(client, owner, ws, "Doc", markdown=markdown)
-    return owner, ws, doc["id"]
 
 
 async def stored_markdown(client, doc_id) -> str:
@@ -94,13 +81,13 @@ def test_text_diff_is_minimal():
 
 # -- writes ------------------------------------------------------------------------------------
 async def test_put_with_current_etag_is_a_small_edit_for_live_clients(client):
-    owner, _, doc_id = await setup_doc(client, "# Title\n\n" + "some text here\n" * 300 + "hello world\n")
+    owner, _, doc_id = await owned_document(client, "# Title\n\n" + "some text here\n" * 300 + "hello world\n")
     live = await YClient.connect(client, doc_id, owner.access_token)
     await live.wait_synced()
     deltas, updates = [], []
     live.text.observe(lambda event: deltas.append(event.delta))
     live.doc.observe(lambda event: updates.append(event.update))
-    text, etag = await get_content(client, owner, doc_id)
+    text, etag = await content(client, owner, doc_id)
     resp = await put_content(client, owner, doc_id, text.replace("hello world", "hello brave world"), etag)
     assert resp.status == 200, await resp.text()
     assert (await resp.text()).endswith("hello brave world\n")
@@ -111,12 +98,12 @@ async def test_put_with_current_etag_is_a_small_edit_for_live_clients(client):
     assert [op for op in deltas[0] if "retain" not in op] == [{"insert": "brave "}]
     assert len(updates) == 1 and len(updates[0]) < 100
     # the same ETag is now stale; the current one names the state just written
-    assert (await get_content(client, owner, doc_id))[1] == resp.headers["ETag"]
+    assert (await content(client, owner, doc_id))[1] == resp.headers["ETag"]
     await live.close()
 
 
 async def test_put_without_if_match_applies_a_diff_against_the_current_text(client):
-    owner, _, doc_id = await setup_doc(client, "alpha beta gamma\n")
+    owner, _, doc_id = await owned_document(client, "alpha beta gamma\n")
     live = await YClient.connect(client, doc_id, owner.access_token)
     await live.wait_synced()
     deltas = []
@@ -129,10 +116,10 @@ async def test_put_without_if_match_applies_a_diff_against_the_current_text(clie
 
 
 async def test_put_with_stale_etag_merges_with_a_live_edit(client):
-    owner, _, doc_id = await setup_doc(client, "# Title\n\nhello world\n")
+    owner, _, doc_id = await owned_document(client, "# Title\n\nhello world\n")
     live = await YClient.connect(client, doc_id, owner.access_token)
     await live.wait_synced()
-    base, etag = await get_content(client, owner, doc_id)
+    base, etag = await content(client, owner, doc_id)
     live.insert(len(str(live.text)), "typed live\n")
     room = client.server.app[ROOMS].loaded(doc_id)
     assert await eventually(lambda: "typed live" in room.text())
@@ -143,7 +130,7 @@ async def test_put_with_stale_etag_merges_with_a_live_edit(client):
     merged = await resp.text()
     assert merged == "Preface\n# Title\n\nhello REST\ntyped live\n"
     assert await eventually(lambda: str(live.text) == merged)
-    assert (await get_content(client, owner, doc_id))[0] == merged
+    assert (await content(client, owner, doc_id))[0] == merged
     # the same stale ETag again: replayed from the same base, nothing doubles
     resp = await put_content(client, owner, doc_id, body, etag)
     assert resp.status == 200 and await resp.text() == merged
@@ -151,8 +138,8 @@ async def test_put_with_stale_etag_merges_with_a_live_edit(client):
 
 
 async def test_stale_etag_from_a_closed_room_still_merges(client):
-    owner, _, doc_id = await setup_doc(client, "one\ntwo\nthree\n")
-    base, etag = await get_content(client, owner, doc_id)
+    owner, _, doc_id = await owned_document(client, "one\ntwo\nthree\n")
+    base, etag = await content(client, owner, doc_id)
     await wait_unloaded(client, doc_id)
     resp = await put_content(client, owner, doc_id, "one\ntwo\nthree\nfour\n")
     assert resp.status == 200
@@ -166,8 +153,8 @@ async def test_stale_etag_from_a_closed_room_still_merges(client):
 
 async def test_unknown_and_expired_etags_are_412_and_change_nothing(make_client):
     client = await make_client(sync__etag_retention_days=0.001)  # 86.4 s
-    owner, _, doc_id = await setup_doc(client, "keep me\n")
-    text, etag = await get_content(client, owner, doc_id)
+    owner, _, doc_id = await owned_document(client, "keep me\n")
+    text, etag = await content(client, owner, doc_id)
     resp = await put_content(client, owner, doc_id, "lost", '"nonsense"')
     assert resp.status == 412
     assert (await resp.json())["type"] == "urn:mdsync:error:precondition-failed"
@@ -176,10 +163,10 @@ async def test_unknown_and_expired_etags_are_412_and_change_nothing(make_client)
     clock.advance(100)  # past the retention of `etag` (tokens live 900 s: still signed in)
     resp = await put_content(client, owner, doc_id, "lost", etag)
     assert resp.status == 412
-    assert (await get_content(client, owner, doc_id))[0] == "changed\n"
+    assert (await content(client, owner, doc_id))[0] == "changed\n"
     # and the expired states are collected; new ones keep working
     assert await client.server.app[STATES].collect() >= 1
-    text, fresh = await get_content(client, owner, doc_id)
+    text, fresh = await content(client, owner, doc_id)
     live_edit = await put_content(client, owner, doc_id, "changed\nmore\n")
     assert live_edit.status == 200
     resp = await put_content(client, owner, doc_id, "first\n" + text, fresh)
@@ -188,31 +175,31 @@ async def test_unknown_and_expired_etags_are_412_and_change_nothing(make_client)
 
 async def test_bad_bodies_change_nothing(make_client):
     client = await make_client(limits__max_document_bytes=2000)
-    owner, _, doc_id = await setup_doc(client, "original\n")
-    _, etag = await get_content(client, owner, doc_id)
+    owner, _, doc_id = await owned_document(client, "original\n")
+    _, etag = await content(client, owner, doc_id)
     resp = await put_content(client, owner, doc_id, b"\xff\xfe not utf-8", etag)
     assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "body"
     resp = await put_content(client, owner, doc_id, "x" * 3000, etag)
     assert resp.status == 413
-    assert await get_content(client, owner, doc_id) == ("original\n", etag)
+    assert await content(client, owner, doc_id) == ("original\n", etag)
 
 
 async def test_viewer_reads_but_cannot_write_and_other_workspaces_see_nothing(client):
-    owner, ws, doc_id = await setup_doc(client, "text\n")
+    owner, ws, doc_id = await owned_document(client, "text\n")
     viewer = await join(client, owner, ws, "viewer")
     outsider = await register(client)
-    text, etag = await get_content(client, viewer, doc_id)
+    text, etag = await content(client, viewer, doc_id)
     assert text == "text\n"
     assert (await put_content(client, viewer, doc_id, "no", etag)).status == 403
     resp = await client.get(f"{API}/documents/{doc_id}/content", headers=outsider.headers)
     assert resp.status == 404
     assert (await put_content(client, outsider, doc_id, "no")).status == 404
-    assert (await get_content(client, owner, doc_id))[0] == "text\n"
+    assert (await content(client, owner, doc_id))[0] == "text\n"
 
 
 # -- reads and the projection -----------------------------------------------------------------
 async def test_document_with_crdt_state_is_read_from_it_not_from_a_trailing_projection(client):
-    owner, _, doc_id = await setup_doc(client, "first\n")
+    owner, _, doc_id = await owned_document(client, "first\n")
     assert (await put_content(client, owner, doc_id, "first\nsecond\n")).status == 200
     await wait_unloaded(client, doc_id)
     assert await stored_markdown(client, doc_id) == "first\nsecond\n"
@@ -226,19 +213,19 @@ async def test_document_with_crdt_state_is_read_from_it_not_from_a_trailing_proj
     doc.get("markdown", type=Text).insert(len("first\nsecond\n".encode()), "third\n")
     await db.write(store.append, doc_id, [(stored.last_seq + 1, doc.get_update(before), owner.id)])
     assert await stored_markdown(client, doc_id) == "first\nsecond\n"
-    text, etag = await get_content(client, owner, doc_id)
+    text, etag = await content(client, owner, doc_id)
     assert text == "first\nsecond\nthird\n"
     assert etag == f'"{state_etag(doc)}"'
     # ... and once that room closes the projection catches up
     await wait_unloaded(client, doc_id)
     assert await stored_markdown(client, doc_id) == "first\nsecond\nthird\n"
     # now the projection is exact: read without loading the room, same ETag
-    assert await get_content(client, owner, doc_id) == ("first\nsecond\nthird\n", etag)
+    assert await content(client, owner, doc_id) == ("first\nsecond\nthird\n", etag)
     assert client.server.app[ROOMS].loaded(doc_id) is None
 
 
 async def test_socket_edits_reach_rest_reads_and_the_change_feed(client):
-    owner, ws, doc_id = await setup_doc(client, "start\n")
+    owner, ws, doc_id = await owned_document(client, "start\n")
     resp = await client.get(f"{API}/sync/changes", params={"since": "now"}, headers=owner.headers)
     cursor = (await resp.json())["cursor"]
     live = await YClient.connect(client, doc_id, owner.access_token)
@@ -246,7 +233,7 @@ async def test_socket_edits_reach_rest_reads_and_the_change_feed(client):
     live.insert(len("start\n"), "from the socket\n")
     seen = None
     for _ in range(100):  # bounded: about 5 s
-        text, _ = await get_content(client, owner, doc_id)
+        text, _ = await content(client, owner, doc_id)
         if "from the socket" in text:
             seen = text
             break
@@ -270,7 +257,7 @@ async def test_socket_edits_reach_rest_reads_and_the_change_feed(client):
 async def test_projection_keeps_up_while_typing_goes_on(make_client):
     # typing every 50 ms never leaves the 0.5 s debounce idle: only the bound stores it meanwhile
     client = await make_client(collab__projection_debounce=0.5, collab__projection_max_delay=1.0)
-    owner, _, doc_id = await setup_doc(client, "")
+    owner, _, doc_id = await owned_document(client, "")
     live = await YClient.connect(client, doc_id, owner.access_token)
     await live.wait_synced()
     projected_while_typing = set()
@@ -294,7 +281,7 @@ async def test_projection_is_stored_when_the_room_closes(make_client):
     # a debounce far longer than the room's grace: only the close hook can have stored it
     client = await make_client(collab__room_grace_seconds=0.1, collab__projection_debounce=60,
                                collab__projection_max_delay=2.0)
-    owner, _, doc_id = await setup_doc(client, "")
+    owner, _, doc_id = await owned_document(client, "")
     live = await YClient.connect(client, doc_id, owner.access_token)
     await live.wait_synced()
     live.insert(0, "typed then left\n")
@@ -308,10 +295,10 @@ async def test_projection_is_stored_when_the_room_closes(make_client):
 async def test_metadata_etag_is_the_content_etag_also_after_a_restart(make_client, tmp_path):
     data_dir = tmp_path / "restart"
     client = await make_client(data_dir=data_dir, collab__room_grace_seconds=0.1)
-    owner, _, doc_id = await setup_doc(client, "v1\n")
+    owner, _, doc_id = await owned_document(client, "v1\n")
     assert (await put_content(client, owner, doc_id, "v2\n")).status == 200
     await wait_unloaded(client, doc_id)
-    text, etag = await get_content(client, owner, doc_id)
+    text, etag = await content(client, owner, doc_id)
     meta = await (await client.get(f"{API}/documents/{doc_id}", headers=owner.headers)).json()
     assert (text, meta["etag"]) == ("v2\n", etag)
     await client.close()
@@ -319,7 +306,7 @@ async def test_metadata_etag_is_the_content_etag_also_after_a_restart(make_clien
     client = await make_client(data_dir=data_dir)
     meta = await (await client.get(f"{API}/documents/{doc_id}", headers=owner.headers)).json()
     assert meta["etag"] == etag
-    assert await get_content(client, owner, doc_id) == ("v2\n", etag)
+    assert await content(client, owner, doc_id) == ("v2\n", etag)
     assert client.server.app[ROOMS].loaded(doc_id) is None
     # and that ETag still merges in the new process
     resp = await put_content(client, owner, doc_id, "v0\nv2\n", etag)
@@ -331,12 +318,12 @@ async def test_metadata_etag_is_the_content_etag_also_after_a_restart(make_clien
 
 async def test_collection_keeps_the_chain_a_retained_etag_builds_on(make_client):
     client = await make_client(sync__etag_retention_days=0.001)  # 86.4 s
-    owner, _, doc_id = await setup_doc(client, "a\n")
-    _, first = await get_content(client, owner, doc_id)            # a whole state
+    owner, _, doc_id = await owned_document(client, "a\n")
+    _, first = await content(client, owner, doc_id)            # a whole state
     assert (await put_content(client, owner, doc_id, "a\nb\n")).status == 200  # a delta after it
     clock.advance(100)
     assert (await put_content(client, owner, doc_id, "a\nb\nc\n")).status == 200
-    base, recent = await get_content(client, owner, doc_id)        # a delta, still in the window
+    base, recent = await content(client, owner, doc_id)        # a delta, still in the window
     states = client.server.app[STATES]
     await states.collect()
     db = client.server.app[DB]
@@ -350,7 +337,7 @@ async def test_collection_keeps_the_chain_a_retained_etag_builds_on(make_client)
     clock.advance(100)
     await states.collect()
     assert await db.value("SELECT count(*) FROM content_states WHERE document_id = ?", (doc_id,)) == 0
-    text, fresh = await get_content(client, owner, doc_id)
+    text, fresh = await content(client, owner, doc_id)
     assert (await put_content(client, owner, doc_id, "y\n")).status == 200
     resp = await put_content(client, owner, doc_id, text + "z\n", fresh)
     assert resp.status == 200 and await resp.text() == "y\nz\n"

@@ -12,10 +12,9 @@ import sqlite3
 import time
 
 import aiohttp
-import pytest
 from pycrdt import Doc, Text
 
-from tests.conftest import PASSWORD
+from tests.builders import PASSWORD
 from tests.nodeclients import INTEROP, needs_node, run_node
 
 pytestmark = needs_node

@@ -2,7 +2,7 @@
 
 The interop tests drive the real npm `@hocuspocus/provider` 4 from Node
 (tests/interop/hocuspocus_scenario.mjs, bounded in time); the others use `HPClient`
-(tests/collab_helpers.py), a small Hocuspocus client over aiohttp, for what a provider cannot do
+(tests/hpclient.py), a small Hocuspocus client over aiohttp, for what a provider cannot do
 on purpose (garbage, tickets, frames inspected one by one).
 
 This file is also the authorization table of the route (tests/test_authz_matrix.py NOT_A_ROW):
@@ -22,10 +22,10 @@ from pycrdt import Doc, Text
 from mdsync.collab import hocuspocus as hp
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
-from tests.collab_helpers import HPClient, make_document
-from tests.conftest import register
+from tests.builders import make_document, register
+from tests.hpclient import HPClient
 from tests.nodeclients import needs_node, run_node
-from tests.test_collab_relay import doc_text_in_db
+from tests.readers import doc_text_in_db
 
 SCRIPT = "hocuspocus_scenario.mjs"
 
@@ -288,7 +288,7 @@ async def test_sigterm_closes_with_1012_and_keeps_every_acked_edit(server_proces
 
     import aiohttp
 
-    from tests.conftest import PASSWORD
+    from tests.builders import PASSWORD
 
     server = server_process(env={"MDSYNC_AUTH__REGISTRATION": "open"})
     async with aiohttp.ClientSession(server.base) as http:

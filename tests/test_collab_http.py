@@ -17,12 +17,11 @@ from pycrdt import Doc, Text
 from mdsync.appkeys import DB
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
-from tests.collab_helpers import YClient, eventually
-from tests.conftest import PASSWORD, bearer, register
+from tests.builders import PASSWORD, bearer, document, join, make_workspace, owned_document, register
 from tests.nodeclients import needs_node, run_node
-from tests.test_collab_content import get_content, setup_doc
-from tests.test_folders_documents import document
-from tests.test_workspaces import join, make_workspace
+from tests.readers import content
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 API = "/api/v1"
 
@@ -44,7 +43,7 @@ def b64(data: bytes) -> str:
 # -- REST content writes with real npm clients -------------------------------------------------
 @needs_node
 async def test_stale_put_while_an_npm_client_types_keeps_both_edits(client):
-    owner, _, doc_id = await setup_doc(client, "# Notes 😀\n\nan obsolete line\n\n")
+    owner, _, doc_id = await owned_document(client, "# Notes 😀\n\nan obsolete line\n\n")
     result = await run_node("put_merge.mjs", "stale", {**bases(client), "doc": doc_id, "token": owner.access_token},
                             timeout=60)
     put = result["put"]
@@ -67,7 +66,7 @@ async def test_stale_put_while_an_npm_client_types_keeps_both_edits(client):
 async def test_put_with_current_etag_reaches_an_npm_client_as_a_small_edit(client, line):
     # (UTF-16 in JS, UTF-8 offsets in pycrdt, code points in Python: the edit lands where meant)
     markdown = "# Title 😀\n\n" + "A paragraph of text that stays as it is.\n" * 100 + line
-    owner, _, doc_id = await setup_doc(client, markdown)
+    owner, _, doc_id = await owned_document(client, markdown)
     result = await run_node("put_merge.mjs", "diff", {**bases(client), "doc": doc_id, "token": owner.access_token,
                                                       "from": "quick ", "to": "quick brown "})
     assert result["put"]["status"] == 200
@@ -82,7 +81,7 @@ async def test_put_with_current_etag_reaches_an_npm_client_as_a_small_edit(clien
 
 # -- Yjs over HTTP -----------------------------------------------------------------------------
 async def test_post_yjs_reaches_a_connected_client_and_get_yjs_returns_what_is_missing(client):
-    owner, _, doc_id = await setup_doc(client, "# Shared\n" + "base text\n" * 200)
+    owner, _, doc_id = await owned_document(client, "# Shared\n" + "base text\n" * 200)
     live = await YClient.connect(client, doc_id, owner.access_token)
     await live.wait_synced()
     # a device without a socket: whole state first
@@ -115,7 +114,7 @@ async def test_post_yjs_reaches_a_connected_client_and_get_yjs_returns_what_is_m
     assert await eventually(lambda: live.received_updates > received, timeout=2)
     assert str(live.text).endswith("from the device\n")
     # persisted (the log holds it) and read back over REST
-    assert (await get_content(client, owner, doc_id))[0] == str(live.text)
+    assert (await content(client, owner, doc_id))[0] == str(live.text)
     rows = await client.server.app[DB].value("SELECT count(*) FROM doc_updates WHERE document_id = ? AND data = ?",
                                              (doc_id, update))
     assert rows == 1
@@ -124,7 +123,7 @@ async def test_post_yjs_reaches_a_connected_client_and_get_yjs_returns_what_is_m
 
 async def test_yjs_bad_input_is_a_clear_4xx_and_changes_nothing(make_client):
     client = await make_client(limits__max_document_bytes=4096)
-    owner, _, doc_id = await setup_doc(client, "steady\n")
+    owner, _, doc_id = await owned_document(client, "steady\n")
     db = client.server.app[DB]
     count = "SELECT count(*) FROM doc_updates WHERE document_id = ?"
     await client.get(f"{API}/documents/{doc_id}/yjs", headers=owner.headers)  # loads (and seeds) it
@@ -142,11 +141,11 @@ async def test_yjs_bad_input_is_a_clear_4xx_and_changes_nothing(make_client):
         assert resp.status == 422, sv
         assert (await resp.json())["errors"][0]["field"] == "sv"
     assert await db.value(count, (doc_id,)) == rows_before
-    assert (await get_content(client, owner, doc_id))[0] == "steady\n"
+    assert (await content(client, owner, doc_id))[0] == "steady\n"
 
 
 async def test_yjs_and_presence_permissions(client):
-    owner, ws, doc_id = await setup_doc(client, "x\n")
+    owner, ws, doc_id = await owned_document(client, "x\n")
     viewer = await join(client, owner, ws, "viewer", "Vera")
     outsider = await register(client)
     other_ws = await make_workspace(client, outsider)
@@ -166,11 +165,11 @@ async def test_yjs_and_presence_permissions(client):
     # the owner of one workspace cannot reach another's document either
     resp = await client.post(f"{API}/documents/{other_doc}/yjs", data=update.get_update(), headers=owner.headers)
     assert resp.status == 404
-    assert (await get_content(client, owner, doc_id))[0] == "x\n"
+    assert (await content(client, owner, doc_id))[0] == "x\n"
 
 
 async def test_presence_lists_connected_users_from_their_tokens(client):
-    owner, ws, doc_id = await setup_doc(client, "")
+    owner, ws, doc_id = await owned_document(client, "")
     viewer = await join(client, owner, ws, "viewer", "Vera")
     a1 = await YClient.connect(client, doc_id, owner.access_token)
     a2 = await YClient.connect(client, doc_id, owner.access_token)

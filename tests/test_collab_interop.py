@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 
 from mdsync.collab.rooms import ROOMS
-from tests.collab_helpers import make_document
-from tests.conftest import register
+from tests.builders import make_document, register
 from tests.nodeclients import needs_node, run_node
-from tests.test_collab_relay import doc_text_in_db
+from tests.readers import doc_text_in_db
 
 pytestmark = needs_node
 

@@ -16,8 +16,10 @@ from mdsync.collab import hocuspocus as hp
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
 from mdsync.collab.socket import TICKETS
-from tests.collab_helpers import HPClient, YClient, eventually, make_document
-from tests.conftest import bearer, register
+from tests.builders import bearer, make_document, register
+from tests.hpclient import HPClient
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 EVENTS = "/api/v1/sync/events"
 

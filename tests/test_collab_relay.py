@@ -15,21 +15,10 @@ from mdsync.appkeys import DB
 from mdsync.collab import protocol as p
 from mdsync.collab.room import seed_update
 from mdsync.collab.rooms import ROOMS
-from tests.collab_helpers import YClient, eventually, make_document
-from tests.conftest import register
-
-
-async def doc_text_in_db(app, document_id: str) -> str:
-    db = app[DB]
-    doc = Doc()
-    snap = await db.one("SELECT state FROM doc_snapshots WHERE document_id = ?", (document_id,))
-    if snap:
-        doc.apply_update(snap["state"])
-    snap_seq = (await db.value("SELECT seq FROM doc_snapshots WHERE document_id = ?", (document_id,))) or 0
-    for row in await db.all("SELECT data FROM doc_updates WHERE document_id = ? AND seq > ? ORDER BY seq",
-                            (document_id, snap_seq)):
-        doc.apply_update(row["data"])
-    return str(doc.get("markdown", type=Text))
+from tests.builders import make_document, register
+from tests.readers import doc_text_in_db
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 
 @pytest.fixture
@@ -176,7 +165,7 @@ async def test_cancelled_handlers_still_leave_the_room(aiohttp_client, tmp_path)
     """With handler cancellation on (aiohttp cancels the handler of a dropped connection), the
     room still forgets the socket and its awareness, and unloads once empty."""
     from mdsync.app import create_app
-    from tests.conftest import make_settings
+    from tests.builders import make_settings
 
     settings = make_settings(tmp_path / "cancel", collab__room_grace_seconds=0.2)
     collab = await aiohttp_client(create_app(settings), server_kwargs={"handler_cancellation": True})

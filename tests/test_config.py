@@ -13,8 +13,7 @@ from pydantic import BaseModel
 
 from mdsync import config
 from mdsync.app import create_app
-from tests.conftest import MDSYNC, ROOT
-from tests.conftest import test_env as subprocess_env
+from tests.processes import MDSYNC, ROOT, subprocess_env
 
 EXAMPLE = ROOT / "config.example.toml"
 

@@ -17,9 +17,6 @@ Where a rule does not apply to a route the exception is listed, with the reason,
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
 import re
 import sqlite3
@@ -32,7 +29,7 @@ import pytest
 from mdsync import clock
 from mdsync.api.routing import RouteSpec
 from mdsync.appkeys import ROUTE_TABLES, SETTINGS
-from tests.conftest import PASSWORD, Account, bearer, register
+from tests.builders import PASSWORD, Account, bad_tokens, bearer, register
 
 PROBLEM = "application/problem+json"
 TRACE = re.compile(r"Traceback|File \"|\.py\", line|site-packages")
@@ -164,6 +161,12 @@ async def build_world(client, label: str = "A") -> World:
     return w
 
 
+@pytest.fixture
+async def world(client) -> World:
+    """This file's world (it replaces tests/conftest.py's `world` of every role here)."""
+    return await build_world(client)
+
+
 async def settle(client, timeout: float = 8.0) -> None:
     """Wait until background writes (markdown projections, room closes) have stopped, so a
     snapshot taken next changes only because of the request under test."""
@@ -273,8 +276,7 @@ NOT_RESOURCE_CREATES = {
 }
 
 
-async def test_creates_answer_201_with_a_top_level_id(client):
-    world = await build_world(client)
+async def test_creates_answer_201_with_a_top_level_id(client, world):
     creates = [s for s in specs_of(client) if s.status == 201 and (s.method, s.path) not in NOT_RESOURCE_CREATES]
     assert len(creates) >= 7
     for spec in creates:
@@ -335,8 +337,7 @@ async def populate(world: World, spec: RouteSpec, n: int) -> None:
             raise AssertionError(f"GET {path} is a list: teach populate() how to fill it")
 
 
-async def test_lists_answer_items_and_next_cursor_with_limit_default_50_and_clamp_200(client):
-    world = await build_world(client)
+async def test_lists_answer_items_and_next_cursor_with_limit_default_50_and_clamp_200(client, world):
     lists = list_specs(client)
     assert len(lists) >= 10
     for spec in lists:
@@ -360,8 +361,7 @@ async def test_lists_answer_items_and_next_cursor_with_limit_default_50_and_clam
         await problem(resp, 422, "validation")
 
 
-async def test_limit_above_200_is_clamped_to_200(client):
-    world = await build_world(client)
+async def test_limit_above_200_is_clamped_to_200(client, world):
     ws = world.ids["ws"]
     for i in range(201):
         await world.ok("POST", f"/api/v1/workspaces/{ws}/documents", 201, json={"title": f"N{i}"})
@@ -377,10 +377,11 @@ def name_fields(spec: RouteSpec) -> list[str]:
 def test_every_name_like_field_is_known():
     """A body field called *name/*title/*label that NAME_FIELDS does not list would escape the
     10 000-character check below."""
-    from mdsync.app import create_app
-    from tests.conftest import make_settings
     import tempfile
     from pathlib import Path
+
+    from mdsync.app import create_app
+    from tests.builders import make_settings
 
     app = create_app(make_settings(Path(tempfile.mkdtemp())))
     odd = {f"{s.path}:{n}" for t in app[ROUTE_TABLES] for s in t.specs if s.body
@@ -388,8 +389,7 @@ def test_every_name_like_field_is_known():
     assert odd == set()
 
 
-async def test_ten_thousand_character_names_are_422_naming_the_field_and_change_nothing(client):
-    world = await build_world(client)
+async def test_ten_thousand_character_names_are_422_naming_the_field_and_change_nothing(client, world):
     routes = [(s, f) for s in specs_of(client) for f in name_fields(s)]
     assert len(routes) >= 10
     for value in ("x" * 10_000, "   ", "a" * 501):
@@ -421,8 +421,7 @@ EMPTY_BODY_STATUS = {
 
 
 @pytest.mark.parametrize("content_type", [None, "application/json", "text/plain"])
-async def test_endpoints_without_a_body_accept_an_empty_one(client, content_type):
-    world = await build_world(client)
+async def test_endpoints_without_a_body_accept_an_empty_one(client, world, content_type):
     bodiless = [s for s in specs_of(client) if s.body is None and s.raw_body is None]
     assert len(bodiless) > 20
     for spec in bodiless:
@@ -455,8 +454,7 @@ async def test_endpoints_without_a_body_accept_an_empty_one(client, content_type
 
 
 # -- malformed JSON, oversized JSON --------------------------------------------------------------------
-async def test_malformed_json_is_422_naming_body_everywhere(client):
-    world = await build_world(client)
+async def test_malformed_json_is_422_naming_body_everywhere(client, world):
     routes = [s for s in specs_of(client) if s.body is not None]
     for spec in routes:
         for raw in (b"{broken", b'{"a": }', b"\xff\xfe", b"[1,", b"nul"):
@@ -468,8 +466,7 @@ async def test_malformed_json_is_422_naming_body_everywhere(client):
             assert diff(before, snapshot(client)) == {}, spec.path
 
 
-async def test_two_megabyte_json_bodies_are_413_everywhere(client):
-    world = await build_world(client)
+async def test_two_megabyte_json_bodies_are_413_everywhere(client, world):
     routes = [s for s in specs_of(client) if s.body is not None]
     for spec in routes:
         body = {**valid_body(world, spec), "padding": "x" * (2 * MB)}
@@ -497,38 +494,9 @@ async def test_raw_bodies_over_their_limit_are_413(make_client):
 
 
 # -- bad tokens ----------------------------------------------------------------------------------------
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def _unb64(seg: str) -> bytes:
-    return base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4))
-
-
-def bad_tokens(account: Account) -> dict[str, str]:
-    header, payload, sig = account.access_token.split(".")
-    claims = json.loads(_unb64(payload))
-    other = {**claims, "sub": str(uuid.uuid4())}
-    # signed with a key of our own making: the server's key is not guessable from outside
-    wrong_key = hashlib.sha256(b"not the server's key").digest()
-    signing = f"{header}.{_b64(json.dumps(other).encode())}"
-    forged = f"{signing}.{_b64(hmac.new(wrong_key, signing.encode(), hashlib.sha256).digest())}"
-    none_header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
-    return {
-        "tampered claims": f"{header}.{_b64(json.dumps(other).encode())}.{sig}",
-        "tampered signature": f"{header}.{payload}.{sig[:-2]}{'AA' if not sig.endswith('AA') else 'BB'}",
-        "alg none": f"{none_header}.{_b64(json.dumps(claims).encode())}.",
-        "alg none with signature": f"{none_header}.{payload}.{sig}",
-        "wrong key": forged,
-        "refresh as access": account.refresh_token,
-        "garbage": "not-a-token",
-        "unknown pat": "mds_" + "A" * 43,
-        "long": "a" * 6000,  # (over 8 KiB the HTTP parser refuses the header line itself: 400)
-    }
-
-
-async def test_bad_tokens_are_401_on_every_authenticated_route(client):
-    world = await build_world(client)
+async def test_bad_tokens_are_401_on_every_authenticated_route(client, world):
     account = world.owner
     authed = [s for s in specs_of(client) if s.auth == "user"]
     assert len(authed) > 40
@@ -553,10 +521,9 @@ async def test_bad_tokens_are_401_on_every_authenticated_route(client):
         await problem(resp, 401, "unauthenticated")
 
 
-async def test_a_bad_token_on_an_optional_route_is_401_not_anonymous(client):
+async def test_a_bad_token_on_an_optional_route_is_401_not_anonymous(client, world):
     """A share link opens without an account, but a token that is presented must be good: a
     client whose token went bad learns so instead of silently reading as nobody."""
-    world = await build_world(client)
     optional = [s for s in specs_of(client) if s.auth == "optional"]
     for spec in optional:
         url = fill(spec.path, world.ids)
@@ -609,7 +576,7 @@ async def test_ids_from_another_workspace_are_404_and_show_nothing(client):
             assert diff(before, snapshot(client)) == {}, f"{spec.method} {spec.path} changed data"
 
 
-async def test_ids_from_another_workspace_in_bodies_and_queries_answer_as_unknown_ids(client):
+async def test_ids_from_another_workspace_in_bodies_and_queries_answer_as_unknown_ids(client, world):
     """References inside bodies and queries (a folder, template, parent, version or user of another
     workspace) get exactly the answer an id that exists nowhere gets: 404, or 422 naming the field
     — never 403, never a word of the other workspace, and nothing changes."""
@@ -731,7 +698,6 @@ MALFORMED_FORMS = [
 async def test_malformed_multipart_bodies_are_4xx_problems_on_every_body_route(client):
     """Every route that reads a body, sent broken multipart forms: a 4xx problem (never a 500),
     nothing changes, the server goes on."""
-    world = await build_world(client)
     routes = [s for s in specs_of(client) if s.body is not None or s.raw_body is not None]
     for spec in routes:
         await settle(client)  # a room an earlier route opened stores its projection when it closes

@@ -12,8 +12,7 @@ import pytest
 
 from mdsync.db import Database, run_offline
 from mdsync.db.migrate import SchemaTooNew, available
-from tests.conftest import MDSYNC
-from tests.conftest import test_env as subprocess_env
+from tests.processes import MDSYNC, subprocess_env
 
 
 @pytest.fixture

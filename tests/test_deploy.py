@@ -8,22 +8,19 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import sys
-import time
 import tomllib
 
 import aiohttp
 import pytest
 
-from tests.conftest import MDSYNC as MDSYNC_CLI
-from tests.conftest import PASSWORD, ROOT
+from tests.builders import PASSWORD
 from tests.nodeclients import INTEROP, why_missing
 from tests.prerequisites import missing, present, program, requires
-from tests.s3server import free_port
+from tests.processes import MDSYNC as MDSYNC_CLI
+from tests.processes import ROOT, Caddy
 
 UNIT = ROOT / "systemd" / "mdsync.service"
 UNITS = [UNIT, ROOT / "systemd" / "mdsync-backup.service", ROOT / "systemd" / "mdsync-backup.timer"]
@@ -118,44 +115,6 @@ def test_nightly_backup_unit_command_runs(tmp_path):
     assert result.returncode == 0, result.stderr
     made = list((data / "backups").glob("mdsync-*.tar.gz"))
     assert len(made) == 1 and re.fullmatch(r"mdsync-\d{8}T\d{6}Z\.tar\.gz", made[0].name)
-
-
-class Caddy:
-    def __init__(self, tmp_path, upstream: str):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        home = tmp_path / "caddy-home"
-        home.mkdir()
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("MDSYNC_")},
-                    "MDSYNC_SITE": self.base, "MDSYNC_UPSTREAM": upstream,
-                    "MDSYNC_CADDY_ADMIN": f"127.0.0.1:{free_port()}",
-                    "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
-        self.log = tmp_path / "caddy.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "Caddy":
-        self.proc = subprocess.Popen(["caddy", "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
-                                     env=self.env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("caddy exited:\n" + self.log.read_text())
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("caddy did not start:\n" + self.log.read_text())
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 @pytest.fixture

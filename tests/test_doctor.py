@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from tests.s3server import S3Server, free_port
-from tests.test_backup import _older_database
-from tests.test_replica import cli
+from tests.builders import older_database
+from tests.processes import cli, free_port
+from tests.s3server import S3Server
 
 
 def lines(result) -> dict[str, str]:
@@ -79,7 +79,7 @@ def test_damaged_database_fails_integrity(tmp_path):
 
 def test_pending_and_too_new_migrations_fail(tmp_path):
     data = tmp_path / "old"
-    _older_database(data)
+    older_database(data)
     result = cli(data, "doctor")
     assert result.returncode == 1 and lines(result)["migrations"] == "FAIL"
     assert "pending" in result.stdout

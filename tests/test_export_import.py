@@ -10,7 +10,6 @@ import json
 import random
 import re
 import struct
-import subprocess
 import threading
 import time
 import zipfile
@@ -21,10 +20,9 @@ import pytest
 
 from mdsync.appkeys import SETTINGS
 from mdsync.transfer import archive
-from tests.conftest import MDSYNC, PASSWORD, ROOT, register
-from tests.conftest import test_env as subprocess_env
-from tests.test_folders_documents import content, document, folder, tree
-from tests.test_workspaces import API, audit_actions, db_rows, feed, join, make_workspace
+from tests.builders import API, PASSWORD, document, folder, join, make_workspace, register
+from tests.processes import MDSYNC, ROOT, cli, subprocess_env
+from tests.readers import audit_actions, content, db_rows, feed, tree
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -390,7 +388,8 @@ async def test_roles(client):
 # -- live documents ----------------------------------------------------------------------------------
 async def test_export_has_the_live_text_of_an_open_document(client, settings):
     from mdsync.collab.rooms import ROOMS
-    from tests.collab_helpers import YClient, eventually
+    from tests.waiting import eventually
+    from tests.yclient import YClient
 
     owner, ws = await owner_and_workspace(client)
     d = await document(client, owner, ws, "Live", markdown="base\n")
@@ -582,13 +581,10 @@ async def test_a_5000_document_export_streams_with_flat_memory(server_process, t
 
 
 # -- the CLI on a real data dir ----------------------------------------------------------------------
-def cli(data_dir: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*MDSYNC, *args, "--data-dir", str(data_dir)], input=stdin, capture_output=True,
-                          text=True, env=subprocess_env(data_dir), cwd=ROOT, timeout=120)
 
 
 def test_cli_export_and_import(tmp_path):
-    from tests.test_attachments import PNG
+    from tests.builders import PNG
 
     data_dir = tmp_path / "data"
     assert cli(data_dir, "users", "create", "admin@example.com", "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
@@ -678,7 +674,7 @@ async def attachment_bytes(client, who, link: str) -> bytes:
 
 
 async def test_attachments_round_trip_into_a_fresh_server(client, make_client):
-    from tests.test_attachments import PNG, SVG, upload_multipart, upload_raw
+    from tests.builders import PNG, SVG, upload_multipart, upload_raw
 
     owner, ws = await owner_and_workspace(client)
     pics = await folder(client, owner, ws, "Pics")
@@ -739,7 +735,7 @@ async def test_attachments_round_trip_into_a_fresh_server(client, make_client):
 
 
 async def test_an_obsidian_vault_with_images_becomes_documents_and_attachments(client):
-    from tests.test_attachments import PNG
+    from tests.builders import PNG
 
     png2 = PNG + b"second"
     pdf = b"%PDF-1.5 obsidian"

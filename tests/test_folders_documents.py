@@ -8,33 +8,8 @@ import json
 
 import pytest
 
-from tests.conftest import register
-from tests.test_workspaces import API, audit_actions, feed, join, make_workspace
-
-
-async def folder(client, who, ws, name, parent_id=None, **extra) -> str:
-    resp = await client.post(f"{API}/workspaces/{ws}/folders", json={"name": name, "parent_id": parent_id, **extra},
-                             headers=who.headers)
-    assert resp.status == 201, await resp.text()
-    return (await resp.json())["id"]
-
-
-async def document(client, who, ws, title="Doc", **extra) -> dict:
-    resp = await client.post(f"{API}/workspaces/{ws}/documents", json={"title": title, **extra}, headers=who.headers)
-    assert resp.status == 201, await resp.text()
-    return await resp.json()
-
-
-async def tree(client, who, ws) -> dict:
-    resp = await client.get(f"{API}/workspaces/{ws}/tree", headers=who.headers)
-    assert resp.status == 200
-    return await resp.json()
-
-
-async def content(client, who, doc_id) -> tuple[str, str]:
-    resp = await client.get(f"{API}/documents/{doc_id}/content", headers=who.headers)
-    assert resp.status == 200
-    return await resp.text(), resp.headers["ETag"]
+from tests.builders import API, document, folder, join, make_workspace, register
+from tests.readers import audit_actions, content, feed, tree
 
 
 @pytest.fixture

@@ -22,15 +22,16 @@ import time
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 
+from tests.builders import PASSWORD
 from tests.prerequisites import module
+from tests.processes import ServerProcess
 
 schemathesis = module("schemathesis")
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
-
-from tests.conftest import PASSWORD, ServerProcess  # noqa: E402
 
 # raw bodies the API documents: markdown is text, zips and Yjs updates are bytes
 schemathesis.serializer.alias("text/markdown", "text/plain")

@@ -1,4 +1,4 @@
-from tests.conftest import register
+from tests.builders import register
 
 
 async def test_healthz_and_readyz(client):

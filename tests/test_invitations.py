@@ -4,8 +4,8 @@ register with an invitation; expired, revoked and used ones are 410 and change n
 from __future__ import annotations
 
 from mdsync import clock
-from tests.conftest import register
-from tests.test_workspaces import API, audit_actions, invite, join, make_workspace, role_of
+from tests.builders import API, invite, join, make_workspace, register
+from tests.readers import audit_actions, role_of
 
 
 async def test_create_and_list(client):

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mdsync.app import create_app
 from mdsync.ops.metrics import METRICS
-from tests.conftest import PASSWORD, make_settings, register
+from tests.builders import PASSWORD, make_settings, register
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:

@@ -9,7 +9,6 @@ import asyncio
 import os
 import re
 import signal
-import subprocess
 import time
 import uuid
 
@@ -18,8 +17,8 @@ import pytest
 from pycrdt import Doc, Text
 
 from mdsync.ops import replica
-from tests.conftest import MDSYNC, PASSWORD, ROOT
-from tests.conftest import test_env as subprocess_env
+from tests.builders import PASSWORD
+from tests.processes import cli
 from tests.s3server import S3Server
 
 BUCKET = "mdsync-replica"
@@ -36,11 +35,6 @@ def s3(tmp_path_factory):
 def replica_env(s3: S3Server, path: str, **extra) -> dict[str, str]:
     return {"MDSYNC_REPLICA__URL": s3.replica_url(BUCKET, path), "MDSYNC_AUTH__REGISTRATION": "open",
             **s3.credentials(), **extra}
-
-
-def cli(data_dir, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*MDSYNC, *args, "--data-dir", str(data_dir)], capture_output=True, text=True,
-                          env=subprocess_env(data_dir, **(env or {})), cwd=ROOT, timeout=timeout)
 
 
 class Writer:
@@ -249,7 +243,7 @@ def test_litestream_environment_drops_aws_ca_bundle(monkeypatch):
 
 
 def test_lag_is_the_age_of_the_oldest_unreplicated_commit(tmp_path):
-    from tests.conftest import make_settings
+    from tests.builders import make_settings
 
     settings = make_settings(tmp_path, replica__url="s3://b/p")
     sup = replica.Supervisor(settings, binary="/bin/true")
@@ -292,7 +286,7 @@ async def test_restore_as_of_a_timestamp(tmp_path, s3, server_process):
 
 
 async def test_readyz_reports_a_replica_that_cannot_upload(tmp_path, server_process):
-    from tests.s3server import free_port
+    from tests.processes import free_port
 
     dead = f"s3://nowhere/db?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1&forcePathStyle=true"
     server = server_process(tmp_path / "live", env={"MDSYNC_REPLICA__URL": dead, "MDSYNC_REPLICA__MAX_LAG": "1",

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MDSYNC, PASSWORD, ROOT
-from tests.conftest import test_env as subprocess_env
+from tests.builders import PASSWORD
+from tests.processes import MDSYNC, ROOT, ChildProcess, free_port, subprocess_env
 
 READY = re.compile(r"mdsync listening on http://127\.0\.0\.1:(\d+)")
 
@@ -45,23 +45,20 @@ def call(method: str, url: str, body: dict | None = None, token: str | None = No
         return err.code, json.loads(raw) if raw else None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class Launched(ChildProcess):
+    """`mdsync serve` with its output going to a file, so what it printed can be read at any moment.
+    Not waited for at start: the tests here measure what happens before it is ready."""
 
-
-class Launched:
-    """`mdsync serve` with its output going to a file, so what it printed can be read at any moment."""
+    what = "mdsync serve"
 
     def __init__(self, command: list[str], data_dir: Path, env: dict[str, str], cwd: Path):
+        super().__init__()
         self.port = free_port()
         self.log = data_dir.parent / f"serve-{self.port}.log"
         data_dir.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen([*command, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                         env=env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
+            self.launch([*command, "serve", "--host", "127.0.0.1", "--port", str(self.port)], env, out, cwd=cwd)
         self.base = f"http://127.0.0.1:{self.port}"
 
     def printed(self) -> str:
@@ -85,11 +82,6 @@ class Launched:
             time.sleep(0.005)
         raise AssertionError(f"/healthz never answered:\n{self.printed()}")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
 
 @pytest.fixture
 def launched():
@@ -102,7 +94,7 @@ def launched():
 
     yield launch
     for server in started:
-        server.stop()
+        server.kill()
 
 
 # -- start ------------------------------------------------------------------------------------------
@@ -252,7 +244,7 @@ def test_fresh_venv_readme_install_then_serve(tmp_path, launched):
         timings.append(server.first_healthz())
         if timings[-1] < 2.0:
             break
-        server.stop()
+        server.kill()
     assert timings[-1] < 2.0, f"/healthz answered {', '.join(f'{t:.2f}' for t in timings)} s after start"
     assert (home / "mdsync-data" / "mdsync.db").exists()
     assert stat.S_IMODE((home / "mdsync-data" / "secret").stat().st_mode) == 0o600

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 from mdsync import clock
 from mdsync.workspaces.service import WORKSPACES
-from tests.conftest import register
-from tests.test_folders_documents import document
-from tests.test_workspaces import API, audit_actions, join, make_workspace
-
-
-async def share(client, who, doc_id, **body) -> dict:
-    resp = await client.post(f"{API}/documents/{doc_id}/share-links", json=body, headers=who.headers)
-    assert resp.status == 201, await resp.text()
-    return await resp.json()
+from tests.builders import API, document, join, make_workspace, register, share
+from tests.readers import audit_actions
 
 
 async def test_anonymous_read(client):

@@ -22,9 +22,10 @@ from pycrdt import Doc, Text
 from mdsync.appkeys import SETTINGS
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
-from tests.collab_helpers import YClient, eventually, make_document
-from tests.conftest import register
-from tests.test_collab_relay import doc_text_in_db
+from tests.builders import make_document, register
+from tests.readers import doc_text_in_db
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 KB = 1024
 WS_LIMIT = 256 * KB
@@ -214,7 +215,7 @@ async def test_bad_tokens_are_4401_and_the_room_goes_on(room):
     """Every forged, expired, revoked or wrong-kind token on the socket: 4401 before anything is
     served, while the room's clients keep syncing."""
     from mdsync import clock
-    from tests.test_contract import bad_tokens
+    from tests.builders import bad_tokens
 
     tokens = bad_tokens(room.owner)
     login = await (await room.client.post("/api/v1/auth/login", json={"email": room.owner.email,

@@ -18,8 +18,8 @@ from mdsync.appkeys import DB, SETTINGS
 from mdsync.sync import feed as feed_module
 from mdsync.sync.routes import FEED
 from mdsync.workspaces.service import WORKSPACES
-from tests import conftest
-from tests.conftest import MDSYNC, bearer, register
+from tests.builders import bearer, register
+from tests.processes import MDSYNC, subprocess_env
 
 CHANGES = "/api/v1/sync/changes"
 EVENTS = "/api/v1/sync/events"
@@ -417,7 +417,7 @@ async def test_a_change_made_by_the_admin_cli_reaches_a_waiting_poll(make_client
     # another process commits: no after-commit callback reaches this server
     done = await asyncio.to_thread(subprocess.run, [*MDSYNC, "workspaces", "remove-member", ws, bob.email,
                                                     "--data-dir", str(data_dir)],
-                                   env=conftest.test_env(data_dir), capture_output=True, text=True, timeout=60)
+                                   env=subprocess_env(data_dir), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     page = await asyncio.wait_for(poll, 10)
     assert [(c["entity"], c["op"]) for c in page["changes"]] == [("workspace", "delete")]

@@ -1,6 +1,6 @@
 """Version history over the API: automatic versions at the idle gap with their authors, named
 versions, list/read/diff/restore, the change feed, permissions and bad input. Edits arrive as
-real Yjs updates over the document socket (tests/collab_helpers.YClient); the npm clients are in
+real Yjs updates over the document socket (tests/yclient.py); the npm clients are in
 tests/test_versions_interop.py."""
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ import pytest
 from mdsync.appkeys import DB
 from mdsync.collab.rooms import ROOMS
 from mdsync.versions.service import VERSIONS, record_import
-from tests.collab_helpers import YClient, eventually
-from tests.conftest import register
-from tests.test_folders_documents import document
-from tests.test_share_links import share
-from tests.test_workspaces import join, make_workspace
+from tests.builders import document, join, make_workspace, register, share
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 API = "/api/v1"
 IDLE = 0.4

@@ -8,10 +8,8 @@ import pytest
 
 from mdsync import clock
 from mdsync.collab.rooms import ROOMS
-from tests.conftest import register
+from tests.builders import document, join, make_workspace, register
 from tests.nodeclients import needs_node, run_node
-from tests.test_folders_documents import document
-from tests.test_workspaces import join, make_workspace
 
 pytestmark = needs_node
 API = "/api/v1"

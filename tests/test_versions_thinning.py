@@ -15,10 +15,9 @@ from datetime import UTC, datetime, timedelta
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.versions import policy
-from tests.conftest import MDSYNC, register
-from tests.conftest import test_env as cli_env
-from tests.test_folders_documents import document
-from tests.test_workspaces import make_workspace
+from tests.builders import document, make_workspace, register
+from tests.processes import MDSYNC
+from tests.processes import subprocess_env as cli_env
 
 API = "/api/v1"
 

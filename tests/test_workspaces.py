@@ -6,61 +6,15 @@ public API; the other workspace/document test files import them."""
 
 from __future__ import annotations
 
-import sqlite3
-import subprocess
-
 import pytest
 
 from mdsync import clock
-from mdsync.appkeys import SETTINGS
 from mdsync.workspaces.service import WORKSPACES
-from tests import conftest
-from tests.conftest import MDSYNC, PASSWORD, Account, register
-
-API = "/api/v1"
-
+from tests.builders import API, PASSWORD, join, make_workspace, register
+from tests.processes import cli
+from tests.readers import audit_actions, db_rows, feed, role_of
 
 # -- helpers shared by the workspace and document tests ---------------------------------------------
-async def make_workspace(client, owner: Account, name: str = "Team") -> str:
-    resp = await client.post(f"{API}/workspaces", json={"name": name}, headers=owner.headers)
-    assert resp.status == 201, await resp.text()
-    return (await resp.json())["id"]
-
-
-async def invite(client, inviter: Account, ws: str, role: str, **extra) -> dict:
-    resp = await client.post(f"{API}/workspaces/{ws}/invitations", json={"role": role, **extra}, headers=inviter.headers)
-    assert resp.status == 201, await resp.text()
-    return await resp.json()
-
-
-async def join(client, owner: Account, ws: str, role: str, name: str = "Member") -> Account:
-    """A new user who joined `ws` with `role` (invited by `owner`, registered with the token)."""
-    invitation = await invite(client, owner, ws, role)
-    return await register(client, name=name, invitation=invitation["token"])
-
-
-def db_rows(client, sql: str, params=()) -> list[sqlite3.Row]:
-    """Read the server's database file directly (audit log, change feed rows)."""
-    conn = sqlite3.connect(client.app[SETTINGS].db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
-
-
-def audit_actions(client, ws: str) -> list[str]:
-    return [r["action"] for r in db_rows(client, "SELECT action FROM audit_log WHERE workspace_id = ? ORDER BY id", (ws,))]
-
-
-def feed(client, ws: str) -> list[tuple]:
-    return [tuple(r) for r in db_rows(
-        client, "SELECT entity, entity_id, op, user_id FROM changes WHERE workspace_id = ? ORDER BY seq", (ws,))]
-
-
-async def role_of(client, member: Account, ws: str) -> str | None:
-    resp = await client.get(f"{API}/workspaces", headers=member.headers)
-    return next((w["role"] for w in (await resp.json())["items"] if w["id"] == ws), None)
 
 
 # -- workspaces ------------------------------------------------------------------------------------
@@ -266,36 +220,33 @@ async def test_purge_after_the_configured_grace_period(make_client):
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
-def _cli(data_dir, *args, stdin: str | None = None):
-    return subprocess.run([*MDSYNC, *args], env=conftest.test_env(data_dir), input=stdin, capture_output=True, text=True,
-                          timeout=60)
 
 
 def test_cli_workspaces(tmp_path):
     data = tmp_path / "data"
     for email in ("ann@example.com", "ben@example.com"):
-        assert _cli(data, "users", "create", email, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
-    done = _cli(data, "workspaces", "create", "Ops Team", "--owner", "ann@example.com")
+        assert cli(data, "users", "create", email, "--password-stdin", stdin=PASSWORD + "\n").returncode == 0
+    done = cli(data, "workspaces", "create", "Ops Team", "--owner", "ann@example.com")
     assert done.returncode == 0, done.stderr
-    assert _cli(data, "workspaces", "create", "X", "--owner", "nobody@example.com").returncode == 1
+    assert cli(data, "workspaces", "create", "X", "--owner", "nobody@example.com").returncode == 1
 
-    listed = _cli(data, "workspaces", "list").stdout
+    listed = cli(data, "workspaces", "list").stdout
     ws_id, slug, name, members, owners, _ = listed.strip().split("\t")
     assert (slug, name, members, owners) == ("ops-team", "Ops Team", "1 members", "owners: ann@example.com")
 
-    assert _cli(data, "workspaces", "add-member", "ops-team", "ben@example.com", "--role", "viewer").returncode == 0
-    assert "2 members" in _cli(data, "workspaces", "list").stdout
-    refused = _cli(data, "workspaces", "remove-member", ws_id, "ann@example.com")
+    assert cli(data, "workspaces", "add-member", "ops-team", "ben@example.com", "--role", "viewer").returncode == 0
+    assert "2 members" in cli(data, "workspaces", "list").stdout
+    refused = cli(data, "workspaces", "remove-member", ws_id, "ann@example.com")
     assert refused.returncode == 1 and "owner" in refused.stderr
     # ann is the only owner: deleting her account is refused, nothing changes
-    refused = _cli(data, "users", "delete", "ann@example.com", "--yes")
+    refused = cli(data, "users", "delete", "ann@example.com", "--yes")
     assert refused.returncode == 1 and "only owner" in refused.stderr
-    assert "ann@example.com" in _cli(data, "users", "list").stdout
+    assert "ann@example.com" in cli(data, "users", "list").stdout
     # make ben owner, then ann can go
-    assert _cli(data, "workspaces", "add-member", ws_id, "ben@example.com", "--role", "owner").returncode == 0
-    assert _cli(data, "workspaces", "remove-member", ws_id, "ann@example.com").returncode == 0
-    assert "owners: ben@example.com" in _cli(data, "workspaces", "list").stdout
-    assert _cli(data, "workspaces", "remove-member", "no-such", "ben@example.com").returncode == 1
+    assert cli(data, "workspaces", "add-member", ws_id, "ben@example.com", "--role", "owner").returncode == 0
+    assert cli(data, "workspaces", "remove-member", ws_id, "ann@example.com").returncode == 0
+    assert "owners: ben@example.com" in cli(data, "workspaces", "list").stdout
+    assert cli(data, "workspaces", "remove-member", "no-such", "ben@example.com").returncode == 1
 
 
 @pytest.mark.parametrize("role", ["viewer", "admin"])
