@@ -1,4 +1,4 @@
-"""Attachments over real HTTP (API.md "Attachments"), local storage backend."""
+"""Attachments over real HTTP (docs/api.md "Attachments"), local storage backend."""
 
 from __future__ import annotations
 

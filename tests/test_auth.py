@@ -1,4 +1,4 @@
-"""Accounts and sign-in over real HTTP (API.md "Auth and accounts"): every flow end to end,
+"""Accounts and sign-in over real HTTP (docs/api.md "Auth and accounts"): every flow end to end,
 forged and stale tokens, disabled users, throttling, personal access tokens and the audit log."""
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ HOCUSPOCUS_ROWS), and sockets losing access while open (LIVE_ROWS).
 Yjs update, and a fresh socket of the owner (then `GET …/content`) shows whether it landed.
 
 Share links: the socket takes a share token as `?share=` (beside `?token=` for a signed-in holder,
-or alone). A link gives its role on its one document (API.md "Share links"; links are viewer or
+or alone). A link gives its role on its one document (docs/api.md "Grants and share links"; links are viewer or
 commenter, neither of which edits), so a holder's socket is read-only, like `GET …/content` and
 `GET …/yjs` that links open. An unknown, revoked or expired link is "cannot see": 4404 for a
 signed-in caller, 4401 for one who presents nothing else.
@@ -274,7 +274,7 @@ async def owner_sees(w: World, document_id: str, marker: str) -> bool:
     await owner.wait_synced()
     seen = marker in str(owner.text)
     await owner.close()
-    # and over HTTP: the projection follows within 2 s (API.md), so wait for an edit that landed
+    # and over HTTP: the projection follows within 2 s (docs/api.md "Content"), so wait for an edit that landed
     url = f"/api/v1/documents/{document_id}/content"
     for _ in range(100 if seen else 1):
         resp = await w.client.get(url, headers=w.people["owner"].headers)
@@ -304,7 +304,7 @@ async def test_socket(client, world: World, name: str, opener: Opener, expected:
 
 
 # -- the Hocuspocus socket: the same callers, one document each, refusals per document ---------------
-# Its token travels in the document's Auth message and is checked as `?token=` is (API.md); a
+# Its token travels in the document's Auth message and is checked as `?token=` is (docs/api.md "Real-time: WebSockets"); a
 # share token has no place there, so a share-link holder is the signed-in nonmember (not-found) or
 # nobody (unauthenticated). Close codes become PermissionDenied reasons.
 HOCUSPOCUS = ("GET", "/ws/hocuspocus")

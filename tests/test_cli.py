@@ -18,11 +18,13 @@ from click.testing import CliRunner
 from mdsync import cli
 from mdsync.db.migrate import available
 from tests.builders import PASSWORD
-from tests.processes import MDSYNC, ROOT, cli_async, subprocess_env
+from tests.processes import MDSYNC, ROOT, subprocess_env
+from tests.processes import cli as run  # `cli` here is the package under test
+from tests.processes import cli_async as arun
 
 
 def create(data_dir, email: str, *extra: str, password: str = PASSWORD) -> subprocess.CompletedProcess:
-    return cli(data_dir, "users", "create", email, "--password-stdin", *extra, stdin=password + "\n")
+    return run(data_dir, "users", "create", email, "--password-stdin", *extra, stdin=password + "\n")
 
 
 def audit(data_dir) -> list[tuple[str, str | None]]:
@@ -40,7 +42,7 @@ def data_dir(tmp_path):
 
 # -- users create / list ----------------------------------------------------------------------
 def test_create_and_list(data_dir):
-    result = cli(data_dir, "users", "list")
+    result = run(data_dir, "users", "list")
     assert result.returncode == 0, result.stderr
     assert "no users yet" in result.stdout
 
@@ -49,7 +51,7 @@ def test_create_and_list(data_dir):
     assert "created admin user ada@example.com" in result.stdout
     assert create(data_dir, "grace@example.com").returncode == 0
 
-    result = cli(data_dir, "users", "list")
+    result = run(data_dir, "users", "list")
     assert result.returncode == 0
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2
@@ -76,9 +78,9 @@ def test_create_refusals_exit_1_with_a_message(data_dir):
     result = create(data_dir, "zero\u200bwidth@example.com")
     assert result.returncode == 1 and "not an email address" in result.stderr
     # no terminal and no --password-stdin: refuse instead of hanging
-    result = cli(data_dir, "users", "create", "tty@example.com", stdin="")
+    result = run(data_dir, "users", "create", "tty@example.com", stdin="")
     assert result.returncode == 1 and "--password-stdin" in result.stderr
-    listing = cli(data_dir, "users", "list").stdout
+    listing = run(data_dir, "users", "list").stdout
     assert listing.count("@") == 1
 
 
@@ -88,13 +90,13 @@ def test_workspace_names_follow_the_apis_rules(data_dir):
     stored as the API stores it (trimmed)."""
     assert create(data_dir, "ann@example.com").returncode == 0
     for name in ("evil\u202eexe.md", "tab\there", "x" * 501, "   "):
-        result = cli(data_dir, "workspaces", "create", name, "--owner", "ann@example.com")
+        result = run(data_dir, "workspaces", "create", name, "--owner", "ann@example.com")
         assert result.returncode == 1, (name, result.stdout)
         assert "name" in result.stderr and "Traceback" not in result.stderr
-    assert "no workspaces yet" in cli(data_dir, "workspaces", "list").stdout
-    result = cli(data_dir, "workspaces", "create", "  Plain \u200fname  ", "--owner", "ann@example.com")
+    assert "no workspaces yet" in run(data_dir, "workspaces", "list").stdout
+    result = run(data_dir, "workspaces", "create", "  Plain \u200fname  ", "--owner", "ann@example.com")
     assert result.returncode == 0, result.stderr
-    assert "\tPlain \u200fname\t" in cli(data_dir, "workspaces", "list").stdout
+    assert "\tPlain \u200fname\t" in run(data_dir, "workspaces", "list").stdout
 
 
 def _pty_session(args: list[str], env: dict, answers: list[tuple[str, str]], timeout: float = 30) -> tuple[int, str]:
@@ -158,7 +160,7 @@ async def login(client, email: str, password: str = PASSWORD):
 
 async def test_admin_commands_take_effect_on_a_running_server(client, settings):
     data = settings.data_dir
-    code, out = await cli_async(data, "users", "create", "ops@example.com", "--password-stdin", stdin=PASSWORD + "\n")
+    code, out = await arun(data, "users", "create", "ops@example.com", "--password-stdin", stdin=PASSWORD + "\n")
     assert code == 0, out
     resp = await login(client, "ops@example.com")
     assert resp.status == 200
@@ -166,25 +168,25 @@ async def test_admin_commands_take_effect_on_a_running_server(client, settings):
     headers = {"Authorization": f"Bearer {pair['access_token']}"}
     assert pair["user"]["is_admin"] is False
 
-    code, out = await cli_async(data, "users", "set-admin", "ops@example.com")
+    code, out = await arun(data, "users", "set-admin", "ops@example.com")
     assert code == 0 and "now a server admin" in out
     assert (await (await client.get("/api/v1/me", headers=headers)).json())["is_admin"] is True
-    code, out = await cli_async(data, "users", "set-admin", "ops@example.com", "--revoke")
+    code, out = await arun(data, "users", "set-admin", "ops@example.com", "--revoke")
     assert code == 0 and "no longer" in out
     assert (await (await client.get("/api/v1/me", headers=headers)).json())["is_admin"] is False
 
-    code, out = await cli_async(data, "users", "disable", "ops@example.com")
+    code, out = await arun(data, "users", "disable", "ops@example.com")
     assert code == 0, out
-    code, out = await cli_async(data, "users", "list")
+    code, out = await arun(data, "users", "list")
     assert "disabled" in next(line for line in out.splitlines() if "ops@example.com" in line)
     assert (await login(client, "ops@example.com")).status == 401
     assert (await client.get("/api/v1/me", headers=headers)).status == 401
-    code, out = await cli_async(data, "users", "enable", "ops@example.com")
+    code, out = await arun(data, "users", "enable", "ops@example.com")
     assert code == 0, out
     assert (await login(client, "ops@example.com")).status == 200
 
     other = await (await login(client, "ops@example.com")).json()
-    code, out = await cli_async(data, "users", "reset-password", "ops@example.com", "--password-stdin",
+    code, out = await arun(data, "users", "reset-password", "ops@example.com", "--password-stdin",
                            stdin="a brand new password\n")
     assert code == 0, out
     assert (await login(client, "ops@example.com")).status == 401
@@ -192,12 +194,12 @@ async def test_admin_commands_take_effect_on_a_running_server(client, settings):
     refresh = await client.post("/api/v1/auth/refresh", json={"refresh_token": other["refresh_token"]})
     assert refresh.status == 401  # a reset signs the user out everywhere
 
-    code, out = await cli_async(data, "users", "delete", "ops@example.com")
+    code, out = await arun(data, "users", "delete", "ops@example.com")
     assert code == 1 and "--yes" in out  # no terminal to confirm on
-    code, out = await cli_async(data, "users", "delete", "ops@example.com", "--yes")
+    code, out = await arun(data, "users", "delete", "ops@example.com", "--yes")
     assert code == 0, out
     assert (await login(client, "ops@example.com", "a brand new password")).status == 401
-    code, out = await cli_async(data, "users", "list")
+    code, out = await arun(data, "users", "list")
     assert "ops@example.com" not in out
 
     actions = [a for a, _ in audit(data)]
@@ -211,14 +213,14 @@ async def test_admin_commands_take_effect_on_a_running_server(client, settings):
 @pytest.mark.parametrize("command", ["disable", "enable", "reset-password", "set-admin", "delete"])
 def test_unknown_user_exits_1(data_dir, command):
     extra = {"reset-password": ["--password-stdin"], "delete": ["--yes"]}.get(command, [])
-    result = cli(data_dir, "users", command, "ghost@example.com", *extra, stdin=PASSWORD + "\n")
+    result = run(data_dir, "users", command, "ghost@example.com", *extra, stdin=PASSWORD + "\n")
     assert result.returncode == 1
     assert "no user with email ghost@example.com" in result.stderr
 
 
 # -- migrate ----------------------------------------------------------------------------------------
 def test_migrate_applies_and_records_every_migration(data_dir):
-    result = cli(data_dir, "migrate")
+    result = run(data_dir, "migrate")
     assert result.returncode == 0, result.stderr
     known = available()
     for migration in known:
@@ -228,18 +230,18 @@ def test_migrate_applies_and_records_every_migration(data_dir):
     assert rows == [(m.version, m.name) for m in known]
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
-    result = cli(data_dir, "migrate")
+    result = run(data_dir, "migrate")
     assert result.returncode == 0 and "up to date" in result.stdout
 
 
 def test_migrate_refuses_a_newer_schema(data_dir):
-    assert cli(data_dir, "migrate").returncode == 0
+    assert run(data_dir, "migrate").returncode == 0
     conn = sqlite3.connect(data_dir / "mdsync.db")
     conn.execute("INSERT INTO schema_migrations VALUES (9999, 'from_the_future', '2030-01-01T00:00:00Z')")
     conn.commit()
     conn.close()
     for args in (["migrate"], ["users", "list"]):
-        result = cli(data_dir, *args)
+        result = run(data_dir, *args)
         assert result.returncode == 1
         assert "9999" in result.stderr and "newer" in result.stderr
         assert "Traceback" not in result.stderr

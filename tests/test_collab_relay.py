@@ -1,5 +1,5 @@
 """Real-time rooms over `/ws/docs/{id}` with an in-process server: relay, awareness, read-only,
-persistence, auth close codes, limits, and the upstream defects NOTES lists (join race, rooms
+persistence, auth close codes, limits, and the upstream defects docs/architecture.md lists (join race, rooms
 served before loading, cleanup on cancellation, awareness for joiners and leavers, malformed
 frames, large bursts)."""
 

@@ -1,4 +1,4 @@
-"""The cross-cutting sentences of API.md "Conventions", each checked over every route it applies
+"""The cross-cutting sentences of docs/api.md "Conventions", each checked over every route it applies
 to, enumerated from app[ROUTE_TABLES] — a route added later by any feature is covered (or the
 test names it as missing) without touching this file.
 
@@ -268,7 +268,7 @@ def diff(before: dict, after: dict) -> dict:
 
 
 # -- creates: 201 with `id` at the top level -------------------------------------------------------
-# 201s whose answer is not a created resource with an id, as API.md documents them:
+# 201s whose answer is not a created resource with an id, as docs/api.md documents them:
 NOT_RESOURCE_CREATES = {
     ("POST", "/api/v1/auth/register"),  # → {user, access_token, refresh_token, expires_in}
     ("POST", "/api/v1/auth/setup"),     # same shape as register
@@ -395,7 +395,7 @@ async def test_ten_thousand_character_names_are_422_naming_the_field_and_change_
     for value in ("x" * 10_000, "   ", "a" * 501):
         for spec, name in routes:
             if name == "device_name" and value != "x" * 10_000:
-                continue  # not a name in API.md's sense: up to 200 characters, blank allowed
+                continue  # not a name in the sense of docs/api.md "Conventions": up to 200 characters, blank allowed
             url = fill(spec.path, world.ids)
             body = {**valid_body(world, spec), name: value}
             before = snapshot(client)
@@ -576,7 +576,7 @@ async def test_ids_from_another_workspace_are_404_and_show_nothing(client):
             assert diff(before, snapshot(client)) == {}, f"{spec.method} {spec.path} changed data"
 
 
-async def test_ids_from_another_workspace_in_bodies_and_queries_answer_as_unknown_ids(client, world):
+async def test_ids_from_another_workspace_in_bodies_and_queries_answer_as_unknown_ids(client):
     """References inside bodies and queries (a folder, template, parent, version or user of another
     workspace) get exactly the answer an id that exists nowhere gets: 404, or 422 naming the field
     — never 403, never a word of the other workspace, and nothing changes."""
@@ -695,7 +695,7 @@ MALFORMED_FORMS = [
 ]
 
 
-async def test_malformed_multipart_bodies_are_4xx_problems_on_every_body_route(client):
+async def test_malformed_multipart_bodies_are_4xx_problems_on_every_body_route(client, world):
     """Every route that reads a body, sent broken multipart forms: a 4xx problem (never a 500),
     nothing changes, the server goes on."""
     routes = [s for s in specs_of(client) if s.body is not None or s.raw_body is not None]

@@ -1,4 +1,4 @@
-"""Export and import (API.md "Operations"): the zip layout, the lossless round trip into a fresh
+"""Export and import (docs/api.md "Export and import"): the zip layout, the lossless round trip into a fresh
 server, plain markdown zips and vault folders, hostile archives refused with nothing written,
 roles, flat memory while a 5 000-document workspace streams out, and the CLI on a real data dir."""
 

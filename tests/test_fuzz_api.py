@@ -5,7 +5,7 @@ with a folder, a document, a share link, a version and an invitation, all made t
 Each operation gets a few schema-conforming and a few schema-violating requests; path parameters
 are either the real ids (so the handler's own code runs, not only the 404 path) or generated
 strings. For every answer: no 5xx ever; every 4xx is `application/problem+json` whose type is one
-of API.md's slugs with the matching status; no body carries a stack trace or a source path. At
+of the slugs in docs/api.md "Conventions" with the matching status; no body carries a stack trace or a source path. At
 the end, every path+method of the document must have been exercised, and the server is still up.
 
 Operations that would end the fuzzing user's own sign-in or ownership (log out, delete the
@@ -37,7 +37,7 @@ from schemathesis.generation.modes import GenerationMode  # noqa: E402
 schemathesis.serializer.alias("text/markdown", "text/plain")
 schemathesis.serializer.alias("application/zip", "application/octet-stream")
 
-# API.md "Conventions": the slugs and their statuses. 405 (a method the path does not have) is
+# docs/api.md "Conventions": the slugs and their statuses. 405 (a method the path does not have) is
 # aiohttp's routing answer; the fuzzer only sends documented methods, so it never sees one.
 SLUGS = {
     "validation": 422, "bad-request": 400, "unauthenticated": 401, "forbidden": 403, "not-found": 404,

@@ -1,4 +1,4 @@
-"""The change feed (API.md "Sync"): `GET /sync/changes` pages, cursors and long-polls, and
+"""The change feed (docs/api.md "Change feed"): `GET /sync/changes` pages, cursors and long-polls, and
 `GET /sync/events` (SSE). Two kinds of callers: one writing, one reading the feed."""
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def _no_controls(value: str) -> str:
     return value
 
 
-# Names, titles and labels: 1–500 characters after trimming (API.md Conventions).
+# Names, titles and labels: 1–500 characters after trimming (docs/api.md "Conventions").
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500),
                  AfterValidator(_no_controls)]
 

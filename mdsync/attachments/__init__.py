@@ -1,4 +1,4 @@
-"""Attachments (API.md "Attachments"): files uploaded into a workspace, stored by a backend.
+"""Attachments (docs/api.md "Attachments"): files uploaded into a workspace, stored by a backend.
 
 storage.py   the storage protocol (put, open, delete, url, exists) and `open_storage(settings)`
 local.py     backend: files under data_dir/files/, named by id, written atomically

@@ -1,4 +1,4 @@
-"""HTTP routes of attachments (API.md "Attachments").
+"""HTTP routes of attachments (docs/api.md "Attachments").
 
 POST   /api/v1/workspaces/{ws}/attachments   editor+: multipart `file` (+ `document_id`) or a raw body
 GET    /api/v1/attachments/{attachment}/meta viewer+: the meta shape, with a freshly signed url

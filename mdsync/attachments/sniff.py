@@ -28,7 +28,7 @@ _MAGIC: list[tuple[bytes, int, str]] = [  # (magic, offset, type)
     (b"\x1aE\xdf\xa3", 0, "video/webm"),
 ]
 
-# what a browser would run: never inline, never redirected (API.md "Attachments")
+# what a browser would run: never inline, never redirected (docs/api.md "Attachments")
 ACTIVE_TYPES = frozenset({"text/html", "application/xhtml+xml", "image/svg+xml", "application/xml", "text/xml",
                           "text/javascript", "application/javascript", "application/ecmascript", "text/xsl"})
 _MARKUP = {b"<svg": "image/svg+xml", b"<!doctype html": "text/html", b"<html": "text/html",

@@ -1,4 +1,4 @@
-"""HTTP routes of accounts and sign-in (API.md "Auth and accounts")."""
+"""HTTP routes of accounts and sign-in (docs/api.md "Auth and accounts")."""
 
 from __future__ import annotations
 

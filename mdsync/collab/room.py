@@ -4,8 +4,9 @@ update log it feeds.
 The relay: each incoming update is applied once to the room's Doc, then the sender's own message
 bytes (a sync step 2 re-typed as an update) are framed once and written to every other peer's
 transport. Nothing is re-encoded per peer and no per-peer task or queue is involved (see
-NOTES "Fan-out speed"). Every accepted update is appended to `doc_updates` through the database
-writer, batched per event-loop iteration; the log is compacted into a snapshot past a threshold.
+docs/architecture.md "Fan-out speed"). Every accepted update is appended to `doc_updates`
+through the database writer, batched per event-loop iteration; the log is compacted into a
+snapshot past a threshold.
 
 Everything here runs on the event loop without awaiting (except `close`), so a room's state is
 never seen half-changed and a cancelled socket handler cannot leave it inconsistent.

@@ -13,10 +13,10 @@
     rooms.update_listeners.append(fn(room, update, user_id))  # after every accepted update
     await rooms.reauthorize(user_id=…, workspace_id=…, document_id=…)  # after role/member changes
 
-Design around the upstream defects listed in NOTES: a room is created and loaded by exactly one
-task per document (concurrent joiners await the same load: no join race), loaded completely
-from snapshot + log before any client is served, unloaded a grace period after its last user
-left (never while one is using it), and flushed on shutdown.
+Design around the upstream defects listed in docs/architecture.md "Facts the code relies on": a
+room is created and loaded by exactly one task per document (concurrent joiners await the same
+load: no join race), loaded completely from snapshot + log before any client is served, unloaded
+a grace period after its last user left (never while one is using it), and flushed on shutdown.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """HTTP routes of folders, documents, the tree, the trash, grants and share links
-(API.md "Folders and documents"). Content lives in content_routes.py.
+(docs/api.md "Folders and documents", "Grants and share links"). Content lives in content_routes.py.
 
 Each handler: parse → `require(...)` (the one permission check) → service → respond.
 """

@@ -37,7 +37,7 @@ from mdsync.sync.changes import Wake
 
 log = logging.getLogger("mdsync.sync")
 
-MAX_WAIT = 60.0        # seconds a long-poll may wait (API.md Sync)
+MAX_WAIT = 60.0        # seconds a long-poll may wait (docs/api.md "Change feed")
 HEARTBEAT = 15.0       # seconds between SSE comments on a quiet stream
 CHECK_EVERY = 1.0      # how often the feed looks whether waiting clients are still there (no query)
 ARMS_PER_QUERY = 200   # workspaces merged in one statement (SQLite allows 500 compound arms)

@@ -1,4 +1,4 @@
-"""HTTP routes of the change feed (API.md "Sync"): `GET /sync/changes` (a page, or a long-poll
+"""HTTP routes of the change feed (docs/api.md "Change feed"): `GET /sync/changes` (a page, or a long-poll
 with `wait`) and `GET /sync/events` (the same as Server-Sent Events). `install` ties the app's
 feed to commits, session revocations and shutdown."""
 

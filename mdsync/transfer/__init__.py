@@ -1,4 +1,4 @@
-"""Export and import of a workspace as a zip of markdown (API.md "Operations").
+"""Export and import of a workspace as a zip of markdown (docs/api.md "Export and import").
 
 - `archive.py`  the zip layout both directions share: file names, YAML front matter, entry paths
   that are safe to accept, attachment link rewriting.

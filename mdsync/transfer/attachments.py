@@ -1,4 +1,4 @@
-"""The attachment parts of export and import (API.md "Operations").
+"""The attachment parts of export and import (docs/api.md "Export and import").
 
 Import: `store(plan, source, service)` puts every attachment file of the archive into storage
 BEFORE the import's transaction (each spooled to a temp file while hashed and sniffed, so no file

@@ -1,4 +1,4 @@
-"""HTTP routes of export and import (API.md "Operations"): admin and up.
+"""HTTP routes of export and import (docs/api.md "Export and import"): admin and up.
 
 GET  /api/v1/workspaces/{ws}/export   the zip, streamed while it is written (export.py)
 POST /api/v1/workspaces/{ws}/import   application/zip, or multipart/form-data with `file`

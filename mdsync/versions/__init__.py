@@ -1,4 +1,4 @@
-"""Version history (API.md "Versions", ARCHITECTURE.md "Versions").
+"""Version history (docs/api.md "Versions", docs/architecture.md "Versions").
 
 policy.py (which automatic versions thinning keeps: a pure function) · textdiff.py (the unified
 diff of two markdowns) · store.py (SQL)

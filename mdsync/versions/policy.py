@@ -1,6 +1,6 @@
 """Which automatic versions thinning keeps — a pure function of the versions and "now".
 
-The policy (ARCHITECTURE.md "Versions"), for the automatic versions of one document:
+The policy (docs/architecture.md "Versions"), for the automatic versions of one document:
 - every version younger than 24 hours is kept;
 - from 24 hours to 7 days old, one per UTC calendar hour: the newest of that hour;
 - older than 7 days, one per UTC calendar day: the newest of that day.

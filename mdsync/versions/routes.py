@@ -1,4 +1,4 @@
-"""HTTP routes of version history (API.md "Versions"); `install` wires the service, the
+"""HTTP routes of version history (docs/api.md "Versions"); `install` wires the service, the
 automatic-version scheduler and the periodic prune into the app.
 
 Viewers and up read versions and diffs; editors and up create and restore them. Share-link

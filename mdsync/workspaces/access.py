@@ -5,8 +5,8 @@ effective `Access` (their role) or raises NotFound when the caller cannot see th
 `require(request, role, …)` adds the role check (Forbidden when they can see it but their role
 is too low). Every route on workspaces, folders and documents calls `require` first.
 
-Why 404 rather than 403: a caller who is not a member must not learn that an id exists (API.md
-Conventions). A member whose role is too low sees the thing, so they get 403.
+Why 404 rather than 403: a caller who is not a member must not learn that an id exists (docs/api.md
+"Conventions"). A member whose role is too low sees the thing, so they get 403.
 
 Effective role on a document: the member's workspace role, replaced by their document grant on
 that document when there is one (a grant raises or lowers). Share links give their role on their

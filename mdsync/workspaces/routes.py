@@ -1,4 +1,4 @@
-"""HTTP routes of workspaces, members and invitations (API.md "Workspaces, members, invitations").
+"""HTTP routes of workspaces, members and invitations (docs/api.md "Workspaces, members, invitations").
 
 Each handler: parse → `require(...)` (the one permission check) → service → respond.
 """
