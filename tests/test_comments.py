@@ -1,4 +1,4 @@
-"""Comments (API.md "Comments") over HTTP against the real app: threads and replies, who may edit,
+"""Comments (docs/api.md "Comments") over HTTP against the real app: threads and replies, who may edit,
 delete, resolve and reopen, share links with role commenter, bad input that stores nothing, the
 change feed, and anchors placed from a quote. Positions followed by live npm clients:
 tests/test_comments_interop.py."""
@@ -12,10 +12,8 @@ from pycrdt import Doc, StickyIndex, Text
 
 from mdsync.collab.rooms import ROOMS
 from mdsync.comments.anchors import find_quote
-from tests.conftest import register
-from tests.test_folders_documents import document
-from tests.test_share_links import share
-from tests.test_workspaces import API, audit_actions, db_rows, join, make_workspace
+from tests.builders import API, document, join, make_workspace, register, share
+from tests.readers import audit_actions, db_rows
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ covering their words after two clients insert and delete before, inside and afte
 
 from __future__ import annotations
 
-from tests.conftest import register
+from tests.builders import document, join, make_workspace, register
 from tests.nodeclients import needs_node, run_node
-from tests.test_folders_documents import document
-from tests.test_workspaces import join, make_workspace
 
 pytestmark = needs_node
 

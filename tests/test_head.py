@@ -8,10 +8,7 @@ import asyncio
 import re
 
 from mdsync.appkeys import ROUTE_TABLES
-from tests.conftest import register
-from tests.test_attachments import upload_raw
-from tests.test_folders_documents import document
-from tests.test_workspaces import make_workspace
+from tests.builders import document, make_workspace, register, upload_raw
 
 API = "/api/v1"
 

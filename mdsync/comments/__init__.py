@@ -1,4 +1,4 @@
-"""Comments (API.md "Comments"): threads and replies on a document, anchored to its text.
+"""Comments (docs/api.md "Comments"): threads and replies on a document, anchored to its text.
 
 models.py    request and response bodies (the anchor: a quote and two Yjs relative positions)
 anchors.py   placing a quote on the live document as Yjs relative positions

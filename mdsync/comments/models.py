@@ -1,4 +1,4 @@
-"""Request and response bodies of comments (API.md "Comments")."""
+"""Request and response bodies of comments (docs/api.md "Comments")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""HTTP routes of comments (API.md "Comments").
+"""HTTP routes of comments (docs/api.md "Comments").
 
 Each handler: parse → `require(...)` (the one permission check; a share link with role
 `commenter`, presented beside a signed-in user's token, opens these routes on its document) →
