@@ -351,7 +351,7 @@ async def test_etag_from_create_is_a_plain_write_and_later_a_merge(client):
     # the document was never opened: its creation ETag is the one GET /content answers
     meta = await (await client.get(f"{API}/documents/{created['id']}", headers=owner.headers)).json()
     assert meta["etag"] == created["etag"]
-    assert (await get_content(client, owner, created["id"]))[1] == created["etag"]
+    assert (await content(client, owner, created["id"]))[1] == created["etag"]
     resp = await put_content(client, owner, created["id"], "one\ntwo\nthree\n", created["etag"])
     assert resp.status == 200, await resp.text()
     assert await resp.text() == "one\ntwo\nthree\n"
@@ -366,7 +366,7 @@ async def test_etag_from_create_is_a_plain_write_and_later_a_merge(client):
 
 
 async def test_etag_listed_while_the_room_is_live_still_merges_after_more_typing(client):
-    owner, ws, doc_id = await setup_doc(client, "first\n")
+    owner, ws, doc_id = await owned_document(client, "first\n")
     live = await YClient.connect(client, doc_id, owner.access_token)
     await live.wait_synced()
     live.insert(len(str(live.text)), "second\n")
