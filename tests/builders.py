@@ -17,8 +17,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 import uuid
+import zipfile
 from pathlib import Path
 
 import aiohttp
@@ -110,6 +112,12 @@ async def document(client, who, ws, title="Doc", **extra) -> dict:
     return await resp.json()
 
 
+async def owned_workspace(client, name="Team") -> tuple[Account, str]:
+    """(owner, workspace id): a new user's new workspace."""
+    owner = await register(client, name="Owner")
+    return owner, await make_workspace(client, owner, name)
+
+
 async def owned_document(client, markdown="# Title\n\nhello world\n") -> tuple[Account, str, str]:
     """(owner, workspace id, document id): a new user's new workspace with one document."""
     owner = await register(client, name="Owner")
@@ -170,6 +178,29 @@ async def upload_raw(client, who, ws, data: bytes, filename: str | None = None, 
                              headers={**who.headers, "Content-Type": "application/octet-stream"})
     assert resp.status == status, await resp.text()
     return await resp.json()
+
+
+# -- import zips ----------------------------------------------------------------------------------
+def make_zip(entries: dict[str, bytes | str], compression=zipfile.ZIP_DEFLATED) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data.encode() if isinstance(data, str) else data)
+    return buf.getvalue()
+
+
+async def import_zip(client, who, ws, data: bytes, *, multipart: bool = False, expect: int = 200) -> dict:
+    """`POST …/import` of `data`, as application/zip or a multipart form; the answer's JSON."""
+    if multipart:
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename="vault.zip", content_type="application/zip")
+        resp = await client.post(f"{API}/workspaces/{ws}/import", data=form, headers=who.headers)
+    else:
+        resp = await client.post(f"{API}/workspaces/{ws}/import", data=data,
+                                 headers={**who.headers, "Content-Type": "application/zip"})
+    body = await resp.json()
+    assert resp.status == expect, body
+    return body
 
 
 # -- what the API never makes ----------------------------------------------------------------------

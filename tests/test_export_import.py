@@ -20,18 +20,22 @@ import pytest
 
 from mdsync.appkeys import SETTINGS
 from mdsync.transfer import archive
-from tests.builders import API, PASSWORD, document, folder, join, make_workspace, register
+from tests.builders import (
+    API,
+    PASSWORD,
+    document,
+    folder,
+    import_zip,
+    join,
+    make_workspace,
+    make_zip,
+    owned_workspace,
+    register,
+)
 from tests.processes import MDSYNC, ROOT, cli, subprocess_env
 from tests.readers import audit_actions, content, db_rows, feed, tree
 
-
 # -- helpers ----------------------------------------------------------------------------------------
-def make_zip(entries: dict[str, bytes | str], compression=zipfile.ZIP_DEFLATED) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression) as zf:
-        for name, data in entries.items():
-            zf.writestr(name, data.encode() if isinstance(data, str) else data)
-    return buf.getvalue()
 
 
 async def export_zip(client, who, ws) -> bytes:
@@ -40,19 +44,6 @@ async def export_zip(client, who, ws) -> bytes:
     assert resp.headers["Content-Type"] == "application/zip"
     assert "attachment" in resp.headers["Content-Disposition"]
     return await resp.read()
-
-
-async def import_zip(client, who, ws, data: bytes, *, multipart: bool = False, expect: int = 200) -> dict:
-    if multipart:
-        form = aiohttp.FormData()
-        form.add_field("file", data, filename="vault.zip", content_type="application/zip")
-        resp = await client.post(f"{API}/workspaces/{ws}/import", data=form, headers=who.headers)
-    else:
-        resp = await client.post(f"{API}/workspaces/{ws}/import", data=data,
-                                 headers={**who.headers, "Content-Type": "application/zip"})
-    body = await resp.json()
-    assert resp.status == expect, body
-    return body
 
 
 def entries(data: bytes) -> dict[str, bytes]:
@@ -74,11 +65,6 @@ def shape(t: dict) -> tuple:
     """A tree as ids, names, parents, titles, positions and kinds (no timestamps of this server)."""
     return (sorted((f["id"], f["name"], f["parent_id"], f["position"]) for f in t["folders"]),
             sorted((d["id"], d["title"], d["folder_id"], d["position"], d["kind"]) for d in t["documents"]))
-
-
-async def owner_and_workspace(client, name="Team"):
-    owner = await register(client, name="Owner")
-    return owner, await make_workspace(client, owner, name)
 
 
 # -- the round trip ---------------------------------------------------------------------------------
@@ -116,7 +102,7 @@ async def build_workspace(client, owner, ws) -> dict[str, str]:
 
 
 async def test_round_trip_into_a_fresh_server_is_lossless(client, make_client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     docs = await build_workspace(client, owner, ws)
     first = await export_zip(client, owner, ws)
     files = entries(first)
@@ -139,7 +125,7 @@ async def test_round_trip_into_a_fresh_server_is_lossless(client, make_client):
 
     # into a fresh server
     other = await make_client()
-    owner2, ws2 = await owner_and_workspace(other, "Restored")
+    owner2, ws2 = await owned_workspace(other, "Restored")
     counts = await import_zip(other, owner2, ws2, first)
     assert (counts["documents"], counts["folders"], counts["attachments"]) == (len(docs), 5, 0)
     assert counts["skipped"] == []
@@ -156,7 +142,7 @@ async def test_round_trip_into_a_fresh_server_is_lossless(client, make_client):
 
 
 async def test_an_export_without_its_mdsync_json_still_imports(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     sub = await folder(client, owner, ws, "Notes: 2026")
     d = await document(client, owner, ws, "Plan / draft", markdown="# Heading\nbody\n", folder_id=sub, kind="template")
     files = entries(await export_zip(client, owner, ws))
@@ -173,7 +159,7 @@ async def test_an_export_without_its_mdsync_json_still_imports(client):
 
 
 async def test_an_empty_workspace_exports_and_imports(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     files = entries(await export_zip(client, owner, ws))
     assert list(files) == ["mdsync.json"]
     counts = await import_zip(client, owner, ws, make_zip(files))
@@ -181,7 +167,7 @@ async def test_an_empty_workspace_exports_and_imports(client):
 
 
 async def test_the_version_list_is_in_mdsync_json(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     d = await document(client, owner, ws, "Versioned", markdown="v1\n")
     resp = await client.post(f"{API}/documents/{d['id']}/versions", json={"label": "first draft"},
                              headers=owner.headers)
@@ -193,7 +179,7 @@ async def test_the_version_list_is_in_mdsync_json(client):
 
 
 async def test_importing_the_same_export_twice_makes_new_ids(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     d = await document(client, owner, ws, "One", markdown="one\n")
     data = await export_zip(client, owner, ws)
     counts = await import_zip(client, owner, ws, data)
@@ -221,7 +207,7 @@ def _with_symlink(entries: dict[str, str], link: str, target: str) -> bytes:
 
 
 async def test_symbolic_links_in_a_zip_are_skipped(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     counts = await import_zip(client, owner, ws, _with_symlink({"real.md": "real"}, "link.md", "/etc/passwd"))
     assert counts["documents"] == 1
     assert counts["skipped"] == [{"path": "link.md", "reason": "a symbolic link"}]
@@ -229,7 +215,7 @@ async def test_symbolic_links_in_a_zip_are_skipped(client):
 
 
 async def test_a_zip_of_plain_markdown_files(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     await document(client, owner, ws, "Already here")
     vault = make_zip({
         "Notes/Hello.md": "Intro line\n\n# Greeting\n\nbody\n",
@@ -313,7 +299,7 @@ BAD_ARCHIVES = {
 @pytest.mark.parametrize("case", BAD_ARCHIVES, ids=list(BAD_ARCHIVES))
 async def test_bad_archives_are_refused_and_nothing_is_written(make_client, case):
     client = await make_client(limits__max_import_bytes=1 << 20)
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     before = len(feed(client, ws))
     data, status, message = BAD_ARCHIVES[case]
     resp = await client.post(f"{API}/workspaces/{ws}/import", data=data,
@@ -331,7 +317,7 @@ async def test_bad_archives_are_refused_and_nothing_is_written(make_client, case
 
 async def test_oversized_and_wrong_bodies(make_client):
     client = await make_client(limits__max_import_bytes=64 * 1024)
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     big = make_zip({"big.md": random.Random(1).randbytes(200_000).hex()}, zipfile.ZIP_STORED)
     resp = await client.post(f"{API}/workspaces/{ws}/import", data=big,
                              headers={**owner.headers, "Content-Type": "application/zip"})
@@ -357,7 +343,7 @@ async def test_oversized_and_wrong_bodies(make_client):
 
 async def test_a_document_over_the_document_limit_is_refused(make_client):
     client = await make_client(limits__max_document_bytes=1000)
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     body = await import_zip(client, owner, ws, make_zip({"ok.md": "x", "Big/huge.md": "y" * 1001}), expect=422)
     assert "Big/huge.md" in body["detail"]
     assert (await tree(client, owner, ws))["documents"] == []
@@ -365,7 +351,7 @@ async def test_a_document_over_the_document_limit_is_refused(make_client):
 
 # -- who may ----------------------------------------------------------------------------------------
 async def test_roles(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     await document(client, owner, ws, "Secret", markdown="s")
     data = make_zip({"x.md": "x"})
     for role, status in (("admin", 200), ("editor", 403), ("viewer", 403)):
@@ -391,7 +377,7 @@ async def test_export_has_the_live_text_of_an_open_document(client, settings):
     from tests.waiting import eventually
     from tests.yclient import YClient
 
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     d = await document(client, owner, ws, "Live", markdown="base\n")
     y = await YClient.connect(client, d["id"], owner.access_token)
     await y.wait_synced()
@@ -420,7 +406,7 @@ async def test_a_client_that_leaves_mid_export_stops_it(client, caplog):
     import logging
 
     caplog.set_level(logging.INFO, logger="mdsync.transfer")
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     rng = random.Random(7)
     # ~15 MB of barely compressible markdown: more than socket buffers hold
     vault = make_zip({f"n{i}.md": base64.b64encode(rng.randbytes(37_500)).decode() for i in range(400)})
@@ -445,7 +431,7 @@ async def test_a_client_that_leaves_mid_export_stops_it(client, caplog):
 async def test_an_export_that_fails_midway_is_never_a_valid_zip(client):
     from mdsync.transfer import export
 
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     for i in range(5):
         await document(client, owner, ws, f"D{i}", markdown="x" * 1000)
 
@@ -676,7 +662,7 @@ async def attachment_bytes(client, who, link: str) -> bytes:
 async def test_attachments_round_trip_into_a_fresh_server(client, make_client):
     from tests.builders import PNG, SVG, upload_multipart, upload_raw
 
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     pics = await folder(client, owner, ws, "Pics")
     trip = await document(client, owner, ws, "Trip", folder_id=pics)
     a = await upload_multipart(client, owner, ws, PNG, "my pic.png", document_id=trip["id"])
@@ -706,7 +692,7 @@ async def test_attachments_round_trip_into_a_fresh_server(client, make_client):
     assert listed[a["id"]]["document_id"] == trip["id"] and listed[a["id"]]["sha256"] == a["sha256"]
 
     other = await make_client()
-    owner2, ws2 = await owner_and_workspace(other, "Restored")
+    owner2, ws2 = await owned_workspace(other, "Restored")
     counts = await import_zip(other, owner2, ws2, first)
     assert counts["attachments"] == 3 and counts["skipped"] == []
     # links rewritten back: the markdown is what it was, byte for byte (ids kept on a fresh server)
@@ -739,7 +725,7 @@ async def test_an_obsidian_vault_with_images_becomes_documents_and_attachments(c
 
     png2 = PNG + b"second"
     pdf = b"%PDF-1.5 obsidian"
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     vault = make_zip({
         "Travel/Trip.md": ("# Trip\n\n![](photo.png)\n\n![[diagram.png|300]]\n\n[the manual](../files/manual%20v2.pdf)\n\n"
                            "![[Other note]]\n\n![missing](nowhere.png)\n"),
@@ -773,7 +759,7 @@ async def test_an_obsidian_vault_with_images_becomes_documents_and_attachments(c
 
 async def test_an_attachment_over_the_upload_limit_is_skipped(make_client):
     client = await make_client(limits__max_upload_bytes=100)
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     vault = make_zip({"Note.md": "![](big.png) ![](small.png)\n", "big.png": b"\x89PNG\r\n\x1a\n" + b"x" * 200,
                       "small.png": b"\x89PNG\r\n\x1a\n"})
     counts = await import_zip(client, owner, ws, vault)
@@ -786,7 +772,7 @@ async def test_an_attachment_over_the_upload_limit_is_skipped(make_client):
 async def test_stored_files_go_again_when_the_import_transaction_fails(client):
     from mdsync.transfer import importer
 
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     vault = make_zip({"Note.md": "![](pic.png)\n", "pic.png": b"\x89PNG\r\n\x1a\nbytes"})
 
     def fail(tx, *args):  # a feature's import hook failing inside the transaction

@@ -14,9 +14,8 @@ import asyncio
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.workspaces.service import WORKSPACES
-from tests.test_export_import import import_zip, make_zip, owner_and_workspace
-from tests.test_folders_documents import document, tree
-from tests.test_workspaces import db_rows, make_workspace
+from tests.builders import document, import_zip, make_workspace, make_zip, owned_workspace
+from tests.readers import db_rows, tree
 
 API = "/api/v1"
 NOTES = 3000
@@ -27,7 +26,7 @@ def _vault() -> bytes:
 
 
 async def test_other_writes_commit_while_a_large_import_runs_and_readers_see_all_or_nothing(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     other = await make_workspace(client, owner, "Other")
     importing = asyncio.ensure_future(import_zip(client, owner, ws, _vault()))
     side: list[tuple[str, bool]] = []   # (document id, the import was still running when it committed)
@@ -52,7 +51,7 @@ async def test_other_writes_commit_while_a_large_import_runs_and_readers_see_all
 
 
 async def test_an_import_whose_workspace_goes_away_midway_leaves_nothing(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     db = client.app[DB]
     before = await db.value("SELECT count(*) FROM documents")
     importing = asyncio.ensure_future(client.post(f"{API}/workspaces/{ws}/import", data=_vault(),
@@ -77,7 +76,7 @@ async def test_an_import_whose_workspace_goes_away_midway_leaves_nothing(client)
 
 
 async def test_purging_a_big_workspace_lets_other_writes_in_between(client):
-    owner, ws = await owner_and_workspace(client)
+    owner, ws = await owned_workspace(client)
     counts = await import_zip(client, owner, ws, _vault())
     assert counts["documents"] == NOTES
     assert (await client.delete(f"{API}/workspaces/{ws}", headers=owner.headers)).status == 204
