@@ -7,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from mdsync.appkeys import SETTINGS
-from tests.conftest import Account, bearer, register
+from tests.builders import Account, bearer, register
 
 API = "/api/v1"
 OPENAI = f"{API}/ai/openai/v1"
