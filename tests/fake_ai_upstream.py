@@ -113,7 +113,7 @@ class FakeUpstream:
         return f"{self.url}/anthropic"
 
     def settings(self) -> dict:
-        """Overrides for tests/conftest.make_settings: mdsync's `ai.*` pointed here, with server keys."""
+        """Overrides for tests/builders.make_settings: mdsync's `ai.*` pointed here, with server keys."""
         return {"ai__openai__base_url": self.openai_base, "ai__openai__api_key": OPENAI_KEY,
                 "ai__anthropic__base_url": self.anthropic_base, "ai__anthropic__api_key": ANTHROPIC_KEY}
 

@@ -16,8 +16,8 @@ from functools import partial
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.auth import admin
-from tests.conftest import PASSWORD, bearer, register
-from tests.test_workspaces import API, invite, make_workspace, role_of
+from tests.builders import API, PASSWORD, bearer, invite, make_workspace, register
+from tests.readers import role_of
 
 
 async def new_token(client, who, **body):

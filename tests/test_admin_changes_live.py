@@ -20,9 +20,10 @@ import aiohttp
 import pytest
 
 from mdsync.collab import hocuspocus as hp
-from tests.collab_helpers import HPClient, YClient
-from tests import conftest
-from tests.conftest import MDSYNC, Account, ServerProcess, register
+from tests.builders import Account, register
+from tests.hpclient import HPClient
+from tests.processes import MDSYNC, ServerProcess, subprocess_env
+from tests.yclient import YClient
 
 API = "/api/v1"
 EVENTS = f"{API}/sync/events"
@@ -43,7 +44,7 @@ def server(tmp_path_factory):
 async def cli(server: ServerProcess, *args: str, stdin: str | None = None) -> str:
     proc = await asyncio.create_subprocess_exec(
         *MDSYNC, *args, "--data-dir", str(server.data_dir), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, env=conftest.test_env(server.data_dir))
+        stderr=subprocess.STDOUT, env=subprocess_env(server.data_dir))
     out, _ = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 60)
     assert proc.returncode == 0, out.decode()
     return out.decode()

@@ -13,9 +13,8 @@ import anthropic
 import openai
 import pytest
 
-from tests.ai_setup import ANTHROPIC, API, OPENAI, bearer, document, make_workspace, pat, team
-from tests.fake_ai_upstream import (ANTHROPIC_KEY, OPENAI_KEY, fake_ai, fake_ollama, fixture,  # noqa: F401
-                                    is_usage_chunk, sse_events)
+from tests.ai_setup import ANTHROPIC, OPENAI, bearer, document, make_workspace, pat, team
+from tests.fake_ai_upstream import ANTHROPIC_KEY, OPENAI_KEY, fake_ai, fake_ollama, fixture, is_usage_chunk, sse_events  # noqa: F401
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 CHAT = {"model": "gpt-fake", "max_tokens": 50, "messages": MESSAGES}

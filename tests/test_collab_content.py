@@ -16,9 +16,9 @@ from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.collab import store
 from mdsync.collab.etags import state_etag
-from mdsync.collab.text_ops import apply_text_diff, text_ops
 from mdsync.collab.http_routes import STATES
 from mdsync.collab.rooms import ROOMS
+from mdsync.collab.text_ops import apply_text_diff, text_ops
 from tests.builders import document, join, make_workspace, owned_document, register
 from tests.readers import content
 from tests.waiting import eventually
@@ -386,7 +386,7 @@ async def test_a_tiptap_documents_creation_etag_writes_too(client):
     owner = await register(client, name="Owner")
     ws = await make_workspace(client, owner)
     created = await document(client, owner, ws, "Rich", content_model="tiptap", markdown="# Rich\n\nfirst\n")
-    assert (await get_content(client, owner, created["id"]))[1] == created["etag"]
+    assert (await content(client, owner, created["id"]))[1] == created["etag"]
     resp = await put_content(client, owner, created["id"], "# Rich\n\nfirst\n\nsecond\n", created["etag"])
     assert resp.status == 200, await resp.text()
     assert "second" in await resp.text()

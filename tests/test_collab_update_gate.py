@@ -16,7 +16,6 @@ import asyncio
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -29,8 +28,10 @@ from mdsync.collab import protocol as p
 from mdsync.collab import store, updates
 from mdsync.collab.protocol import ProtocolError
 from mdsync.collab.rooms import ROOMS
-from tests.collab_helpers import YClient, eventually, make_document
-from tests.conftest import PASSWORD, ROOT, register
+from tests.builders import PASSWORD, make_document, register
+from tests.processes import ROOT
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 
 def vstr(raw: bytes) -> bytes:

@@ -20,8 +20,8 @@ from mdsync.collab import updates
 from mdsync.collab.etags import state_etag
 from mdsync.collab.room import SEED_CLIENT_ID, Room
 from mdsync.collab.rooms import ROOMS
-from tests.collab_helpers import HPClient, make_document
-from tests.conftest import register
+from tests.builders import make_document, register
+from tests.hpclient import HPClient
 
 LINE = "a line of the document, long enough to make it weigh something\n"
 

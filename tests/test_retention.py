@@ -9,9 +9,8 @@ from __future__ import annotations
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.ops import retention
-from tests.conftest import register
-from tests.test_folders_documents import document, folder, tree
-from tests.test_workspaces import make_workspace
+from tests.builders import document, folder, make_workspace, register
+from tests.readers import tree
 
 API = "/api/v1"
 DAY = 86400

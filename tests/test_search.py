@@ -14,10 +14,8 @@ import pytest
 
 from mdsync.appkeys import SETTINGS
 from mdsync.db import migrate
-from tests.conftest import register
+from tests.builders import API, document, join, make_workspace, register
 from tests.nodeclients import needs_node, run_node
-from tests.test_folders_documents import document
-from tests.test_workspaces import API, join, make_workspace
 
 
 async def search(client, who, q, status=200, **params) -> dict:

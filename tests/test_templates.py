@@ -10,10 +10,9 @@ from datetime import UTC, datetime
 import pytest
 
 from mdsync import clock
-from tests.collab_helpers import YClient
-from tests.conftest import register
-from tests.test_folders_documents import content, document
-from tests.test_workspaces import API, join, make_workspace
+from tests.builders import API, document, join, make_workspace, register
+from tests.readers import content
+from tests.yclient import YClient
 
 
 @pytest.fixture

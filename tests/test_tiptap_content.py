@@ -18,8 +18,10 @@ from mdsync.collab.rooms import ROOMS
 from mdsync.tiptap import yxml
 from mdsync.tiptap.parse import parse
 from mdsync.tiptap.render import render
-from tests.collab_helpers import YClient, eventually
-from tests.conftest import register
+from tests.builders import register
+from tests.readers import content
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 API = "/api/v1"
 BODY = "# Plan\n\nFirst paragraph.\n\n- one\n- two\n\nThird block.\n\nFifth paragraph here.\n"
@@ -42,12 +44,6 @@ async def create(client, owner, ws, markdown=BODY, **extra) -> dict:
                              headers=owner.headers)
     assert resp.status == 201, await resp.text()
     return await resp.json()
-
-
-async def get_content(client, who, doc_id) -> tuple[str, str]:
-    resp = await client.get(f"{API}/documents/{doc_id}/content", headers=who.headers)
-    assert resp.status == 200, await resp.text()
-    return await resp.text(), resp.headers["ETag"]
 
 
 async def put_content(client, who, doc_id, body: str | bytes, if_match: str | None = None):
@@ -87,7 +83,7 @@ async def team(client):
 async def test_created_document_reads_as_markdown_with_the_metadata_etag(client, team):
     owner, ws = team
     doc = await create(client, owner, ws)
-    text, etag = await get_content(client, owner, doc["id"])
+    text, etag = await content(client, owner, doc["id"])
     assert text == canonical(BODY) and etag == doc["etag"]
     y = await YClient.connect(client, doc["id"], owner.access_token)
     await asyncio.wait_for(y.synced.wait(), 10)
@@ -101,7 +97,7 @@ async def test_put_with_the_current_etag_edits_one_block_while_a_client_types_el
     y = await YClient.connect(client, doc["id"], owner.access_token)
     await asyncio.wait_for(y.synced.wait(), 10)
     first = yxml.fragment(y.doc).children[1]
-    text, etag = await get_content(client, owner, doc["id"])
+    text, etag = await content(client, owner, doc["id"])
     put = asyncio.ensure_future(put_content(client, owner, doc["id"],
                                             text.replace("First paragraph.", "First paragraph, edited."), etag))
     type_into(y, 4, " typed")  # the fifth block, while the PUT runs
@@ -110,7 +106,7 @@ async def test_put_with_the_current_etag_edits_one_block_while_a_client_types_el
     expected = canonical(BODY.replace("First paragraph.", "First paragraph, edited.")
                          .replace("Fifth paragraph here.", "Fifth paragraph here. typed"))
     await eventually(lambda: fragment_markdown(y) == expected)
-    assert (await get_content(client, owner, doc["id"]))[0] == expected
+    assert (await content(client, owner, doc["id"]))[0] == expected
     assert yxml.fragment(y.doc).children[1] == first  # edited in place, not replaced
     await y.close()
 
@@ -118,7 +114,7 @@ async def test_put_with_the_current_etag_edits_one_block_while_a_client_types_el
 async def test_put_with_a_stale_etag_merges_with_what_was_typed_since(client, team):
     owner, ws = team
     doc = await create(client, owner, ws)
-    text, stale = await get_content(client, owner, doc["id"])
+    text, stale = await content(client, owner, doc["id"])
     y = await YClient.connect(client, doc["id"], owner.access_token)
     await asyncio.wait_for(y.synced.wait(), 10)
     type_into(y, 4, " typed")
@@ -142,7 +138,7 @@ async def test_put_that_changes_nothing_changes_no_yjs_state(client, team):
     await asyncio.wait_for(y.synced.wait(), 10)
     type_into(y, 1, "trailing space ")  # what markdown cannot hold (a paragraph's trailing space)
     await eventually(lambda: client.server.app[ROOMS].loaded(doc["id"]).seq > 0)
-    text, etag = await get_content(client, owner, doc["id"])
+    text, etag = await content(client, owner, doc["id"])
     room = client.server.app[ROOMS].loaded(doc["id"])
     seq, received = room.seq, y.received_updates
     for body, if_match in ((text, etag), (text + "\n", None), (text.replace("\n", "\r\n"), etag)):
@@ -180,12 +176,12 @@ async def test_versions_diff_and_restore_while_a_client_types(client, team):
     v1 = await resp.json()
     detail = await (await client.get(f"{API}/versions/{v1['id']}", headers=owner.headers)).json()
     assert detail["markdown"] == canonical(BODY)
-    text, _ = await get_content(client, owner, doc["id"])
+    text, _ = await content(client, owner, doc["id"])
     assert (await put_content(client, owner, doc["id"], text.replace("Third block.", "Third, rewritten."))).status == 200
     diff = await (await client.get(f"{API}/documents/{doc['id']}/diff?from={v1['id']}&to=current",
                                    headers=owner.headers)).json()
     assert "-Third block." in diff["unified"] and "+Third, rewritten." in diff["unified"]
-    text, seen = await get_content(client, owner, doc["id"])
+    text, seen = await content(client, owner, doc["id"])
     y = await YClient.connect(client, doc["id"], owner.access_token)
     await asyncio.wait_for(y.synced.wait(), 10)
     restore = asyncio.ensure_future(client.post(f"{API}/versions/{v1['id']}/restore",
@@ -195,7 +191,7 @@ async def test_versions_diff_and_restore_while_a_client_types(client, team):
     assert resp.status == 200, await resp.text()
     expected = canonical(BODY.replace("Fifth paragraph here.", "Fifth paragraph here. typed"))
     await eventually(lambda: fragment_markdown(y) == expected)
-    assert (await get_content(client, owner, doc["id"]))[0] == expected
+    assert (await content(client, owner, doc["id"]))[0] == expected
     await y.close()
 
 
@@ -216,9 +212,9 @@ async def test_export_template_and_share_link_show_the_markdown(client, team):
     resp = await client.post(f"{API}/workspaces/{ws}/documents",
                              json={"title": "From template", "template_id": doc["id"]}, headers=owner.headers)
     copy = await resp.json()
-    assert (await get_content(client, owner, copy["id"]))[0] == expected
+    assert (await content(client, owner, copy["id"]))[0] == expected
     back = await create(client, owner, ws, markdown=None, template_id=copy["id"])
-    assert (await get_content(client, owner, back["id"]))[0] == expected
+    assert (await content(client, owner, back["id"]))[0] == expected
     link = await (await client.post(f"{API}/documents/{doc['id']}/share-links", json={},
                                     headers=owner.headers)).json()
     shared = await (await client.get(f"{API}/share/{link['token']}")).json()
@@ -244,7 +240,7 @@ async def test_bad_input(make_client):
     resp = await client.post(f"{API}/workspaces/{ws}/documents",
                              json={"title": "Odd", "content_model": "prosemirror"}, headers=owner.headers)
     assert resp.status == 422
-    assert (await get_content(client, owner, doc["id"]))[0] == "start"  # nothing lost, server up
+    assert (await content(client, owner, doc["id"]))[0] == "start"  # nothing lost, server up
 
 
 async def test_unknown_nodes_render_their_text_and_are_counted(client, team):
@@ -258,7 +254,7 @@ async def test_unknown_nodes_render_their_text_and_are_counted(client, team):
         text = para.children.append(XmlText())
         text.insert(0, "inside the callout", {"highlight": {"color": "yellow"}})
     await eventually(lambda: len(yxml.fragment(client.server.app[ROOMS].loaded(doc["id"]).doc).children) == 2)
-    text, etag = await get_content(client, owner, doc["id"])
+    text, etag = await content(client, owner, doc["id"])
     assert text == "before\n\ninside the callout"
     # a PUT that leaves that block alone keeps the node and its attributes
     resp = await put_content(client, owner, doc["id"], text.replace("before", "after"), etag)

@@ -16,7 +16,7 @@ import pytest
 
 from mdsync.tiptap.parse import parse
 from mdsync.tiptap.render import render
-from tests.conftest import register
+from tests.builders import register
 from tests.nodeclients import needs_node, run_node
 from tests.tiptap_cases import CASES, TIPTAP_READS, TIPTAP_WRITES
 

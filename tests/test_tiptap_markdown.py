@@ -9,13 +9,13 @@ import logging
 import time
 
 import pytest
-from pycrdt import Doc, XmlElement, XmlFragment, XmlText
+from pycrdt import Doc, XmlElement, XmlText
 
 from mdsync.tiptap import blockdiff, yxml
 from mdsync.tiptap.parse import MAX_CONTAINERS, TooDeep, parse, parse_with_sources
 from mdsync.tiptap.render import render
 from mdsync.tiptap.schema import Guard, Schema, Unknown
-from tests.tiptap_cases import BR, CASES, TIPTAP_READS, TIPTAP_WRITES, corpus, h, li, p, t, ul
+from tests.tiptap_cases import BR, CASES, TIPTAP_READS, TIPTAP_WRITES, corpus, li, p, t, ul
 
 
 def y_doc(blocks: list[dict]) -> Doc:
