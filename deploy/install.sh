@@ -113,8 +113,8 @@ fi
 # shellcheck disable=SC2086  # PIP_ARGS is a list of words on purpose
 run "$OPT/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade $PIP_ARGS "$SOURCE"
 say "installed mdsync from $SOURCE into $OPT/venv"
-if [ -f "$HERE/README.md" ]; then
-  run cp "$HERE/README.md" "$OPT/README.md"
+if [ -f "$HERE/../docs/operations.md" ]; then
+  run cp "$HERE/../docs/operations.md" "$OPT/operations.md"
 fi
 
 # 3. configuration ---------------------------------------------------------------------------------
@@ -192,5 +192,5 @@ mdsync is installed. Next steps:
   4. Check: sudo -u $SERVICE_USER $OPT/venv/bin/mdsync doctor --config /etc/mdsync/config.toml
             curl -s https://$DOMAIN/readyz
   5. Backups: set [replica] url in $ETC/config.toml and the credentials in $ETC/env, then
-     sudo systemctl restart mdsync  (see $OPT/README.md: backups and the restore drill)
+     sudo systemctl restart mdsync  (see $OPT/operations.md: "Back up" and "Restore")
 EOF

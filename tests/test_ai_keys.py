@@ -1,5 +1,5 @@
 """AI proxy: workspace provider keys (stored encrypted, shown as last4), where a workspace's
-base_url may point (SSRF rules), which key pays, and the limits routes (API.md "AI proxy")."""
+base_url may point (SSRF rules), which key pays, and the limits routes (docs/api.md "AI proxy")."""
 
 from __future__ import annotations
 

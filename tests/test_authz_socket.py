@@ -274,7 +274,7 @@ async def owner_sees(w: World, document_id: str, marker: str) -> bool:
     await owner.wait_synced()
     seen = marker in str(owner.text)
     await owner.close()
-    # and over HTTP: the projection follows within 2 s (docs/api.md "Content"), so wait for an edit that landed
+    # and over HTTP: the projection follows within 2 s (docs/api.md "Document content"), so wait for an edit that landed
     url = f"/api/v1/documents/{document_id}/content"
     for _ in range(100 if seen else 1):
         resp = await w.client.get(url, headers=w.people["owner"].headers)
@@ -304,9 +304,9 @@ async def test_socket(client, world: World, name: str, opener: Opener, expected:
 
 
 # -- the Hocuspocus socket: the same callers, one document each, refusals per document ---------------
-# Its token travels in the document's Auth message and is checked as `?token=` is (docs/api.md "Real-time: WebSockets"); a
-# share token has no place there, so a share-link holder is the signed-in nonmember (not-found) or
-# nobody (unauthenticated). Close codes become PermissionDenied reasons.
+# Its token travels in the document's Auth message and is checked as `?token=` is (docs/api.md
+# "Real-time: WebSockets"); a share token has no place there, so a share-link holder is the
+# signed-in nonmember (not-found) or nobody (unauthenticated). Close codes become PermissionDenied reasons.
 HOCUSPOCUS = ("GET", "/ws/hocuspocus")
 REASON = {4401: "unauthenticated", 4403: "forbidden", 4404: "not-found"}
 HOCUSPOCUS_DIFFERS = {

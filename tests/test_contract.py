@@ -296,8 +296,8 @@ def list_specs(client) -> list[RouteSpec]:
 
 # Lists documented as one page without a cursor:
 ONE_PAGE_LISTS = {("GET", "/api/v1/documents/{doc}/presence"),  # "(one page, no cursor)"
-                  ("GET", "/api/v1/ai/models"),  # API.md: `{items}`, the whole list
-                  ("GET", "/api/v1/ai/usage"),   # API.md: `{items}` of the date range asked for
+                  ("GET", "/api/v1/ai/models"),  # docs/api.md: `{items}`, the whole list
+                  ("GET", "/api/v1/ai/usage"),   # docs/api.md: `{items}` of the date range asked for
                   ("GET", "/api/v1/search")}  # `{items}` only, the best matches (limit clamped: test_search.py)
 
 

@@ -1,7 +1,7 @@
-"""Search (API.md "Search") over HTTP against the real app: prefix matching, ranking, snippets,
+"""Search (docs/api.md "Search") over HTTP against the real app: prefix matching, ranking, snippets,
 who sees what, hostile queries, the limit, and an index that follows create, rename, content
 writes, trash, restore, purge and import — and a live npm client's typing within 2 s
-(API.md "Sync"). Existing databases get their index from the migration."""
+(docs/api.md "Search"). Existing databases get their index from the migration."""
 
 from __future__ import annotations
 

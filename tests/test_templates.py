@@ -1,4 +1,4 @@
-"""Templates and AI context files (API.md "Search", its last paragraph): placeholders filled when
+"""Templates and AI context files (docs/api.md "Folders and documents"): placeholders filled when
 a document is created from a template, the template and context lists, and `kind` patchable —
 over HTTP against the real app."""
 

@@ -1,4 +1,4 @@
-"""The AI proxy (API.md "AI proxy"; docs/api.md): the editor's OpenAI and Anthropic SDKs talk to
+"""The AI proxy (docs/api.md "AI proxy"): the editor's OpenAI and Anthropic SDKs talk to
 mdsync with their mdsync token; mdsync holds the provider keys, enforces limits and records usage.
 
 routes.py    the HTTP routes (passthrough, models, usage, keys, limits)

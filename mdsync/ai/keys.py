@@ -3,7 +3,7 @@
 The encryption key is derived from the server secret (HKDF-SHA256), so the database file alone
 (a backup, a replica) does not reveal a provider key. Each ciphertext is AES-256-GCM with a
 random nonce and the row's workspace and provider as associated data: a ciphertext copied into
-another row does not decrypt. Keys are stored without calling the provider (API.md "AI proxy").
+another row does not decrypt. Keys are stored without calling the provider (docs/api.md "AI proxy").
 """
 
 from __future__ import annotations

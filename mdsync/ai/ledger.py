@@ -1,5 +1,5 @@
 """The ledger: a workspace's AI limits, and every call reserved before it goes upstream and
-settled after (API.md "AI proxy").
+settled after (docs/api.md "AI proxy").
 
 `reserve` runs as one job of the database's single writer: it reads the limits and the running
 totals, refuses (403 model, 429 user limit, 429 budget), or records the call and adds its

@@ -29,7 +29,7 @@ class Usage:
 
 
 def estimate_tokens(chars: int) -> int:
-    """API.md: where the provider reports no usage, characters / 4."""
+    """docs/api.md "AI proxy": where the provider reports no usage, characters / 4."""
     return math.ceil(chars / 4)
 
 
@@ -164,7 +164,7 @@ class Provider(Protocol):
         """422 naming the field for a request the provider would refuse for its shape (no model...)."""
 
     def prepare(self, path: str, body: Body, raw: bytes, default_cap: int, context: str | None) -> Prepared:
-        """Make API.md's edits (output cap, include_usage, context) and size the reservation."""
+        """Make the edits docs/api.md "AI proxy" lists (output cap, include_usage, context) and size the reservation."""
 
     def meter(self, path: str, prepared: Prepared) -> Meter:
         """A meter for the answer to this request."""

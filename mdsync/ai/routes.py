@@ -1,4 +1,4 @@
-"""HTTP routes of the AI proxy (API.md "AI proxy"; docs/api.md).
+"""HTTP routes of the AI proxy (docs/api.md "AI proxy").
 
 POST /api/v1/ai/openai/v1/chat/completions · POST …/openai/v1/responses · GET …/openai/v1/models
 POST /api/v1/ai/anthropic/v1/messages · GET …/anthropic/v1/models      the passthrough (editor+)

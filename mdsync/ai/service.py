@@ -28,7 +28,7 @@ log = logging.getLogger("mdsync.ai")
 WORKSPACE_HEADER = "X-Mdsync-Workspace"
 CONTEXT_HEADER = "X-Mdsync-Context"
 MAX_CONTEXT_DOCUMENTS = 100
-MODELS_TTL = 600.0          # API.md: upstream model lists are cached 10 minutes
+MODELS_TTL = 600.0          # docs/api.md "AI proxy": upstream model lists are cached 10 minutes
 MODELS_FAILURE_TTL = 60.0   # an upstream that could not be reached is asked again after a minute
 MODELS_TIMEOUT = 5.0
 

@@ -1,5 +1,5 @@
 """The few edits the proxy makes to a JSON request body, made in the text itself so that every
-byte it does not edit reaches the provider as the client sent it (API.md "AI proxy": only the
+byte it does not edit reaches the provider as the client sent it (docs/api.md "AI proxy": only the
 default output cap, `stream_options.include_usage` and `X-Mdsync-Context` change a body).
 
 `Body(text)` scans the top-level object once (with the standard JSON decoder, so what it accepts

@@ -1,4 +1,4 @@
-"""Where a workspace's own `base_url` may point (API.md "AI proxy"): `https://` on a host whose
+"""Where a workspace's own `base_url` may point (docs/api.md "AI proxy"): `https://` on a host whose
 every address is public, unless the URL starts with a prefix in `ai.allowed_base_urls`.
 
 The check runs when the key is stored (PUT → 422 naming `base_url`) and again on every call:

@@ -6,8 +6,8 @@ One `Projector` per such content model; it ignores rooms of other models.
 
 When: an idle debounce after the last update (`collab.projection_debounce`), but never later than
 `collab.projection_max_delay` after the first update not yet projected, even while typing goes
-on (docs/api.md "Content": REST reads reflect an edit within 2 s). Also when a room closes (grace period or
-SIGTERM: a room close hook, awaited before the room unloads).
+on (docs/api.md "Document content": REST reads reflect an edit within 2 s). Also when a room
+closes (grace period or SIGTERM: a room close hook, awaited before the room unloads).
 
 Off the hot path: the update listener only notes the time (one dict lookup); a timer re-checks
 when the wait is over and starts the work in a task. The work itself reads the text once (about

@@ -1,4 +1,4 @@
-"""Full-text search (API.md "Search"): SQLite FTS5 over the title and markdown of documents.
+"""Full-text search (docs/api.md "Search"): SQLite FTS5 over the title and markdown of documents.
 
 The index itself is kept by triggers on `documents` (migration 0012_search.sql), in the same
 transaction as every change to what it holds; this package only reads it.

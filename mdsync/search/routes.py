@@ -1,4 +1,4 @@
-"""HTTP route of search (API.md "Search"): parse → `require` (when one workspace is asked for) →
+"""HTTP route of search (docs/api.md "Search"): parse → `require` (when one workspace is asked for) →
 service → respond."""
 
 from __future__ import annotations
