@@ -69,7 +69,7 @@ class YjsContent:
         document_id = doc["id"]
         room = self.rooms.loaded(document_id)
         if room is not None:
-            return (await self._serve(room))[1]
+            return quote(await self.states.record(document_id, room.doc, room.size, self.model))
         head = self.heads.get(document_id)
         if head is not None and await self.states.touch(document_id, head):
             return quote(head)

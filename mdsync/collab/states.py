@@ -60,7 +60,13 @@ class States:
         snapshot, etag = await self._record(document_id, doc, size_hint, model)
         return await model.render(snapshot, document_id), etag
 
-    async def _record(self, document_id: str, doc: Doc, size_hint: int, model: YjsMarkdown) -> tuple[object, str]:
+    async def record(self, document_id: str, doc: Doc, size_hint: int = 0, model: YjsMarkdown = TEXT) -> str:
+        """The ETag `serve` would answer, its state recorded the same way, without rendering the
+        markdown (document metadata asks for ETags of whole listings)."""
+        return (await self._record(document_id, doc, size_hint, None))[1]
+
+    async def _record(self, document_id: str, doc: Doc, size_hint: int,
+                      model: YjsMarkdown | None) -> tuple[object, str]:
         async with self._lock(document_id):
             chain = self._chains.get(document_id)
             if chain is None:
@@ -70,7 +76,7 @@ class States:
                     "  WHERE document_id = ?1 AND full = 1)) AS since_full"
                     " FROM content_states WHERE document_id = ?1 ORDER BY seq DESC LIMIT 1", (document_id,))
                 chain = (row["seq"], row["sv"], row["etag"], row["since_full"]) if row else (0, b"", "", 0)
-            text, etag = model.snapshot(doc), state_etag(doc)
+            text, etag = model.snapshot(doc) if model else None, state_etag(doc)
             collected = False
             if etag == chain[2]:
                 if await self.touch(document_id, etag):
@@ -78,7 +84,7 @@ class States:
                     return text, etag
                 # collected meanwhile: record it again, whole (read again: the doc may have moved on)
                 collected = True
-                text, etag = model.snapshot(doc), state_etag(doc)
+                text, etag = model.snapshot(doc) if model else None, state_etag(doc)
             # from here to the insert's submission nothing awaits: text, ETag and bytes are one instant
             sv = doc.get_state()
             seq = chain[0] + 1
