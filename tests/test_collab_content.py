@@ -16,7 +16,7 @@ from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.collab import store
 from mdsync.collab.etags import state_etag
-from mdsync.collab.http_routes import STATES
+from mdsync.collab.states import STATES
 from mdsync.collab.rooms import ROOMS
 from mdsync.collab.text_ops import apply_text_diff, text_ops
 from tests.builders import document, join, make_workspace, owned_document, register

@@ -770,7 +770,7 @@ async def test_an_attachment_over_the_upload_limit_is_skipped(make_client):
 
 
 async def test_stored_files_go_again_when_the_import_transaction_fails(client):
-    from mdsync.transfer import importer
+    from mdsync.hooks import HOOKS
 
     owner, ws = await owned_workspace(client)
     vault = make_zip({"Note.md": "![](pic.png)\n", "pic.png": b"\x89PNG\r\n\x1a\nbytes"})
@@ -778,13 +778,13 @@ async def test_stored_files_go_again_when_the_import_transaction_fails(client):
     def fail(tx, *args):  # a feature's import hook failing inside the transaction
         raise RuntimeError("hook failed")
 
-    importer.DOCUMENT_HOOKS.append(fail)
+    client.app[HOOKS].document_imported.append(fail)
     try:
         resp = await client.post(f"{API}/workspaces/{ws}/import", data=vault,
                                  headers={**owner.headers, "Content-Type": "application/zip"})
         assert resp.status == 500
     finally:
-        importer.DOCUMENT_HOOKS.remove(fail)
+        client.app[HOOKS].document_imported.remove(fail)
     files = client.app[SETTINGS].data_dir / "files"
     assert [p for p in files.rglob("*") if p.is_file()] == []
     assert db_rows(client, "SELECT id FROM attachments") == []

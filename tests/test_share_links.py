@@ -4,7 +4,7 @@ GET /share/{token}, use by a signed-in non-member on routes that accept them, li
 from __future__ import annotations
 
 from mdsync import clock
-from mdsync.workspaces.service import WORKSPACES
+from mdsync.hooks import HOOKS
 from tests.builders import API, document, join, make_workspace, register, share
 from tests.readers import audit_actions
 
@@ -27,7 +27,7 @@ async def test_anonymous_read(client):
 
 async def test_expired_revoked_trashed_are_not_found(client):
     heard = []
-    client.app[WORKSPACES].access_listeners.append(lambda *args: heard.append(args))
+    client.app[HOOKS].access_changed.append(lambda *args: heard.append(args))
     owner = await register(client)
     ws = await make_workspace(client, owner)
     doc = await document(client, owner, ws, markdown="x")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from mdsync import clock
+from mdsync.hooks import HOOKS
 from mdsync.workspaces.service import WORKSPACES
 from tests.builders import API, PASSWORD, join, make_workspace, register
 from tests.processes import cli
@@ -165,7 +166,7 @@ async def test_transfer_ownership(client):
 
 async def test_access_listeners_hear_about_lost_access(client):
     heard = []
-    client.app[WORKSPACES].access_listeners.append(lambda *args: heard.append(args))
+    client.app[HOOKS].access_changed.append(lambda *args: heard.append(args))
     owner = await register(client)
     ws = await make_workspace(client, owner)
     bob = await join(client, owner, ws, "editor")

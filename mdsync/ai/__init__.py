@@ -19,6 +19,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from mdsync.ai.routes import routes
+from mdsync.api.routing import add_routes
 from mdsync.ai.service import AI, AI_KEY
 from mdsync.appkeys import DB
 from mdsync.config import Settings, ensure_secret
@@ -27,9 +28,11 @@ __all__ = ["install", "routes", "AI_KEY"]
 
 
 def install(app: web.Application, settings: Settings) -> None:
-    """Put the AI service on the app; its HTTP client sessions live as long as the app."""
+    """The AI service at app[AI_KEY] and its routes; its HTTP client sessions live as long as the
+    app, and it releases the budget reservations a stopped process held (once the database is open)."""
     ai = AI(app, settings, app[DB], ensure_secret(settings))
     app[AI_KEY] = ai
+    add_routes(app, routes)
 
     async def sessions(app: web.Application):
         await ai.proxy.start()

@@ -13,18 +13,27 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from mdsync.api import errors
+from mdsync.appkeys import ROUTE_TABLES
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 AuthMode = Literal["none", "user", "optional"]
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-AUTHENTICATOR: web.AppKey[Any] = web.AppKey("authenticator", object)
+class Authenticator(Protocol):
+    """Who is calling (auth/service.py `AuthService`)."""
+
+    async def authenticate(self, request: web.Request, optional: bool = False) -> Any: ...
+
+    def client_address(self, request: web.Request) -> str: ...
+
+
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
 BODY_LIMIT: web.AppKey[int] = web.AppKey("body_limit", int)
 # what the wrapper leaves on the request for the handler
 PRINCIPAL: web.RequestKey[Any] = web.RequestKey("principal", object)
@@ -79,6 +88,14 @@ class Routes:
                 # HTTP semantics: HEAD is GET without a body (aiohttp leaves out a Response's
                 # body; handlers that stream check `is_head` and end after the headers)
                 app.router.add_route("HEAD", spec.path, handler)
+
+
+def add_routes(app: web.Application, *tables: Routes) -> None:
+    """Serve a feature's route tables and list them in `app[ROUTE_TABLES]` (the OpenAPI document
+    and the tests enumerate routes from there)."""
+    for table in tables:
+        table.register(app)
+        app[ROUTE_TABLES].append(table)
 
 
 def is_head(request: web.BaseRequest) -> bool:

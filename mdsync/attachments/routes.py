@@ -9,7 +9,6 @@ DELETE /api/v1/attachments/{attachment}      editor+
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from urllib.parse import quote, unquote
@@ -20,13 +19,9 @@ from mdsync.api.errors import Forbidden, NotFound, TooLarge, Unauthenticated, Un
 from mdsync.api.models import Body, Out
 from mdsync.api.pagination import page
 from mdsync.api.routing import PRINCIPAL, Routes, is_head
-from mdsync.appkeys import DB, READINESS, SETTINGS
 from mdsync.attachments import sniff as sniffing
 from mdsync.attachments.service import ATTACHMENTS, Attachments
-from mdsync.attachments.signing import Signer
-from mdsync.attachments.storage import clear_incoming, open_storage
-from mdsync.config import ensure_secret
-from mdsync.workspaces.access import require, resolve
+from mdsync.workspaces.access import require
 
 routes = Routes("attachments")
 MULTIPART = "multipart/form-data"
@@ -226,27 +221,3 @@ async def _send(request: web.Request, svc: Attachments, row) -> web.StreamRespon
             await response.write(chunk)
     await response.write_eof()
     return response
-
-
-def install(app: web.Application) -> None:
-    """The service, its storage, readiness, and the hooks of other features."""
-    from mdsync.documents.service import DOCUMENTS
-    from mdsync.documents.sharing import SHARING
-    from mdsync.workspaces.service import WORKSPACES
-
-    settings = app[SETTINGS]
-    storage = open_storage(settings)
-    signer = Signer(ensure_secret(settings), settings.public_url, settings.storage.signed_url_ttl)
-    svc = Attachments(app[DB], settings, storage, signer)
-    app[ATTACHMENTS] = svc
-    app[READINESS]["storage"] = storage.check
-    app[SHARING].share_filters.append(svc.share_filter)
-    app[WORKSPACES].purge_hooks.append(svc.workspace_purged)
-    app[DOCUMENTS].purge_hooks.append(svc.document_purged)
-
-    async def close_storage(app: web.Application):
-        await asyncio.to_thread(clear_incoming, settings)  # leftovers of uploads a crash cut short
-        yield
-        await storage.close()
-
-    app.cleanup_ctx.append(close_storage)

@@ -1,1 +1,37 @@
 """Accounts and sign-in: passwords, tokens, sessions, throttling, and the /auth and /me routes."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mdsync.config import Settings
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    """The sign-in service at app[AUTH], also the request authenticator, and the /auth and /me
+    routes; the revocations watcher (auth/revocations.py); password-hashing threads end at cleanup."""
+    import functools
+
+    from mdsync.api.routing import AUTHENTICATOR, add_routes
+    from mdsync.appkeys import DB
+    from mdsync.auth import revocations
+    from mdsync.auth.routes import AUTH, routes
+    from mdsync.auth.service import AuthService
+    from mdsync.config import ensure_secret
+    from mdsync.hooks import HOOKS, call_each
+
+    hooks = app[HOOKS]
+    auth = AuthService(app[DB], settings, ensure_secret(settings), hooks)
+    app[AUTH] = auth
+    app[AUTHENTICATOR] = auth
+    add_routes(app, routes)
+    # credentials ended and access changed, by this process or another (the admin CLI), reach the
+    # live sockets, streams and tickets through the same hooks (once the database is open)
+    revocations.install(app, app[DB], functools.partial(call_each, hooks.sessions_revoked),
+                        functools.partial(call_each, hooks.access_changed))
+
+    async def hashing(app: web.Application):
+        yield
+        auth.close()
+
+    app.cleanup_ctx.append(hashing)

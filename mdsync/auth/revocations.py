@@ -11,8 +11,8 @@ wake-up, as the change feed gets), the rows of other processes — the admin CLI
 data dir of a running server (`mdsync users disable`, `workspaces remove-member`, …) — within
 `POLL_SECONDS`: one primary-key read on the event loop (`db.lookup` of the newest seq) per poll,
 and the new rows are read only when it moved. `Watcher` hands each row to the same listeners an
-HTTP change calls (AuthService.revocation_listeners: sockets close 4401, SSE streams end,
-tickets go; WorkspaceService.access_listeners: sockets re-check their access, 4403 or
+HTTP change calls (the `sessions_revoked` hooks: sockets close 4401, SSE streams end,
+tickets go; the `access_changed` hooks: sockets re-check their access, 4403 or
 read-only), so a change from the CLI reaches sockets, streams and tickets exactly as one made
 over HTTP. Rows older than `KEEP_SECONDS` are deleted by the server.
 """

@@ -7,36 +7,28 @@ import hmac
 import ipaddress
 import json
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from mdsync import audit, clock
-from mdsync.api.errors import Conflict, Forbidden, Gone, NotFound, RateLimited, Unauthenticated, ValidationFailed
+from mdsync.api.errors import Conflict, Forbidden, NotFound, RateLimited, Unauthenticated, ValidationFailed
 from mdsync.auth import store
 from mdsync.auth.passwords import Passwords
 from mdsync.auth.throttle import Window
 from mdsync.auth.tokens import PAT_PREFIX, REFRESH_PREFIX, AccessTokens, Principal, opaque
 from mdsync.config import Settings
 from mdsync.db import Database, Tx
+from mdsync.hooks import Hooks
 
 log = logging.getLogger("mdsync.auth")
 BAD_CREDENTIALS = "the email or password is incorrect"
 ACCOUNT_WINDOW = 15 * 60
 
-# Registration with an invitation: (tx, invitation token, new user id, email) -> None; raises Gone
-# for an unusable invitation. The workspaces feature installs the real one.
-InvitationHook = Callable[[Tx, str, str, str], None]
-
-
-def _no_invitations(tx: Tx, token: str, user_id: str, email: str) -> None:
-    raise Gone("the invitation is not valid")
-
-
 class AuthService:
-    def __init__(self, db: Database, settings: Settings, secret: str):
+    def __init__(self, db: Database, settings: Settings, secret: str, hooks: Hooks):
         self.db = db
+        self.hooks = hooks  # calls accept_invitation
         self.settings = settings
         cfg = settings.auth
         self.passwords = Passwords.configured(cfg)
@@ -46,11 +38,6 @@ class AuthService:
         self.register_by_address = Window(cfg.register_attempts_per_address, 60)
         self.refresh_by_address = Window(cfg.refresh_attempts_per_address, 60)
         self.setup_token: str | None = None
-        self.accept_invitation: InvitationHook = _no_invitations
-        # called with (user_id, [session ids]) when sessions end, with (user_id, [token id]) when a
-        # personal access token is deleted, with (user_id, None) when the user is disabled or
-        # deleted — whichever process made the change (auth/revocations.py); live sockets listen
-        self.revocation_listeners: list[Callable[[str, list[str] | None], Any]] = []
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies]
 
     # -- request identity ------------------------------------------------------------------
@@ -144,20 +131,31 @@ class AuthService:
             raise Forbidden("registration is closed on this server; ask an admin for an account")
         if mode == "invite" and not invitation:
             raise Forbidden("registration needs an invitation on this server")
+        return await self._create_account(email, password, name, invitation=invitation, ip=ip,
+                                          user_agent=user_agent, device_name=device_name)
+
+    async def _create_account(self, email: str, password: str, name: str, *, ip: str, user_agent: str | None,
+                              device_name: str | None, invitation: str | None = None,
+                              first_admin: bool = False) -> dict:
+        """An account, its first session and the token pair: registration, and with
+        `first_admin` the setup of a server without users (refused once it has one)."""
         self._check_password(password)
         password_hash = await self.passwords.hash(password)
         refresh_token = opaque(REFRESH_PREFIX)
         ttl = self.settings.auth.refresh_token_ttl
 
         def create(tx: Tx):
+            if first_admin and store.count_users(tx):
+                raise Conflict("setup is done: this server already has users")
             try:
-                user = store.insert_user(tx, email, name, password_hash)
+                user = store.insert_user(tx, email, name, password_hash, is_admin=first_admin)
             except store.EmailTaken:
                 raise Conflict("an account with this email already exists") from None
             if invitation:
-                self.accept_invitation(tx, invitation, user["id"], email)
+                self.hooks.accept_invitation(tx, invitation, user["id"], email)
             session_id = store.create_session(tx, user["id"], device_name, user_agent, ttl, refresh_token)
-            audit.record(tx, "user.register", actor_id=user["id"], target_type="user", target_id=user["id"], ip=ip)
+            audit.record(tx, "admin.setup" if first_admin else "user.register", actor_id=user["id"],
+                         target_type="user", target_id=user["id"], ip=ip)
             return user, session_id
 
         user, session_id = await self.db.write(create)
@@ -250,15 +248,6 @@ class AuthService:
 
         if not await self.db.write(revoke):
             raise NotFound("no such session")
-
-    def notify_revoked(self, user_id: str, session_ids: list[str] | None) -> None:
-        """Tell the revocation listeners (called by the revocations watcher, auth/revocations.py,
-        for every credential that ended: at commit in this process, from a poll for others)."""
-        for listener in self.revocation_listeners:
-            try:
-                listener(user_id, session_ids)
-            except Exception:
-                log.exception("revocation listener failed")
 
     # -- profile, password, tokens ---------------------------------------------------------
     # A stolen access token (15 minutes) must not become something that outlives it: a personal
@@ -368,22 +357,10 @@ class AuthService:
             if await self.db.value("SELECT count(*) FROM users"):
                 raise Conflict("setup is done: this server already has users")
             raise Forbidden("the setup token is not valid; it is printed by `mdsync serve` on a server without users")
-        self._check_password(password)
-        password_hash = await self.passwords.hash(password)
-        refresh_token = opaque(REFRESH_PREFIX)
-        ttl = self.settings.auth.refresh_token_ttl
-
-        def create_admin(tx: Tx):
-            if store.count_users(tx):
-                raise Conflict("setup is done: this server already has users")
-            user = store.insert_user(tx, email, name, password_hash, is_admin=True)
-            session_id = store.create_session(tx, user["id"], "setup", user_agent, ttl, refresh_token)
-            audit.record(tx, "admin.setup", actor_id=user["id"], target_type="user", target_id=user["id"], ip=ip)
-            return user, session_id
-
-        user, session_id = await self.db.write(create_admin)
+        pair = await self._create_account(email, password, name, ip=ip, user_agent=user_agent, device_name="setup",
+                                          first_admin=True)
         self.setup_token = None
-        return self._pair(user, session_id, refresh_token)
+        return pair
 
     def close(self) -> None:
         self.passwords.close()

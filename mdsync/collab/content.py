@@ -35,7 +35,7 @@ from mdsync.collab.states import States
 from mdsync.collab.text_ops import apply_text_diff, text_ops_async
 from mdsync.collab.yjs_markdown import TEXT, YjsMarkdown
 from mdsync.db import Database
-from mdsync.documents.content import if_match_etags, quote, revision_etag
+from mdsync.documents.content import if_match_etags, quote
 
 if TYPE_CHECKING:
     from mdsync.collab.projection import Heads, Projector

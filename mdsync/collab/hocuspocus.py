@@ -520,8 +520,6 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings = app[SETTINGS]
     manager = app[ROOMS]
-    if PREFIXES not in app:
-        raise web.HTTPServiceUnavailable(text="collaboration is not set up")
     ws = web.WebSocketResponse(
         max_msg_size=settings.limits.max_ws_message_bytes,
         compress=False,  # frames are built once for all peers

@@ -94,7 +94,7 @@ class Projector:
         self._running: dict[str, asyncio.Task] = {}
         self._models: dict[str, str] = {}  # document id -> content model (it never changes)
 
-    # -- the hot path: RoomManager.update_listeners ----------------------------------------
+    # -- the hot path: the room_update hook ------------------------------------------------
     def on_update(self, room: Room, update: bytes, user_id: str | None) -> None:
         entry = self._dirty.get(room.document_id)
         if entry is None and self._models.get(room.document_id, self.model) != self.model:

@@ -295,7 +295,7 @@ class Room:
                 listener(update, user_id)
             except Exception:
                 log.exception("update listener failed")
-        for listener in self.manager.update_listeners:
+        for listener in self.manager.hooks.room_update:
             try:
                 listener(self, update, user_id)
             except Exception:

@@ -9,9 +9,9 @@
         await room.drain()                          # wait until it is committed
     rooms.presence(document_id)                     # connected users, from tokens
     rooms.loaded(document_id)                       # the live Room or None (no loading)
-    rooms.close_hooks.append(async fn(room))        # before a room unloads (markdown projection)
-    rooms.update_listeners.append(fn(room, update, user_id))  # after every accepted update
     await rooms.reauthorize(user_id=…, workspace_id=…, document_id=…)  # after role/member changes
+
+Other features follow the rooms through the `room_update` and `room_close` hooks (mdsync/hooks.py).
 
 Design around the upstream defects listed in docs/architecture.md "Facts the code relies on": a
 room is created and loaded by exactly one task per document (concurrent joiners await the same
@@ -35,6 +35,7 @@ from mdsync.collab import store
 from mdsync.collab.connection import Connection, slim_access
 from mdsync.collab.room import Room, seed_update
 from mdsync.db import Database
+from mdsync.hooks import Hooks
 
 log = logging.getLogger("mdsync.collab")
 
@@ -90,9 +91,10 @@ class RoomManager:
     def __init__(self, db: Database, *, grace_seconds: float = 10.0, snapshot_after_updates: int = 1000,
                  snapshot_after_bytes: int = 1 << 20, max_document_bytes: int = 16 << 20,
                  flush_delay: float = 0.05, access_recheck: Callable[[Any], Awaitable[Any]] | None = None,
-                 limits: ConnectionLimits = ConnectionLimits()):
+                 limits: ConnectionLimits = ConnectionLimits(), hooks: Hooks):
         self.db = db
         self.limits = limits
+        self.hooks = hooks  # calls room_update after every accepted update, room_close
         self._per_holder: dict[tuple[str, str], int] = {}   # (user, document) -> sockets
         self._per_link: dict[str, int] = {}                 # share link -> sockets
         self.grace_seconds = grace_seconds
@@ -105,8 +107,6 @@ class RoomManager:
         self._unloading: set[asyncio.Task] = set()
         self.by_user: dict[str, set[Connection]] = {}
         self.by_document: dict[str, set[Connection]] = {}
-        self.close_hooks: list[Callable[[Room], Awaitable[Any]]] = []
-        self.update_listeners: list[Callable[[Room, bytes, str | None], Any]] = []
         self.access_recheck = access_recheck
         # content model -> the deterministic first state of a document holding some markdown
         # (a document without CRDT state is seeded from documents.markdown when its room loads)
@@ -204,7 +204,7 @@ class RoomManager:
             room.closed.set()
 
     async def _close_room(self, room: Room) -> None:
-        for hook in self.close_hooks:
+        for hook in self.hooks.room_close:
             try:
                 await hook(room)
             except Exception:
@@ -329,38 +329,35 @@ class RoomManager:
         await asyncio.gather(*(self._unload(room) for room in rooms if not room.closing), return_exceptions=True)
 
 
-class CollabCollector:
-    """Prometheus view of the rooms (registered through app[METRICS] when it exists)."""
-
-    def __init__(self, manager: RoomManager):
-        self.manager = manager
-
-    def collect(self):
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        m, s = self.manager, self.manager.stats
-        yield GaugeMetricFamily("mdsync_collab_rooms", "Documents open in memory", value=len(m.rooms))
-        yield GaugeMetricFamily("mdsync_collab_connections", "Open document sockets",
-                                value=sum(len(c) for c in m.by_document.values()))
-        counters = [
-            ("mdsync_collab_updates", "Yjs updates accepted (sockets and server-side edits)", s.updates),
-            ("mdsync_collab_update_bytes", "Bytes of accepted Yjs updates", s.update_bytes),
-            ("mdsync_collab_deliveries", "Frames written to peers (updates and awareness)", s.deliveries),
-            ("mdsync_collab_readonly_dropped", "Document updates dropped from read-only sockets", s.readonly_dropped),
-            ("mdsync_collab_garbage_frames", "Malformed frames (the socket was closed)", s.garbage_frames),
-            ("mdsync_collab_oversized_closed", "Sockets closed 1009 for an oversized message", s.oversized_closed),
-            ("mdsync_collab_slow_closed", "Sockets closed 1013 for not reading fast enough", s.slow_closed),
-            ("mdsync_collab_refused", "Sockets refused by the connection limits", s.refused),
-            ("mdsync_collab_sockets_admitted", "Sockets admitted", s.connections_total),
-            ("mdsync_collab_flushes", "Update-log appends committed", s.flushes),
-            ("mdsync_collab_flush_errors", "Update-log writes that failed", s.flush_errors),
-            ("mdsync_collab_flush_seconds", "Time from handing updates to the writer to their commit", s.flush_seconds_total),
-            ("mdsync_collab_compactions", "Update logs folded into snapshots", s.compactions),
-            ("mdsync_collab_rooms_loaded", "Rooms loaded", s.rooms_loaded),
-            ("mdsync_collab_rooms_unloaded", "Rooms unloaded", s.rooms_unloaded),
-        ]
-        for name, doc, value in counters:
-            yield CounterMetricFamily(name, doc, value=value)
+def readings(manager: RoomManager) -> list:
+    """/metrics: the rooms, their sockets and their counters (`Metrics.read_at_scrape` rows)."""
+    s = manager.stats
+    return [
+        ("gauge", "mdsync_collab_rooms", "Documents open in memory", lambda: len(manager.rooms)),
+        ("gauge", "mdsync_collab_connections", "Open document sockets",
+         lambda: sum(len(c) for c in manager.by_document.values())),
+        ("counter", "mdsync_collab_updates", "Yjs updates accepted (sockets and server-side edits)", lambda: s.updates),
+        ("counter", "mdsync_collab_update_bytes", "Bytes of accepted Yjs updates", lambda: s.update_bytes),
+        ("counter", "mdsync_collab_deliveries", "Frames written to peers (updates and awareness)",
+         lambda: s.deliveries),
+        ("counter", "mdsync_collab_readonly_dropped", "Document updates dropped from read-only sockets",
+         lambda: s.readonly_dropped),
+        ("counter", "mdsync_collab_garbage_frames", "Malformed frames (the socket was closed)",
+         lambda: s.garbage_frames),
+        ("counter", "mdsync_collab_oversized_closed", "Sockets closed 1009 for an oversized message",
+         lambda: s.oversized_closed),
+        ("counter", "mdsync_collab_slow_closed", "Sockets closed 1013 for not reading fast enough",
+         lambda: s.slow_closed),
+        ("counter", "mdsync_collab_refused", "Sockets refused by the connection limits", lambda: s.refused),
+        ("counter", "mdsync_collab_sockets_admitted", "Sockets admitted", lambda: s.connections_total),
+        ("counter", "mdsync_collab_flushes", "Update-log appends committed", lambda: s.flushes),
+        ("counter", "mdsync_collab_flush_errors", "Update-log writes that failed", lambda: s.flush_errors),
+        ("counter", "mdsync_collab_flush_seconds", "Time from handing updates to the writer to their commit",
+         lambda: s.flush_seconds_total),
+        ("counter", "mdsync_collab_compactions", "Update logs folded into snapshots", lambda: s.compactions),
+        ("counter", "mdsync_collab_rooms_loaded", "Rooms loaded", lambda: s.rooms_loaded),
+        ("counter", "mdsync_collab_rooms_unloaded", "Rooms unloaded", lambda: s.rooms_unloaded),
+    ]
 
 
 def can_write(access: Any) -> bool:

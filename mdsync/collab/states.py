@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 
+from aiohttp import web
 from pycrdt import Doc
 
 from mdsync import clock
@@ -178,3 +179,6 @@ def _collect(tx: Tx, cutoff: str) -> int:
         " (SELECT max(f.seq) FROM content_states f WHERE f.document_id = c.document_id AND f.full = 1 AND f.seq <="
         "   (SELECT min(k.seq) FROM content_states k WHERE k.document_id = c.document_id AND k.served_at >= ?1)),"
         " (SELECT max(x.seq) + 1 FROM content_states x WHERE x.document_id = c.document_id))", (cutoff,)).rowcount
+
+
+STATES: web.AppKey[States] = web.AppKey("content_states", States)

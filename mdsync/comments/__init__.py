@@ -15,7 +15,10 @@ from mdsync.config import Settings
 
 
 def install(app: web.Application, settings: Settings) -> None:
-    """The comments service (its routes are registered with the other route tables)."""
+    """The comments service at app[COMMENTS] and its routes."""
+    from mdsync.api.routing import add_routes
+    from mdsync.comments.routes import routes
     from mdsync.comments.service import COMMENTS, Comments
 
     app[COMMENTS] = Comments(app[DB])
+    add_routes(app, routes)

@@ -19,10 +19,10 @@ from aiohttp import web
 
 from mdsync import audit, clock
 from mdsync.api.errors import Forbidden, NotFound, ValidationFailed
-from mdsync.db import Database, Tx
+from mdsync.db import Database, Tx, new_id
 from mdsync.sync import changes
 from mdsync.workspaces.access import Access
-from mdsync.workspaces.service import keyset, new_id
+from mdsync.workspaces.service import keyset
 
 STATUS = {"open": "c.resolved_at IS NULL", "resolved": "c.resolved_at IS NOT NULL", "all": "1"}
 

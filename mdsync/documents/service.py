@@ -14,7 +14,6 @@ import gzip
 import json
 import re
 from collections import OrderedDict
-from collections.abc import Callable
 from datetime import UTC
 from typing import Any
 
@@ -25,6 +24,7 @@ from mdsync.api.errors import Conflict, NotFound, TooLarge, ValidationFailed
 from mdsync.appkeys import SETTINGS
 from mdsync.db import Database, Tx, new_id
 from mdsync.documents.content import CONTENT
+from mdsync.hooks import HOOKS
 from mdsync.sync import changes
 from mdsync.workspaces.access import DOC_COLUMNS, Access
 from mdsync.workspaces.service import WORKSPACES, keyset
@@ -55,8 +55,6 @@ class Documents:
     def __init__(self, app: web.Application, db: Database):
         self.app = app
         self.db = db
-        # fn(tx, document_id) run inside the purge transaction before the document row goes
-        self.purge_hooks: list[Callable[[Tx, str], Any]] = []
         # workspace id -> [change seq, tree JSON, gzipped tree JSON or None], least recently used first
         self._tree_cache: OrderedDict[str, list] = OrderedDict()
 
@@ -298,7 +296,7 @@ class Documents:
 
     def _purge(self, tx: Tx, ws: str, doc_id: str, actor_id: str | None, detail: dict | None) -> None:
         """The one purge of a document (DELETE ?permanent=true, and the trash retention sweep)."""
-        for hook in self.purge_hooks:
+        for hook in self.app[HOOKS].document_purge:
             hook(tx, doc_id)
         if not tx.execute("DELETE FROM documents WHERE id = ?", (doc_id,)).rowcount:
             raise NotFound("no such document")

@@ -9,7 +9,6 @@ shown once; only their SHA-256 is stored. Revoking a grant or a link tells the a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -18,15 +17,12 @@ from mdsync import audit, clock
 from mdsync.api.errors import Forbidden, NotFound
 from mdsync.auth.tokens import digest, opaque
 from mdsync.db import Database, Tx, new_id
+from mdsync.hooks import HOOKS
 from mdsync.sync import changes
 from mdsync.workspaces.access import RANK, Access
 from mdsync.workspaces.service import WORKSPACES, keyset
 
 SHARE_PREFIX = "mdl_"
-
-# What GET /share/{token} does to the markdown before serving it: fn(markdown, document) ->
-# markdown (or an awaitable of it). The attachments feature signs attachment links here.
-ShareFilter = Callable[[str, Any], "str | Awaitable[str]"]
 
 
 def grant_json(row) -> dict:
@@ -50,7 +46,6 @@ class Sharing:
         self.app = app
         self.db = db
         self.public_url = public_url
-        self.share_filters: list[ShareFilter] = []
 
     def _access_changed(self, tx: Tx, workspace_id: str, user_id: str | None, document_id: str) -> None:
         self.app[WORKSPACES].access_changed(tx, workspace_id, user_id, document_id)
@@ -161,7 +156,7 @@ class Sharing:
         await self.db.write(revoke)
 
     async def shared_markdown(self, markdown: str, document: Any) -> str:
-        for fn in self.share_filters:
+        for fn in self.app[HOOKS].share_filters:
             result = fn(markdown, document)
             markdown = await result if hasattr(result, "__await__") else result
         return markdown

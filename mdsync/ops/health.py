@@ -53,6 +53,3 @@ async def openapi_document(request: web.Request) -> web.Response:
 
 OPENAPI_CACHE: web.AppKey[dict] = web.AppKey("openapi_cache", dict)
 
-
-def install(app: web.Application) -> None:
-    app[OPENAPI_CACHE] = {}

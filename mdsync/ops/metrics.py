@@ -39,17 +39,19 @@ log = logging.getLogger("mdsync.metrics")
 disable_created_metrics()
 routes = Routes("ops")
 
+# (kind "gauge" | "counter", name, help, read): one series read at scrape time
+Reading = tuple[str, str, str, Callable[[], float]]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Metrics:
     """The application's registry and a get-or-create API for instruments."""
 
-    def __init__(self) -> None:
+    def __init__(self, token: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._instruments: dict[str, object] = {}
         self._scrape_hooks: list[Callable[[], None]] = []
-        self.token: str | None = None  # metrics.token: lets non-loopback scrapers in
+        self.token = token  # metrics.token: lets non-loopback scrapers in
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, open fds
         self.http_requests = self.counter(
             "mdsync_http_requests_total", "HTTP requests answered, by route template, method and status",
@@ -79,9 +81,10 @@ class Metrics:
         self._instruments[name] = instrument
         return instrument
 
-    def register(self, collector) -> None:
-        """Add a custom collector (an object with `collect()` yielding metric families)."""
-        self.registry.register(collector)
+    def read_at_scrape(self, readings: Sequence[Reading]) -> None:
+        """Series whose values a feature already counts: each (kind "gauge" or "counter", name,
+        help, read) is read at every scrape (a counter named `x` is exposed as `x_total`)."""
+        self.registry.register(_Readings(readings))
 
     def on_scrape(self, hook: Callable[[], None]) -> None:
         """Run `hook` right before every scrape (to set gauges from live state)."""
@@ -100,40 +103,48 @@ class Metrics:
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
 
 
-class WriterCollector:
-    """The database writer's counters (`db.stats`), read at scrape time.
+class _Readings:
+    """The collector behind `Metrics.read_at_scrape`."""
 
-    Mean batch size is rate(jobs)/rate(batches); mean commit latency is
-    rate(commit_seconds)/rate(batches).
-    """
-
-    def __init__(self, db) -> None:
-        self.db = db
+    def __init__(self, rows: Sequence[Reading]):
+        self.rows = list(rows)
 
     def collect(self):
-        stats = self.db.stats
-        yield GaugeMetricFamily("mdsync_db_write_queue_depth", "Write jobs queued and not yet committed",
-                                value=max(stats.depth, 0))
-        yield CounterMetricFamily("mdsync_db_write_jobs", "Write jobs committed or failed", value=stats.jobs)
-        yield CounterMetricFamily("mdsync_db_write_batches", "Write transactions (group commits)",
-                                  value=stats.batches)
-        yield CounterMetricFamily("mdsync_db_commit_seconds", "Time spent running and committing write batches",
-                                  value=stats.commit_seconds_total)
-        yield GaugeMetricFamily("mdsync_db_last_commit_seconds", "Duration of the latest write batch",
-                                value=stats.last_commit_seconds)
-        yield GaugeMetricFamily("mdsync_db_max_wait_seconds", "Longest time a job waited from queueing to commit",
-                                value=stats.max_wait_seconds)
-        batches = stats.batches or 1
-        yield GaugeMetricFamily("mdsync_db_mean_batch_size", "Jobs per write batch since start",
-                                value=stats.jobs / batches)
-        # a WAL that keeps growing means nobody checkpoints (with a replica: litestream is down)
-        for name, path in (("mdsync_db_size_bytes", self.db.path),
-                           ("mdsync_db_wal_bytes", self.db.path.with_name(self.db.path.name + "-wal"))):
-            try:
-                size = os.stat(path).st_size
-            except OSError:
-                size = 0
-            yield GaugeMetricFamily(name, f"Size of {path.name} on disk", value=size)
+        for kind, name, documentation, read in self.rows:
+            family = GaugeMetricFamily if kind == "gauge" else CounterMetricFamily
+            yield family(name, documentation, value=read())
+
+
+def database_readings(db) -> list[Reading]:
+    """The database writer's counters (`db.stats`) and the files' sizes.
+
+    Mean batch size is rate(jobs)/rate(batches); mean commit latency is
+    rate(commit_seconds)/rate(batches). A WAL that keeps growing means nobody checkpoints (with a
+    replica: litestream is down)."""
+    stats = db.stats
+    wal = db.path.with_name(db.path.name + "-wal")
+    return [
+        ("gauge", "mdsync_db_write_queue_depth", "Write jobs queued and not yet committed", lambda: max(stats.depth, 0)),
+        ("counter", "mdsync_db_write_jobs", "Write jobs committed or failed", lambda: stats.jobs),
+        ("counter", "mdsync_db_write_batches", "Write transactions (group commits)", lambda: stats.batches),
+        ("counter", "mdsync_db_commit_seconds", "Time spent running and committing write batches",
+         lambda: stats.commit_seconds_total),
+        ("gauge", "mdsync_db_last_commit_seconds", "Duration of the latest write batch",
+         lambda: stats.last_commit_seconds),
+        ("gauge", "mdsync_db_max_wait_seconds", "Longest time a job waited from queueing to commit",
+         lambda: stats.max_wait_seconds),
+        ("gauge", "mdsync_db_mean_batch_size", "Jobs per write batch since start",
+         lambda: stats.jobs / (stats.batches or 1)),
+        ("gauge", "mdsync_db_size_bytes", f"Size of {db.path.name} on disk", lambda: _file_size(db.path)),
+        ("gauge", "mdsync_db_wal_bytes", f"Size of {wal.name} on disk", lambda: _file_size(wal)),
+    ]
+
+
+def _file_size(path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def middleware(metrics: Metrics):
@@ -182,8 +193,7 @@ def _allowed(request: web.Request) -> bool:
     scheme, _, presented = header.partition(" ")
     if token and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode()):
         return True
-    authenticator = request.app.get(AUTHENTICATOR)
-    client = authenticator.client_address(request) if authenticator is not None else request.remote
+    client = request.app[AUTHENTICATOR].client_address(request)
     return _is_loopback(client) and _is_loopback(request.remote)
 
 
@@ -194,13 +204,3 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         raise errors.Forbidden("metrics are served to loopback clients or with the metrics token")
     body = request.app[METRICS].render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"})
-
-
-def setup(app: web.Application, settings, db, metrics: Metrics | None = None) -> Metrics:
-    """Put the app's registry at app[METRICS] (early in create_app, before features that add
-    metrics); `metrics` is the one the middleware was built with."""
-    metrics = metrics or Metrics()
-    app[METRICS] = metrics
-    metrics.token = settings.metrics.token
-    metrics.register(WriterCollector(db))
-    return metrics

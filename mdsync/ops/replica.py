@@ -38,11 +38,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 log = logging.getLogger("mdsync.replica")
-
-REPLICA: web.AppKey["Supervisor"] = web.AppKey("replica", object)
 
 
 class ReplicaError(Exception):
@@ -381,27 +378,20 @@ class Supervisor:
         return self.state()
 
 
-class ReplicaCollector:
-    """`mdsync_replica_*` from the supervisor's state, read at scrape time."""
-
-    def __init__(self, supervisor: Supervisor):
-        self.supervisor = supervisor
-
-    def collect(self):
-        s = self.supervisor
-        yield GaugeMetricFamily("mdsync_replica_up", "1 while litestream is running", value=1 if s.running else 0)
-        yield GaugeMetricFamily("mdsync_replica_lag_seconds",
-                                "Age of the oldest commit not yet on the replica (0 when caught up)",
-                                value=s.lag_seconds())
-        yield CounterMetricFamily("mdsync_replica_restarts", "Times litestream died and was restarted",
-                                  value=s.restarts)
-        yield GaugeMetricFamily("mdsync_replica_local_txid", "Latest local litestream transaction id",
-                                value=s.local_txid)
-        yield GaugeMetricFamily("mdsync_replica_replicated_txid", "Latest transaction id on the replica",
-                                value=s.replicated_txid)
+def readings(s: Supervisor) -> list:
+    """`mdsync_replica_*` from the supervisor's state (`Metrics.read_at_scrape` rows)."""
+    return [
+        ("gauge", "mdsync_replica_up", "1 while litestream is running", lambda: 1 if s.running else 0),
+        ("gauge", "mdsync_replica_lag_seconds", "Age of the oldest commit not yet on the replica (0 when caught up)",
+         s.lag_seconds),
+        ("counter", "mdsync_replica_restarts", "Times litestream died and was restarted", lambda: s.restarts),
+        ("gauge", "mdsync_replica_local_txid", "Latest local litestream transaction id", lambda: s.local_txid),
+        ("gauge", "mdsync_replica_replicated_txid", "Latest transaction id on the replica",
+         lambda: s.replicated_txid),
+    ]
 
 
-def setup(app: web.Application, settings) -> Supervisor | None:
+def install(app: web.Application, settings) -> Supervisor | None:
     """With replica.url set: supervise litestream from startup (after the database opened and
     migrated) to cleanup (after the database closed, so the final sync holds every commit)."""
     if not settings.replica.url:
@@ -410,10 +400,8 @@ def setup(app: web.Application, settings) -> Supervisor | None:
     from mdsync.ops.metrics import METRICS
 
     supervisor = Supervisor(settings)
-    app[REPLICA] = supervisor
     app[READINESS]["replica"] = supervisor.readiness
-    if METRICS in app:
-        app[METRICS].register(ReplicaCollector(supervisor))
+    app[METRICS].read_at_scrape(readings(supervisor))
 
     async def start(app: web.Application) -> None:
         await supervisor.start()

@@ -17,7 +17,10 @@ from mdsync.config import Settings
 
 
 def install(app: web.Application, settings: Settings) -> None:
-    """The search service (its route is registered with the other route tables)."""
+    """The search service at app[SEARCH_SERVICE] and its route."""
+    from mdsync.api.routing import add_routes
+    from mdsync.search.routes import routes
     from mdsync.search.service import SEARCH_SERVICE, Search
 
     app[SEARCH_SERVICE] = Search(app[DB])
+    add_routes(app, routes)

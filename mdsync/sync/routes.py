@@ -1,6 +1,6 @@
-"""HTTP routes of the change feed (docs/api.md "Change feed"): `GET /sync/changes` (a page, or a long-poll
-with `wait`) and `GET /sync/events` (the same as Server-Sent Events). `install` ties the app's
-feed to commits, session revocations and shutdown."""
+"""HTTP routes of the change feed (docs/api.md "Change feed"): `GET /sync/changes` (a page, or a
+long-poll with `wait`) and `GET /sync/events` (the same as Server-Sent Events). The feed is made
+by `install` (sync/__init__.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,14 @@ from contextlib import aclosing
 from typing import Annotated
 
 from aiohttp import web
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from mdsync import clock
 from mdsync.api.models import Out
 from mdsync.api.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from mdsync.api.routing import PRINCIPAL, Routes, is_head
-from mdsync.auth.service import AuthService
-from mdsync.db import Database
-from mdsync.ops.metrics import METRICS
 from mdsync.sync import changes as change_log
 from mdsync.sync.feed import MAX_WAIT, Feed, decode_cursor, encode_cursor
-from mdsync.workspaces.service import WORKSPACES
 
 routes = Routes("sync")
 FEED: web.AppKey[Feed] = web.AppKey("feed", Feed)
@@ -89,7 +84,7 @@ def _alive(request: web.Request):
 
 def _credential(principal) -> str | None:
     """What revokes the caller's waiting requests: their session, or their personal access token
-    (AuthService's revocation listeners name either)."""
+    (the sessions_revoked hook names either)."""
     return principal.session_id or principal.token_id
 
 
@@ -154,51 +149,15 @@ async def events(request: web.Request, query: EventsQuery) -> web.StreamResponse
     return response
 
 
-def install(app: web.Application, db: Database, auth: AuthService) -> Feed:
-    """Create the app's feed. Call after the database's cleanup context is added: the feed
-    starts once the database is open and lets go of the listeners before it closes."""
-    feed = Feed(db)
-    app[FEED] = feed
-
-    async def change_feed(app: web.Application):
-        await feed.start()
-        change_log.listeners.add(feed.on_commit)
-        auth.revocation_listeners.append(feed.revoke)
-        yield
-        await feed.stop()
-        change_log.listeners.discard(feed.on_commit)
-        if feed.revoke in auth.revocation_listeners:
-            auth.revocation_listeners.remove(feed.revoke)
-
-    async def end_streams(app: web.Application) -> None:
-        # before aiohttp waits for in-flight requests: long-polls answer, SSE streams end
-        feed.close()
-
-    app.cleanup_ctx.append(change_feed)
-    app.on_shutdown.append(end_streams)
-    if WORKSPACES in app:
-        app[WORKSPACES].purge_hooks.append(change_log.workspace_purged)
-    if METRICS in app:
-        app[METRICS].register(_FeedCollector(feed))
-    return feed
-
-
-class _FeedCollector:
+def readings(feed: Feed) -> list:
     """/metrics: how many requests wait on the feed, and how much waking and re-reading it does."""
-
-    def __init__(self, feed: Feed):
-        self.feed = feed
-
-    def collect(self):
-        stats = self.feed.stats
-        yield GaugeMetricFamily("mdsync_feed_waiting", "Long-polls and SSE streams waiting for changes",
-                                value=self.feed.waiting)
-        yield CounterMetricFamily("mdsync_feed_commits", "Committed changes announced to the feed",
-                                  value=stats.commits)
-        yield CounterMetricFamily("mdsync_feed_wake_passes", "Coalesced wake-up passes (one per commit batch)",
-                                  value=stats.passes)
-        yield CounterMetricFamily("mdsync_feed_wakeups", "Waiting requests woken by a change that concerns them",
-                                  value=stats.woken)
-        yield CounterMetricFamily("mdsync_feed_waiter_reads", "Pages read by waiting requests (first reads and re-reads)",
-                                  value=stats.reads)
-
+    stats = feed.stats
+    return [
+        ("gauge", "mdsync_feed_waiting", "Long-polls and SSE streams waiting for changes", lambda: feed.waiting),
+        ("counter", "mdsync_feed_commits", "Committed changes announced to the feed", lambda: stats.commits),
+        ("counter", "mdsync_feed_wake_passes", "Coalesced wake-up passes (one per commit batch)", lambda: stats.passes),
+        ("counter", "mdsync_feed_wakeups", "Waiting requests woken by a change that concerns them",
+         lambda: stats.woken),
+        ("counter", "mdsync_feed_waiter_reads", "Pages read by waiting requests (first reads and re-reads)",
+         lambda: stats.reads),
+    ]

@@ -25,17 +25,16 @@ def content_backend(app: web.Application, settings: Settings, db: Database) -> Y
     """The `ContentBackend` of content model `tiptap` (app.py puts it in `app[CONTENT]`), with its
     projection, seed and schema guard (unknown names counted in
     `mdsync_tiptap_unknown_names_total`). Call after the room manager is installed."""
-    from mdsync.collab.http_routes import yjs_content
+    from mdsync.collab import yjs_content
     from mdsync.collab.rooms import ROOMS
     from mdsync.ops.metrics import METRICS
     from mdsync.tiptap.content import TipTapInYjs, YjsTipTapContent
     from mdsync.tiptap.schema import Guard, Schema
 
-    metrics = app.get(METRICS)
-    unknown = metrics.counter("mdsync_tiptap_unknown_names_total",
-                              "Node or mark names outside the configured TipTap schema met in a document"
-                              " (each name counted once per document; their text is kept)", ["kind"]) if metrics else None
-    guard = Guard((lambda kind: unknown.labels(kind).inc()) if unknown else None)
+    unknown = app[METRICS].counter("mdsync_tiptap_unknown_names_total",
+                                   "Node or mark names outside the configured TipTap schema met in a document"
+                                   " (each name counted once per document; their text is kept)", ["kind"])
+    guard = Guard(lambda kind: unknown.labels(kind).inc())
     model = TipTapInYjs(Schema.with_extras(settings.tiptap.extra_nodes, settings.tiptap.extra_marks), guard)
-    return yjs_content(app, settings, db, lambda states, heads, on_result: YjsTipTapContent(
+    return yjs_content(app, settings, lambda states, heads, on_result: YjsTipTapContent(
         db, app[ROOMS], states, heads, model, on_result))

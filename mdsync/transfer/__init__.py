@@ -9,3 +9,18 @@
   transaction.
 - `routes.py`   the two routes.
 """
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from mdsync.config import Settings
+
+
+def install(app: web.Application, settings: Settings) -> None:
+    """The export and import routes (they use the content backends, attachments and the
+    `document_imported` hooks)."""
+    from mdsync.api.routing import add_routes
+    from mdsync.transfer.routes import routes
+
+    add_routes(app, routes)

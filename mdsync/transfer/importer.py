@@ -38,13 +38,14 @@ import math
 import posixpath
 import zipfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mdsync import audit, clock
 from mdsync.api.errors import NotFound
 from mdsync.db import Database, Tx, new_id
+from mdsync.hooks import DocumentImported
 from mdsync.sync import changes
 from mdsync.transfer import archive
 # the sources are opened by callers through this module too
@@ -60,10 +61,6 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 FRONT_MATTER_ALLOWANCE = 64 * 1024  # a document file may be this much larger than its markdown
 SKIPPED_LISTED = 100
 
-# Called inside the import's transaction for every document it creates:
-# fn(tx, workspace_id, document_id, user_id, manifest_entry or None). The versions feature hooks in
-# here (a version of kind `import`; the exported version list is in manifest_entry["versions"]).
-DOCUMENT_HOOKS: list[Callable[[Tx, str, str, str | None, dict | None], Any]] = []
 
 # ATTACHMENTS: see the module docstring; the manifest's `attachments` entry (matched by path)
 # gives an attachment's id, name, document and creation time; the document is otherwise the
@@ -417,7 +414,8 @@ def _stage_folders(tx: Tx, st: _Staging, folders: list[FolderPlan]) -> None:
                     st.user_id, f.created_at or now, f.updated_at or f.created_at or now))
 
 
-def _stage_documents(tx: Tx, st: _Staging, batch: list[tuple[DocumentPlan, str]]) -> None:
+def _stage_documents(tx: Tx, st: _Staging, batch: list[tuple[DocumentPlan, str]],
+                     hooks: Sequence[DocumentImported]) -> None:
     _still_staging(tx, st)
     now = clock.iso()
     for d, markdown in batch:
@@ -431,7 +429,7 @@ def _stage_documents(tx: Tx, st: _Staging, batch: list[tuple[DocumentPlan, str]]
                    (doc_id, st.staging_id, folder_id, d.title, d.kind, d.content_model, markdown,
                     len(markdown.encode("utf-8")), st.positions.take(tx, "documents", folder_id, d.position),
                     st.user_id, d.created_at or now, d.updated_at or d.created_at or now))
-        for hook in DOCUMENT_HOOKS:
+        for hook in hooks:
             hook(tx, st.workspace_id, doc_id, st.user_id, d.manifest)
 
 
@@ -495,9 +493,11 @@ class _Reader:
 
 
 async def write(db: Database, plan: Plan, source, workspace_id: str, user_id: str | None, limits: Limits,
-                *, via: str = "api", attachments: dict[str, dict] | None = None) -> dict:
+                *, via: str = "api", attachments: dict[str, dict] | None = None,
+                hooks: Sequence[DocumentImported] = ()) -> dict:
     """Create the plan's folders and documents (and the rows of the already stored `attachments`,
-    {path: fields}) as described above; all or nothing. Returns the counts."""
+    {path: fields}) as described above, calling the `document_imported` hooks for each document;
+    all or nothing. Returns the counts."""
     if attachments is None:
         for entry in plan.attachment_files:
             plan.skip(entry.path, "attachments are imported through the server's API, not by this command")
@@ -511,7 +511,7 @@ async def write(db: Database, plan: Plan, source, workspace_id: str, user_id: st
             batch = await asyncio.to_thread(reader.batch)
             if not batch:
                 break
-            await db.write(_stage_documents, st, batch)
+            await db.write(_stage_documents, st, batch, hooks)
         return await db.write(_switch, st, plan, stored, reader.linked_from, via)
     except BaseException:
         await asyncio.shield(_discard(db, st.staging_id))
@@ -533,7 +533,7 @@ async def _discard(db: Database, staging_id: str) -> None:
 
 
 async def run(db: Database, files: Attachments, plan: Plan, source, workspace_id: str, user_id: str | None,
-              limits: Limits, *, via: str = "api") -> dict:
+              limits: Limits, *, via: str = "api", hooks: Sequence[DocumentImported] = ()) -> dict:
     """The whole write side of an import, for the HTTP route and `mdsync import` alike: the
     attachment files into storage first, then the rows (`write`), or the stored files are
     removed again. Returns the counts."""
@@ -541,7 +541,8 @@ async def run(db: Database, files: Attachments, plan: Plan, source, workspace_id
 
     stored = await transfer_attachments.store(plan, source, files)
     try:
-        return await write(db, plan, source, workspace_id, user_id, limits, via=via, attachments=stored)
+        return await write(db, plan, source, workspace_id, user_id, limits, via=via, attachments=stored,
+                           hooks=hooks)
     except BaseException:
         await transfer_attachments.discard(files, stored)
         raise

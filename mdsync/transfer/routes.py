@@ -26,6 +26,7 @@ from mdsync.appkeys import DB, SETTINGS
 from mdsync.attachments.service import ATTACHMENTS
 from mdsync.db import Tx
 from mdsync.documents.content import CONTENT
+from mdsync.hooks import HOOKS
 from mdsync.transfer import export, importer
 from mdsync.workspaces.access import require
 
@@ -149,7 +150,8 @@ async def import_workspace(request: web.Request) -> web.Response:
         try:
             plan = await asyncio.to_thread(importer.plan, source, limits)
             counts = await importer.run(request.app[DB], request.app[ATTACHMENTS], plan, source,
-                                        access.workspace_id, access.user_id, limits)
+                                        access.workspace_id, access.user_id, limits,
+                                        hooks=request.app[HOOKS].document_imported)
         finally:
             source.close()
     except importer.ImportRefused as exc:

@@ -1,5 +1,4 @@
-"""HTTP routes of version history (docs/api.md "Versions"); `install` wires the service, the
-automatic-version scheduler and the periodic prune into the app.
+"""HTTP routes of version history (docs/api.md "Versions").
 
 Viewers and up read versions and diffs; editors and up create and restore them. Share-link
 holders see none: `require` without `share=True` answers their token with 403. A version id of
@@ -9,7 +8,6 @@ an unknown id, so ids of documents the caller cannot see are never confirmed.
 
 from __future__ import annotations
 
-import asyncio
 
 from aiohttp import web
 from pydantic import Field
@@ -18,11 +16,9 @@ from mdsync.api.models import Body, Name, Out
 from mdsync.api.pagination import page
 from mdsync.api.routing import PRINCIPAL, Routes
 from mdsync.appkeys import DB
-from mdsync.config import Settings
 from mdsync.documents.models import DocumentOut
 from mdsync.documents.service import DOCUMENTS
-from mdsync.versions import store, textdiff
-from mdsync.versions.scheduler import Scheduler
+from mdsync.versions import store
 from mdsync.versions.service import VERSIONS, Versions
 from mdsync.workspaces.access import require, resolve
 
@@ -123,27 +119,3 @@ async def restore(request: web.Request) -> web.Response:
     await _versions(request).restore(access, row["id"], request.headers.get("If-Match"))
     fresh = await resolve(request.app[DB], access.user_id, document_id=access.document_id)
     return web.json_response(await request.app[DOCUMENTS].document_json(fresh.document))
-
-
-def install(app: web.Application, settings: Settings) -> Versions:
-    """Call after the collaboration feature's install (it needs the room manager)."""
-    from mdsync.collab.rooms import ROOMS
-
-    versions = Versions(app, app[DB])
-    app[VERSIONS] = versions
-    cfg = settings.versions
-    scheduler = Scheduler(versions, cfg.idle_seconds, cfg.max_interval_seconds, cfg.prune_interval_seconds)
-    rooms = app[ROOMS]
-    rooms.update_listeners.append(versions.bursts.on_update)
-    rooms.close_hooks.append(scheduler.on_room_close)
-
-    async def tasks(app: web.Application):
-        running = [asyncio.create_task(scheduler.run_auto()), asyncio.create_task(scheduler.run_prune())]
-        yield
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
-        textdiff.shutdown()
-
-    app.cleanup_ctx.append(tasks)
-    return versions

@@ -1,6 +1,6 @@
 """When automatic versions are taken, and the periodic prune.
 
-`Bursts` follows the rooms' update stream (`rooms.update_listeners`: WebSocket, REST and
+`Bursts` follows the rooms' update stream (the `room_update` hook: WebSocket, REST and
 HTTP-Yjs writes all pass through a room with the writer's user id): a burst starts with the
 first authenticated update after a document's previous version and collects its authors.
 `Scheduler.run` wakes a few times per idle gap and takes an automatic version of every burst
@@ -42,7 +42,7 @@ class Bursts:
         self.open: dict[str, Burst] = {}
 
     def on_update(self, room: Room, update: bytes, user_id: str | None) -> None:
-        """rooms.update_listeners entry. Server-made updates (the markdown seed of a fresh
+        """`room_update` hook. Server-made updates (the markdown seed of a fresh
         document) do not start a burst: they change nobody's text."""
         burst = self.open.get(room.document_id)
         now = clock.timestamp()
@@ -83,7 +83,7 @@ class Scheduler:
         self.tick = max(0.05, min(idle_seconds / 4, max_interval_seconds / 4, 5.0))
 
     async def on_room_close(self, room: Room) -> None:
-        """rooms.close_hooks entry: keep the final state of an unfinished burst (or, at
+        """`room_close` hook: keep the final state of an unfinished burst (or, at
         shutdown, take its version now: the process is about to lose it)."""
         burst = self.versions.bursts.open.get(room.document_id)
         if burst is None:

@@ -6,7 +6,7 @@ and accepting it changes nothing. An invitation with an email can only be used b
 had that email when the invitation was created, or by registering a new account with that email
 and the invitation: emails are not verified, so an address set on an account after the
 invitation (PATCH /me) never accepts it (403; the inviter sends a new one).
-`accept_in_tx` is also the registration hook (`AuthService.accept_invitation`): a user who
+`accept_in_tx` is also the `accept_invitation` hook of registration (mdsync/hooks.py): a user who
 registers with an invitation joins in the same transaction that creates the account.
 """
 

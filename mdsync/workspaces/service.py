@@ -5,8 +5,8 @@ Every change writes its change-feed rows and audit rows in its own transaction. 
 always keeps at least one owner: each membership change re-counts owners before it commits and
 refuses (409) when none would be left, so no sequence of changes can get past it.
 
-`WorkspaceService.access_listeners`: callables `(workspace_id, user_id | None, document_id | None)`
-called on the event loop after a commit that changed someone's access (member removed, left,
+The `access_changed` hooks (mdsync/hooks.py) are called on the event loop after a commit that
+changed someone's access (member removed, left,
 role raised or lowered; grant changed or revoked; share link revoked; document trashed or purged;
 workspace deleted), whichever process committed it — the admin CLI too (auth/revocations.py).
 `None` means "everyone" / "every document". Live sockets re-check their access
@@ -20,7 +20,6 @@ import logging
 import re
 import time
 import unicodedata
-from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -29,12 +28,12 @@ from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from mdsync.auth import revocations
 from mdsync.db import Database, Tx, new_id
+from mdsync.hooks import Hooks, Purge
 from mdsync.sync import changes
 from mdsync.workspaces.access import RANK, Access
 
 log = logging.getLogger("mdsync.workspaces")
 
-AccessListener = Callable[[str, str | None, str | None], Any]
 MAX_SETTINGS_BYTES = 64 * 1024
 
 
@@ -166,7 +165,7 @@ def sole_owner_workspaces(tx: Tx, user_id: str) -> list[Any]:
         (user_id,))
 
 
-def purge_workspace(tx: Tx, workspace_id: str, hooks: list[Callable[[Tx, str], Any]] = ()) -> None:
+def purge_workspace(tx: Tx, workspace_id: str, hooks: list[Purge] = ()) -> None:
     for hook in hooks:
         hook(tx, workspace_id)
     tx.execute("DELETE FROM workspaces WHERE id = ?", (workspace_id,))
@@ -204,13 +203,10 @@ async def purge_documents_in_steps(db: Database, workspace_id: str, due_by: str 
 
 
 class WorkspaceService:
-    def __init__(self, db: Database, purge_grace_seconds: int):
+    def __init__(self, db: Database, purge_grace_seconds: int, hooks: Hooks):
         self.db = db
         self.purge_grace_seconds = purge_grace_seconds
-        self.access_listeners: list[AccessListener] = []
-        # fn(tx, workspace_id) run inside the purge transaction before the workspace row goes
-        # (features with data outside the database, such as attachment files, clean up here)
-        self.purge_hooks: list[Callable[[Tx, str], Any]] = []
+        self.hooks = hooks  # calls workspace_purge
 
     # -- listeners -------------------------------------------------------------------------
     def access_changed(self, tx: Tx, workspace_id: str, user_id: str | None = None,
@@ -218,15 +214,6 @@ class WorkspaceService:
         """Record in this transaction that access may have shrunk: the access listeners hear of
         it once it commits (auth/revocations.py; `set_role` and `remove_member` record their own)."""
         revocations.access_changed(tx, workspace_id, user_id, document_id)
-
-    def notify_access_changed(self, workspace_id: str, user_id: str | None, document_id: str | None) -> None:
-        """Tell the access listeners (called by the revocations watcher for every recorded change,
-        whichever process made it)."""
-        for listener in list(self.access_listeners):
-            try:
-                listener(workspace_id, user_id, document_id)
-            except Exception:
-                log.exception("access listener failed")
 
     # -- workspaces ------------------------------------------------------------------------
     async def create(self, user_id: str, name: str) -> dict:
@@ -301,7 +288,7 @@ class WorkspaceService:
             if tx.value("SELECT 1 FROM workspaces WHERE id = ? AND purge_after IS NOT NULL AND purge_after <= ?",
                         (workspace_id, now)) is None:
                 return 0  # restored meanwhile
-            purge_workspace(tx, workspace_id, self.purge_hooks)
+            purge_workspace(tx, workspace_id, self.hooks.workspace_purge)
             return 1
 
         purged = 0
