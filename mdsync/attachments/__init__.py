@@ -5,6 +5,7 @@ local.py     backend: files under data_dir/files/, named by id, written atomical
 s3.py        backend: an S3-compatible bucket through aiobotocore
 sniff.py     the content type from the first bytes (and the name where the bytes say little)
 signing.py   signed `?exp=&sig=` URLs (HMAC with the server secret)
+links.py     links to attachments in markdown, found and rewritten in linear time
 service.py   uploads, reads, deletes, purge hooks, the share-link filter (SQL inside)
 routes.py    the HTTP routes
 """

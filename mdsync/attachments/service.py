@@ -25,6 +25,7 @@ from aiohttp import web
 
 from mdsync import audit, clock
 from mdsync.api.errors import NotFound, TooLarge
+from mdsync.attachments import links
 from mdsync.attachments import sniff as sniffing
 from mdsync.attachments.signing import Signer
 from mdsync.attachments.storage import Storage, incoming_dir
@@ -35,8 +36,8 @@ from mdsync.sync import changes
 log = logging.getLogger("mdsync.attachments")
 
 COLUMNS = "id, workspace_id, document_id, name, content_type, size, sha256, storage_key, created_by, created_at, deleted_at"
-LINK = re.compile(r"(?:https?://[^\s()<>\"']+?)?/api/v1/attachments/"
-                  r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(?![0-9a-zA-Z/-])(?:\?[^\s()<>\"']*)?")
+# documents longer than this have their links read and rewritten in a worker thread
+THREAD_ABOVE_CHARS = 64 * 1024
 
 
 def reduce_name(name: str | None) -> str:
@@ -185,15 +186,23 @@ class Attachments:
     # -- share links -------------------------------------------------------------------------
     async def share_filter(self, markdown: str, document: Any) -> str:
         """`GET /share/{token}`: links to this workspace's live attachments get a signed URL (the
-        anonymous reader has no token); ids of anything else stay as written, unsigned."""
-        ids = set(LINK.findall(markdown))
+        anonymous reader has no token); ids of anything else stay as written, unsigned. Reading
+        the links is linear in the document (links.py); a long document is read off the loop."""
+        big = len(markdown) > THREAD_ABOVE_CHARS
+        ids = await asyncio.to_thread(links.ids, markdown) if big else links.ids(markdown)
         if not ids:
             return markdown
         marks = ",".join("?" * len(ids))
         rows = await self.db.all(f"SELECT id FROM attachments WHERE workspace_id = ? AND deleted_at IS NULL"
                                  f" AND id IN ({marks})", (document["workspace_id"], *ids))
         live = {r["id"] for r in rows}
-        return LINK.sub(lambda m: self.signer.url(m.group(1)) if m.group(1) in live else m.group(0), markdown)
+
+        def sign(attachment_id: str, written: str) -> str | None:
+            return self.signer.url(attachment_id) if attachment_id in live else None
+
+        if big:
+            return await asyncio.to_thread(links.rewrite, markdown, sign)
+        return links.rewrite(markdown, sign)
 
 
 def insert_row(tx: Tx, workspace_id: str, document_id: str | None, user_id: str | None, fields: dict,

@@ -39,6 +39,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from mdsync.attachments import links
+
 MANIFEST = "mdsync.json"
 ATTACHMENTS_DIR = "attachments"
 FORMAT = "mdsync-export"
@@ -153,7 +155,10 @@ def front_matter(meta: Mapping[str, str]) -> str:
     return "---\n" + "\n".join(lines) + "\n---\n"
 
 
-_FM_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:(?:[ \t]+(.*?))?[ \t]*")
+# `key: value`; the value (after blanks, up to trailing blanks) is cut in Python: a lazy value
+# followed by optional blanks backtracks in time quadratic in a run of blanks
+_FM_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)[ \t]*:(.*)")
+_COMMENT = re.compile(r"\s#")
 
 
 def _scalar(raw: str | None) -> str | None:
@@ -170,7 +175,8 @@ def _scalar(raw: str | None) -> str | None:
         return raw[1:-1].replace("''", "'") if len(raw) >= 2 and raw.endswith("'") else None
     if raw[0] in "[{|>&*!%@`":
         return None  # not a one-line scalar
-    return re.sub(r"\s+#.*$", "", raw)
+    comment = _COMMENT.search(raw)  # ` # …` ends a plain scalar
+    return raw if comment is None else raw[:comment.start() + 1].rstrip()
 
 
 @dataclass
@@ -197,8 +203,8 @@ def split_front_matter(text: str) -> Split:
             rest = text[end + 1:]
             break
         match = _FM_LINE.fullmatch(line)
-        if match:
-            value = _scalar(match.group(2))
+        if match and match.group(2)[:1] in ("", " ", "\t"):
+            value = _scalar(match.group(2).strip(" \t"))
             if value is None:
                 simple = False
             else:
@@ -232,8 +238,16 @@ def first_heading(markdown: str, max_lines: int = 200) -> str | None:
             fence = None if fence == marker else (fence or marker)
             continue
         if fence is None and re.match(r" {0,3}# ", line):
-            return re.sub(r"\s+#+\s*$", "", line.strip()[2:]).strip() or None
+            return _closing_hashes(line.strip()[2:]).strip() or None
     return None
+
+
+def _closing_hashes(heading: str) -> str:
+    """`heading` without an ATX closing sequence (blanks, `#`s, blanks at its end); by string
+    methods: the pattern `\\s+#+\\s*$` is quadratic in a run of blanks."""
+    body = heading.rstrip()
+    bare = body.rstrip("#")
+    return bare if len(bare) < len(body) and bare[-1:].isspace() else heading
 
 
 def is_uuid(value: str | None) -> bool:
@@ -269,10 +283,7 @@ def entry_path(name: str) -> str:
 
 
 # -- attachment links --------------------------------------------------------------------------
-# `/api/v1/attachments/{id}`, possibly absolute (any host) and signed (?exp=&sig=)
-_ATTACHMENT_LINK = re.compile(
-    r"(?:https?://[^\s()<>\"']+?)?/api/v1/attachments/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
-    r"(?:\?[^\s()<>\"']*)?")
+# `/api/v1/attachments/{id}`, possibly absolute (any host) and signed (?exp=&sig=): attachments/links.py
 
 
 def attachment_path(attachment_id: str, name: str) -> str:
@@ -287,20 +298,22 @@ def relative(from_dir: str, target: str) -> str:
 def links_to_files(markdown: str, document_dir: str, files: Mapping[str, str]) -> str:
     """Export: every `/api/v1/attachments/{id}` whose id is in `files` ({id: path in the zip})
     becomes the relative path from the document's directory to that file."""
-    if not files or "/api/v1/attachments/" not in markdown:
+    if not files:
         return markdown
 
-    def swap(match: re.Match) -> str:
-        path = files.get(match.group(1))
-        return match.group(0) if path is None else relative(document_dir, path).replace(" ", "%20")
+    def swap(attachment_id: str, written: str) -> str | None:
+        path = files.get(attachment_id)
+        return None if path is None else relative(document_dir, path).replace(" ", "%20")
 
-    return _ATTACHMENT_LINK.sub(swap, markdown)
+    return links.rewrite(markdown, swap)
 
 
-# markdown links and images `[..](target "title")`, HTML src/href, and Obsidian embeds `![[name]]`
-_MD_LINK = re.compile(r"(\]\(\s*<?)([^)\s>]+)(>?(?:\s+\"[^\"]*\")?\s*\))")
+# markdown links and images `[..](target "title")`, HTML src/href, and Obsidian embeds `![[name]]`.
+# Linear time: no part of a match can hold the start of another (a target has no `(`, an embed
+# name no `[`), so a failed attempt never rescans what the next attempt reads.
+_MD_LINK = re.compile(r"(\]\(\s*<?)([^()\s>]+)(>?(?:\s+\"[^\"]*\")?\s*\))")
 _HTML_LINK = re.compile(r"""((?:src|href)\s*=\s*["'])([^"']+)(["'])""", re.IGNORECASE)
-_WIKI_EMBED = re.compile(r"!\[\[([^\]|#]+)((?:[|#][^\]]*)?)\]\]")
+_WIKI_EMBED = re.compile(r"!\[\[([^\[\]|#]+)((?:[|#][^\[\]]*)?)\]\]")
 
 
 def file_links(markdown: str, document_dir: str, resolve: Callable[[str], str | None],
