@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 from mdsync.attachments import links
 from mdsync.transfer import archive
-from tests.conftest import ROOT, register
+from tests.builders import register
+from tests.processes import ROOT
 
 API = "/api/v1"
 ID = "0123abcd-0123-4abc-8def-0123456789ab"
