@@ -185,3 +185,15 @@ async def test_the_ledger_rows_go_with_a_purged_workspace(client, fake_ai):
     await client.app[WORKSPACES].db.write(purge_workspace, t.ws)
     for table in ("ai_keys", "ai_limits", "ai_calls", "ai_spend"):
         assert t.rows(f"SELECT * FROM {table} WHERE workspace_id = ?", (t.ws,)) == [], table
+
+
+async def test_calls_and_tokens_are_counted_for_metrics(client, fake_ai):
+    t = await team(client)
+    assert (await client.post(OPENAI + "/chat/completions", json=CHAT, headers=t.headers())).status == 200
+    assert (await client.post(OPENAI + "/chat/completions", json={**CHAT, "model": "fake-500"},
+                              headers=t.headers())).status == 500
+    text = await (await client.get("/metrics")).text()
+    assert 'mdsync_ai_calls_total{outcome="2xx",provider="openai"} 1.0' in text
+    assert 'mdsync_ai_calls_total{outcome="5xx",provider="openai"} 1.0' in text
+    assert 'mdsync_ai_tokens_total{kind="input",provider="openai"} 12.0' in text
+    assert 'mdsync_ai_tokens_total{kind="output",provider="openai"} 5.0' in text

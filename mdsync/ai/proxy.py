@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -130,6 +131,8 @@ class AIProxy:
         self.trusted: aiohttp.ClientSession | None = None
         self.checked: aiohttp.ClientSession | None = None
         self.watcher = ClientWatch()
+        # (provider, outcome, usage) after each call: the AI feature counts them for /metrics
+        self.observe: Callable[[str, str, Usage], None] = lambda provider, outcome, usage: None
 
     async def start(self) -> None:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout,
@@ -197,8 +200,10 @@ class AIProxy:
             self.watcher.forget(work)
             if not work.done():
                 work.cancel()
+            usage = _usage(meter, prepared, got.status, gone)
             if call_id is not None:
-                await self.ledger.settle(call_id, got.status, _usage(meter, prepared, got.status, gone))
+                await self.ledger.settle(call_id, got.status, usage)
+            self.observe(provider.name, _outcome(got.status, gone), usage)
 
     async def _exchange(self, request: web.Request, provider: Provider, path: str, upstream: Target,
                         prepared: Prepared | None, meter: Meter | None, got: Exchange) -> web.StreamResponse:
@@ -263,6 +268,12 @@ async def _write(response: web.StreamResponse, data: bytes) -> None:
         await response.write(data)
     except ConnectionError:  # the client went away between two looks of ClientWatch
         raise ClientGone() from None
+
+
+def _outcome(status: int, gone: bool) -> str:
+    if gone:
+        return "client_gone"
+    return f"{status // 100}xx" if status else "unreachable"
 
 
 def _usage(meter: Meter | None, prepared: Prepared | None, status: int, gone: bool) -> Usage:
