@@ -322,6 +322,9 @@ async def populate(world: World, spec: RouteSpec, n: int) -> None:
             d = await world.ok("POST", f"/api/v1/workspaces/{ws}/documents", 201, json={"title": f"L{i}", "kind": kind})
             if path.endswith("/trash"):
                 await world.ok("DELETE", f"/api/v1/documents/{d['id']}", 204)
+        elif path == "/api/v1/workspaces/{ws}/trash/folders":
+            f = await world.ok("POST", f"/api/v1/workspaces/{ws}/folders", 201, json={"name": f"F{i}"})
+            await world.ok("DELETE", f"/api/v1/folders/{f['id']}", 204)
         elif path == "/api/v1/documents/{doc}/grants":
             person = await join(world, "viewer")
             await world.ok("PUT", f"/api/v1/documents/{doc}/grants/{person.id}", 200, json={"role": "editor"})
