@@ -276,3 +276,39 @@ def test_heading_level_and_code_language_change_in_place():
     write(doc, "## T\n\n```py\nx\n```\n")
     assert markdown_of(doc) == "## T\n\n```py\nx\n```"
     assert yxml.fragment(doc).children[0] == heading
+
+
+def _mutations(markdown: str) -> list[str]:
+    chunks = markdown.split("\n\n")
+    out = []
+    for i in range(0, len(chunks), max(1, len(chunks) // 6)):
+        out.append("\n\n".join(chunks[:i] + ["A new *middle* paragraph."] + chunks[i + 1:]))  # changed
+        out.append("\n\n".join(chunks[:i] + chunks[i + 1:]))  # deleted
+        out.append("\n\n".join(chunks[:i] + ["- inserted item", chunks[i]] + chunks[i + 1:]))  # a list before
+        out.append("\n\n".join(chunks[:i] + ["```\nan open fence"] + chunks[i:]))  # swallows what follows
+        out.append("\n\n".join(chunks[:i] + ["[ref]: https://example.com", "see [ref]"] + chunks[i:]))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(corpus()))
+def test_writing_only_the_changed_middle_gives_what_a_whole_parse_gives(name):
+    base = render(parse(corpus()[name]))
+    for changed in _mutations(base):
+        by_middle, whole = seeded(base), seeded(base)
+        with by_middle.transaction():
+            blockdiff.write_markdown(yxml.fragment(by_middle), changed)
+        with whole.transaction():
+            blockdiff.apply(yxml.fragment(whole), parse(changed))
+        assert markdown_of(by_middle) == markdown_of(whole), changed
+
+
+def test_a_one_paragraph_change_parses_only_around_it(monkeypatch):
+    base = render(parse("\n\n".join(f"Paragraph number {i}." for i in range(200))))
+    doc = seeded(base)
+    parsed: list[int] = []
+    real = blockdiff.md_parse.parse_with_sources
+    monkeypatch.setattr(blockdiff.md_parse, "parse_with_sources", lambda md: parsed.append(len(md)) or real(md))
+    with doc.transaction():
+        stats = blockdiff.write_markdown(yxml.fragment(doc), base.replace("number 100.", "number one hundred."))
+    assert stats.edited == 1 and stats.kept == 199
+    assert parsed and max(parsed) < 100  # the paragraph and its two neighbours, not the document

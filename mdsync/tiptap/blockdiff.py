@@ -27,6 +27,7 @@ copy instead of two.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,7 +37,8 @@ from pycrdt import Doc, XmlElement, XmlFragment, XmlText
 from mdsync.collab.text_ops import text_ops
 from mdsync.tiptap import parse as md_parse
 from mdsync.tiptap import yxml
-from mdsync.tiptap.render import MARK_RANKS, Renderer, render
+from mdsync.tiptap import render
+from mdsync.tiptap.render import MARK_RANKS, Renderer
 from mdsync.tiptap.schema import DEFAULT_SCHEMA, MARKS, Schema, Unknown
 
 SEED_CLIENT_ID = 0x6D64_7379  # the same fixed id as a `text` document's seed (collab/room.py)
@@ -82,6 +84,78 @@ def apply(frag: XmlFragment, blocks: list[dict], schema: Schema = DEFAULT_SCHEMA
     stats = Stats()
     _Writer(schema, stats).sync_children(frag, [], blocks, top=True, sources=sources)
     return stats
+
+
+def write_markdown(frag: XmlFragment, markdown: str, schema: Schema = DEFAULT_SCHEMA) -> Stats:
+    """Make `frag` hold `markdown` (call inside a transaction): `apply` of its parse, where only
+    the part of the body that changed is parsed when the blocks around it are unchanged.
+
+    The body is compared with the document's own markdown block by block from both ends; the
+    changed middle is parsed together with one unchanged block on each side, which must read
+    back as those very blocks (a fence left open, a list that swallows its neighbour, ... fall
+    back to parsing the whole body). A body with link reference definitions is parsed whole (a
+    definition anywhere changes links everywhere). So a PUT changing one paragraph of a large
+    document parses a few blocks, not the document. Raises parse.TooDeep."""
+    stats = Stats()
+    writer = _Writer(schema, stats)
+    children = list(frag.children)
+    old: list[dict | None] = [yxml.read_node(c, schema) if isinstance(c, XmlElement) else None for c in children]
+    okeys = [writer.key(o, []) for o in old]
+    blocks, sources = _parse_changed(writer, old, okeys, md_parse.normalize_newlines(markdown))
+    writer.sync_children(frag, [], blocks, top=True, sources=sources, known=(children, old, okeys))
+    return stats
+
+
+_REFERENCE_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:", re.M)
+
+
+def _parse_changed(writer: _Writer, old: list[dict | None], okeys: list[str],
+                   body: str) -> tuple[list[dict], list[str | None]]:
+    n = len(old)
+    if n == 0 or any(o is None for o in old) or _REFERENCE_DEFINITION.search(body):
+        return md_parse.parse_with_sources(body)
+    # each old block as GET wrote it in the document (`texts`), and as the source apply's
+    # by-source match compares (`parts`: a table without the newlines around it)
+    texts: list[str] = []
+    previous: dict | None = None
+    for block, key in zip(old, okeys):
+        if _is_empty_paragraph(block) and _is_empty_paragraph(previous):
+            texts.append(render.EMPTY_PARAGRAPH)
+        elif block.get("type") == "codeBlock" and texts:  # (front matter is written only first)
+            texts.append(render.render_block(block, previous, writer.schema))
+        else:
+            texts.append(key.partition("\0")[2])
+        previous = block
+    parts = [text.strip("\n") if _is_table(block) else text for text, block in zip(texts, old)]
+    # the part of the body that changed: whole blocks, each followed (preceded) by the separator
+    pos = k = 0
+    while k < n and body.startswith(texts[k] + "\n\n", pos):
+        pos += len(texts[k]) + 2
+        k += 1
+    end = len(body)
+    s = 0
+    while s < n - k and body.endswith("\n\n" + texts[n - 1 - s], 0, end) and end - len(texts[n - 1 - s]) - 2 >= pos:
+        end -= len(texts[n - 1 - s]) + 2
+        s += 1
+    if k == 0 and s == 0:
+        return md_parse.parse_with_sources(body)
+    # parse the middle with the unchanged block on each side as a sentinel
+    a = k - 1 if k > 0 else None
+    b = n - s if s > 0 else None
+    start = pos - len(texts[a]) - 2 if a is not None else 0
+    stop = end + 2 + len(texts[b]) if b is not None else len(body)
+    blocks, sources = md_parse.parse_with_sources(body[start:stop])
+    if not blocks or (a is not None and writer.key(blocks[0], []) != okeys[a]) \
+            or (b is not None and writer.key(blocks[-1], []) != okeys[b]):
+        return md_parse.parse_with_sources(body)
+    keep_before = a if a is not None else 0
+    keep_after = b + 1 if b is not None else n
+    return ([*old[:keep_before], *blocks, *old[keep_after:]],  # type: ignore[list-item]
+            [*parts[:keep_before], *sources, *parts[keep_after:]])
+
+
+def _is_table(block: dict | None) -> bool:
+    return block is not None and block.get("type") == "table"
 
 
 def _match(a: Sequence[str], b: Sequence[str]) -> list[tuple[str, int, int, int, int]]:
@@ -151,7 +225,7 @@ class _Writer:
                 wrapper["attrs"] = anc["attrs"]
             wrapped = wrapper
         try:
-            parsed = md_parse.parse(render([wrapped], self.schema))
+            parsed = md_parse.parse(render.render([wrapped], self.schema))
         except md_parse.TooDeep:
             return None
         if len(parsed) != 1:
@@ -168,14 +242,18 @@ class _Writer:
 
     # -- block sequences ---------------------------------------------------------------------
     def sync_children(self, parent: XmlFragment | XmlElement, ancestors: list[dict], new: list[dict],
-                      top: bool = False, sources: list[str | None] | None = None) -> None:
-        children = list(parent.children)
-        old: list[dict | None] = [yxml.read_node(c, self.schema) if isinstance(c, XmlElement) else None
-                                  for c in children]
+                      top: bool = False, sources: list[str | None] | None = None,
+                      known: tuple[list, list[dict | None], list[str]] | None = None) -> None:
+        if known is not None:  # (children, their JSON, their keys) read by the caller
+            children, old, okeys = known
+        else:
+            children = list(parent.children)
+            old = [yxml.read_node(c, self.schema) if isinstance(c, XmlElement) else None for c in children]
+            okeys = [self.key(o, ancestors) for o in old]
         if top and new and old and len(old) > len(new) and _is_empty_paragraph(old[-1]) \
                 and not _is_empty_paragraph(new[-1]):
-            children, old = children[:-1], old[:-1]  # keep TipTap's trailing paragraph
-        okeys = [self.key(o, ancestors) for o in old]
+            # keep TipTap's trailing paragraph
+            children, old, okeys = children[:-1], old[:-1], okeys[:-1]
         if sources is not None and len(sources) == len(new):
             # first by the text each new block was read from (what GET wrote, for the blocks a
             # client left alone); only where that differs are the new blocks rendered

@@ -48,10 +48,10 @@ def render_state(state: bytes, schema: Schema = DEFAULT_SCHEMA) -> tuple[str, Un
     return render(yxml.read_blocks(yxml.fragment(doc), schema, unknown), schema, unknown), unknown
 
 
-def diff_update(base: bytes, parsed: tuple[list[dict], list[str | None]], client_id: int | None,
-                schema: Schema = DEFAULT_SCHEMA) -> bytes | None:
-    """The Yjs update that turns the TipTap document `base` (a state) into `blocks`, made as
-    `client_id` (any unused id when None or already editing `base`); None when nothing changes."""
+def diff_update(base: bytes, markdown: str, client_id: int | None, schema: Schema = DEFAULT_SCHEMA) -> bytes | None:
+    """The Yjs update that turns the TipTap document `base` (a state) into `markdown`, made as
+    `client_id` (any unused id when None or already editing `base`); None when nothing changes.
+    Raises parse.TooDeep."""
     fork = Doc()
     fork.apply_update(base)
     if client_id is not None and client_id not in decode_state_vector(fork.get_state()):
@@ -61,7 +61,7 @@ def diff_update(base: bytes, parsed: tuple[list[dict], list[str | None]], client
     subscription = fork.observe(lambda event: captured.append(event.update))
     try:
         with fork.transaction(origin="mdsync-write"):
-            blockdiff.apply(yxml.fragment(fork), parsed[0], schema, sources=parsed[1])
+            blockdiff.write_markdown(yxml.fragment(fork), markdown, schema)
     finally:
         fork.unobserve(subscription)
     return captured[0] if captured else None
@@ -94,17 +94,20 @@ class TipTapInYjs:
     async def seed(self, markdown: str) -> bytes:
         return await _off_loop(len(markdown) < INLINE_MARKDOWN_CHARS, blockdiff.seed_update, markdown)
 
-    async def parse(self, markdown: str) -> tuple[list[dict], list[str | None]]:
-        """The blocks of a body and their sources; ValidationFailed (422) when it nests deeper
-        than the limit."""
+    def check(self, markdown: str) -> None:
+        """ValidationFailed (422) for a body nesting deeper than the limit (a linear scan: before
+        anything is parsed or loaded)."""
         try:
-            return await _off_loop(len(markdown) < INLINE_MARKDOWN_CHARS, parse.parse_with_sources, markdown)
+            parse.check_depth(parse.normalize_newlines(markdown))
         except parse.TooDeep as exc:
             raise ValidationFailed.field("body", str(exc)) from None
 
-    async def diff(self, base: bytes, parsed: tuple[list[dict], list[str | None]],
-                   client_id: int | None) -> bytes | None:
-        return await _off_loop(len(base) < INLINE_STATE_BYTES, diff_update, base, parsed, client_id, self.schema)
+    async def diff(self, base: bytes, markdown: str, client_id: int | None) -> bytes | None:
+        try:
+            return await _off_loop(len(base) < INLINE_STATE_BYTES and len(markdown) < INLINE_MARKDOWN_CHARS,
+                                   diff_update, base, markdown, client_id, self.schema)
+        except parse.TooDeep as exc:
+            raise ValidationFailed.field("body", str(exc)) from None
 
 
 class YjsTipTapContent(YjsContent):
@@ -115,7 +118,7 @@ class YjsTipTapContent(YjsContent):
     async def write(self, doc: Any, markdown: str, if_match: str | None, access: Any) -> tuple[str, str]:
         document_id = doc["id"]
         user_id = access.user_id if access is not None else None
-        parsed = await self.model.parse(markdown)
+        self.model.check(markdown)
         wanted = if_match_etags(if_match) if if_match is not None else []
         async with self.rooms.use(document_id) as room:
             try:
@@ -133,7 +136,7 @@ class YjsTipTapContent(YjsContent):
                         raise PreconditionFailed("that ETag is unknown or older than the retention window;"
                                                  " GET the content again")
                     result = "merge"
-                update = await self.model.diff(base, parsed, client_id)
+                update = await self.model.diff(base, markdown, client_id)
                 if update is not None:
                     room.apply_update(update, user_id)
                 self.on_result(result)
