@@ -181,3 +181,20 @@ async def test_deleting_a_user_from_the_cli_tells_the_other_members_feed(server)
         assert changes == [("member", member.id, "delete")]
         resp = await http.get(f"{API}/workspaces/{ws_id}/members", headers=owner.headers)
         assert member.id not in [m["user_id"] for m in (await resp.json())["items"]]
+
+
+async def test_revocation_rows_are_trimmed_once_every_server_has_acted_on_them(client, monkeypatch):
+    from mdsync import clock
+    from mdsync.appkeys import DB
+    from mdsync.auth import revocations
+
+    monkeypatch.setattr(revocations, "TRIM_EVERY", 0.0)
+    db = client.server.app[DB]
+    ada = await register(client)
+    resp = await client.post(f"{API}/auth/logout", headers=ada.headers)
+    assert resp.status == 204
+    assert await db.value("SELECT count(*) FROM revocations") == 1
+    clock.advance(revocations.KEEP_SECONDS + 1)
+    async with asyncio.timeout(10):
+        while await db.value("SELECT count(*) FROM revocations"):
+            await asyncio.sleep(0.1)
