@@ -56,11 +56,13 @@ class AccessTokens:
 
     def verify(self, token: str) -> AccessClaims | None:
         """The claims of a valid, unexpired access token; None for anything else."""
-        if len(token) > 4096 or not _JWT_SHAPE.match(token):
+        if len(token) > 4096 or not _JWT_SHAPE.fullmatch(token):
             return None
         signing_input, _, signature = token.rpartition(".")
         expected = hmac.new(self._key, signing_input.encode("ascii"), hashlib.sha256).digest()
-        if not hmac.compare_digest(_b64decode(signature), expected):
+        # compared as text: the one spelling of the signature (its last character's two unused
+        # bits zero), in constant time; the shape check made both ASCII
+        if not hmac.compare_digest(signature, _b64encode(expected)):
             return None
         header_part, _, payload_part = signing_input.partition(".")
         try:
@@ -79,8 +81,9 @@ class AccessTokens:
         return AccessClaims(claims["sub"], claims["sid"], float(exp))
 
 
-# header.payload.signature, each unpadded base64url (the signature of HS256 is 43 characters)
-_JWT_SHAPE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}$")
+# header.payload.signature, each unpadded base64url (the signature of HS256 is 43 characters);
+# matched with fullmatch: `$` would also match before a final newline
+_JWT_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}")
 
 
 def _b64encode(raw: bytes) -> str:
@@ -91,7 +94,12 @@ _HEADER = _b64encode(b'{"alg":"HS256","typ":"JWT"}')
 
 
 def _b64decode(segment: str) -> bytes:
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    """Strict unpadded base64url: only the canonical spelling (the unused low bits of the last
+    character zero) decodes; anything else raises ValueError (binascii.Error is one)."""
+    raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if _b64encode(raw) != segment:
+        raise ValueError("not canonical base64url")
+    return raw
 
 
 @dataclass(frozen=True)
