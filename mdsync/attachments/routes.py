@@ -159,27 +159,34 @@ async def download(request: web.Request, query: FileQuery) -> web.StreamResponse
     return await _send(request, svc, row)
 
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+BEYOND = 10**18  # stands for a position written with more digits: past the end of any file
+
+
+def _position(digits: str) -> int:
+    """A byte position of a Range header; never converts thousands of digits (int() refuses past
+    4300, and a file is never that large)."""
+    return int(digits) if len(digits) <= 18 else BEYOND
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None | bool:
     """(start, end) of a single satisfiable range; None: send everything; False: unsatisfiable."""
     if not header:
         return None
-    match = _RANGE.match(header.strip())
+    match = _RANGE.fullmatch(header.strip())
     if match is None:  # several ranges, or a unit we do not serve: the whole file is a valid answer
         return None
     first, last = match.groups()
     if first == "" and last == "":
         return None
     if first == "":
-        length = int(last)
+        length = _position(last)
         if length == 0 or size == 0:
             return False
         return max(0, size - length), size - 1
-    start = int(first)
-    end = size - 1 if last == "" else min(int(last), size - 1)
-    if start >= size or (last != "" and int(last) < start):
+    start = _position(first)
+    end = size - 1 if last == "" else min(_position(last), size - 1)
+    if start >= size or (last != "" and _position(last) < start):
         return False
     return start, end
 

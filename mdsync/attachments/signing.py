@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import math
+import re
 
 from mdsync import clock
 
@@ -26,10 +27,14 @@ class Signer:
         return f"{self.public_url}/api/v1/attachments/{attachment_id}?exp={exp}&sig={self._sig(attachment_id, exp)}"
 
     def valid(self, attachment_id: str, exp: str, sig: str) -> bool:
-        try:
-            when = int(exp)
-        except ValueError:
+        """Whether `sig` signs `exp` for this attachment and `exp` is still ahead. Anything but
+        the form `url` writes (ASCII digits; unpadded base64url) is simply not valid."""
+        if not _EXP.fullmatch(exp) or not sig.isascii():
             return False
+        when = int(exp)
         if not hmac.compare_digest(self._sig(attachment_id, when), sig):
             return False
         return when > clock.now().timestamp()
+
+
+_EXP = re.compile(r"[0-9]{1,12}")  # Unix seconds; 12 digits reach the year 33658
