@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 ENV_PREFIX = "MDSYNC_"
 CONFIG_ENV = "MDSYNC_CONFIG"
+CLIENT_ENV = ("MDSYNC_TOKEN",)  # read by `mdsync sync` (a client), not settings of the server
 MiB = 1024 * 1024
 
 
@@ -229,7 +230,7 @@ def load(config_file: str | os.PathLike | None = None, environ: dict[str, str] |
 def _from_environment(environ: dict[str, str]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or name in CLIENT_ENV:
             continue
         keys = [part.lower() for part in name[len(ENV_PREFIX):].split("__")]
         value: Any = raw

@@ -6,6 +6,8 @@
 - `ops.py`         backup, restore, doctor
 - `transfer.py`    export, import
 - `versions.py`    versions prune
+- `sync.py`        sync DIR: a folder of .md files in two-way sync with a workspace (a client of
+                   the HTTP API, not of the data dir: exit 3 when its token is refused)
 - `datadir.py`     what they share: --config/--data-dir, running a job on the database, finding
                    the user or workspace named on the command line
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import click
 
-from mdsync.cli import ops, serve, transfer, users, versions, workspaces
+from mdsync.cli import ops, serve, sync, transfer, users, versions, workspaces
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,5 +30,6 @@ def main() -> None:
 
 
 for command in (serve.serve, serve.migrate, users.users, ops.backup, ops.restore, ops.doctor,
-                workspaces.workspaces, transfer.export_command, transfer.import_command, versions.versions):
+                workspaces.workspaces, transfer.export_command, transfer.import_command, versions.versions,
+                sync.sync):
     main.add_command(command)

@@ -1,0 +1,9 @@
+"""`mdsync sync DIR`: a folder of .md files in two-way sync with a workspace (docs/sync.md).
+
+- `engine.py`  one pass: binding, change feed, local moves/deletes, pull, push, creates
+- `merge.py`   each document's Yjs replica; local edits as a minimal text diff, CRLF/BOM kept local
+- `layout.py`  where documents and folders go (named as the export names them)
+- `state.py`   DIR/.mdsync/state.db: binding, cursor, replicas, last synced texts, pending updates
+- `http.py`    the HTTP calls with the token (bounded retries)
+- `report.py`  one line (or JSON object) per action
+"""

@@ -1,0 +1,480 @@
+"""One sync pass over DIR (docs/sync.md has the user's view):
+
+1. the binding: DIR/.mdsync/state.db names the server and workspace it syncs with (a DIR bound
+   to another one is refused, exit 2);
+2. the change feed from the saved cursor: which documents changed remotely (all of them on the
+   first pass, whose cursor is taken with `since=now` before the tree is read);
+3. local moves and deletes: a tracked file that is gone while an untracked file holds its last
+   synced text was moved or renamed (`PATCH` title, folder_id); otherwise it was deleted
+   (`DELETE`, to the trash), unless the server changed it meanwhile (the edit wins: restored);
+4. the tree, placed as the export places it (layout.py); remote renames and moves move the file;
+   each tracked document: a local edit is pushed as a Yjs update (saved as pending first), the
+   remote changes pulled with the replica's state vector and merged, the file replaced only while
+   it still holds the last synced text (merge.py); documents new on the server are written;
+   documents gone from the tree are moved to .mdsync/trash/ (unless edited here: then restored);
+5. untracked files become documents (`POST …/documents`), new directories folders;
+6. the cursor saved.
+Each step commits the state before the next, so a killed pass resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+from pathlib import Path
+
+from mdsync.syncclient import layout
+from mdsync.syncclient.http import Api, HttpError, Unauthorized
+from mdsync.syncclient.merge import Replica, decode, encode
+from mdsync.syncclient.report import Report
+from mdsync.syncclient.state import STATE_DIR, Doc, State
+
+FEED_PAGES = 10_000   # pages of the change feed read in one pass at most
+WRITE_BACK_TRIES = 5  # a file edited while its merge is written: folded in again at most this often
+READ_ONLY_ROLES = ("viewer", "commenter")
+
+
+class UsageError(Exception):
+    """Exit 2: wrong usage, or DIR bound elsewhere."""
+
+
+class Refused(Exception):
+    """Exit 3: the token was refused or no longer reaches the workspace."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class Pass:
+    def __init__(self, root: Path, api: Api, state: State, report: Report, dry_run: bool):
+        self.root = root
+        self.api = api
+        self.state = state
+        self.report = report
+        self.dry = dry_run
+        self.ws = ""
+        self.read_only_ws = False
+        self.changed: set[str] | None = None
+        self.folder_paths: dict[str, str] = {}
+
+    # -- small steps -------------------------------------------------------------------------------
+    def commit(self) -> None:
+        if not self.dry:
+            self.state.conn.commit()
+
+    def read(self, rel: str) -> tuple[str, str] | None:
+        """The file's (text, style); None when it is gone. Raises UnicodeDecodeError."""
+        try:
+            raw = (self.root / rel).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+        return decode(raw)
+
+    def write(self, rel: str, text: str, style: str, read_only: bool) -> None:
+        """Replace the file atomically (temp file + rename)."""
+        if self.dry:
+            return
+        target = self.root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.mdsync-tmp")
+        tmp.write_bytes(encode(text, style))
+        os.chmod(tmp, 0o444 if read_only else 0o644)
+        os.replace(tmp, target)
+
+    def trash(self, rel: str) -> None:
+        if self.dry or not (self.root / rel).exists():
+            return
+        dest = self.root / STATE_DIR / "trash" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        n = 1
+        while dest.exists():
+            n += 1
+            dest = dest.with_name(f"{Path(rel).stem} ({n}){layout.SUFFIX}")
+        shutil.move(str(self.root / rel), str(dest))
+
+    def post_update(self, doc: Doc) -> None:
+        if doc.pending and not self.dry:
+            self.api.bytes("POST", f"/documents/{doc.id}/yjs", doc.pending)
+            doc.pending = None
+            self.state.save_doc(doc)
+            self.commit()
+
+    def pull_update(self, doc: Doc, replica: Replica) -> None:
+        replica.apply(self.api.bytes("GET", f"/documents/{doc.id}/yjs", params={"sv": _b64(replica.state_vector())}))
+
+    # -- binding and feed ----------------------------------------------------------------------------
+    def bind(self, server: str, workspace: str | None) -> None:
+        bound_server, bound_ws = self.state.get("server"), self.state.get("workspace_id")
+        if bound_server and bound_server.rstrip("/") != server.rstrip("/"):
+            raise UsageError(f"{self.root} is bound to {bound_server}, not {server}")
+        try:
+            listing = self.api.json("GET", "/workspaces", params={"limit": 200})
+        except Unauthorized as exc:
+            raise Refused(f"the token was refused: {exc.detail}") from None
+        items = listing["items"]
+        if workspace:
+            found = [w for w in items if workspace in (w["id"], w["slug"])] or [w for w in items if w["name"] == workspace]
+            if len(found) > 1:
+                raise UsageError(f"several workspaces are named {workspace!r}: give its id")
+            if not found:
+                if bound_ws:
+                    raise Refused(f"workspace {workspace!r} is not reachable with this token")
+                raise UsageError(f"no workspace {workspace!r} for this token")
+            if bound_ws and found[0]["id"] != bound_ws:
+                raise UsageError(f"{self.root} is bound to workspace {bound_ws}, not {found[0]['id']}")
+            ws = found[0]
+        elif bound_ws:
+            ws = next((w for w in items if w["id"] == bound_ws), None)
+            if ws is None:
+                raise Refused(f"workspace {bound_ws} is no longer reachable with this token (files kept)")
+        else:
+            raise UsageError("--workspace is needed for the first sync of a directory")
+        self.ws = ws["id"]
+        self.read_only_ws = ws["role"] in READ_ONLY_ROLES
+        self.state.set("server", server.rstrip("/"))
+        self.state.set("workspace_id", self.ws)
+        self.commit()
+
+    def read_feed(self) -> str:
+        """Which documents changed since the saved cursor (None: all); the new cursor."""
+        cursor = self.state.get("cursor")
+        if cursor is None:
+            self.changed = None
+            return self.api.json("GET", "/sync/changes", params={"since": "now"})["cursor"]
+        changed: set[str] = set()
+        for _ in range(FEED_PAGES):
+            try:
+                page = self.api.json("GET", "/sync/changes", params={"since": cursor, "limit": 200})
+            except HttpError as exc:
+                if exc.status in (410, 422):  # the feed no longer reaches back that far: look at everything
+                    self.changed = None
+                    return self.api.json("GET", "/sync/changes", params={"since": "now"})["cursor"]
+                raise
+            changed.update(c["id"] for c in page["changes"] if c["workspace_id"] == self.ws and c["entity"] == "document")
+            cursor = page["cursor"]
+            if not page["has_more"]:
+                break
+        self.changed = changed
+        return cursor
+
+    # -- folders -------------------------------------------------------------------------------------
+    def folder_for(self, directory: str) -> str | None:
+        """The folder id of a directory of DIR, its folders created when new."""
+        if directory == "":
+            return None
+        for fid, path in self.folder_paths.items():
+            if path == directory:
+                return fid
+        parent = self.folder_for(layout.parent_of(directory))
+        name = directory.rsplit("/", 1)[-1]
+        self.report("create", directory + "/", "folder")
+        if self.dry:
+            fid = f"dry-run:{directory}"
+        else:
+            fid = self.api.json("POST", f"/workspaces/{self.ws}/folders", {"name": name, "parent_id": parent})["id"]
+        self.folder_paths[fid] = directory
+        return fid
+
+    # -- the pass ------------------------------------------------------------------------------------
+    def run(self, server: str, workspace: str | None) -> None:
+        self.bind(server, workspace)
+        cursor = self.read_feed()
+        self.folder_paths = self.state.folders()
+        docs = self.state.docs()
+        self.local_moves_and_deletes(docs)
+        tree = self.api.json("GET", f"/workspaces/{self.ws}/tree")
+        self.folder_paths, remote_paths = layout.remote_layout(tree)
+        if not self.dry:
+            for path in self.folder_paths.values():
+                (self.root / path).mkdir(parents=True, exist_ok=True)
+            self.state.save_folders(self.folder_paths)
+            self.commit()
+        docs = self.state.docs()
+        claimed = {d.path for d in docs.values()}
+        for d in tree["documents"]:
+            doc = docs.get(d["id"])
+            try:
+                if doc is None:
+                    self.new_remote(d, remote_paths[d["id"]], claimed)
+                else:
+                    self.sync_known(doc, d, remote_paths[d["id"]], claimed)
+            except Unauthorized:
+                raise
+            except UnicodeDecodeError:
+                self.report("skip", (doc.path if doc else remote_paths[d["id"]]), "not UTF-8, skipped")
+            except HttpError as exc:
+                self.report("error", doc.path if doc else remote_paths[d["id"]], str(exc))
+        live = {d["id"] for d in tree["documents"]}
+        for doc in list(docs.values()):
+            if doc.id not in live:
+                try:
+                    self.remote_gone(doc)
+                except Unauthorized:
+                    raise
+                except (HttpError, UnicodeDecodeError) as exc:
+                    self.report("error", doc.path, str(exc))
+        self.local_creates()
+        self.state.set("cursor", cursor)
+        self.commit()
+
+    def local_moves_and_deletes(self, docs: dict[str, Doc]) -> None:
+        files = layout.local_files(self.root)
+        tracked = {d.path for d in docs.values()}
+        untracked = files - tracked
+        texts: dict[str, str] = {}
+        for rel in sorted(untracked):
+            try:
+                got = self.read(rel)
+            except UnicodeDecodeError:
+                continue
+            if got is not None:
+                texts.setdefault(got[0], rel)
+        for doc in docs.values():
+            if doc.path in files:
+                continue
+            try:
+                moved_to = texts.pop(doc.synced_text, None)
+                if moved_to is not None:
+                    self.local_move(doc, moved_to)
+                else:
+                    self.local_delete(doc)
+            except Unauthorized:
+                raise
+            except HttpError as exc:
+                self.report("error", doc.path, str(exc))
+
+    def local_move(self, doc: Doc, new: str) -> None:
+        if doc.read_only or self.read_only_ws:
+            self.report("keep", new, f"moved from {doc.path}, read-only: not moved on the server")
+            return
+        patch: dict = {}
+        if layout.title_of(new) != layout.title_of(doc.path):
+            patch["title"] = layout.title_of(new)
+        if layout.parent_of(new) != layout.parent_of(doc.path):
+            patch["folder_id"] = self.folder_for(layout.parent_of(new))
+        self.report("rename" if "title" in patch else "move", f"{doc.path} → {new}")
+        if patch and not self.dry:
+            self.api.json("PATCH", f"/documents/{doc.id}", patch)
+        doc.path = new
+        self.state.save_doc(doc)
+        self.commit()
+
+    def local_delete(self, doc: Doc) -> None:
+        replica = Replica(doc.replica)
+        self.pull_update(doc, replica) if doc.content_model == "text" else None
+        if doc.content_model == "text" and replica.markdown() != doc.synced_text:
+            # edited remotely meanwhile: the edit beats the delete, the file comes back
+            self.report("restore", doc.path, "changed on the server since it was deleted here")
+            self.write(doc.path, replica.markdown(), doc.style, doc.read_only)
+            doc.replica, doc.synced_text = replica.state(), replica.markdown()
+            self.state.save_doc(doc)
+            self.commit()
+            return
+        if doc.read_only or self.read_only_ws:
+            self.report("keep", doc.path, "deleted here, read-only: not deleted on the server")
+        else:
+            self.report("delete", doc.path)
+            if not self.dry:
+                try:
+                    self.api.request("DELETE", f"/documents/{doc.id}")
+                except HttpError as exc:
+                    if exc.status != 404:
+                        raise
+        if not self.dry:
+            self.state.forget_doc(doc.id)
+        self.commit()
+
+    def new_remote(self, d: dict, path: str, claimed: set[str]) -> None:
+        meta = self.api.json("GET", f"/documents/{d['id']}")
+        read_only = self.read_only_ws
+        replica = None
+        if meta["content_model"] == "text":
+            replica = Replica()
+            replica.apply(self.api.bytes("GET", f"/documents/{d['id']}/yjs"))
+            text = replica.markdown()
+        else:
+            text = self.api.bytes("GET", f"/documents/{d['id']}/content").decode("utf-8")
+        path = self.free_path(path, text, claimed)
+        local = self.read(path)
+        if local is not None and local[0] == text:
+            self.report("pull", path, "already here")
+            style = local[1]
+        else:
+            style = ""
+            self.report("pull", path)
+        self.write(path, text, style, read_only)
+        claimed.add(path)
+        doc = Doc(d["id"], path, d["title"], d.get("folder_id"), meta["content_model"], read_only,
+                  replica.state() if replica else None, text, style, None)
+        if not self.dry:
+            self.state.save_doc(doc)
+        self.commit()
+
+    def free_path(self, path: str, text: str, claimed: set[str]) -> str:
+        """`path`, unless another document holds it or a file with other text is there (never
+        overwritten: it becomes its own document): then the next free ` (n)` name."""
+        base, n = path[:-len(layout.SUFFIX)], 1
+        candidate = path
+        while n < 1000:
+            if candidate not in claimed:
+                try:
+                    local = self.read(candidate)
+                except UnicodeDecodeError:
+                    local = ("\0", "")
+                if local is None or local[0] == text:
+                    return candidate
+            n += 1
+            candidate = f"{base} ({n}){layout.SUFFIX}"
+        raise HttpError(0, f"no free name for {path}")
+
+    def move_to_remote_path(self, doc: Doc, path: str, claimed: set[str]) -> None:
+        if path == doc.path or path in claimed or (self.root / path).exists():
+            return
+        self.report("move", f"{doc.path} → {path}", "renamed or moved on the server")
+        if not self.dry and (self.root / doc.path).exists():
+            (self.root / path).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.root / doc.path, self.root / path)
+        claimed.discard(doc.path)
+        claimed.add(path)
+        doc.path = path
+        self.state.save_doc(doc)
+        self.commit()
+
+    def sync_known(self, doc: Doc, d: dict, path: str, claimed: set[str]) -> None:
+        doc.title, doc.folder_id = d["title"], d.get("folder_id")
+        self.move_to_remote_path(doc, path, claimed)
+        local = self.read(doc.path)
+        read_only = doc.read_only or self.read_only_ws
+        if doc.content_model != "text":
+            self.sync_pull_only(doc, local)
+            return
+        replica = Replica(doc.replica)
+        self.post_update(doc)  # an update a killed pass saved but did not send
+        edited = local is not None and local[0] != doc.synced_text
+        if edited and read_only:
+            self.report("keep", doc.path, "read-only here: the local edit is kept, not sent")
+            return
+        if edited:
+            text, style = local
+            doc.pending = replica.edit(text, doc.synced_text)
+            doc.replica, doc.synced_text, doc.style = replica.state(), text, style
+            self.state.save_doc(doc)
+            self.commit()
+            self.post_update(doc)
+        if not edited and self.changed is not None and doc.id not in self.changed:
+            return
+        self.pull_update(doc, replica)
+        merged = replica.markdown()
+        if merged == doc.synced_text:
+            if edited:
+                self.report("push", doc.path)
+            return
+        self.write_back(doc, replica)
+        self.report("merge" if edited else "pull", doc.path)
+
+    def write_back(self, doc: Doc, replica: Replica) -> None:
+        """Write the replica's text to the file, folding in an edit the file got meanwhile."""
+        for _ in range(WRITE_BACK_TRIES):
+            local = self.read(doc.path)
+            if local is None or local[0] == doc.synced_text:
+                merged = replica.markdown()
+                self.write(doc.path, merged, doc.style, doc.read_only or self.read_only_ws)
+                doc.replica, doc.synced_text = replica.state(), merged
+                self.state.save_doc(doc)
+                self.commit()
+                return
+            base = Replica(doc.replica)  # its text is the last synced text: the edit applies to it
+            update = base.edit(local[0], doc.synced_text)
+            replica.apply(update)
+            doc.replica, doc.synced_text, doc.style, doc.pending = base.state(), local[0], local[1], update
+            self.state.save_doc(doc)
+            self.commit()
+            self.post_update(doc)
+        self.report("error", doc.path, "the file kept changing while its merge was written; next pass")
+
+    def sync_pull_only(self, doc: Doc, local: tuple[str, str] | None) -> None:
+        """A TipTap document: its markdown is read, never written from here."""
+        if local is not None and local[0] != doc.synced_text:
+            self.report("keep", doc.path, "a TipTap document is pull-only here: the local edit is kept, not sent")
+            return
+        if self.changed is not None and doc.id not in self.changed:
+            return
+        text = self.api.bytes("GET", f"/documents/{doc.id}/content").decode("utf-8")
+        if text != doc.synced_text:
+            self.write(doc.path, text, doc.style, True)
+            doc.synced_text = text
+            self.state.save_doc(doc)
+            self.commit()
+            self.report("pull", doc.path)
+
+    def remote_gone(self, doc: Doc) -> None:
+        local = self.read(doc.path)
+        if local is not None and local[0] != doc.synced_text and not doc.read_only and not self.read_only_ws:
+            try:  # edited here: the edit beats the delete
+                self.api.request("POST", f"/documents/{doc.id}/restore") if not self.dry else None
+                self.report("restore", doc.path, "deleted on the server, edited here")
+                self.sync_known(doc, {"title": doc.title, "folder_id": doc.folder_id}, doc.path, set())
+                return
+            except HttpError as exc:
+                if exc.status not in (404, 403):
+                    raise
+            if not self.dry:  # purged: the file becomes a new document
+                self.state.forget_doc(doc.id)
+            self.commit()
+            return
+        self.report("trash", doc.path, "deleted on the server; a copy is in .mdsync/trash/")
+        self.trash(doc.path)
+        if not self.dry:
+            self.state.forget_doc(doc.id)
+        self.commit()
+
+    def local_creates(self) -> None:
+        docs = self.state.docs()
+        tracked = {d.path for d in docs.values()}
+        for rel in sorted(layout.local_files(self.root) - tracked):
+            try:
+                got = self.read(rel)
+                if got is None:
+                    continue
+                if self.read_only_ws:
+                    self.report("keep", rel, "read-only workspace: the new file is not sent")
+                    continue
+                text, style = got
+                folder_id = self.folder_for(layout.parent_of(rel))
+                self.report("create", rel)
+                if self.dry:
+                    continue
+                created = self.api.json("POST", f"/workspaces/{self.ws}/documents",
+                                        {"title": layout.title_of(rel), "folder_id": folder_id, "markdown": text})
+                replica = Replica()
+                replica.apply(self.api.bytes("GET", f"/documents/{created['id']}/yjs"))
+                doc = Doc(created["id"], rel, created["title"], folder_id, created.get("content_model", "text"), False,
+                          replica.state(), replica.markdown(), style, None)
+                self.state.save_doc(doc)
+                self.commit()
+                if replica.markdown() != text:
+                    self.write_back(doc, replica)
+            except Unauthorized:
+                raise
+            except UnicodeDecodeError:
+                self.report("skip", rel, "not UTF-8, skipped")
+            except HttpError as exc:
+                self.report("error", rel, str(exc))
+
+
+def sync_once(root: Path, server: str | None, workspace: str | None, token: str, report: Report,
+              dry_run: bool = False) -> int:
+    """One pass; the exit code (0 in sync, 1 some items failed)."""
+    state = State(root, in_memory=dry_run and not (root / STATE_DIR / "state.db").exists())
+    try:
+        server = server or state.get("server")
+        if not server:
+            raise UsageError("--server is needed for the first sync of a directory")
+        Pass(root, Api(server, token), state, report, dry_run).run(server, workspace)
+    except Unauthorized as exc:
+        raise Refused(f"the token was refused: {exc.detail}") from None
+    finally:
+        state.close()
+    return 1 if report.failed else 0

@@ -1,0 +1,102 @@
+"""What the sync client remembers, in DIR/.mdsync/state.db (SQLite): which server and workspace
+DIR is bound to, the change-feed cursor, and per document its id, path, Yjs replica, the text
+last synced (what the file held when it last agreed with the replica) and the Yjs update not yet
+acknowledged by the server (`pending`). Every step commits before the next one starts, so a
+killed run resumes where it stopped: a pending update is sent again (Yjs updates are idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+STATE_DIR = ".mdsync"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (
+    id TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    title TEXT NOT NULL,
+    folder_id TEXT,
+    content_model TEXT NOT NULL DEFAULT 'text',
+    read_only INTEGER NOT NULL DEFAULT 0,
+    replica BLOB,
+    synced_text TEXT NOT NULL DEFAULT '',
+    style TEXT NOT NULL DEFAULT '',
+    pending BLOB
+);
+CREATE TABLE IF NOT EXISTS folders (id TEXT PRIMARY KEY, path TEXT NOT NULL);
+"""
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class Doc:
+    id: str
+    path: str
+    title: str
+    folder_id: str | None
+    content_model: str
+    read_only: bool
+    replica: bytes | None
+    synced_text: str
+    style: str
+    pending: bytes | None
+
+
+class State:
+    def __init__(self, root: Path, in_memory: bool = False):
+        """`in_memory`: a dry run in a DIR never synced (nothing is written into it). Changes are
+        kept only once the caller commits (`conn.commit()`); a dry run never does."""
+        if in_memory:
+            self.conn = sqlite3.connect(":memory:")
+        else:
+            (root / STATE_DIR).mkdir(exist_ok=True)
+            self.conn = sqlite3.connect(root / STATE_DIR / "state.db")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.conn.rollback()  # what was not committed (a dry run, a failed step) is not kept
+        self.conn.close()
+
+    # -- meta
+    def get(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                          (key, value))
+
+    # -- documents
+    def docs(self) -> dict[str, Doc]:
+        rows = self.conn.execute("SELECT id, path, title, folder_id, content_model, read_only, replica, synced_text,"
+                                 " style, pending FROM docs").fetchall()
+        return {r[0]: Doc(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9]) for r in rows}
+
+    def save_doc(self, d: Doc) -> None:
+        self.conn.execute(
+            "INSERT INTO docs (id, path, title, folder_id, content_model, read_only, replica, synced_text, style, pending)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET path = excluded.path,"
+            " title = excluded.title, folder_id = excluded.folder_id, content_model = excluded.content_model,"
+            " read_only = excluded.read_only, replica = excluded.replica, synced_text = excluded.synced_text,"
+            " style = excluded.style, pending = excluded.pending",
+            (d.id, d.path, d.title, d.folder_id, d.content_model, int(d.read_only), d.replica, d.synced_text,
+             d.style, d.pending))
+
+    def forget_doc(self, doc_id: str) -> None:
+        self.conn.execute("DELETE FROM docs WHERE id = ?", (doc_id,))
+
+    # -- folders
+    def folders(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT id, path FROM folders").fetchall())
+
+    def save_folders(self, folders: dict[str, str]) -> None:
+        self.conn.execute("DELETE FROM folders")
+        self.conn.executemany("INSERT INTO folders (id, path) VALUES (?, ?)", folders.items())

@@ -1,0 +1,237 @@
+"""`mdsync sync DIR` (docs/sync.md) against a real `mdsync serve` on 127.0.0.1, the CLI as a
+subprocess, and live npm yjs + y-websocket clients (tests/interop/sync_live.mjs) editing the
+same documents: initial pull, a second pass that writes nothing, offline edits merged by CRDT,
+renames, moves and deletes both ways, read-only documents, bad input and exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.builders import PASSWORD
+from tests.nodeclients import needs_node, run_node
+from tests.processes import MDSYNC, ROOT, ServerProcess, subprocess_env
+
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("sync") / "data"
+    data_dir.mkdir()
+    proc = ServerProcess(data_dir, {"MDSYNC_AUTH__REGISTRATION": "open", "MDSYNC_AUTH__ACCESS_TOKEN_TTL": "3600",
+                                    "MDSYNC_AUTH__REGISTER_ATTEMPTS_PER_ADDRESS": "1000",
+                                    "MDSYNC_LIMITS__MAX_DOCUMENT_BYTES": "200000"})
+    proc.start()
+    yield proc
+    proc.kill()
+
+
+class User:
+    """A registered user on the real server: a session, a PAT, a workspace of their own."""
+
+    def __init__(self, server: ServerProcess, http: aiohttp.ClientSession, access: str):
+        self.server, self.http, self.access = server, http, access
+        self.pat = ""
+        self.ws = ""
+
+    def url(self, path: str) -> str:
+        return self.server.url(API + path)
+
+    async def call(self, method: str, path: str, expect: int | None = None, **kw):
+        async with self.http.request(method, self.url(path), headers={"Authorization": f"Bearer {self.access}"},
+                                     **kw) as resp:
+            body = await resp.read()
+            assert expect is None or resp.status == expect, (resp.status, body[:500])
+            if resp.content_type == "application/json" or resp.content_type.endswith("+json"):
+                return json.loads(body)
+            return body
+
+    async def content(self, doc_id: str) -> str:
+        return (await self.call("GET", f"/documents/{doc_id}/content", 200)).decode()
+
+    async def doc(self, title: str, folder_id: str | None = None, markdown: str = "") -> str:
+        created = await self.call("POST", f"/workspaces/{self.ws}/documents", 201,
+                                  json={"title": title, "folder_id": folder_id, "markdown": markdown})
+        return created["id"]
+
+    async def folder(self, name: str, parent_id: str | None = None) -> str:
+        return (await self.call("POST", f"/workspaces/{self.ws}/folders", 201,
+                                json={"name": name, "parent_id": parent_id}))["id"]
+
+    async def tree(self) -> dict:
+        return await self.call("GET", f"/workspaces/{self.ws}/tree", 200)
+
+    async def cursor(self) -> str:
+        return (await self.call("GET", "/sync/changes", 200, params={"since": "now"}))["cursor"]
+
+    async def changes_since(self, cursor: str) -> list[dict]:
+        page = await self.call("GET", "/sync/changes", 200, params={"since": cursor, "limit": 200})
+        return [c for c in page["changes"] if c["workspace_id"] == self.ws]
+
+
+@pytest.fixture
+async def http():
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def new_user(server, http, workspace: str | None = "Notes", scopes=("read", "write"), invitation=None) -> User:
+    import uuid
+    body = {"email": f"u-{uuid.uuid4().hex[:10]}@example.com", "password": PASSWORD, "name": "Writer"}
+    if invitation:
+        body["invitation"] = invitation
+    async with http.post(server.url(f"{API}/auth/register"), json=body) as resp:
+        assert resp.status == 201, await resp.text()
+        pair = await resp.json()
+    user = User(server, http, pair["access_token"])
+    user.pat = (await user.call("POST", "/me/tokens", 201, json={"name": "sync", "scopes": list(scopes)}))["token"]
+    if workspace:
+        user.ws = (await user.call("POST", "/workspaces", 201, json={"name": workspace}))["id"]
+    return user
+
+
+def run_sync(directory: Path, *args: str, token: str | None = None, server: ServerProcess | None = None,
+             workspace: str | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    argv = [*MDSYNC, "sync", str(directory), *args]
+    if server is not None:
+        argv += ["--server", server.base]
+    if workspace is not None:
+        argv += ["--workspace", workspace]
+    env = subprocess_env(directory)
+    env.pop("MDSYNC_SERVER__DATA_DIR", None)
+    if token is not None:
+        env["MDSYNC_TOKEN"] = token
+    return subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+
+
+def actions(result: subprocess.CompletedProcess) -> list[dict]:
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+def files(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text(encoding="utf-8") for p in root.rglob("*.md")
+            if ".mdsync" not in p.relative_to(root).parts}
+
+
+async def wait_content(user: User, doc_id: str, check, what: str, timeout: float = 10) -> str:
+    text = ""
+    for _ in range(int(timeout / 0.1)):
+        text = await user.content(doc_id)
+        if check(text):
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: {text!r}")
+
+
+# -- initial pull, idempotence, binding ------------------------------------------------------------
+async def test_initial_pull_places_every_document_as_the_export_names_it_and_a_second_run_writes_nothing(
+        server, http, tmp_path):
+    user = await new_user(server, http)
+    top = await user.folder("Projects")
+    sub = await user.folder("Ünïcødé 日本", top)
+    expected_ids = []
+    for i in range(100):
+        expected_ids.append(await user.doc(f"Note {i:03}", [None, top, sub][i % 3], f"# Note {i}\n\nbody {i} ✓\n"))
+    specials = {
+        "dup": [await user.doc("Same", top, "first\n"), await user.doc("Same", top, "second\n")],
+        "slash": await user.doc("a/b: c?", None, "slashes\n"),
+        "unicode": await user.doc("Café ☕ 日本語", sub, "naïve — ünïcode\n"),
+        "empty": await user.doc("Empty", None, ""),
+    }
+    root = tmp_path / "notes"
+    result = run_sync(root, "--json", token=user.pat, server=server, workspace="Notes")
+    assert result.returncode == 0, result.stderr + result.stdout
+    got = files(root)
+    assert len(got) == 105
+    assert got["Projects/Same.md"] == "first\n" and got["Projects/Same (2).md"] == "second\n"
+    assert got["a_b_ c_.md"] == "slashes\n"
+    assert got["Projects/Ünïcødé 日本/Café ☕ 日本語.md"] == "naïve — ünïcode\n"
+    assert got["Empty.md"] == ""
+    tree = await user.tree()
+    paths = {a["path"] for a in actions(result) if a["action"] == "pull"}
+    assert paths == set(got)
+    for d in tree["documents"]:  # every file equals GET …/content
+        matching = [p for p, text in got.items() if text == await user.content(d["id"])]
+        assert matching, d["title"]
+    for i, doc_id in enumerate(expected_ids[:12]):
+        folder = ["", "Projects/", "Projects/Ünïcødé 日本/"][i % 3]
+        assert got[f"{folder}Note {i:03}.md"] == await user.content(doc_id)
+    assert (root / ".mdsync" / "state.db").is_file()
+    assert user.pat not in "".join(p.read_bytes().decode("latin-1") for p in root.rglob("*") if p.is_file())
+
+    cursor = await user.cursor()
+    again = run_sync(root, "--json", token=user.pat)  # server and workspace come from DIR/.mdsync
+    assert again.returncode == 0, again.stderr
+    assert actions(again) == []
+    assert await user.changes_since(cursor) == []  # nothing was written on the server
+    assert files(root) == got
+
+
+async def test_exit_codes_token_refused_usage_and_a_directory_bound_elsewhere(server, http, tmp_path):
+    user = await new_user(server, http, "Mine")
+    await user.doc("Kept", None, "kept\n")
+    root = tmp_path / "d"
+    missing = run_sync(root, server=server, workspace="Mine")
+    assert missing.returncode == 2 and "MDSYNC_TOKEN" in missing.stderr
+    refused = run_sync(root, token="mds_not_a_token_at_all_xxxxxxxxxxxxxxxx", server=server, workspace="Mine")
+    assert refused.returncode == 3 and "refused" in refused.stderr
+    assert run_sync(root, token=user.pat, server=server, workspace="Mine").returncode == 0
+    other_ws = (await user.call("POST", "/workspaces", 201, json={"name": "Other"}))["id"]
+    bound = run_sync(root, token=user.pat, workspace=other_ws)
+    assert bound.returncode == 2 and "bound to workspace" in bound.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text(user.pat + "\n")
+    assert run_sync(root, "--token-file", str(token_file)).returncode == 0
+    await user.call("DELETE", f"/me/tokens/{(await user.call('GET', '/me/tokens', 200))['items'][0]['id']}", 204)
+    revoked = run_sync(root, token=user.pat)
+    assert revoked.returncode == 3
+    assert (root / "Kept.md").read_text() == "kept\n"  # files kept
+
+
+# -- offline merge with a live client --------------------------------------------------------------
+def ws_url(server: ServerProcess) -> str:
+    return server.base.replace("http://", "ws://") + "/ws/docs"
+
+
+@needs_node
+async def test_offline_edits_merge_with_a_live_clients_edits(server, http, tmp_path):
+    user = await new_user(server, http)
+    doc_id = await user.doc("Plan", None, "First paragraph here.\n\nSecond paragraph.\n\nThird paragraph ends.\n")
+    root = tmp_path / "plan"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    path = root / "Plan.md"
+    # the CLI is stopped; a live client edits paragraph 3 while the file's paragraph 1 changes
+    live = asyncio.create_task(run_node("sync_live.mjs", "edit", {
+        "url": ws_url(server), "doc": doc_id, "token": user.access, "after": "Third paragraph",
+        "insert": " (LIVE)", "expect": ["LOCAL EDIT"]}, timeout=60))
+    await wait_content(user, doc_id, lambda t: "(LIVE)" in t, "the live edit on the server")
+    path.write_text(path.read_text().replace("First paragraph", "First LOCAL EDIT paragraph"))
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert [a["action"] for a in actions(result)] == ["merge"]
+    expected = "First LOCAL EDIT paragraph here.\n\nSecond paragraph.\n\nThird paragraph (LIVE) ends.\n"
+    assert path.read_text() == expected
+    assert await wait_content(user, doc_id, lambda t: t == expected, "merged on the server") == expected
+    assert (await live)["text"] == expected  # the live client got the offline edit too
+
+    # both edit one sentence: both texts present, no conflict markers, no copies
+    live = asyncio.create_task(run_node("sync_live.mjs", "edit", {
+        "url": ws_url(server), "doc": doc_id, "token": user.access, "after": "Second",
+        "insert": " remote-words", "expect": ["local-words"]}, timeout=60))
+    await wait_content(user, doc_id, lambda t: "remote-words" in t, "the live edit on the server")
+    path.write_text(path.read_text().replace("Second paragraph", "Second paragraph local-words"))
+    assert run_sync(root, token=user.pat).returncode == 0
+    merged = path.read_text()
+    assert "remote-words" in merged and "local-words" in merged
+    assert "<<<<" not in merged and "====" not in merged and merged.count("Second") == 1
+    assert sorted(files(root)) == ["Plan.md"]
+    assert await wait_content(user, doc_id, lambda t: t == merged, "merged on the server") == merged
+    assert (await live)["text"] == merged
