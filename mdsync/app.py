@@ -22,14 +22,13 @@ from mdsync.documents.content import CONTENT, ContentModels
 from mdsync.hooks import HOOKS, Hooks
 from mdsync.ops import backup
 from mdsync.ops.metrics import METRICS, Metrics
-from mdsync.ops.metrics import middleware as metrics_middleware
 
 
 def create_app(settings: Settings) -> web.Application:
     metrics = Metrics(settings.metrics.token)
     app = web.Application(
-        # the metrics middleware is outermost: it sees every answer, including mapped errors
-        middlewares=[metrics_middleware(metrics), *middleware.build(settings.cors.origins)],
+        # one middleware: request id, CORS preflights, errors as problem+json, metrics of every answer
+        middlewares=[middleware.build(settings.cors.origins, observe=metrics.observe_request)],
         # handlers read bodies through routing.read_body with their own limit; this is the ceiling
         client_max_size=max(settings.limits.max_body_bytes, settings.limits.max_document_bytes) + 1024,
     )

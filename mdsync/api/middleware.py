@@ -1,5 +1,5 @@
-"""Middlewares every request passes through, outermost first: request id, CORS (preflights),
-then errors (any exception becomes problem+json; stack traces stay in the server log).
+"""The middleware every request passes through (`build`): request id, CORS preflights, errors
+(any exception becomes problem+json; stack traces stay in the server log), metrics.
 
 The headers every answer carries (request id, security headers, CORS for an allowed origin) are
 set by `on_prepare`, the app's response-prepare signal, so streamed answers (SSE, the AI proxy)
@@ -11,7 +11,9 @@ import contextvars
 import json
 import logging
 import re
+import time
 import uuid
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -89,54 +91,63 @@ def _from_http_exception(exc: web.HTTPException) -> errors.ApiError:
     return error
 
 
-def build(cors_origins: list[str]):
+def build(cors_origins: list[str], observe: Callable[[web.Request, int, float], None] | None = None):
+    """The one middleware every request passes through. In order: the request id; a CORS
+    preflight is answered here; the handler runs and any exception becomes problem+json (stack
+    traces stay in the server log); `observe(request, status, seconds)` (the metrics) sees every
+    answer, mapped errors and preflights included. One middleware rather than a chain of them:
+    each link cost a coroutine and a wrapper per request (bench/README.md, "REST per-request cost")."""
     origins = frozenset(cors_origins)
 
     @web.middleware
-    async def request_id(request: web.Request, handler):
-        incoming = request.headers.get("X-Request-Id", "")
+    async def mdsync_middleware(request: web.Request, handler):
+        started = time.perf_counter()
+        status = 500
+        try:
+            response = await _answer(request, handler)
+            status = response.status
+            return response
+        except web.HTTPException as exc:  # a 101 upgrade and friends, raised past the error mapping
+            status = exc.status
+            return exc
+        finally:
+            if observe is not None:
+                observe(request, status, time.perf_counter() - started)
+
+    async def _answer(request: web.Request, handler) -> web.StreamResponse:
+        headers = request.headers
+        incoming = headers.get("X-Request-Id", "")
         rid = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
         request[REQUEST_ID] = rid
         request_id_var.set(rid)
-        try:
-            return await handler(request)
-        except web.HTTPException as exc:  # raised past the error middleware (e.g. a 101 upgrade)
-            return exc
-
-    @web.middleware
-    async def cors(request: web.Request, handler):
-        origin = request.headers.get("Origin")
+        origin = headers.get("Origin")
         allowed = origin is not None and origin in origins
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        if request.method == "OPTIONS" and "Access-Control-Request-Method" in headers:
             if not allowed:
                 return web.Response(status=204)  # no CORS headers: the browser refuses
             return web.Response(status=204, headers={
                 "Access-Control-Allow-Origin": origin,
                 "Access-Control-Allow-Methods": ALLOW_METHODS,
-                "Access-Control-Allow-Headers": _allow_headers(request.headers.get("Access-Control-Request-Headers", "")),
+                "Access-Control-Allow-Headers": _allow_headers(headers.get("Access-Control-Request-Headers", "")),
                 "Access-Control-Max-Age": "600",
                 "Vary": "Origin",
             })
         if allowed:
             request[CORS_ORIGIN] = origin  # on_prepare adds the headers
-        return await handler(request)
-
-    @web.middleware
-    async def error_handler(request: web.Request, handler):
         try:
             return await handler(request)
         except errors.ApiError as exc:
-            return problem_response(exc, request.get(REQUEST_ID))
+            return problem_response(exc, rid)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return problem_response(_from_http_exception(exc), request.get(REQUEST_ID))
+            return problem_response(_from_http_exception(exc), rid)
         except HttpProcessingError as exc:
             # aiohttp's parser, raised while a handler reads the body: broken chunked encoding, a
             # multipart part with a bad or overlong header line. The client's fault, not ours.
             log.info("malformed request body in %s %s: %s", request.method, loggable_path(request),
                      exc.__class__.__name__)
-            return problem_response(errors.BadRequest("the request body is malformed HTTP"), request.get(REQUEST_ID))
+            return problem_response(errors.BadRequest("the request body is malformed HTTP"), rid)
         except ConnectionResetError as exc:
             # the client went away mid-request: nothing to answer
             log.info("connection lost during %s %s: %s", request.method, loggable_path(request),
@@ -144,10 +155,9 @@ def build(cors_origins: list[str]):
             raise
         except Exception:
             log.exception("unhandled error in %s %s", request.method, loggable_path(request))
-            return problem_response(errors.Internal("an unexpected error occurred; see the server log"),
-                                    request.get(REQUEST_ID))
+            return problem_response(errors.Internal("an unexpected error occurred; see the server log"), rid)
 
-    return [request_id, cors, error_handler]
+    return mdsync_middleware
 
 
 def on_prepare(hsts: bool):

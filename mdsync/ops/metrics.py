@@ -1,4 +1,4 @@
-"""Prometheus metrics: one registry per application, the HTTP middleware, and `GET /metrics`.
+"""Prometheus metrics: one registry per application, the HTTP request series, and `GET /metrics`.
 
 Every app gets its own `CollectorRegistry` (never prometheus-client's global one), so many apps in
 one test process do not collide. Features add their own instruments through `app[METRICS]`:
@@ -59,6 +59,8 @@ class Metrics:
         self.http_latency = self.histogram(
             "mdsync_http_request_duration_seconds", "Time to answer an HTTP request (WebSocket upgrades excluded)",
             ["route", "method"], buckets=LATENCY_BUCKETS)
+        # (route object or None when unmatched, method, status) -> (counter, histogram) series; bounded like the labels
+        self._request_series: dict[tuple, tuple] = {}
 
     # -- instruments -----------------------------------------------------------------------
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
@@ -89,6 +91,26 @@ class Metrics:
     def on_scrape(self, hook: Callable[[], None]) -> None:
         """Run `hook` right before every scrape (to set gauges from live state)."""
         self._scrape_hooks.append(hook)
+
+    # -- HTTP requests (called by the one HTTP middleware, mdsync/api/middleware.py) -----------
+    def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
+        """Count a request by its route template (bounded cardinality) and time it (not a
+        WebSocket: its "duration" is its whole life). The labelled series of each (route, method,
+        status) are looked up once and kept: prometheus-client's `labels()` costs more than the
+        increment itself."""
+        info = request.match_info
+        # an unmatched request's route is made per request: it must not become a key of its own
+        route = None if getattr(info, "http_exception", None) is not None else getattr(info, "route", None)
+        key = (route, request.method, status)
+        series = self._request_series.get(key)
+        if series is None:
+            route = _route_template(request)
+            series = self._request_series[key] = (
+                self.http_requests.labels(route, request.method, str(status)),
+                self.http_latency.labels(route, request.method))
+        series[0].inc()
+        if status != 101:
+            series[1].observe(seconds)
 
     # -- output ----------------------------------------------------------------------------
     def render(self) -> bytes:
@@ -145,29 +167,6 @@ def _file_size(path) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
-
-
-def middleware(metrics: Metrics):
-    """Count every request by its route template (bounded cardinality) and time it."""
-
-    @web.middleware
-    async def measure(request: web.Request, handler):
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            route = _route_template(request)
-            metrics.http_requests.labels(route, request.method, str(status)).inc()
-            if status != 101:  # a WebSocket's "duration" is its whole life, not a latency
-                metrics.http_latency.labels(route, request.method).observe(time.perf_counter() - started)
-
-    return measure
 
 
 def _route_template(request: web.Request) -> str:

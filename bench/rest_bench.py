@@ -1,0 +1,136 @@
+"""REST per-request cost (reported, not asserted): `wrk` against authenticated `GET /api/v1/me` on a
+real `mdsync serve` (access JWT and personal access token) and against a bare aiohttp handler
+answering the same JSON, in interleaved rounds of one run; medians and ratios.
+
+    .venv/bin/python bench/rest_bench.py [--rounds 3] [--duration 10] [--profile OUT_DIR]
+
+mdsync runs with its default log level (info: every request writes its access-log line) and the
+default middlewares; the bare handler has no middleware and no access log. With `--profile`, one
+extra JWT round runs under `py-spy record` (needs py-spy in the venv and ptrace rights) and the
+top frames (own time and inclusive) are printed. Needs `wrk` on PATH. Every process it starts is
+stopped by its pid; every loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import aiohttp
+from auth_bench import BARE_SERVER, register
+from benchserver import BenchServer
+
+
+def wrk(url: str, token: str | None, threads: int, connections: int, duration: int) -> float:
+    """Requests/s that `wrk` measured; non-2xx answers make the run fail loudly."""
+    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s"]
+    if token:
+        command += ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run([*command, url], capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+
+def top_frames(raw: Path, count: int = 15) -> str:
+    """Own-time and inclusive top frames of a py-spy `--format raw` (collapsed stacks) file."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        n = int(samples)
+        total += n
+        frames = [re.sub(r" \(/.*?(site-packages|h19|mdsync)/", " (", f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    lines = [f"{total} samples", "", "own time:"]
+    lines += [f"  {n / total:6.1%}  {f}" for f, n in own.most_common(count)]
+    lines += ["", "inclusive:"]
+    lines += [f"  {n / total:6.1%}  {f}" for f, n in inclusive.most_common(count * 2)]
+    return "\n".join(lines)
+
+
+def profile(pid: int, url: str, token: str, out_dir: Path, args) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    raw = out_dir / "rest-me-jwt.txt"
+    spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
+                            "--format", "raw", "--rate", "250", "--duration", str(args.duration), "--nonblocking",
+                            "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wrk(url, token, args.threads, args.connections, args.duration)
+        spy.wait(timeout=args.duration + 30)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait(10)
+    return top_frames(raw) if raw.exists() else f"py-spy wrote nothing: {spy.stderr.read()}"
+
+
+async def tokens(base: str) -> tuple[str, str]:
+    jwt = await register(base, "me@example.com")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base + "/api/v1/me/tokens", json={"name": "bench"},
+                                headers={"Authorization": f"Bearer {jwt}"}) as resp:
+            pat = (await resp.json())["token"]
+    return jwt, pat
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--profile", type=Path, help="directory for the py-spy output of one extra JWT round")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    work = Path(tempfile.mkdtemp(prefix="mdsync-rest-bench-"))
+    servers: list[BenchServer] = []
+    try:
+        # the default log level: the access log is part of the per-request cost
+        server = BenchServer.mdsync(work / "data", MDSYNC_LOG__LEVEL="info")
+        servers.append(server)
+        bare = BenchServer([sys.executable, "-c", BARE_SERVER], os.environ.copy(), work)
+        servers.append(bare)
+        jwt, pat = asyncio.run(tokens(server.base))
+        me, bare_url = server.base + "/api/v1/me", bare.base + "/api/v1/me"
+        runs: dict[str, list[float]] = {"bare": [], "jwt": [], "pat": []}
+        load = []
+        for _ in range(args.rounds):  # interleaved: every server sees the same background load
+            load.append(os.getloadavg()[0])
+            runs["bare"].append(wrk(bare_url, None, args.threads, args.connections, args.duration))
+            runs["jwt"].append(wrk(me, jwt, args.threads, args.connections, args.duration))
+            runs["pat"].append(wrk(me, pat, args.threads, args.connections, args.duration))
+        print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
+              f"1-min load average {min(load):.1f}-{max(load):.1f} ({os.cpu_count()} cpus)")
+        print("| target | req/s per round | median | ratio vs bare (median of per-round ratios) |")
+        print("|---|---|---:|---:|")
+        for name in ("bare", "jwt", "pat"):
+            ratio = statistics.median(a / b for a, b in zip(runs[name], runs["bare"]))
+            print(f"| {name} | {' / '.join(f'{r:.0f}' for r in runs[name])} | {statistics.median(runs[name]):.0f} "
+                  f"| {ratio:.2f} |")
+        if args.profile:
+            print()
+            print(profile(server.pid, me, jwt, args.profile, args))
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
