@@ -106,12 +106,13 @@ def test_every_name_in_architecture_md_exists():
     assert not broken, "docs/architecture.md names what does not exist (renamed?):\n" + "\n".join(broken)
 
 
-def test_every_package_is_in_the_package_table():
+def test_every_package_and_top_level_module_is_in_the_package_table():
     text = (DOCS / "architecture.md").read_text(encoding="utf-8")
     root = Path(__file__).resolve().parent.parent / "mdsync"
-    packages = sorted(p.name for p in root.iterdir() if (p / "__init__.py").exists() and p.name != "__pycache__")
-    missing = [name for name in packages if f"`mdsync/{name}/`" not in text]
-    assert not missing, f"add a row for each package to docs/architecture.md's package table: {missing}"
+    packages = sorted(f"mdsync/{p.name}/" for p in root.iterdir() if (p / "__init__.py").exists())
+    modules = sorted(f"mdsync/{p.name}" for p in root.glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    missing = [name for name in packages + modules if f"`{name}`" not in text]
+    assert not missing, f"add a row for each to docs/architecture.md's package table: {missing}"
 
 
 # -- code comments cite docs/ in the repository --------------------------------------------------------
