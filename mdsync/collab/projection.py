@@ -126,38 +126,44 @@ class Projector:
         task.add_done_callback(lambda _t: self._running.pop(document_id, None))
 
     # -- the work ----------------------------------------------------------------------------
-    async def _project(self, room: Room, since: float | None) -> None:
+    async def _project(self, room: Room, since: float | None) -> tuple[str, str] | None:
         if room.closing:
-            return  # the close hook stores the final projection
+            return None  # the close hook stores the final projection
         try:
-            await self.store(room)
+            stored = await self.store(room)
             if since is not None:
                 self.observe_lag(asyncio.get_running_loop().time() - since)
+            return stored
         except Exception:
             log.exception("could not store the markdown projection of %s", room.document_id)
+            return None
 
-    async def store(self, room: Room) -> None:
-        """Store the room's markdown now (text, ETag and log seq read at one instant)."""
+    async def store(self, room: Room) -> tuple[str, str] | None:
+        """Store the room's markdown now (text, ETag and log seq read at one instant); the
+        (markdown, unquoted ETag) stored, or None."""
         if not await self.projects(room.document_id):
-            return
+            return None
         etag, seq = state_etag(room.doc), room.seq
         text = await self.backend.room_markdown(room)  # reads the room before its first await: same instant
         if text is None:
-            return
+            return None
         stored = await self.db.write(store_projection, room.document_id, text, etag, seq, clock.iso())
-        if stored:
-            self.heads.note(room.document_id, etag)
+        if not stored:
+            return None
+        self.heads.note(room.document_id, etag)
+        return text, etag
 
-    async def project_now(self, room: Room) -> None:
+    async def project_now(self, room: Room) -> tuple[str, str] | None:
         """Store the projection at once (after a REST write: the writer's next read of the tree,
-        metadata or change feed shows it) instead of after the debounce."""
+        metadata or change feed shows it) instead of after the debounce; what was stored
+        (markdown, unquoted ETag), or None."""
         entry = self._dirty.pop(room.document_id, None)
         if entry is not None and entry.timer is not None:
             entry.timer.cancel()
         running = self._running.get(room.document_id)
         if running is not None:
             await asyncio.gather(running, return_exceptions=True)
-        await self._project(room, entry.since if entry is not None else None)
+        return await self._project(room, entry.since if entry is not None else None)
 
     async def on_close(self, room: Room) -> None:
         """Room close hook (grace period over, or SIGTERM): the final projection, stored before

@@ -30,7 +30,7 @@ from mdsync.api.errors import PreconditionFailed, TooLarge, ValidationFailed
 from mdsync.collab.content import YjsContent, merge_client_id
 from mdsync.collab.etags import state_etag
 from mdsync.collab.room import DocumentTooLarge, decode_state_vector
-from mdsync.documents.content import if_match_etags
+from mdsync.documents.content import if_match_etags, quote
 from mdsync.tiptap import blockdiff, parse, yxml
 from mdsync.tiptap.render import render
 from mdsync.tiptap.schema import DEFAULT_SCHEMA, Guard, Schema, Unknown
@@ -144,5 +144,11 @@ class YjsTipTapContent(YjsContent):
                 raise TooLarge(str(exc)) from None
             await room.drain()
             if self.projector is not None:
-                await self.projector.project_now(room)
+                projected = await self.projector.project_now(room)
+                # answer what the projection rendered, when it is still the state to serve (a
+                # large document is rendered once, not twice)
+                if projected is not None:
+                    text, etag = projected
+                    if await self.states.record(document_id, room.doc, room.size) == etag:
+                        return text, quote(etag)
             return await self._serve(room)
