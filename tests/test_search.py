@@ -5,6 +5,7 @@ writes, trash, restore, purge and import — and a live npm client's typing with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import sqlite3
@@ -295,3 +296,20 @@ def test_snippets_mark_what_the_index_matched():
     # a word matched 20 000 times in one document: every match in the window marked, and no more
     many = Highlighter("th").snippet("the that this " * 20_000)
     assert many.count("<mark>") == len(re.findall(r"\bth", many.replace("<mark>", "").replace("</mark>", "")))
+
+
+async def test_tiptap_documents_are_searched_by_their_markdown(client, two_teams):
+    """A TipTap document is indexed by the markdown its content backend renders: as created, and
+    after a markdown PUT (which edits its Y.XmlFragment)."""
+    ada, bob, ws_a, ws_b, viewer = two_teams
+    doc = await document(client, ada, ws_a, "Rich", content_model="tiptap", markdown="# Gannet\n\nA **seabird**.\n")
+    assert titles(await search(client, viewer, "gann seab")) == ["Rich"]
+    resp = await client.put(f"{API}/documents/{doc['id']}/content", data="# Gannet\n\nA **diving** seabird.\n",
+                            headers={**ada.headers, "Content-Type": "text/markdown"})
+    assert resp.status == 200
+    for _ in range(100):  # the projection of a REST write is stored at once; allow its commit
+        body = await search(client, viewer, "diving")
+        if body["items"]:
+            break
+        await asyncio.sleep(0.05)
+    assert titles(body) == ["Rich"] and "<mark>diving</mark>" in body["items"][0]["snippet"]
