@@ -246,7 +246,7 @@ async def test_quote_anchor_is_placed_on_the_live_text(client, team):
         assert made["anchor"]["prefix"] == prefix and made["anchor"]["suffix"] == suffix
 
 
-async def test_anchor_positions_sent_by_a_client_are_kept_and_tiptap_quotes_are_refused(client, team):
+async def test_anchor_positions_sent_by_a_client_are_kept(client, team):
     ws, doc, p = team
     start = base64.urlsafe_b64encode(b"\x00\x07\x03\x00").decode().rstrip("=")
     end = base64.urlsafe_b64encode(b"\x00\x07\x09\x41").decode()  # padded base64url is accepted too
@@ -254,12 +254,24 @@ async def test_anchor_positions_sent_by_a_client_are_kept_and_tiptap_quotes_are_
                               anchor={"quote": "text the server has not seen yet", "yjs_start": start, "yjs_end": end})
     assert (made["anchor"]["yjs_start"], made["anchor"]["yjs_end"]) == (start, end)
     rich = await document(client, p["owner"], ws, "Rich", content_model="tiptap", markdown="quick")
-    resp = await client.post(f"{API}/documents/{rich['id']}/comments", json={"body": "b", "anchor": {"quote": "quick"}},
-                             headers=p["commenter"].headers)
-    assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "anchor"
     made = await post_comment(client, p["commenter"], rich["id"], body="b",
-                              anchor={"quote": "quick", "yjs_start": start, "yjs_end": end})
-    assert made["anchor"]["quote"] == "quick"
+                              anchor={"quote": "elsewhere", "yjs_start": start, "yjs_end": end})
+    assert made["anchor"]["quote"] == "elsewhere"
+
+
+async def test_quote_anchor_in_a_tiptap_document_is_placed_in_its_text(client, team):
+    """In a TipTap document the quote is the text the editor shows (no markdown syntax), across
+    formatting; the positions name the XmlText it sits in (followed by clients:
+    tests/test_comments_interop.py)."""
+    ws, doc, p = team
+    rich = await document(client, p["owner"], ws, "Rich", content_model="tiptap",
+                          markdown="# Title\n\nThe **quick** brown fox.\n\nAnother quick fox.\n")
+    made = await post_comment(client, p["commenter"], rich["id"], body="b", anchor={"quote": "quick brown"})
+    for key in ("yjs_start", "yjs_end"):  # each names an item (tag 0), not the end of a type
+        assert base64.urlsafe_b64decode(made["anchor"][key] + "==")[0] == 0
+    resp = await client.post(f"{API}/documents/{rich['id']}/comments", headers=p["commenter"].headers,
+                             json={"body": "b", "anchor": {"quote": "**quick**"}})  # markdown is not shown text
+    assert resp.status == 422 and (await resp.json())["errors"][0]["field"] == "anchor"
 
 
 def test_find_quote_prefers_the_best_context():

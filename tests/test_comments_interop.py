@@ -59,3 +59,20 @@ async def test_server_positions_are_the_bytes_yjs_makes():
     assert made == [(index, raw(after), raw(before)) for index, after, before in result["at"]]
     assert read == [(index, index) for index, _, _ in result["at"]]
     assert len(made) > 40
+
+
+async def test_quote_anchors_in_a_tiptap_document_follow_edits(client):
+    """A TipTap document: the server places quotes in the editor's text (across bold, and the
+    second of two repeats by its prefix); two clients edit the runs around and inside them."""
+    alice = await register(client, name="Alice")
+    ws = await make_workspace(client, alice)
+    bob = await join(client, alice, ws, "editor", "Bob")
+    doc = await document(client, alice, ws, "Rich", content_model="tiptap",
+                         markdown="# Title\n\nThe **quick** brown fox jumps.\n\nAnother quick fox.\n")
+    base = f"http://{client.server.host}:{client.server.port}"
+    result = await run_node("comment_anchors.mjs", "tiptap", {
+        "url": base.replace("http", "ws") + "/ws/docs", "http": base, "doc": doc["id"],
+        "tokenA": alice.access_token, "tokenB": bob.access_token}, timeout=90)
+    assert result["created"] == {"t1": "quick brown fox", "t2": "quick"}
+    assert result["a"] == result["b"] == result["late"] == {"t1": "quick very brown fox", "t2": "quick"}
+    assert result["runs"] == ["Ünïcødé 😀 The quick very brown fox jumps. And more.", "Yet another quick fox."]

@@ -25,7 +25,7 @@ from pycrdt import Assoc, Doc, StickyIndex, Text
 from mdsync.collab import protocol as p
 from mdsync.collab.protocol import ProtocolError
 from mdsync.collab.room import TEXT_NAME, decode_state_vector
-from mdsync.collab.updates import ascii_shadow
+from mdsync.collab.updates import ascii_shadow, rewrite, xml_text_ids, xml_text_root
 
 MAX_POSITION_BYTES = 64  # two varuints (client, clock), a tag and an assoc: ~25 bytes at most here
 AFTER, BEFORE = 0, -1
@@ -70,26 +70,33 @@ def check(encoded: bytes) -> None:
         raise ValueError("is not a Yjs relative position") from None
 
 
-class Shadow:
-    """A document's text structure at one instant, for making and reading positions."""
+class Positions:
+    """Making and reading positions in one Y.Text of a shadow document (see the module's doc):
+    `text`, the root type `name` in a Doc whose strings are all ASCII; `end`, the encoded start of
+    a position at the end of that type as Yjs writes it (the root type's name, or the id of the
+    item holding the type where the real document nests it)."""
 
-    def __init__(self, doc: Doc):
-        shadow = Doc()
-        shadow.apply_update(ascii_shadow(doc.get_update()))
-        self.text = shadow.get(TEXT_NAME, type=Text)
-        self.length = len(self.text)  # bytes of all-ASCII text: UTF-16 units
-        self.clocks = decode_state_vector(shadow.get_state())
+    def __init__(self, text: Text, name: str, end: bytes):
+        self.text = text
+        self.name = name
+        self.end = end
+        self.length = len(text)  # bytes of all-ASCII text: UTF-16 units
+        self.clocks = decode_state_vector(text.doc.get_state())
 
     def position(self, utf16: int, assoc: int) -> bytes:
         """The encoded relative position of UTF-16 index `utf16`."""
         if assoc == AFTER and utf16 >= self.length:
-            # the end of the text: Yjs names the root type itself (pycrdt panics here)
-            return b"\x01" + p.varbytes(TEXT_NAME.encode()) + b"\x00"
-        return StickyIndex.new(self.text, utf16, Assoc.AFTER if assoc == AFTER else Assoc.BEFORE).encode()
+            # the end of the text: Yjs names the type itself (pycrdt panics here)
+            return self.end + b"\x00"
+        raw = StickyIndex.new(self.text, utf16, Assoc.AFTER if assoc == AFTER else Assoc.BEFORE).encode()
+        if raw[0] == 1 and self.end[0] != 1:  # pycrdt named the (rerooted) type: say it as Yjs does
+            _, pos = p.read_varstring(raw, 1)
+            raw = self.end + raw[pos:]
+        return raw
 
     def resolve(self, encoded: bytes) -> int | None:
         """The UTF-16 index a position stands for now; None when it names nothing here (an item
-        this document has not seen)."""
+        this document has not seen, another type)."""
         check(encoded)
         tag, pos = p.read_varuint(encoded, 0)
         if tag == 0:  # an item: one this document holds (pycrdt panics on others)
@@ -97,11 +104,42 @@ class Shadow:
             clock, pos = p.read_varuint(encoded, pos)
             if clock >= self.clocks.get(client, 0):
                 return None
-        elif tag != 1 or p.read_varstring(encoded, pos)[0] != TEXT_NAME:
+        elif not encoded.startswith(self.end):
             return None  # the end of another type
+        else:
+            encoded = b"\x01" + p.varbytes(self.name.encode()) + encoded[len(self.end):]
         try:
             return StickyIndex.decode(encoded, self.text).get_index()
         except (KeyboardInterrupt, SystemExit, asyncio.CancelledError, GeneratorExit):
             raise
         except BaseException:  # pyo3 panics are BaseExceptions: a position it cannot follow
             return None
+
+
+class Shadow(Positions):
+    """Positions in a document's Y.Text('markdown'), at one instant."""
+
+    def __init__(self, doc: Doc):
+        shadow = Doc()
+        shadow.apply_update(ascii_shadow(doc.get_update()))
+        super().__init__(shadow.get(TEXT_NAME, type=Text), TEXT_NAME, b"\x01" + p.varbytes(TEXT_NAME.encode()))
+
+
+class XmlTextShadows:
+    """Positions in every Y.XmlText of a document (TipTap's runs of text), at one instant: each
+    XmlText's content moved into a root Y.Text of its own (`updates.rewrite(reroot=…)`), once
+    with its text (`texts`: item id → text) and once as the ASCII shadow (`positions(id)`)."""
+
+    def __init__(self, doc: Doc):
+        update = doc.get_update()
+        self.ids = xml_text_ids(update)
+        rooted, shadow = Doc(), Doc()
+        rooted.apply_update(rewrite(update, reroot=set(self.ids)))
+        shadow.apply_update(rewrite(update, ascii=True, reroot=set(self.ids)))
+        self.texts = {i: str(rooted.get(xml_text_root(i), type=Text)) for i in self.ids}
+        self._shadow = shadow
+
+    def positions(self, item_id: tuple[int, int]) -> Positions:
+        name = xml_text_root(item_id)
+        return Positions(self._shadow.get(name, type=Text), name,
+                         b"\x02" + p.varuint(item_id[0]) + p.varuint(item_id[1]))

@@ -266,42 +266,89 @@ def struct_ends(update: bytes) -> dict[int, int]:
     return check(update).ends
 
 
+XML_TEXT_REF = 6            # the type ref of a Y.XmlText in ContentType (Yjs YXmlTextRefID)
+XML_TEXT_ROOT = "\x00xmltext:"  # root names given to Y.XmlTexts by `rewrite(reroot=...)`
+
+
+def xml_text_root(item_id: tuple[int, int]) -> str:
+    """The root type name `rewrite` gives the Y.XmlText held by item `item_id` (client, clock)."""
+    return f"{XML_TEXT_ROOT}{item_id[0]}.{item_id[1]}"
+
+
+def xml_text_ids(update: bytes) -> list[tuple[int, int]]:
+    """The ids (client, clock) of the items that hold a Y.XmlText, in the update's order."""
+    found: list[tuple[int, int]] = []
+    _walk(update, found=found)
+    return found
+
+
 def ascii_shadow(update: bytes) -> bytes:
     """`update` with the text of every string item replaced by `x` × its UTF-16 length (the
     length Yjs counts clocks in); everything else byte for byte. Raises ProtocolError when it
     does not parse."""
-    r = _Reader(update)
+    return rewrite(update, ascii=True)
+
+
+def rewrite(update: bytes, *, ascii: bool = False, reroot: set[tuple[int, int]] | frozenset = frozenset()) -> bytes:
+    """`update` rewritten: with `ascii`, as `ascii_shadow`; with `reroot`, the content of each
+    Y.XmlText whose item id is in it moved into a root Y.Text named `xml_text_root(id)` (the
+    items that name their parent, those without origins, name that root instead; the others
+    follow their origins there), so pycrdt can treat that text as a Y.Text. Items, ids and
+    origins are unchanged."""
     out = bytearray()
+    copied = _walk(update, out=out, ascii=ascii, reroot=reroot)
+    out += update[copied:]  # the delete set
+    return bytes(out)
+
+
+def _walk(update: bytes, *, found: list | None = None, out: bytearray | None = None, ascii: bool = False,
+          reroot: set | frozenset = frozenset()) -> int:
+    """Read every struct of `update`: collect XmlText item ids into `found`; with `out`, write the
+    update up to the last rewritten span into it (strings made ASCII, parents rerooted) and
+    answer how far it was copied."""
+    r = _Reader(update)
     copied = 0
+
+    def replace(start: int, replacement: bytes) -> None:
+        nonlocal copied
+        out.extend(update[copied:start])
+        out.extend(replacement)
+        copied = r.pos
+
     for _ in range(r.uint()):
         count = r.uint()
-        r.uint()                               # client
-        r.uint()                               # first clock
+        client = r.uint()
+        clock = r.uint()
         for _ in range(count):
             info = r.byte()
             ref = info & 0x1F
             if ref == 0 or ref == 10:          # GC or Skip
-                r.uint()
+                clock += r.uint()
                 continue
             if info & 0x80:
                 r.uint(); r.uint()
             if info & 0x40:
                 r.uint(); r.uint()
             if not info & 0xC0:
+                parent_at = r.pos
                 if r.uint() == 1:
                     r.bytes_()
                 else:
-                    r.uint(); r.uint()
+                    parent = (r.uint(), r.uint())
+                    if out is not None and parent in reroot and not info & 0x20:
+                        replace(parent_at, b"\x01" + varuint(len(name := xml_text_root(parent).encode())) + name)
                 if info & 0x20:
                     r.bytes_()
-            if ref != 4:
-                _content_length(r, ref)
+            if ref == 4 and out is not None and ascii:
+                start = r.pos
+                units = len(r.string().encode("utf-16-le", "surrogatepass")) // 2
+                replace(start, varuint(units) + b"x" * units)
+                clock += units
                 continue
-            start = r.pos
-            units = len(r.string().encode("utf-16-le", "surrogatepass")) // 2
-            out += update[copied:start]
-            out += varuint(units)
-            out += b"x" * units
-            copied = r.pos
-    out += update[copied:]  # the delete set
-    return bytes(out)
+            if ref == 7 and found is not None:
+                at = r.pos
+                if r.uint() == XML_TEXT_REF:
+                    found.append((client, clock))
+                r.pos = at
+            clock += _content_length(r, ref)
+    return copied

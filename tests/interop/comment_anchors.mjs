@@ -121,4 +121,47 @@ async function positions () {
   done({ update: b64url(Y.encodeStateAsUpdate(a)), text: ta.toString(), at })
 }
 
-run({ follow, positions })
+// the text an anchor covers in a TipTap document: both positions in one Y.XmlText (a run of the
+// editor's text), resolved as any client resolves them
+function coveredRun (doc, anchor) {
+  const at = (encoded) => Y.createAbsolutePositionFromRelativePosition(
+    Y.decodeRelativePosition(new Uint8Array(Buffer.from(encoded, 'base64url'))), doc)
+  const start = at(anchor.yjs_start)
+  const end = at(anchor.yjs_end)
+  if (!start || !end || start.type !== end.type) return null
+  return plain(start.type).slice(start.index, end.index)
+}
+
+// a Y.XmlText's text without its formatting (toString() writes the marks as tags)
+const plain = (xmlText) => xmlText.toDelta().map((d) => typeof d.insert === 'string' ? d.insert : '').join('')
+
+// A TipTap document (Y.XmlFragment('default')): quotes placed by the server across formatting and
+// among repeats, then a client edits the runs of text (Y.XmlText) before, inside and after them.
+async function tiptap () {
+  const a = client(cfg.tokenA)
+  const b = client(cfg.tokenB)
+  await until(() => a.synced && b.synced, 20000, 'sync')
+  const fragment = (c) => c.doc.getXmlFragment('default')
+  await until(() => fragment(a).length >= 3 && fragment(b).length >= 3, 10000, 'the seeded blocks')
+  const t1 = await rest('POST', `/documents/${cfg.doc}/comments`, cfg.tokenA,
+    { body: 'across bold', anchor: { quote: 'quick brown fox' } })
+  const t2 = await rest('POST', `/documents/${cfg.doc}/comments`, cfg.tokenB,
+    { body: 'the second', anchor: { quote: 'quick', prefix: 'Another ' } })
+  const created = { t1: coveredRun(a.doc, t1.anchor), t2: coveredRun(b.doc, t2.anchor) }
+  const run = (c, n) => fragment(c).get(n).get(0) // the Y.XmlText of block n
+  const same = () => fragment(a).toString() === fragment(b).toString()
+  const edit = async (fn) => { fn(); await until(same, 10000, 'convergence') }
+  await edit(() => run(a, 1).insert(0, 'Ünïcødé 😀 '))                                       // before T1
+  await edit(() => { const t = run(b, 1); t.insert(plain(t).indexOf('brown'), 'very ', { bold: {} }) }) // inside
+  await edit(() => { const t = run(a, 1); t.insert(t.length, ' And more.') })                // after T1
+  await edit(() => run(b, 2).delete(0, 'Another '.length))                                   // before T2
+  await edit(() => run(a, 2).insert(0, 'Yet another '))                                      // before T2
+  const late = client(cfg.tokenA)
+  await until(() => late.synced && fragment(late).toString() === fragment(a).toString(), 10000, 'late client')
+  const spans = (doc) => ({ t1: coveredRun(doc, t1.anchor), t2: coveredRun(doc, t2.anchor) })
+  const result = { created, a: spans(a.doc), b: spans(b.doc), late: spans(late.doc), runs: [1, 2].map((n) => plain(run(a, n))) }
+  for (const c of [a, b, late]) c.provider.destroy()
+  done(result)
+}
+
+run({ follow, positions, tiptap })
