@@ -45,9 +45,9 @@ class User:
     def url(self, path: str) -> str:
         return self.server.url(API + path)
 
-    async def call(self, method: str, path: str, expect: int | None = None, **kw):
-        async with self.http.request(method, self.url(path), headers={"Authorization": f"Bearer {self.access}"},
-                                     **kw) as resp:
+    async def call(self, method: str, path: str, expect: int | None = None, headers: dict | None = None, **kw):
+        headers = {"Authorization": f"Bearer {self.access}", **(headers or {})}
+        async with self.http.request(method, self.url(path), headers=headers, **kw) as resp:
             body = await resp.read()
             assert expect is None or resp.status == expect, (resp.status, body[:500])
             if resp.content_type == "application/json" or resp.content_type.endswith("+json"):
@@ -138,7 +138,7 @@ async def test_initial_pull_places_every_document_as_the_export_names_it_and_a_s
     top = await user.folder("Projects")
     sub = await user.folder("Ünïcødé 日本", top)
     expected_ids = []
-    for i in range(100):
+    for i in range(300):
         expected_ids.append(await user.doc(f"Note {i:03}", [None, top, sub][i % 3], f"# Note {i}\n\nbody {i} ✓\n"))
     specials = {
         "dup": [await user.doc("Same", top, "first\n"), await user.doc("Same", top, "second\n")],
@@ -150,7 +150,7 @@ async def test_initial_pull_places_every_document_as_the_export_names_it_and_a_s
     result = run_sync(root, "--json", token=user.pat, server=server, workspace="Notes")
     assert result.returncode == 0, result.stderr + result.stdout
     got = files(root)
-    assert len(got) == 105
+    assert len(got) == 305
     assert got["Projects/Same.md"] == "first\n" and got["Projects/Same (2).md"] == "second\n"
     assert got["a_b_ c_.md"] == "slashes\n"
     assert got["Projects/Ünïcødé 日本/Café ☕ 日本語.md"] == "naïve — ünïcode\n"
@@ -158,9 +158,8 @@ async def test_initial_pull_places_every_document_as_the_export_names_it_and_a_s
     tree = await user.tree()
     paths = {a["path"] for a in actions(result) if a["action"] == "pull"}
     assert paths == set(got)
-    for d in tree["documents"]:  # every file equals GET …/content
-        matching = [p for p, text in got.items() if text == await user.content(d["id"])]
-        assert matching, d["title"]
+    contents = [await user.content(d["id"]) for d in tree["documents"]]
+    assert sorted(got.values()) == sorted(contents)  # every file equals GET …/content, none twice
     for i, doc_id in enumerate(expected_ids[:12]):
         folder = ["", "Projects/", "Projects/Ünïcødé 日本/"][i % 3]
         assert got[f"{folder}Note {i:03}.md"] == await user.content(doc_id)
@@ -235,3 +234,130 @@ async def test_offline_edits_merge_with_a_live_clients_edits(server, http, tmp_p
     assert sorted(files(root)) == ["Plan.md"]
     assert await wait_content(user, doc_id, lambda t: t == merged, "merged on the server") == merged
     assert (await live)["text"] == merged
+
+
+# -- creates, renames, moves and deletes both ways -------------------------------------------------
+async def test_creates_renames_moves_and_deletes_both_ways(server, http, tmp_path):
+    user = await new_user(server, http)
+    arch = await user.folder("Archive")
+    a = await user.doc("Alpha", None, "alpha text\n")
+    b = await user.doc("Beta", None, "beta text\n")
+    c = await user.doc("Gamma", None, "gamma text\n")
+    d = await user.doc("Delta", arch, "delta text\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+
+    # here: a new file in a new directory, a rename, a move, a delete
+    (root / "Ideas").mkdir()
+    (root / "Ideas" / "Fresh.md").write_text("fresh text\n")
+    (root / "Alpha.md").rename(root / "Alpha renamed.md")
+    (root / "Beta.md").rename(root / "Archive" / "Beta.md")
+    (root / "Gamma.md").unlink()
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    kinds = sorted(x["action"] for x in actions(result))
+    assert kinds == ["create", "create", "delete", "move", "rename"], actions(result)
+    tree = await user.tree()
+    by_id = {x["id"]: x for x in tree["documents"]}
+    assert by_id[a]["title"] == "Alpha renamed" and by_id[b]["folder_id"] == arch and c not in by_id
+    ideas = next(f for f in tree["folders"] if f["name"] == "Ideas")
+    fresh = next(x for x in tree["documents"] if x["title"] == "Fresh")
+    assert fresh["folder_id"] == ideas["id"] and await user.content(fresh["id"]) == "fresh text\n"
+    trash = await user.call("GET", f"/workspaces/{user.ws}/trash", 200)
+    assert c in json.dumps(trash)  # to the trash, not purged
+
+    # there: a rename, a move out of the folder, a delete
+    await user.call("PATCH", f"/documents/{a}", 200, json={"title": "Alpha again"})
+    await user.call("PATCH", f"/documents/{d}", 200, json={"folder_id": None})
+    await user.call("DELETE", f"/documents/{fresh['id']}", 204)
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    got = files(root)
+    assert got["Alpha again.md"] == "alpha text\n" and got["Delta.md"] == "delta text\n"
+    assert "Ideas/Fresh.md" not in got and "Alpha renamed.md" not in got and "Archive/Delta.md" not in got
+    assert (root / ".mdsync" / "trash" / "Ideas" / "Fresh.md").read_text() == "fresh text\n"
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+
+
+async def test_delete_here_versus_edit_there_keeps_the_edit(server, http, tmp_path):
+    user = await new_user(server, http)
+    doc_id = await user.doc("Shared", None, "one\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    (root / "Shared.md").unlink()
+    await user.call("PUT", f"/documents/{doc_id}/content", 200, data="one\ntwo from there\n",
+                    headers={"Content-Type": "text/markdown"})
+    assert run_sync(root, token=user.pat).returncode == 0
+    assert (root / "Shared.md").read_text() == "one\ntwo from there\n"
+    assert (await user.call("GET", f"/documents/{doc_id}", 200))["deleted_at"] is None
+
+    # deleted there, edited here: restored with the edit
+    await user.call("DELETE", f"/documents/{doc_id}", 204)
+    (root / "Shared.md").write_text("one\ntwo from there\nthree from here\n")
+    assert run_sync(root, token=user.pat).returncode == 0
+    assert (await user.call("GET", f"/documents/{doc_id}", 200))["deleted_at"] is None
+    assert await user.content(doc_id) == "one\ntwo from there\nthree from here\n"
+
+
+# -- read-only, dry run, bad input -----------------------------------------------------------------
+async def test_a_viewers_files_are_read_only_and_their_edits_are_kept_not_sent(server, http, tmp_path):
+    owner = await new_user(server, http, "Team")
+    doc_id = await owner.doc("Handbook", None, "rules\n")
+    invitation = await owner.call("POST", f"/workspaces/{owner.ws}/invitations", 201, json={"role": "viewer"})
+    viewer = await new_user(server, http, None, invitation=invitation["token"])
+    root = tmp_path / "v"
+    assert run_sync(root, token=viewer.pat, server=server, workspace=owner.ws).returncode == 0
+    path = root / "Handbook.md"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+    os.chmod(path, 0o644)
+    path.write_text("rules\nmy scribble\n")
+    result = run_sync(root, token=viewer.pat)
+    assert result.returncode == 1 and "Handbook.md" in result.stderr and "read-only" in result.stderr
+    assert path.read_text() == "rules\nmy scribble\n"  # kept
+    assert await owner.content(doc_id) == "rules\n"   # never sent
+
+
+async def test_dry_run_prints_the_plan_and_changes_nothing(server, http, tmp_path):
+    user = await new_user(server, http)
+    doc_id = await user.doc("Plan", None, "v1\n")
+    fresh = tmp_path / "fresh"
+    dry = run_sync(fresh, "--dry-run", token=user.pat, server=server, workspace="Notes")
+    assert dry.returncode == 0 and "Plan.md" in dry.stdout
+    assert not fresh.exists()
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    (root / "Plan.md").write_text("v2 here\n")
+    (root / "New.md").write_text("new\n")
+    cursor = await user.cursor()
+    dry = run_sync(root, "--dry-run", "--json", token=user.pat)
+    assert dry.returncode == 0, dry.stderr
+    assert {(x["action"], x["path"]) for x in actions(dry)} == {("push", "Plan.md"), ("create", "New.md")}
+    assert all(x["dry_run"] for x in actions(dry))
+    assert await user.changes_since(cursor) == [] and await user.content(doc_id) == "v1\n"
+    real = run_sync(root, "--json", token=user.pat)  # the dry run left the state as it was
+    assert {(x["action"], x["path"]) for x in actions(real)} == {("push", "Plan.md"), ("create", "New.md")}
+    assert await wait_content(user, doc_id, lambda t: t == "v2 here\n", "pushed") == "v2 here\n"
+
+
+async def test_bad_input_is_named_and_the_rest_syncs(server, http, tmp_path):
+    user = await new_user(server, http)
+    doc_id = await user.doc("Good", None, "good\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    (root / "Latin1.md").write_bytes("caf\xe9\n".encode("latin-1"))
+    (root / "Huge.md").write_text("x" * 300_000 + "\n")
+    (root / "Good.md").write_text("good\nbetter\n")
+    (root / "CRLF.md").write_bytes(b"\xef\xbb\xbfline one\r\nline two\r\n")
+    (root / "  .md").write_text("a title the server refuses (blank)\n")
+    result = run_sync(root, token=user.pat)
+    assert result.returncode == 1
+    assert "  .md: 422" in result.stderr and "title" in result.stderr
+    assert "Latin1.md: not UTF-8" in result.stderr and "Huge.md: 413" in result.stderr
+    assert await wait_content(user, doc_id, lambda t: t == "good\nbetter\n", "the good edit") == "good\nbetter\n"
+    tree = await user.tree()
+    crlf = next(x for x in tree["documents"] if x["title"] == "CRLF")
+    assert await user.content(crlf["id"]) == "line one\nline two\n"  # LF and no BOM on the server
+    assert (root / "CRLF.md").read_bytes() == b"\xef\xbb\xbfline one\r\nline two\r\n"  # kept here
+    assert {x["title"] for x in tree["documents"]} == {"Good", "CRLF"}
+    assert (root / "Latin1.md").exists() and (root / "Huge.md").exists()
