@@ -16,6 +16,7 @@ into documents.markdown) · http_routes.py (Yjs over HTTP, presence) · `yjs_con
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
@@ -61,6 +62,9 @@ def install(app: web.Application, settings: Settings) -> None:
     hooks.access_changed.append(
         lambda workspace_id, user_id, document_id: manager.reauthorize_soon(
             workspace_id=workspace_id, user_id=user_id, document_id=document_id))
+    # a document purged for good: its room goes at once, before anything could meet it again
+    hooks.document_purge.append(lambda tx, document_id: tx.after_commit(partial(manager.evict, document_id)))
+    hooks.workspace_purge.append(lambda tx, workspace_id: tx.after_commit(manager.evict_gone_soon))
     app[METRICS].read_at_scrape(readings(manager))
     app[YJS_PARTS] = _yjs_parts(app, settings)
     add_routes(app, routes.routes, http_routes.routes)

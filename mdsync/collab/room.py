@@ -74,6 +74,7 @@ class Room:
         self._unsaved: dict[int, int] = {}
         self._when_saved: collections.deque | None = None   # (seq, callback), made on first use
         self._loop = asyncio.get_running_loop()
+        self.evicted = False  # the document was purged (evict): nothing is written any more
         # (seq, clocks, delete set as per-client sorted starts and ends) for `has_all`
         self._known: tuple[int, dict[int, int], dict[int, tuple[list[int], list[int]]]] | None = None
 
@@ -278,6 +279,8 @@ class Room:
 
     def _after_apply(self, update: bytes, user_id: str | None, sender: Connection | None,
                      message: bytes | None) -> None:
+        if self.evicted:
+            return  # the document is gone: nobody is to hear of it, nothing is to be written
         self._fanout(message or p.update_message(update), sender)
         stats = self.manager.stats
         stats.updates += 1
@@ -344,9 +347,26 @@ class Room:
             except Exception:
                 log.exception("a saved-callback failed")
 
+    def evict(self) -> None:
+        """The document was purged: forget everything, write nothing from now on (whoever still
+        holds this Room edits a Doc that goes nowhere), let waiters for the unload go on."""
+        self.evicted = True
+        self.closing = True
+        for handle in (self._flush_handle, self.grace_timer):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self.grace_timer = None
+        self._pending = []
+        self._log = []
+        self._log_bytes = 0
+        self.update_listeners.clear()
+        self.closed.set()
+
     def flush(self) -> None:
         """Hand the pending updates to the database writer (group commit) as one job."""
         self._flush_handle = None
+        if self.evicted:
+            return
         if self._pending:
             rows, self._pending = self._pending, []
             self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
@@ -400,6 +420,8 @@ class Room:
         """Fold the log into a snapshot: the live Doc's full state, which reflects exactly the
         updates up to self.seq (everything runs on the loop). Updates the Doc could not integrate
         yet (missing dependencies) are not in `get_update()`, so they are carried over as log rows."""
+        if self.evicted:
+            return
         if self._pending:
             rows, self._pending = self._pending, []
             self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)

@@ -193,6 +193,39 @@ class RoomManager:
         self._arm_grace(room)  # unloads unless a joiner holds it by then
         return room
 
+    def evict(self, document_id: str) -> None:
+        """The document was purged (after its commit): its room goes at once, writing nothing —
+        its sockets are closed (4403), whoever still holds it edits a Doc that goes nowhere, and
+        the next `acquire` of that id loads afresh. A load under way is evicted when it ends."""
+        task = self._loading.get(document_id)
+        if task is not None:
+            task.add_done_callback(lambda _t: self.evict(document_id))
+        room = self.rooms.pop(document_id, None)
+        if room is None or room.evicted:
+            return
+        for conn in list(room.conns):
+            conn.read_only = True
+            conn.close_soon(CLOSE_FORBIDDEN, "document deleted")
+        room.evict()
+        self.stats.rooms_unloaded += 1
+
+    def evict_gone_soon(self) -> None:
+        """Evict the loaded rooms whose documents no longer exist (after a workspace purge, which
+        deletes documents in batches without naming them)."""
+        if self.rooms:
+            task = asyncio.ensure_future(self._evict_gone())
+            self._unloading.add(task)  # keep a reference; shutdown waits for it too
+            task.add_done_callback(self._unloading.discard)
+
+    async def _evict_gone(self) -> None:
+        ids = list(self.rooms)
+        for start in range(0, len(ids), 500):
+            batch = ids[start:start + 500]
+            marks = ",".join("?" * len(batch))
+            rows = await self.db.all(f"SELECT id FROM documents WHERE id IN ({marks})", tuple(batch))
+            for document_id in set(batch) - {row["id"] for row in rows}:
+                self.evict(document_id)
+
     async def _unload(self, room: Room) -> None:
         room.closing = True
         try:

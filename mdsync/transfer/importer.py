@@ -18,8 +18,9 @@ its directory); `mdsync.json` (matched by path) gives exact folder names, ids, p
 content models; a document's front matter gives its id, title, kind and timestamps. Without
 them: the title is the front matter's `title:`, else the first `# heading`, else the file name;
 positions follow the names' order after what the workspace already holds. Ids from the archive
-are kept when no row has them yet (so an export imported into a fresh server keeps its ids),
-otherwise new ones are made. Hidden files (`.obsidian/`, `.DS_Store`, `__MACOSX/`) are skipped.
+are kept when no row has them yet (so an export imported into a fresh server keeps its ids) and,
+for documents, no purged document had them (migration 0014), otherwise new ones are made.
+Hidden files (`.obsidian/`, `.DS_Store`, `__MACOSX/`) are skipped.
 
 Attachments (any other file that is not hidden) are stored BEFORE any row is written, by
 `transfer/attachments.py` (size limit, type sniffing, a storage key of their own) and handed to
@@ -372,10 +373,13 @@ class _Staging:
     new_doc_ids: dict[str, str] = field(default_factory=dict)  # archive's document id -> the id it got here
 
     def pick(self, tx: Tx, wanted: str | None, table: str) -> str:
-        """The archive's id when it is a UUID no row has, else a new one."""
+        """The archive's id when it is a UUID no row has (nor had: a purged document's id is
+        retired for good), else a new one."""
         # table is "folders" or "documents", named by the two callers below
         if (archive.is_uuid(wanted) and wanted not in self.taken
-                and tx.value(f"SELECT 1 FROM {table} WHERE id = ?", (wanted,)) is None):
+                and tx.value(f"SELECT 1 FROM {table} WHERE id = ?", (wanted,)) is None
+                and (table != "documents"
+                     or tx.value("SELECT 1 FROM retired_documents WHERE id = ?", (wanted,)) is None)):
             self.taken.add(wanted)
             return wanted
         fresh = new_id()
