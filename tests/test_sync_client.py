@@ -361,3 +361,53 @@ async def test_bad_input_is_named_and_the_rest_syncs(server, http, tmp_path):
     assert (root / "CRLF.md").read_bytes() == b"\xef\xbb\xbfline one\r\nline two\r\n"  # kept here
     assert {x["title"] for x in tree["documents"]} == {"Good", "CRLF"}
     assert (root / "Latin1.md").exists() and (root / "Huge.md").exists()
+
+
+# -- watch -----------------------------------------------------------------------------------------
+def wait_file(path: Path, check, what: str, proc: subprocess.Popen, timeout: float = 15) -> str:
+    import time
+    text = ""
+    for _ in range(int(timeout / 0.05)):
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            text = ""
+        if check(text):
+            return text
+        assert proc.poll() is None, f"mdsync sync --watch exited {proc.returncode}: {proc.stderr.read()}"
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: {text!r}")
+
+
+@needs_node
+async def test_watch_pushes_saves_and_pulls_live_edits_until_sigterm(server, http, tmp_path):
+    import signal
+    user = await new_user(server, http)
+    doc_id = await user.doc("Live", None, "alpha\n\nbeta\n")
+    root = tmp_path / "w"
+    env = subprocess_env(root)
+    env["MDSYNC_TOKEN"] = user.pat
+    proc = subprocess.Popen([*MDSYNC, "sync", str(root), "--watch", "--server", server.base, "--workspace", "Notes"],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        path = root / "Live.md"
+        await asyncio.to_thread(wait_file, path, lambda t: t == "alpha\n\nbeta\n", "the initial pull", proc)
+        live = asyncio.create_task(run_node("sync_live.mjs", "edit", {
+            "url": ws_url(server), "doc": doc_id, "token": user.access, "after": "beta",
+            "insert": " REMOTE", "expect": ["LOCAL"]}, timeout=60))
+        # a live edit reaches the file
+        await asyncio.to_thread(wait_file, path, lambda t: "REMOTE" in t, "the live edit in the file", proc)
+        # an editor's save through a temp file and a rename reaches the live client
+        tmp = root / ".Live.md.swp"
+        tmp.write_text(path.read_text().replace("alpha", "alpha LOCAL"))
+        os.replace(tmp, path)
+        result = await live
+        assert result["text"] == "alpha LOCAL\n\nbeta REMOTE\n"
+        assert await wait_content(user, doc_id, lambda t: t == result["text"], "on the server") == result["text"]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 20) == 0
+        assert path.read_text() == "alpha LOCAL\n\nbeta REMOTE\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

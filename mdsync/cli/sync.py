@@ -13,6 +13,7 @@ import click
 
 from mdsync.syncclient.engine import Refused, UsageError, sync_once
 from mdsync.syncclient.report import Report
+from mdsync.syncclient.watch import watch as watch_loop
 
 TOKEN_ENV = "MDSYNC_TOKEN"
 
@@ -36,21 +37,27 @@ def _token(token_file: Path | None) -> str:
 @click.option("--workspace", help="the workspace: id, slug or name (kept in DIR/.mdsync after the first sync)")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
               help=f"read the personal access token from this file (else ${TOKEN_ENV})")
+@click.option("--watch", is_flag=True, help="keep syncing until SIGINT/SIGTERM (saves pushed when quiet, remote edits pulled as they come)")
 @click.option("--dry-run", is_flag=True, help="print what would be done, change nothing")
 @click.option("-q", "--quiet", is_flag=True, help="print only failures")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per action")
-def sync(directory: Path, server, workspace, token_file, dry_run, quiet, as_json) -> None:
+def sync(directory: Path, server, workspace, token_file, watch, dry_run, quiet, as_json) -> None:
     """Sync DIR, a folder of .md files, with a workspace both ways: one pass. Local edits are
     merged with remote ones by CRDT (no conflict copies); deletes go to the trash (a remote one
-    leaves a copy in DIR/.mdsync/trash/)."""
+    leaves a copy in DIR/.mdsync/trash/). One pass, or with --watch until SIGINT/SIGTERM."""
     token = _token(token_file)
+    if watch and dry_run:
+        raise click.UsageError("--watch and --dry-run do not go together")
     if directory.exists() and not directory.is_dir():
         raise click.UsageError(f"{directory} is not a directory")
     if not dry_run:
         directory.mkdir(parents=True, exist_ok=True)
     report = Report(quiet=quiet, as_json=as_json, dry_run=dry_run)
     try:
-        code = sync_once(directory.resolve(), server, workspace, token, report, dry_run=dry_run)
+        if watch:
+            code = watch_loop(directory.resolve(), server, workspace, token, report)
+        else:
+            code = sync_once(directory.resolve(), server, workspace, token, report, dry_run=dry_run)
     except UsageError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -1,6 +1,7 @@
 """`mdsync sync DIR`: a folder of .md files in two-way sync with a workspace (docs/sync.md).
 
 - `engine.py`  one pass: binding, change feed, local moves/deletes, pull, push, creates
+- `watch.py`   --watch: passes when files went quiet or the change feed reports a change
 - `merge.py`   each document's Yjs replica; local edits as a minimal text diff, CRLF/BOM kept local
 - `layout.py`  where documents and folders go (named as the export names them)
 - `state.py`   DIR/.mdsync/state.db: binding, cursor, replicas, last synced texts, pending updates

@@ -1,0 +1,115 @@
+"""`mdsync sync DIR --watch`: passes (engine.py) until SIGINT or SIGTERM. A pass runs when files
+under DIR changed and then stayed quiet (watchfiles, debounced: an editor saving through a temp
+file and a rename is one change), or when the change feed (long-polled in a thread) reports a
+change in the workspace. A signal lets the pass in flight finish (its state is committed step by
+step), then the loop ends with exit 0."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import watchfiles
+
+from mdsync.syncclient import layout
+from mdsync.syncclient.engine import sync_once
+from mdsync.syncclient.http import Api, HttpError, Unauthorized
+from mdsync.syncclient.report import Report
+from mdsync.syncclient.state import STATE_DIR, State
+
+DEBOUNCE_MS = 300    # a file is pushed once the folder has been quiet this long
+POLL_WAIT = 25       # seconds of one long-poll of the change feed
+RETRY_AFTER = 2.0    # seconds before a pass that failed as a whole (server down) is tried again
+
+
+def _relevant(root: Path, changes: set[tuple[watchfiles.Change, str]]) -> bool:
+    for _, raw in changes:
+        rel = Path(raw).relative_to(root)
+        if rel.parts and rel.parts[0] == STATE_DIR:
+            continue
+        if any(layout.ignored(part) for part in rel.parts):
+            continue
+        return True
+    return False
+
+
+class FeedWatcher(threading.Thread):
+    """Long-polls the change feed; sets `changed` (and wakes the loop) on a change in the workspace."""
+
+    def __init__(self, api: Api, workspace_id: str, wake: threading.Event, stop: threading.Event):
+        super().__init__(daemon=True, name="mdsync-sync-feed")
+        self.api, self.ws, self.wake, self.stop = api, workspace_id, wake, stop
+        self.changed = threading.Event()
+
+    def run(self) -> None:
+        cursor = None
+        while not self.stop.is_set():
+            try:
+                if cursor is None:
+                    cursor = self.api.json("GET", "/sync/changes", params={"since": "now"})["cursor"]
+                page = self.api.json("GET", "/sync/changes", params={"since": cursor, "wait": POLL_WAIT, "limit": 200},
+                                     timeout=POLL_WAIT + 15)
+                cursor = page["cursor"]
+                if any(c["workspace_id"] == self.ws for c in page["changes"]):
+                    self.changed.set()
+                    self.wake.set()
+            except HttpError as exc:
+                if exc.status in (410, 422):
+                    cursor = None
+                self.stop.wait(RETRY_AFTER)
+
+
+def _pass(root: Path, server, workspace, token: str, report: Report, stop: threading.Event) -> bool:
+    """One pass; False when it failed as a whole (the server unreachable): try again later."""
+    try:
+        sync_once(root, server, workspace, token, report)
+    except Unauthorized:
+        raise
+    except HttpError as exc:
+        report("error", str(root), f"{exc}; retrying")
+        stop.wait(RETRY_AFTER)
+        return False
+    report.failed.clear()
+    return True
+
+
+def watch(root: Path, server: str | None, workspace: str | None, token: str, report: Report) -> int:
+    """Passes until a signal; 0 then (Refused and UsageError go to the caller as for one pass)."""
+    stop, wake = threading.Event(), threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+        wake.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.is_set() and not _pass(root, server, workspace, token, report, stop):
+            pass  # the first pass failed as a whole (server down): tried again
+        if stop.is_set():
+            return 0
+        state = State(root)
+        try:
+            bound_server, bound_ws = state.get("server"), state.get("workspace_id")
+        finally:
+            state.close()
+        feed = FeedWatcher(Api(bound_server, token), bound_ws, wake, stop)
+        feed.start()
+        # one watcher for the whole run: changes made during a pass wait in it for the next one
+        dirty = True  # a pass once watching has begun: catches what changed before it began
+        for changes in watchfiles.watch(root, debounce=DEBOUNCE_MS, step=50, stop_event=stop,
+                                        yield_on_timeout=True, rust_timeout=200, raise_interrupt=False):
+            if stop.is_set():
+                break
+            if changes and _relevant(root, changes):
+                dirty = True
+            if feed.changed.is_set():
+                feed.changed.clear()
+                dirty = True
+            if dirty:
+                dirty = not _pass(root, server, workspace, token, report, stop)
+    finally:
+        stop.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
