@@ -30,15 +30,26 @@ from auth_bench import BARE_SERVER, register
 from benchserver import BenchServer
 
 
-def wrk(url: str, token: str | None, threads: int, connections: int, duration: int) -> float:
-    """Requests/s that `wrk` measured; non-2xx answers make the run fail loudly."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, token: str | None, threads: int, connections: int, duration: int,
+        pid: int | None = None) -> tuple[float, float]:
+    """Requests/s that `wrk` measured and the server's CPU µs per request (with `pid`); non-2xx
+    answers make the run fail loudly."""
     command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s"]
     if token:
         command += ["-H", f"Authorization: Bearer {token}"]
+    cpu = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run([*command, url], capture_output=True, text=True, timeout=duration + 30, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu if pid else 0.0
     if "Non-2xx" in out:
         raise RuntimeError(f"wrk saw errors against {url}:\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), cpu / max(requests, 1) * 1e6
 
 
 def top_frames(raw: Path, count: int = 15) -> str:
@@ -70,7 +81,7 @@ def profile(pid: int, url: str, token: str, out_dir: Path, args) -> str:
                             "--format", "raw", "--rate", "250", "--duration", str(args.duration), "--nonblocking",
                             "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wrk(url, token, args.threads, args.connections, args.duration)
+        wrk(url, token, args.threads, args.connections, args.duration, pid)
         spy.wait(timeout=args.duration + 30)
     finally:
         if spy.poll() is None:
@@ -109,20 +120,25 @@ def main() -> None:
         jwt, pat = asyncio.run(tokens(server.base))
         me, bare_url = server.base + "/api/v1/me", bare.base + "/api/v1/me"
         runs: dict[str, list[float]] = {"bare": [], "jwt": [], "pat": []}
+        cpu: dict[str, list[float]] = {"bare": [], "jwt": [], "pat": []}
         load = []
+        targets = {"bare": (bare_url, None, bare.pid), "jwt": (me, jwt, server.pid), "pat": (me, pat, server.pid)}
         for _ in range(args.rounds):  # interleaved: every server sees the same background load
             load.append(os.getloadavg()[0])
-            runs["bare"].append(wrk(bare_url, None, args.threads, args.connections, args.duration))
-            runs["jwt"].append(wrk(me, jwt, args.threads, args.connections, args.duration))
-            runs["pat"].append(wrk(me, pat, args.threads, args.connections, args.duration))
+            for name, (url, token, pid) in targets.items():
+                rps, us = wrk(url, token, args.threads, args.connections, args.duration, pid)
+                runs[name].append(rps)
+                cpu[name].append(us)
         print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
               f"1-min load average {min(load):.1f}-{max(load):.1f} ({os.cpu_count()} cpus)")
-        print("| target | req/s per round | median | ratio vs bare (median of per-round ratios) |")
-        print("|---|---|---:|---:|")
-        for name in ("bare", "jwt", "pat"):
+        print("| target | req/s per round | median req/s | req/s ratio vs bare | server CPU µs/request (median) "
+              "| CPU ratio vs bare |")
+        print("|---|---|---:|---:|---:|---:|")
+        for name in targets:  # ratios: median of the per-round ratios
             ratio = statistics.median(a / b for a, b in zip(runs[name], runs["bare"]))
+            cpu_ratio = statistics.median(a / b for a, b in zip(cpu[name], cpu["bare"]))
             print(f"| {name} | {' / '.join(f'{r:.0f}' for r in runs[name])} | {statistics.median(runs[name]):.0f} "
-                  f"| {ratio:.2f} |")
+                  f"| {ratio:.2f} | {statistics.median(cpu[name]):.0f} | {cpu_ratio:.2f} |")
         if args.profile:
             print()
             print(profile(server.pid, me, jwt, args.profile, args))

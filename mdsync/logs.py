@@ -23,9 +23,14 @@ from mdsync.api.middleware import loggable_path, request_id_var
 
 
 class JsonFormatter(logging.Formatter):
+    _second = (-1, "")  # (whole second, its formatted time): strftime once a second, not per line
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, self.formatTime(record, "%Y-%m-%dT%H:%M:%S"))
         entry = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "ts": self._second[1] + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

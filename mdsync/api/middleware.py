@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 
 from aiohttp import web
@@ -117,7 +117,7 @@ def build(cors_origins: list[str], observe: Callable[[web.Request, int, float], 
     async def _answer(request: web.Request, handler) -> web.StreamResponse:
         headers = request.headers
         incoming = headers.get("X-Request-Id", "")
-        rid = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
+        rid = incoming if _SANE_ID.match(incoming) else os.urandom(16).hex()  # uuid4().hex's shape, cheaper
         request[REQUEST_ID] = rid
         request_id_var.set(rid)
         origin = headers.get("Origin")
@@ -161,19 +161,21 @@ def build(cors_origins: list[str], observe: Callable[[web.Request, int, float], 
 
 
 def on_prepare(hsts: bool):
-    """The response-prepare signal: headers every answer carries, streamed or not."""
+    """The response-prepare signal: headers every answer carries, streamed or not (a handler's own
+    value of any of them wins)."""
+    static = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+              ("Referrer-Policy", "no-referrer"),
+              ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+              ("Cross-Origin-Opener-Policy", "same-origin"),
+              *((("Strict-Transport-Security", "max-age=31536000"),) if hsts else ()))
+
     async def add_headers(request: web.Request, resp: web.StreamResponse) -> None:
         headers = resp.headers
         rid = request.get(REQUEST_ID)
         if rid:
             headers.setdefault("X-Request-Id", rid)
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        if hsts:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        for name, value in static:
+            headers.setdefault(name, value)
         origin = request.get(CORS_ORIGIN)
         if origin is not None and "Access-Control-Allow-Origin" not in headers:
             headers["Access-Control-Allow-Origin"] = origin
