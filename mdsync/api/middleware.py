@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import itertools
 import os
 import re
 import time
@@ -24,6 +25,10 @@ log = logging.getLogger("mdsync.http")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# a request id the client did not send: 32 hex characters, a random prefix per process and a
+# counter (an id correlates log lines, it is no secret; uuid4 per request cost ~10 µs under load)
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 ALLOW_HEADERS = ("Authorization, Content-Type, If-Match, If-None-Match, X-Request-Id, X-Mdsync-Workspace,"
                  " X-Mdsync-Context, X-Mdsync-Share, x-api-key, anthropic-version, anthropic-beta,"
@@ -117,7 +122,7 @@ def build(cors_origins: list[str], observe: Callable[[web.Request, int, float], 
     async def _answer(request: web.Request, handler) -> web.StreamResponse:
         headers = request.headers
         incoming = headers.get("X-Request-Id", "")
-        rid = incoming if _SANE_ID.match(incoming) else os.urandom(16).hex()  # uuid4().hex's shape, cheaper
+        rid = incoming if _SANE_ID.match(incoming) else f"{_ID_PREFIX}{next(_id_counter):016x}"
         request[REQUEST_ID] = rid
         request_id_var.set(rid)
         origin = headers.get("Origin")
