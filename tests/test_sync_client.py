@@ -411,3 +411,56 @@ async def test_watch_pushes_saves_and_pulls_live_edits_until_sigterm(server, htt
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- resumable after kill -9 -----------------------------------------------------------------------
+def killed_after(root: Path, token: str, lines: int, *args: str) -> int:
+    """Run a pass with --json and SIGKILL it once it printed `lines` actions; how many it printed."""
+    env = subprocess_env(root)
+    env["MDSYNC_TOKEN"] = token
+    proc = subprocess.Popen([*MDSYNC, "sync", str(root), "--json", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    seen = 0
+    try:
+        for _ in proc.stdout:
+            seen += 1
+            if seen >= lines:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    return seen
+
+
+async def test_kill_9_during_the_initial_pull_and_a_push_then_a_rerun_converges(server, http, tmp_path):
+    import random
+    rng = random.Random(18)
+    user = await new_user(server, http)
+    sub = await user.folder("Sub")
+    ids = [await user.doc(f"D{i:03}", sub if i % 2 else None, f"doc {i}\n") for i in range(500)]
+    root = tmp_path / "w"
+    assert run_sync(root, "--dry-run", token=user.pat, server=server, workspace="Notes").returncode == 0
+    # bind, then kill the initial pull at 10 random points
+    first = killed_after(root, user.pat, rng.randint(1, 40), "--server", server.base, "--workspace", "Notes")
+    assert first > 0
+    for point in sorted(rng.sample(range(1, 60), 9)):
+        killed_after(root, user.pat, point)
+    assert run_sync(root, token=user.pat).returncode == 0
+    got = files(root)
+    assert len(got) == 500 and all(got[f"{'Sub/' if i % 2 else ''}D{i:03}.md"] == f"doc {i}\n" for i in range(500))
+    assert len((await user.tree())["documents"]) == 500  # nothing created twice
+
+    # 100 edits, the push killed at 10 random points
+    for i in range(100):
+        path = root / f"{'Sub/' if i % 2 else ''}D{i:03}.md"
+        path.write_text(path.read_text() + f"edit {i}\n")
+    for point in sorted(rng.sample(range(1, 12), 10)):
+        killed_after(root, user.pat, point)
+    assert run_sync(root, token=user.pat).returncode == 0
+    for i in range(100):
+        assert await user.content(ids[i]) == f"doc {i}\nedit {i}\n"  # each edit once, none doubled
+    got = files(root)
+    assert all(got[f"{'Sub/' if i % 2 else ''}D{i:03}.md"] == f"doc {i}\nedit {i}\n" for i in range(100))
+    assert len((await user.tree())["documents"]) == 500
+    final = run_sync(root, "--json", token=user.pat)
+    assert final.returncode == 0 and actions(final) == []
