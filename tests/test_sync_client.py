@@ -464,3 +464,37 @@ async def test_kill_9_during_the_initial_pull_and_a_push_then_a_rerun_converges(
     assert len((await user.tree())["documents"]) == 500
     final = run_sync(root, "--json", token=user.pat)
     assert final.returncode == 0 and actions(final) == []
+
+
+# -- attachments -----------------------------------------------------------------------------------
+async def test_attachments_both_ways_byte_identical(server, http, tmp_path):
+    import hashlib
+    user = await new_user(server, http)
+    png = b"\x89PNG\r\n\x1a\n" + os.urandom(5000)
+    other = b"\x89PNG\r\n\x1a\n" + os.urandom(3000)
+    first = await user.call("POST", f"/workspaces/{user.ws}/attachments", 201, params={"filename": "pic.png"}, data=png)
+    second = await user.call("POST", f"/workspaces/{user.ws}/attachments", 201, params={"filename": "pic.png"}, data=other)
+    await user.doc("Page", None, f"![pic](/api/v1/attachments/{first['id']})\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    att = root / "_attachments"
+    assert (att / "pic.png").read_bytes() == png and (att / "pic (2).png").read_bytes() == other
+    assert (root / "Page.md").read_text() == f"![pic](/api/v1/attachments/{first['id']})\n"  # the stable link
+
+    blob = os.urandom(20000)
+    (att / "data.bin").write_bytes(blob)
+    (att / "pic (2).png").unlink()
+    await user.call("DELETE", f"/attachments/{first['id']}", 204)
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert sorted(a["action"] for a in actions(result)) == ["create", "delete", "trash"]
+    assert (root / ".mdsync" / "trash" / "_attachments" / "pic.png").read_bytes() == png
+    await user.call("GET", f"/attachments/{second['id']}/meta", 404)
+    changes = await user.call("GET", "/sync/changes", 200, params={"limit": 200})
+    uploaded = [c["id"] for c in changes["changes"] if c["entity"] == "attachment" and c["workspace_id"] == user.ws
+                and c["id"] not in (first["id"], second["id"])]
+    meta = await user.call("GET", f"/attachments/{uploaded[0]}/meta", 200)
+    assert meta["name"] == "data.bin" and meta["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert await user.call("GET", f"/attachments/{uploaded[0]}", 200) == blob
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []

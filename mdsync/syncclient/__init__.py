@@ -3,6 +3,7 @@
 - `engine.py`  one pass: binding, change feed, local moves/deletes, pull, push, creates
 - `watch.py`   --watch: passes when files went quiet or the change feed reports a change
 - `merge.py`   each document's Yjs replica; local edits as a minimal text diff, CRLF/BOM kept local
+- `attachments.py` files in DIR/_attachments/ both ways
 - `layout.py`  where documents and folders go (named as the export names them)
 - `state.py`   DIR/.mdsync/state.db: binding, cursor, replicas, last synced texts, pending updates
 - `http.py`    the HTTP calls with the token (bounded retries)

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 from mdsync.syncclient import layout
+from mdsync.syncclient.attachments import sync_attachments
 from mdsync.syncclient.http import Api, HttpError, Unauthorized
 from mdsync.syncclient.merge import Replica, decode, encode
 from mdsync.syncclient.report import Report
@@ -58,6 +59,7 @@ class Pass:
         self.read_only_ws = False
         self.changed: set[str] | None = None
         self.folder_paths: dict[str, str] = {}
+        self.attachments: dict[str, str] = {}  # attachment id -> its last op in the feed
 
     # -- small steps -------------------------------------------------------------------------------
     def commit(self) -> None:
@@ -138,25 +140,32 @@ class Pass:
         self.commit()
 
     def read_feed(self) -> str:
-        """Which documents changed since the saved cursor (None: all); the new cursor."""
+        """Which documents changed since the saved cursor (`changed`; None: all, on the first
+        pass) and the attachments' last op (`attachments`, the whole feed on the first pass);
+        the new cursor."""
         cursor = self.state.get("cursor")
-        if cursor is None:
-            self.changed = None
-            return self.api.json("GET", "/sync/changes", params={"since": "now"})["cursor"]
+        first = cursor is None
         changed: set[str] = set()
         for _ in range(FEED_PAGES):
             try:
                 page = self.api.json("GET", "/sync/changes", params={"since": cursor, "limit": 200})
             except HttpError as exc:
-                if exc.status in (410, 422):  # the feed no longer reaches back that far: look at everything
-                    self.changed = None
-                    return self.api.json("GET", "/sync/changes", params={"since": "now"})["cursor"]
-                raise
-            changed.update(c["id"] for c in page["changes"] if c["workspace_id"] == self.ws and c["entity"] == "document")
+                if exc.status not in (410, 422) or first:
+                    raise
+                # the feed no longer reaches back that far: look at everything from its start
+                first, cursor, changed = True, None, set()
+                continue
+            for c in page["changes"]:
+                if c["workspace_id"] != self.ws:
+                    continue
+                if c["entity"] == "document":
+                    changed.add(c["id"])
+                elif c["entity"] == "attachment":
+                    self.attachments[c["id"]] = c["op"]
             cursor = page["cursor"]
             if not page["has_more"]:
                 break
-        self.changed = changed
+        self.changed = None if first else changed
         return cursor
 
     # -- folders -------------------------------------------------------------------------------------
@@ -216,6 +225,7 @@ class Pass:
                 except (HttpError, UnicodeDecodeError) as exc:
                     self.report("error", doc.path, str(exc))
         self.local_creates()
+        sync_attachments(self, self.attachments)
         self.state.set("cursor", cursor)
         self.commit()
 

@@ -83,3 +83,8 @@ class Api:
     def bytes(self, method: str, path: str, body: bytes | None = None, **kw) -> bytes:
         ctype = "application/octet-stream" if body is not None else None
         return self.request(method, path, body=body, content_type=ctype, **kw)[1]
+
+    def json_body(self, method: str, path: str, body: bytes) -> Any:
+        """Raw bytes in, JSON out (an upload)."""
+        _, data, _ = self.request(method, path, body=body, content_type="application/octet-stream")
+        return json.loads(data)

@@ -32,6 +32,10 @@ def remote_layout(tree: dict) -> tuple[dict[str, str], dict[str, str]]:
     return {fid: f.path for fid, f in folders.items()}, docs
 
 
+def safe_attachment_name(name: str) -> str:
+    return archive.safe_name(name, "file")
+
+
 def ignored(name: str) -> bool:
     return (name.startswith(".") or name.startswith("~") or name.startswith("#")
             or name.endswith(_TEMP_SUFFIXES))

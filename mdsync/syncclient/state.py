@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS docs (
     pending BLOB
 );
 CREATE TABLE IF NOT EXISTS folders (id TEXT PRIMARY KEY, path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attachments (id TEXT PRIMARY KEY, name TEXT NOT NULL, sha256 TEXT NOT NULL);
 """
 
 
@@ -100,3 +101,13 @@ class State:
     def save_folders(self, folders: dict[str, str]) -> None:
         self.conn.execute("DELETE FROM folders")
         self.conn.executemany("INSERT INTO folders (id, path) VALUES (?, ?)", folders.items())
+
+    # -- attachments (files in _attachments/)
+    def attachments(self) -> dict[str, tuple[str, str]]:
+        return {r[0]: (r[1], r[2]) for r in self.conn.execute("SELECT id, name, sha256 FROM attachments")}
+
+    def save_attachment(self, att_id: str, name: str, digest: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO attachments (id, name, sha256) VALUES (?, ?, ?)", (att_id, name, digest))
+
+    def forget_attachment(self, att_id: str) -> None:
+        self.conn.execute("DELETE FROM attachments WHERE id = ?", (att_id,))
