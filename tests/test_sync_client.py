@@ -498,3 +498,39 @@ async def test_attachments_both_ways_byte_identical(server, http, tmp_path):
     assert await user.call("GET", f"/attachments/{uploaded[0]}", 200) == blob
     again = run_sync(root, "--json", token=user.pat)
     assert again.returncode == 0 and actions(again) == []
+
+
+async def test_removal_from_the_workspace_is_exit_3_and_the_files_are_kept(server, http, tmp_path):
+    owner = await new_user(server, http, "Team")
+    await owner.doc("Shared", None, "shared\n")
+    invitation = await owner.call("POST", f"/workspaces/{owner.ws}/invitations", 201, json={"role": "editor"})
+    editor = await new_user(server, http, None, invitation=invitation["token"])
+    root = tmp_path / "e"
+    assert run_sync(root, token=editor.pat, server=server, workspace="Team").returncode == 0
+    me = await editor.call("GET", "/me", 200)
+    await owner.call("DELETE", f"/workspaces/{owner.ws}/members/{me['id']}", 204)
+    removed = run_sync(root, token=editor.pat)
+    assert removed.returncode == 3 and "no longer reachable" in removed.stderr
+    assert (root / "Shared.md").read_text() == "shared\n"
+
+
+async def test_a_first_sync_into_a_non_empty_folder_never_overwrites_and_tiptap_is_pull_only(server, http, tmp_path):
+    user = await new_user(server, http)
+    doc_id = await user.doc("Notes", None, "server text\n")
+    rich = (await user.call("POST", f"/workspaces/{user.ws}/documents", 201,
+                            json={"title": "Rich", "content_model": "tiptap", "markdown": "# Rich\n\nbold **text**\n"}))["id"]
+    root = tmp_path / "w"
+    root.mkdir()
+    (root / "Notes.md").write_text("my own text\n")
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    assert (root / "Notes.md").read_text() == "my own text\n"          # kept, and became a document
+    assert (root / "Notes (2).md").read_text() == "server text\n"
+    titles = sorted(d["title"] for d in (await user.tree())["documents"])
+    assert titles == ["Notes", "Notes", "Rich"] and await user.content(doc_id) == "server text\n"
+    rich_path = root / "Rich.md"
+    assert rich_path.read_text() == await user.content(rich)
+    os.chmod(rich_path, 0o644)
+    rich_path.write_text(rich_path.read_text() + "\nlocal line\n")
+    result = run_sync(root, token=user.pat)
+    assert result.returncode == 1 and "Rich.md" in result.stderr and "pull-only" in result.stderr
+    assert "local line" in rich_path.read_text() and "local line" not in await user.content(rich)
