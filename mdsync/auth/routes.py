@@ -89,9 +89,9 @@ async def revoke_session(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/me", "The caller's profile", response=m.UserOut)
 async def me(request: web.Request) -> web.Response:
-    principal = request[PRINCIPAL]
-    user = await store.user_by_id(_svc(request).db, principal.user_id)
-    return web.json_response(store.user_json(user))
+    p = request[PRINCIPAL]  # its user row was read for this request (authentication): no second read
+    return web.json_response(store.user_json({"id": p.user_id, "email": p.email, "name": p.name,
+                                              "is_admin": p.is_admin, "created_at": p.user_created_at}))
 
 
 @routes.patch("/api/v1/me", "Change name or email (the email with current_password)", body=m.ProfileIn,

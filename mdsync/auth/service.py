@@ -92,7 +92,7 @@ class AuthService:
         if row is None or row["user_id"] != claims.user_id or row["revoked_at"] or row["disabled_at"]:
             return None
         return Principal(claims.user_id, row["name"], row["email"], bool(row["is_admin"]),
-                         session_id=claims.session_id, expires_at=claims.expires_at)
+                         session_id=claims.session_id, expires_at=claims.expires_at, user_created_at=row["created_at"])
 
     async def _from_api_token(self, token: str) -> Principal | None:
         row = await store.api_token_state(self.db, token)
@@ -105,7 +105,8 @@ class AuthService:
             self.db.submit(store.touch_api_token, row["id"])
         return Principal(row["user_id"], row["name"], row["email"], bool(row["is_admin"]),
                          token_id=row["id"], scopes=tuple(json.loads(row["scopes"])),
-                         expires_at=clock.parse(row["expires_at"]).timestamp() if row["expires_at"] else None)
+                         expires_at=clock.parse(row["expires_at"]).timestamp() if row["expires_at"] else None,
+                         user_created_at=row["created_at"])
 
     # -- sign-in ---------------------------------------------------------------------------
     def _pair(self, user: Any, session_id: str, refresh_token: str) -> dict:

@@ -130,7 +130,7 @@ def revoke_sessions_of(tx: Tx, user_id: str, keep: str | None = None) -> list[st
 async def session_state(db: Database, session_id: str) -> sqlite3.Row | None:
     """What every request signed with an access token needs: is the session live, who is it."""
     return await db.lookup(
-        "SELECT s.user_id, s.revoked_at, s.expires_at, u.email, u.name, u.is_admin, u.disabled_at"
+        "SELECT s.user_id, s.revoked_at, s.expires_at, u.email, u.name, u.is_admin, u.disabled_at, u.created_at"
         " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = ?", (session_id,))
 
 
@@ -197,8 +197,8 @@ async def session_signed_in_at(db: Database, session_id: str) -> str | None:
 
 async def api_token_state(db: Database, token: str) -> sqlite3.Row | None:
     return await db.lookup(
-        "SELECT t.id, t.user_id, t.scopes, t.expires_at, t.last_used_at, u.email, u.name, u.is_admin, u.disabled_at"
-        " FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (digest(token),))
+        "SELECT t.id, t.user_id, t.scopes, t.expires_at, t.last_used_at, u.email, u.name, u.is_admin, u.disabled_at,"
+        " u.created_at FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (digest(token),))
 
 
 async def api_token_by_id(db: Database, token_id: str) -> sqlite3.Row | None:

@@ -118,6 +118,7 @@ class Principal:
     # Unix time the credential stops working (the JWT's exp, the token's expires_at; None: never).
     # Long-lived connections end there: sockets close with 4401, SSE streams end.
     expires_at: float | None = None
+    user_created_at: str = ""  # read with the rest of the user's row: GET /me needs no second read
 
     @property
     def can_write(self) -> bool:
