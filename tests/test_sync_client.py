@@ -534,3 +534,32 @@ async def test_a_first_sync_into_a_non_empty_folder_never_overwrites_and_tiptap_
     result = run_sync(root, token=user.pat)
     assert result.returncode == 1 and "Rich.md" in result.stderr and "pull-only" in result.stderr
     assert "local line" in rich_path.read_text() and "local line" not in await user.content(rich)
+
+
+async def test_a_save_while_a_merge_is_written_back_loses_nothing(server, http, tmp_path, monkeypatch):
+    from mdsync.syncclient import engine
+    from mdsync.syncclient.report import Report
+    user = await new_user(server, http)
+    doc_id = await user.doc("Race", None, "one\n\ntwo\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    cursor = await user.cursor()
+    await user.call("PUT", f"/documents/{doc_id}/content", 200, data="one\n\ntwo remote\n",
+                    headers={"Content-Type": "text/markdown"})
+    for _ in range(100):  # the feed names the document within 2 s (docs/api.md)
+        if any(c["id"] == doc_id for c in await user.changes_since(cursor)):
+            break
+        await asyncio.sleep(0.05)
+    pull = engine.Pass.pull_update
+
+    def pull_then_the_user_saves(self, doc, replica):
+        pull(self, doc, replica)
+        path = root / "Race.md"
+        if "saved" not in path.read_text():  # the editor saves just as the merged text is about to be written
+            path.write_text(path.read_text().replace("one", "one saved"))
+
+    monkeypatch.setattr(engine.Pass, "pull_update", pull_then_the_user_saves)
+    code = await asyncio.to_thread(engine.sync_once, root.resolve(), None, None, user.pat, Report(quiet=True))
+    assert code == 0
+    assert (root / "Race.md").read_text() == "one saved\n\ntwo remote\n"
+    assert await wait_content(user, doc_id, lambda t: t == "one saved\n\ntwo remote\n", "merged") == "one saved\n\ntwo remote\n"
