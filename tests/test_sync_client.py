@@ -563,3 +563,9 @@ async def test_a_save_while_a_merge_is_written_back_loses_nothing(server, http, 
     assert code == 0
     assert (root / "Race.md").read_text() == "one saved\n\ntwo remote\n"
     assert await wait_content(user, doc_id, lambda t: t == "one saved\n\ntwo remote\n", "merged") == "one saved\n\ntwo remote\n"
+
+
+def test_the_sync_token_in_the_environment_is_not_a_server_setting(tmp_path):
+    from mdsync import config
+    settings = config.load(None, environ={"MDSYNC_TOKEN": "mds_x", "MDSYNC_SERVER__DATA_DIR": str(tmp_path)})
+    assert settings.server.data_dir == tmp_path  # `mdsync serve` still starts with MDSYNC_TOKEN exported
