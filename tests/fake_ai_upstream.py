@@ -82,7 +82,7 @@ class FakeUpstream:
     _hold: asyncio.Event | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> "FakeUpstream":
+    async def start(self) -> FakeUpstream:
         app = web.Application()
         app.router.add_post("/openai/v1/chat/completions", self.chat)
         app.router.add_post("/openai/v1/responses", self.responses)
@@ -181,7 +181,7 @@ class FakeUpstream:
                 await asyncio.wait_for(watch, 600)
             else:
                 await resp.write_eof()
-        except (ConnectionError, asyncio.TimeoutError):
+        except (TimeoutError, ConnectionError):
             pass
         finally:
             if not then_idle:

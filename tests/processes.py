@@ -92,7 +92,7 @@ class ChildProcess:
         self.proc = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT, cwd=cwd, **popen)
         return self.proc
 
-    def start(self, timeout: float = 20.0) -> "ChildProcess":  # pragma: no cover - each subclass says
+    def start(self, timeout: float = 20.0) -> ChildProcess:  # pragma: no cover - each subclass says
         """Launch the process and return once `wait_ready` says it serves."""
         raise NotImplementedError
 
@@ -136,7 +136,7 @@ class ServerProcess(ChildProcess):
         self.base = ""
         self.output: list[str] = []
 
-    def start(self, timeout: float = 20.0) -> "ServerProcess":
+    def start(self, timeout: float = 20.0) -> ServerProcess:
         self.output = []
         self.launch([*MDSYNC, "serve", "--host", "127.0.0.1", "--port", "0", *self.args], self.env,
                     subprocess.PIPE, cwd=self.data_dir.parent, text=True)
@@ -191,7 +191,7 @@ class Caddy(ChildProcess):
                     "HOME": str(home), "XDG_DATA_HOME": str(home / "data"), "XDG_CONFIG_HOME": str(home / "config")}
         self.log = tmp_path / "caddy.log"
 
-    def start(self, timeout: float = 20.0) -> "Caddy":
+    def start(self, timeout: float = 20.0) -> Caddy:
         with open(self.log, "w") as out:
             self.launch(["caddy", "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
                         self.env, out)

@@ -31,7 +31,7 @@ class S3Server(ChildProcess):
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
 
-    def start(self, timeout: float = 20.0) -> "S3Server":
+    def start(self, timeout: float = 20.0) -> S3Server:
         moto = Path(sys.executable).parent / "moto_server"
         cmd = [str(moto)] if moto.exists() else [sys.executable, "-m", "moto.server"]
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}

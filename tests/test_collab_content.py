@@ -210,7 +210,7 @@ async def test_document_with_crdt_state_is_read_from_it_not_from_a_trailing_proj
     for update in ([stored.snapshot] if stored.snapshot else []) + stored.updates:
         doc.apply_update(update)
     before = doc.get_state()
-    doc.get("markdown", type=Text).insert(len("first\nsecond\n".encode()), "third\n")
+    doc.get("markdown", type=Text).insert(len(b"first\nsecond\n"), "third\n")
     await db.write(store.append, doc_id, [(stored.last_seq + 1, doc.get_update(before), owner.id)])
     assert await stored_markdown(client, doc_id) == "first\nsecond\n"
     text, etag = await content(client, owner, doc_id)

@@ -99,8 +99,8 @@ def test_unit_passes_systemd_analyze_verify(tmp_path):
 
 def test_nightly_backup_unit_command_runs(tmp_path):
     """The backup unit's ExecStart, unescaped as systemd does (%% → %, $$ → $), writes a backup."""
-    line = next(l for l in (ROOT / "systemd" / "mdsync-backup.service").read_text().splitlines()
-                if l.startswith("ExecStart="))
+    line = next(text for text in (ROOT / "systemd" / "mdsync-backup.service").read_text().splitlines()
+                if text.startswith("ExecStart="))
     command = line.removeprefix("ExecStart=").replace("%%", "%").replace("$$", "$")
     data = tmp_path / "var-lib-mdsync"
     config = tmp_path / "config.toml"

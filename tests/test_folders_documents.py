@@ -54,7 +54,7 @@ async def test_document_metadata_and_content(client, team):
     resp = await client.put(f"{API}/documents/{doc['id']}/content", data="lost",
                             headers={**owner.headers, "Content-Type": "text/markdown", "If-Match": '"y-unknown"'})
     assert resp.status == 412
-    resp = await client.put(f"{API}/documents/{doc['id']}/content", data="no base".encode(), headers=owner.headers)
+    resp = await client.put(f"{API}/documents/{doc['id']}/content", data=b"no base", headers=owner.headers)
     assert resp.status == 200
     meta = await (await client.get(f"{API}/documents/{doc['id']}", headers=owner.headers)).json()
     assert meta["size"] == len("no base") and meta["etag"] == resp.headers["ETag"]

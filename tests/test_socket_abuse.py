@@ -101,7 +101,7 @@ async def test_truncated_messages_close_only_that_socket(room):
         # a prefix may be a complete (if odd) message; then the socket may stay: never a 1011
         try:
             code = await bad.wait_closed(timeout=0.5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             code = None
             await bad.close()
         assert code is None or code in ABUSE_CODES, (frame, code)
@@ -120,7 +120,7 @@ async def test_seeded_random_frames_close_only_that_socket(room):
         await bad.send_raw(frame or b"\xff")
         try:
             code = await bad.wait_closed(timeout=0.3)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             code = None
             await bad.close()
         assert code is None or code in ABUSE_CODES, (frame, code)
@@ -278,7 +278,7 @@ async def test_hocuspocus_socket_garbage_closes_only_that_socket(room):
                 msg = await ws.receive(timeout=0.5)
                 if msg.type.name in ("CLOSE", "CLOSED", "CLOSING", "ERROR"):
                     break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         code = ws.close_code
         await ws.close()

@@ -32,7 +32,7 @@ class YClient:
         self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
-    async def connect(cls, client, document_id: str, token: str | None, **kw) -> "YClient":
+    async def connect(cls, client, document_id: str, token: str | None, **kw) -> YClient:
         url = f"/ws/docs/{document_id}" + (f"?token={token}" if token else "")
         ws = await client.ws_connect(url, max_msg_size=64 << 20)
         self = cls(ws, **kw)

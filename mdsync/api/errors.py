@@ -74,7 +74,7 @@ class ValidationFailed(ApiError):
     status, slug, title = 422, "validation", "Validation failed"
 
     @classmethod
-    def field(cls, field: str, message: str) -> "ValidationFailed":
+    def field(cls, field: str, message: str) -> ValidationFailed:
         return cls(f"{field}: {message}", errors=[{"field": field, "message": message}])
 
 

@@ -98,7 +98,6 @@ class Watcher:
         self.on_access = on_access
         self.database: str | None = None
         self.seen = 0            # newest seq looked at
-        self.outside = 0         # rows of other processes acted on (metrics, tests)
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
@@ -164,7 +163,6 @@ class Watcher:
             self.seen = max(self.seen, row["seq"])
             if row["origin"] == ORIGIN:
                 continue   # written by this process: acted on at its commit
-            self.outside += 1
             credentials = None if row["credentials"] is None else json.loads(row["credentials"])
             self._act(Revocation(self.database, row["seq"], row["origin"], row["kind"], row["user_id"],
                                  row["workspace_id"], row["document_id"], credentials))

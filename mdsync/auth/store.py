@@ -210,7 +210,3 @@ async def api_token_by_id(db: Database, token_id: str) -> sqlite3.Row | None:
 
 def touch_api_token(tx: Tx, token_id: str) -> None:
     tx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (clock.iso(), token_id))
-
-
-def touch_session(tx: Tx, session_id: str) -> None:
-    tx.execute("UPDATE sessions SET last_used_at = ? WHERE id = ?", (clock.iso(), session_id))

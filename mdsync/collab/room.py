@@ -60,7 +60,6 @@ class Room:
         self.closing = False
         self._closed: asyncio.Event | None = None  # see `closed`
         self.grace_timer: asyncio.TimerHandle | None = None
-        self.loaded_at = time.time()
         # persistence
         self.seq = seq                      # last seq handed out (persisted or pending)
         self.snapshot_bytes = snapshot_bytes

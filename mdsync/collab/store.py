@@ -19,7 +19,6 @@ class Stored:
     snapshot_seq: int
     updates: list[bytes]
     last_seq: int
-    log_bytes: int
     seed_markdown: str | None = None  # documents.markdown, only when there is no CRDT state
     content_model: str = "text"       # the document's (known when seed_markdown is)
 
@@ -41,7 +40,7 @@ async def load(db: Database, document_id: str) -> Stored:
         " FROM (SELECT ? AS id) x LEFT JOIN doc_snapshots s ON s.document_id = x.id", (document_id,))
     if head is not None and not head[2]:
         seq = head[0] or 0
-        return Stored(snapshot=head[1], snapshot_seq=seq, updates=[], last_seq=seq, log_bytes=0,
+        return Stored(snapshot=head[1], snapshot_seq=seq, updates=[], last_seq=seq,
                       seed_markdown=head[3], content_model=head[4] or "text")
     rows = await db.all(
         "WITH snap AS (SELECT seq, state FROM doc_snapshots WHERE document_id = ?1)"
@@ -66,7 +65,7 @@ async def load(db: Database, document_id: str) -> Stored:
         else:
             model = row["data"]
     return Stored(snapshot=snapshot, snapshot_seq=snapshot_seq, updates=updates, last_seq=last_seq,
-                  log_bytes=sum(len(u) for u in updates), seed_markdown=seed, content_model=model)
+                  seed_markdown=seed, content_model=model)
 
 
 def append(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | None]]) -> None:

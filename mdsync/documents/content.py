@@ -97,11 +97,6 @@ def quote(etag: str) -> str:
     return f'"{etag}"'
 
 
-def revision_etag(doc_id: str, seq: int) -> str:
-    """The ETag of content revision `seq` (quoted, as HTTP wants it)."""
-    return quote(f"{doc_id[:8]}.{seq}")
-
-
 def if_match_etags(header: str) -> list[str]:
     """The bare ETags an `If-Match` / `If-None-Match` header names (weak or strong, quoted or
     not; `*` kept as is). The one parser of these headers."""

@@ -188,7 +188,6 @@ class Supervisor:
         self.pid_file = settings.data_dir.resolve() / "litestream.pid"
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
-        self.started_at: float | None = None
         self.last_error: str | None = None
         self.local_txid = 0
         self.replicated_txid = 0
@@ -227,13 +226,13 @@ class Supervisor:
             # first sync does that): one started or restarted moments ago may not have yet
             try:
                 await asyncio.wait_for(self._sync_once(), 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass  # the bucket is unreachable: litestream's own shutdown will say so
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), self.settings.replica.shutdown_timeout)
                 log.info("litestream stopped after its final sync (exit %s)", proc.returncode)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.error("litestream did not finish its final sync within %.0f s; killing it",
                           self.settings.replica.shutdown_timeout)
                 proc.kill()
@@ -286,7 +285,6 @@ class Supervisor:
                 self.last_error = f"cannot start litestream: {exc}"
                 log.error(self.last_error)
             else:
-                self.started_at = time.monotonic()
                 self.pid_file.write_text(f"{self.proc.pid}\n")
                 log.info("litestream started (pid %d)", self.proc.pid)
                 await self._forward_output(self.proc)
@@ -302,7 +300,7 @@ class Supervisor:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _forward_output(self, proc) -> None:
@@ -327,7 +325,7 @@ class Supervisor:
         try:
             async with self._session.post("http://litestream/sync", json={"path": self.db_path}) as resp:
                 answer = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, OSError):
+        except (TimeoutError, aiohttp.ClientError, ValueError, OSError):
             return False  # not up yet, or restarting: the lag keeps growing
         if resp.status != 200 or not isinstance(answer, dict):
             return False

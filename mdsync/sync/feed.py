@@ -172,7 +172,6 @@ class FeedStats:
     skipped: int = 0        # passes that found the head unmoved
     woken: int = 0          # waiter wake-ups handed out
     reads: int = 0          # pages read by waiters (first reads and re-reads)
-    outside: int = 0        # commits by other processes noticed by the periodic head check
 
 
 class Feed:
@@ -236,7 +235,6 @@ class Feed:
             await asyncio.sleep(WAKE_GRACE)
             if head > self.head:
                 self.head = head
-                self.stats.outside += 1
                 for waiters in list(self._by_user.values()):
                     for waiter in waiters:
                         if not waiter.event.is_set():

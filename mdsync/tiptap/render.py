@@ -304,7 +304,7 @@ class Renderer:
             if _needs_angle(href):
                 href = f"<{href}>"
             title = title.replace('"', '\\"')
-            return f'](' + href + (f' "{title}")' if title else ")")
+            return '](' + href + (f' "{title}")' if title else ")")
         return ""
 
     # -- unknown nodes -------------------------------------------------------------------

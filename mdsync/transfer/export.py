@@ -80,7 +80,6 @@ class ExportSummary:
     documents: int = 0
     folders: int = 0
     attachments: int = 0
-    markdown_bytes: int = 0
 
 
 class ExportCancelled(Exception):
@@ -241,7 +240,6 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
                 data = (archive.front_matter(doc) + body).encode("utf-8")
                 zf.writestr(_entry(placed.path, doc["updated_at"]), data)
                 summary.documents += 1
-                summary.markdown_bytes += len(data)
                 if progress is not None:
                     progress(1)
             with zf.open(_entry(archive.MANIFEST, clock.iso()), "w", force_zip64=True) as manifest:

@@ -110,7 +110,6 @@ class Plan:
     attachment_manifest: dict[str, dict] = field(default_factory=dict)  # path -> mdsync.json entry
     skipped: list[dict] = field(default_factory=list)
     skipped_total: int = 0
-    markdown_bytes: int = 0
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped_total += 1
@@ -297,7 +296,6 @@ def plan(source, limits: Limits) -> Plan:
         elif path.lower().endswith(archive.MARKDOWN_SUFFIXES):
             document = _document(source, entry, budget, limits)
             documents.append((entry, document))
-            result.markdown_bytes += len(document.markdown.encode("utf-8"))
             parent = posixpath.dirname(path)
             while parent:
                 folder_paths.add(parent)

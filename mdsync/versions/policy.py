@@ -43,10 +43,10 @@ def keep(versions: Iterable[tuple[str, str]], now: datetime) -> set[str]:
             kept.add(version_id)
         else:
             tier[version_id] = "hour" if created_at >= hourly_after else "day"
-    for created_at, version_id in newest_of_hour.values():
+    for _created_at, version_id in newest_of_hour.values():
         if tier.get(version_id) == "hour":
             kept.add(version_id)
-    for created_at, version_id in newest_of_day.values():
+    for _created_at, version_id in newest_of_day.values():
         if tier.get(version_id) == "day":
             kept.add(version_id)
     return kept

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from mdsync import clock
-from mdsync.api.errors import Forbidden, NotFound, ValidationFailed
+from mdsync.api.errors import Forbidden, NotFound
 from mdsync.api.routing import PRINCIPAL
 from mdsync.appkeys import DB
 from mdsync.auth.tokens import digest
@@ -48,12 +48,6 @@ READABLE_DOCUMENTS = ("JOIN workspaces w ON w.id = d.workspace_id AND w.deleted_
 
 def rank(role: str) -> int:
     return RANK[role]
-
-
-def check_role(value: Any, field: str = "role") -> str:
-    if value not in RANK:
-        raise ValidationFailed.field(field, f"must be one of {', '.join(ROLES)}")
-    return value
 
 
 @dataclass(frozen=True, eq=False)
