@@ -140,7 +140,7 @@ async def test_initial_pull_places_every_document_as_the_export_names_it_and_a_s
     expected_ids = []
     for i in range(300):
         expected_ids.append(await user.doc(f"Note {i:03}", [None, top, sub][i % 3], f"# Note {i}\n\nbody {i} ✓\n"))
-    specials = {
+    _specials = {  # documents the sync must carry (their ids are not needed)
         "dup": [await user.doc("Same", top, "first\n"), await user.doc("Same", top, "second\n")],
         "slash": await user.doc("a/b: c?", None, "slashes\n"),
         "unicode": await user.doc("Café ☕ 日本語", sub, "naïve — ünïcode\n"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from typing import Any
 
 from mdsync import clock
 from mdsync.auth import revocations
@@ -154,13 +155,25 @@ def session_of_user(tx: Tx, session_id: str, user_id: str) -> sqlite3.Row | None
 
 
 # -- personal access tokens --------------------------------------------------------------------
+# the tables whose rows hold a bearer token by its hash
+TOKEN_TABLES = frozenset({"api_tokens", "share_links", "invitations"})
+
+
+def insert_token_row(tx: Tx, table: str, token: str, **columns: Any) -> sqlite3.Row:
+    """A new row holding a bearer token (personal access token, share link, invitation): a fresh
+    id, the token's SHA-256 (never the token: the caller shows it once), created_at now, and
+    `columns`. The table and column names come from the callers' code, never from input."""
+    assert table in TOKEN_TABLES, table
+    values = {"id": new_id(), "token_hash": digest(token), "created_at": clock.iso(), **columns}
+    tx.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+               tuple(values.values()))
+    return tx.one(f"SELECT * FROM {table} WHERE id = ?", (values["id"],))
+
+
 def insert_api_token(tx: Tx, user_id: str, name: str, token: str, scopes: list[str],
                      expires_at: str | None) -> sqlite3.Row:
-    token_id = new_id()
-    tx.execute("INSERT INTO api_tokens (id, user_id, name, token_hash, prefix, scopes, created_at, expires_at)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-               (token_id, user_id, name, digest(token), token[:12], json.dumps(scopes), clock.iso(), expires_at))
-    return tx.one("SELECT * FROM api_tokens WHERE id = ?", (token_id,))
+    return insert_token_row(tx, "api_tokens", token, user_id=user_id, name=name, prefix=token[:12],
+                            scopes=json.dumps(scopes), expires_at=expires_at)
 
 
 def api_token_json(row: sqlite3.Row) -> dict:

@@ -107,6 +107,14 @@ class YjsContent:
         return await self.model.render(snapshot, room.document_id), state
 
     # -- the parts ---------------------------------------------------------------------------
+    async def _written(self, room: Room) -> tuple[str, str]:
+        """The end of every write: its edit committed, its projection stored at once, and the
+        content served (its ETag retained for later merges)."""
+        await room.drain()
+        if self.projector is not None:
+            await self.projector.project_now(room)
+        return await self._serve(room)
+
     async def _serve(self, room: Room) -> tuple[str, str]:
         text, etag = await self.states.serve(room.document_id, room.doc, room.size, self.model)
         return text, quote(etag)
@@ -177,10 +185,7 @@ class YjsTextContent(YjsContent):
                     self.on_result("merge")
             except DocumentTooLarge as exc:
                 raise TooLarge(str(exc)) from None
-            await room.drain()
-            if self.projector is not None:
-                await self.projector.project_now(room)
-            return await self._serve(room)
+            return await self._written(room)
 
     async def _apply_if_current(self, room: Room, wanted: list[str], markdown: str, user_id: str | None) -> bool:
         """The If-Match names the live state: apply base→markdown as a diff, unless the room moved

@@ -517,19 +517,9 @@ class _TokenRequest:
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    settings = app[SETTINGS]
-    manager = app[ROOMS]
-    ws = web.WebSocketResponse(
-        max_msg_size=settings.limits.max_ws_message_bytes,
-        compress=False,  # frames are built once for all peers
-        heartbeat=settings.collab.heartbeat_seconds or None,
-    )
-    if not ws.can_prepare(request).ok:
-        raise web.HTTPBadRequest(text="expected a WebSocket upgrade")
-    await ws.prepare(request)
-    if manager.shutting_down:
-        await ws.close(code=CLOSE_RESTART, message=b"server restarting")
+    manager = request.app[ROOMS]
+    ws = await y_socket.accept(request)
+    if ws.closed:
         return ws
     session = Session(request, ws)
     session._transport = transport_of(ws)  # noqa: SLF001
@@ -551,7 +541,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 log.warning("text frame on a hocuspocus socket; closing that socket")
                 session.close_soon(y_socket.CLOSE_UNSUPPORTED, "binary frames only", abort_after=2.0)
             elif msg.type == WSMsgType.ERROR:
-                if getattr(msg.data, "code", None) == y_socket.CLOSE_TOO_BIG or ws.close_code == y_socket.CLOSE_TOO_BIG:
+                if y_socket.oversized(ws, msg):
                     stats.oversized_closed += 1
                     log.warning("oversized message on a hocuspocus socket; closed with 1009")
                 break

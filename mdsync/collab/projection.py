@@ -153,27 +153,28 @@ class Projector:
         self.heads.note(room.document_id, etag)
         return text, etag
 
-    async def project_now(self, room: Room) -> tuple[str, str] | None:
-        """Store the projection at once (after a REST write: the writer's next read of the tree,
-        metadata or change feed shows it) instead of after the debounce; what was stored
-        (markdown, unquoted ETag), or None."""
+    async def _settle(self, room: Room) -> _Dirty | None:
+        """Cancel the room's pending projection and wait for one being stored; returns what was
+        pending (None when nothing was)."""
         entry = self._dirty.pop(room.document_id, None)
         if entry is not None and entry.timer is not None:
             entry.timer.cancel()
         running = self._running.get(room.document_id)
         if running is not None:
             await asyncio.gather(running, return_exceptions=True)
+        return entry
+
+    async def project_now(self, room: Room) -> tuple[str, str] | None:
+        """Store the projection at once (after a REST write: the writer's next read of the tree,
+        metadata or change feed shows it) instead of after the debounce; what was stored
+        (markdown, unquoted ETag), or None."""
+        entry = await self._settle(room)
         return await self._project(room, entry.since if entry is not None else None)
 
     async def on_close(self, room: Room) -> None:
         """Room close hook (grace period over, or SIGTERM): the final projection, stored before
         the room unloads; its state recorded so reads of the closed document need no load."""
-        entry = self._dirty.pop(room.document_id, None)
-        if entry is not None and entry.timer is not None:
-            entry.timer.cancel()
-        running = self._running.get(room.document_id)
-        if running is not None:
-            await asyncio.gather(running, return_exceptions=True)
+        entry = await self._settle(room)
         if room.manager.rooms.get(room.document_id) is not room:
             return
         if not await self.projects(room.document_id):

@@ -87,22 +87,36 @@ async def authorize(request: web.Request, document_id: str) -> tuple[Any, Any]:
                       "invalid share link") from None
 
 
-async def websocket(request: web.Request) -> web.StreamResponse:
-    app = request.app
-    settings = app[SETTINGS]
-    cfg = settings.collab
-    manager = app[ROOMS]
-    document_id = request.match_info["document_id"]
+async def accept(request: web.Request) -> web.WebSocketResponse:
+    """The upgrade both socket kinds share (/ws/docs here, /ws/hocuspocus in hocuspocus.py): the
+    message size limit, no compression, the heartbeat; a request that is not an upgrade is 400.
+    While the server shuts down the socket is closed at once with 1012: check `ws.closed`."""
+    settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(
         max_msg_size=settings.limits.max_ws_message_bytes,
         compress=False,  # frames are built once for all peers; deflate would cost a compression per peer
-        heartbeat=cfg.heartbeat_seconds or None,
+        heartbeat=settings.collab.heartbeat_seconds or None,
     )
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a WebSocket upgrade")
     await ws.prepare(request)
-    if manager.shutting_down:
+    if request.app[ROOMS].shutting_down:
         await ws.close(code=CLOSE_RESTART, message=b"server restarting")
+    return ws
+
+
+def oversized(ws: web.WebSocketResponse, msg) -> bool:
+    """An ERROR message that is aiohttp refusing a frame over max_ws_message_bytes (it closed
+    the socket with 1009)."""
+    return getattr(msg.data, "code", None) == CLOSE_TOO_BIG or ws.close_code == CLOSE_TOO_BIG
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    cfg = request.app[SETTINGS].collab
+    manager = request.app[ROOMS]
+    document_id = request.match_info["document_id"]
+    ws = await accept(request)
+    if ws.closed:
         return ws
     try:
         principal, access = await authorize(request, document_id)
@@ -143,7 +157,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 await ws.close(code=CLOSE_UNSUPPORTED, message=b"binary frames only")
                 break
             elif msg.type == WSMsgType.ERROR:
-                if getattr(msg.data, "code", None) == CLOSE_TOO_BIG or ws.close_code == CLOSE_TOO_BIG:
+                if oversized(ws, msg):
                     stats.oversized_closed += 1
                     log.warning("oversized message on document %s from user %s; closed with 1009",
                                 document_id, conn.user_id)

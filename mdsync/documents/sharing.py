@@ -15,8 +15,9 @@ from aiohttp import web
 
 from mdsync import audit, clock
 from mdsync.api.errors import Forbidden, NotFound
-from mdsync.auth.tokens import digest, opaque
-from mdsync.db import Database, Tx, new_id
+from mdsync.auth.store import insert_token_row
+from mdsync.auth.tokens import opaque
+from mdsync.db import Database, Tx
 from mdsync.hooks import HOOKS
 from mdsync.sync import changes
 from mdsync.workspaces.access import RANK, Access
@@ -116,14 +117,12 @@ class Sharing:
         token = opaque(SHARE_PREFIX)
 
         def create(tx: Tx):
-            link_id = new_id()
-            tx.execute("INSERT INTO share_links (id, document_id, workspace_id, token_hash, role, created_by, created_at,"
-                       " expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (link_id, doc_id, ws, digest(token), role, access.user_id, clock.iso(),
-                        clock.iso_in(expires_in) if expires_in is not None else None))
-            audit.record(tx, "share_link.create", actor_id=access.user_id, target_type="share_link", target_id=link_id,
-                         workspace_id=ws, detail={"document_id": doc_id, "role": role})
-            return tx.one("SELECT * FROM share_links WHERE id = ?", (link_id,))
+            row = insert_token_row(tx, "share_links", token, document_id=doc_id, workspace_id=ws, role=role,
+                                   created_by=access.user_id,
+                                   expires_at=clock.iso_in(expires_in) if expires_in is not None else None)
+            audit.record(tx, "share_link.create", actor_id=access.user_id, target_type="share_link",
+                         target_id=row["id"], workspace_id=ws, detail={"document_id": doc_id, "role": role})
+            return row
 
         row = await self.db.write(create)
         return {**link_json(row), "token": token, "url": f"{self.public_url}/api/v1/share/{token}"}

@@ -23,7 +23,6 @@ import hmac
 import ipaddress
 import logging
 import os
-import time
 from collections.abc import Callable, Sequence
 
 from aiohttp import web

@@ -16,8 +16,9 @@ from typing import Any
 
 from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, Gone, NotFound
+from mdsync.auth.store import insert_token_row
 from mdsync.auth.tokens import digest, opaque
-from mdsync.db import Database, Tx, new_id
+from mdsync.db import Database, Tx
 from mdsync.workspaces.access import RANK, Access
 from mdsync.workspaces.service import WorkspaceService, add_member, keyset, workspace_json
 
@@ -83,14 +84,12 @@ class Invitations:
         ws_id = access.workspace_id
 
         def create(tx: Tx):
-            inv_id = new_id()
-            tx.execute("INSERT INTO invitations (id, workspace_id, role, token_hash, email, created_by, created_at, expires_at)"
-                       " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (inv_id, ws_id, role, digest(token), email, access.user_id, clock.iso(),
-                        clock.iso_in(expires_in if expires_in is not None else DEFAULT_TTL)))
-            audit.record(tx, "invitation.create", actor_id=access.user_id, target_type="invitation", target_id=inv_id,
-                         workspace_id=ws_id, detail={"role": role, "email": email})
-            return tx.one("SELECT * FROM invitations WHERE id = ?", (inv_id,))
+            row = insert_token_row(tx, "invitations", token, workspace_id=ws_id, role=role, email=email,
+                                   created_by=access.user_id,
+                                   expires_at=clock.iso_in(expires_in if expires_in is not None else DEFAULT_TTL))
+            audit.record(tx, "invitation.create", actor_id=access.user_id, target_type="invitation",
+                         target_id=row["id"], workspace_id=ws_id, detail={"role": role, "email": email})
+            return row
 
         row = await self.db.write(create)
         return {**invitation_json(row), "token": token, "url": f"{self.public_url}/invite/{token}"}
