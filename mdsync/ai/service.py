@@ -43,19 +43,18 @@ class AI:
         self.ledger = Ledger(db)
         self.proxy = AIProxy(settings.ai, self.keys, self.ledger)
         self.providers: dict[str, Provider] = {"openai": OpenAI(), "anthropic": Anthropic()}
-        if METRICS in app:
-            calls = app[METRICS].counter("mdsync_ai_calls_total", "AI proxy calls by provider and outcome"
-                                         " (2xx/4xx/5xx: the upstream's status; unreachable; client_gone)",
-                                         ("provider", "outcome"))
-            tokens = app[METRICS].counter("mdsync_ai_tokens_total", "AI tokens recorded (input, output;"
-                                          " estimated ones included)", ("provider", "kind"))
+        calls = app[METRICS].counter("mdsync_ai_calls_total", "AI proxy calls by provider and outcome"
+                                     " (2xx/4xx/5xx: the upstream's status; unreachable; client_gone)",
+                                     ("provider", "outcome"))
+        tokens = app[METRICS].counter("mdsync_ai_tokens_total", "AI tokens recorded (input, output;"
+                                      " estimated ones included)", ("provider", "kind"))
 
-            def observe(provider: str, outcome: str, usage) -> None:
-                calls.labels(provider, outcome).inc()
-                tokens.labels(provider, "input").inc(usage.input_tokens)
-                tokens.labels(provider, "output").inc(usage.output_tokens)
+        def observe(provider: str, outcome: str, usage) -> None:
+            calls.labels(provider, outcome).inc()
+            tokens.labels(provider, "input").inc(usage.input_tokens)
+            tokens.labels(provider, "output").inc(usage.output_tokens)
 
-            self.proxy.observe = observe
+        self.proxy.observe = observe
         self._models: dict[tuple, tuple[float, list[str]]] = {}
 
     # -- who pays --------------------------------------------------------------------------------
