@@ -569,3 +569,27 @@ def test_the_sync_token_in_the_environment_is_not_a_server_setting(tmp_path):
     from mdsync import config
     settings = config.load(None, environ={"MDSYNC_TOKEN": "mds_x", "MDSYNC_SERVER__DATA_DIR": str(tmp_path)})
     assert settings.server.data_dir == tmp_path  # `mdsync serve` still starts with MDSYNC_TOKEN exported
+
+
+async def test_a_server_down_when_the_pass_starts_is_retried(server_process, http, tmp_path):
+    import threading
+    data_dir = tmp_path / "data"
+    env = {"MDSYNC_AUTH__REGISTRATION": "open"}
+    first = server_process(data_dir, env)
+    port = first.base.rsplit(":", 1)[1]
+    user = await new_user(first, http)
+    doc_id = await user.doc("Up", None, "up\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=first, workspace="Notes").returncode == 0
+    (root / "Up.md").write_text("up\nedited while the server was down\n")
+    assert first.terminate() == 0
+    later: list = []
+    restart = threading.Timer(1.0, lambda: later.append(server_process(data_dir, env, ["--port", port])))
+    restart.start()
+    try:
+        result = await asyncio.to_thread(run_sync, root, token=user.pat)
+    finally:
+        restart.join()
+    assert result.returncode == 0, result.stderr
+    user.server = later[0]
+    assert await wait_content(user, doc_id, lambda t: "edited while" in t, "pushed after the retry")
