@@ -46,6 +46,10 @@ class AccessTokens:
     def __init__(self, secret: str, ttl: int):
         self._key = hashlib.sha256(("mdsync-access:" + secret).encode()).digest()
         self.ttl = ttl
+        # tokens already verified (signature, header, claims): a client sends the same one on
+        # every request until it expires. Only the expiry is checked again; revocation is the
+        # session lookup's business, every request. Bounded: emptied when full.
+        self._verified: dict[str, AccessClaims] = {}
 
     def issue(self, user_id: str, session_id: str) -> str:
         issued = int(clock.timestamp())
@@ -56,6 +60,17 @@ class AccessTokens:
 
     def verify(self, token: str) -> AccessClaims | None:
         """The claims of a valid, unexpired access token; None for anything else."""
+        known = self._verified.get(token)
+        if known is not None:
+            return known if known.expires_at > clock.timestamp() else None
+        claims = self._check(token)
+        if claims is not None:
+            if len(self._verified) >= VERIFIED_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[token] = claims
+        return claims
+
+    def _check(self, token: str) -> AccessClaims | None:
         if len(token) > 4096 or not _JWT_SHAPE.fullmatch(token):
             return None
         signing_input, _, signature = token.rpartition(".")
@@ -81,6 +96,8 @@ class AccessTokens:
             return None
         return AccessClaims(claims["sub"], claims["sid"], float(exp))
 
+
+VERIFIED_CACHE_SIZE = 4096
 
 # header.payload.signature, each unpadded base64url (the signature of HS256 is 43 characters);
 # matched with fullmatch: `$` would also match before a final newline
