@@ -32,6 +32,8 @@ class ServerSettings(Section):
     public_url: str | None = None
     secret: str | None = None
     shutdown_timeout: float = Field(8.0, gt=0)
+    header_timeout: float = Field(20.0, gt=0)
+    idle_timeout: float = Field(300.0, gt=0)
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
     backup_before_migrate: bool = False
 

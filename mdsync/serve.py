@@ -14,6 +14,7 @@ import signal
 import sys
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from mdsync import logs
 from mdsync.app import create_app
@@ -26,10 +27,76 @@ log = logging.getLogger("mdsync.serve")
 MAX_REQUEST_LINE = 64 * 1024
 
 
+class _HeadTimeoutHandler(RequestHandler):
+    """aiohttp's connection handler with a header timeout, which aiohttp lacks: a request's line
+    and headers must arrive whole within `server.header_timeout` seconds of their first byte (the
+    first request's: of the connection's start), or the connection is closed. Without it a client
+    trickling header bytes (slowloris) holds a connection as long as the idle timeout allows.
+    Request bodies, responses, WebSockets and long polls are not concerned: the clock runs only
+    while no request is in progress; `server.idle_timeout` (aiohttp's keep-alive timeout) bounds
+    the wait for the next request on a kept-alive connection."""
+
+    def __init__(self, *args, header_timeout: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm_head()
+
+    def data_received(self, data: bytes) -> None:
+        requests = self._request_count
+        super().data_received(data)
+        if self._upgraded or self._request_count != requests:
+            self._disarm_head()  # a whole head arrived (or the connection is a WebSocket now)
+        elif data and self._head_timer is None and not self._request_in_progress and not self._messages:
+            self._arm_head()  # the first bytes of the next request: its head has header_timeout
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm_head()
+        super().connection_lost(exc)
+
+    def _arm_head(self) -> None:
+        self._head_timer = self._loop.call_later(self._header_timeout, self._head_expired)
+
+    def _disarm_head(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_expired(self) -> None:
+        self._head_timer = None
+        if not (self._upgraded or self._request_in_progress or self._messages):
+            self.force_close()
+
+
+class _Server(web.Server):
+    header_timeout = 20.0
+
+    def __call__(self) -> RequestHandler:
+        return _HeadTimeoutHandler(self, loop=self._loop, header_timeout=self.header_timeout, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    """An AppRunner whose connections get a header timeout (_HeadTimeoutHandler)."""
+
+    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs):
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server
+        server.header_timeout = self._header_timeout
+        return server
+
+
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log_class=logs.AccessLogger, handle_signals=False,
-                           shutdown_timeout=settings.server.shutdown_timeout, max_line_size=MAX_REQUEST_LINE)
+    runner = _Runner(app, access_log_class=logs.AccessLogger, handle_signals=False,
+                     shutdown_timeout=settings.server.shutdown_timeout, max_line_size=MAX_REQUEST_LINE,
+                     keepalive_timeout=settings.server.idle_timeout, header_timeout=settings.server.header_timeout)
     # handlers first: a SIGTERM that arrives while starting still means "stop cleanly", not death
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
