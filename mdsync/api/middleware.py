@@ -48,21 +48,17 @@ def _allow_headers(requested: str) -> str:
     return ", ".join([ALLOW_HEADERS, *extra])
 
 
-# Path parameters that are secrets in their own right: a share link's token is the whole
-# credential (GET /api/v1/share/{token}), so a log line with the raw path would hand it out.
-SECRET_PATH_PARAMS = frozenset({"token"})
+# Path segments that are secrets in their own right: a share link's token is the whole credential
+# (GET /api/v1/share/{token}), so a log line with the raw path would hand it out. Matched on the
+# path itself, not on the route's parameters: a request no route matches (POST /share/{token},
+# /share/{token}/) is logged too.
+_SECRET_SEGMENT = re.compile(r"(/share/).*", re.DOTALL)  # the rest of the path, whatever it holds
 
 
 def loggable_path(request: web.BaseRequest) -> str:
-    """The request path for logs: without the query (WebSocket URLs carry `?token=`) and with
-    secret path parameters replaced by their name."""
-    path = request.path
-    match_info = getattr(request, "match_info", None) or {}
-    for name in SECRET_PATH_PARAMS.intersection(match_info):
-        value = match_info[name]
-        if value:
-            path = path.replace(value, "{" + name + "}")
-    return path
+    """The request path for logs: without the query (WebSocket URLs carry `?token=`, signed
+    attachment URLs `?sig=`) and with secret path segments replaced by `{token}`."""
+    return _SECRET_SEGMENT.sub(r"\1{token}", request.path)
 
 
 def problem_response(error: errors.ApiError, request_id: str | None = None) -> web.Response:
