@@ -245,6 +245,9 @@ def test_every_apply_update_in_mdsync_is_the_gate_or_on_the_servers_own_bytes():
         ("mdsync/collab/positions.py", "__init__"): "a rewrite of a Doc the server holds",
         ("mdsync/tiptap/content.py", "render_state"): "a snapshot of a Doc the server holds",
         ("mdsync/tiptap/content.py", "diff_update"): "a state the server served",
+        # the sync client (`mdsync sync`, on the user's machine) applies what its server sends
+        ("mdsync/syncclient/merge.py", "__init__"): "the sync client's own saved state",
+        ("mdsync/syncclient/merge.py", "apply"): "the sync client applying its server's bytes",
         ("mdsync/collab/hocuspocus.py", "_contained"): "a copy of the room's state (the client's: the gate)",
         ("mdsync/transfer/export.py", "read_all"): "snapshot and log rows, gated when accepted",
     }
