@@ -7,7 +7,8 @@
 # ../shared/bench is read-only: it is copied to a work dir (BENCH_WORK, default
 # $TMPDIR/mdsync-tiptap-bench) and three things are changed in the copy:
 #   - mdsync_prep.py creates the documents with content_model "tiptap";
-#   - mdsync-bench.sh drives mdsync with yload's Hocuspocus client on /ws/hocuspocus;
+#   - mdsync-bench.sh drives mdsync with yload's Hocuspocus client on /ws/hocuspocus (and lifts
+#     collab.max_connections_per_user_per_document: S1's 50 sockets are one user's);
 #   - yload.mjs edits what a TipTap editor edits: the Y.XmlText of a paragraph in
 #     Y.XmlFragment('default') (a paragraph is added when there is none), not Y.Text('markdown'),
 #     for the anchor and for mdsync alike. So mdsync's markdown projection renders a real fragment.
@@ -38,6 +39,10 @@ old = ('run_yload "$YLOAD_TIMEOUT_S" --server-kind ywebsocket --label mdsync \\\
 assert old in s, "mdsync-bench.sh: yload call not found"
 s = s.replace(old, 'run_yload "$YLOAD_TIMEOUT_S" --server-kind hocuspocus --label mdsync-tiptap \\\n'
                    '    --url "ws://127.0.0.1:$PORT/ws/hocuspocus"')
+# one user opens all 50 sockets of S1: lift the per-user-per-document cap (32) for the bench
+old = "export MDSYNC_AUTH__REGISTRATION=open MDSYNC_AUTH__ACCESS_TOKEN_TTL=3600"
+assert old in s, "mdsync-bench.sh: server environment not found"
+s = s.replace(old, old + " MDSYNC_COLLAB__MAX_CONNECTIONS_PER_USER_PER_DOCUMENT=1000")
 bench.write_text(s)
 yload = Path("yload.mjs")
 s = yload.read_text()

@@ -99,11 +99,11 @@ class YjsContent:
             return await self.room_markdown(room)
 
     async def room_markdown(self, room: Room) -> str:
-        snapshot = self.model.snapshot(room.doc)  # before any await: the caller's instant
+        snapshot = self.model.snapshot(room.doc, room.size)  # before any await: the caller's instant
         return await self.model.render(snapshot, room.document_id)
 
     async def state(self, room: Room) -> tuple[str, bytes]:
-        snapshot, state = self.model.snapshot(room.doc), room.encode_state()
+        snapshot, state = self.model.snapshot(room.doc, room.size), room.encode_state()
         return await self.model.render(snapshot, room.document_id), state
 
     # -- the parts ---------------------------------------------------------------------------

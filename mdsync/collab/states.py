@@ -77,7 +77,7 @@ class States:
                     "  WHERE document_id = ?1 AND full = 1)) AS since_full"
                     " FROM content_states WHERE document_id = ?1 ORDER BY seq DESC LIMIT 1", (document_id,))
                 chain = (row["seq"], row["sv"], row["etag"], row["since_full"]) if row else (0, b"", "", 0)
-            text, etag = model.snapshot(doc) if model else None, state_etag(doc)
+            text, etag = model.snapshot(doc, size_hint) if model else None, state_etag(doc)
             collected = False
             if etag == chain[2]:
                 if await self.touch(document_id, etag):
@@ -85,7 +85,7 @@ class States:
                     return text, etag
                 # collected meanwhile: record it again, whole (read again: the doc may have moved on)
                 collected = True
-                text, etag = model.snapshot(doc) if model else None, state_etag(doc)
+                text, etag = model.snapshot(doc, size_hint) if model else None, state_etag(doc)
             # from here to the insert's submission nothing awaits: text, ETag and bytes are one instant
             sv = doc.get_state()
             seq = chain[0] + 1

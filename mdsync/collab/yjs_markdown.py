@@ -1,8 +1,9 @@
 """How a content model keeps its markdown in a Yjs document: the one thing the Yjs content
 backends (content.py) and served states (states.py) need to know about a model.
 
-- `snapshot(doc)`: what the markdown is made from, taken synchronously (the caller reads the
-  document's ETag in the same step, so the two describe one instant).
+- `snapshot(doc, size)`: what the markdown is made from, taken synchronously (the caller reads
+  the document's ETag in the same step, so the two describe one instant); `size` is about the
+  bytes of the document's state (a small one may be read at once, a large one copied).
 - `render(snapshot)`: the markdown of that snapshot (awaitable: a large TipTap document is
   rendered in a worker thread, off the event loop).
 - `seed(markdown)`: the deterministic Yjs state of a new document holding `markdown` (the same
@@ -24,7 +25,7 @@ from mdsync.collab.room import TEXT_NAME, seed_update
 class YjsMarkdown(Protocol):
     name: str
 
-    def snapshot(self, doc: Doc) -> Any:
+    def snapshot(self, doc: Doc, size: int = 0) -> Any:
         """What `render` needs, read now (synchronously)."""
 
     async def render(self, snapshot: Any, document_id: str | None = None) -> str:
@@ -39,7 +40,7 @@ class TextInYjs:
 
     name = "text"
 
-    def snapshot(self, doc: Doc) -> str:
+    def snapshot(self, doc: Doc, size: int = 0) -> str:
         return str(doc.get(TEXT_NAME, type=Text))
 
     async def render(self, snapshot: str, document_id: str | None = None) -> str:

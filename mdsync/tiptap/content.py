@@ -36,7 +36,7 @@ from mdsync.tiptap.render import render
 from mdsync.tiptap.schema import DEFAULT_SCHEMA, Guard, Schema, Unknown
 
 # below these sizes the work is done on the event loop (a worker thread's hand-off costs more)
-INLINE_STATE_BYTES = 16 * 1024
+INLINE_STATE_BYTES = 32 * 1024
 INLINE_MARKDOWN_CHARS = 8 * 1024
 
 
@@ -82,11 +82,20 @@ class TipTapInYjs:
         self.schema = schema
         self.guard = guard or Guard()
 
-    def snapshot(self, doc: Doc) -> bytes:
-        return doc.get_update()  # the whole state: a copy the renderer owns
+    def snapshot(self, doc: Doc, size: int = 0) -> tuple[list[dict], Unknown] | bytes:
+        """A small document read now (its blocks: reading is cheap, a copy of the state would
+        cost more); a large one's whole state, a copy the worker thread renders from."""
+        if size < INLINE_STATE_BYTES:
+            unknown = Unknown()
+            return yxml.read_blocks(yxml.fragment(doc), self.schema, unknown), unknown
+        return doc.get_update()
 
-    async def render(self, snapshot: bytes, document_id: str | None = None) -> str:
-        markdown, unknown = await _off_loop(len(snapshot) < INLINE_STATE_BYTES, render_state, snapshot, self.schema)
+    async def render(self, snapshot: tuple[list[dict], Unknown] | bytes, document_id: str | None = None) -> str:
+        if isinstance(snapshot, bytes):
+            markdown, unknown = await _off_loop(len(snapshot) < INLINE_STATE_BYTES, render_state, snapshot, self.schema)
+        else:
+            blocks, unknown = snapshot
+            markdown = render(blocks, self.schema, unknown)
         if document_id is not None:
             self.guard.report(document_id, unknown)
         return markdown
