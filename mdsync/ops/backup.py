@@ -102,11 +102,8 @@ def snapshot_database(source: Path, target: Path, progress: Progress | None = No
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _walk_files(root: Path) -> list[tuple[Path, int]]:

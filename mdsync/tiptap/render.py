@@ -51,6 +51,8 @@ _FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})", re.M)
 # mark -> rank in MarkdownManager's registration order (Link has priority 1000: outermost)
 MARK_RANKS = {"link": 0, "bold": 5, "code": 8, "italic": 17, "strike": 21, "underline": 23}
 # marks MarkdownManager reopens as HTML where two mark spans cross (`markdownOptions.htmlReopen`)
+# marks written as fixed delimiters around their text (code and link depend on what they hold)
+DELIMITERS = {"bold": ("**", "**"), "italic": ("*", "*"), "strike": ("~~", "~~"), "underline": ("<u>", "</u>")}
 HTML_REOPEN = {"bold": ("<strong>", "</strong>"), "italic": ("<em>", "</em>")}
 CODE_TYPES = {"code", "codeBlock"}  # text inside is written as is
 INDENTING = {"bulletList", "orderedList", "taskList"}  # children are one list level deeper
@@ -270,14 +272,8 @@ class Renderer:
     def opening(self, mark_type: str, mark: dict | None, mode: str | None = "markdown", span: str | None = None) -> str:
         if mode == "html":
             return HTML_REOPEN.get(mark_type, ("", ""))[0]
-        if mark_type == "bold":
-            return "**"
-        if mark_type == "italic":
-            return "*"
-        if mark_type == "strike":
-            return "~~"
-        if mark_type == "underline":
-            return "<u>"
+        if mark_type in DELIMITERS:
+            return DELIMITERS[mark_type][0]
         if mark_type == "code":
             return _code_fence(span or "") + (" " if _code_padded(span or "") else "")
         if mark_type == "link":
@@ -287,14 +283,8 @@ class Renderer:
     def closing(self, mark_type: str, mark: dict | None, mode: str | None = "markdown", span: str | None = None) -> str:
         if mode == "html":
             return HTML_REOPEN.get(mark_type, ("", ""))[1]
-        if mark_type == "bold":
-            return "**"
-        if mark_type == "italic":
-            return "*"
-        if mark_type == "strike":
-            return "~~"
-        if mark_type == "underline":
-            return "</u>"
+        if mark_type in DELIMITERS:
+            return DELIMITERS[mark_type][1]
         if mark_type == "code":
             return (" " if _code_padded(span or "") else "") + _code_fence(span or "")
         if mark_type == "link":
