@@ -129,7 +129,7 @@ class CollabSettings(Section):
     snapshot_after_bytes: int = Field(1 * MiB, ge=1024)
     max_connections_per_user: int = Field(5000, ge=1)
     max_connections_per_document: int = Field(1000, ge=1)
-    max_connections_per_user_per_document: int = Field(32, ge=1)
+    max_connections_per_user_per_document: int = Field(64, ge=1)
     max_connections_per_share_link: int = Field(200, ge=1)
     reserved_writer_connections: int = Field(100, ge=0)
     slow_peer_bytes: int = Field(8 * MiB, ge=65536)
