@@ -219,3 +219,9 @@ async def test_lookup_sees_every_commit_and_holds_no_snapshot(db, tmp_path):
     other.close()
     with pytest.raises(sqlite3.OperationalError):
         await db.lookup("UPDATE notes SET body = 'no'")
+
+
+def test_migrations_are_numbered_one_to_n_without_gaps_or_repeats():
+    # two branches landing the same number would make every database skip one of them
+    versions = [m.version for m in available()]
+    assert versions == list(range(1, len(versions) + 1))
