@@ -105,6 +105,26 @@ class BenchServer:
         self.stop()
 
 
+@dataclass(frozen=True)
+class BenchAccount:
+    user_id: str
+    headers: dict[str, str]  # the Authorization header of its access token
+    workspace_id: str
+
+
+async def bench_account(session, base: str, workspace: str = "Bench") -> BenchAccount:
+    """Register the bench user (open registration, see server_env) and create one workspace."""
+    async with session.post(f"{base}/api/v1/auth/register", json={
+            "email": "bench@example.com", "password": "correct horse battery", "name": "Bench"}) as resp:
+        assert resp.status == 201, await resp.text()
+        pair = await resp.json()
+    headers = {"Authorization": f"Bearer {pair['access_token']}"}
+    async with session.post(f"{base}/api/v1/workspaces", json={"name": workspace}, headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+        ws = (await resp.json())["id"]
+    return BenchAccount(pair["user"]["id"], headers, ws)
+
+
 def percentile(values: list[float], p: float) -> float:
     """The nearest-rank `p`th percentile (0–100) of `values`; nan when there are none."""
     if not values:

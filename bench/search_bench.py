@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-from benchserver import BenchServer, Latencies
+from benchserver import BenchServer, Latencies, bench_account
 
 from mdsync import clock
 from mdsync.comments.service import SELECT as COMMENT_SELECT
@@ -169,16 +169,12 @@ async def main(args) -> None:
         with BenchServer.mdsync(data) as server:
             base = server.base
             async with aiohttp.ClientSession() as session:
-                async with session.post(f"{base}/api/v1/auth/register", json={
-                        "email": "bench@example.com", "password": "correct horse battery", "name": "Bench"}) as resp:
-                    pair = await resp.json()
-                headers = {"Authorization": f"Bearer {pair['access_token']}"}
-                async with session.post(f"{base}/api/v1/workspaces", json={"name": "Big"}, headers=headers) as resp:
-                    ws = (await resp.json())["id"]
+                account = await bench_account(session, base, "Big")
+                headers, ws = account.headers, account.workspace_id
                 async with session.post(f"{base}/api/v1/workspaces/{ws}/documents", headers=headers,
                                         json={"title": "Threads", "markdown": "lorem ipsum"}) as resp:
                     thread_doc = (await resp.json())["id"]
-            user_id = pair["user"]["id"]
+            user_id = account.user_id
             db_path = data / "mdsync.db"
             started, total = time.monotonic(), 0
             for start in range(0, args.docs, BATCH):

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
-from benchserver import BenchServer, Latencies
+from benchserver import BenchServer, Latencies, bench_account
 
 from mdsync import clock
 from mdsync.db import run_offline
@@ -101,14 +101,10 @@ async def main(args) -> None:
         with BenchServer.mdsync(data) as server:
             base = server.base
             async with aiohttp.ClientSession() as session:
-                async with session.post(f"{base}/api/v1/auth/register", json={
-                        "email": "bench@example.com", "password": "correct horse battery", "name": "Bench"}) as resp:
-                    pair = await resp.json()
-                headers = {"Authorization": f"Bearer {pair['access_token']}"}
-                async with session.post(f"{base}/api/v1/workspaces", json={"name": "Big"}, headers=headers) as resp:
-                    ws = (await resp.json())["id"]
+                account = await bench_account(session, base, "Big")
+                headers, ws = account.headers, account.workspace_id
             started = time.monotonic()
-            run_offline(data / "mdsync.db", populate, ws, pair["user"]["id"], args.folders, args.docs)
+            run_offline(data / "mdsync.db", populate, ws, account.user_id, args.folders, args.docs)
             print(f"inserted {args.folders} folders and {args.docs} documents in {time.monotonic() - started:.1f} s")
             async with aiohttp.ClientSession() as session:
                 async with session.get(f"{base}/api/v1/workspaces/{ws}/tree", headers=headers) as resp:
