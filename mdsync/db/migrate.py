@@ -1,4 +1,7 @@
-"""Numbered SQL migrations (`migrations/NNNN_name.sql`), each applied in its own transaction.
+"""Numbered SQL migrations (`migrations/<engine>/NNNN_name.sql`), each applied in its own transaction.
+
+Each engine (`sqlite`, `postgresql`) has its own files, numbered and named alike: migration N
+makes the same schema change on both.
 
 Applied versions are recorded in `schema_migrations`. A database whose newest recorded version
 is unknown to this code was written by a newer mdsync: we refuse to touch it.
@@ -35,9 +38,10 @@ class Migration:
     sql: str
 
 
-def available() -> list[Migration]:
+def available(engine: str = "sqlite") -> list[Migration]:
+    """The migrations this code knows for `engine` ("sqlite" or "postgresql"), oldest first."""
     found = []
-    for entry in resources.files("mdsync.db").joinpath("migrations").iterdir():
+    for entry in resources.files("mdsync.db").joinpath("migrations", engine).iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append(Migration(int(match.group(1)), match.group(2), entry.read_text("utf-8")))
