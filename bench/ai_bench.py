@@ -95,10 +95,10 @@ async def ledger_p99(calls: int) -> tuple[list[float], list[float]]:
     """reserve + settle of `calls` concurrent calls on one database, in-process."""
     from mdsync.ai.ledger import Ledger, Limits
     from mdsync.ai.provider import Usage
-    from mdsync.db import Database
+    from mdsync.db import SqliteDatabase
 
     with tempfile.TemporaryDirectory() as tmp:
-        db = Database(Path(tmp) / "ledger.db")
+        db = SqliteDatabase(Path(tmp) / "ledger.db")
         await db.open()
         await db.write(lambda tx: tx.execute(
             "INSERT INTO workspaces (id, name, slug, created_at, updated_at) VALUES ('w', 'W', 'w', 'now', 'now')"))

@@ -28,7 +28,7 @@ import aiohttp
 from benchserver import BenchServer, Latencies
 
 from mdsync import clock
-from mdsync.db import run_offline
+from mdsync.db.sqlite import run_offline
 
 TIME_LIMIT = 300.0   # seconds for any one phase
 

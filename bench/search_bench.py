@@ -38,7 +38,8 @@ from benchserver import BenchServer, Latencies, bench_account
 
 from mdsync import clock
 from mdsync.comments.service import SELECT as COMMENT_SELECT
-from mdsync.db import connect, run_offline
+from mdsync.db import connect
+from mdsync.db.sqlite import run_offline
 from mdsync.search.query import match_expression
 from mdsync.search.service import SEARCH
 

@@ -26,7 +26,7 @@ import aiohttp
 from benchserver import BenchServer, Latencies, bench_account
 
 from mdsync import clock
-from mdsync.db import run_offline
+from mdsync.db.sqlite import run_offline
 
 MAX_REQUESTS = 100_000  # per phase, beside the time bound
 

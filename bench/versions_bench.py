@@ -31,7 +31,7 @@ import aiohttp
 from benchserver import MDSYNC, BenchServer, Latencies, server_env
 
 from mdsync import clock
-from mdsync.db import run_offline
+from mdsync.db.sqlite import run_offline
 
 MiB = 1024 * 1024
 TIME_LIMIT = 300.0

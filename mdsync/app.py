@@ -17,7 +17,7 @@ from mdsync.api import middleware
 from mdsync.api.routing import BODY_LIMIT
 from mdsync.appkeys import DB, READINESS, ROUTE_TABLES, SETTINGS
 from mdsync.config import Settings
-from mdsync.db import Database
+from mdsync.db import database_for
 from mdsync.documents.content import CONTENT, ContentModels
 from mdsync.hooks import HOOKS, Hooks
 from mdsync.ops import backup
@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app[HOOKS] = Hooks()
     app[ROUTE_TABLES] = []
-    db = app[DB] = Database(settings.db_path, autocheckpoint=settings.replica.url is None)
+    db = app[DB] = database_for(settings)
 
     async def database(app: web.Application):
         await db.open()  # applies pending migrations

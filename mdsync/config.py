@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "MDSYNC_"
 CONFIG_ENV = "MDSYNC_CONFIG"
@@ -55,6 +55,20 @@ class AuthSettings(Section):
 
 class CorsSettings(Section):
     origins: list[str] = []
+
+
+class DatabaseSettings(Section):
+    # unset: SQLite in the data dir (mdsync.db); "postgresql://user:pass@host:5432/db": PostgreSQL
+    url: str | None = None
+    pool_size: int = Field(8, ge=1, le=1000)  # PostgreSQL: read connections (the writer has its own)
+    statement_timeout: float = Field(30.0, gt=0)  # PostgreSQL: seconds one statement may run
+
+    @field_validator("url")
+    @classmethod
+    def _known_engine(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (leave it unset for SQLite in the data dir)")
+        return url
 
 
 class LimitsSettings(Section):
@@ -168,6 +182,7 @@ class TipTapSettings(Section):
 
 class Settings(Section):
     server: ServerSettings = ServerSettings()
+    database: DatabaseSettings = DatabaseSettings()
     auth: AuthSettings = AuthSettings()
     cors: CorsSettings = CorsSettings()
     limits: LimitsSettings = LimitsSettings()
@@ -183,9 +198,22 @@ class Settings(Section):
     versions: VersionsSettings = VersionsSettings()
     tiptap: TipTapSettings = TipTapSettings()
 
+    @model_validator(mode="after")
+    def _replica_needs_sqlite(self) -> Settings:
+        if self.database.url is not None and self.replica.url is not None:
+            raise ValueError("replica.url streams the SQLite file with litestream and cannot be used with a "
+                             "PostgreSQL database.url: back PostgreSQL up with its own tools (pg_dump, "
+                             "`mdsync backup`, or your provider's backups) and unset replica.url")
+        return self
+
     @property
     def data_dir(self) -> Path:
         return self.server.data_dir
+
+    @property
+    def engine(self) -> str:
+        """The database engine: "sqlite" (the default, in the data dir) or "postgresql"."""
+        return "sqlite" if self.database.url is None else "postgresql"
 
     @property
     def db_path(self) -> Path:
@@ -263,7 +291,9 @@ def _describe(exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(part) for part in err["loc"])
-        if err["type"] == "extra_forbidden":
+        if not key:  # a rule across sections (Settings' own validators)
+            lines.append(err["msg"].removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             lines.append(f"unknown setting {key!r}")
         else:
             lines.append(f"setting {key!r}: {err['msg']}")

@@ -30,6 +30,7 @@ from mdsync.appkeys import DB
 from mdsync.db import connect
 from mdsync.db.migrate import available
 from mdsync.workspaces import service as workspaces
+from tests import engines
 
 API = "/api/v1"
 PASSWORD = "correct horse battery"
@@ -44,7 +45,8 @@ NO_AI_UPSTREAM = {"ai.openai.base_url": "http://127.0.0.1:9/v1", "ai.anthropic.b
 def make_settings(data_dir: Path, **overrides) -> config.Settings:
     """Settings for a test server: open registration, cheap hashing; `overrides` use dotted keys
     with `__` for dots (`auth__registration="invite"`)."""
-    values = {"server.data_dir": data_dir, "auth.registration": "open", **FAST_AUTH, **NO_AI_UPSTREAM}
+    values = {"server.data_dir": data_dir, "auth.registration": "open", **FAST_AUTH, **NO_AI_UPSTREAM,
+              "database.url": engines.database_url(data_dir)}
     values.update({k.replace("__", "."): v for k, v in overrides.items()})
     return config.load(None, environ={}, overrides=values)
 

@@ -15,20 +15,56 @@ import pytest
 
 from mdsync import clock, config
 from mdsync.app import create_app
-from tests import prerequisites
+from tests import engines, pgserver, prerequisites
 from tests.authz_world import World, build_world
 from tests.builders import make_settings
 from tests.processes import ServerProcess
 
 
+def pytest_addoption(parser):
+    parser.addoption("--engine", choices=("sqlite", "postgresql", "both"), default="both",
+                     help="database engine(s) for the modules marked both_engines (tests/engines.py)")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "prerequisite(reason_missing): the test needs a program or package that "
                             "may be missing (tests/prerequisites.py: skipped here, failed in CI)")
+    config.addinivalue_line("markers", "both_engines: run the module's tests on SQLite and on PostgreSQL "
+                            "(tests/engines.py)")
+
+
+def pytest_generate_tests(metafunc):
+    if "engine" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("engine")
+    if metafunc.definition.get_closest_marker("both_engines") is None:
+        names = ["sqlite"]
+    else:
+        names = list(engines.ENGINES) if chosen == "both" else [chosen]
+    metafunc.parametrize("engine", names, indirect=True, scope="function")
+
+
+def pytest_sessionfinish(session):
+    engines.shutdown()  # the PostgreSQL cluster, if a test started it: stopped by its pid
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     prerequisites.check(item)
+
+
+@pytest.fixture(autouse=True)
+def engine(request):
+    """The database engine of this test (parametrized: tests/engines.py)."""
+    name = getattr(request, "param", "sqlite")
+    if name == "postgresql":
+        reason = pgserver.missing_reason()
+        if reason:
+            prerequisites.missing(reason)
+    engines.current = name
+    yield name
+    engines.current = "sqlite"
+    engines.finish_test()
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from tests import engines
 from tests.builders import NO_AI_UPSTREAM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,9 @@ def subprocess_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "MDSYNC_AI__OPENAI__BASE_URL": NO_AI_UPSTREAM["ai.openai.base_url"],
         "MDSYNC_AI__ANTHROPIC__BASE_URL": NO_AI_UPSTREAM["ai.anthropic.base_url"],
     })
+    url = engines.database_url(data_dir)
+    if url is not None:
+        env["MDSYNC_DATABASE__URL"] = url
     env.update(extra)
     return env
 

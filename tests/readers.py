@@ -9,23 +9,24 @@ Building state is tests/builders.py.
 
 from __future__ import annotations
 
-import sqlite3
 from urllib.parse import urlsplit
 
 from pycrdt import Doc, Text
 
 from mdsync.appkeys import DB, SETTINGS
+from mdsync.db import read_only
 from tests.builders import API, Account
 
 
-def db_rows(client, sql: str, params=()) -> list[sqlite3.Row]:
-    """Read the server's database file directly (audit log, change feed rows)."""
-    conn = sqlite3.connect(client.app[SETTINGS].db_path)
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def db_rows(client, sql: str, params=()) -> list:
+    """Read the server's database directly (audit log, change feed rows), on either engine."""
+    return settings_rows(client.app[SETTINGS], sql, params)
+
+
+def settings_rows(settings, sql: str, params=()) -> list:
+    """Rows of `sql` (`?` placeholders) read on a fresh connection to `settings`' database."""
+    with read_only(settings) as tx:
+        return tx.all(sql, params)
 
 
 def audit_actions(client, ws: str) -> list[str]:

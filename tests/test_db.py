@@ -10,7 +10,8 @@ import threading
 
 import pytest
 
-from mdsync.db import Database, run_offline
+from mdsync.db import SqliteDatabase as Database
+from mdsync.db.sqlite import run_offline
 from mdsync.db.migrate import SchemaTooNew, available
 from tests.processes import MDSYNC, subprocess_env
 

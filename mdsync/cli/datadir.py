@@ -22,7 +22,7 @@ from mdsync import config
 from mdsync.api.errors import ApiError
 from mdsync.api.models import Email
 from mdsync.auth import store as user_store
-from mdsync.db import Tx, connect, run_offline
+from mdsync.db import Tx, read_only, run_offline
 from mdsync.db.migrate import SchemaTooNew
 from mdsync.workspaces.service import workspace_by_ref
 
@@ -69,7 +69,7 @@ def progress(message: str) -> None:
 def offline(settings: config.Settings, fn: Callable[..., Any], *args: Any) -> Any:
     """Run the write job `fn(tx, *args)` on the data dir's database in one transaction."""
     try:
-        return run_offline(settings.db_path, fn, *args, autocheckpoint=settings.replica.url is None)
+        return run_offline(settings, fn, *args)
     except SchemaTooNew as exc:
         fail(str(exc))
     except ApiError as exc:
@@ -79,14 +79,10 @@ def offline(settings: config.Settings, fn: Callable[..., Any], *args: Any) -> An
 @contextlib.contextmanager
 def reading(settings: config.Settings) -> Iterator[Tx]:
     """A read-only view of the data dir's database (refused when there is none)."""
-    if not settings.db_path.exists():
+    if settings.engine == "sqlite" and not settings.db_path.exists():
         fail(f"no database at {settings.db_path}")
-    conn = connect(settings.db_path, autocheckpoint=settings.replica.url is None)
-    try:
-        conn.execute("PRAGMA query_only = ON")
-        yield Tx(conn)
-    finally:
-        conn.close()
+    with read_only(settings) as tx:
+        yield tx
 
 
 def valid(kind: Any, value: str, refusal: str) -> Any:

@@ -28,8 +28,7 @@ def serve(settings) -> None:
 @settings_options
 def migrate(settings) -> None:
     """Apply pending database migrations and exit."""
-    from mdsync.db import connect
-    from mdsync.db.migrate import apply_migrations
+    from mdsync.db import migrate as apply_pending
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.server.backup_before_migrate:
@@ -38,13 +37,10 @@ def migrate(settings) -> None:
         saved = backup_before_migrate(settings, progress)
         if saved:
             click.echo(f"backed up the database before migrating: {saved}")
-    conn = connect(settings.db_path, autocheckpoint=settings.replica.url is None)
     try:
-        done = apply_migrations(conn)
+        done = apply_pending(settings)
     except SchemaTooNew as exc:
         fail(str(exc))
-    finally:
-        conn.close()
     if done:
         for m in done:
             click.echo(f"applied {m.version:04d}_{m.name}")

@@ -108,9 +108,9 @@ async def _run_import(settings, workspace_id: str, plan, src, limits) -> dict:
     from mdsync.attachments.service import Attachments
     from mdsync.attachments.signing import Signer
     from mdsync.attachments.storage import open_storage
-    from mdsync.db import Database
+    from mdsync.db import database_for
 
-    db = Database(settings.db_path, readers=1, autocheckpoint=settings.replica.url is None)
+    db = database_for(settings, readers=1)
     await db.open()
     storage = open_storage(settings)
     try:

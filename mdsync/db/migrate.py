@@ -19,6 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from mdsync import clock
 
@@ -49,17 +50,21 @@ def available(engine: str = "sqlite") -> list[Migration]:
     return found
 
 
-def applied(conn: sqlite3.Connection) -> list[int]:
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
-        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT"
-    )
+_LEDGER = ("CREATE TABLE IF NOT EXISTS schema_migrations ("
+           " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+# PostgreSQL: the advisory lock every node takes while it migrates (two nodes starting at once)
+PG_MIGRATION_LOCK = 0x6D6473796E63  # "mdsync"
+
+
+def applied(conn: Any, engine: str = "sqlite") -> list[int]:
+    """The versions recorded in `conn`'s database (a sqlite3 or psycopg connection)."""
+    conn.execute(_LEDGER + (" STRICT" if engine == "sqlite" else ""))
     return [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
 
 
-def pending(conn: sqlite3.Connection) -> list[Migration]:
-    done = applied(conn)
-    known = available()
+def pending(conn: Any, engine: str = "sqlite") -> list[Migration]:
+    done = applied(conn, engine)
+    known = available(engine)
     newest_known = known[-1].version if known else 0
     if done and done[-1] > newest_known:
         raise SchemaTooNew(
@@ -69,8 +74,32 @@ def pending(conn: sqlite3.Connection) -> list[Migration]:
     return [m for m in known if m.version not in done]
 
 
+def apply_pg_migrations(conn: Any) -> list[Migration]:
+    """Apply every pending PostgreSQL migration (autocommit psycopg connection), each file in one
+    transaction, under an advisory lock so that nodes starting together migrate once."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (PG_MIGRATION_LOCK,))
+    try:
+        todo = pending(conn, "postgresql")
+        for migration in todo:
+            name = f"{migration.version:04d}_{migration.name}"
+            started = time.monotonic()
+            try:
+                with conn.transaction():
+                    conn.execute(migration.sql)
+                    conn.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                                 (migration.version, migration.name, clock.iso()))
+            except Exception as exc:
+                raise RuntimeError(f"migration {name} failed: {exc}") from exc
+            took = time.monotonic() - started
+            if took >= PROGRESS_EVERY:
+                log.info("migration %s applied in %.0f s", name, took)
+        return todo
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s)", (PG_MIGRATION_LOCK,))
+
+
 def apply_migrations(conn: sqlite3.Connection) -> list[Migration]:
-    """Apply every pending migration; returns the ones applied."""
+    """Apply every pending SQLite migration; returns the ones applied."""
     todo = pending(conn)
     for migration in todo:
         record = (

@@ -1,0 +1,282 @@
+"""What both engines share: write jobs, the writer thread's group commit, and its counters.
+
+All writes go through one writer thread fed by a queue. Jobs that arrive together share one
+transaction (group commit), each inside its own savepoint so a failing job rolls back alone.
+A write job is a plain function `fn(tx, *args)` that runs SQL on a `Tx`; `await db.write(fn, ...)`
+returns its result once the transaction holding it has committed.
+
+SQL is written once with `?` placeholders and runs on both engines; what differs between SQLite
+and PostgreSQL lives beside the store that needs it, chosen by `db.engine` / `tx.engine`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, ClassVar
+
+log = logging.getLogger("mdsync.db")
+
+MAX_BATCH = 2000
+_STOP = object()
+
+
+def new_id() -> str:
+    """A new row id (a random UUID, as text): every table's ids are made here."""
+    return str(uuid.uuid4())
+
+
+class Tx:
+    """The writer's view of the current transaction, handed to every write job.
+
+    `conn` is the engine's own connection (sqlite3 or psycopg); jobs use the methods below,
+    which take `?` placeholders on both engines.
+    """
+
+    __slots__ = ("conn", "_after", "_savepoints")
+    engine: ClassVar[str] = "sqlite"
+
+    def __init__(self, conn: Any):
+        self.conn = conn
+        self._after: list[Callable[[], Any]] = []
+        self._savepoints = 0
+
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        return self.conn.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> Any:
+        return self.conn.executemany(sql, rows)
+
+    def one(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        return self.execute(sql, params).fetchone()
+
+    def all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        return self.execute(sql, params).fetchall()
+
+    def value(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        row = self.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[None]:
+        """A nested savepoint: what runs inside is undone alone when it raises, and the job may
+        go on after catching the error (on PostgreSQL a failed statement otherwise spoils the
+        whole transaction). Use it around a statement expected to fail, e.g. a unique clash."""
+        self._savepoints += 1
+        name = f"attempt{self._savepoints}"
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute(f"ROLLBACK TO {name}")
+            self.conn.execute(f"RELEASE {name}")
+            raise
+        self.conn.execute(f"RELEASE {name}")
+
+    def after_commit(self, callback: Callable[[], Any]) -> None:
+        """Run `callback` on the event loop once this job's transaction has committed."""
+        self._after.append(callback)
+
+
+class _Job:
+    __slots__ = ("fn", "args", "future", "enqueued")
+
+    def __init__(self, fn, args, future):
+        self.fn, self.args, self.future = fn, args, future
+        self.enqueued = time.perf_counter()
+
+
+class Database:
+    """One database: a writer thread with group commit, and async reads (each engine's own).
+
+    Engines implement `_open_writer` (connect + migrate, in the writer thread), `_begin`,
+    `_in_transaction`, `_open_readers`/`_close_readers`, and the reads `one`, `all`, `lookup`.
+    """
+
+    engine: ClassVar[str] = ""
+    tx_class: ClassVar[type[Tx]] = Tx
+
+    def __init__(self, *, readers: int = 4):
+        self._reader_count = readers
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.stats = WriterStats()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        ready: asyncio.Future = self._loop.create_future()
+        self._thread = threading.Thread(target=self._run_writer, args=(ready,),
+                                        name="mdsync-db-writer", daemon=True)
+        self._thread.start()
+        await ready  # migrations ran (or raised) in the writer thread
+        await self._open_readers()
+
+    async def close(self) -> None:
+        """Finish every queued write, then close all connections."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        await self._close_readers()
+
+    async def _open_readers(self) -> None:
+        raise NotImplementedError
+
+    async def _close_readers(self) -> None:
+        raise NotImplementedError
+
+    # -- writes ----------------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
+        """Queue a write job; the future resolves after its transaction commits."""
+        if self._thread is None:
+            raise RuntimeError("database is closed")
+        future = self._loop.create_future()
+        self._queue.put(_Job(fn, args, future))
+        self.stats.queued += 1
+        return future
+
+    async def write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # shield: a cancelled request must not cancel a write that may already be committed
+        return await asyncio.shield(self.submit(fn, *args))
+
+    # -- reads -----------------------------------------------------------------------------
+    async def one(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    async def all(self, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+        raise NotImplementedError
+
+    async def lookup(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """One row by primary key or unique index, as cheaply as the engine can (hot paths such
+        as authenticating every request). Never use it for scans."""
+        raise NotImplementedError
+
+    async def value(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        row = await self.one(sql, params)
+        return None if row is None else row[0]
+
+    # -- the writer thread -----------------------------------------------------------------
+    def _open_writer(self) -> Any:
+        """Connect the writer and apply pending migrations (runs in the writer thread)."""
+        raise NotImplementedError
+
+    def _healthy(self, conn: Any) -> Any:
+        """The writer's connection, reconnected when the engine can lose it (a database server)."""
+        return conn
+
+    def _begin(self, conn: Any) -> None:
+        raise NotImplementedError
+
+    def _in_transaction(self, conn: Any) -> bool:
+        raise NotImplementedError
+
+    def _run_writer(self, ready: asyncio.Future) -> None:
+        loop = self._loop
+        try:
+            conn = self._open_writer()
+        except BaseException as exc:  # report to open(), which raises it
+            loop.call_soon_threadsafe(_settle, ready, None, exc)
+            return
+        loop.call_soon_threadsafe(_settle, ready, None, None)
+        try:
+            while True:
+                job = self._queue.get()
+                if job is _STOP:
+                    break
+                batch = [job]
+                stop = False
+                while len(batch) < MAX_BATCH:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stop = True
+                        break
+                    batch.append(more)
+                conn = self._healthy(conn)
+                self._commit_batch(conn, batch)
+                if stop:
+                    break
+        finally:
+            conn.close()
+
+    def _commit_batch(self, conn: Any, batch: list[_Job]) -> None:
+        started = time.perf_counter()
+        outcomes: list[tuple[_Job, Any, BaseException | None, list]] = []
+        try:
+            self._begin(conn)
+            for job in batch:
+                tx = self.tx_class(conn)
+                conn.execute("SAVEPOINT job")
+                try:
+                    result = job.fn(tx, *job.args)
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, result, None, tx._after))
+                except BaseException as exc:  # whatever a job raises, its caller hears it; the writer lives on
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((job, None, exc, []))
+            conn.execute("COMMIT")
+        except Exception as exc:  # the commit itself failed: every job in the batch failed
+            log.error("write batch of %d failed: %s", len(batch), exc)
+            try:
+                if self._in_transaction(conn):
+                    conn.execute("ROLLBACK")
+            except Exception as again:  # a dead connection: the engine reconnects on the next batch
+                log.error("rollback failed: %s", again)
+            outcomes = [(job, None, exc, []) for job in batch]
+        done = time.perf_counter()
+        self.stats.record(len(batch), done - started, max(done - j.enqueued for j in batch))
+        self._loop.call_soon_threadsafe(_settle_batch, outcomes)
+
+
+def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _settle_batch(outcomes) -> None:
+    for job, result, exc, after in outcomes:
+        if exc is None:
+            for callback in after:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("after-commit callback failed")
+        _settle(job.future, result, exc)
+
+
+class WriterStats:
+    """Counters the metrics endpoint reads: batches, jobs, commit and queueing latency."""
+
+    def __init__(self):
+        self.queued = 0
+        self.jobs = 0
+        self.batches = 0
+        self.last_commit_seconds = 0.0
+        self.max_wait_seconds = 0.0
+        self.commit_seconds_total = 0.0
+
+    @property
+    def depth(self) -> int:
+        return self.queued - self.jobs
+
+    def record(self, jobs: int, commit_seconds: float, wait_seconds: float) -> None:
+        self.jobs += jobs
+        self.batches += 1
+        self.last_commit_seconds = commit_seconds
+        self.commit_seconds_total += commit_seconds
+        self.max_wait_seconds = max(self.max_wait_seconds, wait_seconds)
