@@ -12,7 +12,8 @@ import pytest
 
 from mdsync.db import SqliteDatabase as Database
 from mdsync.db.sqlite import run_offline
-from mdsync.db.migrate import SchemaTooNew, available
+from mdsync.db.migrate import SchemaTooNew, apply_pg_migrations, available
+from tests import prerequisites
 from tests.processes import MDSYNC, subprocess_env
 
 
@@ -226,3 +227,154 @@ def test_migrations_are_numbered_one_to_n_without_gaps_or_repeats():
     # two branches landing the same number would make every database skip one of them
     versions = [m.version for m in available()]
     assert versions == list(range(1, len(versions) + 1))
+
+
+# -- the PostgreSQL migrations: the same numbers and names, the same schema -------------------------
+SEARCH_INTERNALS = ("docs_fts", "docs_search")  # each engine's own search index (0012)
+
+
+def test_both_engines_have_the_same_migrations():
+    sqlite_side = [(m.version, m.name) for m in available("sqlite")]
+    assert sqlite_side == [(m.version, m.name) for m in available("postgresql")]
+    assert [version for version, _ in sqlite_side] == list(range(1, len(sqlite_side) + 1))
+
+
+@pytest.fixture
+def pg_database():
+    """Makes an empty database on the session's PostgreSQL server (tests/pgserver.py) and connects
+    to it; dropped afterwards."""
+    import psycopg
+
+    from tests import engines, pgserver
+
+    reason = pgserver.missing_reason()
+    if reason:
+        prerequisites.missing(reason)
+    made = []
+
+    def database(name: str):
+        url = engines.cluster().create_database(name)
+        made.append((name, psycopg.connect(url, autocommit=True)))
+        return made[-1][1]
+
+    yield database
+    for name, conn in made:
+        conn.close()
+        engines.cluster().drop_database(name)
+
+
+def _sqlite_schema() -> dict:
+    conn = sqlite3.connect(":memory:")
+    for migration in available("sqlite"):
+        conn.executescript(migration.sql)
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+              if not r[0].startswith(("sqlite_", *SEARCH_INTERNALS))]
+    types = {"INTEGER": "bigint", "REAL": "double precision", "BLOB": "bytea", "TEXT": "text"}
+    columns, uniques, foreign_keys = set(), set(), set()
+    for table in tables:
+        for _, name, kind, notnull, default, pk in conn.execute(f"PRAGMA table_info({table})"):
+            # a rowid alias, numbered when omitted (an identity on PostgreSQL), but for the one-row
+            # changes_trimmed whose id is always 1, written explicitly
+            autoincrement = pk == 1 and kind == "INTEGER" and table != "changes_trimmed"
+            columns.add((table, name, types[kind], bool(notnull or pk), default is not None or autoincrement, pk))
+        for _, index, unique, origin, _ in conn.execute(f"PRAGMA index_list({table})"):
+            if unique and origin == "u":
+                uniques.add((table, tuple(r[2] for r in conn.execute(f"PRAGMA index_info({index})"))))
+        for row in conn.execute(f"PRAGMA foreign_key_list({table})"):
+            foreign_keys.add((table, row[3], row[2], row[4], row[6]))
+    indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    triggers = {r[0] for r in conn.execute("SELECT tbl_name FROM sqlite_master WHERE type = 'trigger'")}
+    conn.close()
+    return {"columns": columns, "unique constraints": uniques, "foreign keys": foreign_keys, "indexes": indexes,
+            "tables with triggers": triggers}
+
+
+def _postgresql_schema(conn) -> dict:
+    on_delete = {"a": "NO ACTION", "c": "CASCADE", "n": "SET NULL", "r": "RESTRICT", "d": "SET DEFAULT"}
+    skip = ("schema_migrations", *SEARCH_INTERNALS)
+    columns = set()
+    for table, name, kind, notnull, has_default, identity, pk in conn.execute(
+            "SELECT c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull, a.atthasdef,"
+            "  a.attidentity = 'd', coalesce(array_position(i.indkey::int2[], a.attnum) + 1, 0)"
+            " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+            " LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary"
+            " WHERE c.relkind = 'r'"):
+        if table not in skip:  # COLLATE NOCASE became citext
+            columns.add((table, name, "text" if kind == "citext" else kind, notnull, has_default or identity, pk))
+    constraints = conn.execute(
+        "SELECT c.conrelid::regclass::text, c.contype, c.confrelid::regclass::text, c.confdeltype,"
+        "  ARRAY(SELECT attname FROM unnest(c.conkey) WITH ORDINALITY k(n, o)"
+        "        JOIN pg_attribute ON attrelid = c.conrelid AND attnum = k.n ORDER BY o),"
+        "  ARRAY(SELECT attname FROM unnest(c.confkey) WITH ORDINALITY k(n, o)"
+        "        JOIN pg_attribute ON attrelid = c.confrelid AND attnum = k.n ORDER BY o)"
+        " FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace AND n.nspname = 'public'"
+        " WHERE c.contype IN ('u', 'f')").fetchall()
+    uniques = {(t, tuple(cols)) for t, kind, _, _, cols, _ in constraints if kind == "u"}
+    foreign_keys = {(t, cols[0], ref, ref_cols[0], on_delete[action])
+                    for t, kind, ref, action, cols, ref_cols in constraints if kind == "f" and t not in skip}
+    indexes = {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+        " JOIN pg_class t ON t.oid = x.indrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = 'public'"
+        " WHERE NOT x.indisprimary AND t.relname NOT IN ('schema_migrations', 'docs_search')"
+        "  AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conindid = c.oid AND k.contype = 'u')")}
+    triggers = {r[0] for r in conn.execute("SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger"
+                                           " WHERE NOT tgisinternal")}
+    return {"columns": columns, "unique constraints": uniques, "foreign keys": foreign_keys, "indexes": indexes,
+            "tables with triggers": triggers}
+
+
+def test_postgresql_migrations_make_the_sqlite_schema(pg_database):
+    """Every file applies to a fresh database (by the runner: each in its own transaction), and makes the tables,
+    columns (INTEGER→bigint, REAL→double precision, BLOB→bytea), NOT NULLs, defaults and
+    identities, primary keys, unique constraints, foreign keys with their ON DELETE, named indexes
+    and triggers of the SQLite schema: the application's SQL meets the same tables on both."""
+    conn = pg_database("t_migrated")
+    assert [m.version for m in apply_pg_migrations(conn)] == [m.version for m in available("postgresql")]
+    recorded = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+    assert recorded == [(m.version, m.name) for m in available("sqlite")]
+    sqlite_side, pg_side = _sqlite_schema(), _postgresql_schema(conn)
+    for aspect, expected in sqlite_side.items():
+        assert pg_side[aspect] == expected, (aspect, sorted(pg_side[aspect] ^ expected))
+
+
+def test_postgresql_schema_behaves_like_sqlite(pg_database):
+    """What the types and triggers must keep: emails unique and equal ignoring case, identities,
+    the search index following title, markdown, trash and purge, and purged ids retired."""
+    import psycopg
+
+    conn = pg_database("t_behaves")
+    apply_pg_migrations(conn)
+    conn.execute("INSERT INTO users (id, email, name, password_hash, created_at, updated_at)"
+                 " VALUES ('u', 'Ada@Example.com', 'Ada', 'x', 't', 't')")
+    assert conn.execute("SELECT id FROM users WHERE email = %s", ("ada@EXAMPLE.com",)).fetchone() == ("u",)
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        conn.execute("INSERT INTO users (id, email, name, password_hash, created_at, updated_at)"
+                     " VALUES ('v', 'ADA@example.COM', 'Ada', 'x', 't', 't')")
+    seqs = [conn.execute("INSERT INTO changes (workspace_id, entity, entity_id, op, at)"
+                         " VALUES ('w', 'document', 'd', 'upsert', 't') RETURNING seq").fetchone()[0] for _ in range(2)]
+    assert seqs[1] == seqs[0] + 1
+    conn.execute("INSERT INTO workspaces (id, name, slug, created_at, updated_at) VALUES ('w', 'W', 'w', 't', 't')")
+
+    def found(query: str) -> list[str]:
+        return [r[0] for r in conn.execute("SELECT document_id FROM docs_search"
+                                           " WHERE terms @@ to_tsquery('mdsync_search', %s) ORDER BY 1", (query,))]
+
+    conn.execute("INSERT INTO documents (id, workspace_id, title, markdown, created_at, updated_at)"
+                 " VALUES ('d', 'w', 'Café notes', 'Mail ada@example.com about 3.14, walrus-ish.', 't', 't')")
+    assert found("'cafe':*") == found("'exam':*") == found("'14'") == found("'walrus' <-> 'ish'") == ["d"]
+    conn.execute("UPDATE documents SET title = 'Renamed', markdown = 'an ibex' WHERE id = 'd'")
+    assert found("'cafe':*") == [] and found("'ibex'") == found("'renamed'") == ["d"]
+    conn.execute("UPDATE documents SET deleted_at = 't' WHERE id = 'd'")
+    assert found("'ibex'") == []
+    conn.execute("UPDATE documents SET deleted_at = NULL WHERE id = 'd'")
+    assert found("'ibex'") == ["d"]
+    # more distinct words than a tsvector holds (1 MB): the write succeeds, its start is indexed
+    conn.execute("INSERT INTO documents (id, workspace_id, title, markdown, created_at, updated_at)"
+                 " SELECT 'big', 'w', 'Big', 'opening ' || string_agg(md5(n::text), ' '), 't', 't'"
+                 " FROM generate_series(1, 40000) n")
+    assert found("'opening'") == ["big"]
+    conn.execute("DELETE FROM workspaces WHERE id = 'w'")  # a purge's cascade
+    assert conn.execute("SELECT count(*) FROM docs_search").fetchone()[0] == 0
+    assert {r[0] for r in conn.execute("SELECT id FROM retired_documents WHERE workspace_id = 'w'")} == {"d", "big"}
