@@ -514,11 +514,9 @@ async def test_removal_from_the_workspace_is_exit_3_and_the_files_are_kept(serve
     assert (root / "Shared.md").read_text() == "shared\n"
 
 
-async def test_a_first_sync_into_a_non_empty_folder_never_overwrites_and_tiptap_is_pull_only(server, http, tmp_path):
+async def test_a_first_sync_into_a_non_empty_folder_never_overwrites(server, http, tmp_path):
     user = await new_user(server, http)
     doc_id = await user.doc("Notes", None, "server text\n")
-    rich = (await user.call("POST", f"/workspaces/{user.ws}/documents", 201,
-                            json={"title": "Rich", "content_model": "tiptap", "markdown": "# Rich\n\nbold **text**\n"}))["id"]
     root = tmp_path / "w"
     root.mkdir()
     (root / "Notes.md").write_text("my own text\n")
@@ -526,14 +524,33 @@ async def test_a_first_sync_into_a_non_empty_folder_never_overwrites_and_tiptap_
     assert (root / "Notes.md").read_text() == "my own text\n"          # kept, and became a document
     assert (root / "Notes (2).md").read_text() == "server text\n"
     titles = sorted(d["title"] for d in (await user.tree())["documents"])
-    assert titles == ["Notes", "Notes", "Rich"] and await user.content(doc_id) == "server text\n"
-    rich_path = root / "Rich.md"
-    assert rich_path.read_text() == await user.content(rich)
-    os.chmod(rich_path, 0o644)
-    rich_path.write_text(rich_path.read_text() + "\nlocal line\n")
-    result = run_sync(root, token=user.pat)
-    assert result.returncode == 1 and "Rich.md" in result.stderr and "pull-only" in result.stderr
-    assert "local line" in rich_path.read_text() and "local line" not in await user.content(rich)
+    assert titles == ["Notes", "Notes"] and await user.content(doc_id) == "server text\n"
+
+
+async def test_a_tiptap_documents_local_edit_is_merged_into_its_fragment_with_a_remote_edit(server, http, tmp_path):
+    user = await new_user(server, http)
+    rich = (await user.call("POST", f"/workspaces/{user.ws}/documents", 201, json={
+        "title": "Rich", "content_model": "tiptap",
+        "markdown": "# Rich\n\nfirst paragraph\n\nsecond *one*\n\nthird **bold** paragraph\n"}))["id"]
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    path = root / "Rich.md"
+    assert path.read_text() == await user.content(rich)
+    assert os.access(path, os.W_OK)  # no longer written read-only: TipTap documents are pushed too
+    # offline: a colleague edits the third paragraph while the file's first one changes
+    remote = (await user.content(rich)).replace("third **bold** paragraph", "third **bold** paragraph REMOTE")
+    await user.call("PUT", f"/documents/{rich}/content", 200, data=remote, headers={"Content-Type": "text/markdown"})
+    path.write_text(path.read_text().replace("first paragraph", "first paragraph LOCAL"))
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert [(a["action"], a["path"]) for a in actions(result)] == [("merge", "Rich.md")]
+    content = await user.content(rich)
+    assert "first paragraph LOCAL" in content and "third **bold** paragraph REMOTE" in content
+    assert content.count("first paragraph") == 1 and "second *one*" in content
+    assert path.read_text() == content
+    # the Yjs state is a fragment edited in place: the other blocks are not rebuilt
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
 
 
 async def test_a_save_while_a_merge_is_written_back_loses_nothing(server, http, tmp_path, monkeypatch):
@@ -593,3 +610,229 @@ async def test_a_server_down_when_the_pass_starts_is_retried(server_process, htt
     assert result.returncode == 0, result.stderr
     user.server = later[0]
     assert await wait_content(user, doc_id, lambda t: "edited while" in t, "pushed after the retry")
+
+
+# -- creates are recorded before they are sent -----------------------------------------------------
+CRASH_AROUND_CREATE = """
+import os, sys
+from pathlib import Path
+from mdsync.syncclient import engine, http
+from mdsync.syncclient.report import Report
+real = http.Api.json
+def json(self, method, path, payload=None, **kw):
+    if method == "POST" and path.endswith("/documents") and sys.argv[2] == "before":
+        os._exit(9)   # killed before the POST left
+    answer = real(self, method, path, payload, **kw)
+    if method == "POST" and path.endswith("/documents"):
+        os._exit(9)   # killed after the server created it, before the answer was recorded
+    return answer
+http.Api.json = json
+engine.sync_once(Path(sys.argv[1]), None, None, os.environ["MDSYNC_TOKEN"], Report())
+"""
+
+
+def crash_around_create(root: Path, token: str, when: str) -> int:
+    import sys
+    env = subprocess_env(root)
+    env.pop("MDSYNC_SERVER__DATA_DIR", None)
+    env["MDSYNC_TOKEN"] = token
+    return subprocess.run([sys.executable, "-c", CRASH_AROUND_CREATE, str(root), when], env=env, cwd=ROOT,
+                          capture_output=True, timeout=120).returncode
+
+
+async def test_a_create_killed_after_its_post_is_adopted_not_duplicated(server, http, tmp_path):
+    user = await new_user(server, http)
+    await user.folder("Sub")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    (root / "Sub" / "New.md").write_text("brand new\n")
+    assert crash_around_create(root, user.pat, "after") == 9
+    assert [d["title"] for d in (await user.tree())["documents"]] == ["New"]  # the server has it
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert [(a["action"], a["path"]) for a in actions(result)] == [("create", "Sub/New.md")]
+    assert "adopted" in actions(result)[0]["detail"]
+    tree = await user.tree()
+    assert [d["title"] for d in tree["documents"]] == ["New"]  # exactly one
+    assert files(root) == {"Sub/New.md": "brand new\n"}
+    # edits after the adoption go to that document
+    (root / "Sub" / "New.md").write_text("brand new\nand edited\n")
+    assert run_sync(root, token=user.pat).returncode == 0
+    assert await user.content(tree["documents"][0]["id"]) == "brand new\nand edited\n"
+
+    # killed before the POST left: the record matches nothing, the file is created (once)
+    (root / "Other.md").write_text("other\n")
+    assert crash_around_create(root, user.pat, "before") == 9
+    assert len((await user.tree())["documents"]) == 1
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert [(a["action"], a["path"], a["detail"]) for a in actions(result)] == [("create", "Other.md", None)]
+    assert sorted(d["title"] for d in (await user.tree())["documents"]) == ["New", "Other"]
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+
+
+async def test_a_document_purged_remotely_while_edited_here_is_created_again_with_the_local_text(server, http, tmp_path):
+    user = await new_user(server, http)
+    doc_id = await user.doc("Keep", None, "original\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    (root / "Keep.md").write_text("original\nedited here\n")
+    await user.call("DELETE", f"/documents/{doc_id}", 204, params={"permanent": "true"})
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert ("create", "Keep.md") in [(a["action"], a["path"]) for a in actions(result)]
+    await user.call("GET", f"/documents/{doc_id}", 404)
+    tree = await user.tree()
+    assert [d["title"] for d in tree["documents"]] == ["Keep"] and tree["documents"][0]["id"] != doc_id
+    assert await user.content(tree["documents"][0]["id"]) == "original\nedited here\n"
+    assert files(root) == {"Keep.md": "original\nedited here\n"}
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+
+
+# -- the server dying mid-pass ---------------------------------------------------------------------
+async def test_the_server_dying_mid_pass_fails_the_rest_by_name_and_the_next_pass_completes(
+        server_process, http, tmp_path):
+    data_dir = tmp_path / "data"
+    env = {"MDSYNC_AUTH__REGISTRATION": "open"}
+    first = server_process(data_dir, env)
+    port = first.base.rsplit(":", 1)[1]
+    user = await new_user(first, http)
+    ids = [await user.doc(f"D{i:03}", None, f"doc {i}\n\nlast line\n") for i in range(150)]
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=first, workspace="Notes").returncode == 0
+    for i in range(0, 150, 2):  # local edits to the even ones, remote edits to every third one
+        path = root / f"D{i:03}.md"
+        path.write_text(path.read_text().replace(f"doc {i}", f"doc {i} local"))
+    for i in range(0, 150, 3):
+        await user.call("PUT", f"/documents/{ids[i]}/content", 200, data=f"doc {i}\n\nlast line remote\n",
+                        headers={"Content-Type": "text/markdown"})
+    for i in range(3):
+        (root / f"New {i}.md").write_text(f"new {i}\n")
+    env_cli = subprocess_env(root)
+    env_cli.pop("MDSYNC_SERVER__DATA_DIR", None)
+    env_cli["MDSYNC_TOKEN"] = user.pat
+    proc = subprocess.Popen([*MDSYNC, "sync", str(root), "--json"], env=env_cli, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for n, _ in enumerate(proc.stdout):
+            if n >= 4:
+                break
+        assert first.terminate() == 0  # the server goes away five actions into the pass
+        out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err
+    failed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    failed = [a for a in failed if a["action"] == "error"]
+    assert failed and all("unreachable" in a["detail"] for a in failed)
+    assert all(a["path"] in err for a in failed)  # each named in the summary
+
+    second = server_process(data_dir, env, ["--port", port])
+    user.server = second
+    result = run_sync(root, token=user.pat)
+    assert result.returncode == 0, result.stderr
+    got = files(root)
+    for i in range(150):
+        expected = f"doc {i}{' local' if i % 2 == 0 else ''}\n\nlast line{' remote' if i % 3 == 0 else ''}\n"
+        assert got[f"D{i:03}.md"] == expected, i
+        assert await user.content(ids[i]) == expected, i
+    titles = sorted(d["title"] for d in (await user.tree())["documents"])
+    assert titles == sorted([f"D{i:03}" for i in range(150)] + [f"New {i}" for i in range(3)])  # none twice
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+
+
+# -- directories -----------------------------------------------------------------------------------
+async def test_a_directory_renamed_moved_or_deleted_here_is_one_folder_change_on_the_server(server, http, tmp_path):
+    import shutil
+    user = await new_user(server, http)
+    old = await user.folder("Old")
+    inner = await user.folder("Inner", old)
+    a = await user.doc("A", old, "a\n")
+    c = await user.doc("C", inner, "c\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    os.rename(root / "Old", root / "New")
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert [(x["action"], x["path"]) for x in actions(result)] == [("rename", "Old/ → New/")]
+    tree = await user.tree()
+    assert sorted((f["id"], f["name"]) for f in tree["folders"]) == sorted([(old, "New"), (inner, "Inner")])
+    assert {d["id"]: d["folder_id"] for d in tree["documents"]} == {a: old, c: inner}
+    assert files(root) == {"New/A.md": "a\n", "New/Inner/C.md": "c\n"} and not (root / "Old").exists()
+
+    (root / "Parent").mkdir()
+    os.rename(root / "New", root / "Parent" / "New")
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    tree = await user.tree()
+    parent = next(f for f in tree["folders"] if f["name"] == "Parent")
+    assert next(f for f in tree["folders"] if f["id"] == old)["parent_id"] == parent["id"]
+    assert files(root) == {"Parent/New/A.md": "a\n", "Parent/New/Inner/C.md": "c\n"}
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+
+    shutil.rmtree(root / "Parent" / "New")
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    tree = await user.tree()
+    assert [f["name"] for f in tree["folders"]] == ["Parent"] and tree["documents"] == []
+    assert not (root / "Parent" / "New").exists()
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+
+
+# -- progress --------------------------------------------------------------------------------------
+def test_the_progress_bar_line():
+    from mdsync.syncclient.report import bar_line
+    assert bar_line(0, 300, 0, 0.0, width=10) == "[----------]   0/300 documents · 0.0 MB · 0 documents/s"
+    assert bar_line(150, 300, 2_500_000, 3.0, width=10) == "[#####-----] 150/300 documents · 2.5 MB · 50 documents/s"
+    assert bar_line(300, 300, 5_000_000, 2.0, width=10).startswith("[##########] 300/300")
+
+
+async def test_the_initial_pull_draws_a_bar_on_a_terminal_only(server, http, tmp_path):
+    import pty
+    import select
+    user = await new_user(server, http)
+    for i in range(5):
+        await user.doc(f"P{i}", None, f"p {i}\n")
+    piped = run_sync(tmp_path / "piped", token=user.pat, server=server, workspace="Notes")
+    assert piped.returncode == 0
+    assert sorted(piped.stdout.splitlines()) == [f"↓ P{i}.md" for i in range(5)]
+    assert "documents/s" not in piped.stderr and "\r" not in piped.stderr + piped.stdout
+
+    master, slave = pty.openpty()
+    env = subprocess_env(tmp_path / "tty")
+    env.pop("MDSYNC_SERVER__DATA_DIR", None)
+    env["MDSYNC_TOKEN"] = user.pat
+    proc = subprocess.Popen([*MDSYNC, "sync", str(tmp_path / "tty"), "--server", server.base, "--workspace", "Notes"],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=slave)
+    os.close(slave)
+    seen = b""
+    try:
+        for _ in range(600):  # at most 60 s
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            elif proc.poll() is not None:
+                break
+        assert proc.wait(timeout=30) == 0
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert b"5/5 documents" in seen and b"documents/s" in seen
+    assert b"P0.md" not in proc.stdout.read()  # the bar counts the pulled documents
+    for quiet in ("-q", "--json"):
+        assert run_sync(tmp_path / quiet, quiet, token=user.pat, server=server, workspace="Notes").stderr == ""

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from mdsync.syncclient.engine import Refused, UsageError, sync_once
+from mdsync.syncclient.http import HttpError
 from mdsync.syncclient.report import Report
 from mdsync.syncclient.watch import watch as watch_loop
 
@@ -52,7 +53,7 @@ def sync(directory: Path, server, workspace, token_file, watch, dry_run, quiet, 
         raise click.UsageError(f"{directory} is not a directory")
     if not dry_run:
         directory.mkdir(parents=True, exist_ok=True)
-    report = Report(quiet=quiet, as_json=as_json, dry_run=dry_run)
+    report = Report(quiet=quiet, as_json=as_json, dry_run=dry_run, progress=sys.stderr.isatty())
     try:
         if watch:
             code = watch_loop(directory.resolve(), server, workspace, token, report)
@@ -64,6 +65,9 @@ def sync(directory: Path, server, workspace, token_file, watch, dry_run, quiet, 
     except Refused as exc:
         click.echo(f"error: {exc}; the files in {directory} are kept", err=True)
         sys.exit(3)
+    except HttpError as exc:  # the pass could not go on (the server unreachable after retries)
+        click.echo(f"error: {exc}; the pass stopped, the next one resumes it", err=True)
+        sys.exit(1)
     if report.failed:
         click.echo(f"{len(report.failed)} item(s) not synced: " + ", ".join(report.failed), err=True)
     sys.exit(code)

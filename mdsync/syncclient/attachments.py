@@ -76,6 +76,7 @@ def sync_attachments(p, remote: dict[str, str]) -> None:
         except HttpError as exc:
             if exc.status != 404:  # 404: deleted since the feed said so
                 p.report("error", f"{DIRNAME}/{att_id}", str(exc))
+                p.recheck_attachments[att_id] = op  # the cursor moves on: the next pass tries it again
     # local deletes and new local files
     present = {n for n in (os.listdir(directory) if directory.is_dir() else ()) if not layout.ignored(n)
                and (directory / n).is_file()}

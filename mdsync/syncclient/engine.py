@@ -4,34 +4,48 @@
    to another one is refused, exit 2);
 2. the change feed from the saved cursor: which documents changed remotely (all of them on the
    first pass, whose cursor is taken with `since=now` before the tree is read);
-3. local moves and deletes: a tracked file that is gone while an untracked file holds its last
-   synced text was moved or renamed (`PATCH` title, folder_id); otherwise it was deleted
-   (`DELETE`, to the trash), unless the server changed it meanwhile (the edit wins: restored);
-4. the tree, placed as the export places it (layout.py); remote renames and moves move the file;
-   each tracked document: a local edit is pushed as a Yjs update (saved as pending first), the
-   remote changes pulled with the replica's state vector and merged, the file replaced only while
-   it still holds the last synced text (merge.py); documents new on the server are written;
-   documents gone from the tree are moved to .mdsync/trash/ (unless edited here: then restored);
-5. untracked files become documents (`POST …/documents`), new directories folders;
-6. the cursor saved.
+3. local moves and deletes: a renamed or moved directory is a `PATCH` of its folder (folders.py);
+   a tracked file that is gone while an untracked file holds its last synced text was moved or
+   renamed (`PATCH` title, folder_id); otherwise it was deleted (`DELETE`, to the trash), unless
+   the server changed it meanwhile (the edit wins: restored); a deleted directory's folder is
+   deleted once nothing in it is left;
+4. the tree, placed as the export places it (layout.py); creates a killed pass sent but never
+   recorded are adopted (creates.py); remote renames and moves move the file; each tracked
+   document: a local edit is pushed as a Yjs update (saved as pending first), the remote changes
+   pulled with the replica's state vector and merged, the file replaced only while it still holds
+   the last synced text (merge.py; `text` and `tiptap` documents alike); documents new on the
+   server are fetched a few at a time (`CONCURRENCY`) and written; documents gone from the tree
+   are moved to .mdsync/trash/ (unless edited here: then restored, or re-created if purged);
+5. untracked files become documents (`POST …/documents`, creates.py), new directories folders;
+6. the cursor saved; a document whose step failed (the server down mid-pass, ...) is kept in
+   `recheck` and looked at again by the next pass, since the cursor has moved past its change.
 Each step commits the state before the next, so a killed pass resumes where it stopped.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
+import json
 import os
 import shutil
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from mdsync.syncclient import layout
 from mdsync.syncclient.attachments import sync_attachments
+from mdsync.syncclient.creates import adopt_pending, local_creates
+from mdsync.syncclient.folders import folder_for, local_folder_deletes, local_folder_moves
 from mdsync.syncclient.http import Api, HttpError, Unauthorized
-from mdsync.syncclient.merge import Replica, decode, encode
+from mdsync.syncclient.merge import Replica, decode, encode, replica_of
 from mdsync.syncclient.report import Report
 from mdsync.syncclient.state import STATE_DIR, Doc, State
+from mdsync.tiptap.parse import TooDeep
 
 FEED_PAGES = 10_000   # pages of the change feed read in one pass at most
+CONCURRENCY = 8       # documents new on the server fetched at once (the initial pull)
 WRITE_BACK_TRIES = 5  # a file edited while its merge is written: folded in again at most this often
 READ_ONLY_ROLES = ("viewer", "commenter")
 
@@ -60,6 +74,8 @@ class Pass:
         self.changed: set[str] | None = None
         self.folder_paths: dict[str, str] = {}
         self.attachments: dict[str, str] = {}  # attachment id -> its last op in the feed
+        self.recheck: set[str] = set()  # documents whose step failed: looked at again next pass
+        self.recheck_attachments: dict[str, str] = {}  # attachments likewise: {id: op}
 
     # -- small steps -------------------------------------------------------------------------------
     def commit(self) -> None:
@@ -145,7 +161,8 @@ class Pass:
         the new cursor."""
         cursor = self.state.get("cursor")
         first = cursor is None
-        changed: set[str] = set()
+        changed: set[str] = set(json.loads(self.state.get("recheck") or "[]"))
+        self.attachments.update(json.loads(self.state.get("recheck_attachments") or "{}"))
         for _ in range(FEED_PAGES):
             try:
                 page = self.api.json("GET", "/sync/changes", params={"since": cursor, "limit": 200})
@@ -168,23 +185,8 @@ class Pass:
         self.changed = None if first else changed
         return cursor
 
-    # -- folders -------------------------------------------------------------------------------------
     def folder_for(self, directory: str) -> str | None:
-        """The folder id of a directory of DIR, its folders created when new."""
-        if directory == "":
-            return None
-        for fid, path in self.folder_paths.items():
-            if path == directory:
-                return fid
-        parent = self.folder_for(layout.parent_of(directory))
-        name = directory.rsplit("/", 1)[-1]
-        self.report("create", directory + "/", "folder")
-        if self.dry:
-            fid = f"dry-run:{directory}"
-        else:
-            fid = self.api.json("POST", f"/workspaces/{self.ws}/folders", {"name": name, "parent_id": parent})["id"]
-        self.folder_paths[fid] = directory
-        return fid
+        return folder_for(self, directory)
 
     # -- the pass ------------------------------------------------------------------------------------
     def run(self, server: str, workspace: str | None) -> None:
@@ -192,8 +194,12 @@ class Pass:
         cursor = self.read_feed()
         self.folder_paths = self.state.folders()
         docs = self.state.docs()
+        local_folder_moves(self, docs)
+        gone_dirs = {fid: path for fid, path in self.folder_paths.items() if not (self.root / path).is_dir()}
         self.local_moves_and_deletes(docs)
         tree = self.api.json("GET", f"/workspaces/{self.ws}/tree")
+        if gone_dirs and local_folder_deletes(self, gone_dirs, tree):
+            tree = self.api.json("GET", f"/workspaces/{self.ws}/tree")
         self.folder_paths, remote_paths = layout.remote_layout(tree)
         if not self.dry:
             for path in self.folder_paths.values():
@@ -201,33 +207,66 @@ class Pass:
             self.state.save_folders(self.folder_paths)
             self.commit()
         docs = self.state.docs()
+        adopt_pending(self, tree, docs)
         claimed = {d.path for d in docs.values()}
-        for d in tree["documents"]:
-            doc = docs.get(d["id"])
-            try:
+        new = [d for d in tree["documents"] if d["id"] not in docs]
+        fetched = self.fetch_all(new)
+        if self.changed is None:
+            self.report.start_bar(len(new))
+        try:
+            for d in tree["documents"]:
+                doc, path = docs.get(d["id"]), remote_paths[d["id"]]
                 if doc is None:
-                    self.new_remote(d, remote_paths[d["id"]], claimed)
+                    self.step(d["id"], path, self.new_remote, d, path, claimed, next(fetched))
                 else:
-                    self.sync_known(doc, d, remote_paths[d["id"]], claimed)
-            except Unauthorized:
-                raise
-            except UnicodeDecodeError:
-                self.report("skip", (doc.path if doc else remote_paths[d["id"]]), "not UTF-8, skipped")
-            except HttpError as exc:
-                self.report("error", doc.path if doc else remote_paths[d["id"]], str(exc))
+                    self.step(d["id"], doc.path, self.sync_known, doc, d, path, claimed)
+        finally:
+            fetched.close()
+            self.report.end_bar()
         live = {d["id"] for d in tree["documents"]}
         for doc in list(docs.values()):
             if doc.id not in live:
-                try:
-                    self.remote_gone(doc)
-                except Unauthorized:
-                    raise
-                except (HttpError, UnicodeDecodeError) as exc:
-                    self.report("error", doc.path, str(exc))
-        self.local_creates()
+                self.step(doc.id, doc.path, self.remote_gone, doc)
+        local_creates(self)
         sync_attachments(self, self.attachments)
         self.state.set("cursor", cursor)
+        self.state.set("recheck", json.dumps(sorted(self.recheck)))
+        self.state.set("recheck_attachments", json.dumps(self.recheck_attachments))
         self.commit()
+
+    def step(self, doc_id: str, path: str, fn, *args) -> None:
+        """One document's step; its failure is reported (and the document looked at again next
+        pass), the others go on."""
+        try:
+            fn(*args)
+        except Unauthorized:
+            raise
+        except UnicodeDecodeError:
+            self.report("skip", path, "not UTF-8, skipped")
+        except TooDeep as exc:
+            self.report("error", path, str(exc))
+        except HttpError as exc:
+            self.report("error", path, str(exc))
+            self.recheck.add(doc_id)
+
+    def fetch_all(self, ds: Iterable[dict]) -> Iterator[Future]:
+        """Each document's (metadata, Yjs state) fetched `CONCURRENCY` at a time, in order, at
+        most twice that many held at once; a failure is raised by its own future."""
+        pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="mdsync-sync-fetch")
+
+        def fetch(doc_id: str) -> tuple[dict, bytes]:
+            return (self.api.json("GET", f"/documents/{doc_id}"), self.api.bytes("GET", f"/documents/{doc_id}/yjs"))
+
+        try:
+            it = iter(ds)
+            window = deque(pool.submit(fetch, d["id"]) for d in itertools.islice(it, 2 * CONCURRENCY))
+            while window:
+                nxt = next(it, None)
+                if nxt is not None:
+                    window.append(pool.submit(fetch, nxt["id"]))
+                yield window.popleft()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def local_moves_and_deletes(self, docs: dict[str, Doc]) -> None:
         files = layout.local_files(self.root)
@@ -272,9 +311,9 @@ class Pass:
         self.commit()
 
     def local_delete(self, doc: Doc) -> None:
-        replica = Replica(doc.replica)
-        self.pull_update(doc, replica) if doc.content_model == "text" else None
-        if doc.content_model == "text" and replica.markdown() != doc.synced_text:
+        replica = replica_of(doc.content_model, doc.replica)
+        self.pull_update(doc, replica)
+        if replica.markdown() != doc.synced_text:
             # edited remotely meanwhile: the edit beats the delete, the file comes back
             self.report("restore", doc.path, "changed on the server since it was deleted here")
             self.write(doc.path, replica.markdown(), doc.style, doc.read_only)
@@ -296,16 +335,12 @@ class Pass:
             self.state.forget_doc(doc.id)
         self.commit()
 
-    def new_remote(self, d: dict, path: str, claimed: set[str]) -> None:
-        meta = self.api.json("GET", f"/documents/{d['id']}")
+    def new_remote(self, d: dict, path: str, claimed: set[str], fetched: Future) -> None:
+        meta, state = fetched.result()
         read_only = self.read_only_ws
-        replica = None
-        if meta["content_model"] == "text":
-            replica = Replica()
-            replica.apply(self.api.bytes("GET", f"/documents/{d['id']}/yjs"))
-            text = replica.markdown()
-        else:
-            text = self.api.bytes("GET", f"/documents/{d['id']}/content").decode("utf-8")
+        replica = replica_of(meta["content_model"])
+        replica.apply(state)
+        text = replica.markdown()
         path = self.free_path(path, text, claimed)
         local = self.read(path)
         if local is not None and local[0] == text:
@@ -315,9 +350,10 @@ class Pass:
             style = ""
             self.report("pull", path)
         self.write(path, text, style, read_only)
+        self.report.advance(len(state))
         claimed.add(path)
         doc = Doc(d["id"], path, d["title"], d.get("folder_id"), meta["content_model"], read_only,
-                  replica.state() if replica else None, text, style, None)
+                  replica.state(), text, style, None)
         if not self.dry:
             self.state.save_doc(doc)
         self.commit()
@@ -357,10 +393,10 @@ class Pass:
         self.move_to_remote_path(doc, path, claimed)
         local = self.read(doc.path)
         read_only = doc.read_only or self.read_only_ws
-        if doc.content_model != "text":
-            self.sync_pull_only(doc, local)
-            return
-        replica = Replica(doc.replica)
+        replica = replica_of(doc.content_model, doc.replica)
+        if doc.replica is None:  # a TipTap document pulled by a client that kept no replica of them
+            self.pull_update(doc, replica)
+            doc.replica = replica.state()
         self.post_update(doc)  # an update a killed pass saved but did not send
         edited = local is not None and local[0] != doc.synced_text
         if edited and read_only:
@@ -375,6 +411,7 @@ class Pass:
             self.post_update(doc)
         if not edited and self.changed is not None and doc.id not in self.changed:
             return
+        pushed = replica.markdown() if edited else None
         self.pull_update(doc, replica)
         merged = replica.markdown()
         if merged == doc.synced_text:
@@ -382,7 +419,8 @@ class Pass:
                 self.report("push", doc.path)
             return
         self.write_back(doc, replica)
-        self.report("merge" if edited else "pull", doc.path)
+        # a TipTap document's file takes the markdown the renderer writes (the push alone did that)
+        self.report("push" if edited and merged == pushed else "merge" if edited else "pull", doc.path)
 
     def write_back(self, doc: Doc, replica: Replica) -> None:
         """Write the replica's text to the file, folding in an edit the file got meanwhile."""
@@ -395,7 +433,7 @@ class Pass:
                 self.state.save_doc(doc)
                 self.commit()
                 return
-            base = Replica(doc.replica)  # its text is the last synced text: the edit applies to it
+            base = replica_of(doc.content_model, doc.replica)  # its text: the last synced text
             update = base.edit(local[0], doc.synced_text)
             replica.apply(update)
             doc.replica, doc.synced_text, doc.style, doc.pending = base.state(), local[0], local[1], update
@@ -403,21 +441,6 @@ class Pass:
             self.commit()
             self.post_update(doc)
         self.report("error", doc.path, "the file kept changing while its merge was written; next pass")
-
-    def sync_pull_only(self, doc: Doc, local: tuple[str, str] | None) -> None:
-        """A TipTap document: its markdown is read, never written from here."""
-        if local is not None and local[0] != doc.synced_text:
-            self.report("keep", doc.path, "a TipTap document is pull-only here: the local edit is kept, not sent")
-            return
-        if self.changed is not None and doc.id not in self.changed:
-            return
-        text = self.api.bytes("GET", f"/documents/{doc.id}/content").decode("utf-8")
-        if text != doc.synced_text:
-            self.write(doc.path, text, doc.style, True)
-            doc.synced_text = text
-            self.state.save_doc(doc)
-            self.commit()
-            self.report("pull", doc.path)
 
     def remote_gone(self, doc: Doc) -> None:
         local = self.read(doc.path)
@@ -439,39 +462,6 @@ class Pass:
         if not self.dry:
             self.state.forget_doc(doc.id)
         self.commit()
-
-    def local_creates(self) -> None:
-        docs = self.state.docs()
-        tracked = {d.path for d in docs.values()}
-        for rel in sorted(layout.local_files(self.root) - tracked):
-            try:
-                got = self.read(rel)
-                if got is None:
-                    continue
-                if self.read_only_ws:
-                    self.report("keep", rel, "read-only workspace: the new file is not sent")
-                    continue
-                text, style = got
-                folder_id = self.folder_for(layout.parent_of(rel))
-                self.report("create", rel)
-                if self.dry:
-                    continue
-                created = self.api.json("POST", f"/workspaces/{self.ws}/documents",
-                                        {"title": layout.title_of(rel), "folder_id": folder_id, "markdown": text})
-                replica = Replica()
-                replica.apply(self.api.bytes("GET", f"/documents/{created['id']}/yjs"))
-                doc = Doc(created["id"], rel, created["title"], folder_id, created.get("content_model", "text"), False,
-                          replica.state(), replica.markdown(), style, None)
-                self.state.save_doc(doc)
-                self.commit()
-                if replica.markdown() != text:
-                    self.write_back(doc, replica)
-            except Unauthorized:
-                raise
-            except UnicodeDecodeError:
-                self.report("skip", rel, "not UTF-8, skipped")
-            except HttpError as exc:
-                self.report("error", rel, str(exc))
 
 
 def sync_once(root: Path, server: str | None, workspace: str | None, token: str, report: Report,

@@ -1,8 +1,11 @@
 """What the sync client remembers, in DIR/.mdsync/state.db (SQLite): which server and workspace
 DIR is bound to, the change-feed cursor, and per document its id, path, Yjs replica, the text
 last synced (what the file held when it last agreed with the replica) and the Yjs update not yet
-acknowledged by the server (`pending`). Every step commits before the next one starts, so a
-killed run resumes where it stopped: a pending update is sent again (Yjs updates are idempotent).
+acknowledged by the server (`pending`); each create not yet answered (`creates`: path, title,
+folder and hash of the text sent), recorded before its `POST` so that a run killed between the
+`POST` and the commit of its answer adopts the document instead of creating it twice. Every step
+commits before the next one starts, so a killed run resumes where it stopped: a pending update
+is sent again (Yjs updates are idempotent).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ CREATE TABLE IF NOT EXISTS docs (
 );
 CREATE TABLE IF NOT EXISTS folders (id TEXT PRIMARY KEY, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attachments (id TEXT PRIMARY KEY, name TEXT NOT NULL, sha256 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS creates (path TEXT PRIMARY KEY, title TEXT NOT NULL, folder_id TEXT, text_sha256 TEXT NOT NULL);
 """
 
 
@@ -111,3 +115,15 @@ class State:
 
     def forget_attachment(self, att_id: str) -> None:
         self.conn.execute("DELETE FROM attachments WHERE id = ?", (att_id,))
+
+    # -- creates sent but not yet recorded as documents
+    def creates(self) -> dict[str, tuple[str, str | None, str]]:
+        """{path: (title, folder_id, sha256 of the text)}"""
+        return {r[0]: (r[1], r[2], r[3]) for r in self.conn.execute("SELECT path, title, folder_id, text_sha256 FROM creates")}
+
+    def record_create(self, path: str, title: str, folder_id: str | None, text: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO creates (path, title, folder_id, text_sha256) VALUES (?, ?, ?, ?)",
+                          (path, title, folder_id, text_hash(text)))
+
+    def forget_create(self, path: str) -> None:
+        self.conn.execute("DELETE FROM creates WHERE path = ?", (path,))
