@@ -776,6 +776,17 @@ async def test_a_directory_renamed_moved_or_deleted_here_is_one_folder_change_on
     again = run_sync(root, "--json", token=user.pat)
     assert again.returncode == 0 and actions(again) == []
 
+    # renamed and moved on the server: the files move, the old directories go once empty
+    await user.call("PATCH", f"/folders/{old}", 200, json={"name": "Renamed", "parent_id": None})
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert files(root) == {"Renamed/A.md": "a\n", "Renamed/Inner/C.md": "c\n"}
+    assert not (root / "Parent" / "New").exists() and (root / "Parent").is_dir()
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+    os.rename(root / "Renamed", root / "Parent" / "New")
+    assert run_sync(root, token=user.pat).returncode == 0
+
     shutil.rmtree(root / "Parent" / "New")
     result = run_sync(root, "--json", token=user.pat)
     assert result.returncode == 0, result.stderr

@@ -37,7 +37,7 @@ from pathlib import Path
 from mdsync.syncclient import layout
 from mdsync.syncclient.attachments import sync_attachments
 from mdsync.syncclient.creates import adopt_pending, local_creates
-from mdsync.syncclient.folders import folder_for, local_folder_deletes, local_folder_moves
+from mdsync.syncclient.folders import folder_for, local_folder_deletes, local_folder_moves, remove_emptied
 from mdsync.syncclient.http import Api, HttpError, Unauthorized
 from mdsync.syncclient.merge import Replica, decode, encode, replica_of
 from mdsync.syncclient.report import Report
@@ -200,6 +200,7 @@ class Pass:
         tree = self.api.json("GET", f"/workspaces/{self.ws}/tree")
         if gone_dirs and local_folder_deletes(self, gone_dirs, tree):
             tree = self.api.json("GET", f"/workspaces/{self.ws}/tree")
+        before = set(self.folder_paths.values())
         self.folder_paths, remote_paths = layout.remote_layout(tree)
         if not self.dry:
             for path in self.folder_paths.values():
@@ -227,6 +228,7 @@ class Pass:
         for doc in list(docs.values()):
             if doc.id not in live:
                 self.step(doc.id, doc.path, self.remote_gone, doc)
+        remove_emptied(self, before - set(self.folder_paths.values()))
         local_creates(self)
         sync_attachments(self, self.attachments)
         self.state.set("cursor", cursor)

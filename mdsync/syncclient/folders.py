@@ -6,7 +6,9 @@ trash, and only once nothing in it is left on the server: a document the edit-be
 kept, or one added remotely meanwhile, keeps its folder).
 
 A directory counts as renamed when a tracked folder's directory is gone and a new directory holds
-the most of its documents, each under the same relative path with its last synced text."""
+the most of its documents, each under the same relative path with its last synced text.
+A folder renamed, moved or deleted on the server leaves its old directory here behind once its
+files have moved out: it is removed if empty (`remove_emptied`), else left as it is."""
 
 from __future__ import annotations
 
@@ -132,3 +134,15 @@ def local_folder_deletes(p: Pass, gone: dict[str, str], tree: dict) -> bool:
         live -= subtree
         deleted = True
     return deleted
+
+
+def remove_emptied(p: Pass, old_dirs: set[str]) -> None:
+    """Directories of folders renamed, moved or deleted on the server, removed when nothing is
+    left in them (not even a dotfile): deepest first, never one holding a file."""
+    if p.dry:
+        return
+    for path in sorted(old_dirs, key=lambda d: d.count("/"), reverse=True):
+        try:
+            (p.root / path).rmdir()
+        except OSError:
+            pass  # not empty (a file of the user's, a new document), or already gone
