@@ -847,3 +847,25 @@ async def test_the_initial_pull_draws_a_bar_on_a_terminal_only(server, http, tmp
     assert b"P0.md" not in proc.stdout.read()  # the bar counts the pulled documents
     for quiet in ("-q", "--json"):
         assert run_sync(tmp_path / quiet, quiet, token=user.pat, server=server, workspace="Notes").stderr == ""
+
+
+async def test_a_pass_reads_only_the_files_whose_mtime_or_size_changed(server, http, tmp_path, monkeypatch):
+    from mdsync.syncclient import engine
+    from mdsync.syncclient.report import Report
+    user = await new_user(server, http)
+    ids = [await user.doc(f"F{i}", None, f"file {i}\n") for i in range(20)]
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    read = engine.Pass.read
+    reads: list[str] = []
+
+    def counted(self, rel):
+        reads.append(rel)
+        return read(self, rel)
+
+    monkeypatch.setattr(engine.Pass, "read", counted)
+    assert await asyncio.to_thread(engine.sync_once, root.resolve(), None, None, user.pat, Report(quiet=True)) == 0
+    assert reads == []
+    (root / "F3.md").write_text("file X\n")  # the same size: its mtime tells
+    assert await asyncio.to_thread(engine.sync_once, root.resolve(), None, None, user.pat, Report(quiet=True)) == 0
+    assert reads == ["F3.md"] and await user.content(ids[3]) == "file X\n"

@@ -42,7 +42,7 @@ def adopt_pending(p: Pass, tree: dict, docs: dict[str, Doc]) -> None:
             except UnicodeDecodeError:
                 style = ""
             docs[d["id"]] = Doc(d["id"], rel, title, folder_id, "text", False, replica.state(), text, style, None)
-            p.state.save_doc(docs[d["id"]])
+            p.save(docs[d["id"]])
             p.report("create", rel, "adopted: created by a pass that stopped before recording it")
             break
         p.state.forget_create(rel)
@@ -74,7 +74,7 @@ def local_creates(p: Pass) -> None:
             replica.apply(p.api.bytes("GET", f"/documents/{created['id']}/yjs"))
             doc = Doc(created["id"], rel, created["title"], folder_id, created.get("content_model", "text"), False,
                       replica.state(), replica.markdown(), style, None)
-            p.state.save_doc(doc)
+            p.save(doc)
             p.state.forget_create(rel)
             p.commit()
             if replica.markdown() != text:

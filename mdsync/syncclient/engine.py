@@ -41,7 +41,7 @@ from mdsync.syncclient.folders import folder_for, local_folder_deletes, local_fo
 from mdsync.syncclient.http import Api, HttpError, Unauthorized
 from mdsync.syncclient.merge import Replica, decode, encode, replica_of
 from mdsync.syncclient.report import Report
-from mdsync.syncclient.state import STATE_DIR, Doc, State
+from mdsync.syncclient.state import STATE_DIR, Doc, State, text_hash
 from mdsync.tiptap.parse import TooDeep
 
 FEED_PAGES = 10_000   # pages of the change feed read in one pass at most
@@ -76,19 +76,32 @@ class Pass:
         self.attachments: dict[str, str] = {}  # attachment id -> its last op in the feed
         self.recheck: set[str] = set()  # documents whose step failed: looked at again next pass
         self.recheck_attachments: dict[str, str] = {}  # attachments likewise: {id: op}
+        # what this pass last read from or wrote to each file: {path: (sha256 of the text, (mtime_ns, size))}
+        self.seen: dict[str, tuple[str, tuple[int, int]]] = {}
 
     # -- small steps -------------------------------------------------------------------------------
     def commit(self) -> None:
         if not self.dry:
             self.state.conn.commit()
 
+    def stat(self, rel: str) -> tuple[int, int] | None:
+        try:
+            st = (self.root / rel).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return st.st_mtime_ns, st.st_size
+
     def read(self, rel: str) -> tuple[str, str] | None:
         """The file's (text, style); None when it is gone. Raises UnicodeDecodeError."""
+        path = self.root / rel
         try:
-            raw = (self.root / rel).read_bytes()
+            st = path.stat()  # before reading: a write after it changes what the next pass sees
+            raw = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
-        return decode(raw)
+        text, style = decode(raw)
+        self.seen[rel] = (text_hash(text), (st.st_mtime_ns, st.st_size))
+        return text, style
 
     def write(self, rel: str, text: str, style: str, read_only: bool) -> None:
         """Replace the file atomically (temp file + rename)."""
@@ -99,7 +112,20 @@ class Pass:
         tmp = target.with_name(f".{target.name}.mdsync-tmp")
         tmp.write_bytes(encode(text, style))
         os.chmod(tmp, 0o444 if read_only else 0o644)
+        st = tmp.stat()
         os.replace(tmp, target)
+        self.seen[rel] = (text_hash(text), (st.st_mtime_ns, st.st_size))
+
+    def save(self, doc: Doc) -> None:
+        """Record `doc`; with the file's mtime and size when this pass saw it hold the synced text
+        (so the next pass need not read it while they stay the same)."""
+        seen = self.seen.get(doc.path)
+        if doc.loaded:
+            if seen is not None and seen[0] == text_hash(doc.synced_text):
+                doc.mtime_ns, doc.size = seen[1]
+            else:
+                doc.mtime_ns = doc.size = None
+        self.state.save_doc(doc)
 
     def trash(self, rel: str) -> None:
         if self.dry or not (self.root / rel).exists():
@@ -116,7 +142,7 @@ class Pass:
         if doc.pending and not self.dry:
             self.api.bytes("POST", f"/documents/{doc.id}/yjs", doc.pending)
             doc.pending = None
-            self.state.save_doc(doc)
+            self.save(doc)
             self.commit()
 
     def pull_update(self, doc: Doc, replica: Replica) -> None:
@@ -285,6 +311,7 @@ class Pass:
         for doc in docs.values():
             if doc.path in files:
                 continue
+            self.state.load(doc)
             try:
                 moved_to = texts.pop(doc.synced_text, None)
                 if moved_to is not None:
@@ -309,7 +336,7 @@ class Pass:
         if patch and not self.dry:
             self.api.json("PATCH", f"/documents/{doc.id}", patch)
         doc.path = new
-        self.state.save_doc(doc)
+        self.save(doc)
         self.commit()
 
     def local_delete(self, doc: Doc) -> None:
@@ -320,7 +347,7 @@ class Pass:
             self.report("restore", doc.path, "changed on the server since it was deleted here")
             self.write(doc.path, replica.markdown(), doc.style, doc.read_only)
             doc.replica, doc.synced_text = replica.state(), replica.markdown()
-            self.state.save_doc(doc)
+            self.save(doc)
             self.commit()
             return
         if doc.read_only or self.read_only_ws:
@@ -357,7 +384,7 @@ class Pass:
         doc = Doc(d["id"], path, d["title"], d.get("folder_id"), meta["content_model"], read_only,
                   replica.state(), text, style, None)
         if not self.dry:
-            self.state.save_doc(doc)
+            self.save(doc)
         self.commit()
 
     def free_path(self, path: str, text: str, claimed: set[str]) -> str:
@@ -387,12 +414,17 @@ class Pass:
         claimed.discard(doc.path)
         claimed.add(path)
         doc.path = path
-        self.state.save_doc(doc)
+        self.save(doc)
         self.commit()
 
     def sync_known(self, doc: Doc, d: dict, path: str, claimed: set[str]) -> None:
         doc.title, doc.folder_id = d["title"], d.get("folder_id")
         self.move_to_remote_path(doc, path, claimed)
+        unchanged_here = (not doc.has_pending and doc.mtime_ns is not None
+                          and self.stat(doc.path) == (doc.mtime_ns, doc.size))
+        if unchanged_here and self.changed is not None and doc.id not in self.changed:
+            return  # neither the file (same mtime and size) nor the document changed: nothing read
+        self.state.load(doc)
         local = self.read(doc.path)
         read_only = doc.read_only or self.read_only_ws
         replica = replica_of(doc.content_model, doc.replica)
@@ -408,10 +440,13 @@ class Pass:
             text, style = local
             doc.pending = replica.edit(text, doc.synced_text)
             doc.replica, doc.synced_text, doc.style = replica.state(), text, style
-            self.state.save_doc(doc)
+            self.save(doc)
             self.commit()
             self.post_update(doc)
         if not edited and self.changed is not None and doc.id not in self.changed:
+            if local is not None and self.seen[doc.path][1] != (doc.mtime_ns, doc.size):
+                self.save(doc)  # touched, not changed: its new mtime recorded
+                self.commit()
             return
         pushed = replica.markdown() if edited else None
         self.pull_update(doc, replica)
@@ -432,19 +467,20 @@ class Pass:
                 merged = replica.markdown()
                 self.write(doc.path, merged, doc.style, doc.read_only or self.read_only_ws)
                 doc.replica, doc.synced_text = replica.state(), merged
-                self.state.save_doc(doc)
+                self.save(doc)
                 self.commit()
                 return
             base = replica_of(doc.content_model, doc.replica)  # its text: the last synced text
             update = base.edit(local[0], doc.synced_text)
             replica.apply(update)
             doc.replica, doc.synced_text, doc.style, doc.pending = base.state(), local[0], local[1], update
-            self.state.save_doc(doc)
+            self.save(doc)
             self.commit()
             self.post_update(doc)
         self.report("error", doc.path, "the file kept changing while its merge was written; next pass")
 
     def remote_gone(self, doc: Doc) -> None:
+        self.state.load(doc)
         local = self.read(doc.path)
         if local is not None and local[0] != doc.synced_text and not doc.read_only and not self.read_only_ws:
             try:  # edited here: the edit beats the delete

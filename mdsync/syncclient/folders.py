@@ -47,6 +47,7 @@ def _under(path: str, directory: str) -> bool:
 def _matches(p: Pass, members: list[Doc], old: str, candidate: str) -> int:
     found = 0
     for doc in members:
+        p.state.load(doc)
         try:
             got = p.read(candidate + doc.path[len(old):])
         except UnicodeDecodeError:
@@ -91,7 +92,7 @@ def local_folder_moves(p: Pass, docs: dict[str, Doc]) -> None:
         for doc in members:
             doc.path = new + doc.path[len(old):]
             if not p.dry:
-                p.state.save_doc(doc)
+                p.save(doc)
         if not p.dry:
             p.state.save_folders(p.folder_paths)
         p.commit()

@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS docs (
     replica BLOB,
     synced_text TEXT NOT NULL DEFAULT '',
     style TEXT NOT NULL DEFAULT '',
-    pending BLOB
+    pending BLOB,
+    mtime_ns INTEGER,
+    size INTEGER
 );
 CREATE TABLE IF NOT EXISTS folders (id TEXT PRIMARY KEY, path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attachments (id TEXT PRIMARY KEY, name TEXT NOT NULL, sha256 TEXT NOT NULL);
@@ -40,8 +42,17 @@ def text_hash(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+# columns added since state.db first shipped: added to an older file when it is opened
+ADDED_COLUMNS = {"docs": (("mtime_ns", "INTEGER"), ("size", "INTEGER"))}
+
+
 @dataclass
 class Doc:
+    """A tracked document. `State.docs()` gives them without their heavy columns (`loaded`
+    False: `replica`, `synced_text` and `pending` not read; `has_pending` says whether there is
+    one): a pass over 10 000 documents reads those only for the few that changed (`State.load`).
+    `mtime_ns`, `size`: the file's when it last held `synced_text` (None: unknown)."""
+
     id: str
     path: str
     title: str
@@ -52,6 +63,10 @@ class Doc:
     synced_text: str
     style: str
     pending: bytes | None
+    mtime_ns: int | None = None
+    size: int | None = None
+    loaded: bool = True
+    has_pending: bool = False
 
 
 class State:
@@ -65,6 +80,11 @@ class State:
             self.conn = sqlite3.connect(root / STATE_DIR / "state.db")
             self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.executescript(SCHEMA)
+        for table, columns in ADDED_COLUMNS.items():
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.conn.rollback()  # what was not committed (a dry run, a failed step) is not kept
@@ -81,19 +101,37 @@ class State:
 
     # -- documents
     def docs(self) -> dict[str, Doc]:
-        rows = self.conn.execute("SELECT id, path, title, folder_id, content_model, read_only, replica, synced_text,"
-                                 " style, pending FROM docs").fetchall()
-        return {r[0]: Doc(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9]) for r in rows}
+        """Every tracked document, its heavy columns not read (`load` reads them)."""
+        rows = self.conn.execute("SELECT id, path, title, folder_id, content_model, read_only, style, mtime_ns, size,"
+                                 " pending IS NOT NULL FROM docs").fetchall()
+        return {r[0]: Doc(r[0], r[1], r[2], r[3], r[4], bool(r[5]), None, "", r[6], None, r[7], r[8], False, bool(r[9]))
+                for r in rows}
+
+    def load(self, d: Doc) -> Doc:
+        if not d.loaded:
+            d.replica, d.synced_text, d.pending = self.conn.execute(
+                "SELECT replica, synced_text, pending FROM docs WHERE id = ?", (d.id,)).fetchone()
+            d.loaded = True
+        return d
 
     def save_doc(self, d: Doc) -> None:
+        """Insert or update `d` (only its light columns when it was never loaded)."""
+        if not d.loaded:
+            self.conn.execute("UPDATE docs SET path = ?, title = ?, folder_id = ?, content_model = ?, read_only = ?,"
+                              " style = ?, mtime_ns = ?, size = ? WHERE id = ?",
+                              (d.path, d.title, d.folder_id, d.content_model, int(d.read_only), d.style, d.mtime_ns,
+                               d.size, d.id))
+            return
+        d.has_pending = d.pending is not None
         self.conn.execute(
-            "INSERT INTO docs (id, path, title, folder_id, content_model, read_only, replica, synced_text, style, pending)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET path = excluded.path,"
-            " title = excluded.title, folder_id = excluded.folder_id, content_model = excluded.content_model,"
-            " read_only = excluded.read_only, replica = excluded.replica, synced_text = excluded.synced_text,"
-            " style = excluded.style, pending = excluded.pending",
+            "INSERT INTO docs (id, path, title, folder_id, content_model, read_only, replica, synced_text, style, pending,"
+            " mtime_ns, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+            " path = excluded.path, title = excluded.title, folder_id = excluded.folder_id,"
+            " content_model = excluded.content_model, read_only = excluded.read_only, replica = excluded.replica,"
+            " synced_text = excluded.synced_text, style = excluded.style, pending = excluded.pending,"
+            " mtime_ns = excluded.mtime_ns, size = excluded.size",
             (d.id, d.path, d.title, d.folder_id, d.content_model, int(d.read_only), d.replica, d.synced_text,
-             d.style, d.pending))
+             d.style, d.pending, d.mtime_ns, d.size))
 
     def forget_doc(self, doc_id: str) -> None:
         self.conn.execute("DELETE FROM docs WHERE id = ?", (doc_id,))
