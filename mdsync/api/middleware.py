@@ -58,7 +58,8 @@ _SECRET_SEGMENT = re.compile(r"(/share/).*", re.DOTALL)  # the rest of the path,
 def loggable_path(request: web.BaseRequest) -> str:
     """The request path for logs: without the query (WebSocket URLs carry `?token=`, signed
     attachment URLs `?sig=`) and with secret path segments replaced by `{token}`."""
-    return _SECRET_SEGMENT.sub(r"\1{token}", request.path)
+    path = request.path
+    return _SECRET_SEGMENT.sub(r"\1{token}", path) if "/share/" in path else path
 
 
 def problem_response(error: errors.ApiError, request_id: str | None = None) -> web.Response:
@@ -102,10 +103,55 @@ def build(cors_origins: list[str], observe: Callable[[web.Request, int, float], 
 
     @web.middleware
     async def mdsync_middleware(request: web.Request, handler):
+        # one coroutine for all of it: a nested one per request cost ~1 µs (bench/README.md)
         started = time.perf_counter()
         status = 500
         try:
-            response = await _answer(request, handler)
+            headers = request.headers
+            incoming = headers.get("X-Request-Id")
+            rid = incoming if incoming and _SANE_ID.match(incoming) else f"{_ID_PREFIX}{next(_id_counter):016x}"
+            request[REQUEST_ID] = rid
+            request_id_var.set(rid)
+            origin = headers.get("Origin")
+            allowed = origin is not None and origin in origins
+            if request.method == "OPTIONS" and "Access-Control-Request-Method" in headers:
+                if not allowed:
+                    response = web.Response(status=204)  # no CORS headers: the browser refuses
+                else:
+                    response = web.Response(status=204, headers={
+                        "Access-Control-Allow-Origin": origin,
+                        "Access-Control-Allow-Methods": ALLOW_METHODS,
+                        "Access-Control-Allow-Headers": _allow_headers(
+                            headers.get("Access-Control-Request-Headers", "")),
+                        "Access-Control-Max-Age": "600",
+                        "Vary": "Origin",
+                    })
+                status = 204
+                return response
+            if allowed:
+                request[CORS_ORIGIN] = origin  # on_prepare adds the headers
+            try:
+                response = await handler(request)
+            except errors.ApiError as exc:
+                response = problem_response(exc, rid)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = problem_response(_from_http_exception(exc), rid)
+            except HttpProcessingError as exc:
+                # aiohttp's parser, raised while a handler reads the body: broken chunked encoding,
+                # a multipart part with a bad or overlong header line. The client's fault, not ours.
+                log.info("malformed request body in %s %s: %s", request.method, loggable_path(request),
+                         exc.__class__.__name__)
+                response = problem_response(errors.BadRequest("the request body is malformed HTTP"), rid)
+            except ConnectionResetError as exc:
+                # the client went away mid-request: nothing to answer
+                log.info("connection lost during %s %s: %s", request.method, loggable_path(request),
+                         exc.__class__.__name__)
+                raise
+            except Exception:
+                log.exception("unhandled error in %s %s", request.method, loggable_path(request))
+                response = problem_response(errors.Internal("an unexpected error occurred; see the server log"), rid)
             status = response.status
             return response
         except web.HTTPException as exc:  # a 101 upgrade and friends, raised past the error mapping
@@ -115,50 +161,20 @@ def build(cors_origins: list[str], observe: Callable[[web.Request, int, float], 
             if observe is not None:
                 observe(request, status, time.perf_counter() - started)
 
-    async def _answer(request: web.Request, handler) -> web.StreamResponse:
-        headers = request.headers
-        incoming = headers.get("X-Request-Id", "")
-        rid = incoming if _SANE_ID.match(incoming) else f"{_ID_PREFIX}{next(_id_counter):016x}"
-        request[REQUEST_ID] = rid
-        request_id_var.set(rid)
-        origin = headers.get("Origin")
-        allowed = origin is not None and origin in origins
-        if request.method == "OPTIONS" and "Access-Control-Request-Method" in headers:
-            if not allowed:
-                return web.Response(status=204)  # no CORS headers: the browser refuses
-            return web.Response(status=204, headers={
-                "Access-Control-Allow-Origin": origin,
-                "Access-Control-Allow-Methods": ALLOW_METHODS,
-                "Access-Control-Allow-Headers": _allow_headers(headers.get("Access-Control-Request-Headers", "")),
-                "Access-Control-Max-Age": "600",
-                "Vary": "Origin",
-            })
-        if allowed:
-            request[CORS_ORIGIN] = origin  # on_prepare adds the headers
-        try:
-            return await handler(request)
-        except errors.ApiError as exc:
-            return problem_response(exc, rid)
-        except web.HTTPException as exc:
-            if exc.status < 400:
-                raise
-            return problem_response(_from_http_exception(exc), rid)
-        except HttpProcessingError as exc:
-            # aiohttp's parser, raised while a handler reads the body: broken chunked encoding, a
-            # multipart part with a bad or overlong header line. The client's fault, not ours.
-            log.info("malformed request body in %s %s: %s", request.method, loggable_path(request),
-                     exc.__class__.__name__)
-            return problem_response(errors.BadRequest("the request body is malformed HTTP"), rid)
-        except ConnectionResetError as exc:
-            # the client went away mid-request: nothing to answer
-            log.info("connection lost during %s %s: %s", request.method, loggable_path(request),
-                     exc.__class__.__name__)
-            raise
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, loggable_path(request))
-            return problem_response(errors.Internal("an unexpected error occurred; see the server log"), rid)
-
     return mdsync_middleware
+
+
+class _Done:
+    """An awaitable that is already done: `on_prepare`'s receiver does its work when called, and
+    aiohttp's signal awaits what it returns (a coroutine per answer cost more than the headers)."""
+
+    __slots__ = ()
+
+    def __await__(self):
+        return iter(())
+
+
+_DONE = _Done()
 
 
 def on_prepare(hsts: bool):
@@ -170,7 +186,7 @@ def on_prepare(hsts: bool):
               ("Cross-Origin-Opener-Policy", "same-origin"),
               *((("Strict-Transport-Security", "max-age=31536000"),) if hsts else ()))
 
-    async def add_headers(request: web.Request, resp: web.StreamResponse) -> None:
+    def add_headers(request: web.Request, resp: web.StreamResponse) -> _Done:
         headers = resp.headers
         rid = request.get(REQUEST_ID)
         if rid:
@@ -182,5 +198,6 @@ def on_prepare(hsts: bool):
             headers["Access-Control-Allow-Origin"] = origin
             headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
             headers.add("Vary", "Origin")
+        return _DONE
 
     return add_headers

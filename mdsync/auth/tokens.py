@@ -10,6 +10,7 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from mdsync import clock
 
@@ -121,9 +122,10 @@ def _b64decode(segment: str) -> bytes:
     return raw
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: from an access JWT (a session) or a personal access token."""
+class Principal(NamedTuple):
+    """Who is calling: from an access JWT (a session) or a personal access token. Immutable; a
+    named tuple rather than a frozen dataclass: one is made per request, and a frozen dataclass's
+    __init__ (an object.__setattr__ per field) cost four times as much."""
 
     user_id: str
     name: str
