@@ -9,8 +9,10 @@ When: an idle debounce after the last update (`collab.projection_debounce`), but
 on (docs/api.md "Document content": REST reads reflect an edit within 2 s). Also when a room
 closes (grace period or SIGTERM: a room close hook, awaited before the room unloads).
 
-Off the hot path: the update listener only notes the time (one dict lookup); a timer re-checks
-when the wait is over and starts the work in a task. The work itself reads the text once (about
+Off the hot path: the update listener only notes the time (one dict lookup). One timer per
+projector sweeps the waiting documents when the earliest is due, on a 0.1 s grid; the documents
+due at a sweep are projected by one task and stored by one writer job (500 documents typed in at
+once: a few commits per second, not 500 jobs, tasks and timers). The work itself reads the text once (about
 10 ms for a heavily edited 120 KB document, measured: no cheaper read exists in pycrdt, and the
 debounce bounds it to a few per second per document) and hands the write to the database writer.
 Along with the markdown, content_heads records the ETag and update-log seq it was made from, so
@@ -22,9 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mdsync import clock
@@ -39,15 +42,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mdsync.collab.projection")
 
+# Due documents are looked for on a grid of this many seconds: those due within one step are
+# projected together (adds at most this much to the projection's lag; max_delay leaves room)
+SWEEP = 0.1
+
 
 @dataclass
 class _Dirty:
     room: Room
     since: float          # loop time of the first update not yet projected
     last: float           # loop time of the latest update
-    timer: asyncio.TimerHandle | None = None
-    running: asyncio.Task | None = None
-    waiters: list = field(default_factory=list)
 
 
 class Heads:
@@ -93,6 +97,8 @@ class Projector:
         self._dirty: dict[str, _Dirty] = {}
         self._running: dict[str, asyncio.Task] = {}
         self._models: dict[str, str] = {}  # document id -> content model (it never changes)
+        self._sweep: asyncio.TimerHandle | None = None   # the next look for due documents ...
+        self._sweep_at: float | None = None              # ... and its loop time
 
     # -- the hot path: the room_update hook ------------------------------------------------
     def on_update(self, room: Room, update: bytes, user_id: str | None) -> None:
@@ -102,28 +108,52 @@ class Projector:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if entry is None:
-            entry = self._dirty[room.document_id] = _Dirty(room, now, now)
-            entry.timer = loop.call_later(min(self.debounce, self.max_delay), self._due, room.document_id)
+            self._dirty[room.document_id] = _Dirty(room, now, now)
+            self._wake_at(now + min(self.debounce, self.max_delay))
         else:
             entry.last = now
             entry.room = room
 
-    def _due(self, document_id: str) -> None:
-        entry = self._dirty.get(document_id)
-        if entry is None:
+    def _wake_at(self, when: float) -> None:
+        """Sweep at `when`, rounded up to the SWEEP grid: documents due close together are
+        projected together (one task, one writer job)."""
+        when = math.ceil(when / SWEEP) * SWEEP
+        if self._sweep_at is not None and self._sweep_at <= when:
             return
+        if self._sweep is not None:
+            self._sweep.cancel()
         loop = asyncio.get_running_loop()
-        now = loop.time()
-        when = min(entry.last + self.debounce, entry.since + self.max_delay)
-        if now < when - 0.001 or document_id in self._running:
-            # still typing (and not yet at the bound), or the previous projection is being stored
-            entry.timer = loop.call_later(max(when - now, 0.01), self._due, document_id)
+        self._sweep_at = when
+        self._sweep = loop.call_at(when, self._sweep_due)
+
+    def _sweep_due(self) -> None:
+        self._sweep = self._sweep_at = None
+        now = asyncio.get_running_loop().time()
+        due, next_at = [], None
+        for document_id, entry in self._dirty.items():
+            when = min(entry.last + self.debounce, entry.since + self.max_delay)
+            if now < when - 0.001 or document_id in self._running:
+                # still typing (and not yet at the bound), or the previous projection is being stored
+                next_at = max(when, now + SWEEP) if next_at is None else min(next_at, max(when, now + SWEEP))
+            else:
+                due.append(entry)
+        for entry in due:
+            del self._dirty[entry.room.document_id]
+        if next_at is not None:
+            self._wake_at(next_at)
+        if not due:
             return
-        entry.timer = None
-        del self._dirty[document_id]
-        task = asyncio.ensure_future(self._project(entry.room, entry.since))
-        self._running[document_id] = task
-        task.add_done_callback(lambda _t: self._running.pop(document_id, None))
+        task = asyncio.ensure_future(self._project_many(due))
+        ids = [entry.room.document_id for entry in due]
+        for document_id in ids:
+            self._running[document_id] = task
+
+        def done(_task: asyncio.Task) -> None:
+            for document_id in ids:
+                if self._running.get(document_id) is task:
+                    del self._running[document_id]
+
+        task.add_done_callback(done)
 
     # -- the work ----------------------------------------------------------------------------
     async def _project(self, room: Room, since: float | None) -> tuple[str, str] | None:
@@ -137,6 +167,30 @@ class Projector:
         except Exception:
             log.exception("could not store the markdown projection of %s", room.document_id)
             return None
+
+    async def _project_many(self, entries: list[_Dirty]) -> None:
+        """The projections of several documents, read one after the other and stored in one job."""
+        rows = []
+        try:
+            for entry in entries:
+                room = entry.room
+                if room.closing or not await self.projects(room.document_id):
+                    continue  # a closing room's close hook stores the final projection
+                etag, seq = state_etag(room.doc), room.seq
+                text = await self.backend.room_markdown(room)  # reads the room before its first await
+                if text is not None:
+                    rows.append((room.document_id, text, etag, seq, entry.since))
+            if not rows:
+                return
+            stored = await self.db.write(store_projections, [row[:4] for row in rows], clock.iso())
+        except Exception:
+            log.exception("could not store the markdown projections of %d documents", len(entries))
+            return
+        now = asyncio.get_running_loop().time()
+        for (document_id, _, etag, _, since), ok in zip(rows, stored):
+            if ok:
+                self.heads.note(document_id, etag)
+            self.observe_lag(now - since)
 
     async def store(self, room: Room) -> tuple[str, str] | None:
         """Store the room's markdown now (text, ETag and log seq read at one instant); the
@@ -157,8 +211,6 @@ class Projector:
         """Cancel the room's pending projection and wait for one being stored; returns what was
         pending (None when nothing was)."""
         entry = self._dirty.pop(room.document_id, None)
-        if entry is not None and entry.timer is not None:
-            entry.timer.cancel()
         running = self._running.get(room.document_id)
         if running is not None:
             await asyncio.gather(running, return_exceptions=True)
@@ -201,13 +253,19 @@ class Projector:
 
     async def flush(self) -> None:
         """Store every pending projection now (tests, shutdown of the projector)."""
-        for document_id, entry in list(self._dirty.items()):
-            if entry.timer is not None:
-                entry.timer.cancel()
-            self._dirty.pop(document_id, None)
-            await self._project(entry.room, entry.since)
+        entries, self._dirty = list(self._dirty.values()), {}
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = self._sweep_at = None
+        if entries:
+            await self._project_many(entries)
         if self._running:
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
+
+
+def store_projections(tx: Tx, rows: list[tuple[str, str, str, int]], now: str) -> list[bool]:
+    """`store_projection` for several documents: (document id, markdown, ETag, seq) rows."""
+    return [store_projection(tx, document_id, markdown, etag, seq, now) for document_id, markdown, etag, seq in rows]
 
 
 def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_seq: int, now: str) -> bool:

@@ -5,8 +5,9 @@ The relay: each incoming update is applied once to the room's Doc, then the send
 bytes (a sync step 2 re-typed as an update) are framed once and written to every other peer's
 transport. Nothing is re-encoded per peer and no per-peer task or queue is involved (see
 docs/architecture.md "Fan-out speed"). Every accepted update is appended to `doc_updates`
-through the database writer, batched per event-loop iteration; the log is compacted into a
-snapshot past a threshold.
+through the database writer: the manager collects the pending updates of every room for
+`flush_delay` and hands them over as one job (one commit for 500 busy documents, not 500); the
+log is compacted into a snapshot past a threshold.
 
 Everything here runs on the event loop without awaiting (except `close`), so a room's state is
 never seen half-changed and a cancelled socket handler cannot leave it inconsistent.
@@ -66,7 +67,7 @@ class Room:
         self._log: list[bytes] = list(log_updates)   # updates since the snapshot (in the DB or pending)
         self._log_bytes = sum(len(u) for u in log_updates)
         self._pending: list[tuple[int, bytes, str | None]] = []
-        self._flush_handle: asyncio.Handle | None = None
+        self.flush_queued = False           # in the manager's next group flush
         self._inflight: set[asyncio.Future] = set()
         # first seq -> last seq of log rows handed to the writer and not committed yet (in flight,
         # waiting for a retry, or lost until a snapshot holds them): what `saved_seq` is below
@@ -265,16 +266,29 @@ class Room:
             self._compact()  # the estimate may be stale: measure before refusing
             if self.snapshot_bytes + len(update) > limit:
                 raise DocumentTooLarge(f"the document would exceed {limit} bytes")
-        state = self.doc.get_state()
         try:
             updates.apply(self.doc, update)  # the gate: checked whole before pycrdt sees it
-        except ProtocolError:
-            if self.doc.get_state() != state:
+        except updates.NotApplied as exc:
+            integrated = self._integrated_part(exc.covered)
+            if integrated is not None:
                 # pycrdt refused it halfway: what it integrated goes to every peer and the log,
                 # so the live Doc never holds state that was not persisted
-                self._after_apply(self.doc.get_update(state), user_id, None, None)
+                self._after_apply(integrated, user_id, None, None)
             raise
         self._after_apply(update, user_id, sender, message)
+
+    def _integrated_part(self, covered: updates.Covered) -> bytes | None:
+        """After pycrdt refused an update carrying `covered`: an update holding whatever of it
+        the Doc integrated (None: nothing). Whatever it integrated are structs of its clients
+        from its first clocks on, so the Doc's structs from those clocks on hold them (and maybe
+        some the Doc had already: sending those again is harmless). Worked out only on this rare
+        path, so that accepting an update never reads the state vector beforehand."""
+        have = decode_state_vector(self.doc.get_state())
+        since = {client: min(clock, covered.starts[client]) if client in covered.starts else clock
+                 for client, clock in have.items()}
+        if since == have:
+            return None
+        return self.doc.get_update(encode_state_vector(since))
 
     def _after_apply(self, update: bytes, user_id: str | None, sender: Connection | None,
                      message: bytes | None) -> None:
@@ -289,9 +303,10 @@ class Room:
         self._pending.append((self.seq, update, user_id))
         self._log.append(update)
         self._log_bytes += len(update)
-        if self._flush_handle is None:
-            # group commit window: one writer job per room per window, not one per update
-            self._flush_handle = self._loop.call_later(self.manager.flush_delay, self.flush)
+        if not self.flush_queued:
+            # group commit window: one writer job per window for every room, not one per update
+            self.flush_queued = True
+            self.manager.queue_flush(self)
         for listener in self.update_listeners:
             try:
                 listener(update, user_id)
@@ -351,10 +366,9 @@ class Room:
         holds this Room edits a Doc that goes nowhere), let waiters for the unload go on."""
         self.evicted = True
         self.closing = True
-        for handle in (self._flush_handle, self.grace_timer):
-            if handle is not None:
-                handle.cancel()
-        self._flush_handle = self.grace_timer = None
+        if self.grace_timer is not None:
+            self.grace_timer.cancel()
+        self.grace_timer = None
         self._pending = []
         self._log = []
         self._log_bytes = 0
@@ -362,16 +376,43 @@ class Room:
         self.closed.set()
 
     def flush(self) -> None:
-        """Hand the pending updates to the database writer (group commit) as one job."""
-        self._flush_handle = None
-        if self.evicted:
-            return
-        if self._pending:
-            rows, self._pending = self._pending, []
+        """Hand the pending updates to the database writer now, as a job of their own."""
+        rows = self.take_pending()
+        if rows:
             self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
-        if (len(self._log) >= self.manager.snapshot_after_updates
-                or self._log_bytes > max(self.manager.snapshot_after_bytes, self.snapshot_bytes)):
+        self.compact_if_due()
+
+    def take_pending(self) -> list[tuple[int, bytes, str | None]]:
+        """The pending log rows, handed over (the caller writes them and reports through
+        `written`)."""
+        if self.evicted or not self._pending:
+            return []
+        rows, self._pending = self._pending, []
+        return rows
+
+    def compact_if_due(self) -> None:
+        if (not self.evicted and (len(self._log) >= self.manager.snapshot_after_updates
+                                  or self._log_bytes > max(self.manager.snapshot_after_bytes, self.snapshot_bytes))):
             self._compact()
+
+    def written(self, future: asyncio.Future, rows: list) -> None:
+        """`rows` (from `take_pending`) are in `future`, a write job shared with other rooms
+        (RoomManager.flush_rooms): saved when it commits; when it fails they are written again
+        as a job of their own, which fails or succeeds for this room alone."""
+        self._inflight.add(future)
+        self._unsaved[rows[0][0]] = rows[-1][0]
+
+        def done(fut: asyncio.Future) -> None:
+            self._inflight.discard(fut)
+            if fut.cancelled():
+                return
+            if fut.exception() is None:
+                self._unsaved.pop(rows[0][0], None)
+                self._saved()
+            elif not self.evicted:
+                self._retry(rows)
+
+        future.add_done_callback(done)
 
     def _track(self, future: asyncio.Future, rows: list | None, covers: int | None = None) -> None:
         """Follow a write: `rows` appended, or a snapshot that `covers` every update up to a seq."""
@@ -388,6 +429,7 @@ class Room:
             exc = fut.exception()
             if exc is None:
                 stats.flushes += 1
+                stats.flushed_updates += len(rows) if rows else 0
                 stats.flush_seconds_total += time.perf_counter() - started
                 if rows:
                     self._unsaved.pop(rows[0][0], None)
@@ -458,9 +500,6 @@ class Room:
 
     async def close(self) -> None:
         """Flush and compact, then wait until every write of this room has committed."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
         self._compact()
         if self._pending:
             self.flush()
@@ -470,8 +509,6 @@ class Room:
     async def drain(self) -> None:
         """Wait until every update accepted so far is committed (pending ones are flushed now)."""
         if self._pending:
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
             self.flush()
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
@@ -490,6 +527,10 @@ def decode_state_vector(sv: bytes) -> dict[int, int]:
         clock, pos = p.read_varuint(sv, pos)
         out[client] = clock
     return out
+
+
+def encode_state_vector(clocks: dict[int, int]) -> bytes:
+    return p.varuint(len(clocks)) + b"".join(p.varuint(client) + p.varuint(clock) for client, clock in clocks.items())
 
 
 def seed_update(markdown: str) -> bytes:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,7 @@ class CollabStats:
         self.oversized_closed = 0
         self.slow_closed = 0
         self.flushes = 0
+        self.flushed_updates = 0
         self.flush_errors = 0
         self.flush_seconds_total = 0.0
         self.compactions = 0
@@ -103,6 +105,8 @@ class RoomManager:
         self.max_document_bytes = max_document_bytes
         self.flush_delay = flush_delay
         self.rooms: dict[str, Room] = {}
+        self._to_flush: list[Room] = []
+        self._flush_handle: asyncio.TimerHandle | None = None
         self._loading: dict[str, asyncio.Task] = {}
         self._unloading: set[asyncio.Task] = set()
         self.by_user: dict[str, set[Connection]] = {}
@@ -192,6 +196,46 @@ class RoomManager:
         self.stats.rooms_loaded += 1
         self._arm_grace(room)  # unloads unless a joiner holds it by then
         return room
+
+    # -- the update log: one group flush for every room ------------------------------------
+    def queue_flush(self, room: Room) -> None:
+        """`room` has pending log rows: write them with every other room's at the end of the
+        window (`flush_delay` after the first of them)."""
+        self._to_flush.append(room)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self.flush_delay, self.flush_rooms)
+
+    def flush_rooms(self) -> None:
+        """Hand the pending rows of every queued room to the writer as one job (one savepoint and
+        one future for all of them: with 500 documents typed in, the per-job cost was most of
+        the cost of logging an update). Rooms past their compaction threshold compact."""
+        self._flush_handle = None
+        rooms, self._to_flush = self._to_flush, []
+        batches = []
+        for room in rooms:
+            room.flush_queued = False
+            rows = room.take_pending()
+            if rows:
+                batches.append((room, rows))
+        if len(batches) == 1:
+            room, rows = batches[0]
+            room._track(self.db.submit(store.append, room.document_id, rows), rows)
+        elif batches:
+            future = self.db.submit(store.append_many, [(room.document_id, rows) for room, rows in batches])
+            started = time.perf_counter()
+            count = sum(len(rows) for _, rows in batches)
+
+            def done(fut: asyncio.Future) -> None:
+                if not fut.cancelled() and fut.exception() is None:
+                    self.stats.flushes += 1
+                    self.stats.flushed_updates += count
+                    self.stats.flush_seconds_total += time.perf_counter() - started
+
+            future.add_done_callback(done)
+            for room, rows in batches:
+                room.written(future, rows)
+        for room in rooms:
+            room.compact_if_due()
 
     def evict(self, document_id: str) -> None:
         """The document was purged (after its commit): its room goes at once, writing nothing —
@@ -360,6 +404,9 @@ class RoomManager:
                 room.grace_timer.cancel()
                 room.grace_timer = None
         await asyncio.gather(*(self._unload(room) for room in rooms if not room.closing), return_exceptions=True)
+        if self._flush_handle is not None:  # every room flushed its own on closing
+            self._flush_handle.cancel()
+            self._flush_handle = None
 
 
 def readings(manager: RoomManager) -> list:
@@ -383,7 +430,9 @@ def readings(manager: RoomManager) -> list:
          lambda: s.slow_closed),
         ("counter", "mdsync_collab_refused", "Sockets refused by the connection limits", lambda: s.refused),
         ("counter", "mdsync_collab_sockets_admitted", "Sockets admitted", lambda: s.connections_total),
-        ("counter", "mdsync_collab_flushes", "Update-log appends committed", lambda: s.flushes),
+        ("counter", "mdsync_collab_flushes", "Update-log appends committed (each one transaction)", lambda: s.flushes),
+        ("counter", "mdsync_collab_flushed_updates", "Updates appended to the update log (÷ flushes: the batch size)",
+         lambda: s.flushed_updates),
         ("counter", "mdsync_collab_flush_errors", "Update-log writes that failed", lambda: s.flush_errors),
         ("counter", "mdsync_collab_flush_seconds", "Time from handing updates to the writer to their commit",
          lambda: s.flush_seconds_total),

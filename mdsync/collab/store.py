@@ -77,6 +77,12 @@ def append(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | None]]) 
     )
 
 
+def append_many(tx: Tx, batches: list[tuple[str, list[tuple[int, bytes, str | None]]]]) -> None:
+    """`append` for several documents in one job: (document id, rows) pairs."""
+    for document_id, rows in batches:
+        append(tx, document_id, rows)
+
+
 def compact(tx: Tx, document_id: str, seq: int, state: bytes) -> None:
     """Replace the log up to `seq` by one snapshot, in one transaction (the job's savepoint)."""
     tx.execute(

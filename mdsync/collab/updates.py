@@ -193,19 +193,32 @@ def _content_length(r: _Reader, ref: int) -> int:
 
 class Covered(NamedTuple):
     """What an update carries: per client, the clock right after its last struct (not counting
-    skips), and the (start, end) clock ranges its delete set names."""
+    skips), and the (start, end) clock ranges its delete set names; per client, the first clock
+    of its structs."""
     ends: dict[int, int]
     deleted: dict[int, list[tuple[int, int]]]
+    starts: dict[int, int]
+
+
+class NotApplied(ProtocolError):
+    """pycrdt refused an update that passed `check`: it may have integrated part of it, only
+    structs of `covered.starts`' clients from those clocks on."""
+
+    def __init__(self, message: str, covered: Covered):
+        super().__init__(message)
+        self.covered = covered
 
 
 def check(update: bytes) -> Covered:
     """Read all of a v1 update; raise ProtocolError for anything `apply` must not hand to pycrdt."""
     r = _Reader(update)
     ends: dict[int, int] = {}
+    starts: dict[int, int] = {}
     for _ in range(r.uint()):
         count = r.uint()
         client = r.client()
         clock = r.clock()
+        starts[client] = min(clock, starts.get(client, clock))
         end = None
         for _ in range(count):
             info = r.byte()
@@ -243,21 +256,21 @@ def check(update: bytes) -> Covered:
             ranges.append((start, start + length))
     if r.pos != len(update):
         raise ProtocolError("bytes after the update")
-    return Covered(ends, deleted)
+    return Covered(ends, deleted, starts)
 
 
 def apply(doc: Doc, update: bytes) -> None:
     """Apply a client's update to `doc` after `check`. Raises ProtocolError (a ValueError) when
-    refused; pycrdt may then have integrated part of it (compare `doc.get_state()` from before)."""
-    check(update)
+    refused: NotApplied when pycrdt refused it, which may have integrated part of it."""
+    covered = check(update)
     try:
         doc.apply_update(update)
     except (ValueError, RuntimeError) as exc:
-        raise ProtocolError(f"the update does not apply: {exc}") from None
+        raise NotApplied(f"the update does not apply: {exc}", covered) from None
     except BaseException as exc:
         if type(exc).__name__ != "PanicException":   # pyo3's, made on the first Rust panic
             raise
-        raise ProtocolError("the update does not apply") from None
+        raise NotApplied("the update does not apply", covered) from None
 
 
 def struct_ends(update: bytes) -> dict[int, int]:
