@@ -9,8 +9,10 @@ cost of a small request (bench/README.md, "REST per-request cost"). A line waits
 exit (logging's shutdown flushes every handler) and when `mdsync serve` stops.
 
 The access line of each request is made without a `LogRecord` when the logging is the one
-`configure` set up (JSON lines to one `BufferedHandler`): the same line, a third of the cost. Any
-other logging setup (a test's, an embedding application's) gets ordinary records.
+`configure` set up (JSON lines to one `BufferedHandler`): the request keeps its fields (a tuple)
+in the buffer, and the flusher makes them into the very line `JsonFormatter.format` would make of
+the record, in its batch, off the request's path. Any other logging setup (a test's, an embedding
+application's) gets ordinary records.
 """
 
 from __future__ import annotations
@@ -85,7 +87,8 @@ class BufferedHandler(logging.StreamHandler):
     def __init__(self, stream=None, flush_seconds: float = FLUSH_SECONDS):
         super().__init__(stream)
         self.flush_seconds = flush_seconds
-        self._lines: list[str] = []
+        # formatted lines, and the fields of access lines (tuples) still to format, in order
+        self._lines: list[str | tuple] = []
         self._pending = threading.Event()
         threading.Thread(target=self._flusher, name="log-flusher", daemon=True).start()
 
@@ -106,12 +109,23 @@ class BufferedHandler(logging.StreamHandler):
         elif not self._pending.is_set():  # once per batch: set() takes the event's lock and wakes a thread
             self._pending.set()
 
+    def emit_access(self, fields: tuple) -> None:
+        """Buffer an access line by its fields (`JsonFormatter.access_line`'s arguments): it is
+        formatted when the batch is written."""
+        with self.lock:
+            self._lines.append(fields)
+        if not self._pending.is_set():
+            self._pending.set()
+
     def flush(self) -> None:
         with self.lock:
             lines, self._lines = self._lines, []
             if lines and self.stream is not None:
+                formatter = self.formatter if isinstance(self.formatter, JsonFormatter) else _ACCESS_FORMATTER
                 try:
-                    self.stream.write("".join(lines))
+                    self.stream.write("".join(
+                        line if line.__class__ is str else formatter.access_line(*line) + self.terminator
+                        for line in lines))
                 except Exception:  # a closed or broken stderr: nothing better to do with the lines
                     pass
             if self.stream is not None and hasattr(self.stream, "flush"):
@@ -130,6 +144,7 @@ class BufferedHandler(logging.StreamHandler):
 
 # the handler `configure` installed with the JSON format: access lines go to it without records
 _json_handler: BufferedHandler | None = None
+_ACCESS_FORMATTER = JsonFormatter()  # for access lines buffered before a handler's formatter changed
 
 
 def configure(level: str = "info", fmt: str = "json") -> None:
@@ -175,9 +190,8 @@ class AccessLogger(AbstractAccessLogger):
         duration_ms = round(time * 1000, 2)
         handler = _direct_handler(self.logger)
         if handler is not None and self.logger.name == ACCESS_LOGGER:
-            # the line `JsonFormatter.format` would make of the record below, made directly
-            handler.emit_line(handler.formatter.access_line(
-                _now(), request_id_var.get(), method, path, status, duration_ms, request.remote) + handler.terminator)
+            # the line `JsonFormatter.format` would make of the record below, made in the batch
+            handler.emit_access((_now(), request_id_var.get(), method, path, status, duration_ms, request.remote))
             return
         # the record is made directly: Logger.info would walk the stack for a caller nobody reads
         record = logging.LogRecord(self.logger.name, logging.INFO, __file__, 0, "%s %s %s", (method, path, status),
