@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -121,6 +122,14 @@ def _wrap(spec: RouteSpec) -> Handler:
 
     handler.__name__ = spec.handler.__name__
     return handler
+
+
+def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer, as `web.json_response` makes it (application/json; charset=utf-8) but
+    encoded by orjson: ~15x faster than json.dumps on GET /me's body, a tenth of that request's
+    cost (bench/README.md "REST per-request cost"). UTF-8 rather than \\u escapes, no spaces."""
+    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json",
+                        charset="utf-8")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -7,7 +7,7 @@ from aiohttp import web
 from mdsync import clock
 from mdsync.api.errors import ValidationFailed
 from mdsync.api.pagination import page
-from mdsync.api.routing import PRINCIPAL, Routes
+from mdsync.api.routing import PRINCIPAL, Routes, json_response
 from mdsync.auth import models as m
 from mdsync.auth import store
 from mdsync.auth.service import AuthService
@@ -90,8 +90,8 @@ async def revoke_session(request: web.Request) -> web.Response:
 @routes.get("/api/v1/me", "The caller's profile", response=m.UserOut)
 async def me(request: web.Request) -> web.Response:
     p = request[PRINCIPAL]  # its user row was read for this request (authentication): no second read
-    return web.json_response(store.user_json({"id": p.user_id, "email": p.email, "name": p.name,
-                                              "is_admin": p.is_admin, "created_at": p.user_created_at}))
+    return json_response(store.user_json({"id": p.user_id, "email": p.email, "name": p.name,
+                                          "is_admin": p.is_admin, "created_at": p.user_created_at}))
 
 
 @routes.patch("/api/v1/me", "Change name or email (the email with current_password)", body=m.ProfileIn,
