@@ -869,3 +869,55 @@ async def test_a_pass_reads_only_the_files_whose_mtime_or_size_changed(server, h
     (root / "F3.md").write_text("file X\n")  # the same size: its mtime tells
     assert await asyncio.to_thread(engine.sync_once, root.resolve(), None, None, user.pat, Report(quiet=True)) == 0
     assert reads == ["F3.md"] and await user.content(ids[3]) == "file X\n"
+
+
+async def test_an_offline_edit_merges_the_same_way_past_the_etag_retention(server_process, http, tmp_path):
+    # the client merges by Yjs state vectors, never by ETag: how long it stayed offline is no matter
+    first = server_process(tmp_path / "data", {"MDSYNC_AUTH__REGISTRATION": "open",
+                                               "MDSYNC_SYNC__ETAG_RETENTION_DAYS": "0.00001"})  # under a second
+    user = await new_user(first, http)
+    doc_id = await user.doc("Old", None, "one\n\ntwo\n\nthree\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=first, workspace="Notes").returncode == 0
+    async with http.get(user.url(f"/documents/{doc_id}/content"), headers={"Authorization": f"Bearer {user.access}"}) as resp:
+        etag = resp.headers["ETag"]  # what a PUT-based client would have kept
+    await user.call("PUT", f"/documents/{doc_id}/content", 200, data="one\n\ntwo\n\nthree remote\n",
+                    headers={"Content-Type": "text/markdown"})
+    (root / "Old.md").write_text("one local\n\ntwo\n\nthree\n")
+    await asyncio.sleep(2)
+    # the served state of the ETag the file was synced at is gone: a PUT based on it is refused now
+    await user.call("PUT", f"/documents/{doc_id}/content", 412, data="x\n",
+                    headers={"Content-Type": "text/markdown", "If-Match": etag})
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert (root / "Old.md").read_text() == await user.content(doc_id) == "one local\n\ntwo\n\nthree remote\n"
+
+
+async def test_watch_pushes_a_save_of_tracked_files_without_a_full_pass(server, http, tmp_path, monkeypatch):
+    from mdsync.syncclient import engine
+    from mdsync.syncclient.report import Report
+    user = await new_user(server, http)
+    doc_id = await user.doc("Quick", None, "one\n\ntwo\n")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    await user.call("PUT", f"/documents/{doc_id}/content", 200, data="one\n\ntwo remote\n",
+                    headers={"Content-Type": "text/markdown"})
+    (root / "Quick.md").write_text("one saved\n\ntwo\n")
+    (root / "New.md").write_text("new\n")
+    report = Report(as_json=True)
+    # a file no document has yet needs the full pass (nothing is done here)
+    assert not await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, {"Quick.md", "New.md"})
+    assert (root / "Quick.md").read_text() == "one saved\n\ntwo\n"
+    tree_reads = []
+    real = engine.Api.json
+
+    def json_(self, method, path, payload=None, **kw):
+        tree_reads.extend([path] if path.endswith("/tree") else [])
+        return real(self, method, path, payload, **kw)
+
+    monkeypatch.setattr(engine.Api, "json", json_)
+    assert await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, {"Quick.md"})
+    assert tree_reads == []
+    assert (root / "Quick.md").read_text() == await user.content(doc_id) == "one saved\n\ntwo remote\n"
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0 and [(a["action"], a["path"]) for a in actions(result)] == [("create", "New.md")]

@@ -1,8 +1,10 @@
 """`mdsync sync DIR --watch`: passes (engine.py) until SIGINT or SIGTERM. A pass runs when files
 under DIR changed and then stayed quiet (watchfiles, debounced: an editor saving through a temp
 file and a rename is one change), or when the change feed (long-polled in a thread) reports a
-change in the workspace. A signal lets the pass in flight finish (its state is committed step by
-step), then the loop ends with exit 0."""
+change in the workspace. When all that changed is tracked documents' files saved here, only those
+are pushed and merged (`engine.sync_files`: no tree, no walk of DIR), else a full pass runs. A
+signal lets the pass in flight finish (its state is committed step by step), then the loop ends
+with exit 0."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import watchfiles
 
 from mdsync.syncclient import layout
-from mdsync.syncclient.engine import sync_once
+from mdsync.syncclient.engine import sync_files, sync_once
 from mdsync.syncclient.http import Api, HttpError, Unauthorized
 from mdsync.syncclient.report import Report
 from mdsync.syncclient.state import STATE_DIR, State
@@ -23,15 +25,22 @@ POLL_WAIT = 25       # seconds of one long-poll of the change feed
 RETRY_AFTER = 2.0    # seconds before a pass that failed as a whole (server down) is tried again
 
 
-def _relevant(root: Path, changes: set[tuple[watchfiles.Change, str]]) -> bool:
-    for _, raw in changes:
+def _relevant(root: Path, changes: set[tuple[watchfiles.Change, str]]) -> tuple[bool, set[str] | None]:
+    """(anything to sync, the files saved when that is all that changed: else None)."""
+    relevant, saved = False, set()
+    for change, raw in changes:
         rel = Path(raw).relative_to(root)
         if rel.parts and rel.parts[0] == STATE_DIR:
             continue
         if any(layout.ignored(part) for part in rel.parts):
             continue
-        return True
-    return False
+        relevant = True
+        if (saved is not None and change != watchfiles.Change.deleted and rel.name.endswith(layout.SUFFIX)
+                and rel.parts[0] != "_attachments" and (root / rel).is_file()):
+            saved.add(rel.as_posix())
+        else:
+            saved = None
+    return relevant, saved if relevant else None
 
 
 class FeedWatcher(threading.Thread):
@@ -74,6 +83,16 @@ def _pass(root: Path, server, workspace, token: str, report: Report, stop: threa
     return True
 
 
+def _files(root: Path, token: str, report: Report, saved: set[str]) -> bool:
+    """Only the files saved here; False when a full pass is needed instead."""
+    try:
+        done = sync_files(root, token, report, saved)
+    except HttpError:
+        return False
+    report.failed.clear()
+    return done
+
+
 def watch(root: Path, server: str | None, workspace: str | None, token: str, report: Report) -> int:
     """Passes until a signal; 0 then (Refused and UsageError go to the caller as for one pass)."""
     stop, wake = threading.Event(), threading.Event()
@@ -101,12 +120,17 @@ def watch(root: Path, server: str | None, workspace: str | None, token: str, rep
                                         yield_on_timeout=True, rust_timeout=200, raise_interrupt=False):
             if stop.is_set():
                 break
-            if changes and _relevant(root, changes):
-                dirty = True
+            saved = None
+            if changes:
+                relevant, saved = _relevant(root, changes)
+                if relevant and (dirty or saved is None):
+                    dirty, saved = True, None
             if feed.changed.is_set():
                 feed.changed.clear()
-                dirty = True
-            if dirty:
+                dirty, saved = True, None
+            if saved and not dirty and _files(root, token, report, saved):
+                continue
+            if dirty or saved:
                 dirty = not _pass(root, server, workspace, token, report, stop)
     finally:
         stop.set()
