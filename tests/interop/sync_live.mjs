@@ -1,8 +1,13 @@
-// A live y-websocket client beside `mdsync sync` (tests/test_sync_client.py):
+// A live y-websocket client beside `mdsync sync` (tests/test_sync_client.py, bench/sync_bench.py):
 //   node sync_live.mjs edit '{"url", "doc", "token", "after", "insert", "expect": [..]}'
 // connects, inserts `insert` right after the first `after` in Y.Text('markdown'), then stays
 // connected until its text holds every string of `expect` (what the sync CLI pushes meanwhile)
-// and prints its final text. Command line, time limit, output: harness.mjs.
+// and prints its final text.
+//   node sync_live.mjs observe '{"url", "doc", "token", "count"}'
+// connects, prints {"ready": true} once synced, then {"marker": k, "at": ms since the epoch} the
+// moment each new marker ⟦k⟧ appears in the text, and ends after `count` markers with {"seen"}.
+// Command line, time limit, output: harness.mjs.
+import { performance } from 'node:perf_hooks'
 import { cfg, client, done, run, until } from './harness.mjs'
 
 async function edit () {
@@ -17,4 +22,25 @@ async function edit () {
   done({ text })
 }
 
-run({ edit })
+async function observe () {
+  const c = client(cfg.token)
+  await until(() => c.synced, 20000, 'sync')
+  const seen = new Set()
+  const look = () => {
+    const now = performance.timeOrigin + performance.now()
+    for (const m of c.text.toString().matchAll(/⟦(\d+)⟧/g)) {
+      if (!seen.has(m[1])) {
+        seen.add(m[1])
+        console.log(JSON.stringify({ marker: Number(m[1]), at: now }))
+      }
+    }
+  }
+  look()
+  c.text.observe(look)
+  console.log(JSON.stringify({ ready: true }))
+  await until(() => seen.size >= cfg.count, cfg.timeoutMs || 60000, 'every marker')
+  c.provider.destroy()
+  done({ seen: seen.size })
+}
+
+run({ edit, observe })
