@@ -352,6 +352,35 @@ async def test_pat_expiry_and_delete(client):
     await problem(resp, 404, "not-found")
 
 
+async def test_pat_last_used_at_is_kept_to_the_minute(client):
+    account = await register(client)
+    pat = await create_pat(client, account)
+
+    async def last_used() -> str | None:
+        listing = await (await client.get("/api/v1/me/tokens", headers=account.headers)).json()
+        return next(t["last_used_at"] for t in listing["items"] if t["id"] == pat["id"])
+
+    async def settled(previous: str | None) -> str | None:  # the touch is a queued write
+        for _ in range(100):
+            if (now := await last_used()) != previous:
+                return now
+            await asyncio.sleep(0.01)
+        return previous
+
+    assert await last_used() is None
+    assert await me_status(client, pat["token"]) == 200
+    first = await settled(None)
+    assert first is not None
+    clock.advance(30)
+    assert await me_status(client, pat["token"]) == 200
+    await asyncio.sleep(0.1)
+    assert await last_used() == first  # within the minute: not written again
+    clock.advance(31)
+    assert await me_status(client, pat["token"]) == 200
+    second = await settled(first)
+    assert second is not None and second > first
+
+
 async def test_pat_of_another_user_cannot_be_deleted(client):
     owner = await register(client)
     pat = await create_pat(client, owner)

@@ -105,13 +105,17 @@ def is_head(request: web.BaseRequest) -> bool:
 
 
 def _wrap(spec: RouteSpec) -> Handler:
+    # what every call asks of the spec, asked once
+    authenticated, optional, key_header = spec.auth != "none", spec.auth == "optional", spec.key_header
+    needs_write = spec.needs_write_scope
+
     async def handler(request: web.Request) -> web.StreamResponse:
         request[ROUTE_SPEC] = spec
-        if spec.auth != "none":
-            principal = await request.app[AUTHENTICATOR].authenticate(request, optional=spec.auth == "optional",
-                                                                       key_header=spec.key_header)
+        if authenticated:
+            principal = await request.app[AUTHENTICATOR].authenticate(request, optional=optional,
+                                                                       key_header=key_header)
             request[PRINCIPAL] = principal
-            if principal is not None and spec.needs_write_scope and not principal.can_write:
+            if needs_write and principal is not None and not principal.can_write:
                 raise errors.Forbidden("this token has the read scope only")
         kwargs: dict[str, Any] = {}
         if spec.body is not None:

@@ -7,6 +7,7 @@ import hmac
 import ipaddress
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -24,6 +25,30 @@ from mdsync.hooks import Hooks
 log = logging.getLogger("mdsync.auth")
 BAD_CREDENTIALS = "the email or password is incorrect"
 ACCOUNT_WINDOW = 15 * 60
+
+_SCOPE_LISTS: dict[str, tuple[str, ...]] = {}  # the few distinct `scopes` texts, parsed once each
+
+
+def _scopes(text: str) -> tuple[str, ...]:
+    scopes = _SCOPE_LISTS.get(text)
+    if scopes is None:
+        scopes = tuple(json.loads(text))
+        if len(_SCOPE_LISTS) < 64:
+            _SCOPE_LISTS[text] = scopes
+    return scopes
+
+
+_minute_ago = (-1, "")  # (whole second, clock.iso 60 s before it): formatted once a second
+
+
+def _a_minute_ago() -> str:
+    """clock.iso() of a minute ago, to the second: compared as text with the stored timestamps."""
+    global _minute_ago
+    second = int(clock.timestamp())
+    if _minute_ago[0] != second:
+        _minute_ago = (second, clock.iso(datetime.fromtimestamp(second - 60, UTC)))
+    return _minute_ago[1]
+
 
 class AuthService:
     def __init__(self, db: Database, settings: Settings, secret: str, hooks: Hooks):
@@ -101,10 +126,11 @@ class AuthService:
         if row["expires_at"] and row["expires_at"] <= clock.iso():
             return None
         # last_used_at to the minute is enough; do not queue a write for every request
-        if not row["last_used_at"] or clock.parse(row["last_used_at"]).timestamp() < clock.timestamp() - 60:
+        last_used = row["last_used_at"]
+        if not last_used or last_used < _a_minute_ago():
             self.db.submit(store.touch_api_token, row["id"])
         return Principal(row["user_id"], row["name"], row["email"], bool(row["is_admin"]),
-                         token_id=row["id"], scopes=tuple(json.loads(row["scopes"])),
+                         token_id=row["id"], scopes=_scopes(row["scopes"]),
                          expires_at=clock.parse(row["expires_at"]).timestamp() if row["expires_at"] else None,
                          user_created_at=row["created_at"])
 
