@@ -57,14 +57,20 @@ async def test_a_failing_shared_flush_fails_only_for_its_own_room(client, monkey
     alice = await register(client)
     rooms = await open_rooms(app, alice.id, 3)
     bad = rooms[1].document_id
-    append = store.append
+    append, append_many = store.append, store.append_many
 
     def refuse_one_document(tx, document_id, rows):
         if document_id == bad:
             raise sqlite3.IntegrityError("simulated: these rows never reach the log")
         return append(tx, document_id, rows)
 
+    def refuse_with_it(tx, batches):
+        if any(document_id == bad for document_id, _ in batches):
+            raise sqlite3.IntegrityError("simulated: one document's rows conflict")
+        return append_many(tx, batches)
+
     monkeypatch.setattr(store, "append", refuse_one_document)
+    monkeypatch.setattr(store, "append_many", refuse_with_it)
     for n, room in enumerate(rooms):
         room.edit(lambda text, n=n: text.insert(0, f"edit {n} "), alice.id)
     await saved(rooms)  # the bad room's update is saved by the snapshot written instead
@@ -100,3 +106,23 @@ async def test_documents_due_together_are_projected_in_one_writer_job(make_clien
     assert jobs == [[room.document_id for room in rooms]]
     for room in rooms:
         app[ROOMS].release(room)
+
+
+async def test_an_acknowledgement_waited_for_flushes_without_waiting_out_the_window(make_client):
+    client = await make_client(collab__flush_delay_seconds=0.5)
+    app = client.server.app
+    alice = await register(client)
+    quiet, acked = await open_rooms(app, alice.id, 2)
+    manager = app[ROOMS]
+    quiet.edit(lambda text: text.insert(0, "typed "), alice.id)
+    assert isinstance(manager._flush_handle, asyncio.TimerHandle)  # nobody waits: the window runs
+    acked.edit(lambda text: text.insert(0, "acked "), alice.id)
+    done = asyncio.get_running_loop().create_future()
+    acked.when_saved(lambda: done.set_result(None))  # what a Hocuspocus update does (SyncStatus)
+    assert not isinstance(manager._flush_handle, asyncio.TimerHandle)  # flushed on the next loop turn
+    async with asyncio.timeout(10):
+        await done
+    assert await doc_text_in_db(app, acked.document_id) == "acked doc 1\n"
+    assert await doc_text_in_db(app, quiet.document_id) == "typed doc 0\n"  # went along in that flush
+    for room in (quiet, acked):
+        manager.release(room)

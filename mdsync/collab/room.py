@@ -348,6 +348,8 @@ class Room:
         if waiting is None:
             waiting = self._when_saved = collections.deque()
         waiting.append((self.seq, callback))
+        if self.flush_queued:
+            self.manager.hurry()
 
     def _saved(self) -> None:
         waiting = self._when_saved

@@ -106,7 +106,9 @@ class RoomManager:
         self.flush_delay = flush_delay
         self.rooms: dict[str, Room] = {}
         self._to_flush: list[Room] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
+        self._log_writes = 0     # group flushes handed to the writer and not settled yet
+        self._hurry = False      # someone waits for an acknowledgement: flush once the writer is free
         self._loading: dict[str, asyncio.Task] = {}
         self._unloading: set[asyncio.Task] = set()
         self.by_user: dict[str, set[Connection]] = {}
@@ -205,6 +207,27 @@ class RoomManager:
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(self.flush_delay, self.flush_rooms)
 
+    def hurry(self) -> None:
+        """A client waits for the commit of pending rows (a Hocuspocus SyncStatus): flush now
+        if the writer has no update-log write of ours in hand, else as soon as it settles. The
+        window is for sockets nobody acknowledges (y-websocket); waiting it out would cap each
+        acknowledged writer at one update per window. Under load the rows arriving while one
+        flush commits make the next batch."""
+        if not self._to_flush:
+            return
+        if self._log_writes:
+            self._hurry = True
+        elif self._flush_handle is None or isinstance(self._flush_handle, asyncio.TimerHandle):
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush_rooms)
+
+    def _log_written(self, _future: asyncio.Future) -> None:
+        self._log_writes -= 1
+        if self._hurry and not self._log_writes:
+            self._hurry = False
+            self.hurry()
+
     def flush_rooms(self) -> None:
         """Hand the pending rows of every queued room to the writer as one job (one savepoint and
         one future for all of them: with 500 documents typed in, the per-job cost was most of
@@ -219,7 +242,8 @@ class RoomManager:
                 batches.append((room, rows))
         if len(batches) == 1:
             room, rows = batches[0]
-            room._track(self.db.submit(store.append, room.document_id, rows), rows)
+            future = self.db.submit(store.append, room.document_id, rows)
+            room._track(future, rows)
         elif batches:
             future = self.db.submit(store.append_many, [(room.document_id, rows) for room, rows in batches])
             started = time.perf_counter()
@@ -234,6 +258,9 @@ class RoomManager:
             future.add_done_callback(done)
             for room, rows in batches:
                 room.written(future, rows)
+        if batches:
+            self._log_writes += 1
+            future.add_done_callback(self._log_written)
         for room in rooms:
             room.compact_if_due()
 

@@ -78,9 +78,12 @@ def append(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | None]]) 
 
 
 def append_many(tx: Tx, batches: list[tuple[str, list[tuple[int, bytes, str | None]]]]) -> None:
-    """`append` for several documents in one job: (document id, rows) pairs."""
-    for document_id, rows in batches:
-        append(tx, document_id, rows)
+    """`append` for several documents in one statement: (document id, rows) pairs."""
+    now = clock.iso()
+    tx.executemany(
+        "INSERT INTO doc_updates (document_id, seq, data, user_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(document_id, seq, data, user_id, now) for document_id, rows in batches for seq, data, user_id in rows],
+    )
 
 
 def compact(tx: Tx, document_id: str, seq: int, state: bytes) -> None:
