@@ -6,9 +6,11 @@ answering the same JSON, in interleaved rounds of one run; medians and ratios.
 
 mdsync runs with its default log level (info: every request writes its access-log line) and the
 default middlewares; the bare handler has no middleware and no access log. With `--profile`, one
-extra JWT round runs under `py-spy record` (needs py-spy in the venv and ptrace rights) and the
-top frames (own time and inclusive) are printed. Needs `wrk` on PATH. Every process it starts is
-stopped by its pid; every loop is bounded in count and time.
+extra round (`--profile-token jwt|pat`) runs under `py-spy record` (`pip install -e '.[bench]'`;
+needs ptrace rights) and the top frames of the event-loop thread (own time and inclusive) are
+printed: worker threads idling in their queues are left out, and py-spy pauses the process for
+each sample (its default), so every stack is whole. Needs `wrk` on PATH (Debian's `wrk`). Every
+process it starts is stopped by its pid; every loop is bounded in count and time.
 """
 
 from __future__ import annotations
@@ -53,13 +55,14 @@ def wrk(url: str, token: str | None, threads: int, connections: int, duration: i
 
 
 def top_frames(raw: Path, count: int = 15) -> str:
-    """Own-time and inclusive top frames of a py-spy `--format raw` (collapsed stacks) file."""
+    """Own-time and inclusive top frames of the event-loop thread in a py-spy `--format raw`
+    (collapsed stacks) file: stacks that start in a worker thread are left out."""
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        if not stack or not samples.isdigit():
+        if not stack or not samples.isdigit() or stack.startswith("Thread._bootstrap") or "Runner.run" not in stack:
             continue
         n = int(samples)
         total += n
@@ -67,7 +70,9 @@ def top_frames(raw: Path, count: int = 15) -> str:
         own[frames[-1]] += n
         for frame in set(frames):
             inclusive[frame] += n
-    lines = [f"{total} samples", "", "own time:"]
+    if not total:
+        return "py-spy recorded no sample of the event-loop thread"
+    lines = [f"{total} samples of the event-loop thread", "", "own time:"]
     lines += [f"  {n / total:6.1%}  {f}" for f, n in own.most_common(count)]
     lines += ["", "inclusive:"]
     lines += [f"  {n / total:6.1%}  {f}" for f, n in inclusive.most_common(count * 2)]
@@ -76,9 +81,9 @@ def top_frames(raw: Path, count: int = 15) -> str:
 
 def profile(pid: int, url: str, token: str, out_dir: Path, args) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
-    raw = out_dir / "rest-me-jwt.txt"
+    raw = out_dir / f"rest-me-{args.profile_token}.txt"
     spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid),
-                            "--format", "raw", "--rate", "250", "--duration", str(args.duration), "--nonblocking",
+                            "--format", "raw", "--rate", "250", "--duration", str(args.duration),
                             "--output", str(raw)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wrk(url, token, args.threads, args.connections, args.duration, pid)
@@ -105,7 +110,8 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--profile", type=Path, help="directory for the py-spy output of one extra JWT round")
+    parser.add_argument("--profile", type=Path, help="directory for the py-spy output of one extra round")
+    parser.add_argument("--profile-token", choices=("jwt", "pat"), default="jwt")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -129,8 +135,10 @@ def main() -> None:
                 rps, us = wrk(url, token, args.threads, args.connections, args.duration, pid)
                 runs[name].append(rps)
                 cpu[name].append(us)
+        load.append(os.getloadavg()[0])
         print(f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
-              f"1-min load average {min(load):.1f}-{max(load):.1f} ({os.cpu_count()} cpus)")
+              f"1-min load average {min(load):.1f}-{max(load):.1f} ({os.cpu_count()} cpus; other work on the "
+              "machine shares them)")
         print("| target | req/s per round | median req/s | req/s ratio vs bare | server CPU µs/request (median) "
               "| CPU ratio vs bare |")
         print("|---|---|---:|---:|---:|---:|")
@@ -141,7 +149,7 @@ def main() -> None:
                   f"| {ratio:.2f} | {statistics.median(cpu[name]):.0f} | {cpu_ratio:.2f} |")
         if args.profile:
             print()
-            print(profile(server.pid, me, jwt, args.profile, args))
+            print(profile(server.pid, me, jwt if args.profile_token == "jwt" else pat, args.profile, args))
     finally:
         for s in servers:
             s.stop()
