@@ -3,7 +3,7 @@
 - `serve.py`       serve, migrate
 - `users.py`       users create / list / disable / enable / reset-password / set-admin / delete
 - `workspaces.py`  workspaces list / create / add-member / remove-member
-- `ops.py`         backup, restore, doctor
+- `ops.py`         backup, restore, doctor, migrate-db (SQLite → PostgreSQL)
 - `transfer.py`    export, import
 - `versions.py`    versions prune
 - `sync.py`        sync DIR: a folder of .md files in two-way sync with a workspace (a client of
@@ -29,7 +29,7 @@ def main() -> None:
     """mdsync: the self-hosted backend of a collaborative markdown editor."""
 
 
-for command in (serve.serve, serve.migrate, users.users, ops.backup, ops.restore, ops.doctor,
+for command in (serve.serve, serve.migrate, users.users, ops.backup, ops.restore, ops.doctor, ops.migrate_db,
                 workspaces.workspaces, transfer.export_command, transfer.import_command, versions.versions,
                 sync.sync):
     main.add_command(command)

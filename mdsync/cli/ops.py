@@ -76,3 +76,61 @@ def doctor(settings) -> None:
         click.echo(f"{len(failed)} check(s) failed: {', '.join(failed)}")
         sys.exit(1)
     click.echo("all checks passed")
+
+
+@click.command("migrate-db")
+@click.option("--to", "url", required=True, metavar="postgresql://…",
+              help="an empty PostgreSQL database the user owns (its password may come from PGPASSWORD)")
+@settings_options
+def migrate_db(url, settings) -> None:
+    """Copy this data dir's SQLite database into an empty PostgreSQL database.
+
+    Stop the server first. Afterwards set `database.url` to the same URL (config.toml or
+    MDSYNC_DATABASE__URL) and start it again: clients keep their tokens, feed cursors and etags.
+    The SQLite file is left as it was (keep it until you are satisfied).
+    """
+    from mdsync.ops.movedb import MoveError, move
+
+    if not url.startswith(("postgresql://", "postgres://")):
+        fail("--to must be a postgresql:// URL")
+    if settings.database.url is not None:
+        fail("this configuration already uses PostgreSQL (database.url): migrate-db copies from the SQLite "
+             "database of a data dir")
+    if not settings.db_path.exists():
+        fail(f"no database at {settings.db_path}")
+    shown = _TableProgress()
+    try:
+        report = move(settings.db_path, url, shown)
+    except MoveError as exc:
+        fail(str(exc))
+    except Exception as exc:  # psycopg's errors (refused connection, permission): nothing was written
+        fail(f"the copy failed and nothing was committed: {exc}")
+    finally:
+        shown.close()
+    click.echo(f"copied {report.rows} rows in {len(report.tables)} tables to {report.target} "
+               f"(schema {report.schema_version}, counts verified, {report.seconds:.1f} s)")
+    click.echo(f"now set database.url (or MDSYNC_DATABASE__URL) to that URL and start mdsync; "
+               f"{settings.db_path} is unchanged")
+
+
+class _TableProgress:
+    """Per-table progress on stderr: a bar that redraws on a terminal, one line per table elsewhere."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self.table: str | None = None
+
+    def __call__(self, table: str, done: int, total: int) -> None:
+        if self.tty:
+            width = 30
+            filled = width * done // max(total, 1)
+            click.echo(f"\r{table:<24} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True, nl=False)
+            if done >= total:
+                click.echo("", err=True)
+        elif done >= total:
+            progress(f"{table}: {done} rows")
+        self.table = table
+
+    def close(self) -> None:
+        if self.tty and self.table is not None:
+            click.echo("", err=True, nl=False)

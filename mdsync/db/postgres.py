@@ -9,9 +9,10 @@ into psycopg's `%s` (and escapes a literal `%`), once per statement text. Rows a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import psycopg
@@ -143,6 +144,14 @@ class PgTx(Tx):
         cursor = self.conn.cursor()
         cursor.executemany(pg_sql(sql), [tuple(row) for row in rows])
         return cursor
+
+    @contextlib.contextmanager
+    def attempt(self) -> Iterator[None]:
+        if self.conn.info.transaction_status == pq.TransactionStatus.IDLE:
+            yield  # autocommit, outside a transaction (read_only views): each statement stands alone
+            return
+        with super().attempt():
+            yield
 
 
 class PostgresDatabase(Database):

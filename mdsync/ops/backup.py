@@ -6,9 +6,13 @@ block the server's writer, and the snapshot is fixed when the transaction starts
 exactly the commits acknowledged before that moment (and never restarts under a write load,
 which a step-wise backup without it does whenever another connection writes).
 
+On PostgreSQL (`database.url`) the database part is `pg_dump --format=custom` (one consistent
+snapshot, taken while the server runs) as `mdsync.pgdump`; PostgreSQL's client tools must be
+installed. Such a file is restored with `pg_restore` (docs/operations.md "PostgreSQL").
+
 Layout of the tar (optionally gzip-compressed when FILE ends in .gz/.tgz):
     manifest.json   format, versions, sizes, sha256 of the database
-    mdsync.db       the database
+    mdsync.db       the database (SQLite), or mdsync.pgdump (PostgreSQL, pg_dump's custom format)
     secret          the server secret (when it lives in the data dir), so sessions survive a restore
     files/...       local attachments (data_dir/files)
 """
@@ -33,6 +37,7 @@ from mdsync import clock
 FORMAT = "mdsync-backup"
 FORMAT_VERSION = 1
 DB_NAME = "mdsync.db"
+PG_DUMP_NAME = "mdsync.pgdump"
 PAGES_PER_STEP = 4096  # 16 MiB at 4 KiB pages between progress reports
 
 Progress = Callable[[str], None]
@@ -119,18 +124,57 @@ def _walk_files(root: Path) -> list[tuple[Path, int]]:
     return found
 
 
+def pg_tool(name: str) -> str | None:
+    """PostgreSQL's client program `name` (pg_dump, pg_restore): on PATH, else the newest of
+    Debian's /usr/lib/postgresql/*/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                        key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0)
+    return str(candidates[-1]) if candidates else None
+
+
+def dump_postgres(settings, target: Path, progress: Progress | None = None) -> int:
+    """`pg_dump --format=custom` of the configured PostgreSQL database into `target`; returns the
+    schema version."""
+    import subprocess
+
+    from mdsync.db import describe, read_only
+
+    pg_dump = pg_tool("pg_dump")
+    if pg_dump is None:
+        raise BackupError("pg_dump is not installed: install PostgreSQL's client tools (Debian: postgresql-client, "
+                          "the server's major version or newer) or back the database up with your provider's tools")
+    with read_only(settings) as tx:
+        schema = tx.value("SELECT max(version) FROM schema_migrations") or 0
+    if progress is not None:
+        progress(f"database: pg_dump of {describe(settings)}")
+    done = subprocess.run([pg_dump, "--format=custom", "--no-owner", "--no-privileges", "--file", str(target),
+                           "--dbname", settings.database.url], capture_output=True, text=True,
+                          env={**os.environ, "PGCONNECT_TIMEOUT": "10"})
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        raise BackupError(f"pg_dump failed: {why}")
+    return schema
+
+
 def create_backup(settings, dest: Path, progress: Progress | None = None) -> dict:
     """Write the backup tar to `dest` (atomically: a partial file never carries the final name)."""
-    if not settings.db_path.exists():
+    postgres = settings.engine == "postgresql"
+    if not postgres and not settings.db_path.exists():
         raise BackupError(f"no database at {settings.db_path}: nothing to back up")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{dest.name}.partial-{secrets.token_hex(4)}"
     staging.mkdir(mode=0o700)
     try:
-        copy = staging / DB_NAME
+        copy = staging / (PG_DUMP_NAME if postgres else DB_NAME)
         started = time.monotonic()
-        schema = snapshot_database(settings.db_path, copy, progress)
+        if postgres:
+            schema = dump_postgres(settings, copy, progress)
+        else:
+            schema = snapshot_database(settings.db_path, copy, progress)
         attachments = _walk_files(files_dir(settings))
         secret_file = settings.data_dir / "secret"
         include_secret = not settings.server.secret and secret_file.is_file()
@@ -140,7 +184,8 @@ def create_backup(settings, dest: Path, progress: Progress | None = None) -> dic
             "mdsync_version": _mdsync_version(),
             "created_at": clock.iso(),
             "schema_version": schema,
-            "database": {"name": DB_NAME, "bytes": copy.stat().st_size, "sha256": _sha256(copy)},
+            "database": {"name": copy.name, "engine": settings.engine, "bytes": copy.stat().st_size,
+                         "sha256": _sha256(copy)},
             "files": {"count": len(attachments), "bytes": sum(size for _, size in attachments)},
             "secret": include_secret,
         }
@@ -152,7 +197,7 @@ def create_backup(settings, dest: Path, progress: Progress | None = None) -> dic
         with tarfile.open(partial, "w:gz" if compress else "w", format=tarfile.PAX_FORMAT, copybufsize=1 << 20,
                           **compress) as tar:
             _add_bytes(tar, "manifest.json", json.dumps(manifest, indent=2).encode())
-            tar.add(copy, arcname=DB_NAME, recursive=False)
+            tar.add(copy, arcname=copy.name, recursive=False)
             if include_secret:
                 tar.add(secret_file, arcname="secret", recursive=False)
             written, total = 0, manifest["files"]["bytes"]
@@ -192,7 +237,7 @@ def _safe_member_path(name: str) -> PurePosixPath | None:
     path = PurePosixPath(name)
     if path.is_absolute() or ".." in path.parts or not path.parts:
         return None
-    if path.parts[0] not in ("manifest.json", DB_NAME, "secret", "files"):
+    if path.parts[0] not in ("manifest.json", DB_NAME, PG_DUMP_NAME, "secret", "files"):
         return None
     if path.parts[0] != "files" and len(path.parts) != 1:
         return None
@@ -222,6 +267,10 @@ def extract_backup(path: Path, staging: Path, progress: Progress | None = None) 
     report = _Reporter(progress)
     total = manifest.get("database", {}).get("bytes", 0) + manifest.get("files", {}).get("bytes", 0)
     done = 0
+    if manifest.get("database", {}).get("name") == PG_DUMP_NAME:
+        raise BackupError(f"{path} holds a PostgreSQL database ({PG_DUMP_NAME}, pg_dump's custom format): restore it "
+                          f"with pg_restore into an empty PostgreSQL database (docs/operations.md \"PostgreSQL\") "
+                          f"and its files/ into the data dir")
     with tarfile.open(path, "r:*") as tar:
         for member in tar:
             if member.name == "manifest.json":
@@ -257,8 +306,8 @@ def backup_before_migrate(settings, progress: Progress | None = None) -> Path | 
     into data_dir/backups/ (returns the file, or None when nothing was pending)."""
     from mdsync.db.migrate import available
 
-    if not settings.db_path.exists():
-        return None
+    if settings.engine == "postgresql" or not settings.db_path.exists():
+        return None  # PostgreSQL: the operator's own backups (or `mdsync backup`) come before an upgrade
     conn = sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True)
     try:
         try:

@@ -63,7 +63,7 @@ def _disk(settings) -> Check:
     path = settings.data_dir if settings.data_dir.exists() else Path(".")
     usage = shutil.disk_usage(path)
     free_mib = usage.free // (1 << 20)
-    db_bytes = settings.db_path.stat().st_size if settings.db_path.exists() else 0
+    db_bytes = settings.db_path.stat().st_size if settings.engine == "sqlite" and settings.db_path.exists() else 0
     # a backup or VACUUM INTO needs about the database's size again
     needed = max(MIN_FREE_BYTES, db_bytes)
     if usage.free < needed:
@@ -71,9 +71,52 @@ def _disk(settings) -> Check:
     return Check("disk", "PASS", f"{free_mib} MiB free ({100 * usage.free // usage.total}% of the disk)")
 
 
-def _database(settings) -> list[Check]:
+def _migrations(done: set[int], engine: str) -> Check:
     from mdsync.db.migrate import available
 
+    known = {m.version for m in available(engine)}
+    newest = max(known, default=0)
+    if done and max(done) > newest:
+        return Check("migrations", "FAIL", f"database schema {max(done)} is newer than this mdsync ({newest}): "
+                                           "upgrade mdsync")
+    if known - done:
+        return Check("migrations", "FAIL", f"{len(known - done)} pending (run `mdsync migrate` or start the server)")
+    return Check("migrations", "PASS", f"up to date (schema {newest})")
+
+
+def _postgres(settings) -> list[Check]:
+    import psycopg
+
+    from mdsync.db import describe
+    from mdsync.db.postgres import connect
+
+    where = describe(settings)
+    try:
+        conn = connect(settings.database.url, statement_timeout=settings.database.statement_timeout)
+    except psycopg.Error as exc:
+        return [Check("database", "FAIL", f"cannot connect to {where}: {str(exc).strip().splitlines()[0]}")]
+    try:
+        started = time.monotonic()
+        server = conn.execute("SHOW server_version").fetchone()[0]
+        size = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] // (1 << 20)
+        took = (time.monotonic() - started) * 1000
+        try:
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        except psycopg.errors.UndefinedTable:
+            done = set()
+    except psycopg.Error as exc:
+        return [Check("database", "FAIL", f"cannot read {where}: {str(exc).strip().splitlines()[0]}")]
+    finally:
+        conn.close()
+    if int(server.split(".")[0]) < 15:
+        return [Check("database", "FAIL", f"{where} runs PostgreSQL {server}; mdsync needs 15 or newer")]
+    return [Check("database", "PASS", f"PostgreSQL {server} at {where} ({size} MiB, answered in {took:.0f} ms)"),
+            _migrations(done, "postgresql")]
+
+
+def _database(settings) -> list[Check]:
+    if settings.engine == "postgresql":
+        return _postgres(settings)
     db = settings.db_path
     if not db.exists():
         return [Check("database", "FAIL", f"no database at {db} (start `mdsync serve` once, or restore one)")]
@@ -98,16 +141,7 @@ def _database(settings) -> list[Check]:
         return [Check("database", "FAIL", f"cannot read {db}: {exc}")]
     finally:
         conn.close()
-    known = {m.version for m in available()}
-    newest = max(known, default=0)
-    if done and max(done) > newest:
-        checks.append(Check("migrations", "FAIL", f"database schema {max(done)} is newer than this mdsync ({newest}): "
-                                                  "upgrade mdsync"))
-    elif known - done:
-        checks.append(Check("migrations", "FAIL", f"{len(known - done)} pending (run `mdsync migrate` or start the "
-                                                  "server)"))
-    else:
-        checks.append(Check("migrations", "PASS", f"up to date (schema {newest})"))
+    checks.append(_migrations(done, "sqlite"))
     return checks
 
 
@@ -174,24 +208,24 @@ def _unreachable(url: str) -> str | None:
 
 def _newest_timestamp(settings) -> str | None:
     """The latest time the database recorded (migrations, audit log): the clock must not be before it."""
-    if not settings.db_path.exists():
-        return None
-    try:
-        conn = sqlite3.connect(f"file:{settings.db_path}?mode=ro", uri=True, timeout=10)
-    except sqlite3.Error:
+    from mdsync.db import read_only
+
+    if settings.engine == "sqlite" and not settings.db_path.exists():
         return None
     newest = None
     try:
-        for table, column in (("schema_migrations", "applied_at"), ("audit_log", "created_at"),
-                              ("users", "created_at"), ("sessions", "created_at")):
-            try:
-                value = conn.execute(f"SELECT max({column}) FROM {table}").fetchone()[0]
-            except sqlite3.Error:
-                continue
-            if value and (newest is None or value > newest):
-                newest = value
-    finally:
-        conn.close()
+        with read_only(settings) as tx:
+            for table, column in (("schema_migrations", "applied_at"), ("audit_log", "created_at"),
+                                  ("users", "created_at"), ("sessions", "created_at")):
+                try:
+                    with tx.attempt():
+                        value = tx.value(f"SELECT max({column}) FROM {table}")
+                except Exception:  # a table an older schema lacks
+                    continue
+                if value and (newest is None or value > newest):
+                    newest = value
+    except Exception:  # unreachable or unreadable: the database check reports it
+        return None
     return newest
 
 

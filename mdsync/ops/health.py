@@ -28,8 +28,10 @@ async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, dict] = {}
     started = time.perf_counter()
     try:
-        await request.app[DB].write(_probe)
-        checks["database"] = {"ok": True, "write_ms": round((time.perf_counter() - started) * 1000, 2)}
+        db = request.app[DB]
+        await db.write(_probe)
+        checks["database"] = {"ok": True, "engine": db.engine,
+                              "write_ms": round((time.perf_counter() - started) * 1000, 2)}
     except Exception as exc:  # report, never raise: readiness is an answer, not an error
         checks["database"] = {"ok": False, "error": exc.__class__.__name__}
     for name, check in request.app[READINESS].items():

@@ -143,8 +143,7 @@ def database_readings(db) -> list[Reading]:
     rate(commit_seconds)/rate(batches). A WAL that keeps growing means nobody checkpoints (with a
     replica: litestream is down)."""
     stats = db.stats
-    wal = db.path.with_name(db.path.name + "-wal")
-    return [
+    common: list[Reading] = [
         ("gauge", "mdsync_db_write_queue_depth", "Write jobs queued and not yet committed", lambda: max(stats.depth, 0)),
         ("counter", "mdsync_db_write_jobs", "Write jobs committed or failed", lambda: stats.jobs),
         ("counter", "mdsync_db_write_batches", "Write transactions (group commits)", lambda: stats.batches),
@@ -156,6 +155,18 @@ def database_readings(db) -> list[Reading]:
          lambda: stats.max_wait_seconds),
         ("gauge", "mdsync_db_mean_batch_size", "Jobs per write batch since start",
          lambda: stats.jobs / (stats.batches or 1)),
+    ]
+    if db.engine == "postgresql":
+        return common + [
+            ("gauge", "mdsync_db_pool_connections", "PostgreSQL read connections open",
+             lambda: db.pool_stats().get("pool_size", 0)),
+            ("gauge", "mdsync_db_pool_available", "PostgreSQL read connections idle",
+             lambda: db.pool_stats().get("pool_available", 0)),
+            ("gauge", "mdsync_db_pool_waiting", "Reads waiting for a PostgreSQL connection",
+             lambda: db.pool_stats().get("requests_waiting", 0)),
+        ]
+    wal = db.path.with_name(db.path.name + "-wal")
+    return common + [
         ("gauge", "mdsync_db_size_bytes", f"Size of {db.path.name} on disk", lambda: _file_size(db.path)),
         ("gauge", "mdsync_db_wal_bytes", f"Size of {wal.name} on disk", lambda: _file_size(wal)),
     ]

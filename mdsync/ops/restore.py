@@ -77,6 +77,9 @@ def restore(settings, *, from_replica: bool = False, from_file: Path | None = No
     say = progress or (lambda message: None)
     if from_replica == (from_file is not None):
         raise RestoreError("choose one source: --from-replica or --from-file FILE")
+    if settings.engine == "postgresql":
+        raise RestoreError("this configuration uses PostgreSQL (database.url): restore its database with pg_restore "
+                           "from a `mdsync backup` file or your provider's backups (docs/operations.md \"PostgreSQL\")")
     if from_file is not None and timestamp:
         raise RestoreError("--timestamp applies to --from-replica only (a backup file is one moment)")
     if from_replica and not settings.replica.url:
