@@ -148,3 +148,45 @@ async def test_logs_never_carry_tokens_or_passwords(server_process):
         assert secret not in output, f"a secret ({secret[:6]}…) appears in the logs"
     # and no JWT-looking string at all
     assert not re.search(r"eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.", output)
+
+
+def test_request_series_read_as_a_prometheus_counter_and_histogram_would():
+    """The HTTP series are counted in plain Python (ops/metrics.py `_HttpRequests`): their text is
+    what a prometheus-client Counter and Histogram fed the same requests expose."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from mdsync.ops.metrics import LATENCY_BUCKETS, Metrics
+
+    class Route:  # hashable, as aiohttp's routes are
+        def __init__(self, template: str):
+            self.resource = SimpleNamespace(canonical=template)
+
+    def request(method: str, template: str | None):
+        route = Route(template) if template else None
+        info = SimpleNamespace(route=route, http_exception=None if template else Exception())
+        return SimpleNamespace(method=method, match_info=info)
+
+    me, doc, nothing = request("GET", "/api/v1/me"), request("POST", "/d/{id}"), request("GET", None)
+    answers = [(me, 200, 0.0004), (me, 200, 0.001), (me, 200, 0.0031), (me, 401, 0.02), (doc, 201, 7.5),
+               (doc, 101, 120.0), (nothing, 404, 0.0001), (me, 200, 11.0), (doc, 201, 0.005)]
+    metrics = Metrics()
+    registry = CollectorRegistry()
+    counter = Counter("mdsync_http_requests_total", "HTTP requests answered, by route template, method and status",
+                      ["route", "method", "status"], registry=registry)
+    histogram = Histogram("mdsync_http_request_duration_seconds",
+                          "Time to answer an HTTP request (WebSocket upgrades excluded)", ["route", "method"],
+                          buckets=LATENCY_BUCKETS, registry=registry)
+    for req, status, seconds in answers:
+        metrics.observe_request(req, status, seconds)
+        route = req.match_info.route.resource.canonical if req.match_info.route else "unmatched"
+        counter.labels(route, req.method, str(status)).inc()
+        child = histogram.labels(route, req.method)
+        if status != 101:
+            child.observe(seconds)
+    ours = [line for line in metrics.render().decode().splitlines() if "mdsync_http_request" in line]
+    theirs = [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+    assert sorted(ours) == sorted(theirs)
+    assert value(samples("\n".join(ours) + "\n"), "mdsync_http_request_duration_seconds_count",
+                 route="/d/{id}", method="POST") == 2  # the upgrade counted, not timed

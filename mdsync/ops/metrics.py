@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import itertools
 import logging
 import os
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
                                ProcessCollector, disable_created_metrics, generate_latest)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from mdsync.api import errors
 from mdsync.api.routing import AUTHENTICATOR, Routes
@@ -52,14 +55,10 @@ class Metrics:
         self._scrape_hooks: list[Callable[[], None]] = []
         self.token = token  # metrics.token: lets non-loopback scrapers in
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, cpu, open fds
-        self.http_requests = self.counter(
-            "mdsync_http_requests_total", "HTTP requests answered, by route template, method and status",
-            ["route", "method", "status"])
-        self.http_latency = self.histogram(
-            "mdsync_http_request_duration_seconds", "Time to answer an HTTP request (WebSocket upgrades excluded)",
-            ["route", "method"], buckets=LATENCY_BUCKETS)
-        # (route object or None when unmatched, method, status) -> (counter, histogram) series; bounded like the labels
-        self._request_series: dict[tuple, tuple] = {}
+        # mdsync_http_requests_total and mdsync_http_request_duration_seconds: counted in plain
+        # Python per request, made into series at scrape time (_HttpRequests)
+        self.http = _HttpRequests()
+        self.registry.register(self.http)
 
     # -- instruments -----------------------------------------------------------------------
     def counter(self, name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
@@ -94,22 +93,21 @@ class Metrics:
     # -- HTTP requests (called by the one HTTP middleware, mdsync/api/middleware.py) -----------
     def observe_request(self, request: web.Request, status: int, seconds: float) -> None:
         """Count a request by its route template (bounded cardinality) and time it (not a
-        WebSocket: its "duration" is its whole life). The labelled series of each (route, method,
-        status) are looked up once and kept: prometheus-client's `labels()` costs more than the
-        increment itself."""
+        WebSocket: its "duration" is its whole life). Plain additions on the series of its (route,
+        method, status), looked up once and kept: prometheus-client's `labels()`, `inc()` and
+        `observe()` (a lock each, a loop over the buckets) cost more than the request's own
+        routing (bench/README.md, "REST per-request cost"); the exposition is the same."""
         info = request.match_info
         # an unmatched request's route is made per request: it must not become a key of its own
         route = None if getattr(info, "http_exception", None) is not None else getattr(info, "route", None)
         key = (route, request.method, status)
-        series = self._request_series.get(key)
+        series = self.http.series.get(key)
         if series is None:
-            route = _route_template(request)
-            series = self._request_series[key] = (
-                self.http_requests.labels(route, request.method, str(status)),
-                self.http_latency.labels(route, request.method))
-        series[0].inc()
+            series = self.http.series[key] = _RequestSeries(_route_template(request), request.method, str(status))
+        series.count += 1
         if status != 101:
-            series[1].observe(seconds)
+            series.seconds += seconds
+            series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
     # -- output ----------------------------------------------------------------------------
     def render(self) -> bytes:
@@ -122,6 +120,48 @@ class Metrics:
 
 
 METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+class _RequestSeries:
+    """The requests of one (route, method, status) so far: how many, and their latencies."""
+
+    __slots__ = ("route", "method", "status", "count", "seconds", "buckets")
+
+    def __init__(self, route: str, method: str, status: str):
+        self.route, self.method, self.status = route, method, status
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; the last: +Inf
+
+
+class _HttpRequests:
+    """The collector of the HTTP request series (what a Counter and a Histogram would expose)."""
+
+    def __init__(self):
+        self.series: dict[tuple, _RequestSeries] = {}
+
+    def collect(self):
+        requests = CounterMetricFamily("mdsync_http_requests",
+                                       "HTTP requests answered, by route template, method and status",
+                                       labels=["route", "method", "status"])
+        latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
+        for series in self.series.values():
+            requests.add_metric([series.route, series.method, series.status], series.count)
+            counts, total = latency.setdefault((series.route, series.method),
+                                               ([0] * (len(LATENCY_BUCKETS) + 1), [0.0]))
+            for i, n in enumerate(series.buckets):
+                counts[i] += n
+            total[0] += series.seconds
+        yield requests
+        durations = HistogramMetricFamily("mdsync_http_request_duration_seconds",
+                                          "Time to answer an HTTP request (WebSocket upgrades excluded)",
+                                          labels=["route", "method"])
+        for (route, method), (counts, total) in latency.items():
+            cumulative = list(itertools.accumulate(counts))
+            durations.add_metric([route, method], buckets=[
+                *((floatToGoString(bound), n) for bound, n in zip(LATENCY_BUCKETS, cumulative)),
+                ("+Inf", cumulative[-1])], sum_value=total[0])
+        yield durations
 
 
 class _Readings:
