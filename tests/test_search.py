@@ -1,11 +1,13 @@
 """Search (docs/api.md "Search") over HTTP against the real app: prefix matching, ranking, snippets,
 who sees what, hostile queries, the limit, and an index that follows create, rename, content
 writes, trash, restore, purge and import — and a live npm client's typing within 2 s
-(docs/api.md "Search"). Existing databases get their index from the migration."""
+(docs/api.md "Search"). Existing databases get their index from the migration. On both engines:
+SQLite's FTS5 and PostgreSQL's tsvector meet the same rules."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import re
 import sqlite3
@@ -13,10 +15,14 @@ import uuid
 
 import pytest
 
+from mdsync.api.errors import ValidationFailed
 from mdsync.appkeys import SETTINGS
-from mdsync.db import migrate
-from tests.builders import API, document, join, make_workspace, register
+from mdsync.db import database_for, read_only
+from mdsync.search.service import Search
+from tests.builders import API, document, join, make_settings, make_workspace, register
 from tests.nodeclients import needs_node, run_node
+
+migrate = importlib.import_module("mdsync.db.migrate")  # (mdsync.db.migrate is also a function's name)
 
 
 async def search(client, who, q, status=200, **params) -> dict:
@@ -201,7 +207,7 @@ async def test_index_follows_create_rename_content_trash_restore_purge(client, t
     assert (await client.delete(f"{API}/documents/{doc['id']}", params={"permanent": "true"},
                                 headers=ada.headers)).status == 204
     assert titles(await search(client, viewer, "chamois")) == []
-    assert _integrity(client) is None
+    index_is_exact(client)
 
 
 async def test_imported_documents_are_found(client, two_teams):
@@ -219,13 +225,23 @@ async def test_imported_documents_are_found(client, two_teams):
     assert len(body["items"]) == 1 and "<mark>narwhal</mark>" in body["items"][0]["snippet"]
 
 
-def _integrity(client) -> None:
-    """FTS5's own check that the index matches the documents table (raises when it does not)."""
-    conn = sqlite3.connect(client.app[SETTINGS].db_path)
-    try:
-        conn.execute("INSERT INTO docs_fts (docs_fts, rank) VALUES ('integrity-check', 1)")
-    finally:
-        conn.close()
+def index_is_exact(client) -> None:
+    """The index holds exactly the documents not in the trash, as they are now (raises if not):
+    FTS5's own integrity check on SQLite; on PostgreSQL, every entry against its recomputation."""
+    settings = client.app[SETTINGS]
+    if settings.database.url is None:
+        conn = sqlite3.connect(settings.db_path)
+        try:
+            conn.execute("INSERT INTO docs_fts (docs_fts, rank) VALUES ('integrity-check', 1)")
+        finally:
+            conn.close()
+        return
+    with read_only(settings) as tx:
+        wrong = tx.value(
+            "SELECT count(*) FROM documents d FULL JOIN docs_search s ON s.document_id = d.id"
+            " WHERE (d.deleted_at IS NULL AND s.terms IS DISTINCT FROM docs_search_terms(d.title, d.markdown))"
+            "  OR (s.document_id IS NOT NULL AND (d.id IS NULL OR d.deleted_at IS NOT NULL))")
+    assert wrong == 0
 
 
 @needs_node
@@ -246,7 +262,8 @@ async def test_a_word_a_live_client_typed_2_seconds_ago_is_found(client, two_tea
 
 async def test_the_migration_indexes_an_existing_database(make_client, tmp_path, caplog, monkeypatch):
     """A database from before search (documents, no index) gets its index when the server that
-    knows search opens it, with progress lines in the log while it builds."""
+    knows search opens it, with progress lines in the log while it builds (SQLite; PostgreSQL
+    says how long it took)."""
     data_dir = tmp_path / "old"
     client = await make_client(data_dir=data_dir)
     ada = await register(client, name="Ada")
@@ -254,28 +271,40 @@ async def test_the_migration_indexes_an_existing_database(make_client, tmp_path,
     await document(client, ada, ws, "Kept", markdown="an old axolotl\n")
     trashed = await document(client, ada, ws, "Binned", markdown="a trashed axolotl\n")
     assert (await client.delete(f"{API}/documents/{trashed['id']}", headers=ada.headers)).status == 204
-    db_path = client.app[SETTINGS].db_path
+    settings = client.app[SETTINGS]
     await client.close()
     # back to the schema of an mdsync without search, with many documents in it
-    conn = sqlite3.connect(db_path, isolation_level=None)
     search_version = next(m.version for m in migrate.available() if m.name == "search")
-    conn.executescript("DROP TRIGGER docs_fts_insert; DROP TRIGGER docs_fts_update; DROP TRIGGER docs_fts_delete;"
-                       f"DROP TABLE docs_fts; DROP VIEW live_documents; DELETE FROM schema_migrations WHERE version = {search_version};")
-    conn.execute("BEGIN")
-    for i in range(3000):
-        conn.execute("INSERT INTO documents (id, workspace_id, title, markdown, created_at, updated_at)"
-                     " VALUES (?, ?, ?, ?, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')",
-                     (str(uuid.uuid4()), ws, f"Bulk {i}", "lorem ipsum dolor sit amet " * 40 + f"token{i}"))
-    conn.execute("COMMIT")
-    conn.close()
+    bulk = [(str(uuid.uuid4()), ws, f"Bulk {i}", "lorem ipsum dolor sit amet " * 40 + f"token{i}") for i in range(3000)]
+    insert = ("INSERT INTO documents (id, workspace_id, title, markdown, created_at, updated_at)"
+              " VALUES (?, ?, ?, ?, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z')")
+    if settings.database.url is None:
+        conn = sqlite3.connect(settings.db_path, isolation_level=None)
+        conn.executescript("DROP TRIGGER docs_fts_insert; DROP TRIGGER docs_fts_update; DROP TRIGGER docs_fts_delete;"
+                           "DROP TABLE docs_fts; DROP VIEW live_documents;"
+                           f"DELETE FROM schema_migrations WHERE version = {search_version};")
+        conn.execute("BEGIN")
+        conn.executemany(insert, bulk)
+        conn.execute("COMMIT")
+        conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(settings.database.url, autocommit=True) as conn, conn.transaction():
+            conn.execute("DROP TABLE docs_search; DROP FUNCTION docs_search_sync() CASCADE;"
+                         " DROP FUNCTION docs_search_terms; DROP FUNCTION docs_search_words;"
+                         " DROP TEXT SEARCH CONFIGURATION mdsync_search;"
+                         f" DELETE FROM schema_migrations WHERE version = {search_version}")
+            conn.cursor().executemany(insert.replace("?", "%s"), bulk)
     monkeypatch.setattr(migrate, "PROGRESS_EVERY", 0.0)  # every progress tick logs
     caplog.set_level(logging.INFO, logger="mdsync.db")
     client = await make_client(data_dir=data_dir)
-    assert any("migration" in r.getMessage() and "search" in r.getMessage() and "still running" in r.getMessage()
+    progress = "still running" if settings.database.url is None else "applied in"
+    assert any("migration" in r.getMessage() and "search" in r.getMessage() and progress in r.getMessage()
                for r in caplog.records)
     assert titles(await search(client, ada, "axolo")) == ["Kept"]
     assert titles(await search(client, ada, "token2999")) == ["Bulk 2999"]
-    _integrity(client)
+    index_is_exact(client)
 
 
 def test_snippets_mark_what_the_index_matched():
@@ -313,3 +342,67 @@ async def test_tiptap_documents_are_searched_by_their_markdown(client, two_teams
             break
         await asyncio.sleep(0.05)
     assert titles(body) == ["Rich"] and "<mark>diving</mark>" in body["items"][0]["snippet"]
+
+
+@pytest.fixture
+async def searched_db(tmp_path):
+    """A database of the test's engine, holding: Ada in workspace A, Bob in B (and a deleted C),
+    and documents in each (one of A's in the trash)."""
+    db = database_for(make_settings(tmp_path / "data"))
+    await db.open()
+    docs = [("A", "Pelican notes", "Birds of the coast."), ("A", "Coast", "We saw a pelican fishing near the pier."),
+            ("A", "Café", "Crème brûlée and espresso"), ("A", "Contacts", "Mail ada@example.com, see https://x.org/a_b"),
+            ("A", "Walrus", "walrus NEAR( AND OR col: ^ - * 😀 שלום walrus-ish"), ("A", "Binned", "a binned walrus"),
+            ("B", "Theirs", "walrus secrets"), ("C", "Gone", "a walrus in a deleted workspace")]
+
+    def fill(tx):
+        for user in ("ada", "bob"):
+            tx.execute("INSERT INTO users (id, email, name, password_hash, created_at, updated_at)"
+                       " VALUES (?, ?, ?, 'x', 't', 't')", (user, f"{user}@example.com", user))
+        for ws, owner, deleted in (("A", "ada", None), ("B", "bob", None), ("C", "ada", "t")):
+            tx.execute("INSERT INTO workspaces (id, name, slug, created_at, updated_at, deleted_at)"
+                       " VALUES (?, ?, ?, 't', 't', ?)", (ws, ws, ws, deleted))
+            tx.execute("INSERT INTO members (workspace_id, user_id, role, created_at, updated_at)"
+                       " VALUES (?, ?, 'owner', 't', 't')", (ws, owner))
+        for n, (ws, title, markdown) in enumerate(docs):
+            tx.execute("INSERT INTO documents (id, workspace_id, title, markdown, created_at, updated_at, deleted_at)"
+                       " VALUES (?, ?, ?, ?, 't', 't', ?)", (f"d{n}", ws, title, markdown,
+                                                            "t" if title == "Binned" else None))
+
+    await db.write(fill)
+    yield Search(db)
+    await db.close()
+
+
+@pytest.mark.both_engines
+async def test_the_search_statement_on_each_engine(searched_db):
+    """The statement and query of each engine (SQLite FTS5, PostgreSQL tsvector) against the same
+    rows: prefix match, title over body, accents, readable rows only, words not syntax, hostile
+    input a 422 or an answer, never an error."""
+    search = searched_db
+
+    async def found(q, user="ada", workspace_id=None, limit=50):
+        return [hit["title"] for hit in await search.query(user, q, workspace_id, limit)]
+
+    hits = await search.query("ada", "peli", None, 50)
+    assert [h["title"] for h in hits] == ["Pelican notes", "Coast"]  # the title match weighs more
+    assert hits[0]["score"] > hits[1]["score"] > 0 and all(isinstance(h["score"], float) for h in hits)
+    assert hits[1]["snippet"] == "We saw a <mark>pelican</mark> fishing near the pier."
+    assert await found("esp cafe") == await found("creme espresso") == await found("BRÛL") == ["Café"]
+    assert await found("espresso pelican") == []
+    # words are unicode61's on both: e-mail addresses, URLs and hyphenated words are their parts
+    assert await found("example") == await found("ada@example") == await found("org a_b") == ["Contacts"]
+    assert await found("walrus-is") == ["Walrus"]
+    # readable rows only: not the trash, not another's workspace, not a deleted workspace
+    assert await found("walrus") == ["Walrus"] and await found("walrus", "bob") == ["Theirs"]
+    assert await found("walrus", workspace_id="B") == [] and await found("secrets", "bob", "B") == ["Theirs"]
+    assert len(await found("a", limit=2)) == 2
+    # syntax of either engine is text to look for
+    for q in ("NEAR( AND col:", "שלו", "walrus OR", "walrus & !", "walrus:*", "col: | wal", "'walrus'", "walrus\\"):
+        assert await found(q) == ["Walrus"], q
+    assert await found("-") == await found("😀") == []
+    for q in HOSTILE:
+        try:
+            assert set(await found(q)) <= {"Walrus", "Coast", "Pelican notes", "Café", "Contacts"}, q
+        except ValidationFailed as exc:
+            assert exc.errors[0]["field"] == "q"

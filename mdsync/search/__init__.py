@@ -1,10 +1,11 @@
-"""Full-text search (docs/api.md "Search"): SQLite FTS5 over the title and markdown of documents.
+"""Full-text search (docs/api.md "Search") over the title and markdown of documents: SQLite FTS5, or
+a PostgreSQL tsvector with a GIN index.
 
-The index itself is kept by triggers on `documents` (migration 0012_search.sql), in the same
-transaction as every change to what it holds; this package only reads it.
+The index itself is kept by triggers on `documents` (migration 0012_search.sql of each engine),
+in the same transaction as every change to what it holds; this package only reads it.
 
-query.py     the search box's words as an FTS5 query; snippets as escaped HTML with <mark>
-service.py   the search statement, limited to the documents the caller may read
+query.py     the search box's words as an FTS5 or a tsquery query; snippets as escaped HTML with <mark>
+service.py   the search statement of each engine, limited to the documents the caller may read
 routes.py    GET /api/v1/search
 """
 

@@ -1,17 +1,24 @@
-"""What the search box typed: as an FTS5 query, and as the highlighter of its snippets.
+"""What the search box typed: as a query of each engine's index, and as the highlighter of its snippets.
 
-Each word of `q` becomes a quoted phrase with a prefix star (`"wor"*`), joined by spaces (all
-words must match): FTS5's own syntax — `AND`, `NEAR(`, `col:`, `^`, `-`, `*`, quotes — is plain
-text to search for, never an operator, and the last word matches as it is being typed. Control
-characters (NUL included) separate words. A word without letters or digits matches nothing and
-constrains nothing (FTS5 ignores an empty phrase).
+Each word of `q` must match (in any order), the last of its letters-and-digits runs by prefix, so
+a word matches as it is being typed. Control characters (NUL included) separate words. Nothing
+typed is ever syntax: every word is quoted, so `AND`, `NEAR(`, `col:`, `^`, `-`, `*`, `!`, `&`,
+`|`, `:*` and quotes are plain text to search for, never an operator. A word without letters or
+digits matches nothing and constrains nothing.
 
-Snippets are made here rather than by FTS5's `snippet()`, which scores every pair of matches in
-a document: a word that occurs 2 000 times in a 100 KB note cost it ~70 ms per result (measured:
-3.3 s for 50 results). Here a regular expression per query word finds the same tokens the index
-does (unicode61: runs of letters and digits; case and diacritics ignored; the word as a prefix),
-the snippet is the text around the first match, every match in it is wrapped in `<mark>…</mark>`
-and everything else is HTML-escaped — linear in the document, done by `re` in C.
+SQLite (FTS5): each word a quoted phrase with a prefix star (`"wor"*`), joined by spaces; FTS5's
+unicode61 tokenizer splits the phrase into its letters-and-digits runs.
+PostgreSQL (tsquery, for to_tsquery('mdsync_search', …); migration 0012): the runs are cut here,
+the same way, each single-quoted (it holds no quote: only letters and digits), a word's runs
+joined as a phrase (`<->`), the last with `:*`, the words joined by `&`.
+
+Snippets are made here rather than by FTS5's `snippet()` or PostgreSQL's ts_headline(), which
+score every match in a document: a word that occurs 2 000 times in a 100 KB note cost FTS5 ~70 ms
+per result (measured: 3.3 s for 50 results). Here a regular expression per query word finds the
+same tokens the index does (unicode61: runs of letters and digits; case and diacritics ignored;
+the word as a prefix), the snippet is the text around the first match, every match in it is
+wrapped in `<mark>…</mark>` and everything else is HTML-escaped — linear in the document, done by
+`re` in C, and alike on both engines.
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ _TOKEN = re.compile(r"[^\W_]+")           # what unicode61 indexes: letters and 
 _SPACES = re.compile(r"[\s\x00-\x1f\x7f]+")  # control characters read as spaces in a snippet
 
 
-def _words(q: str | None) -> list[str]:
+def words(q: str | None) -> list[str]:
+    """The words of `q`; 422 naming `q` when it is missing, empty or too long."""
     if q is None or not q.strip():
         raise ValidationFailed.field("q", "type something to search for")
     if len(q) > MAX_QUERY_CHARS:
@@ -46,8 +54,19 @@ def _words(q: str | None) -> list[str]:
 
 
 def match_expression(q: str | None) -> str:
-    """The FTS5 MATCH expression for `q`; 422 naming `q` when it is missing, empty or too long."""
-    return " ".join('"' + w.replace('"', '""') + '"*' for w in _words(q))
+    """The FTS5 MATCH expression for `q` (SQLite); 422 naming `q` when it is missing, empty or too long."""
+    return " ".join('"' + w.replace('"', '""') + '"*' for w in words(q))
+
+
+def tsquery_expression(q: str | None) -> str | None:
+    """The to_tsquery text for `q` (PostgreSQL); None when no word of it has a letter or digit
+    (nothing can match); 422 naming `q` when it is missing, empty or too long."""
+    terms = []
+    for word in words(q):
+        runs = ["'" + run.replace("\\", "\\\\").replace("'", "''") + "'" for run in _TOKEN.findall(word)]
+        if runs:
+            terms.append(" <-> ".join(runs) + ":*")
+    return " & ".join(terms) or None
 
 
 # -- highlighting -------------------------------------------------------------------------------
@@ -83,7 +102,7 @@ class Highlighter:
     `<mark>` around every match."""
 
     def __init__(self, q: str):
-        tokens = {t for w in _words(q) for t in _TOKEN.findall(w)}
+        tokens = {t for w in words(q) for t in _TOKEN.findall(w)}
         # longest first, so that of two prefixes that match at one place the whole match is marked
         alternatives = sorted((_token_pattern(t) for t in tokens if _fold(t)), key=len, reverse=True)
         self.pattern = (re.compile(r"(?<![^\W_])(?:" + "|".join(alternatives) + r")[^\W_]*", re.IGNORECASE)

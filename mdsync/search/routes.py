@@ -9,7 +9,7 @@ from pydantic import Field
 from mdsync.api.models import Body, Out
 from mdsync.api.pagination import parse_limit
 from mdsync.api.routing import PRINCIPAL, Routes
-from mdsync.search.query import match_expression
+from mdsync.search.query import words
 from mdsync.search.service import SEARCH_SERVICE
 from mdsync.workspaces.access import require
 
@@ -37,10 +37,9 @@ class SearchOut(Out):
 @routes.get("/api/v1/search", "Full-text search of the documents you may read (title and markdown)",
             query=SearchQuery, response=SearchOut)
 async def search(request: web.Request, query: SearchQuery) -> web.Response:
-    expression = match_expression(query.q)
+    words(query.q)  # 422 for a missing, empty or too long q, before anything else
     limit = parse_limit(query.limit)
     if query.workspace_id is not None:
         await require(request, "viewer", workspace_id=query.workspace_id)
-    items = await request.app[SEARCH_SERVICE].query(request[PRINCIPAL].user_id, query.q, expression,
-                                                    query.workspace_id, limit)
+    items = await request.app[SEARCH_SERVICE].query(request[PRINCIPAL].user_id, query.q, query.workspace_id, limit)
     return web.json_response({"items": items})
