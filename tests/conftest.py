@@ -36,11 +36,10 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if "engine" not in metafunc.fixturenames:
         return
-    chosen = metafunc.config.getoption("engine")
     if metafunc.definition.get_closest_marker("both_engines") is None:
-        names = ["sqlite"]
-    else:
-        names = list(engines.ENGINES) if chosen == "both" else [chosen]
+        return  # SQLite only (the `engine` fixture's default), under the test's plain name
+    chosen = metafunc.config.getoption("engine")
+    names = list(engines.ENGINES) if chosen == "both" else [chosen]
     metafunc.parametrize("engine", names, indirect=True, scope="function")
 
 
