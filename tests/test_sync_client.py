@@ -919,5 +919,15 @@ async def test_watch_pushes_a_save_of_tracked_files_without_a_full_pass(server, 
     assert await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, {"Quick.md"})
     assert tree_reads == []
     assert (root / "Quick.md").read_text() == await user.content(doc_id) == "one saved\n\ntwo remote\n"
+    # a document the feed names: pulled alone, unless its place changed (then the tree decides)
+    await user.call("PUT", f"/documents/{doc_id}/content", 200, data="one saved\n\ntwo remote again\n",
+                    headers={"Content-Type": "text/markdown"})
+    assert await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, set(), {doc_id})
+    assert tree_reads == [] and (root / "Quick.md").read_text() == "one saved\n\ntwo remote again\n"
+    await user.call("PATCH", f"/documents/{doc_id}", 200, json={"title": "Renamed"})
+    assert not await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, set(), {doc_id})
+    assert not await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, set(), {"unknown-id"})
     result = run_sync(root, "--json", token=user.pat)
-    assert result.returncode == 0 and [(a["action"], a["path"]) for a in actions(result)] == [("create", "New.md")]
+    assert result.returncode == 0
+    assert sorted((a["action"], a["path"]) for a in actions(result)) == [("create", "New.md"),
+                                                                         ("move", "Quick.md → Renamed.md")]

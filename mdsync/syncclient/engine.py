@@ -519,24 +519,39 @@ def sync_once(root: Path, server: str | None, workspace: str | None, token: str,
     return 1 if report.failed else 0
 
 
-def sync_files(root: Path, token: str, report: Report, paths: set[str]) -> bool:
-    """--watch, when only these files were saved here (the change feed quiet): each pushed and
-    merged as a full pass would (`sync_known`), without reading the tree or walking DIR — over
-    10 000 files a full pass costs about a second, this a few milliseconds and the requests.
-    False when a full pass is needed instead: one of them is not a tracked document's file (a new
-    file, a rename), DIR was never synced, or an item failed (the full pass retries it)."""
+def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids: set[str] = frozenset()) -> bool:
+    """--watch, when all that changed is these files saved here (`paths`) and these documents'
+    content on the server (`doc_ids`, from the change feed): each pushed and merged as a full
+    pass would (`sync_known`), without reading the tree or walking DIR — over 10 000 files a full
+    pass costs a second or more, this a few milliseconds and the requests. False when a full pass
+    is needed instead: a path is not a tracked document's file (a new file, a rename), a document
+    is new here, renamed, moved or trashed on the server, DIR was never synced, or an item
+    failed (the full pass retries it). The cursor is left to the next full pass."""
     state = State(root)
     try:
-        docs = {d.path: d for d in state.docs().values()}
+        docs = state.docs()
+        by_path = {d.path: d for d in docs.values()}
         server, ws, read_only = state.get("server"), state.get("workspace_id"), state.get("read_only")
-        if not paths or not server or read_only is None or any(rel not in docs for rel in paths):
+        if (not server or read_only is None or any(rel not in by_path for rel in paths)
+                or any(i not in docs for i in doc_ids)):
             return False
         failed = len(report.failed)
         p = Pass(root, Api(server, token), state, report, False)
-        p.ws, p.read_only_ws, p.changed = ws, read_only == "1", set()
-        for rel in sorted(paths):
-            doc = docs[rel]
-            p.step(doc.id, rel, p.sync_known, doc, {"title": doc.title, "folder_id": doc.folder_id}, rel, set())
+        p.ws, p.read_only_ws, p.changed = ws, read_only == "1", set(doc_ids)
+        for doc_id in sorted(doc_ids):
+            try:
+                meta = p.api.json("GET", f"/documents/{doc_id}")
+            except HttpError as exc:
+                if isinstance(exc, Unauthorized):
+                    raise
+                return False
+            doc = docs[doc_id]
+            if meta.get("deleted_at") or meta["title"] != doc.title or meta.get("folder_id") != doc.folder_id:
+                return False  # its place changed: the tree decides where it goes
+        targets = {d.id: d for d in [by_path[rel] for rel in paths] + [docs[i] for i in doc_ids]}
+        for doc in sorted(targets.values(), key=lambda d: d.path):
+            p.step(doc.id, doc.path, p.sync_known, doc, {"title": doc.title, "folder_id": doc.folder_id}, doc.path,
+                   set())
         if p.recheck:
             state.set("recheck", json.dumps(sorted(p.recheck | set(json.loads(state.get("recheck") or "[]")))))
             state.conn.commit()

@@ -1,8 +1,10 @@
 """`mdsync sync DIR --watch`: passes (engine.py) until SIGINT or SIGTERM. A pass runs when files
 under DIR changed and then stayed quiet (watchfiles, debounced: an editor saving through a temp
 file and a rename is one change), or when the change feed (long-polled in a thread) reports a
-change in the workspace. When all that changed is tracked documents' files saved here, only those
-are pushed and merged (`engine.sync_files`: no tree, no walk of DIR), else a full pass runs. A
+change in the workspace. When all that changed is tracked documents' files saved here and tracked
+documents' content on the server, only those are pushed and merged (`engine.sync_files`: no tree,
+no walk of DIR; each save's own echo in the feed costs one small pull, not a full pass), else a
+full pass runs. A
 signal lets the pass in flight finish (its state is committed step by step), then the loop ends
 with exit 0."""
 
@@ -44,12 +46,24 @@ def _relevant(root: Path, changes: set[tuple[watchfiles.Change, str]]) -> tuple[
 
 
 class FeedWatcher(threading.Thread):
-    """Long-polls the change feed; sets `changed` (and wakes the loop) on a change in the workspace."""
+    """Long-polls the change feed; on a change in the workspace sets `changed` (and wakes the
+    loop), keeping which documents changed (`take`) and whether anything else did."""
 
     def __init__(self, api: Api, workspace_id: str, wake: threading.Event, stop: threading.Event):
         super().__init__(daemon=True, name="mdsync-sync-feed")
         self.api, self.ws, self.wake, self.stop = api, workspace_id, wake, stop
         self.changed = threading.Event()
+        self._lock = threading.Lock()
+        self._ids: set[str] = set()
+        self._other = False
+
+    def take(self) -> tuple[set[str], bool]:
+        """(documents changed, anything else changed) since the last call."""
+        with self._lock:
+            self.changed.clear()
+            taken = (self._ids, self._other)
+            self._ids, self._other = set(), False
+        return taken
 
     def run(self) -> None:
         cursor = None
@@ -60,12 +74,23 @@ class FeedWatcher(threading.Thread):
                 page = self.api.json("GET", "/sync/changes", params={"since": cursor, "wait": POLL_WAIT, "limit": 200},
                                      timeout=POLL_WAIT + 15)
                 cursor = page["cursor"]
-                if any(c["workspace_id"] == self.ws for c in page["changes"]):
-                    self.changed.set()
+                mine = [c for c in page["changes"] if c["workspace_id"] == self.ws]
+                if mine:
+                    with self._lock:
+                        for c in mine:
+                            if c["entity"] == "document" and c["op"] == "upsert":
+                                self._ids.add(c["id"])
+                            else:
+                                self._other = True
+                        self._other = self._other or page["has_more"]
+                        self.changed.set()
                     self.wake.set()
             except HttpError as exc:
                 if exc.status in (410, 422):
                     cursor = None
+                    with self._lock:
+                        self._other = True
+                        self.changed.set()
                 self.stop.wait(RETRY_AFTER)
 
 
@@ -83,10 +108,11 @@ def _pass(root: Path, server, workspace, token: str, report: Report, stop: threa
     return True
 
 
-def _files(root: Path, token: str, report: Report, saved: set[str]) -> bool:
-    """Only the files saved here; False when a full pass is needed instead."""
+def _files(root: Path, token: str, report: Report, saved: set[str], ids: set[str]) -> bool:
+    """Only the files saved here and the documents changed there; False when a full pass is
+    needed instead."""
     try:
-        done = sync_files(root, token, report, saved)
+        done = sync_files(root, token, report, saved, ids)
     except HttpError:
         return False
     report.failed.clear()
@@ -120,17 +146,20 @@ def watch(root: Path, server: str | None, workspace: str | None, token: str, rep
                                         yield_on_timeout=True, rust_timeout=200, raise_interrupt=False):
             if stop.is_set():
                 break
-            saved = None
+            saved: set[str] = set()
             if changes:
-                relevant, saved = _relevant(root, changes)
-                if relevant and (dirty or saved is None):
-                    dirty, saved = True, None
+                relevant, files = _relevant(root, changes)
+                if relevant and files is None:
+                    dirty = True
+                elif relevant:
+                    saved = files
+            ids: set[str] = set()
             if feed.changed.is_set():
-                feed.changed.clear()
-                dirty, saved = True, None
-            if saved and not dirty and _files(root, token, report, saved):
-                continue
-            if dirty or saved:
+                ids, other = feed.take()
+                dirty = dirty or other
+            if not dirty and (saved or ids):
+                dirty = not _files(root, token, report, saved, ids)
+            if dirty:
                 dirty = not _pass(root, server, workspace, token, report, stop)
     finally:
         stop.set()
