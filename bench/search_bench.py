@@ -37,12 +37,13 @@ import aiohttp
 from benchserver import BenchServer, Latencies, bench_account
 
 from mdsync import clock
-from mdsync.comments.service import SELECT as COMMENT_SELECT
+from mdsync.comments.service import SELECT as COMMENT_SELECTS
 from mdsync.db import connect
 from mdsync.db.sqlite import run_offline
 from mdsync.search.query import match_expression
 from mdsync.search.service import SEARCH
 
+COMMENT_SELECT = COMMENT_SELECTS["sqlite"]  # the peer is plain sqlite3
 MAX_REQUESTS = 100_000  # per phase, beside the time bound
 BATCH = 250             # documents per writer transaction while populating
 # two-word prefixes of words from the most frequent to rare ones (see vocabulary())

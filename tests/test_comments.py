@@ -15,6 +15,8 @@ from mdsync.comments.anchors import find_quote
 from tests.builders import API, document, join, make_workspace, register, share
 from tests.readers import audit_actions, db_rows
 
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture
 async def team(client):

@@ -5,10 +5,12 @@ covering their words after two clients insert and delete before, inside and afte
 
 from __future__ import annotations
 
+import pytest
+
 from tests.builders import document, join, make_workspace, register
 from tests.nodeclients import needs_node, run_node
 
-pytestmark = needs_node
+pytestmark = [needs_node, pytest.mark.both_engines]
 
 MARKDOWN = ("# Ünïcødé notes\n"
             "Alpha beta gamma delta epsilon zeta. Eta theta iota kappa lambda.\n"

@@ -24,11 +24,11 @@ from mdsync.sync import changes
 from mdsync.workspaces.access import Access
 from mdsync.workspaces.service import keyset
 
-STATUS = {"open": "c.resolved_at IS NULL", "resolved": "c.resolved_at IS NOT NULL", "all": "1"}
+STATUS = {"open": "c.resolved_at IS NULL", "resolved": "c.resolved_at IS NOT NULL", "all": "TRUE"}
 
 
 def _json_of(c: str, u: str, replies: str) -> str:
-    """SQL for the JSON of comment `c` (its author's row `u`): the API shape, built by SQLite."""
+    """SQLite's SQL for the JSON of comment `c` (its author's row `u`): the API shape."""
     return (f"json_object('id', {c}.id, 'document_id', {c}.document_id, 'parent_id', {c}.parent_id,"
             f" 'author_id', {c}.author_id, 'author_name', {u}.name, 'body', {c}.body, 'anchor', json({c}.anchor),"
             f" 'resolved', json(CASE WHEN {c}.resolved_at IS NULL THEN 'false' ELSE 'true' END),"
@@ -36,18 +36,35 @@ def _json_of(c: str, u: str, replies: str) -> str:
             f" 'updated_at', {c}.updated_at, 'replies', json({replies}))")
 
 
+def _pg_json_of(c: str, u: str, replies: str) -> str:
+    """PostgreSQL's SQL for the same JSON (json_build_object; the anchor's text cast to json)."""
+    return (f"json_build_object('id', {c}.id, 'document_id', {c}.document_id, 'parent_id', {c}.parent_id,"
+            f" 'author_id', {c}.author_id, 'author_name', {u}.name, 'body', {c}.body, 'anchor', {c}.anchor::json,"
+            f" 'resolved', {c}.resolved_at IS NOT NULL,"
+            f" 'resolved_at', {c}.resolved_at, 'resolved_by', {c}.resolved_by, 'created_at', {c}.created_at,"
+            f" 'updated_at', {c}.updated_at, 'replies', {replies})")
+
+
 # a thread with its replies (oldest first), or a reply (no replies of its own), as one JSON text
-COMMENT_JSON = _json_of("c", "u", (
-    "(SELECT coalesce(json_group_array(json(obj)), '[]') FROM (SELECT " + _json_of("r", "ru", "'[]'") + " AS obj"
-    " FROM comments r LEFT JOIN users ru ON ru.id = r.author_id WHERE r.parent_id = c.id"
-    " ORDER BY r.created_at, r.id))"))
-SELECT = (f"SELECT c.id, c.created_at, {COMMENT_JSON} AS json"
-          " FROM comments c LEFT JOIN users u ON u.id = c.author_id")
+# built by the database (PostgreSQL's cast to text, so both engines answer a str)
+COMMENT_JSON = {
+    "sqlite": _json_of("c", "u", (
+        "(SELECT coalesce(json_group_array(json(obj)), '[]') FROM (SELECT " + _json_of("r", "ru", "'[]'") + " AS obj"
+        " FROM comments r LEFT JOIN users ru ON ru.id = r.author_id WHERE r.parent_id = c.id"
+        " ORDER BY r.created_at, r.id))")),
+    "postgresql": _pg_json_of("c", "u", (
+        "(SELECT coalesce(json_agg(obj ORDER BY created_at, id), '[]'::json) FROM (SELECT "
+        + _pg_json_of("r", "ru", "'[]'::json") + " AS obj, r.created_at, r.id"
+        " FROM comments r LEFT JOIN users ru ON ru.id = r.author_id WHERE r.parent_id = c.id) replies)")) + "::text",
+}
+SELECT = {engine: f"SELECT c.id, c.created_at, {json_sql} AS json FROM comments c LEFT JOIN users u ON u.id = c.author_id"
+          for engine, json_sql in COMMENT_JSON.items()}
 
 
 class Comments:
     def __init__(self, db: Database):
         self.db = db
+        self.select = SELECT[db.engine]
 
     # -- reads -----------------------------------------------------------------------------
     async def document_of(self, comment_id: str) -> str:
@@ -63,13 +80,13 @@ class Comments:
         json), the JSON of each thread holding its replies."""
         created, last_id = keyset(after)
         return await self.db.all(
-            f"{SELECT} WHERE c.document_id = ? AND c.parent_id IS NULL AND {STATUS[status]}"
+            f"{self.select} WHERE c.document_id = ? AND c.parent_id IS NULL AND {STATUS[status]}"
             " AND (c.created_at, c.id) > (?, ?) ORDER BY c.created_at, c.id LIMIT ?",
             (document_id, created, last_id, limit))
 
     async def get_json(self, comment_id: str) -> str:
         """A comment as JSON text; a thread with its replies."""
-        row = await self.db.one(f"{SELECT} WHERE c.id = ?", (comment_id,))
+        row = await self.db.one(f"{self.select} WHERE c.id = ?", (comment_id,))
         if row is None:
             raise NotFound("no such comment")
         return row["json"]
