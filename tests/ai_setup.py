@@ -3,11 +3,11 @@ client app pointed at the fake upstream, documents, keys and limits. (Helpers, n
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 
 from mdsync.appkeys import SETTINGS
 from tests.builders import Account, bearer, register
+from tests.readers import settings_rows
 
 API = "/api/v1"
 OPENAI = f"{API}/ai/openai/v1"
@@ -66,13 +66,9 @@ class Team:
         assert resp.status == 200, await resp.text()
         return (await resp.json())["items"]
 
-    def rows(self, sql: str, params=()) -> list[sqlite3.Row]:
-        conn = sqlite3.connect(self.client.app[SETTINGS].db_path)
-        conn.row_factory = sqlite3.Row
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+    def rows(self, sql: str, params=()) -> list:
+        """The server's database rows (either engine; `?` placeholders)."""
+        return settings_rows(self.client.app[SETTINGS], sql, params)
 
 
 async def team(client, *roles: str) -> Team:

@@ -11,6 +11,8 @@ from mdsync.ai import AI_KEY
 from tests.ai_setup import ANTHROPIC, API, OPENAI, make_workspace, team
 from tests.fake_ai_upstream import CHAT_USAGE, MESSAGES_USAGE, RESPONSES_USAGE, fake_ai  # noqa: F401
 
+pytestmark = pytest.mark.both_engines
+
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 CHAT = {"model": "gpt-fake", "max_tokens": 20, "messages": MESSAGES}
 

@@ -11,6 +11,8 @@ import pytest
 from tests.ai_setup import ANTHROPIC, API, OPENAI, document, team
 from tests.fake_ai_upstream import fake_ai  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.both_engines
+
 ONE, TWO = "# Style guide\n\nShort sentences.", "# Glossary\n\n*mdsync*: the server."
 CONTEXT = ONE + "\n\n" + TWO
 

@@ -9,6 +9,8 @@ from mdsync.ai import AI_KEY
 from tests.ai_setup import API, OPENAI, team
 from tests.fake_ai_upstream import ANTHROPIC_KEY, OPENAI_KEY, fake_ai  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.both_engines
+
 CHAT = {"model": "gpt-fake", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 WORKSPACE_KEY = "sk-workspace-own-key-7f3a"
 
@@ -57,12 +59,15 @@ async def test_bad_key_bodies_and_providers(client):
     assert (await client.get(f"{API}/workspaces/{t.ws}/ai/keys/openai", headers=t.headers())).status == 404
 
 
-async def test_key_is_unreadable_in_the_database_file_without_the_secret(client, make_client, tmp_path):
+async def test_key_is_unreadable_in_the_database_file_without_the_secret(client, make_client, tmp_path, engine):
     t = await team(client)
     assert (await t.put_key("anthropic", "sk-ant-very-secret-workspace-key-123456")).status == 204
     settings = client.app[AI_KEY]
-    stored = b"".join(p.read_bytes() for p in client.app[AI_KEY].db.path.parent.rglob("mdsync.db*"))
-    assert b"very-secret-workspace-key" not in stored
+    [row] = t.rows("SELECT * FROM ai_keys WHERE workspace_id = ?", (t.ws,))
+    assert not any(b"very-secret-workspace-key" in (v if isinstance(v, bytes) else str(v).encode()) for v in row)
+    if engine == "sqlite":  # and nowhere in the database's files (PostgreSQL's are its server's)
+        stored = b"".join(p.read_bytes() for p in client.app[AI_KEY].db.path.parent.rglob("mdsync.db*"))
+        assert b"very-secret-workspace-key" not in stored
     assert (await settings.keys.get(t.ws, "anthropic")).api_key == "sk-ant-very-secret-workspace-key-123456"
     # the same ciphertext under another server secret is no key at all
     from mdsync.ai.keys import KeyStore

@@ -16,6 +16,8 @@ import pytest
 from tests.ai_setup import ANTHROPIC, OPENAI, bearer, document, make_workspace, pat, team
 from tests.fake_ai_upstream import ANTHROPIC_KEY, OPENAI_KEY, fake_ai, fake_ollama, fixture, is_usage_chunk, sse_events  # noqa: F401
 
+pytestmark = pytest.mark.both_engines
+
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 CHAT = {"model": "gpt-fake", "max_tokens": 50, "messages": MESSAGES}
 

@@ -9,8 +9,11 @@ import threading
 import aiohttp
 import anthropic
 import openai
+import pytest
 
 from tests.fake_ai_upstream import ANTHROPIC_KEY, OPENAI_KEY, fake_ai  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.both_engines
 
 WORKSPACE_KEY = "sk-ant-workspace-owned-key-5b8c2d"
 

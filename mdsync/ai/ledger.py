@@ -1,12 +1,17 @@
 """The ledger: a workspace's AI limits, and every call reserved before it goes upstream and
 settled after (docs/api.md "AI proxy").
 
-`reserve` runs as one job of the database's single writer: it reads the limits and the running
-totals, refuses (403 model, 429 user limit, 429 budget), or records the call and adds its
-reservation (prompt estimate + output cap) to the totals, all in one transaction. Since the
-writer runs one job at a time, concurrent requests can never together pass `tokens_per_month`.
+`reserve` runs as one job of the database's single writer: it adds the call's reservation (prompt
+estimate + output cap) to the running totals, then refuses (403 model, 429 user limit, 429
+budget) — the job's savepoint undoing the addition — or records the call, all in one
+transaction. The writer runs one job at a time, and the addition comes first because it is an
+upsert that answers the new total under the row's lock: even a second writer (another process on
+the same PostgreSQL database, whose READ COMMITTED would let two read-then-write checks pass
+together) waits for that row and then sees the other's call, so concurrent requests can never
+together pass `tokens_per_month` or a user's limits.
 `settle` replaces the reservation with the provider's counts (or the estimate), releasing the
-rest; it runs in the proxy's `finally`, so errors and cut-off streams release too.
+rest; it runs in the proxy's `finally`, so errors and cut-off streams release too. It claims the
+call with one conditional UPDATE, so a call is settled once.
 
 Totals (`ai_spend`): per workspace and UTC month (user ''), per workspace, user and UTC day.
 """
@@ -52,15 +57,11 @@ def _month_start_after(moment: datetime) -> datetime:
     return datetime(moment.year + (moment.month == 12), moment.month % 12 + 1, 1, tzinfo=UTC)
 
 
-def _add(tx: Tx, workspace_id: str, period: str, user_id: str, tokens: int) -> None:
-    tx.execute("INSERT INTO ai_spend (workspace_id, period, user_id, tokens) VALUES (?, ?, ?, ?)"
-               " ON CONFLICT (workspace_id, period, user_id) DO UPDATE SET tokens = tokens + excluded.tokens",
-               (workspace_id, period, user_id, tokens))
-
-
-def _spent(tx: Tx, workspace_id: str, period: str, user_id: str) -> int:
-    return tx.value("SELECT tokens FROM ai_spend WHERE workspace_id = ? AND period = ? AND user_id = ?",
-                    (workspace_id, period, user_id)) or 0
+def _add(tx: Tx, workspace_id: str, period: str, user_id: str, tokens: int) -> int:
+    """Add `tokens` to a running total (locking its row until commit); the new total."""
+    return tx.value("INSERT INTO ai_spend (workspace_id, period, user_id, tokens) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (workspace_id, period, user_id) DO UPDATE SET tokens = ai_spend.tokens + excluded.tokens"
+                    " RETURNING tokens", (workspace_id, period, user_id, tokens))
 
 
 class Ledger:
@@ -111,39 +112,36 @@ def _reserve(tx: Tx, workspace_id: str, user_id: str, provider: str, model: str,
     limits = _limits(tx.one("SELECT * FROM ai_limits WHERE workspace_id = ?", (workspace_id,)))
     if limits.models is not None and model not in limits.models:
         raise Forbidden(f"the model {model!r} is not allowed in this workspace", headers=NO_RETRY)
+    # first the user's day total: its row lock serializes this user's reservations (see above)
+    user_day = _add(tx, workspace_id, day, user_id, tokens)
     if limits.user_requests_per_minute is not None:
         recent = tx.all("SELECT started FROM ai_calls WHERE workspace_id = ? AND user_id = ? AND started > ?"
                         " ORDER BY started LIMIT ?", (workspace_id, user_id, now - 60, limits.user_requests_per_minute))
         if len(recent) >= limits.user_requests_per_minute:
             raise UserLimited(recent[0]["started"] + 60 - now,
                               f"at most {limits.user_requests_per_minute} AI requests per minute per user")
-    if limits.user_tokens_per_day is not None and \
-            _spent(tx, workspace_id, day, user_id) + tokens > limits.user_tokens_per_day:
+    if limits.user_tokens_per_day is not None and user_day > limits.user_tokens_per_day:
         midnight = datetime(moment.year, moment.month, moment.day, tzinfo=UTC) + timedelta(days=1)
         raise UserLimited((midnight - moment).total_seconds(),
                           f"this request could pass the {limits.user_tokens_per_day} tokens a user may use per day")
-    if limits.tokens_per_month is not None and \
-            _spent(tx, workspace_id, month, "") + tokens > limits.tokens_per_month:
+    workspace_month = _add(tx, workspace_id, month, "", tokens)
+    if limits.tokens_per_month is not None and workspace_month > limits.tokens_per_month:
         raise RateLimited((_month_start_after(moment) - moment).total_seconds(),
                           f"the workspace's AI budget of {limits.tokens_per_month} tokens this month is spent"
                           " (or held by requests in progress)", headers=NO_RETRY)
-    call_id = tx.execute("INSERT INTO ai_calls (workspace_id, user_id, provider, model, started, day, reserved)"
-                         " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (workspace_id, user_id, provider, model, now, day, tokens)).lastrowid
-    _add(tx, workspace_id, month, "", tokens)
-    _add(tx, workspace_id, day, user_id, tokens)
-    return call_id
+    return tx.value("INSERT INTO ai_calls (workspace_id, user_id, provider, model, started, day, reserved)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (workspace_id, user_id, provider, model, now, day, tokens))
 
 
 def _settle(tx: Tx, call_id: int, status: int, usage: Usage) -> None:
-    row = tx.one("SELECT workspace_id, user_id, day, reserved FROM ai_calls WHERE id = ? AND settled_at IS NULL",
-                 (call_id,))
+    # claiming the call (settled_at set) and reading its reservation in one statement: settled once
+    row = tx.one("UPDATE ai_calls SET status = ?, input_tokens = ?, output_tokens = ?, estimated = ?, settled_at = ?"
+                 " WHERE id = ? AND settled_at IS NULL RETURNING workspace_id, user_id, day, reserved",
+                 (status, usage.input_tokens, usage.output_tokens, int(usage.estimated), clock.iso(), call_id))
     if row is None:
         return
-    spent = usage.input_tokens + usage.output_tokens
-    tx.execute("UPDATE ai_calls SET reserved = 0, status = ?, input_tokens = ?, output_tokens = ?, estimated = ?,"
-               " settled_at = ? WHERE id = ?",
-               (status, usage.input_tokens, usage.output_tokens, int(usage.estimated), clock.iso(), call_id))
-    delta = spent - row["reserved"]
+    tx.execute("UPDATE ai_calls SET reserved = 0 WHERE id = ?", (call_id,))
+    delta = usage.input_tokens + usage.output_tokens - row["reserved"]
     _add(tx, row["workspace_id"], row["day"][:7], "", delta)
     _add(tx, row["workspace_id"], row["day"], row["user_id"], delta)
