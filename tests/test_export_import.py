@@ -27,13 +27,16 @@ from tests.builders import (
     folder,
     import_zip,
     join,
+    make_settings,
     make_workspace,
     make_zip,
     owned_workspace,
     register,
 )
 from tests.processes import MDSYNC, ROOT, cli, subprocess_env
-from tests.readers import audit_actions, content, db_rows, feed, tree
+from tests.readers import audit_actions, content, db_rows, feed, settings_rows, tree
+
+pytestmark = pytest.mark.both_engines
 
 # -- helpers ----------------------------------------------------------------------------------------
 
@@ -441,13 +444,13 @@ async def test_an_export_that_fails_midway_is_never_a_valid_zip(client):
                 raise OSError("disk went away")
             yield placed, "text"
 
-    conn = export.open_snapshot(client.app[SETTINGS].db_path)
+    tx = export.open_snapshot(client.app[SETTINGS])
     out = io.BytesIO()
     try:
         with pytest.raises(OSError):
-            export.write_export(out, conn, ws, failing)
+            export.write_export(out, tx, ws, failing)
     finally:
-        conn.close()
+        tx.conn.close()
     with pytest.raises(zipfile.BadZipFile):
         zipfile.ZipFile(io.BytesIO(out.getvalue()))
 
@@ -642,14 +645,7 @@ def test_cli_export_and_import(tmp_path):
 
 
 def _rows(data_dir: Path, sql: str):
-    import sqlite3
-
-    conn = sqlite3.connect(data_dir / "mdsync.db")
-    conn.row_factory = sqlite3.Row
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
+    return settings_rows(make_settings(data_dir), sql)
 
 
 # -- attachments ----------------------------------------------------------------------------------

@@ -25,16 +25,15 @@ def export_command(workspace, out, settings) -> None:
     """Write a workspace as a zip of markdown: folders as directories, documents as .md with
     front matter, mdsync.json. OUT "-" writes the zip to stdout."""
     with reading(settings) as tx:
-        conn = tx.conn
         ws = workspace_or_fail(tx, workspace, deleted=False)
-        total = export.count_documents(conn, ws["id"])
+        total = export.count_documents(tx, ws["id"])
         to_stdout = str(out) == "-"
         partial = None if to_stdout else out.with_name(out.name + ".partial")
         target = sys.stdout.buffer if to_stdout else open(partial, "wb")
         try:
             with click.progressbar(length=total, label=f"exporting {ws['name']}", file=sys.stderr,
                                    show_pos=True) as bar, _storage_reader(settings) as read_file:
-                summary = export.write_export(target, conn, ws["id"], export.stored_reader(conn), bar.update,
+                summary = export.write_export(target, tx, ws["id"], export.stored_reader(tx), bar.update,
                                               read_file=read_file)
             if not to_stdout:
                 target.close()

@@ -1,8 +1,9 @@
 """Export: a workspace as a zip of markdown (layout in archive.py), written while it is read.
 
-`write_export(out, conn, workspace_id, read_markdown)` is the whole export. It runs in a thread:
-it reads metadata from its own SQLite connection inside ONE read transaction (a consistent
-snapshot of the tree, however long the export takes), asks `read_markdown` for each document's
+`write_export(out, tx, workspace_id, read_markdown)` is the whole export. It runs in a thread:
+it reads metadata from its own database connection (`open_snapshot`) inside ONE read transaction
+(a consistent snapshot of the tree, however long the export takes: on SQLite a deferred read
+transaction, on PostgreSQL a REPEATABLE READ, READ ONLY one), asks `read_markdown` for each document's
 current markdown, and writes zip entries to `out`, a non-seekable writer (zipfile then uses data
 descriptors), so nothing but one document at a time is ever held. `mdsync.json` is written last,
 by a second pass over the same snapshot.
@@ -26,19 +27,18 @@ import contextlib
 import io
 import json
 import logging
-import sqlite3
 import threading
 import zipfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 from mdsync import clock
 from mdsync.api.errors import NotFound
-from mdsync.db import connect
+from mdsync.config import Settings
+from mdsync.db import Tx, connect
 from mdsync.transfer import archive
 
 log = logging.getLogger("mdsync.transfer")
@@ -90,17 +90,27 @@ class WorkspaceGone(Exception):
     pass
 
 
-def open_snapshot(db_path: Path | str) -> sqlite3.Connection:
-    """A read-only connection for one export."""
-    conn = connect(db_path)
-    conn.execute("PRAGMA query_only = ON")
-    conn.execute("PRAGMA cache_size = -1024")  # a sequential read: 1 MiB of page cache is plenty
-    return conn
+def open_snapshot(settings: Settings) -> Tx:
+    """A read-only connection of its own for one export (close it with `tx.conn.close()`);
+    `write_export` holds its snapshot transaction."""
+    if settings.database.url is None:
+        conn = connect(settings.db_path, autocheckpoint=settings.replica.url is None)
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA cache_size = -1024")  # a sequential read: 1 MiB of page cache is plenty
+        return Tx(conn)
+    from mdsync.db.postgres import PgTx
+    from mdsync.db.postgres import connect as connect_pg
+
+    return PgTx(connect_pg(settings.database.url, statement_timeout=settings.database.statement_timeout))
 
 
-def count_documents(conn: sqlite3.Connection, workspace_id: str) -> int:
-    return conn.execute("SELECT count(*) FROM documents WHERE workspace_id = ? AND deleted_at IS NULL",
-                        (workspace_id,)).fetchone()[0]
+# one snapshot for the whole export; PostgreSQL's default READ COMMITTED would see each
+# statement's own moment, so its transaction asks for REPEATABLE READ
+_BEGIN_SNAPSHOT = {"sqlite": "BEGIN", "postgresql": "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"}
+
+
+def count_documents(tx: Tx, workspace_id: str) -> int:
+    return tx.value("SELECT count(*) FROM documents WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,))
 
 
 def _zip_time(iso: str | None) -> tuple[int, int, int, int, int, int]:
@@ -127,65 +137,56 @@ def _entry(path: str, iso: str | None, directory: bool = False) -> zipfile.ZipIn
     return info
 
 
-def _folders(conn: sqlite3.Connection, workspace_id: str) -> tuple[list[sqlite3.Row], dict[str, archive.FolderPath]]:
-    rows = conn.execute("SELECT id, parent_id, name, position, created_at, updated_at FROM folders"
-                        " WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,)).fetchall()
+def _folders(tx: Tx, workspace_id: str) -> tuple[list[Any], dict[str, archive.FolderPath]]:
+    rows = tx.all("SELECT id, parent_id, name, position, created_at, updated_at FROM folders"
+                  " WHERE workspace_id = ? AND deleted_at IS NULL", (workspace_id,))
     return rows, archive.place_folders(rows)
 
 
-def _placed(conn: sqlite3.Connection, workspace_id: str, folders: dict[str, archive.FolderPath]) -> Iterator[Placed]:
+def _placed(tx: Tx, workspace_id: str, folders: dict[str, archive.FolderPath]) -> Iterator[Placed]:
     """Every live document with its path, directory by directory in a stable order; names are
     claimed per directory (subfolders first, then documents in order)."""
     namespace = archive.document_namespaces(folders)
     for folder_id in (None, *folders):
         space = namespace(folder_id)
         if folder_id is None:
-            directory, rows = "", conn.execute(DOCS_AT_TOP, (workspace_id,))
+            directory, rows = "", tx.execute(DOCS_AT_TOP, (workspace_id,))
         else:
-            directory, rows = folders[folder_id].path, conn.execute(DOCS_IN_FOLDER, (workspace_id, folder_id))
+            directory, rows = folders[folder_id].path, tx.execute(DOCS_IN_FOLDER, (workspace_id, folder_id))
         for row in rows:
             doc = {k: row[k] for k in row.keys() if k != "has_state"}
             name = space.claim(archive.safe_name(doc["title"]), ".md")
             yield Placed(doc, directory, f"{directory}/{name}" if directory else name, bool(row["has_state"]))
 
 
-def _version_lister(conn: sqlite3.Connection) -> Callable[[str], list[dict]]:
-    """The versions of a document as listed in mdsync.json (id, created_at, kind, label where the
-    versions table has them); an empty list while no versions feature is installed."""
-    table = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'versions'").fetchone()
-    if table is None:
-        return lambda doc_id: []
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(versions)")}
-    if "document_id" not in columns:
-        return lambda doc_id: []
-    wanted = [c for c in ("id", "created_at", "kind", "label", "size") if c in columns]
-    order = "created_at, rowid" if "created_at" in columns else "rowid"
-    sql = f"SELECT {', '.join(wanted)} FROM versions WHERE document_id = ? ORDER BY {order}"  # names from the schema
+def _version_lister(tx: Tx) -> Callable[[str], list[dict]]:
+    """The versions of a document as listed in mdsync.json, oldest first (the API's order, read
+    backwards)."""
+    wanted = ("id", "created_at", "kind", "label", "size")
+    sql = f"SELECT {', '.join(wanted)} FROM versions WHERE document_id = ? ORDER BY created_at, id"
 
     def versions(doc_id: str) -> list[dict]:
-        return [dict(zip(wanted, row, strict=True)) for row in conn.execute(sql, (doc_id,))]
+        return [dict(zip(wanted, row, strict=True)) for row in tx.all(sql, (doc_id,))]
 
     return versions
 
 
-def stored_markdown(conn: sqlite3.Connection, doc_id: str) -> str:
-    row = conn.execute("SELECT markdown FROM documents WHERE id = ?", (doc_id,)).fetchone()
-    return "" if row is None else row[0]
+def stored_markdown(tx: Tx, doc_id: str) -> str:
+    markdown = tx.value("SELECT markdown FROM documents WHERE id = ?", (doc_id,))
+    return "" if markdown is None else markdown
 
 
 # storage key -> the file's bytes, chunk by chunk
 FileReader = Callable[[str], Iterator[bytes]]
 
 
-def _attachment_rows(conn: sqlite3.Connection, workspace_id: str) -> list[sqlite3.Row]:
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'attachments'").fetchone() is None:
-        return []
-    return conn.execute("SELECT id, name, document_id, content_type, size, sha256, storage_key, created_at"
-                        " FROM attachments WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY created_at, id",
-                        (workspace_id,)).fetchall()
+def _attachment_rows(tx: Tx, workspace_id: str) -> list[Any]:
+    return tx.all("SELECT id, name, document_id, content_type, size, sha256, storage_key, created_at"
+                  " FROM attachments WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY created_at, id",
+                  (workspace_id,))
 
 
-def _write_attachments(zf: zipfile.ZipFile, rows: list[sqlite3.Row], read_file: FileReader) -> list[dict]:
+def _write_attachments(zf: zipfile.ZipFile, rows: list[Any], read_file: FileReader) -> list[dict]:
     """Each attachment's file into the zip; answers the manifest entries of those written."""
     written = []
     for row in rows:
@@ -211,18 +212,17 @@ def _write_attachments(zf: zipfile.ZipFile, rows: list[sqlite3.Row], read_file: 
     return written
 
 
-def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_markdown: MarkdownReader,
+def write_export(out: Any, tx: Tx, workspace_id: str, read_markdown: MarkdownReader,
                  progress: Callable[[int], Any] | None = None, read_file: FileReader | None = None) -> ExportSummary:
     """Write the workspace's zip to `out` (anything with `write`; need not seek). Attachments
     are included when `read_file` is given."""
     summary = ExportSummary()
-    conn.execute("BEGIN")  # one snapshot for both passes
+    tx.execute(_BEGIN_SNAPSHOT[tx.engine])  # one snapshot for both passes
     try:
-        ws = conn.execute("SELECT id, name, slug FROM workspaces WHERE id = ? AND deleted_at IS NULL",
-                          (workspace_id,)).fetchone()
+        ws = tx.one("SELECT id, name, slug FROM workspaces WHERE id = ? AND deleted_at IS NULL", (workspace_id,))
         if ws is None:
             raise WorkspaceGone(workspace_id)
-        folder_rows, folders = _folders(conn, workspace_id)
+        folder_rows, folders = _folders(tx, workspace_id)
         by_id = {r["id"]: r for r in folder_rows}
         zf = zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL,
                              allowZip64=True)
@@ -231,10 +231,10 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
                 zf.writestr(_entry(folder.path + "/", by_id[folder.id]["updated_at"], directory=True), b"")
                 summary.folders += 1
             listed = ([] if read_file is None
-                      else _write_attachments(zf, _attachment_rows(conn, workspace_id), read_file))
+                      else _write_attachments(zf, _attachment_rows(tx, workspace_id), read_file))
             attachments = {a["id"]: a["path"] for a in listed}  # attachment id -> path in the zip
             summary.attachments = len(listed)
-            for placed, markdown in read_markdown(_placed(conn, workspace_id, folders)):
+            for placed, markdown in read_markdown(_placed(tx, workspace_id, folders)):
                 doc = placed.doc
                 body = archive.links_to_files(markdown, placed.directory, attachments)
                 data = (archive.front_matter(doc) + body).encode("utf-8")
@@ -243,7 +243,7 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
                 if progress is not None:
                     progress(1)
             with zf.open(_entry(archive.MANIFEST, clock.iso()), "w", force_zip64=True) as manifest:
-                _write_manifest(manifest, conn, ws, folder_rows, folders, listed)
+                _write_manifest(manifest, tx, ws, folder_rows, folders, listed)
         except BaseException:
             # never finish a zip that lacks entries (no central directory, also not from
             # ZipFile.__del__): whoever reads it must see it broken, not a smaller export
@@ -252,10 +252,10 @@ def write_export(out: Any, conn: sqlite3.Connection, workspace_id: str, read_mar
         zf.close()
         return summary
     finally:
-        conn.execute("ROLLBACK")
+        tx.execute("ROLLBACK")
 
 
-def _write_manifest(out: Any, conn: sqlite3.Connection, ws: sqlite3.Row, folder_rows: list[sqlite3.Row],
+def _write_manifest(out: Any, tx: Tx, ws: Any, folder_rows: list[Any],
                     folders: dict[str, archive.FolderPath], attachments: list[dict] = ()) -> None:
     """mdsync.json, written piece by piece (one document's entry at a time)."""
     def put(text: str) -> None:
@@ -273,8 +273,8 @@ def _write_manifest(out: Any, conn: sqlite3.Connection, ws: sqlite3.Row, folder_
                                         "path": f.path, "created_at": row["created_at"],
                                         "updated_at": row["updated_at"]}, ensure_ascii=False))
     put('],"documents":[')
-    versions = _version_lister(conn)
-    for n, placed in enumerate(_placed(conn, ws["id"], folders)):
+    versions = _version_lister(tx)
+    for n, placed in enumerate(_placed(tx, ws["id"], folders)):
         d = placed.doc
         put(("," if n else "") + dumps({
             "id": d["id"], "title": d["title"], "folder_id": placed.doc["folder_id"] if placed.directory else None,
@@ -289,7 +289,7 @@ def _write_manifest(out: Any, conn: sqlite3.Connection, ws: sqlite3.Row, folder_
 
 
 # -- markdown readers ----------------------------------------------------------------------------
-def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
+def stored_reader(tx: Tx) -> MarkdownReader:
     """Offline (the CLI): a document's markdown from its Yjs state when it has one (updates
     are committed within 1 s, while the stored projection may trail a live room), else the stored
     markdown. A `tiptap` document's fragment is rendered as GET content renders it."""
@@ -304,9 +304,8 @@ def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
             doc_id = placed.doc["id"]
             markdown = None
             if placed.has_state and placed.doc["content_model"] in ("text", "tiptap"):
-                snap = conn.execute("SELECT state FROM doc_snapshots WHERE document_id = ?", (doc_id,)).fetchone()
-                updates = conn.execute("SELECT data FROM doc_updates WHERE document_id = ? ORDER BY seq",
-                                       (doc_id,)).fetchall()
+                snap = tx.one("SELECT state FROM doc_snapshots WHERE document_id = ?", (doc_id,))
+                updates = tx.all("SELECT data FROM doc_updates WHERE document_id = ? ORDER BY seq", (doc_id,))
                 if snap is not None or updates:
                     ydoc = Doc()
                     for update in ([snap[0]] if snap is not None else []) + [u[0] for u in updates]:
@@ -315,12 +314,12 @@ def stored_reader(conn: sqlite3.Connection) -> MarkdownReader:
                         markdown = str(ydoc.get(TEXT_NAME, type=Text))
                     else:
                         markdown = render(yxml.read_blocks(yxml.fragment(ydoc)))
-            yield placed, markdown if markdown is not None else stored_markdown(conn, doc_id)
+            yield placed, markdown if markdown is not None else stored_markdown(tx, doc_id)
 
     return read_all
 
 
-def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Connection,
+def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, tx: Tx,
                 stop: threading.Event) -> MarkdownReader:
     """In the export thread: the markdown of each document that has Yjs state comes from the
     content backend on the event loop (`content.markdown(doc)`: the live text when its room is
@@ -332,7 +331,7 @@ def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Con
 
     def wait(placed: Placed, future) -> tuple[Placed, str]:
         if future is None:
-            return placed, stored_markdown(conn, placed.doc["id"])
+            return placed, stored_markdown(tx, placed.doc["id"])
         while True:
             try:
                 return placed, future.result(timeout=0.5)
@@ -341,7 +340,7 @@ def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, conn: sqlite3.Con
                     future.cancel()
                     raise ExportCancelled() from None
             except NotFound:
-                return placed, stored_markdown(conn, placed.doc["id"])
+                return placed, stored_markdown(tx, placed.doc["id"])
 
     read = content.markdown
     def read_all(items: Iterable[Placed]) -> Iterator[tuple[Placed, str]]:
@@ -417,7 +416,7 @@ class _Pipe:
         return item
 
 
-async def stream_export(write: Callable[[bytes], Any], db_path: Path | str, workspace_id: str, content: Any,
+async def stream_export(write: Callable[[bytes], Any], settings: Settings, workspace_id: str, content: Any,
                         storage: Any = None) -> None:
     """Run the export in its own thread and `await write(chunk)` each chunk on the loop. Raises
     whatever stopped the export; stops the thread if the caller is cancelled."""
@@ -426,7 +425,7 @@ async def stream_export(write: Callable[[bytes], Any], db_path: Path | str, work
 
     def work() -> None:
         try:
-            conn = open_snapshot(db_path)
+            tx = open_snapshot(settings)
         except BaseException as exc:
             pipe.end(exc)
             return
@@ -436,13 +435,13 @@ async def stream_export(write: Callable[[bytes], Any], db_path: Path | str, work
             if storage is not None:
                 from mdsync.transfer.attachments import loop_file_reader
                 read_file = loop_file_reader(loop, storage, pipe.stop)
-            write_export(sink, conn, workspace_id, loop_reader(loop, content, conn, pipe.stop), read_file=read_file)
+            write_export(sink, tx, workspace_id, loop_reader(loop, content, tx, pipe.stop), read_file=read_file)
             sink.drain()
             pipe.end()
         except BaseException as exc:  # the loop side re-raises it
             pipe.end(exc)
         finally:
-            conn.close()
+            tx.conn.close()
 
     thread = threading.Thread(target=work, name="mdsync-export", daemon=True)
     thread.start()

@@ -590,7 +590,7 @@ class _Positions:
         key = (table, parent)
         if key not in self.next:
             column = "parent_id" if table == "folders" else "folder_id"  # fixed names, not input
-            highest = tx.value(f"SELECT max(position) FROM {table} WHERE workspace_id = ? AND {column} IS ?"
+            highest = tx.value(f"SELECT max(position) FROM {table} WHERE workspace_id = ? AND {column} IS NOT DISTINCT FROM ?"
                                " AND deleted_at IS NULL", (self.workspace_id, parent))
             self.next[key] = -1.0 if highest is None else float(highest)
         if given is not None:

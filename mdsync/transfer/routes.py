@@ -78,7 +78,7 @@ async def export_workspace(request: web.Request) -> web.StreamResponse:
     await db.write(record)
     await response.prepare(request)
     try:
-        await export.stream_export(response.write, db.path, access.workspace_id, request.app[CONTENT],
+        await export.stream_export(response.write, request.app[SETTINGS], access.workspace_id, request.app[CONTENT],
                                    request.app[ATTACHMENTS].storage)
     except (ConnectionResetError, export.ExportCancelled):
         raise
