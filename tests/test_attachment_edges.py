@@ -12,6 +12,8 @@ import pytest
 from tests.builders import make_workspace, register, upload_raw
 from tests.readers import local
 
+pytestmark = pytest.mark.both_engines
+
 DATA = bytes(range(256)) * 8
 HUGE = "9" * 5000
 

@@ -6,6 +6,7 @@ import hashlib
 import os
 
 import aiohttp
+import pytest
 
 from mdsync import clock
 from mdsync.appkeys import SETTINGS
@@ -23,6 +24,8 @@ from tests.builders import (
     upload_raw,
 )
 from tests.readers import local
+
+pytestmark = pytest.mark.both_engines
 
 
 def stored_files(client) -> list[str]:

@@ -13,6 +13,8 @@ from tests.builders import API, HTML, PNG, SVG, make_workspace, register, upload
 from tests.readers import local
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
+pytestmark = pytest.mark.both_engines
+
 BUCKET = "mdsync-attachments"
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -152,6 +153,7 @@ def test_adversarial_inputs_cost_in_proportion_to_their_size():
         assert large <= 8 * small + 0.005, (name, small, large)
 
 
+@pytest.mark.both_engines  # the share view's lookup of attachments; the rest of this module is pure
 async def test_share_view_of_a_link_bomb_costs_what_an_ordinary_document_does(client):
     owner = await register(client)
     headers = owner.headers

@@ -23,6 +23,8 @@ from tests.readers import content
 from tests.waiting import eventually
 from tests.yclient import YClient
 
+pytestmark = pytest.mark.both_engines
+
 API = "/api/v1"
 BODY = "# Plan\n\nFirst paragraph.\n\n- one\n- two\n\nThird block.\n\nFifth paragraph here.\n"
 

@@ -20,7 +20,7 @@ from tests.builders import register
 from tests.nodeclients import needs_node, run_node
 from tests.tiptap_cases import CASES, TIPTAP_READS, TIPTAP_WRITES
 
-pytestmark = needs_node
+pytestmark = [needs_node, pytest.mark.both_engines]
 API = "/api/v1"
 SCRIPT = "tiptap_scenario.mjs"
 ALL = {**CASES, **{name: (blocks, md) for name, (blocks, md, _why) in TIPTAP_WRITES.items()}}
