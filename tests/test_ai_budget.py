@@ -8,6 +8,10 @@ import asyncio
 import pytest
 
 from mdsync.ai import AI_KEY
+from mdsync.ai.ledger import Ledger
+from mdsync.api.errors import RateLimited
+from mdsync.appkeys import SETTINGS
+from mdsync.db import database_for
 from tests.ai_setup import ANTHROPIC, API, OPENAI, make_workspace, team
 from tests.fake_ai_upstream import CHAT_USAGE, MESSAGES_USAGE, RESPONSES_USAGE, fake_ai  # noqa: F401
 
@@ -48,6 +52,34 @@ async def test_twenty_concurrent_requests_with_a_budget_for_ten(client, fake_ai)
     usage = await t.usage()
     assert sum(u["requests"] for u in usage) == len(ok)
     assert sum(u["input_tokens"] + u["output_tokens"] for u in usage) == len(ok) * per_call
+
+
+async def test_two_writers_on_one_database_never_pass_the_budget_together(client):
+    """Two writers on one database (two processes; here two database objects), each committing
+    its reservations in batches: a reservation adds to the month's total first, under that row's
+    lock, and checks the total it got, so on PostgreSQL too (READ COMMITTED) the second writer
+    waits and then sees the first one's calls."""
+    t = await team(client)
+    await t.put_limits(tokens_per_month=1000)
+    dbs = [database_for(client.app[SETTINGS], readers=1) for _ in range(2)]
+    for db in dbs:
+        await db.open()
+    ledgers = [Ledger(db) for db in dbs]
+
+    async def reserve(n: int) -> int | None:
+        try:
+            return await ledgers[n % 2].reserve(t.ws, f"user-{n % 3}", "openai", "gpt-fake", 100)
+        except RateLimited:
+            return None
+
+    try:
+        calls = await asyncio.gather(*(reserve(n) for n in range(30)))
+    finally:
+        for db in dbs:
+            await db.close()
+    assert sum(call is not None for call in calls) == 10
+    assert spent(t) == 1000
+    assert len(t.rows("SELECT id FROM ai_calls WHERE workspace_id = ?", (t.ws,))) == 10
 
 
 async def test_held_reservations_refuse_what_could_pass_the_budget(client, fake_ai):

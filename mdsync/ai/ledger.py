@@ -2,13 +2,13 @@
 settled after (docs/api.md "AI proxy").
 
 `reserve` runs as one job of the database's single writer: it adds the call's reservation (prompt
-estimate + output cap) to the running totals, then refuses (403 model, 429 user limit, 429
-budget) — the job's savepoint undoing the addition — or records the call, all in one
-transaction. The writer runs one job at a time, and the addition comes first because it is an
-upsert that answers the new total under the row's lock: even a second writer (another process on
-the same PostgreSQL database, whose READ COMMITTED would let two read-then-write checks pass
-together) waits for that row and then sees the other's call, so concurrent requests can never
-together pass `tokens_per_month` or a user's limits.
+estimate + output cap) to the running totals, the workspace's month first, then refuses (403
+model, 429 user limit, 429 budget) — the job's savepoint undoing the additions — or records the
+call, all in one transaction. The writer runs one job at a time; the additions come first because
+each is an upsert that answers the new total under its row's lock: even a second writer (another
+process on the same PostgreSQL database, whose READ COMMITTED would let two read-then-write
+checks pass together) waits for the month row and then sees the other's calls, so concurrent
+requests can never together pass `tokens_per_month` or a user's limits.
 `settle` replaces the reservation with the provider's counts (or the estimate), releasing the
 rest; it runs in the proxy's `finally`, so errors and cut-off streams release too. It claims the
 call with one conditional UPDATE, so a call is settled once.
@@ -112,7 +112,9 @@ def _reserve(tx: Tx, workspace_id: str, user_id: str, provider: str, model: str,
     limits = _limits(tx.one("SELECT * FROM ai_limits WHERE workspace_id = ?", (workspace_id,)))
     if limits.models is not None and model not in limits.models:
         raise Forbidden(f"the model {model!r} is not allowed in this workspace", headers=NO_RETRY)
-    # first the user's day total: its row lock serializes this user's reservations (see above)
+    # first the totals, the workspace's month before the user's day (settle takes them in the
+    # same order): the month row's lock serializes the workspace's reservations (see above)
+    workspace_month = _add(tx, workspace_id, month, "", tokens)
     user_day = _add(tx, workspace_id, day, user_id, tokens)
     if limits.user_requests_per_minute is not None:
         recent = tx.all("SELECT started FROM ai_calls WHERE workspace_id = ? AND user_id = ? AND started > ?"
@@ -124,7 +126,6 @@ def _reserve(tx: Tx, workspace_id: str, user_id: str, provider: str, model: str,
         midnight = datetime(moment.year, moment.month, moment.day, tzinfo=UTC) + timedelta(days=1)
         raise UserLimited((midnight - moment).total_seconds(),
                           f"this request could pass the {limits.user_tokens_per_day} tokens a user may use per day")
-    workspace_month = _add(tx, workspace_id, month, "", tokens)
     if limits.tokens_per_month is not None and workspace_month > limits.tokens_per_month:
         raise RateLimited((_month_start_after(moment) - moment).total_seconds(),
                           f"the workspace's AI budget of {limits.tokens_per_month} tokens this month is spent"
@@ -143,5 +144,6 @@ def _settle(tx: Tx, call_id: int, status: int, usage: Usage) -> None:
         return
     tx.execute("UPDATE ai_calls SET reserved = 0 WHERE id = ?", (call_id,))
     delta = usage.input_tokens + usage.output_tokens - row["reserved"]
+    # the month row before the day row, as `_reserve` takes them
     _add(tx, row["workspace_id"], row["day"][:7], "", delta)
     _add(tx, row["workspace_id"], row["day"], row["user_id"], delta)
