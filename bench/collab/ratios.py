@@ -24,7 +24,11 @@ ROWS = [
     ("S1 fan-out latency p50 ms", lambda r: r["s1"]["latency_ms"]["p50"]),
     ("S1 fan-out latency p99 ms", lambda r: r["s1"]["latency_ms"]["p99"]),
     ("S1 server CPU % (edit phase)", lambda r: r["s1"]["server"]["cpu_edit_pct"]),
+    ("S1 server CPU µs per delivered update",
+     lambda r: 1e6 * r["s1"]["server"]["cpu_edit_s"] / r["s1"]["deliveries_observed"]),
     ("S2 connect+sync p99 ms", lambda r: r["s2"]["connect"]["sync_ms"]["p99"]),
+    ("S2 server CPU s in the edit phase (3000 edits)", lambda r: r["s2"]["server"]["cpu_edit_s"]),
+    ("S2 edit propagation p99 ms", lambda r: r["s2"]["latency_ms"]["p99"]),
     ("S2 server RSS per connection KB", lambda r: r["s2"]["server"]["rss_per_client_kb"]),
     ("S2 server CPU s for 1000 connects", lambda r: r["s2"]["server"]["cpu_connect_s"]),
     ("S3 fresh sync of the 1 MB doc p50 ms", lambda r: r["s3"]["fresh_sync_ms"]["p50"]),
@@ -73,15 +77,18 @@ def section(anchors: dict, mdsync_rows: list, anchors_files: list[str], mdsync_f
            f"medians over {len(mdsync_rows)} round(s). Raw JSON lines (in the work copy's `results/`):",
            ", ".join(f"`{Path(f).name}`" for f in anchors_files + mdsync_files) + ".",
            "Ratio = mdsync / anchor (below 1: mdsync lower, i.e. better on every row here).", "",
-           "| metric | mdsync | " + " | ".join(present) + " | ratio vs " + " | ratio vs ".join(present) + " | vs Hocuspocus |",
-           "|---|---:|" + "---:|" * (2 * len(present)) + "---|"]
+           "| metric | mdsync | " + " | ".join(present) + " | ratio vs " + " | ratio vs ".join(present)
+           + " | ratio vs best peer | vs Hocuspocus |",
+           "|---|---:|" + "---:|" * (2 * len(present) + 1) + "---|"]
     for name, fn in ROWS:
         mine = value(fn, mdsync_rows)
         theirs = [value(fn, anchors[a]) for a in present]
         ratios = [f"{mine / t:.2f}" if mine is not None and t else "–" for t in theirs]
+        best = min((t for t in theirs if t), default=None)
+        ratios.append(f"**{mine / best:.2f}**" if mine is not None and best else "–")
         hp = value(fn, anchors.get("hocuspocus", []))
         verdict = "–" if mine is None or hp is None else ("beats" if mine < hp * 0.9 else "matches" if mine <= hp * 1.1 else "**behind**")
-        fmt = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
+        fmt = lambda x: "–" if x is None else f"{x:.2f}" if abs(x) < 10 else f"{x:.1f}"  # noqa: E731
         out.append(f"| {name} | {fmt(mine)} | " + " | ".join(fmt(t) for t in theirs) + " | " + " | ".join(ratios) + f" | {verdict} |")
     ok = {s: all(r.get(s, {}).get("ok") for r in mdsync_rows) for s in ("s1", "s2", "s3")}
     out += ["", "mdsync scenarios ok in every round (no errors, converged): "

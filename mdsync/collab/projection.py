@@ -103,7 +103,7 @@ class Projector:
     # -- the hot path: the room_update hook ------------------------------------------------
     def on_update(self, room: Room, update: bytes, user_id: str | None) -> None:
         entry = self._dirty.get(room.document_id)
-        if entry is None and self._models.get(room.document_id, self.model) != self.model:
+        if entry is None and room.content_model != self.model:
             return  # a document of another content model: not projected here
         loop = asyncio.get_running_loop()
         now = loop.time()
@@ -174,7 +174,7 @@ class Projector:
         try:
             for entry in entries:
                 room = entry.room
-                if room.closing or not await self.projects(room.document_id):
+                if room.closing or room.content_model != self.model:
                     continue  # a closing room's close hook stores the final projection
                 etag, seq = state_etag(room.doc), room.seq
                 text = await self.backend.room_markdown(room)  # reads the room before its first await

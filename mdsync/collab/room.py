@@ -48,10 +48,11 @@ class DocumentTooLarge(Exception):
 
 class Room:
     def __init__(self, manager: RoomManager, document_id: str, doc: Doc, *, seq: int,
-                 snapshot_bytes: int, log_updates: list[bytes]):
+                 snapshot_bytes: int, log_updates: list[bytes], content_model: str = "text"):
         self.manager = manager
         self.document_id = document_id
         self.doc = doc
+        self.content_model = content_model   # the document's (read with its state; it never changes)
         self.conns: set[Connection] = set()
         # client id -> (clock, JSON state); "null" states are removed
         self.awareness: dict[int, tuple[int, str]] = {}

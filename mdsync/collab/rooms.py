@@ -185,8 +185,8 @@ class RoomManager:
             doc.apply_update(stored.snapshot)
         for update in stored.updates:
             doc.apply_update(update)
-        room = Room(self, document_id, doc, seq=stored.last_seq,
-                    snapshot_bytes=len(stored.snapshot or b""), log_updates=stored.updates)
+        room = Room(self, document_id, doc, seq=stored.last_seq, snapshot_bytes=len(stored.snapshot or b""),
+                    log_updates=stored.updates, content_model=stored.content_model)
         if stored.snapshot is None and not stored.updates:
             # never rebuild a document that has CRDT state from markdown: only a fresh one is seeded
             markdown = stored.seed_markdown

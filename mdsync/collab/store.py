@@ -20,7 +20,7 @@ class Stored:
     updates: list[bytes]
     last_seq: int
     seed_markdown: str | None = None  # documents.markdown, only when there is no CRDT state
-    content_model: str = "text"       # the document's (known when seed_markdown is)
+    content_model: str = "text"       # the document's content model
 
 
 async def load(db: Database, document_id: str) -> Stored:
