@@ -107,6 +107,7 @@ class RoomManager:
         self.rooms: dict[str, Room] = {}
         self._to_flush: list[Room] = []
         self._flush_handle: asyncio.Handle | None = None
+        self._flush_now = False  # _flush_handle is for the next loop turn, not the end of the window
         self._log_writes = 0     # group flushes handed to the writer and not settled yet
         self._hurry = False      # someone waits for an acknowledgement: flush once the writer is free
         self._loading: dict[str, asyncio.Task] = {}
@@ -217,10 +218,11 @@ class RoomManager:
             return
         if self._log_writes:
             self._hurry = True
-        elif self._flush_handle is None or isinstance(self._flush_handle, asyncio.TimerHandle):
+        elif not self._flush_now:
             if self._flush_handle is not None:
                 self._flush_handle.cancel()
             self._flush_handle = asyncio.get_running_loop().call_soon(self.flush_rooms)
+            self._flush_now = True
 
     def _log_written(self, _future: asyncio.Future) -> None:
         self._log_writes -= 1
@@ -233,6 +235,7 @@ class RoomManager:
         one future for all of them: with 500 documents typed in, the per-job cost was most of
         the cost of logging an update). Rooms past their compaction threshold compact."""
         self._flush_handle = None
+        self._flush_now = False
         rooms, self._to_flush = self._to_flush, []
         batches = []
         for room in rooms:
@@ -434,6 +437,7 @@ class RoomManager:
         if self._flush_handle is not None:  # every room flushed its own on closing
             self._flush_handle.cancel()
             self._flush_handle = None
+            self._flush_now = False
 
 
 def readings(manager: RoomManager) -> list:
