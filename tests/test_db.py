@@ -291,7 +291,8 @@ def _sqlite_schema() -> dict:
 
 def _postgresql_schema(conn) -> dict:
     on_delete = {"a": "NO ACTION", "c": "CASCADE", "n": "SET NULL", "r": "RESTRICT", "d": "SET DEFAULT"}
-    skip = ("schema_migrations", *SEARCH_INTERNALS)
+    # changes_head: PostgreSQL's feed head, which SQLite keeps in sqlite_sequence (sync/changes.py)
+    skip = ("schema_migrations", "changes_head", *SEARCH_INTERNALS)
     columns = set()
     for table, name, kind, notnull, has_default, identity, pk in conn.execute(
             "SELECT c.relname, a.attname, format_type(a.atttypid, NULL), a.attnotnull, a.atthasdef,"

@@ -1,13 +1,23 @@
 """Writing the change feed. Every feature calls `record(tx, ...)` inside the transaction that
 makes the change, so the feed is never rebuilt from guesses. Readers waiting on the feed are
-woken after the commit (`mdsync/sync/feed.py` reads it)."""
+woken after the commit (`mdsync/sync/feed.py` reads it).
+
+The seq of a change is its position in the feed, and feed cursors rely on one rule: seqs become
+visible in increasing order, never a smaller one after a larger one. On SQLite AUTOINCREMENT
+numbers them and the one writer commits them in order. On PostgreSQL an identity sequence is
+not enough: it hands out numbers outside transactions, so a reader could see the sequence (the
+feed's head) move before the row it numbers is committed. There the seq is taken from the one
+row of `changes_head`, updated in the same statement as the insert: it moves with the commit,
+and its row lock makes any other writer wait until this transaction ends (docs/architecture.md
+"Databases": the change feed).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
 from functools import partial
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from mdsync import clock
 from mdsync.db import Tx
@@ -20,7 +30,7 @@ class Wake(NamedTuple):
     """What a committed change tells the waiting readers: enough to decide who should look again
     without a query of their own."""
 
-    database: str    # the database file (several apps, each with its own, can share a process)
+    database: str    # changes.database_key: several apps, each with its own database, can share a process
     seq: int
     workspace_id: str
     entity: str
@@ -34,21 +44,32 @@ class Wake(NamedTuple):
 listeners: set[Callable[[Wake], None]] = set()
 
 
-# writer connections -> their database file, asked once per connection. Connections cannot be
-# weakly referenced: the few most recent are held (the entry keeps its id from being reused).
-_files: dict[int, tuple[sqlite3.Connection, str]] = {}
-_FILES_KEPT = 32
+# Which database a connection reaches, as a string the writer's and the readers' connections
+# both give (several apps, each with its own database, can share a process: tests do).
+DATABASE_KEY = {
+    "sqlite": "SELECT file FROM pragma_database_list WHERE name = 'main'",
+    "postgresql": "SELECT concat_ws('/', inet_server_addr(), inet_server_port(), current_database())",
+}
+
+# writer connections -> their database key, asked once per connection. sqlite3 connections cannot
+# be weakly referenced: the few most recent are held (the entry keeps its id from being reused).
+_keys: dict[int, tuple[Any, str]] = {}
+_KEYS_KEPT = 32
 
 
-def database_file(conn: sqlite3.Connection) -> str:
-    """The main database file of `conn`, as SQLite names it (the feed compares the same string)."""
-    entry = _files.get(id(conn))
+def database_key(conn: Any) -> str:
+    """The database the writer's connection `conn` (either engine's) writes to, as `DATABASE_KEY`
+    names it: a feed compares it with the key its readers give."""
+    entry = _keys.get(id(conn))
     if entry is None or entry[0] is not conn:
-        name = next(row[2] for row in conn.execute("PRAGMA database_list") if row[1] == "main")
-        if len(_files) >= _FILES_KEPT:
-            _files.pop(next(iter(_files)))
-        entry = _files[id(conn)] = (conn, name)
+        if len(_keys) >= _KEYS_KEPT:
+            _keys.pop(next(iter(_keys)))
+        sql = DATABASE_KEY["sqlite" if isinstance(conn, sqlite3.Connection) else "postgresql"]
+        entry = _keys[id(conn)] = (conn, conn.execute(sql).fetchone()[0])
     return entry[1]
+
+
+database_file = database_key  # its name before PostgreSQL (auth/revocations.py still uses it)
 
 
 def _wake(change: Wake) -> None:
@@ -59,9 +80,19 @@ def _wake(change: Wake) -> None:
 def record(tx: Tx, workspace_id: str, entity: Entity, entity_id: str, op: Op, *,
            user_id: str | None = None) -> None:
     """Add one change. `user_id`: only that user sees it (None: every member of the workspace)."""
-    seq = tx.execute("INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)",
-                     (workspace_id, entity, entity_id, op, clock.iso(), user_id)).lastrowid
-    tx.after_commit(partial(_wake, Wake(database_file(tx.conn), seq, workspace_id, entity, entity_id, user_id)))
+    # all(): the statement runs to its end (SQLite keeps a half-read RETURNING statement open)
+    seq = tx.all(_RECORD[tx.engine], (workspace_id, entity, entity_id, op, clock.iso(), user_id))[0][0]
+    tx.after_commit(partial(_wake, Wake(database_key(tx.conn), seq, workspace_id, entity, entity_id, user_id)))
+
+
+_RECORD = {
+    "sqlite": "INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)"
+              " RETURNING seq",
+    # the seq from changes_head, in the same statement (see the module's docstring)
+    "postgresql": "WITH head AS (UPDATE changes_head SET seq = seq + 1 RETURNING seq)"
+                  " INSERT INTO changes (seq, workspace_id, entity, entity_id, op, at, user_id)"
+                  " SELECT seq, ?, ?, ?, ?, ?, ? FROM head RETURNING seq",
+}
 
 
 def workspace_purged(tx: Tx, workspace_id: str) -> None:
@@ -88,8 +119,9 @@ def trim(tx: Tx, cutoff: str) -> int:
     if not row["n"]:
         return 0
     tx.execute("DELETE FROM changes WHERE seq <= ? AND at < ?", (row["through"], cutoff))
-    tx.execute("INSERT INTO changes_trimmed (id, through_seq) VALUES (1, ?)"
-               " ON CONFLICT (id) DO UPDATE SET through_seq = max(through_seq, excluded.through_seq)", (row["through"],))
+    tx.execute("INSERT INTO changes_trimmed (id, through_seq) VALUES (1, ?) ON CONFLICT (id) DO UPDATE"
+               " SET through_seq = CASE WHEN excluded.through_seq > changes_trimmed.through_seq"
+               " THEN excluded.through_seq ELSE changes_trimmed.through_seq END", (row["through"],))
     return row["n"]
 
 

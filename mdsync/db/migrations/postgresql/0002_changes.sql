@@ -14,3 +14,13 @@ CREATE TABLE changes (
 );
 CREATE INDEX changes_workspace ON changes(workspace_id, seq);
 CREATE INDEX changes_user ON changes(user_id, seq) WHERE user_id IS NOT NULL;
+
+-- PostgreSQL only: the feed's head, the newest seq ever given (SQLite's is sqlite_sequence). An
+-- identity sequence moves outside transactions, so a reader could see it ahead of a row not yet
+-- committed and step over that row; this row moves with the commit that adds the change, and the
+-- seq of every change is taken from it in the same statement (sync/changes.py `record`).
+CREATE TABLE changes_head (
+    id  BIGINT PRIMARY KEY CHECK (id = 1),
+    seq BIGINT NOT NULL
+);
+INSERT INTO changes_head (id, seq) VALUES (1, 0);
