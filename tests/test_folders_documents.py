@@ -11,6 +11,8 @@ import pytest
 from tests.builders import API, document, folder, join, make_workspace, register
 from tests.readers import audit_actions, content, feed, tree
 
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture
 async def team(client):

@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import re
 
+import pytest
+
 from mdsync.appkeys import ROUTE_TABLES
 from tests.builders import document, make_workspace, register, upload_raw
+
+pytestmark = pytest.mark.both_engines
 
 API = "/api/v1"
 

@@ -1,4 +1,8 @@
+import pytest
+
 from tests.builders import register
+
+pytestmark = pytest.mark.both_engines
 
 
 async def test_healthz_and_readyz(client):

@@ -4,11 +4,14 @@ by any feature are checked without touching this file."""
 
 from __future__ import annotations
 
+import pytest
 from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from mdsync.api.routing import openapi_path, path_params
 from mdsync.appkeys import ROUTE_TABLES
+
+pytestmark = pytest.mark.both_engines
 
 # Routes that are not HTTP request/response operations (WebSocket upgrades) are described in the
 # document's description instead; everything else must be an operation.

@@ -6,11 +6,15 @@ empty or not, can be restored. Time moves through the injectable clock, the swee
 
 from __future__ import annotations
 
+import pytest
+
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.ops import retention
 from tests.builders import document, folder, make_workspace, register
 from tests.readers import tree
+
+pytestmark = pytest.mark.both_engines
 
 API = "/api/v1"
 DAY = 86400

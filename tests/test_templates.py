@@ -14,6 +14,8 @@ from tests.builders import API, document, join, make_workspace, register
 from tests.readers import content
 from tests.yclient import YClient
 
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture
 async def team(client):

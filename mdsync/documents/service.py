@@ -90,7 +90,7 @@ class Documents:
     @staticmethod
     def _next_position(tx: Tx, table: str, column: str, workspace_id: str, parent: str | None) -> float:
         # table/column come from the two call sites below, never from input
-        value = tx.value(f"SELECT max(position) FROM {table} WHERE workspace_id = ? AND {column} IS ?"
+        value = tx.value(f"SELECT max(position) FROM {table} WHERE workspace_id = ? AND {column} IS NOT DISTINCT FROM ?"
                          " AND deleted_at IS NULL", (workspace_id, parent))
         return 0.0 if value is None else float(value) + 1
 
@@ -211,7 +211,8 @@ class Documents:
         created, last_id = keyset(after)
         return await self.db.all(
             f"SELECT {DOC_FIELDS} FROM documents WHERE workspace_id = ? AND deleted_at IS NULL"
-            " AND (? IS NULL OR kind = ?) AND (? IS NULL OR folder_id = ?) AND (created_at, id) > (?, ?)"
+            " AND (CAST(? AS TEXT) IS NULL OR kind = ?) AND (CAST(? AS TEXT) IS NULL OR folder_id = ?)"
+            " AND (created_at, id) > (?, ?)"
             " ORDER BY created_at, id LIMIT ?", (workspace_id, kind, kind, folder_id, folder_id, created, last_id, limit))
 
     async def list_trash(self, workspace_id: str, after, limit: int) -> list[Any]:
@@ -390,7 +391,7 @@ class Documents:
     async def tree(self, workspace_id: str, gzip_ok: bool) -> tuple[bytes, str, bool]:
         """The whole tree as JSON: (body, etag, gzipped).
 
-        Built by SQLite in one query per table, then cached per workspace under the workspace's
+        Built by the database in one query per table, then cached per workspace under the workspace's
         newest change-feed seq: every change to its folders and documents writes a change in the
         same transaction, so a newer seq means "rebuild". Reading the seq is one index probe.
         """
@@ -411,15 +412,30 @@ class Documents:
         return cached[2], etag, True
 
     async def _tree_json(self, workspace_id: str) -> str:
-        folders = await self.db.value(
-            "SELECT json_group_array(json(obj)) FROM (SELECT json_object('id', id, 'name', name, 'parent_id', parent_id,"
-            " 'position', position, 'updated_at', updated_at) AS obj FROM folders"
-            " WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY parent_id, position, name)", (workspace_id,))
-        documents = await self.db.value(
-            "SELECT json_group_array(json(obj)) FROM (SELECT json_object('id', id, 'title', title, 'folder_id', folder_id,"
-            " 'position', position, 'kind', kind, 'updated_at', updated_at) AS obj FROM documents"
-            " WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY folder_id, position, title)", (workspace_id,))
+        folders = await self.db.value(_TREE_FOLDERS[self.db.engine], (workspace_id,))
+        documents = await self.db.value(_TREE_DOCUMENTS[self.db.engine], (workspace_id,))
         return f'{{"workspace_id":{json.dumps(workspace_id)},"folders":{folders},"documents":{documents}}}'
+
+
+# The tree's two arrays, built as JSON text by the database. Folders at the top (parent_id NULL)
+# and loose documents (folder_id NULL) come first, names in byte order, on both engines.
+_TREE_FOLDERS = {
+    "sqlite": "SELECT json_group_array(json(obj)) FROM (SELECT json_object('id', id, 'name', name, 'parent_id',"
+              " parent_id, 'position', position, 'updated_at', updated_at) AS obj FROM folders"
+              " WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY parent_id, position, name)",
+    "postgresql": "SELECT coalesce(json_agg(json_build_object('id', id, 'name', name, 'parent_id', parent_id,"
+                  " 'position', position, 'updated_at', updated_at) ORDER BY parent_id NULLS FIRST, position, name COLLATE \"C\"),"
+                  " '[]')::text FROM folders WHERE workspace_id = ? AND deleted_at IS NULL",
+}
+_TREE_DOCUMENTS = {
+    "sqlite": "SELECT json_group_array(json(obj)) FROM (SELECT json_object('id', id, 'title', title, 'folder_id',"
+              " folder_id, 'position', position, 'kind', kind, 'updated_at', updated_at) AS obj FROM documents"
+              " WHERE workspace_id = ? AND deleted_at IS NULL ORDER BY folder_id, position, title)",
+    "postgresql": "SELECT coalesce(json_agg(json_build_object('id', id, 'title', title, 'folder_id', folder_id,"
+                  " 'position', position, 'kind', kind, 'updated_at', updated_at)"
+                  " ORDER BY folder_id NULLS FIRST, position, title COLLATE \"C\"), '[]')::text"
+                  " FROM documents WHERE workspace_id = ? AND deleted_at IS NULL",
+}
 
 
 DOCUMENTS: web.AppKey[Documents] = web.AppKey("documents", Documents)
