@@ -625,6 +625,47 @@ async def test_pages_are_read_through_the_indexes(client, engine):
     assert "USING INDEX members_user" in plan or "USING COVERING INDEX members_user" in plan, plan
 
 
+async def test_cursors_stay_valid_when_the_database_moves_to_postgresql(make_client, tmp_path, engine):
+    """`mdsync migrate-db`: the feed's head comes along as SQLite had it (sqlite_sequence, which may
+    be past the newest row left), so an issued cursor is neither ahead (422) nor stepped over, and
+    the next change is numbered after it."""
+    if engine == "postgresql":
+        pytest.skip("moves a SQLite database to PostgreSQL: once, from the sqlite variant")
+    from mdsync.db import database_for
+    from mdsync.ops import movedb
+    from mdsync.sync import changes as change_log
+    from tests import engines, pgserver, prerequisites
+    from tests.builders import make_settings
+
+    if pgserver.missing_reason():
+        prerequisites.missing(pgserver.missing_reason())
+    data_dir = tmp_path / "moving"
+    client = await make_client(data_dir=data_dir)
+    ada = await register(client)
+    ws = await new_workspace(client, ada)
+    await rename(client, ws, ada, "Renamed")
+    cursor = (await feed(client, ada, since="now"))["cursor"]
+    # the newest rows gone (as with a purged workspace): the head stays where it was
+    await client.server.app[DB].write(lambda tx: tx.execute("DELETE FROM changes WHERE seq >= ?",
+                                                            (feed_module.decode_cursor(cursor) - 1,)))
+    assert (await feed(client, ada, since="now"))["cursor"] == cursor
+    await client.close()
+
+    url = engines.empty_database_url(data_dir)   # dropped after the test
+    movedb.move(data_dir / "mdsync.db", url)
+    moved = database_for(make_settings(data_dir, database__url=url))
+    await moved.open()
+    try:
+        since = feed_module.decode_cursor(cursor)
+        page = await feed_module.read_page(moved, ada.id, since, 50)
+        assert (page.rows, page.cursor) == ([], since)
+        await moved.write(change_log.record, ws, "workspace", ws, "upsert")
+        page = await feed_module.read_page(moved, ada.id, since, 50)
+        assert [json.loads(change)["seq"] for _, change in page.rows] == [since + 1]
+    finally:
+        await moved.close()
+
+
 # -- shutdown --------------------------------------------------------------------------------
 async def test_streams_and_long_polls_end_cleanly_when_the_server_stops(server_process):
     server = server_process(env={"MDSYNC_AUTH__REGISTRATION": "open"})

@@ -6,8 +6,9 @@ Steps: bring the SQLite file to the newest schema; refuse a target that already 
 create the schema there with the PostgreSQL migrations; copy every table both schemas have
 (parents before children, by the target's foreign keys; a table that refers to itself in row
 order), inside one PostgreSQL transaction, through COPY; set each identity sequence past the
-largest id; compare every table's row count; commit. Nothing is written to the target unless all
-of it is — a failed run leaves it empty. The SQLite file is only read (after its migrations).
+largest id, and the change feed's head where SQLite's was; compare every table's row count;
+commit. Nothing is written to the target unless all of it is — a failed run leaves it empty.
+The SQLite file is only read (after its migrations).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def _copy(source: sqlite3.Connection, target: Any, where: str, progress: Progres
             for table in _tables_in_order(source, target):
                 report.tables[table] = _copy_table(source, target, table, progress)
             _advance_sequences(target)
+            _set_feed_head(source, target)
             for table, copied in report.tables.items():
                 there = target.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
                 if there != copied:
@@ -166,6 +168,15 @@ def _parents_first(rows: list, ref: int, key: int) -> list:
             row = by_key.get(row[ref])
         ordered.extend(reversed(chain))
     return ordered
+
+
+def _set_feed_head(source: sqlite3.Connection, target: Any) -> None:
+    """PostgreSQL's feed head (`changes_head`, sync/changes.py) at the newest seq SQLite ever gave:
+    `sqlite_sequence`, not max(seq) (the newest rows may have gone with a purged workspace), so
+    no cursor already issued lies ahead of the feed and new changes are numbered after it."""
+    given = source.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+    newest = source.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+    target.execute("UPDATE changes_head SET seq = %s", (max(given[0] if given else 0, newest),))
 
 
 def _advance_sequences(target: Any) -> None:
