@@ -29,6 +29,7 @@ import itertools
 import json
 import os
 import shutil
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -46,6 +47,7 @@ from mdsync.tiptap.parse import TooDeep
 
 FEED_PAGES = 10_000   # pages of the change feed read in one pass at most
 CONCURRENCY = 8       # documents new on the server fetched at once (the initial pull)
+BATCH_SECONDS = 0.5   # documents pulled are committed together at most this often
 WRITE_BACK_TRIES = 5  # a file edited while its merge is written: folded in again at most this often
 READ_ONLY_ROLES = ("viewer", "commenter")
 
@@ -78,11 +80,22 @@ class Pass:
         self.recheck_attachments: dict[str, str] = {}  # attachments likewise: {id: op}
         # what this pass last read from or wrote to each file: {path: (sha256 of the text, (mtime_ns, size))}
         self.seen: dict[str, tuple[str, tuple[int, int]]] = {}
+        self.committed = time.monotonic()
 
     # -- small steps -------------------------------------------------------------------------------
     def commit(self) -> None:
         if not self.dry:
             self.state.conn.commit()
+            self.committed = time.monotonic()
+
+    def commit_soon(self) -> None:
+        """Commit at most every `BATCH_SECONDS`: for steps whose loss costs nothing but redoing
+        them (a pulled file not yet recorded is adopted by the next pass, as it holds the text).
+        Each commit waits for the disk (the state is fsynced, so an update recorded as pending is
+        never lost while the server has it): one per pulled document was a third of a 10 000
+        document pull."""
+        if time.monotonic() - self.committed >= BATCH_SECONDS:
+            self.commit()
 
     def stat(self, rel: str) -> tuple[int, int] | None:
         try:
@@ -386,7 +399,7 @@ class Pass:
                   replica.state(), text, style, None)
         if not self.dry:
             self.save(doc)
-        self.commit()
+        self.commit_soon()
 
     def free_path(self, path: str, text: str, claimed: set[str]) -> str:
         """`path`, unless another document holds it or a file with other text is there (never
