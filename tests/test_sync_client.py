@@ -553,6 +553,27 @@ async def test_a_tiptap_documents_local_edit_is_merged_into_its_fragment_with_a_
     assert again.returncode == 0 and actions(again) == []
 
 
+@needs_node
+async def test_a_tiptap_documents_file_edit_merges_with_a_live_tiptap_editor(server, http, tmp_path):
+    user = await new_user(server, http)
+    rich = (await user.call("POST", f"/workspaces/{user.ws}/documents", 201, json={
+        "title": "Rich", "content_model": "tiptap", "markdown": "# Rich\n\nfirst paragraph\n\nthird paragraph\n"}))["id"]
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    path = root / "Rich.md"
+    # the CLI is stopped; a live TipTap editor types at the end of the last paragraph
+    live = asyncio.create_task(run_node("sync_live.mjs", "tiptap_edit", {
+        "url": ws_url(server), "doc": rich, "token": user.access, "block": 2, "insert": " LIVE",
+        "expect": ["LOCAL"]}, timeout=60))
+    await wait_content(user, rich, lambda t: "LIVE" in t, "the live edit on the server")
+    path.write_text(path.read_text().replace("first paragraph", "first paragraph LOCAL"))
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    expected = "# Rich\n\nfirst paragraph LOCAL\n\nthird paragraph LIVE"
+    assert await user.content(rich) == expected and path.read_text() == expected
+    assert (await live)["text"].strip() == expected  # the editor got the file's edit, its own kept
+
+
 async def test_a_save_while_a_merge_is_written_back_loses_nothing(server, http, tmp_path, monkeypatch):
     from mdsync.syncclient import engine
     from mdsync.syncclient.report import Report

@@ -6,9 +6,14 @@
 //   node sync_live.mjs observe '{"url", "doc", "token", "count"}'
 // connects, prints {"ready": true} once synced, then {"marker": k, "at": ms since the epoch} the
 // moment each new marker ⟦k⟧ appears in the text, and ends after `count` markers with {"seen"}.
+//   node sync_live.mjs tiptap_edit '{"url", "doc", "token", "block", "insert", "expect": [..]}'
+// a headless TipTap editor (tiptap.mjs, Collaboration on the fragment `default`) types `insert` at
+// the end of top-level block `block`, then stays until its document's text holds every string
+// of `expect`; prints the editor's markdown (@tiptap/markdown).
 // Command line, time limit, output: harness.mjs.
 import { performance } from 'node:perf_hooks'
 import { cfg, client, done, run, until } from './harness.mjs'
+import { headlessEditor, markdown } from './tiptap.mjs'
 
 async function edit () {
   const c = client(cfg.token)
@@ -43,4 +48,19 @@ async function observe () {
   done({ seen: seen.size })
 }
 
-run({ edit, observe })
+async function tiptapEdit () {
+  const c = client(cfg.token)
+  await until(() => c.synced, 20000, 'sync')
+  const editor = await headlessEditor(c.doc)
+  await until(() => editor.state.doc.childCount > cfg.block, 10000, 'editor content')
+  let pos = 0
+  for (let i = 0; i < cfg.block; i++) pos += editor.state.doc.child(i).nodeSize
+  editor.commands.insertContentAt(pos + editor.state.doc.child(cfg.block).nodeSize - 1, cfg.insert)
+  await until(() => (cfg.expect || []).every((s) => editor.state.doc.textContent.includes(s)), 40000, 'the pushed edit')
+  const text = markdown.serialize(editor.getJSON())
+  editor.destroy()
+  c.provider.destroy()
+  done({ text })
+}
+
+run({ edit, observe, tiptap_edit: tiptapEdit })
