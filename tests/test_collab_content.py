@@ -24,6 +24,8 @@ from tests.readers import content
 from tests.waiting import eventually
 from tests.yclient import YClient
 
+pytestmark = pytest.mark.both_engines
+
 API = "/api/v1"
 
 
@@ -327,7 +329,7 @@ async def test_collection_keeps_the_chain_a_retained_etag_builds_on(make_client)
     states = client.server.app[STATES]
     await states.collect()
     db = client.server.app[DB]
-    kept = await db.all("SELECT seq, full FROM content_states WHERE document_id = ? ORDER BY seq", (doc_id,))
+    kept = await db.all("SELECT seq, \"full\" FROM content_states WHERE document_id = ? ORDER BY seq", (doc_id,))
     assert kept[0]["full"] == 1 and len(kept) >= 2  # the expired whole state stays: `recent` needs it
     assert (await put_content(client, owner, doc_id, "a\nb\nc\nd\n")).status == 200
     resp = await put_content(client, owner, doc_id, "0\n" + base, recent)

@@ -8,16 +8,17 @@ import asyncio
 import json
 import signal
 import socket
-import sqlite3
 import time
 
 import aiohttp
+import pytest
 from pycrdt import Doc, Text
 
-from tests.builders import PASSWORD
+from tests.builders import PASSWORD, make_settings
 from tests.nodeclients import INTEROP, needs_node, run_node
+from tests.readers import settings_rows
 
-pytestmark = needs_node
+pytestmark = [needs_node, pytest.mark.both_engines]
 
 
 def free_port() -> int:
@@ -26,19 +27,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def persisted_text(db_path) -> str:
+def persisted_text(data_dir) -> str:
     """The document text as the database holds it (snapshot + log), read without the server."""
-    conn = sqlite3.connect(str(db_path))
-    try:
-        doc = Doc()
-        for (state,) in conn.execute("SELECT state FROM doc_snapshots"):
-            doc.apply_update(state)
-        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM doc_snapshots").fetchone()[0]
-        for (data,) in conn.execute("SELECT data FROM doc_updates WHERE seq > ? ORDER BY seq", (seq,)):
-            doc.apply_update(data)
-        return str(doc.get("markdown", type=Text))
-    finally:
-        conn.close()
+    settings = make_settings(data_dir)
+    doc = Doc()
+    for (state,) in settings_rows(settings, "SELECT state FROM doc_snapshots"):
+        doc.apply_update(state)
+    seq = settings_rows(settings, "SELECT COALESCE(MAX(seq), 0) FROM doc_snapshots")[0][0]
+    for (data,) in settings_rows(settings, "SELECT data FROM doc_updates WHERE seq > ? ORDER BY seq", (seq,)):
+        doc.apply_update(data)
+    return str(doc.get("markdown", type=Text))
 
 
 async def prepare(base: str) -> tuple[str, str, str]:
@@ -76,7 +74,7 @@ async def type_through(server_process, tmp_path, stop) -> tuple[dict, str, float
         await asyncio.sleep(1.6)
         stopped_at = time.time() * 1000
         stop(server)
-        persisted = persisted_text(data_dir / "mdsync.db")
+        persisted = persisted_text(data_dir)
         server_process(data_dir=data_dir, env=env, args=["--port", str(port)])
         out, err = await asyncio.wait_for(node.communicate(), 58)
     finally:

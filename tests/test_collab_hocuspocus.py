@@ -17,15 +17,18 @@ import asyncio
 import json
 import uuid
 
+import pytest
 from pycrdt import Doc, Text
 
 from mdsync.collab import hocuspocus as hp
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
-from tests.builders import make_document, register
+from tests.builders import make_document, make_settings, register
 from tests.hpclient import HPClient
 from tests.nodeclients import needs_node, run_node
-from tests.readers import doc_text_in_db
+from tests.readers import doc_text_in_db, settings_rows
+
+pytestmark = pytest.mark.both_engines
 
 SCRIPT = "hocuspocus_scenario.mjs"
 
@@ -284,8 +287,6 @@ async def test_document_over_the_size_limit_is_closed_alone(make_client):
 async def test_sigterm_closes_with_1012_and_keeps_every_acked_edit(server_process):
     """A real `mdsync serve`: SIGTERM closes the Hocuspocus socket with 1012 (the provider
     reconnects to the next process) after every acknowledged edit of its documents is stored."""
-    import sqlite3
-
     import aiohttp
 
     from tests.builders import PASSWORD
@@ -314,17 +315,15 @@ async def test_sigterm_closes_with_1012_and_keeps_every_acked_edit(server_proces
         await c.until(lambda: c._reader.done(), "close", timeout=10)
         assert c.close_code == 1012
 
-    db = sqlite3.connect(str(server.data_dir / "mdsync.db"))
-    try:
-        for n, doc_id in enumerate(docs):
-            doc = Doc()
-            for (state,) in db.execute("SELECT state FROM doc_snapshots WHERE document_id = ?", (doc_id,)):
-                doc.apply_update(state)
-            for (data,) in db.execute("SELECT data FROM doc_updates WHERE document_id = ? ORDER BY seq", (doc_id,)):
-                doc.apply_update(data)
-            assert str(doc.get("markdown", type=Text)) == "".join(f"{n}.{i};" for i in range(20))
-    finally:
-        db.close()
+    settings = make_settings(server.data_dir)
+    for n, doc_id in enumerate(docs):
+        doc = Doc()
+        for (state,) in settings_rows(settings, "SELECT state FROM doc_snapshots WHERE document_id = ?", (doc_id,)):
+            doc.apply_update(state)
+        for (data,) in settings_rows(settings, "SELECT data FROM doc_updates WHERE document_id = ? ORDER BY seq",
+                                     (doc_id,)):
+            doc.apply_update(data)
+        assert str(doc.get("markdown", type=Text)) == "".join(f"{n}.{i};" for i in range(20))
 
 
 async def test_role_lowered_while_attached_makes_that_document_read_only(client):
@@ -370,10 +369,15 @@ async def test_sync_status_is_sent_only_after_the_commit_in_order(make_client):
     await c.close()
 
 
-async def test_an_update_whose_log_write_fails_is_acknowledged_once_a_snapshot_holds_it(client, monkeypatch):
+async def test_an_update_whose_log_write_fails_is_acknowledged_once_a_snapshot_holds_it(client, monkeypatch, engine):
     import sqlite3
 
+    import psycopg
+
     from mdsync.collab import store
+
+    # the engine's own error for a row the log refuses (a unique or foreign-key clash)
+    refused = sqlite3.IntegrityError if engine == "sqlite" else psycopg.errors.UniqueViolation
 
     app = client.server.app
     alice = await register(client)
@@ -387,7 +391,7 @@ async def test_an_update_whose_log_write_fails_is_acknowledged_once_a_snapshot_h
     def refuse_once(tx, document_id, rows):
         if not failed:
             failed.append(rows)
-            raise sqlite3.IntegrityError("simulated: these rows never reach the log")
+            raise refused("simulated: these rows never reach the log")
         return append(tx, document_id, rows)
 
     monkeypatch.setattr(store, "append", refuse_once)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import sqlite3
 
 import aiohttp
 import pytest
@@ -17,11 +16,13 @@ from pycrdt import Doc, Text
 from mdsync.appkeys import DB
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
-from tests.builders import PASSWORD, bearer, document, join, make_workspace, owned_document, register
+from tests.builders import PASSWORD, bearer, document, join, make_settings, make_workspace, owned_document, register
 from tests.nodeclients import needs_node, run_node
-from tests.readers import content
+from tests.readers import content, settings_rows
 from tests.waiting import eventually
 from tests.yclient import YClient
+
+pytestmark = pytest.mark.both_engines
 
 API = "/api/v1"
 
@@ -222,9 +223,5 @@ async def test_sigterm_stores_the_projection(server_process, tmp_path):
         code = await asyncio.to_thread(server.terminate)
         assert code == 0, server.rest_of_output()
         await live.close()
-    conn = sqlite3.connect(server.data_dir / "mdsync.db")
-    try:
-        row = conn.execute("SELECT markdown, size FROM documents WHERE id = ?", (doc_id,)).fetchone()
-    finally:
-        conn.close()
-    assert row == ("start\ntyped just before SIGTERM\n", len("start\ntyped just before SIGTERM\n"))
+    [row] = settings_rows(make_settings(server.data_dir), "SELECT markdown, size FROM documents WHERE id = ?", (doc_id,))
+    assert tuple(row) == ("start\ntyped just before SIGTERM\n", len("start\ntyped just before SIGTERM\n"))

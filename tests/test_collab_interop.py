@@ -10,7 +10,7 @@ from tests.builders import make_document, register
 from tests.nodeclients import needs_node, run_node
 from tests.readers import doc_text_in_db
 
-pytestmark = needs_node
+pytestmark = [needs_node, pytest.mark.both_engines]
 
 
 def ws_base(client) -> str:

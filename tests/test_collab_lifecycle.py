@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 
+import pytest
+
 from mdsync import clock
 from mdsync.collab import hocuspocus as hp
 from mdsync.collab import protocol as p
@@ -20,6 +22,8 @@ from tests.builders import bearer, make_document, register
 from tests.hpclient import HPClient
 from tests.waiting import eventually
 from tests.yclient import YClient
+
+pytestmark = pytest.mark.both_engines
 
 EVENTS = "/api/v1/sync/events"
 

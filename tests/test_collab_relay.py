@@ -20,6 +20,8 @@ from tests.readers import doc_text_in_db
 from tests.waiting import eventually
 from tests.yclient import YClient
 
+pytestmark = pytest.mark.both_engines
+
 
 @pytest.fixture
 async def collab(make_client):

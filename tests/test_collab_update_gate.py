@@ -28,10 +28,13 @@ from mdsync.collab import protocol as p
 from mdsync.collab import store, updates
 from mdsync.collab.protocol import ProtocolError
 from mdsync.collab.rooms import ROOMS
+from tests import engines
 from tests.builders import PASSWORD, make_document, register
 from tests.processes import ROOT
 from tests.waiting import eventually
 from tests.yclient import YClient
+
+pytestmark = pytest.mark.both_engines
 
 
 def vstr(raw: bytes) -> bytes:
@@ -304,6 +307,12 @@ def run_in_child(batch: list[bytes]) -> list[str]:
     return answers
 
 
+def only_once() -> None:
+    """The fuzzing touches no database (minutes of it): it runs on one engine only."""
+    if engines.current != "sqlite":
+        pytest.skip("no database involved: the gate's fuzzing runs once, on sqlite")
+
+
 # mostly small numbers (so that most updates parse), now and then one at the edge of a range
 EDGES = st.sampled_from([0, 2**31 - 1, 2**32 - 2, 2**32 - 1, 2**32, 2**53])
 uint = st.one_of(*[st.integers(0, 40)] * 8, st.integers(0, 2**14), EDGES)
@@ -413,6 +422,7 @@ def update(draw) -> bytes:
 @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(update(), min_size=20, max_size=40))
 def test_fuzz_nothing_the_gate_lets_through_crashes_pycrdt(batch):
+    only_once()
     passed = []
     for candidate in batch:
         try:
@@ -430,6 +440,7 @@ def test_fuzz_nothing_the_gate_lets_through_crashes_pycrdt(batch):
                 max_size=40))
 def test_fuzz_mutated_real_updates(mutations):
     """Real updates with bytes replaced or inserted: refused by the gate or applied without a crash."""
+    only_once()
     sources = real_updates()
     batch = []
     for which, at, chunk in mutations:

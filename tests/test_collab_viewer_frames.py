@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from pycrdt import Doc, Text
 
 from mdsync.collab import hocuspocus as hp
@@ -22,6 +23,8 @@ from mdsync.collab.room import SEED_CLIENT_ID, Room
 from mdsync.collab.rooms import ROOMS
 from tests.builders import make_document, register
 from tests.hpclient import HPClient
+
+pytestmark = pytest.mark.both_engines
 
 LINE = "a line of the document, long enough to make it weigh something\n"
 

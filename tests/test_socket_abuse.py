@@ -27,6 +27,8 @@ from tests.readers import doc_text_in_db
 from tests.waiting import eventually
 from tests.yclient import YClient
 
+pytestmark = pytest.mark.both_engines
+
 KB = 1024
 WS_LIMIT = 256 * KB
 DOC_LIMIT = 64 * KB
@@ -67,8 +69,10 @@ class Room:
         assert self.writer.close_code is None and self.watcher.close_code is None, label
         assert (await self.client.get("/healthz")).status == 200
         app = self.client.server.app
+        # committed, not only handed to the writer (a PostgreSQL commit takes a round trip longer)
         assert await eventually(lambda: app[ROOMS].rooms.get(self.doc_id) is None
-                                or not app[ROOMS].rooms[self.doc_id]._pending, timeout=5)
+                                or app[ROOMS].rooms[self.doc_id].saved_seq() >= app[ROOMS].rooms[self.doc_id].seq,
+                                timeout=5)
         assert await doc_text_in_db(app, self.doc_id) == expected, label
 
     async def offender(self) -> YClient:

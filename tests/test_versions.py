@@ -13,9 +13,12 @@ import pytest
 from mdsync.appkeys import DB
 from mdsync.collab.rooms import ROOMS
 from mdsync.versions.service import VERSIONS, record_import
-from tests.builders import document, join, make_workspace, register, share
+from tests.builders import document, join, make_settings, make_workspace, register, share
+from tests.readers import settings_rows
 from tests.waiting import eventually
 from tests.yclient import YClient
+
+pytestmark = pytest.mark.both_engines
 
 API = "/api/v1"
 IDLE = 0.4
@@ -464,7 +467,6 @@ class _Remote:
 
 async def test_sigterm_versions_the_open_burst(server_process, tmp_path):
     import signal
-    import sqlite3
 
     import aiohttp
 
@@ -483,10 +485,7 @@ async def test_sigterm_versions_the_open_burst(server_process, tmp_path):
         server.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(server.proc.wait, 20) == 0
         await y.close()
-    conn = sqlite3.connect(data / "mdsync.db")
-    try:
-        rows = conn.execute("SELECT kind, markdown, authors FROM versions WHERE document_id = ?", (doc["id"],)).fetchall()
-    finally:
-        conn.close()
+    rows = settings_rows(make_settings(data), "SELECT kind, markdown, authors FROM versions WHERE document_id = ?",
+                         (doc["id"],))
     assert [(kind, markdown) for kind, markdown, _ in rows] == [("auto", "before after")]
     assert owner.id in rows[0][2]

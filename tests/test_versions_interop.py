@@ -11,7 +11,7 @@ from mdsync.collab.rooms import ROOMS
 from tests.builders import document, join, make_workspace, register
 from tests.nodeclients import needs_node, run_node
 
-pytestmark = needs_node
+pytestmark = [needs_node, pytest.mark.both_engines]
 API = "/api/v1"
 IDLE = 0.5
 

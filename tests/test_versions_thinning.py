@@ -12,12 +12,17 @@ import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.versions import policy
 from tests.builders import document, make_workspace, register
 from tests.processes import MDSYNC
 from tests.processes import subprocess_env as cli_env
+from tests.readers import db_rows
+
+pytestmark = pytest.mark.both_engines
 
 API = "/api/v1"
 
@@ -102,19 +107,14 @@ async def insert_history(client, doc_id: str, history: list[tuple[str, str]], ot
     def insert(tx):
         ws = tx.value("SELECT workspace_id FROM documents WHERE id = ?", (doc_id,))
         tx.executemany("INSERT INTO versions (id, document_id, workspace_id, created_at, kind, label, authors, size,"
-                       " markdown, state) VALUES (?, ?, ?, ?, ?, ?, '[]', 1, 'x', x'00')",
-                       [(vid, doc_id, ws, created, "auto", None) for vid, created in history]
-                       + [(vid, doc_id, ws, created, kind, "kept") for vid, created, kind in others])
+                       " markdown, state) VALUES (?, ?, ?, ?, ?, ?, '[]', 1, 'x', ?)",
+                       [(vid, doc_id, ws, created, "auto", None, b"\x00") for vid, created in history]
+                       + [(vid, doc_id, ws, created, kind, "kept", b"\x00") for vid, created, kind in others])
     await client.server.app[DB].write(insert)
 
 
-def kept_ids(client_db_path, doc_id: str) -> set[str]:
-    import sqlite3
-    conn = sqlite3.connect(client_db_path)
-    try:
-        return {r[0] for r in conn.execute("SELECT id FROM versions WHERE document_id = ?", (doc_id,))}
-    finally:
-        conn.close()
+def kept_ids(client, doc_id: str) -> set[str]:
+    return {r[0] for r in db_rows(client, "SELECT id FROM versions WHERE document_id = ?", (doc_id,))}
 
 
 async def test_cli_prune_removes_exactly_the_policys_choice(make_client, tmp_path):
@@ -135,7 +135,6 @@ async def test_cli_prune_removes_exactly_the_policys_choice(make_client, tmp_pat
     await insert_history(client, other["id"], small, [])
     expected = expected_kept(history, now) | {vid for vid, _, _ in others}
     removed = {vid for vid, _ in history} - expected
-    db_path = data / "mdsync.db"
 
     dry = await asyncio.to_thread(subprocess.run, [*MDSYNC, "versions", "prune", "--dry-run"],
                                   env=cli_env(data), capture_output=True, text=True, timeout=120)
@@ -143,7 +142,7 @@ async def test_cli_prune_removes_exactly_the_policys_choice(make_client, tmp_pat
     lines = dry.stdout.strip().splitlines()
     assert lines[-1] == f"would remove {len(removed) + 2} automatic versions"
     assert {line.split()[2] for line in lines[:-1]} == removed | {small[1][0], small[2][0]}
-    assert len(kept_ids(db_path, doc["id"])) == 10_000 + len(others)  # nothing removed
+    assert len(kept_ids(client, doc["id"])) == 10_000 + len(others)  # nothing removed
 
     feed_before = client.server.app[DB]
     run = await asyncio.to_thread(subprocess.run, [*MDSYNC, "versions", "prune"],
@@ -152,8 +151,8 @@ async def test_cli_prune_removes_exactly_the_policys_choice(make_client, tmp_pat
     out = run.stdout.strip().splitlines()
     assert out[-1] == f"removed {len(removed) + 2} automatic versions"
     assert {line.split()[1] for line in out[:-1]} == removed | {small[1][0], small[2][0]}
-    assert kept_ids(db_path, doc["id"]) == expected
-    assert kept_ids(db_path, other["id"]) == {small[0][0]}  # the newest of that day
+    assert kept_ids(client, doc["id"]) == expected
+    assert kept_ids(client, other["id"]) == {small[0][0]}  # the newest of that day
     # every named/restore/import version survived; every removal is in the change feed
     deletes = {r["entity_id"] for r in await feed_before.all(
         "SELECT entity_id FROM changes WHERE entity = 'version' AND op = 'delete'")}

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pycrdt import Doc, Text
 
 from mdsync.api.errors import PreconditionFailed, TooLarge
+from mdsync.collab import store
 from mdsync.collab.etags import state_etag
 from mdsync.collab.room import TEXT_NAME, DocumentTooLarge, Room, decode_state_vector
 from mdsync.collab.rooms import RoomManager
@@ -140,9 +141,7 @@ class YjsContent:
         """(markdown, etag) of the stored projection when it is exactly the stored CRDT state and
         that state is retained; None when the room must be loaded to know."""
         row = await self.db.one(
-            "SELECT d.markdown, h.etag, h.crdt_seq,"
-            " max(coalesce((SELECT seq FROM doc_snapshots WHERE document_id = d.id), 0),"
-            "     coalesce((SELECT max(seq) FROM doc_updates WHERE document_id = d.id), 0)) AS crdt_now,"
+            f"SELECT d.markdown, h.etag, h.crdt_seq, {store.stored_seq(self.db.engine, 'd.id')} AS crdt_now,"
             " (SELECT served_at FROM content_states s WHERE s.document_id = d.id AND s.etag = h.etag) AS served_at"
             " FROM documents d JOIN content_heads h ON h.document_id = d.id WHERE d.id = ?", (document_id,))
         if (row is None or row["crdt_now"] == 0 or row["crdt_now"] != row["crdt_seq"]

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mdsync import clock
+from mdsync.collab import store
 from mdsync.collab.etags import state_etag
 from mdsync.collab.room import Room
 from mdsync.collab.states import States
@@ -76,9 +77,8 @@ class Heads:
     async def load(self) -> None:
         """At startup: the projections that are exactly their document's stored state."""
         rows = await self.db.all(
-            "SELECT h.document_id, h.etag FROM content_heads h WHERE h.crdt_seq ="
-            " max(coalesce((SELECT seq FROM doc_snapshots s WHERE s.document_id = h.document_id), 0),"
-            "     coalesce((SELECT max(seq) FROM doc_updates u WHERE u.document_id = h.document_id), 0))")
+            "SELECT h.document_id, h.etag FROM content_heads h"
+            f" WHERE h.crdt_seq = {store.stored_seq(self.db.engine, 'h.document_id')}")
         for row in rows[-self.KEPT:]:
             self.note(row["document_id"], row["etag"])
 

@@ -19,7 +19,6 @@ import asyncio
 import bisect
 import collections
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,6 +28,7 @@ from pycrdt import Doc, Text, merge_updates
 from mdsync.collab import protocol as p
 from mdsync.collab import store, updates
 from mdsync.collab.protocol import ProtocolError
+from mdsync.db import IntegrityError
 
 if TYPE_CHECKING:
     from mdsync.collab.connection import Connection
@@ -442,7 +442,7 @@ class Room:
                 self._saved()
                 return
             stats.flush_errors += 1
-            if rows and not isinstance(exc, sqlite3.IntegrityError):
+            if rows and not isinstance(exc, IntegrityError):
                 log.error("could not append %d updates of %s (%s): retrying in 1 s", len(rows), self.document_id, exc)
                 self._loop.call_later(1.0, self._retry, rows)
             elif rows:

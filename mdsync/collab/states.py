@@ -74,7 +74,7 @@ class States:
                 row = await self.db.one(
                     "SELECT seq, sv, etag, (SELECT coalesce(sum(length(data)), 0) FROM content_states"
                     "  WHERE document_id = ?1 AND seq > (SELECT coalesce(max(seq), 0) FROM content_states"
-                    "  WHERE document_id = ?1 AND full = 1)) AS since_full"
+                    "  WHERE document_id = ?1 AND \"full\" = 1)) AS since_full"
                     " FROM content_states WHERE document_id = ?1 ORDER BY seq DESC LIMIT 1", (document_id,))
                 chain = (row["seq"], row["sv"], row["etag"], row["since_full"]) if row else (0, b"", "", 0)
             text, etag = model.snapshot(doc, size_hint) if model else None, state_etag(doc)
@@ -139,7 +139,7 @@ class States:
             return None
         rows = await self.db.all(
             "SELECT data FROM content_states WHERE document_id = ?1 AND seq <= ?2 AND seq >="
-            " (SELECT max(seq) FROM content_states WHERE document_id = ?1 AND full = 1 AND seq <= ?2)"
+            " (SELECT max(seq) FROM content_states WHERE document_id = ?1 AND \"full\" = 1 AND seq <= ?2)"
             " ORDER BY seq", (document_id, row["seq"]))
         doc = Doc(client_id=client_id) if client_id is not None else Doc()
         for part in rows:
@@ -166,7 +166,7 @@ def _touch(tx: Tx, document_id: str, etag: str, now: str) -> bool:
 def _insert_state(tx: Tx, document_id: str, seq: int, etag: str, full: bool, sv: bytes, data: bytes, now: str) -> None:
     if tx.value("SELECT 1 FROM documents WHERE id = ?", (document_id,)) is None:
         return  # purged meanwhile
-    tx.execute("INSERT INTO content_states (document_id, seq, etag, full, sv, data, served_at)"
+    tx.execute("INSERT INTO content_states (document_id, seq, etag, \"full\", sv, data, served_at)"
                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (document_id, etag) DO UPDATE SET served_at = excluded.served_at",
                (document_id, seq, etag, int(full), sv, data, now))
 
@@ -176,7 +176,7 @@ def _collect(tx: Tx, cutoff: str) -> int:
     # everything before f goes (all of it when nothing is in the window any more)
     return tx.execute(
         "DELETE FROM content_states AS c WHERE c.served_at < ?1 AND c.seq < coalesce("
-        " (SELECT max(f.seq) FROM content_states f WHERE f.document_id = c.document_id AND f.full = 1 AND f.seq <="
+        " (SELECT max(f.seq) FROM content_states f WHERE f.document_id = c.document_id AND f.\"full\" = 1 AND f.seq <="
         "   (SELECT min(k.seq) FROM content_states k WHERE k.document_id = c.document_id AND k.served_at >= ?1)),"
         " (SELECT max(x.seq) + 1 FROM content_states x WHERE x.document_id = c.document_id))", (cutoff,)).rowcount
 

@@ -37,20 +37,21 @@ async def load(db: Database, document_id: str) -> Stored:
         " CASE WHEN s.seq IS NULL AND NOT EXISTS (SELECT 1 FROM doc_updates u WHERE u.document_id = x.id)"
         "  THEN (SELECT markdown FROM documents WHERE id = x.id) END,"
         " (SELECT content_model FROM documents WHERE id = x.id)"
-        " FROM (SELECT ? AS id) x LEFT JOIN doc_snapshots s ON s.document_id = x.id", (document_id,))
+        " FROM (SELECT CAST(? AS TEXT) AS id) x LEFT JOIN doc_snapshots s ON s.document_id = x.id", (document_id,))
     if head is not None and not head[2]:
         seq = head[0] or 0
         return Stored(snapshot=head[1], snapshot_seq=seq, updates=[], last_seq=seq,
                       seed_markdown=head[3], content_model=head[4] or "text")
     rows = await db.all(
+        # bytes in `data`, text in `text` (PostgreSQL keeps one type per column of a UNION)
         "WITH snap AS (SELECT seq, state FROM doc_snapshots WHERE document_id = ?1)"
-        " SELECT 0 AS kind, seq, state AS data FROM snap"
-        " UNION ALL SELECT 1, seq, data FROM doc_updates"
+        " SELECT 0 AS kind, seq, state AS data, CAST(NULL AS TEXT) AS text FROM snap"
+        " UNION ALL SELECT 1, seq, data, NULL FROM doc_updates"
         "  WHERE document_id = ?1 AND seq > COALESCE((SELECT seq FROM snap), 0)"
-        " UNION ALL SELECT 2, 0, markdown FROM documents WHERE id = ?1"
+        " UNION ALL SELECT 2, 0, NULL, markdown FROM documents WHERE id = ?1"
         "  AND NOT EXISTS (SELECT 1 FROM snap)"
         "  AND NOT EXISTS (SELECT 1 FROM doc_updates WHERE document_id = ?1)"
-        " UNION ALL SELECT 3, 0, content_model FROM documents WHERE id = ?1"
+        " UNION ALL SELECT 3, 0, NULL, content_model FROM documents WHERE id = ?1"
         " ORDER BY kind, seq", (document_id,))
     snapshot, snapshot_seq, updates, last_seq, seed, model = None, 0, [], 0, None, "text"
     for row in rows:
@@ -61,11 +62,19 @@ async def load(db: Database, document_id: str) -> Stored:
             updates.append(row["data"])
             last_seq = row["seq"]
         elif row["kind"] == 2:
-            seed = row["data"]
+            seed = row["text"]
         else:
-            model = row["data"]
+            model = row["text"]
     return Stored(snapshot=snapshot, snapshot_seq=snapshot_seq, updates=updates, last_seq=last_seq,
                   seed_markdown=seed, content_model=model)
+
+
+def stored_seq(engine: str, document: str) -> str:
+    """SQL for the seq the stored CRDT state of document `document` (an SQL expression: a column)
+    ends at: its snapshot's or its last logged update's, whichever is later (0: none)."""
+    greatest = "greatest" if engine == "postgresql" else "max"  # SQLite's scalar max()
+    return (f"{greatest}(coalesce((SELECT seq FROM doc_snapshots WHERE document_id = {document}), 0),"
+            f" coalesce((SELECT max(seq) FROM doc_updates WHERE document_id = {document}), 0))")
 
 
 def append(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | None]]) -> None:
