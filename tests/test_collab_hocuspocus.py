@@ -369,6 +369,53 @@ async def test_sync_status_is_sent_only_after_the_commit_in_order(make_client):
     await c.close()
 
 
+async def test_sync_status_waits_out_a_lost_postgresql_writer_connection(make_client, engine):
+    """PostgreSQL: the writer's connection dies in the middle of a batch holding a burst's log rows
+    (its backend terminated, as a server restart or failover would): the batch fails, the writer
+    reconnects, the rows are written again, and each SyncStatus still comes only once its edit is
+    committed — nothing acknowledged is missing, nothing is logged twice."""
+    if engine != "postgresql":
+        pytest.skip("SQLite has no server connection to lose")
+    import time
+
+    import psycopg
+
+    from mdsync.appkeys import DB
+
+    client = await make_client(collab__flush_delay_seconds=0.05)
+    app = client.server.app
+    db = app[DB]
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id, markdown="s\n")
+    c = await HPClient.connect(client)
+    await c.open(doc_id, alice.access_token)
+    await c.until(lambda: c.statuses(doc_id) == [1], "sync")
+    errors_before = app[ROOMS].stats.flush_errors
+    # hold the writer so that the burst's rows and the fatal statement share one batch
+    held = db.submit(lambda tx: time.sleep(0.8))
+    await asyncio.sleep(0.1)  # the writer has taken it, alone
+    for n in range(5):
+        await c.edit(doc_id, len(str(c.text(doc_id))), f"e{n};")
+    await asyncio.sleep(0.3)  # accepted, and the first rows handed to the (held) writer
+    lost = db.submit(lambda tx: tx.execute("SELECT pg_terminate_backend(pg_backend_pid())"))
+    await held
+    with pytest.raises(psycopg.OperationalError):
+        await lost
+    seen = 1
+    async with asyncio.timeout(15):
+        while seen < 6:
+            if len(c.statuses(doc_id)) > seen:
+                seen = len(c.statuses(doc_id))
+                # whatever has been acknowledged is in the database at the moment the ack arrives
+                stored = await doc_text_in_db(app, doc_id)
+                assert stored.startswith("s\n" + "".join(f"e{n};" for n in range(seen - 1))), stored
+            await asyncio.sleep(0)
+    assert c.statuses(doc_id) == [1] * 6
+    assert app[ROOMS].stats.flush_errors > errors_before  # the lost batch's rows did fail once
+    assert await doc_text_in_db(app, doc_id) == "s\n" + "".join(f"e{n};" for n in range(5))
+    await c.close()
+
+
 async def test_an_update_whose_log_write_fails_is_acknowledged_once_a_snapshot_holds_it(client, monkeypatch, engine):
     import sqlite3
 
