@@ -16,6 +16,8 @@ import pytest
 
 from tests.builders import PASSWORD
 
+pytestmark = pytest.mark.both_engines
+
 ENV = {"MDSYNC_AUTH__REGISTRATION": "open", "MDSYNC_SERVER__HEADER_TIMEOUT": "1",
        "MDSYNC_SERVER__IDLE_TIMEOUT": "3"}
 BOUND = 15.0  # seconds a test waits at most for what should take one or three

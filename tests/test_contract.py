@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +28,10 @@ import pytest
 from mdsync import clock
 from mdsync.api.routing import RouteSpec
 from mdsync.appkeys import ROUTE_TABLES, SETTINGS
-from tests.builders import PASSWORD, Account, bad_tokens, bearer, register
+from mdsync.db import read_only
+from tests.builders import PASSWORD, Account, bad_tokens, bearer, make_settings, register
+
+pytestmark = pytest.mark.both_engines
 
 PROBLEM = "application/problem+json"
 TRACE = re.compile(r"Traceback|File \"|\.py\", line|site-packages")
@@ -249,17 +251,20 @@ def test_every_json_route_has_a_valid_body(settings):
 # -- snapshots: "nothing changes" --------------------------------------------------------------------
 # Rows that change on any authenticated request, not because of what it asked for: a session's
 # last use is bookkeeping, not user data.
-VOLATILE = {"sessions", "sqlite_sequence"}
+VOLATILE = {"sessions", "sqlite_sequence", "changes_head"}  # the last two: each engine's sequence bookkeeping
+TABLES = {"sqlite": "SELECT name FROM sqlite_master WHERE type = 'table'",
+          "postgresql": "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"}
+
+
+def table_rows(settings) -> dict[str, list[tuple]]:
+    """Every row of every table of the server's database (either engine), read afresh."""
+    with read_only(settings) as tx:
+        return {t: [tuple(row) for row in tx.all(f'SELECT * FROM "{t}"')]
+                for t in (r[0] for r in tx.all(TABLES[tx.engine])) if not t.startswith("_")}
 
 
 def snapshot(client) -> dict[str, list]:
-    conn = sqlite3.connect(client.app[SETTINGS].db_path)
-    try:
-        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        return {t: sorted(map(repr, conn.execute(f'SELECT * FROM "{t}"').fetchall()))
-                for t in tables if t not in VOLATILE and not t.startswith("_")}
-    finally:
-        conn.close()
+    return {t: sorted(map(repr, rows)) for t, rows in table_rows(client.app[SETTINGS]).items() if t not in VOLATILE}
 
 
 def diff(before: dict, after: dict) -> dict:
@@ -684,6 +689,9 @@ async def test_no_token_or_password_in_the_log_or_the_database(server_process, t
     leaked = [label for label, value in secrets.items() if value in log_without_banner]
     assert leaked == [], f"secrets in the server log: {leaked}"
     stored = b"".join(f.read_bytes() for f in server.data_dir.rglob("*") if f.is_file())
+    # and the database's rows (on PostgreSQL they are not in the data dir)
+    stored += repr(table_rows(make_settings(server.data_dir))).encode()
+    assert b"u@example.com" in stored, "the database was not read: this test would prove nothing"
     raw = [label for label, value in secrets.items() if value.encode() in stored]
     assert raw == [], f"stored raw in the data dir: {raw}"
 

@@ -33,6 +33,8 @@ from tests.processes import ServerProcess
 schemathesis = module("schemathesis")
 from schemathesis.generation.modes import GenerationMode  # noqa: E402
 
+pytestmark = pytest.mark.both_engines
+
 # raw bodies the API documents: markdown is text, zips and Yjs updates are bytes
 schemathesis.serializer.alias("text/markdown", "text/plain")
 schemathesis.serializer.alias("application/zip", "application/octet-stream")
