@@ -915,7 +915,7 @@ async def test_an_offline_edit_merges_the_same_way_past_the_etag_retention(serve
 
 
 async def test_watch_pushes_a_save_of_tracked_files_without_a_full_pass(server, http, tmp_path, monkeypatch):
-    from mdsync.syncclient import engine
+    from mdsync.syncclient import engine, watch
     from mdsync.syncclient.report import Report
     user = await new_user(server, http)
     doc_id = await user.doc("Quick", None, "one\n\ntwo\n")
@@ -927,7 +927,7 @@ async def test_watch_pushes_a_save_of_tracked_files_without_a_full_pass(server, 
     (root / "New.md").write_text("new\n")
     report = Report(as_json=True)
     # a file no document has yet needs the full pass (nothing is done here)
-    assert not await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, {"Quick.md", "New.md"})
+    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, {"Quick.md", "New.md"})
     assert (root / "Quick.md").read_text() == "one saved\n\ntwo\n"
     tree_reads = []
     real = engine.Api.json
@@ -937,17 +937,17 @@ async def test_watch_pushes_a_save_of_tracked_files_without_a_full_pass(server, 
         return real(self, method, path, payload, **kw)
 
     monkeypatch.setattr(engine.Api, "json", json_)
-    assert await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, {"Quick.md"})
+    assert await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, {"Quick.md"})
     assert tree_reads == []
     assert (root / "Quick.md").read_text() == await user.content(doc_id) == "one saved\n\ntwo remote\n"
     # a document the feed names: pulled alone, unless its place changed (then the tree decides)
     await user.call("PUT", f"/documents/{doc_id}/content", 200, data="one saved\n\ntwo remote again\n",
                     headers={"Content-Type": "text/markdown"})
-    assert await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, set(), {doc_id})
+    assert await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, set(), {doc_id})
     assert tree_reads == [] and (root / "Quick.md").read_text() == "one saved\n\ntwo remote again\n"
     await user.call("PATCH", f"/documents/{doc_id}", 200, json={"title": "Renamed"})
-    assert not await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, set(), {doc_id})
-    assert not await asyncio.to_thread(engine.sync_files, root.resolve(), user.pat, report, set(), {"unknown-id"})
+    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, set(), {doc_id})
+    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, set(), {"unknown-id"})
     result = run_sync(root, "--json", token=user.pat)
     assert result.returncode == 0
     assert sorted((a["action"], a["path"]) for a in actions(result)) == [("create", "New.md"),

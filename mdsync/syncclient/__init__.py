@@ -1,7 +1,8 @@
 """`mdsync sync DIR`: a folder of .md files in two-way sync with a workspace (docs/sync.md).
 
 - `engine.py`  one pass: binding, change feed, local moves/deletes, pull, push, creates
-- `watch.py`   --watch: passes when files went quiet or the change feed reports a change
+- `watch.py`   --watch: passes when files went quiet or the change feed reports a change; saves and
+               remote edits of tracked documents synced alone (`sync_files`)
 - `merge.py`   each document's Yjs replica; local edits as a minimal text diff (a block diff for
                `tiptap` documents), CRLF/BOM kept local
 - `creates.py` new files as documents, each create recorded before it is sent (adopted after a crash)

@@ -2,7 +2,7 @@
 under DIR changed and then stayed quiet (watchfiles, debounced: an editor saving through a temp
 file and a rename is one change), or when the change feed (long-polled in a thread) reports a
 change in the workspace. When all that changed is tracked documents' files saved here and tracked
-documents' content on the server, only those are pushed and merged (`engine.sync_files`: no tree,
+documents' content on the server, only those are pushed and merged (`sync_files`: no tree,
 no walk of DIR; each save's own echo in the feed costs one small pull, not a full pass), else a
 full pass runs. A
 signal lets the pass in flight finish (its state is committed step by step), then the loop ends
@@ -10,6 +10,7 @@ with exit 0."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import watchfiles
 
 from mdsync.syncclient import layout
-from mdsync.syncclient.engine import sync_files, sync_once
+from mdsync.syncclient.engine import Pass, Refused, sync_once
 from mdsync.syncclient.http import Api, HttpError, Unauthorized
 from mdsync.syncclient.report import Report
 from mdsync.syncclient.state import STATE_DIR, State
@@ -92,6 +93,49 @@ class FeedWatcher(threading.Thread):
                         self._other = True
                         self.changed.set()
                 self.stop.wait(RETRY_AFTER)
+
+
+def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids: set[str] = frozenset()) -> bool:
+    """--watch, when all that changed is these files saved here (`paths`) and these documents'
+    content on the server (`doc_ids`, from the change feed): each pushed and merged as a full
+    pass would (`sync_known`), without reading the tree or walking DIR — over 10 000 files a full
+    pass costs a second or more, this a few milliseconds and the requests. False when a full pass
+    is needed instead: a path is not a tracked document's file (a new file, a rename), a document
+    is new here, renamed, moved or trashed on the server, DIR was never synced, or an item
+    failed (the full pass retries it). The cursor is left to the next full pass."""
+    state = State(root)
+    try:
+        docs = state.docs()
+        by_path = {d.path: d for d in docs.values()}
+        server, ws, read_only = state.get("server"), state.get("workspace_id"), state.get("read_only")
+        if (not server or read_only is None or any(rel not in by_path for rel in paths)
+                or any(i not in docs for i in doc_ids)):
+            return False
+        failed = len(report.failed)
+        p = Pass(root, Api(server, token), state, report, False)
+        p.ws, p.read_only_ws, p.changed = ws, read_only == "1", set(doc_ids)
+        for doc_id in sorted(doc_ids):
+            try:
+                meta = p.api.json("GET", f"/documents/{doc_id}")
+            except HttpError as exc:
+                if isinstance(exc, Unauthorized):
+                    raise
+                return False
+            doc = docs[doc_id]
+            if meta.get("deleted_at") or meta["title"] != doc.title or meta.get("folder_id") != doc.folder_id:
+                return False  # its place changed: the tree decides where it goes
+        targets = {d.id: d for d in [by_path[rel] for rel in paths] + [docs[i] for i in doc_ids]}
+        for doc in sorted(targets.values(), key=lambda d: d.path):
+            p.step(doc.id, doc.path, p.sync_known, doc, {"title": doc.title, "folder_id": doc.folder_id}, doc.path,
+                   set())
+        if p.recheck:
+            state.set("recheck", json.dumps(sorted(p.recheck | set(json.loads(state.get("recheck") or "[]")))))
+            state.conn.commit()
+        return len(report.failed) == failed
+    except Unauthorized as exc:
+        raise Refused(f"the token was refused: {exc.detail}") from None
+    finally:
+        state.close()
 
 
 def _pass(root: Path, server, workspace, token: str, report: Report, stop: threading.Event) -> bool:
