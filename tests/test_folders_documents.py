@@ -287,3 +287,18 @@ async def test_tree_etag_gzip_and_freshness(client, team):
                             auto_decompress=False)
     assert resp.headers.get("Content-Encoding") == "gzip"
     assert len(json.loads(gzip.decompress(await resp.read()))["documents"]) == 41
+
+
+async def test_a_cursor_this_server_did_not_issue_is_422_on_every_list(client, team):
+    """Forged cursors, one holding a NUL (which PostgreSQL refuses in any text): 422 naming
+    `cursor`, never a 500, on both engines."""
+    import base64
+
+    owner, ws = team
+    forged = [base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+              for key in (["2026-01-01T00:00:00.000000Z\u0000", "x"], ["a", "b\u0000"], [[[["\u0000"]]]])]
+    for path in ("documents", "trash", "trash/folders", "templates"):
+        for cursor in [*forged, "%%%", "bm90IGpzb24"]:
+            resp = await client.get(f"{API}/workspaces/{ws}/{path}", params={"cursor": cursor}, headers=owner.headers)
+            assert resp.status == 422, (path, cursor, await resp.text())
+            assert (await resp.json())["errors"][0]["field"] == "cursor"

@@ -71,6 +71,25 @@ def encode_cursor(key: Any) -> str:
 def decode_cursor(cursor: str) -> Any:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return json.loads(raw)
+        key = json.loads(raw)
     except (ValueError, TypeError, RecursionError):
         raise ValidationFailed.field("cursor", "is not a cursor this server issued") from None
+    # no key this server gives holds a NUL (PostgreSQL refuses one in any text it is sent)
+    if b"\\u0000" in raw and _holds_nul(key):
+        raise ValidationFailed.field("cursor", "is not a cursor this server issued")
+    return key
+
+
+def _holds_nul(value: Any) -> bool:
+    pending = [value]
+    while pending:  # no recursion: a cursor may nest as deep as json.loads allows
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+    return False
