@@ -14,12 +14,12 @@ from pycrdt import Doc, Text
 
 from mdsync import clock
 from mdsync.appkeys import DB
-from mdsync.collab import store
+from mdsync.collab import projection, store
 from mdsync.collab.etags import state_etag
 from mdsync.collab.states import STATES
 from mdsync.collab.rooms import ROOMS
 from mdsync.collab.text_ops import apply_text_diff, text_ops
-from tests.builders import document, join, make_workspace, owned_document, register
+from tests.builders import document, join, make_document, make_workspace, owned_document, register
 from tests.readers import content
 from tests.waiting import eventually
 from tests.yclient import YClient
@@ -392,3 +392,39 @@ async def test_a_tiptap_documents_creation_etag_writes_too(client):
     resp = await put_content(client, owner, created["id"], "# Rich\n\nfirst\n\nsecond\n", created["etag"])
     assert resp.status == 200, await resp.text()
     assert "second" in await resp.text()
+
+
+async def test_a_projection_the_database_refuses_holds_back_no_other_document(make_client, monkeypatch, engine):
+    """Documents due together are projected in one writer job; when the database refuses one of
+    them (on PostgreSQL a NUL character, which its text cannot hold), the others are stored anyway."""
+    client = await make_client(collab__projection_debounce=0.2, collab__projection_max_delay=1.0)
+    app = client.server.app
+    alice = await register(client)
+    rooms = []
+    for n in range(3):
+        _, doc_id = await make_document(app, alice.id, markdown=f"doc {n}\n")
+        rooms.append(await app[ROOMS].acquire(doc_id))
+    for room in rooms:
+        await room.drain()
+    bad = rooms[1].document_id
+    if engine == "sqlite":  # SQLite text holds NUL: refuse that document's projection by hand
+        store_projection = projection.store_projection
+
+        def refuse_one(tx, document_id, *args):
+            if document_id == bad:
+                raise ValueError("simulated: the database refuses this projection")
+            return store_projection(tx, document_id, *args)
+
+        monkeypatch.setattr(projection, "store_projection", refuse_one)
+    for n, room in enumerate(rooms):
+        room.edit(lambda text, n=n: text.insert(0, f"edit\x00{n} " if n == 1 else f"edit {n} "), alice.id)
+    db = app[DB]
+
+    async def projected() -> list[str]:
+        return [await db.value("SELECT markdown FROM documents WHERE id = ?", (room.document_id,)) for room in rooms]
+
+    async with asyncio.timeout(10):
+        while await projected() != ["edit 0 doc 0\n", "doc 1\n", "edit 2 doc 2\n"]:
+            await asyncio.sleep(0.02)
+    for room in rooms:
+        app[ROOMS].release(room)

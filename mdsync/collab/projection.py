@@ -182,7 +182,10 @@ class Projector:
                     rows.append((room.document_id, text, etag, seq, entry.since))
             if not rows:
                 return
-            stored = await self.db.write(store_projections, [row[:4] for row in rows], clock.iso())
+            try:
+                stored = await self.db.write(store_projections, [row[:4] for row in rows], clock.iso())
+            except Exception:
+                stored = await self._store_alone(rows)
         except Exception:
             log.exception("could not store the markdown projections of %d documents", len(entries))
             return
@@ -191,6 +194,17 @@ class Projector:
             if ok:
                 self.heads.note(document_id, etag)
             self.observe_lag(now - since)
+
+    async def _store_alone(self, rows: list[tuple]) -> list[bool]:
+        """The shared job failed: each projection again as a job of its own, so that a document
+        the database refuses (PostgreSQL holds no NUL character in text) fails alone."""
+        now = clock.iso()
+        results = await asyncio.gather(*[self.db.write(store_projection, document_id, text, etag, seq, now)
+                                         for document_id, text, etag, seq, _ in rows], return_exceptions=True)
+        for (document_id, *_), result in zip(rows, results):
+            if isinstance(result, BaseException):
+                log.error("could not store the markdown projection of %s: %s", document_id, result)
+        return [result is True for result in results]
 
     async def store(self, room: Room) -> tuple[str, str] | None:
         """Store the room's markdown now (text, ETag and log seq read at one instant); the
