@@ -78,10 +78,21 @@ def settings(tmp_path) -> config.Settings:
     return make_settings(tmp_path / "data")
 
 
+async def serve(aiohttp_client, app):
+    """`aiohttp_client(app)`, and when the app fails to start, what it had started is stopped (its
+    database pool, its tasks) before the error propagates: else the test's event loop would wait
+    for them at teardown."""
+    try:
+        return await aiohttp_client(app)
+    except BaseException:
+        await app.cleanup()
+        raise
+
+
 @pytest.fixture
 async def client(aiohttp_client, settings):
-    """A test client on a real app (real SQLite in a temp dir) served over real HTTP."""
-    return await aiohttp_client(create_app(settings))
+    """A test client on a real app (real database: SQLite in a temp dir, or PostgreSQL) over real HTTP."""
+    return await serve(aiohttp_client, create_app(settings))
 
 
 @pytest.fixture
@@ -89,7 +100,7 @@ def make_client(aiohttp_client, tmp_path):
     """Build a client with other settings: `await make_client(auth__registration="invite")`."""
     async def build(**overrides):
         data_dir = overrides.pop("data_dir", tmp_path / f"data-{uuid.uuid4().hex[:6]}")
-        return await aiohttp_client(create_app(make_settings(data_dir, **overrides)))
+        return await serve(aiohttp_client, create_app(make_settings(data_dir, **overrides)))
     return build
 
 

@@ -12,9 +12,11 @@ PostgreSQL, and an acknowledged edit is durable once PostgreSQL has committed it
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -37,6 +39,12 @@ def missing_reason() -> str | None:
         except KeyError:
             return "running as root and there is no `postgres` user to run PostgreSQL as"
     return None
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGINT (PostgreSQL's fast shutdown) when the test process dies."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 class PostgresCluster(ChildProcess):
@@ -64,10 +72,11 @@ class PostgresCluster(ChildProcess):
                         "--no-sync", "--locale=C.UTF-8"], env=env, check=True, capture_output=True, timeout=120,
                        **self._as_user)
         log = open(self.log, "ab")
+        # the server ends with the test process even when that is killed (fast shutdown: SIGINT)
         self.launch([str(BIN / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.workdir),
                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
                      "-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=64MB",
-                     "-c", "log_min_messages=warning"], env, log, **self._as_user)
+                     "-c", "log_min_messages=warning"], env, log, preexec_fn=_end_with_parent, **self._as_user)
         log.close()
         self.wait_ready(timeout)
         return self
