@@ -327,6 +327,20 @@ def test_snippets_mark_what_the_index_matched():
     assert many.count("<mark>") == len(re.findall(r"\bth", many.replace("<mark>", "").replace("</mark>", "")))
 
 
+def test_each_engine_gets_its_words_quoted():
+    """Every word becomes quoted text of the engine's query language, never its syntax: FTS5 phrases
+    with a prefix star; tsquery runs of letters and digits, a word's runs a phrase whose last is a
+    prefix, the words all required."""
+    from mdsync.search.query import match_expression, tsquery_expression
+
+    assert match_expression('title:walrus "x" NEAR(') == '"title:walrus"* """x"""* "NEAR("*'
+    assert tsquery_expression("title:walrus it's Café") == "'title' <-> 'walrus':* & 'it' <-> 's':* & 'Café':*"
+    assert tsquery_expression("a&b | !c :* 'd'") == "'a' <-> 'b':* & 'c':* & 'd':*"
+    assert tsquery_expression("- ★ ()") is None  # nothing to look for: no items, no query
+    with pytest.raises(ValidationFailed):
+        tsquery_expression(" \t")
+
+
 async def test_tiptap_documents_are_searched_by_their_markdown(client, two_teams):
     """A TipTap document is indexed by the markdown its content backend renders: as created, and
     after a markdown PUT (which edits its Y.XmlFragment)."""
