@@ -8,6 +8,7 @@ tests/authz_world.py, tests/nodeclients.py (the npm clients), tests/prerequisite
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -85,7 +86,10 @@ async def serve(aiohttp_client, app):
     try:
         return await aiohttp_client(app)
     except BaseException:
-        await app.cleanup()
+        try:
+            await asyncio.wait_for(app.cleanup(), 10)
+        except Exception:  # noqa: S110 - the start's own error is the one to report
+            pass
         raise
 
 
