@@ -396,7 +396,8 @@ async def test_a_tiptap_documents_creation_etag_writes_too(client):
 
 async def test_a_projection_the_database_refuses_holds_back_no_other_document(make_client, monkeypatch, engine):
     """Documents due together are projected in one writer job; when the database refuses one of
-    them (on PostgreSQL a NUL character, which its text cannot hold), the others are stored anyway."""
+    them (refused by hand: a NUL character, which PostgreSQL text cannot hold, is now stored as
+    U+FFFD, tests/test_nul_characters.py), the others are stored anyway."""
     client = await make_client(collab__projection_debounce=0.2, collab__projection_max_delay=1.0)
     app = client.server.app
     alice = await register(client)
@@ -407,15 +408,14 @@ async def test_a_projection_the_database_refuses_holds_back_no_other_document(ma
     for room in rooms:
         await room.drain()
     bad = rooms[1].document_id
-    if engine == "sqlite":  # SQLite text holds NUL: refuse that document's projection by hand
-        store_projection = projection.store_projection
+    store_projection = projection.store_projection
 
-        def refuse_one(tx, document_id, *args):
-            if document_id == bad:
-                raise ValueError("simulated: the database refuses this projection")
-            return store_projection(tx, document_id, *args)
+    def refuse_one(tx, document_id, *args):
+        if document_id == bad:
+            raise ValueError("simulated: the database refuses this projection")
+        return store_projection(tx, document_id, *args)
 
-        monkeypatch.setattr(projection, "store_projection", refuse_one)
+    monkeypatch.setattr(projection, "store_projection", refuse_one)
     for n, room in enumerate(rooms):
         room.edit(lambda text, n=n: text.insert(0, f"edit\x00{n} " if n == 1 else f"edit {n} "), alice.id)
     db = app[DB]

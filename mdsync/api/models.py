@@ -20,6 +20,18 @@ class Out(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class Opaque:
+    """Marks a string field whose text is never stored or shown, only checked (a password: only
+    its hash is kept), so it may hold any character the user can type twice, NUL included:
+    `routing.parse_json` refuses NUL in every other string of a body."""
+
+    def __repr__(self) -> str:
+        return "OPAQUE"
+
+
+OPAQUE = Opaque()
+
+
 # Bidi embeddings, overrides and isolates reorder how *other* people's screens show the text
 # around them (the "Trojan Source" trick); the plain marks U+200E/U+200F stay allowed.
 _BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")

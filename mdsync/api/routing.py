@@ -9,17 +9,19 @@ Authorization on workspaces and documents is the feature's `require(...)` call i
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from mdsync.api import errors
+from mdsync.api.models import OPAQUE
 from mdsync.appkeys import ROUTE_TABLES
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -110,6 +112,8 @@ def _wrap(spec: RouteSpec) -> Handler:
     needs_write = spec.needs_write_scope
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        if "%00" in request.raw_path:  # rare: only such a request pays for the look
+            request = without_nul(request)
         request[ROUTE_SPEC] = spec
         if authenticated:
             principal = await request.app[AUTHENTICATOR].authenticate(request, optional=optional,
@@ -126,6 +130,22 @@ def _wrap(spec: RouteSpec) -> Handler:
 
     handler.__name__ = spec.handler.__name__
     return handler
+
+
+# No id, token, cursor or name the server issues holds a NUL character, and PostgreSQL text cannot
+# hold one: a NUL in a path or query parameter is read as U+FFFD (as CommonMark reads a NUL), so
+# the parameter names nothing and the request gets, on both engines, the answer any unknown id or
+# malformed parameter gets (404, or 422 where the parameter's shape is checked).
+NUL, REPLACEMENT = "\x00", "\ufffd"
+
+
+def without_nul(request: web.Request) -> web.Request:
+    """The request with every NUL in its path parameters and query read as U+FFFD."""
+    info = request.match_info
+    for name, value in info.items():
+        if NUL in value:
+            info[name] = value.replace(NUL, REPLACEMENT)  # the clone shares this match info
+    return request.clone(rel_url=request.raw_path.replace("%00", "%EF%BF%BD"))
 
 
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -149,6 +169,19 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def read_text(request: web.Request, limit: int) -> str:
+    """A text body (markdown): UTF-8 without NUL characters (which PostgreSQL text cannot hold),
+    else 422 naming the body."""
+    raw = await read_body(request, limit)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise errors.ValidationFailed.field("body", "is not UTF-8 text") from None
+    if NUL in text:
+        raise errors.ValidationFailed.field("body", NUL_MESSAGE)
+    return text
+
+
 async def parse_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
     raw = await read_body(request, request.app[BODY_LIMIT])
     if not raw.strip():
@@ -163,9 +196,15 @@ async def parse_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
             raise errors.ValidationFailed.field("body", f"malformed JSON: {exc}") from None
         except RecursionError:
             raise errors.ValidationFailed.field("body", "malformed JSON: nested too deeply") from None
-        if _ESCAPED_SURROGATE.search(raw):
+        if _ESCAPED_SURROGATE.search(raw) or b"\\u0000" in raw:
             try:
-                _refuse_surrogates(data, [])
+                if isinstance(data, dict):
+                    opaque = _opaque_fields(model)
+                    for key, item in data.items():
+                        _refuse_characters(key, [])
+                        _refuse_characters(item, [str(key)], nul_allowed=key in opaque)
+                else:
+                    _refuse_characters(data, [])
             except RecursionError:
                 raise errors.ValidationFailed.field("body", "malformed JSON: nested too deeply") from None
     return validate(model, data)
@@ -173,20 +212,35 @@ async def parse_json(request: web.Request, model: type[BaseModel]) -> BaseModel:
 
 # JSON may spell an unpaired UTF-16 surrogate as "\ud800"; no UTF-8 text (SQLite, argon2, other
 # clients) can carry one, so it is refused here, naming the field, instead of failing deep inside.
+# Likewise a NUL ("\u0000", the only way JSON can carry one): PostgreSQL text cannot hold it, so it
+# is refused on both engines.
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+NUL_MESSAGE = "must not contain NUL characters"
 
 
-def _refuse_surrogates(value: Any, path: list[str]) -> None:
+def _refuse_characters(value: Any, path: list[str], nul_allowed: bool = False) -> None:
     if isinstance(value, str):
+        if NUL in value and not nul_allowed:
+            raise errors.ValidationFailed.field(".".join(path) or "body", NUL_MESSAGE)
         if any("\ud800" <= ch <= "\udfff" for ch in value):
             raise errors.ValidationFailed.field(".".join(path) or "body", "must not contain unpaired surrogates")
     elif isinstance(value, dict):
         for key, item in value.items():
-            _refuse_surrogates(key, path)
-            _refuse_surrogates(item, [*path, str(key)])
+            _refuse_characters(key, path)
+            _refuse_characters(item, [*path, str(key)])
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            _refuse_surrogates(item, [*path, str(index)])
+            _refuse_characters(item, [*path, str(index)])
+
+
+@functools.cache
+def _opaque_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of `model` typed as `models.OPAQUE` text (passwords), which may hold NUL."""
+    def marked(annotation: Any) -> bool:
+        return annotation is OPAQUE or any(marked(arg) for arg in get_args(annotation))
+
+    return frozenset(field.alias or name for name, field in model.model_fields.items()
+                     if OPAQUE in field.metadata or marked(field.annotation))
 
 
 def validate(model: type[BaseModel], data: Any, location: str | None = None) -> BaseModel:

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator
 
-from mdsync.api.models import Body, Email, Name, Out
+from mdsync.api.models import OPAQUE, Body, Email, Name, Out
 
-Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Password = Annotated[str, StringConstraints(min_length=1, max_length=1024), OPAQUE]  # hashed: may hold NUL
 Device = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
 
 

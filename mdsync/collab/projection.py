@@ -35,6 +35,7 @@ from mdsync.collab import store
 from mdsync.collab.etags import state_etag
 from mdsync.collab.room import Room
 from mdsync.collab.states import States
+from mdsync.collab.yjs_markdown import nul_free
 from mdsync.db import Database, Tx
 from mdsync.documents.content import store_markdown
 
@@ -286,6 +287,7 @@ def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_se
     """Write the projection and its provenance. The markdown, its size, updated_at, the content
     revision and a change-feed upsert only change when the markdown did. False when the document
     is gone."""
+    markdown = nul_free(markdown)  # rendered so already; the stored text must be so on both engines
     row = tx.one("SELECT markdown = ? AS same FROM documents WHERE id = ?", (markdown, document_id))
     if row is None:
         return False

@@ -5,7 +5,7 @@ backends (content.py) and served states (states.py) need to know about a model.
   the document's ETag in the same step, so the two describe one instant); `size` is about the
   bytes of the document's state (a small one may be read at once, a large one copied).
 - `render(snapshot)`: the markdown of that snapshot (awaitable: a large TipTap document is
-  rendered in a worker thread, off the event loop).
+  rendered in a worker thread, off the event loop), a NUL typed into Yjs as U+FFFD (`nul_free`).
 - `seed(markdown)`: the deterministic Yjs state of a new document holding `markdown` (the same
   bytes for the same markdown on every server, so two seeds merge into one copy).
 
@@ -22,6 +22,14 @@ from pycrdt import Doc, Text
 from mdsync.collab.room import TEXT_NAME, seed_update
 
 
+def nul_free(markdown: str) -> str:
+    """Markdown made from Yjs text, as it is served and stored. A Yjs client can type a NUL
+    character, which PostgreSQL text cannot hold and a REST write may not send (docs/api.md
+    "Conventions"): it becomes U+FFFD, as CommonMark reads a NUL, on both engines. The Yjs state
+    keeps the NUL (it is bytes)."""
+    return markdown.replace("\x00", "\ufffd") if "\x00" in markdown else markdown
+
+
 class YjsMarkdown(Protocol):
     name: str
 
@@ -29,7 +37,7 @@ class YjsMarkdown(Protocol):
         """What `render` needs, read now (synchronously)."""
 
     async def render(self, snapshot: Any, document_id: str | None = None) -> str:
-        """The markdown of a snapshot."""
+        """The markdown of a snapshot (`nul_free`)."""
 
     async def seed(self, markdown: str) -> bytes:
         """The deterministic first Yjs state of a document holding `markdown`."""
@@ -44,7 +52,7 @@ class TextInYjs:
         return str(doc.get(TEXT_NAME, type=Text))
 
     async def render(self, snapshot: str, document_id: str | None = None) -> str:
-        return snapshot
+        return nul_free(snapshot)
 
     async def seed(self, markdown: str) -> bytes:
         return seed_update(markdown)

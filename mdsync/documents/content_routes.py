@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mdsync.api.errors import UnsupportedMediaType, ValidationFailed
-from mdsync.api.routing import Routes, read_body
+from mdsync.api.errors import UnsupportedMediaType
+from mdsync.api.routing import Routes, read_text
 from mdsync.appkeys import SETTINGS
 from mdsync.documents.content import CONTENT, etag_matches
 from mdsync.workspaces.access import require
@@ -40,10 +40,6 @@ async def put_content(request: web.Request) -> web.Response:
     access = await require(request, "editor", document_id=request.match_info["doc"])
     if request.headers.get("Content-Type") and request.content_type not in ACCEPTED_TYPES:
         raise UnsupportedMediaType(f"send text/markdown, not {request.content_type}")
-    raw = await read_body(request, request.app[SETTINGS].limits.max_document_bytes)
-    try:
-        markdown = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValidationFailed.field("body", "is not UTF-8 text") from None
+    markdown = await read_text(request, request.app[SETTINGS].limits.max_document_bytes)
     markdown, etag = await request.app[CONTENT].write(access.document, markdown, request.headers.get("If-Match"), access)
     return _markdown_response(markdown, etag)

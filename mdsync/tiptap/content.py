@@ -30,6 +30,7 @@ from mdsync.api.errors import PreconditionFailed, TooLarge, ValidationFailed
 from mdsync.collab.content import YjsContent, merge_client_id
 from mdsync.collab.etags import state_etag
 from mdsync.collab.room import DocumentTooLarge, decode_state_vector
+from mdsync.collab.yjs_markdown import nul_free
 from mdsync.documents.content import if_match_etags, quote
 from mdsync.tiptap import blockdiff, parse, yxml
 from mdsync.tiptap.render import render
@@ -98,7 +99,7 @@ class TipTapInYjs:
             markdown = render(blocks, self.schema, unknown)
         if document_id is not None:
             self.guard.report(document_id, unknown)
-        return markdown
+        return nul_free(markdown)
 
     async def seed(self, markdown: str) -> bytes:
         return await _off_loop(len(markdown) < INLINE_MARKDOWN_CHARS, blockdiff.seed_update, markdown)

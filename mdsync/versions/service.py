@@ -27,6 +27,7 @@ from aiohttp import web
 
 from mdsync import clock
 from mdsync.api.errors import NotFound, PreconditionFailed, TooLarge, ValidationFailed
+from mdsync.collab.yjs_markdown import nul_free
 from mdsync.documents.content import CONTENT
 from mdsync.db import Database, Tx
 from mdsync.versions import policy, store, textdiff
@@ -57,7 +58,9 @@ class Versions:
         return await self.db.value("SELECT content_model FROM documents WHERE id = ?", (document_id,))
 
     async def _snapshot(self, document_id: str, room=None) -> tuple[str, bytes, list[str]]:
-        """(markdown, state, authors since the previous version) — and that burst ends here."""
+        """(markdown, state, authors since the previous version) — and that burst ends here. The
+        markdown as it is stored (`nul_free`: a NUL typed into Yjs is U+FFFD), so it is compared
+        with the previous version's as stored."""
         model = await self._content_model(document_id)
         if model is None:
             raise NotFound("no such document")
@@ -67,14 +70,14 @@ class Versions:
             burst = self.bursts.open.get(document_id)
             if burst is not None and burst.stash is not None:
                 self.bursts.take(document_id)
-                return burst.stash[0], burst.stash[1], list(burst.authors)
+                return nul_free(burst.stash[0]), burst.stash[1], list(burst.authors)
             async with self.rooms.use(document_id) as loaded:
                 return await self._snapshot(document_id, loaded)
         # the burst is taken in the same loop step as the state: a backend reads the room before
         # its first await (rendering TipTap's markdown may then take its time off the loop)
         burst = self.bursts.take(document_id)
         markdown, state = await self.app[CONTENT].of(model).state(room)
-        return markdown, state, list(burst.authors) if burst else []
+        return nul_free(markdown), state, list(burst.authors) if burst else []
 
     async def _insert(self, document_id: str, kind: str, label: str | None, authors: list[str],
                       created_by: str | None, markdown: str, state: bytes) -> dict[str, Any] | None:
