@@ -57,20 +57,29 @@ class BenchServer:
                                      text=True)
         self.base = ""
         self.ready_seconds = 0.0
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            match = re.search(r"listening on (http://\S+)", line)
-            if match:
-                self.base = match.group(1)
-                self.ready_seconds = time.perf_counter() - self.started
-                # keep reading the log so a chatty server never blocks on a full pipe
-                threading.Thread(target=lambda: [None for _ in self.proc.stdout], daemon=True).start()
-                return
-        self.stop()
-        raise RuntimeError("server did not start")
+        self.output: list[str] = []  # its first lines, for the error when it does not start
+        ready = threading.Event()
+
+        def read() -> None:  # a thread, so the timeout holds when the server prints nothing
+            for line in self.proc.stdout:  # and keeps reading: a chatty server never blocks on a full pipe
+                if not ready.is_set():
+                    self.output.append(line)
+                    match = re.search(r"listening on (http://\S+)", line)
+                    if match:
+                        self.base = match.group(1)
+                        self.ready_seconds = time.perf_counter() - self.started
+                        ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            ready.wait(timeout)
+        finally:
+            if not self.base:
+                self.stop()
+        if not self.base:
+            raise RuntimeError("server did not start within {:g} s; its output:\n{}".format(
+                timeout, "".join(self.output[-30:])))
 
     @classmethod
     def mdsync(cls, data_dir: Path, *, fast_auth: bool = True, **env: str) -> BenchServer:

@@ -3,6 +3,11 @@ real `mdsync serve` (access JWT and personal access token) and against a bare ai
 answering the same JSON, in interleaved rounds of one run; medians and ratios.
 
     .venv/bin/python bench/rest_bench.py [--rounds 3] [--duration 10] [--profile OUT_DIR]
+    .venv/bin/python bench/rest_bench.py --engines sqlite,postgresql [--pg-url URL]
+
+`--engines sqlite,postgresql`: one mdsync server per engine (PostgreSQL: bench/pgcluster.py, a
+durable cluster started here unless `--pg-url` names a running one), their JWT and PAT rounds
+interleaved with the bare handler's, and a PostgreSQL / SQLite table of the medians.
 
 mdsync runs with its default log level (info: every request writes its access-log line) and the
 default middlewares; the bare handler has no middleware and no access log. With `--profile`, one
@@ -30,6 +35,7 @@ from pathlib import Path
 import aiohttp
 from auth_bench import BARE_SERVER, register
 from benchserver import BenchServer
+from pgcluster import Engines, parse_engines
 
 
 def cpu_seconds(pid: int) -> float:
@@ -112,23 +118,33 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--profile", type=Path, help="directory for the py-spy output of one extra round")
     parser.add_argument("--profile-token", choices=("jwt", "pat"), default="jwt")
+    parser.add_argument("--engines", type=parse_engines, default=["sqlite"],
+                        help="comma-separated: sqlite, postgresql (one mdsync server each)")
+    parser.add_argument("--pg-url", help="a running PostgreSQL's admin URL (default: start one, see pgcluster.py)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     work = Path(tempfile.mkdtemp(prefix="mdsync-rest-bench-"))
     servers: list[BenchServer] = []
+    engines = Engines(args.engines, args.pg_url)
     try:
-        # the default log level: the access log is part of the per-request cost
-        server = BenchServer.mdsync(work / "data", MDSYNC_LOG__LEVEL="info")
-        servers.append(server)
+        engines.__enter__()
         bare = BenchServer([sys.executable, "-c", BARE_SERVER], os.environ.copy(), work)
         servers.append(bare)
-        jwt, pat = asyncio.run(tokens(server.base))
-        me, bare_url = server.base + "/api/v1/me", bare.base + "/api/v1/me"
-        runs: dict[str, list[float]] = {"bare": [], "jwt": [], "pat": []}
-        cpu: dict[str, list[float]] = {"bare": [], "jwt": [], "pat": []}
+        targets = {"bare": (bare.base + "/api/v1/me", None, bare.pid)}
+        for engine in args.engines:
+            # the default log level: the access log is part of the per-request cost
+            server = BenchServer.mdsync(work / f"data-{engine}", MDSYNC_LOG__LEVEL="info",
+                                        **engines.env(engine, f"rest_{os.getpid()}"))
+            servers.append(server)
+            jwt, pat = asyncio.run(tokens(server.base))
+            me = server.base + "/api/v1/me"
+            suffix = "" if len(args.engines) == 1 else f" {engine}"
+            targets[f"jwt{suffix}"] = (me, jwt, server.pid)
+            targets[f"pat{suffix}"] = (me, pat, server.pid)
+        runs: dict[str, list[float]] = {name: [] for name in targets}
+        cpu: dict[str, list[float]] = {name: [] for name in targets}
         load = []
-        targets = {"bare": (bare_url, None, bare.pid), "jwt": (me, jwt, server.pid), "pat": (me, pat, server.pid)}
         for _ in range(args.rounds):  # interleaved: every server sees the same background load
             load.append(os.getloadavg()[0])
             for name, (url, token, pid) in targets.items():
@@ -147,12 +163,25 @@ def main() -> None:
             cpu_ratio = statistics.median(a / b for a, b in zip(cpu[name], cpu["bare"]))
             print(f"| {name} | {' / '.join(f'{r:.0f}' for r in runs[name])} | {statistics.median(runs[name]):.0f} "
                   f"| {ratio:.2f} | {statistics.median(cpu[name]):.0f} | {cpu_ratio:.2f} |")
+        if len(args.engines) == 2:
+            print()
+            print("| GET /me | req/s PostgreSQL / SQLite (median of per-round ratios) "
+                  "| server CPU µs/request PostgreSQL / SQLite |")
+            print("|---|---:|---:|")
+            for token in ("jwt", "pat"):
+                pg, lite = f"{token} postgresql", f"{token} sqlite"
+                rps = statistics.median(a / b for a, b in zip(runs[pg], runs[lite]))
+                us = statistics.median(a / b for a, b in zip(cpu[pg], cpu[lite]))
+                print(f"| {token} | {rps:.2f} | {us:.2f} |")
         if args.profile:
             print()
-            print(profile(server.pid, me, jwt if args.profile_token == "jwt" else pat, args.profile, args))
+            url, token, pid = targets[args.profile_token if len(args.engines) == 1
+                                      else f"{args.profile_token} {args.engines[0]}"]
+            print(profile(pid, url, token, args.profile, args))
     finally:
         for s in servers:
             s.stop()
+        engines.__exit__(None, None, None)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -7,7 +7,9 @@ directory, on 127.0.0.1 and a free port, started once per test session and stopp
 
 PostgreSQL refuses to run as root: under root the server runs as the `postgres` user (which the
 Debian package creates), on a directory that user owns. fsync is off: the tests kill mdsync, not
-PostgreSQL, and an acknowledged edit is durable once PostgreSQL has committed it.
+PostgreSQL, and an acknowledged edit is durable once PostgreSQL has committed it. The benches
+(bench/pgcluster.py) ask for `durable=True`: PostgreSQL's own defaults (fsync, synchronous_commit,
+full_page_writes on), so a commit waits for its WAL flush as SQLite's does.
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def _end_with_parent() -> None:
 class PostgresCluster(ChildProcess):
     what = "postgres"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, durable: bool = False):
         super().__init__()
         self.workdir = workdir
+        self.durable = durable
         self.data = workdir / "pgdata"
         self.port = free_port()
         self.log = workdir / "postgres.log"
@@ -73,9 +76,9 @@ class PostgresCluster(ChildProcess):
                        **self._as_user)
         log = open(self.log, "ab")
         # the server ends with the test process even when that is killed (fast shutdown: SIGINT)
+        fast = [] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self.launch([str(BIN / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.workdir),
-                     "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off", "-c", "max_connections=400", "-c", "shared_buffers=64MB",
+                     "-c", "listen_addresses=127.0.0.1", *fast, "-c", "max_connections=400", "-c", "shared_buffers=64MB",
                      "-c", "log_min_messages=warning"], env, log, preexec_fn=_end_with_parent, **self._as_user)
         log.close()
         self.wait_ready(timeout)

@@ -12,6 +12,10 @@ acks). Measured over the timed window: acknowledged updates/s, ack latency, serv
 (/proc), and from /metrics the log's commits (mdsync_collab_flushes, mdsync_collab_flushed_updates:
 their ratio is the commit batch size) and the writer's (mdsync_db_write_batches / _jobs). Modes
 alternate per round; the table shows medians and the durable / volatile ratio.
+
+`--engines sqlite,postgresql [--pg-url URL] [--no-volatile]`: the durable runs on each engine
+(PostgreSQL: a fresh database per run in bench/pgcluster.py's durable cluster, started here unless
+`--pg-url` names a running one), alternating per round, and the PostgreSQL / SQLite ratios.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pycrdt import Doc, Text
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.benchserver import MDSYNC, BenchServer, bench_account, percentile, server_env  # noqa: E402
+from bench.pgcluster import Engines, parse_engines  # noqa: E402
 from mdsync.collab import hocuspocus as hp  # noqa: E402
 from mdsync.collab import protocol as p  # noqa: E402
 
@@ -115,12 +120,12 @@ def scrape(text: str) -> dict[str, float]:
     return out
 
 
-async def one_run(mode: str, args, updates: list[list[bytes]]) -> dict:
+async def one_run(mode: str, args, updates: list[list[bytes]], env: dict[str, str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="mdsync-durable-") as tmp:
         data = Path(tmp) / "data"
         data.mkdir()
-        command = (MDSYNC if mode == "durable" else VOLATILE) + ["serve", "--host", "127.0.0.1", "--port", "0"]
-        with BenchServer(command, server_env(data), Path(tmp)) as server:
+        command = (VOLATILE if mode == "volatile" else MDSYNC) + ["serve", "--host", "127.0.0.1", "--port", "0"]
+        with BenchServer(command, server_env(data, **(env or {})), Path(tmp)) as server:
             async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
                 account = await bench_account(session, server.base)
                 token = account.headers["Authorization"].split(" ", 1)[1]
@@ -145,7 +150,12 @@ async def one_run(mode: str, args, updates: list[list[bytes]]) -> dict:
                 async with session.get(f"{server.base}/metrics") as resp:
                     before = scrape(await resp.text())
                 cpu0, mine0, t0 = cpu_seconds(server.pid), time.process_time(), time.perf_counter()
-                sent = await asyncio.gather(*(w.run(t0 + args.seconds) for w in writers))
+                try:
+                    async with asyncio.timeout(args.seconds + 60):  # an ack that never comes ends the run
+                        sent = await asyncio.gather(*(w.run(t0 + args.seconds) for w in writers))
+                except TimeoutError:
+                    raise RuntimeError(f"{mode}: acks stopped coming ({sum(w.acked for w in writers)} acked in "
+                                       f"{args.seconds + 60:g} s)") from None
                 elapsed, cpu = time.perf_counter() - t0, cpu_seconds(server.pid) - cpu0
                 client_cpu = time.process_time() - mine0
                 async with session.get(f"{server.base}/metrics") as resp:
@@ -175,16 +185,28 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-updates", type=int, default=800, help="updates built per writer")
+    parser.add_argument("--engines", type=parse_engines, default=["sqlite"],
+                        help="comma-separated: sqlite, postgresql (the durable runs on each)")
+    parser.add_argument("--pg-url", help="a running PostgreSQL's admin URL (default: start one, see pgcluster.py)")
+    parser.add_argument("--no-volatile", action="store_true", help="leave out the runs without an update log")
     args = parser.parse_args()
     started = time.perf_counter()
     updates = chains(args.docs * args.writers, args.max_updates)
     print(f"built {args.max_updates} updates for each of {args.docs * args.writers} writers in "
           f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     runs = []
-    for round_ in range(args.rounds):
-        for mode in (("durable", "volatile") if round_ % 2 == 0 else ("volatile", "durable")):
-            run = await one_run(mode, args, updates)
-            runs.append(run)
+    # a mode is "durable" (the engine of a single-engine run), "durable <engine>" or "volatile"
+    modes = ["durable"] if len(args.engines) == 1 else [f"durable {e}" for e in args.engines]
+    modes += [] if args.no_volatile else ["volatile"]
+    engines = Engines(args.engines, args.pg_url)
+    with engines:
+        for round_ in range(args.rounds):
+            for mode in (modes if round_ % 2 == 0 else modes[::-1]):
+                engine = mode.split()[1] if " " in mode else args.engines[0]
+                env = {} if mode == "volatile" else engines.env(engine, f"durable_{os.getpid()}_{round_}_{engine}")
+                run = await one_run(mode, args, updates, env)
+                run["mode"] = mode
+                runs.append(run)
             print(f"round {round_ + 1} {mode}: {run['per_s']:.0f} updates/s, {run['cpu_us']:.0f} µs CPU each, "
                   f"ack p50 {run['p50_ms']:.1f} / p99 {run['p99_ms']:.1f} ms, log batch {run['log_batch']:.1f}, "
                   f"jobs per commit {run['jobs_per_commit']:.1f}, CPU % server {run['server_pct']:.0f} / load client "
@@ -199,13 +221,22 @@ async def main() -> None:
     print("| update log | acked updates/s | server CPU µs per update | ack p50 ms | ack p99 ms "
           "| updates per log commit | writer jobs per commit | commits/s | CPU % server / load client |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for mode in ("durable", "volatile"):
+    for mode in modes:
         print(f"| {mode} | {med(mode, 'per_s'):.0f} | {med(mode, 'cpu_us'):.0f} | {med(mode, 'p50_ms'):.2f} "
               f"| {med(mode, 'p99_ms'):.2f} | {med(mode, 'log_batch'):.1f} | {med(mode, 'jobs_per_commit'):.1f} "
               f"| {med(mode, 'commits_per_s'):.0f} | {med(mode, 'server_pct'):.0f} / {med(mode, 'client_pct'):.0f} |")
-    ratio = med("durable", "per_s") / med("volatile", "per_s")
-    cpu_ratio = med("durable", "cpu_us") / med("volatile", "cpu_us")
-    print(f"\ndurable / volatile: throughput {ratio:.2f}, server CPU per update {cpu_ratio:.2f}")
+    print()
+    for mode in modes[:-1] if not args.no_volatile else []:
+        ratio = med(mode, "per_s") / med("volatile", "per_s")
+        cpu_ratio = med(mode, "cpu_us") / med("volatile", "cpu_us")
+        print(f"{mode} / volatile: throughput {ratio:.2f}, server CPU per update {cpu_ratio:.2f}")
+    if len(args.engines) == 2:
+        pg, lite = "durable postgresql", "durable sqlite"
+        print("PostgreSQL / SQLite (medians): " + ", ".join(
+            f"{what} {med(pg, key) / med(lite, key):.2f}" for what, key in (
+                ("acked updates/s", "per_s"), ("server CPU per update", "cpu_us"), ("ack p50", "p50_ms"),
+                ("ack p99", "p99_ms"), ("updates per log commit", "log_batch"),
+                ("writer jobs per commit", "jobs_per_commit"))))
 
 
 if __name__ == "__main__":
