@@ -76,7 +76,7 @@ class BenchServer:
             ready.wait(timeout)
         finally:
             if not self.base:
-                self.stop()
+                self.stop(10)
         if not self.base:
             raise RuntimeError("server did not start within {:g} s; its output:\n{}".format(
                 timeout, "".join(self.output[-30:])))

@@ -199,21 +199,33 @@ async def main() -> None:
     modes = ["durable"] if len(args.engines) == 1 else [f"durable {e}" for e in args.engines]
     modes += [] if args.no_volatile else ["volatile"]
     engines = Engines(args.engines, args.pg_url)
+    failed: dict[str, str] = {}
     with engines:
         for round_ in range(args.rounds):
             for mode in (modes if round_ % 2 == 0 else modes[::-1]):
                 engine = mode.split()[1] if " " in mode else args.engines[0]
                 env = {} if mode == "volatile" else engines.env(engine, f"durable_{os.getpid()}_{round_}_{engine}")
-                run = await one_run(mode, args, updates, env)
+                try:
+                    run = await one_run(mode, args, updates, env)
+                except (RuntimeError, AssertionError, OSError, aiohttp.ClientError) as error:
+                    failed.setdefault(mode, f"{type(error).__name__}: {error}".strip())
+                    print(f"round {round_ + 1} {mode}: failed: {failed[mode]}", file=sys.stderr)
+                    continue
                 run["mode"] = mode
                 runs.append(run)
-            print(f"round {round_ + 1} {mode}: {run['per_s']:.0f} updates/s, {run['cpu_us']:.0f} µs CPU each, "
-                  f"ack p50 {run['p50_ms']:.1f} / p99 {run['p99_ms']:.1f} ms, log batch {run['log_batch']:.1f}, "
-                  f"jobs per commit {run['jobs_per_commit']:.1f}, CPU % server {run['server_pct']:.0f} / load client "
-                  f"{run['client_pct']:.0f} (load {run['load']:.1f})", file=sys.stderr)
+                print(f"round {round_ + 1} {mode}: {run['per_s']:.0f} updates/s, {run['cpu_us']:.0f} µs CPU each, "
+                      f"ack p50 {run['p50_ms']:.1f} / p99 {run['p99_ms']:.1f} ms, log batch {run['log_batch']:.1f}, "
+                      f"jobs per commit {run['jobs_per_commit']:.1f}, CPU % server {run['server_pct']:.0f} / load "
+                      f"client {run['client_pct']:.0f} (load {run['load']:.1f})", file=sys.stderr)
 
     def med(mode: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs if r["mode"] == mode)
+        values = [r[key] for r in runs if r["mode"] == mode]
+        return statistics.median(values) if values else float("nan")
+
+    for mode, error in failed.items():
+        print(f"**{mode} failed**: {error}\n")
+    if not runs:
+        sys.exit(1)
 
     print(f"\n{args.docs} documents x {args.writers} writers, {args.seconds:g} s per run, medians of "
           f"{args.rounds} rounds (modes alternating); 1-min load average during the runs "
@@ -230,7 +242,7 @@ async def main() -> None:
         ratio = med(mode, "per_s") / med("volatile", "per_s")
         cpu_ratio = med(mode, "cpu_us") / med("volatile", "cpu_us")
         print(f"{mode} / volatile: throughput {ratio:.2f}, server CPU per update {cpu_ratio:.2f}")
-    if len(args.engines) == 2:
+    if len(args.engines) == 2 and not failed:
         pg, lite = "durable postgresql", "durable sqlite"
         print("PostgreSQL / SQLite (medians): " + ", ".join(
             f"{what} {med(pg, key) / med(lite, key):.2f}" for what, key in (
