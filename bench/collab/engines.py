@@ -90,9 +90,10 @@ def prepare_work(work: Path) -> Path:
     runner = work / "mdsync-bench-engines.sh"
     runner.write_text(text.replace(DROP_LINE, KEEP_LINE))
     runner.chmod(0o755)
-    # the runner's venv is $MDSYNC_BENCH_DIR/venv-<hash of pyproject.toml>: point it at this checkout's
-    base = work / "base"
-    base.mkdir(exist_ok=True)
+    # the runner's venv is $TMPDIR/mdsync-bench/venv-<hash of pyproject.toml>: point it at this checkout's
+    # (not MDSYNC_BENCH_DIR: the runner passes that variable on, and mdsync refuses unknown settings)
+    base = work / "tmp" / "mdsync-bench"
+    base.mkdir(parents=True, exist_ok=True)
     venv = base / ("venv-" + hashlib.sha256((PROJECT / "pyproject.toml").read_bytes()).hexdigest()[:16])
     if not venv.exists():
         venv.symlink_to(PROJECT / ".venv")
@@ -119,7 +120,7 @@ def run_engine(runner: Path, work: Path, engine: str, env_extra: dict[str, str],
                log) -> tuple[list[dict], int]:
     before = set((work / "results").glob("mdsync-2*.jsonl"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MDSYNC_")}
-    env.update(env_extra, SCENARIOS=" ".join(scenarios), CROSSCHECK="0", MDSYNC_BENCH_DIR=str(work / "base"),
+    env.update(env_extra, SCENARIOS=" ".join(scenarios), CROSSCHECK="0", TMPDIR=str(work / "tmp"),
                REPORT=str(work / "results" / f"report-{engine}.md"))
     proc = subprocess.Popen([str(runner), "--project", str(PROJECT)], cwd=work, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
@@ -144,6 +145,13 @@ def run_engine(runner: Path, work: Path, engine: str, env_extra: dict[str, str],
     return rows, rc
 
 
+def failure_lines(log_path: Path, since: float, count: int = 4) -> list[str]:
+    """The runner log's lines that say what went wrong (the last `count`)."""
+    lines = [line.strip() for line in log_path.read_text(errors="replace").splitlines()
+             if any(w in line for w in ("Error", "error", "did not", "failed", "Traceback"))]
+    return [f"`{line[:300]}`" for line in lines[-count:]] or ["nothing"]
+
+
 def median_of(fn, rounds: list[dict]) -> float | None:
     values = []
     for rows in rounds:
@@ -156,11 +164,13 @@ def median_of(fn, rounds: list[dict]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def table(by_engine: dict[str, list[dict]], pg_cpu: list[float]) -> str:
+def table(by_engine: dict[str, list[dict]], pg_cpu: list[float], notes: list[str]) -> str:
     out = ["| metric | SQLite | PostgreSQL | PostgreSQL / SQLite |", "|---|---:|---:|---:|"]
     fmt = lambda x: "–" if x is None else f"{x:.1f}"  # noqa: E731
     for name, fn in ROWS:
         lite, pg = median_of(fn, by_engine.get("sqlite", [])), median_of(fn, by_engine.get("postgresql", []))
+        if lite is None and pg is None:
+            continue  # a scenario not run
         ratio = f"{pg / lite:.2f}" if lite and pg is not None else "–"
         out.append(f"| {name} | {fmt(lite)} | {fmt(pg)} | {ratio} |")
     ok = []
@@ -169,7 +179,7 @@ def table(by_engine: dict[str, list[dict]], pg_cpu: list[float]) -> str:
             flags = [r[sc].get("ok") for r in rounds if sc in r]
             if flags:
                 ok.append(f"{engine} {sc} {sum(1 for f in flags if f)}/{len(flags)}")
-    out += ["", "scenario runs ok (no errors, converged): " + ", ".join(ok)]
+    out += ["", "scenario runs ok (no errors, converged): " + (", ".join(ok) or "none"), *notes]
     if pg_cpu:
         out.append(f"PostgreSQL's own processes: {statistics.median(pg_cpu):.1f} s CPU per PostgreSQL run (median; "
                    "preparation and every scenario; not in the server CPU rows above)")
@@ -192,6 +202,7 @@ def main() -> None:
     log_path = work / "results" / f"engines-{stamp}.log"
     by_engine: dict[str, list[dict]] = {"sqlite": [], "postgresql": []}
     pg_cpu: list[float] = []
+    notes: list[str] = []
     loads = []
     started = time.monotonic()
     with Engines(["sqlite", "postgresql"], args.pg_url) as engines, open(log_path, "ab") as log, open(out, "a") as sink:
@@ -210,6 +221,9 @@ def main() -> None:
                     sink.write(json.dumps(row) + "\n")
                 sink.flush()
                 by_engine[engine].append({row["scenario"]: row for row in rows})
+                if rc != 0:
+                    notes.append(f"- round {round_ + 1} {engine}: the runner exited {rc}, {len(rows)} scenario rows; "
+                                 "from its log: " + "; ".join(failure_lines(log_path, t0)))
                 print(f"round {round_ + 1} {engine}: runner exit {rc}, {len(rows)} scenario rows, "
                       f"{time.monotonic() - t0:.0f} s (load {loads[-1]:.1f})", file=sys.stderr, flush=True)
     loads.append(os.getloadavg()[0])
@@ -219,7 +233,7 @@ def main() -> None:
     for engine in ("sqlite", "postgresql"):
         print(f"- {DURABILITY[engine]}")
     print()
-    print(table(by_engine, pg_cpu))
+    print(table(by_engine, pg_cpu, notes))
 
 
 if __name__ == "__main__":
