@@ -3,8 +3,8 @@ cannot hold a NUL, SQLite's can, and no answer may depend on which one runs.
 
 - A NUL in a path or query parameter names nothing: the answer an unknown id or malformed
   parameter gets (404, or 422 where the shape is checked), never a 500.
-- A NUL in a JSON body's string or in a markdown body is 422 `validation` naming the field, and
-  nothing is stored (a password excepted: only its hash is kept).
+- A NUL in a JSON body's string, a markdown body or an imported markdown file is 422 `validation`
+  naming the field, and nothing is stored (a password excepted: only its hash is kept).
 - A NUL a Yjs client types is stored as U+FFFD in the markdown (projection, search, versions).
 """
 
@@ -16,7 +16,7 @@ import json
 import pytest
 
 from mdsync.appkeys import DB
-from tests.builders import document, join, owned_workspace
+from tests.builders import document, import_zip, join, make_zip, owned_workspace
 from tests.readers import content
 from tests.yclient import YClient
 
@@ -177,6 +177,16 @@ async def test_a_nul_in_a_markdown_body_is_422_and_nothing_is_stored(client, wor
         found = await problem(resp, 422)
         assert found["errors"] == [{"field": "body", "message": NUL_MESSAGE}]
     assert await content(client, owner, doc) == (before, etag)
+
+
+@pytest.mark.parametrize("multipart", [False, True])
+async def test_a_nul_in_an_imported_markdown_file_is_422_and_nothing_is_imported(client, world, multipart):
+    owner, _, ws, _ = world
+    before = await (await client.get(f"{API}/workspaces/{ws}/tree", headers=owner.headers)).json()
+    data = make_zip({"fine.md": "# Fine\n", "notes/typed.md": "a\x00b\n"})
+    found = await import_zip(client, owner, ws, data, multipart=multipart, expect=422)
+    assert found["errors"] == [{"field": "file", "message": f"notes/typed.md {NUL_MESSAGE}"}]
+    assert await (await client.get(f"{API}/workspaces/{ws}/tree", headers=owner.headers)).json() == before
 
 
 async def test_a_nul_typed_in_yjs_is_stored_as_u_fffd(make_client):

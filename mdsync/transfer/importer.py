@@ -164,6 +164,8 @@ def _document(source, entry: Entry, budget: _Budget, limits: Limits) -> _Documen
     except UnicodeDecodeError as exc:
         raise ImportRefused(f"{entry.path} is not UTF-8 text (invalid byte at offset {exc.start}); "
                             "save it as UTF-8 and import again") from None
+    if "\x00" in text:  # as a markdown body (docs/api.md "Conventions"; PostgreSQL text cannot hold one)
+        raise ImportRefused(f"{entry.path} must not contain NUL characters")
     text = text.removeprefix("\ufeff")
     split = archive.split_front_matter(text)
     if len(split.markdown.encode("utf-8")) > limits.max_document_bytes:
