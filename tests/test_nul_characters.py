@@ -17,6 +17,7 @@ import pytest
 
 from mdsync.appkeys import DB
 from tests.builders import document, import_zip, join, make_zip, owned_workspace
+from tests.hpclient import HPClient
 from tests.readers import content
 from tests.yclient import YClient
 
@@ -91,6 +92,22 @@ async def test_a_nul_in_a_socket_documents_id_is_an_unknown_document(client, wor
     for document_id in ("no-such-id", "a%00b"):
         peer = await YClient.connect(client, document_id, owner.access_token)
         assert await peer.wait_closed() == 4404
+        await peer.close()
+
+
+async def test_a_nul_in_a_hocuspocus_document_name_is_not_found(client, world):
+    """The Hocuspocus socket names documents in its messages: a name holding a NUL is refused
+    `not-found` like any unknown one, and the socket's other documents go on."""
+    owner, _, _, doc = world
+    peer = await HPClient.connect(client)
+    try:
+        for name, answer_ in (("no-such-id", (1, "not-found")), ("a\x00b", (1, "not-found")),
+                              (doc, (2, "read-write"))):
+            await peer.open(name, owner.access_token)
+            await peer.until(lambda name=name: peer.auth(name), f"the Auth answer for {name!r}")
+            assert peer.auth(name) == answer_
+        assert peer.close_code is None
+    finally:
         await peer.close()
 
 
