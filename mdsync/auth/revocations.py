@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from mdsync import clock
 from mdsync.db import Database, Tx
-from mdsync.sync.changes import database_file
+from mdsync.sync.changes import DATABASE_KEY, database_key
 
 log = logging.getLogger("mdsync.auth")
 
@@ -64,12 +64,12 @@ def _wake(revocation: Revocation) -> None:
 
 def _record(tx: Tx, kind: str, user_id: str | None, workspace_id: str | None, document_id: str | None,
             credentials: list[str] | None) -> None:
-    seq = tx.execute(
+    seq = tx.value(
         "INSERT INTO revocations (at, origin, kind, user_id, workspace_id, document_id, credentials)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq",
         (clock.iso(), ORIGIN, kind, user_id, workspace_id, document_id,
-         None if credentials is None else json.dumps(credentials))).lastrowid
-    tx.after_commit(partial(_wake, Revocation(database_file(tx.conn), seq, ORIGIN, kind, user_id, workspace_id,
+         None if credentials is None else json.dumps(credentials)))
+    tx.after_commit(partial(_wake, Revocation(database_key(tx.conn), seq, ORIGIN, kind, user_id, workspace_id,
                                               document_id, credentials)))
 
 
@@ -103,8 +103,7 @@ class Watcher:
         self._thread = 0
 
     async def start(self) -> None:
-        rows = await self.db.all("PRAGMA database_list")
-        self.database = next(row[2] for row in rows if row[1] == "main")
+        self.database = await self.db.value(DATABASE_KEY[self.db.engine])
         self.seen = await self._newest()   # older rows concern connections of an earlier run
         self._loop = asyncio.get_running_loop()
         self._thread = threading.get_ident()

@@ -72,8 +72,6 @@ def database_key(conn: Any) -> str:
     return entry[1]
 
 
-database_file = database_key  # its name before PostgreSQL (auth/revocations.py still uses it)
-
 
 def _wake(change: Wake) -> None:
     for listener in list(listeners):
