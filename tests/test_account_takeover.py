@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from functools import partial
 
+import pytest
+
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.auth import admin
 from tests.builders import API, PASSWORD, bearer, invite, make_workspace, register
 from tests.readers import role_of
+
+pytestmark = pytest.mark.both_engines
 
 
 async def new_token(client, who, **body):

@@ -25,20 +25,18 @@ from tests.hpclient import HPClient
 from tests.processes import MDSYNC, ServerProcess, subprocess_env
 from tests.yclient import YClient
 
+pytestmark = pytest.mark.both_engines
+
 API = "/api/v1"
 EVENTS = f"{API}/sync/events"
 REACH = 6.0  # bound of every wait below: the server acts within ~0.5 s (feed: ~1.5 s) of the commit
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("live") / "data"
-    data_dir.mkdir()
-    proc = ServerProcess(data_dir, {"MDSYNC_AUTH__REGISTRATION": "open", "MDSYNC_AUTH__ACCESS_TOKEN_TTL": "3600",
-                                    "MDSYNC_AUTH__REGISTER_ATTEMPTS_PER_ADDRESS": "1000"})
-    proc.start()
-    yield proc
-    proc.kill()
+@pytest.fixture
+def server(server_process) -> ServerProcess:
+    # one per test: a server lives on its test's engine and database (tests/engines.py)
+    return server_process(env={"MDSYNC_AUTH__REGISTRATION": "open", "MDSYNC_AUTH__ACCESS_TOKEN_TTL": "3600",
+                               "MDSYNC_AUTH__REGISTER_ATTEMPTS_PER_ADDRESS": "1000"})
 
 
 async def cli(server: ServerProcess, *args: str, stdin: str | None = None) -> str:

@@ -16,8 +16,11 @@ import pytest
 from mdsync import clock
 from mdsync.appkeys import DB
 from mdsync.auth.routes import AUTH
+from mdsync.db import run_offline
 from tests.builders import PASSWORD, bearer, register
 from tests.processes import cli_async
+
+pytestmark = pytest.mark.both_engines
 
 PROBLEM = "application/problem+json"
 
@@ -503,14 +506,11 @@ async def test_disabled_user_is_locked_out_at_once(client, settings):
 
 async def test_disabled_flag_alone_stops_every_token(client, settings):
     # whoever sets disabled_at (another admin tool, a future endpoint) need not also end sessions
-    import sqlite3
-
     account = await register(client)
     pat = await create_pat(client, account)
-    other = sqlite3.connect(settings.db_path)
-    other.execute("UPDATE users SET disabled_at = '2026-01-01T00:00:00.000000Z' WHERE id = ?", (account.id,))
-    other.commit()
-    other.close()
+    # another process's connection, beside the server's
+    run_offline(settings, lambda tx: tx.execute(
+        "UPDATE users SET disabled_at = '2026-01-01T00:00:00.000000Z' WHERE id = ?", (account.id,)))
     assert await me_status(client, account.access_token) == 401
     assert await me_status(client, pat["token"]) == 401
     await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")

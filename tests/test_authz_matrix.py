@@ -32,6 +32,9 @@ from mdsync.appkeys import ROUTE_TABLES
 from mdsync.sync.feed import encode_cursor
 from tests.authz_world import World, build_world, fresh_doc, fresh_trashed_doc, viewer_grant
 from tests.builders import PASSWORD, Account, document, folder, invite, join, make_workspace, register, share
+from tests.readers import db_rows
+
+pytestmark = pytest.mark.both_engines
 
 
 @pytest.fixture
@@ -552,15 +555,7 @@ STATE_TABLES = ("workspaces", "members", "invitations", "folders", "documents", 
 
 
 def _snapshot(client) -> dict[str, list[tuple]]:
-    import sqlite3
-
-    from mdsync.appkeys import SETTINGS
-
-    conn = sqlite3.connect(client.app[SETTINGS].db_path)
-    try:
-        return {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}").fetchall()), key=repr) for t in STATE_TABLES}
-    finally:
-        conn.close()
+    return {t: sorted(map(tuple, db_rows(client, f"SELECT * FROM {t}")), key=repr) for t in STATE_TABLES}
 
 
 BODY_ROWS = [row for row in ROWS if row.body is not None or row.method in ("POST", "PATCH", "PUT")]

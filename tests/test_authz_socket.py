@@ -36,6 +36,8 @@ from tests.authz_world import World, fresh_doc, fresh_trashed_doc, viewer_grant
 from tests.builders import document, share
 from tests.yclient import YClient
 
+pytestmark = pytest.mark.both_engines
+
 RW, RO = "read-write", "read-only"
 
 

@@ -12,6 +12,8 @@ from aiohttp import web
 from mdsync.app import create_app
 from tests.builders import PASSWORD, register
 
+pytestmark = pytest.mark.both_engines
+
 PROBLEM = "application/problem+json"
 MB = 1024 * 1024
 

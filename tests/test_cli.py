@@ -16,11 +16,16 @@ import pytest
 from click.testing import CliRunner
 
 from mdsync import cli
+from mdsync.db import run_offline
 from mdsync.db.migrate import available
-from tests.builders import PASSWORD
+from tests import engines
+from tests.builders import PASSWORD, make_settings
 from tests.processes import MDSYNC, ROOT, subprocess_env
 from tests.processes import cli as run  # `cli` here is the package under test
 from tests.processes import cli_async as arun
+from tests.readers import settings_rows
+
+pytestmark = pytest.mark.both_engines
 
 
 def create(data_dir, email: str, *extra: str, password: str = PASSWORD) -> subprocess.CompletedProcess:
@@ -28,11 +33,7 @@ def create(data_dir, email: str, *extra: str, password: str = PASSWORD) -> subpr
 
 
 def audit(data_dir) -> list[tuple[str, str | None]]:
-    conn = sqlite3.connect(data_dir / "mdsync.db")
-    try:
-        return conn.execute("SELECT action, detail FROM audit_log ORDER BY id").fetchall()
-    finally:
-        conn.close()
+    return [tuple(row) for row in settings_rows(make_settings(data_dir), "SELECT action, detail FROM audit_log ORDER BY id")]
 
 
 @pytest.fixture
@@ -219,27 +220,28 @@ def test_unknown_user_exits_1(data_dir, command):
 
 
 # -- migrate ----------------------------------------------------------------------------------------
-def test_migrate_applies_and_records_every_migration(data_dir):
+def test_migrate_applies_and_records_every_migration(data_dir, engine):
+    if engine == "postgresql":
+        engines.empty_database_url(data_dir)  # not the test databases' template, migrated already
     result = run(data_dir, "migrate")
     assert result.returncode == 0, result.stderr
-    known = available()
+    known = available(engine)
     for migration in known:
         assert f"applied {migration.version:04d}_{migration.name}" in result.stdout
-    conn = sqlite3.connect(data_dir / "mdsync.db")
-    rows = conn.execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
-    assert rows == [(m.version, m.name) for m in known]
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    conn.close()
+    rows = settings_rows(make_settings(data_dir), "SELECT version, name FROM schema_migrations ORDER BY version")
+    assert [tuple(row) for row in rows] == [(m.version, m.name) for m in known]
+    if engine == "sqlite":
+        conn = sqlite3.connect(data_dir / "mdsync.db")
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        conn.close()
     result = run(data_dir, "migrate")
     assert result.returncode == 0 and "up to date" in result.stdout
 
 
 def test_migrate_refuses_a_newer_schema(data_dir):
     assert run(data_dir, "migrate").returncode == 0
-    conn = sqlite3.connect(data_dir / "mdsync.db")
-    conn.execute("INSERT INTO schema_migrations VALUES (9999, 'from_the_future', '2030-01-01T00:00:00Z')")
-    conn.commit()
-    conn.close()
+    run_offline(make_settings(data_dir), lambda tx: tx.execute(
+        "INSERT INTO schema_migrations VALUES (9999, 'from_the_future', '2030-01-01T00:00:00Z')"))
     for args in (["migrate"], ["users", "list"]):
         result = run(data_dir, *args)
         assert result.returncode == 1

@@ -3,9 +3,13 @@ register with an invitation; expired, revoked and used ones are 410 and change n
 
 from __future__ import annotations
 
+import pytest
+
 from mdsync import clock
 from tests.builders import API, invite, join, make_workspace, register
 from tests.readers import audit_actions, role_of
+
+pytestmark = pytest.mark.both_engines
 
 
 async def test_create_and_list(client):

@@ -12,9 +12,12 @@ import json
 import urllib.error
 import urllib.request
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+
+pytestmark = pytest.mark.both_engines
 
 RANK = {"viewer": 0, "commenter": 1, "editor": 2, "admin": 3, "owner": 4}
 ROLES = list(RANK)

@@ -16,6 +16,8 @@ from tests.builders import PASSWORD
 from tests.prerequisites import missing, program
 from tests.processes import Caddy
 
+pytestmark = pytest.mark.both_engines
+
 
 async def traffic(base: str) -> dict[str, str]:
     """Requests carrying every kind of credential there is, the secrets they carried."""

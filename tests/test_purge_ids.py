@@ -6,12 +6,16 @@ gives a new document the id of a purged one (nor of a live one anywhere)."""
 
 from __future__ import annotations
 
+import pytest
+
 from mdsync.appkeys import DB
 from mdsync.collab.rooms import ROOMS
 from mdsync.workspaces.service import WORKSPACES
 from tests.builders import API, import_zip, make_workspace, make_zip, register
 from tests.waiting import eventually
 from tests.yclient import YClient
+
+pytestmark = pytest.mark.both_engines
 
 
 async def documents_of(client, who, ws) -> list[dict]:

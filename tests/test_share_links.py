@@ -3,10 +3,14 @@ GET /share/{token}, use by a signed-in non-member on routes that accept them, li
 
 from __future__ import annotations
 
+import pytest
+
 from mdsync import clock
 from mdsync.hooks import HOOKS
 from tests.builders import API, document, join, make_workspace, register, share
 from tests.readers import audit_actions
+
+pytestmark = pytest.mark.both_engines
 
 
 async def test_anonymous_read(client):

@@ -15,6 +15,8 @@ from aiohttp import WSMsgType
 from mdsync.auth.tokens import AccessTokens
 from tests.builders import owned_document, register
 
+pytestmark = pytest.mark.both_engines
+
 B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 

@@ -15,6 +15,8 @@ from tests.builders import API, PASSWORD, join, make_workspace, register
 from tests.processes import cli
 from tests.readers import audit_actions, db_rows, feed, role_of
 
+pytestmark = pytest.mark.both_engines
+
 # -- helpers shared by the workspace and document tests ---------------------------------------------
 
 

@@ -4,7 +4,7 @@ transaction with its audit row (`via` says where the change came from)."""
 
 from __future__ import annotations
 
-import sqlite3
+from typing import Any
 
 from mdsync import audit, clock
 from mdsync.auth import revocations, store
@@ -12,7 +12,7 @@ from mdsync.db import Tx
 from mdsync.workspaces.service import remove_member
 
 
-def create_user(tx: Tx, email: str, name: str, password_hash: str, *, admin: bool, via: str) -> sqlite3.Row:
+def create_user(tx: Tx, email: str, name: str, password_hash: str, *, admin: bool, via: str) -> Any:
     """A new account (store.EmailTaken when the email is in use)."""
     user = store.insert_user(tx, email, name, password_hash, is_admin=admin)
     audit.record(tx, "admin.user_create", target_type="user", target_id=user["id"],
@@ -49,7 +49,7 @@ def set_admin(tx: Tx, user_id: str, admin: bool, *, via: str) -> None:
     audit.record(tx, "admin.set_admin", target_type="user", target_id=user_id, detail={"via": via, "admin": admin})
 
 
-def delete_user(tx: Tx, user: sqlite3.Row, *, via: str) -> None:
+def delete_user(tx: Tx, user: Any, *, via: str) -> None:
     """Delete an account with its sessions and tokens (the caller refuses a workspace's only owner).
     Each membership ends as a removal does, with its change rows (other members' devices learn
     of it), before the account's rows go."""

@@ -105,9 +105,10 @@ def workspace_by_ref(tx: Tx, ref: str, *, deleted: bool = True) -> Any:
 
 def list_all(tx: Tx) -> list[Any]:
     """Every workspace with its member count and owners' emails (`mdsync workspaces list`)."""
+    concat = {"sqlite": "group_concat", "postgresql": "string_agg"}[tx.engine]
     return tx.all(
         "SELECT w.id, w.slug, w.name, w.deleted_at, count(m.user_id) AS members,"
-        " group_concat(CASE WHEN m.role = 'owner' THEN u.email END, ',') AS owners"
+        f" {concat}(CASE WHEN m.role = 'owner' THEN CAST(u.email AS TEXT) END, ',') AS owners"
         " FROM workspaces w LEFT JOIN members m ON m.workspace_id = w.id LEFT JOIN users u ON u.id = m.user_id"
         " GROUP BY w.id ORDER BY w.name, w.id")
 
@@ -183,7 +184,7 @@ def purge_some_documents(tx: Tx, workspace_id: str, due_by: str | None) -> int:
     """Delete some documents of a deleted workspace (one job's worth); 0 when none are left, or
     when the workspace is live again (restored) or, with `due_by`, not yet due for its purge."""
     if tx.value("SELECT 1 FROM workspaces WHERE id = ? AND deleted_at IS NOT NULL"
-                " AND (? IS NULL OR purge_after <= ?)", (workspace_id, due_by, due_by)) is None:
+                " AND (CAST(? AS TEXT) IS NULL OR purge_after <= ?)", (workspace_id, due_by, due_by)) is None:
         return 0
     deadline = time.perf_counter() + PURGE_JOB_SECONDS
     done = 0
