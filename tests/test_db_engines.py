@@ -9,7 +9,7 @@ import pytest
 
 from mdsync import config
 from mdsync.db import IntegrityError, database_for, read_only, run_offline
-from mdsync.db.postgres import pg_sql
+from mdsync.db.postgres import pg_sql, translate
 from tests.builders import make_settings
 
 pytestmark = pytest.mark.both_engines
@@ -103,6 +103,16 @@ def test_placeholders_are_translated_outside_quotes_and_comments():
     assert pg_sql("SELECT ? FROM t WHERE a = ? AND b LIKE 'x?%' -- why? 100%\nAND c = ?") == \
         "SELECT %s FROM t WHERE a = %s AND b LIKE 'x?%%' -- why? 100%%\nAND c = %s"
     assert pg_sql('SELECT "odd?name" FROM t WHERE x % 2 = ?') == 'SELECT "odd?name" FROM t WHERE x %% 2 = %s'
+
+
+async def test_numbered_placeholders_as_sqlite_reads_them(db):
+    await db.write(lambda tx: tx.executemany("INSERT INTO things (id, name, n) VALUES (?1, ?2, ?1)",
+                                             [(1, "a"), (2, "b")]))
+    assert await db.value("SELECT name FROM things WHERE id = ?2 AND n = ?2 AND name <> ?1", ("z", 2)) == "b"
+    assert await db.write(lambda tx: tx.value("SELECT count(*) FROM things WHERE n >= ?1 AND id >= ?1", (1,))) == 2
+    assert translate("SELECT ?2, '?1', ?1 -- ?3") == ("SELECT %s, '?1', %s -- ?3", (1, 0))
+    with pytest.raises(ValueError):
+        translate("SELECT ?1, ?")
 
 
 def test_a_postgresql_url_and_a_litestream_replica_are_refused_together(tmp_path):

@@ -3,8 +3,9 @@
 The write path is the SQLite one's: one writer thread, jobs grouped into one transaction with a
 savepoint each, over one synchronous psycopg connection (reconnected if the server drops it).
 Reads go through an async psycopg pool. SQL keeps its `?` placeholders: `pg_sql` turns them
-into psycopg's `%s` (and escapes a literal `%`), once per statement text. Rows answer to both
-`row[0]` and `row["name"]`, like sqlite3.Row.
+into psycopg's `%s` (and escapes a literal `%`), once per statement text; numbered ones (`?1`)
+too, the values then passed in their order (`translate`). Rows answer to both `row[0]` and
+`row["name"]`, like sqlite3.Row.
 """
 
 from __future__ import annotations
@@ -27,9 +28,13 @@ log = logging.getLogger("mdsync.db")
 
 
 @functools.lru_cache(maxsize=4096)
-def pg_sql(sql: str) -> str:
-    """`sql` with `?` placeholders as psycopg's `%s`; `%` escaped; quotes and comments respected."""
+def translate(sql: str) -> tuple[str, tuple[int, ...] | None]:
+    """`sql` with `?` placeholders as psycopg's `%s`; `%` escaped; quotes and comments respected.
+    Numbered placeholders (`?1`, `?2`, as SQLite reads them: one value used in several places)
+    become `%s` too, with the order in which to pass the values (None: as given)."""
     out: list[str] = []
+    order: list[int] = []
+    plain = False
     quote = ""
     i, n = 0, len(sql)
     while i < n:
@@ -49,18 +54,35 @@ def pg_sql(sql: str) -> str:
             continue
         elif ch == "?":
             out.append("%s")
+            end = i + 1
+            while end < n and sql[end].isdigit():
+                end += 1
+            if end > i + 1:
+                order.append(int(sql[i + 1:end]) - 1)
+                i = end
+                continue
+            plain = True
         elif ch == "%":
             out.append("%%")
         else:
             out.append(ch)
         i += 1
-    return "".join(out)
+    if plain and order:
+        raise ValueError("a statement mixes numbered (?1) and plain (?) placeholders")
+    return "".join(out), (tuple(order) if order else None)
+
+
+def pg_sql(sql: str) -> str:
+    """`sql` as psycopg reads it (`translate` without the order of the values)."""
+    return translate(sql)[0]
 
 
 def _query(sql: str, params: Iterable[Any]) -> tuple[str, tuple | None]:
     params = tuple(params)
-    # without parameters psycopg does not read placeholders: the text goes as written
-    return (pg_sql(sql), params) if params else (sql, None)
+    if not params:  # without parameters psycopg does not read placeholders: the text goes as written
+        return sql, None
+    text, order = translate(sql)
+    return text, (params if order is None else tuple(params[i] for i in order))
 
 
 class Row(tuple):
@@ -141,8 +163,12 @@ class PgTx(Tx):
         return self.conn.execute(*_query(sql, params))
 
     def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> psycopg.Cursor:
+        text, order = translate(sql)
+        rows = [tuple(row) for row in rows]
+        if order is not None:
+            rows = [tuple(row[i] for i in order) for row in rows]
         cursor = self.conn.cursor()
-        cursor.executemany(pg_sql(sql), [tuple(row) for row in rows])
+        cursor.executemany(text, rows)
         return cursor
 
     @contextlib.contextmanager
