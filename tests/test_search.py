@@ -22,6 +22,7 @@ from mdsync.search.service import Search
 from tests.builders import API, document, join, make_settings, make_workspace, register
 from tests.nodeclients import needs_node, run_node
 
+pytestmark = pytest.mark.both_engines
 migrate = importlib.import_module("mdsync.db.migrate")  # (mdsync.db.migrate is also a function's name)
 
 
@@ -388,7 +389,6 @@ async def searched_db(tmp_path):
     await db.close()
 
 
-@pytest.mark.both_engines
 async def test_the_search_statement_on_each_engine(searched_db):
     """The statement and query of each engine (SQLite FTS5, PostgreSQL tsvector) against the same
     rows: prefix match, title over body, accents, readable rows only, words not syntax, hostile
