@@ -140,8 +140,7 @@ def _after(after: tuple[str, str] | None) -> tuple[str | None, str]:
     return (None, "") if after is None else after
 
 
-async def list_sessions(db: Database, user_id: str, after: tuple[str, str] | None = None,
-                        limit: int = -1) -> list[Any]:
+async def list_sessions(db: Database, user_id: str, after: tuple[str, str] | None, limit: int) -> list[Any]:
     """Newest first, a page after `after` ([created_at, id] of the last row of the previous one)."""
     created, row_id = _after(after)
     return await db.all(
@@ -182,8 +181,7 @@ def api_token_json(row: Any) -> dict:
             "created_at": row["created_at"], "expires_at": row["expires_at"], "last_used_at": row["last_used_at"]}
 
 
-async def list_api_tokens(db: Database, user_id: str, after: tuple[str, str] | None = None,
-                          limit: int = -1) -> list[Any]:
+async def list_api_tokens(db: Database, user_id: str, after: tuple[str, str] | None, limit: int) -> list[Any]:
     created, row_id = _after(after)
     return await db.all("SELECT * FROM api_tokens WHERE user_id = ? AND (CAST(? AS TEXT) IS NULL OR (created_at, id) < (?, ?))"
                         " ORDER BY created_at DESC, id DESC LIMIT ?", (user_id, created, created, row_id, limit))
