@@ -4,6 +4,8 @@ document due; a failing shared job leaves each room to fail or succeed on its ow
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import sqlite3
 
@@ -12,6 +14,8 @@ from mdsync.collab.rooms import ROOMS
 from mdsync.appkeys import DB
 from tests.builders import make_document, register
 from tests.readers import doc_text_in_db
+
+pytestmark = pytest.mark.both_engines
 
 
 async def open_rooms(app, owner_id: str, count: int) -> list:

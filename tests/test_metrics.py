@@ -4,6 +4,8 @@ logs never carry a token or a password."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 
@@ -13,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from mdsync.app import create_app
 from mdsync.ops.metrics import METRICS
 from tests.builders import PASSWORD, make_settings, register
+
+pytestmark = pytest.mark.both_engines
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -27,7 +31,7 @@ def value(found, name: str, **labels) -> float | None:
     return found.get((name, tuple(sorted(labels.items()))))
 
 
-async def test_http_db_and_process_metrics(client):
+async def test_http_db_and_process_metrics(client, engine):
     account = await register(client)
     resp = await client.post("/api/v1/workspaces", json={"name": "M"}, headers=account.headers)
     ws = (await resp.json())["id"]
@@ -56,7 +60,12 @@ async def test_http_db_and_process_metrics(client):
     assert value(found, "mdsync_db_write_batches_total") >= 1
     assert value(found, "mdsync_db_write_queue_depth") == 0
     assert value(found, "mdsync_db_commit_seconds_total") > 0
-    assert value(found, "mdsync_db_size_bytes") > 0 and value(found, "mdsync_db_wal_bytes") >= 0
+    if engine == "sqlite":  # the file's sizes
+        assert value(found, "mdsync_db_size_bytes") > 0 and value(found, "mdsync_db_wal_bytes") >= 0
+    else:  # the read pool (the file is PostgreSQL's)
+        assert value(found, "mdsync_db_pool_connections") >= 1
+        assert value(found, "mdsync_db_pool_available") >= 0 and value(found, "mdsync_db_pool_waiting") == 0
+        assert value(found, "mdsync_db_size_bytes") is None
     # the process
     assert value(found, "process_resident_memory_bytes") > 10_000_000
     # no replica configured: no replica metrics
