@@ -32,6 +32,8 @@ def pytest_configure(config):
                             "may be missing (tests/prerequisites.py: skipped here, failed in CI)")
     config.addinivalue_line("markers", "both_engines: run the module's tests on SQLite and on PostgreSQL "
                             "(tests/engines.py)")
+    config.addinivalue_line("markers", "serial: keeps promises in wall-clock time (a stop within 10 s): .ci/run "
+                            "runs these after the parallel part, alone on the machine")
 
 
 def pytest_generate_tests(metafunc):

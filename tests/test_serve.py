@@ -25,6 +25,9 @@ import pytest
 from tests.builders import PASSWORD
 from tests.processes import MDSYNC, ROOT, ChildProcess, free_port, subprocess_env
 
+# promises in wall-clock time (a stop within 10 s, /healthz within 2 s): .ci/run runs these alone
+pytestmark = pytest.mark.serial
+
 READY = re.compile(r"mdsync listening on http://127\.0\.0\.1:(\d+)")
 
 
