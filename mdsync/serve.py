@@ -92,6 +92,9 @@ class _Runner(web.AppRunner):
         return server
 
 
+FAILED_START_CLEANUP = 10  # seconds
+
+
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
     runner = _Runner(app, access_log_class=logs.AccessLogger, handle_signals=False,
@@ -102,6 +105,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    started = False
     try:
         await runner.setup()  # opens the database and applies migrations (on_startup)
         # asked before the socket opens: between binding and the ready line nothing may await,
@@ -123,11 +127,17 @@ async def serve(settings: Settings) -> None:
         # collector's reach, so a full collection under load scans only what requests allocate
         gc.freeze()
         print(f"mdsync listening on http://{host}:{port}", flush=True)
+        started = True
         await stop.wait()
         log.info("shutting down")
     finally:
-        # stop accepting, run shutdown hooks, let in-flight requests finish, close the database
-        await runner.cleanup()
+        # stop accepting, run shutdown hooks, let in-flight requests finish, close the database;
+        # after a failed start only what had started is stopped, within a bound, so the error that
+        # stopped the start is reported and the process ends
+        try:
+            await asyncio.wait_for(runner.cleanup(), None if started else FAILED_START_CLEANUP)
+        except TimeoutError:
+            log.error("what had started did not stop within %d s", FAILED_START_CLEANUP)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped")

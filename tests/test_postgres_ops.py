@@ -16,7 +16,7 @@ from mdsync.db.migrate import available
 from mdsync.ops.backup import pg_tool
 from tests import engines, pgserver
 from tests.builders import PASSWORD
-from tests.processes import cli, free_port
+from tests.processes import MDSYNC, cli, free_port, subprocess_env
 from tests.prerequisites import requires
 
 pytestmark = requires(pgserver.missing_reason())
@@ -105,3 +105,13 @@ def test_backup_is_a_pg_dump_that_pg_restore_reads_back(tmp_path, pg):
     assert refused.returncode == 1 and "pg_restore" in refused.stderr
     refused = cli(tmp_path / "fresh", "restore", "--from-file", str(dest), env=pg)
     assert refused.returncode == 1 and "pg_restore" in refused.stderr
+
+
+def test_serve_on_an_unreachable_postgresql_says_so_and_exits(tmp_path):
+    url = f"postgresql://mdsync:hunter2secret@127.0.0.1:{free_port()}/mdsync"
+    result = subprocess.run([*MDSYNC, "serve", "--host", "127.0.0.1", "--port", "0"],
+                            env=subprocess_env(tmp_path / "data", MDSYNC_DATABASE__URL=url),
+                            capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "cannot start" in result.stderr and "Traceback" not in result.stderr
+    assert "hunter2secret" not in result.stdout + result.stderr

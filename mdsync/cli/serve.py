@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+import psycopg
 
 from mdsync.cli.datadir import fail, progress, settings_options
 from mdsync.db.migrate import SchemaTooNew
@@ -22,6 +23,10 @@ def serve(settings) -> None:
         fail(str(exc))
     except OSError as exc:
         fail(f"cannot start: {exc}")
+    except psycopg.OperationalError as exc:  # PostgreSQL unreachable or refusing us (the message names no password)
+        from mdsync.db import describe
+
+        fail(f"cannot start: the database at {describe(settings)} cannot be used: {str(exc).strip()}")
 
 
 @click.command()
