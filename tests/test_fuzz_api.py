@@ -58,8 +58,10 @@ LAST = [("DELETE", "/api/v1/documents/{doc}"), ("DELETE", "/api/v1/folders/{fold
         ("DELETE", "/api/v1/auth/sessions/{session_id}"), ("POST", "/api/v1/auth/logout")]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture
+def server(tmp_path_factory, engine):
+    """The server under fuzzing, on the test's engine (a fixture of the test's scope, made after the
+    engine is chosen: a module-wide one would always be SQLite's)."""
     data = tmp_path_factory.mktemp("fuzz") / "data"
     data.mkdir()
     # the fuzzer registers and logs in far more often than a person: lift the address throttles
@@ -80,7 +82,7 @@ def _ok(resp: requests.Response, status: int) -> dict:
     return resp.json() if resp.content else {}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def world(server) -> dict:
     """A user with a workspace, folder, document, share link, version, invitation, a second
     member and a personal access token — every kind of id a path can name."""
@@ -148,7 +150,8 @@ def _ordered(operations):
     return sorted(operations, key=lambda op: (last.get((op.method.upper(), op.path), -1), order[op.method.upper()]))
 
 
-def test_every_operation_survives_fuzzing(server, world):
+def test_every_operation_survives_fuzzing(server, world, engine):
+    assert requests.get(server.url("/readyz")).json()["checks"]["database"]["engine"] == engine
     document = requests.get(server.url("/api/v1/openapi.json")).json()
     schema = schemathesis.openapi.from_dict(document)
     operations = [result.ok() for result in schema.get_all_operations()]
