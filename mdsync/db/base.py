@@ -84,6 +84,21 @@ class Tx:
         self._after.append(callback)
 
 
+def run_job_alone(tx: Tx, begin: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run one write job in a transaction of its own on `tx`'s connection (CLI commands: no
+    writer thread); its after-commit callbacks run once it has committed."""
+    tx.conn.execute(begin)
+    try:
+        result = fn(tx, *args)
+        tx.conn.execute("COMMIT")
+    except BaseException:
+        tx.conn.execute("ROLLBACK")
+        raise
+    for callback in tx._after:
+        callback()
+    return result
+
+
 class _Job:
     __slots__ = ("fn", "args", "future", "enqueued")
 

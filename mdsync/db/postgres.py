@@ -21,7 +21,7 @@ from psycopg import pq
 from psycopg.adapt import Loader
 from psycopg_pool import AsyncConnectionPool
 
-from mdsync.db.base import Database, Tx
+from mdsync.db.base import Database, Tx, run_job_alone
 from mdsync.db.migrate import apply_pg_migrations
 
 log = logging.getLogger("mdsync.db")
@@ -263,16 +263,6 @@ def run_offline(url: str, fn: Callable[..., Any], *args: Any, statement_timeout:
     conn = connect(url, statement_timeout=statement_timeout)
     try:
         apply_pg_migrations(conn)
-        tx = PgTx(conn)
-        conn.execute("BEGIN")
-        try:
-            result = fn(tx, *args)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        for callback in tx._after:
-            callback()
-        return result
+        return run_job_alone(PgTx(conn), "BEGIN", fn, *args)
     finally:
         conn.close()

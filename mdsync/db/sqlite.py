@@ -14,7 +14,7 @@ from typing import Any
 
 import aiosqlite
 
-from mdsync.db.base import Database, Tx
+from mdsync.db.base import Database, Tx, run_job_alone
 from mdsync.db.migrate import apply_migrations
 
 PRAGMAS = (
@@ -138,16 +138,6 @@ def run_offline(path: Path | str, fn: Callable[..., Any], *args: Any, autocheckp
     conn = connect(path, autocheckpoint=autocheckpoint)
     try:
         apply_migrations(conn)
-        tx = Tx(conn)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(tx, *args)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        for callback in tx._after:
-            callback()
-        return result
+        return run_job_alone(Tx(conn), "BEGIN IMMEDIATE", fn, *args)
     finally:
         conn.close()
