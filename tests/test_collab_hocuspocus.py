@@ -356,17 +356,22 @@ async def test_sync_status_is_sent_only_after_the_commit_in_order(make_client):
     await c.until(lambda: c.statuses(doc_id) == [1], "sync")
     for n in range(5):
         await c.edit(doc_id, len(str(c.text(doc_id))), f"e{n};")
+    await _each_ack_finds_its_edit_stored(app, c, doc_id, timeout=10)
+    await c.close()
+
+
+async def _each_ack_finds_its_edit_stored(app, c, doc_id: str, timeout: float) -> None:
+    """Until all five edits (`e0;`…`e4;` after `s\n`) are acknowledged: whatever has been
+    acknowledged is in the database at the moment its SyncStatus arrives."""
     seen = 1
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(timeout):
         while seen < 6:
             if len(c.statuses(doc_id)) > seen:
                 seen = len(c.statuses(doc_id))
-                # whatever has been acknowledged is in the database at the moment the ack arrives
                 stored = await doc_text_in_db(app, doc_id)
                 assert stored.startswith("s\n" + "".join(f"e{n};" for n in range(seen - 1))), stored
             await asyncio.sleep(0)
     assert c.statuses(doc_id) == [1] * 6
-    await c.close()
 
 
 async def test_sync_status_waits_out_a_lost_postgresql_writer_connection(make_client, engine):
@@ -401,16 +406,7 @@ async def test_sync_status_waits_out_a_lost_postgresql_writer_connection(make_cl
     await held
     with pytest.raises(psycopg.OperationalError):
         await lost
-    seen = 1
-    async with asyncio.timeout(15):
-        while seen < 6:
-            if len(c.statuses(doc_id)) > seen:
-                seen = len(c.statuses(doc_id))
-                # whatever has been acknowledged is in the database at the moment the ack arrives
-                stored = await doc_text_in_db(app, doc_id)
-                assert stored.startswith("s\n" + "".join(f"e{n};" for n in range(seen - 1))), stored
-            await asyncio.sleep(0)
-    assert c.statuses(doc_id) == [1] * 6
+    await _each_ack_finds_its_edit_stored(app, c, doc_id, timeout=15)
     assert app[ROOMS].stats.flush_errors > errors_before  # the lost batch's rows did fail once
     assert await doc_text_in_db(app, doc_id) == "s\n" + "".join(f"e{n};" for n in range(5))
     await c.close()

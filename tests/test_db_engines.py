@@ -9,7 +9,7 @@ import pytest
 
 from mdsync import config
 from mdsync.db import IntegrityError, database_for, read_only, run_offline
-from mdsync.db.postgres import pg_sql, translate
+from mdsync.db.postgres import translate, translate
 from tests.builders import make_settings
 
 pytestmark = pytest.mark.both_engines
@@ -100,9 +100,9 @@ def test_offline_jobs_and_read_only_views(tmp_path):
 
 
 def test_placeholders_are_translated_outside_quotes_and_comments():
-    assert pg_sql("SELECT ? FROM t WHERE a = ? AND b LIKE 'x?%' -- why? 100%\nAND c = ?") == \
+    assert translate("SELECT ? FROM t WHERE a = ? AND b LIKE 'x?%' -- why? 100%\nAND c = ?")[0] == \
         "SELECT %s FROM t WHERE a = %s AND b LIKE 'x?%%' -- why? 100%%\nAND c = %s"
-    assert pg_sql('SELECT "odd?name" FROM t WHERE x % 2 = ?') == 'SELECT "odd?name" FROM t WHERE x %% 2 = %s'
+    assert translate('SELECT "odd?name" FROM t WHERE x % 2 = ?')[0] == 'SELECT "odd?name" FROM t WHERE x %% 2 = %s'
 
 
 async def test_numbered_placeholders_as_sqlite_reads_them(db):

@@ -98,15 +98,12 @@ def migrate_db(url, settings) -> None:
              "database of a data dir")
     if not settings.db_path.exists():
         fail(f"no database at {settings.db_path}")
-    shown = _TableProgress()
     try:
-        report = move(settings.db_path, url, shown)
+        report = move(settings.db_path, url, _TableProgress())
     except MoveError as exc:
         fail(str(exc))
     except Exception as exc:  # psycopg's errors (refused connection, permission): nothing was written
         fail(f"the copy failed and nothing was committed: {exc}")
-    finally:
-        shown.close()
     click.echo(f"copied {report.rows} rows in {len(report.tables)} tables to {report.target} "
                f"(schema {report.schema_version}, counts verified, {report.seconds:.1f} s)")
     click.echo(f"now set database.url (or MDSYNC_DATABASE__URL) to that URL and start mdsync; "
@@ -118,7 +115,6 @@ class _TableProgress:
 
     def __init__(self):
         self.tty = sys.stderr.isatty()
-        self.table: str | None = None
 
     def __call__(self, table: str, done: int, total: int) -> None:
         if self.tty:
@@ -129,8 +125,3 @@ class _TableProgress:
                 click.echo("", err=True)
         elif done >= total:
             progress(f"{table}: {done} rows")
-        self.table = table
-
-    def close(self) -> None:
-        if self.tty and self.table is not None:
-            click.echo("", err=True, nl=False)

@@ -2,7 +2,7 @@
 
 The write path is the SQLite one's: one writer thread, jobs grouped into one transaction with a
 savepoint each, over one synchronous psycopg connection (reconnected if the server drops it).
-Reads go through an async psycopg pool. SQL keeps its `?` placeholders: `pg_sql` turns them
+Reads go through an async psycopg pool. SQL keeps its `?` placeholders: `translate` turns them
 into psycopg's `%s` (and escapes a literal `%`), once per statement text; numbered ones (`?1`)
 too, the values then passed in their order (`translate`). Rows answer to both `row[0]` and
 `row["name"]`, like sqlite3.Row.
@@ -70,11 +70,6 @@ def translate(sql: str) -> tuple[str, tuple[int, ...] | None]:
     if plain and order:
         raise ValueError("a statement mixes numbered (?1) and plain (?) placeholders")
     return "".join(out), (tuple(order) if order else None)
-
-
-def pg_sql(sql: str) -> str:
-    """`sql` as psycopg reads it (`translate` without the order of the values)."""
-    return translate(sql)[0]
 
 
 def _query(sql: str, params: Iterable[Any]) -> tuple[str, tuple | None]:
@@ -189,9 +184,6 @@ class PostgresDatabase(Database):
         self.url = url
         self.statement_timeout = statement_timeout
         self._pool: AsyncConnectionPool | None = None
-
-    def describe(self) -> str:
-        return describe(self.url)
 
     async def _open_readers(self) -> None:
         self._pool = AsyncConnectionPool(

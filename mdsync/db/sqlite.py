@@ -49,9 +49,6 @@ class SqliteDatabase(Database):
         self._next_reader = itertools.cycle(range(readers))
         self._quick: sqlite3.Connection | None = None
 
-    def describe(self) -> str:
-        return str(self.path)
-
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         await super().open()
