@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from mdsync import (ai, attachments, auth, collab, comments, documents, ops, search, sync, tiptap, transfer,
-                    versions, workspaces)
+from mdsync import (ai, attachments, auth, cluster, collab, comments, documents, ops, search, sync, tiptap,
+                    transfer, versions, workspaces)
 from mdsync.api import middleware
 from mdsync.api.routing import BODY_LIMIT
 from mdsync.appkeys import DB, READINESS, ROUTE_TABLES, SETTINGS
@@ -51,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     # every feature below starts once the database is open and stops before it closes
     app.cleanup_ctx.append(database)
 
+    cluster.install(app, settings)  # app[CLUSTER]: this node, and Redis when several nodes run
     ops.install(app, settings)
     auth.install(app, settings)
     workspaces.install(app, settings)

@@ -180,6 +180,12 @@ class TipTapSettings(Section):
     extra_marks: list[str] = []
 
 
+class ClusterSettings(Section):
+    # unset: one node; "redis://HOST:PORT[/N]": several nodes on one PostgreSQL coordinate through it
+    redis_url: Annotated[str | None, BeforeValidator(lambda v: v or None)] = Field(
+        None, pattern=r"^(redis|rediss|unix)://[^\s]+$")
+
+
 class Settings(Section):
     server: ServerSettings = ServerSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -197,6 +203,7 @@ class Settings(Section):
     collab: CollabSettings = CollabSettings()
     versions: VersionsSettings = VersionsSettings()
     tiptap: TipTapSettings = TipTapSettings()
+    cluster: ClusterSettings = ClusterSettings()
 
     @model_validator(mode="after")
     def _replica_needs_sqlite(self) -> Settings:
@@ -205,6 +212,23 @@ class Settings(Section):
                              "PostgreSQL database.url: back PostgreSQL up with its own tools (pg_dump, "
                              "`mdsync backup`, or your provider's backups) and unset replica.url")
         return self
+
+    @model_validator(mode="after")
+    def _cluster_needs_shared_storage(self) -> Settings:
+        # every node must see every commit and every attachment: a data dir is one machine's
+        if self.cluster.redis_url is not None and self.database.url is None:
+            raise ValueError("cluster.redis_url is set but database.url is not: several nodes share one "
+                             "PostgreSQL database (a SQLite file belongs to one node); set database.url")
+        if self.cluster.redis_url is not None and self.storage.backend != "s3":
+            raise ValueError("cluster.redis_url is set but storage.backend is \"local\": attachments "
+                             "must be on S3 when several nodes run (each node would see only its own "
+                             "files); set storage.backend = \"s3\" and [storage.s3]")
+        return self
+
+    @property
+    def clustered(self) -> bool:
+        """Whether several nodes share the database (cluster.redis_url is set)."""
+        return self.cluster.redis_url is not None
 
     @property
     def data_dir(self) -> Path:

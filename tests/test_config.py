@@ -205,3 +205,22 @@ def test_configured_secret_wins_and_writes_no_file(tmp_path):
                            overrides={"server.data_dir": tmp_path / "data"})
     assert config.ensure_secret(settings) == "configured-secret-value-0123456789abcdef"
     assert not (tmp_path / "data" / "secret").exists()
+
+
+# -- several nodes (cluster.redis_url) ---------------------------------------------------------
+
+def test_a_cluster_needs_postgresql_and_s3_and_says_which_is_missing():
+    redis = {"MDSYNC_CLUSTER__REDIS_URL": "redis://127.0.0.1:6379/0"}
+    with pytest.raises(config.ConfigError, match="database.url is not"):
+        config.load(None, environ=redis)
+    with pytest.raises(config.ConfigError, match='storage.backend is "local"'):
+        config.load(None, environ={**redis, "MDSYNC_DATABASE__URL": "postgresql://u@127.0.0.1/db"})
+    settings = config.load(None, environ={**redis, "MDSYNC_DATABASE__URL": "postgresql://u@127.0.0.1/db",
+                                          "MDSYNC_STORAGE__BACKEND": "s3"})
+    assert settings.clustered
+    assert not config.load(None, environ={"MDSYNC_CLUSTER__REDIS_URL": ""}).clustered
+
+
+def test_a_cluster_redis_url_must_be_a_redis_url():
+    with pytest.raises(config.ConfigError, match="cluster.redis_url"):
+        config.load(None, environ={"MDSYNC_CLUSTER__REDIS_URL": "http://127.0.0.1:6379"})
