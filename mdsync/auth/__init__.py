@@ -17,11 +17,12 @@ def install(app: web.Application, settings: Settings) -> None:
     from mdsync.auth import revocations
     from mdsync.auth.routes import AUTH, routes
     from mdsync.auth.service import AuthService
+    from mdsync.cluster import CLUSTER
     from mdsync.config import ensure_secret
     from mdsync.hooks import HOOKS, call_each
 
     hooks = app[HOOKS]
-    auth = AuthService(app[DB], settings, ensure_secret(settings), hooks)
+    auth = AuthService(app[DB], settings, ensure_secret(settings), hooks, app[CLUSTER])
     app[AUTH] = auth
     app[AUTHENTICATOR] = auth
     add_routes(app, routes)

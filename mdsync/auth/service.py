@@ -16,7 +16,7 @@ from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, NotFound, RateLimited, Unauthenticated, ValidationFailed
 from mdsync.auth import store
 from mdsync.auth.passwords import Passwords
-from mdsync.auth.throttle import Window
+from mdsync.auth.throttle import window
 from mdsync.auth.tokens import PAT_PREFIX, REFRESH_PREFIX, AccessTokens, Principal, opaque
 from mdsync.config import Settings
 from mdsync.db import Database, Tx
@@ -51,17 +51,18 @@ def _a_minute_ago() -> str:
 
 
 class AuthService:
-    def __init__(self, db: Database, settings: Settings, secret: str, hooks: Hooks):
+    def __init__(self, db: Database, settings: Settings, secret: str, hooks: Hooks, cluster=None):
         self.db = db
         self.hooks = hooks  # calls accept_invitation
         self.settings = settings
         cfg = settings.auth
         self.passwords = Passwords.configured(cfg)
         self.access = AccessTokens(secret, cfg.access_token_ttl)
-        self.login_by_address = Window(cfg.login_attempts_per_address, 60)
-        self.failures_by_account = Window(cfg.login_failures_per_account, ACCOUNT_WINDOW)
-        self.register_by_address = Window(cfg.register_attempts_per_address, 60)
-        self.refresh_by_address = Window(cfg.refresh_attempts_per_address, 60)
+        # in memory on one node; in Redis, for all nodes at once, with `cluster.redis_url`
+        self.login_by_address = window(cluster, "login", cfg.login_attempts_per_address, 60)
+        self.failures_by_account = window(cluster, "failures", cfg.login_failures_per_account, ACCOUNT_WINDOW)
+        self.register_by_address = window(cluster, "register", cfg.register_attempts_per_address, 60)
+        self.refresh_by_address = window(cluster, "refresh", cfg.refresh_attempts_per_address, 60)
         self.setup_token: str | None = None
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies]
 
@@ -150,7 +151,7 @@ class AuthService:
 
     async def register(self, email: str, password: str, name: str, invitation: str | None,
                        ip: str, user_agent: str | None, device_name: str | None = None) -> dict:
-        wait = self.register_by_address.take(ip)
+        wait = await self.register_by_address.take_async(ip)
         if wait is not None:
             raise RateLimited(wait, "too many registrations from this address")
         mode = self.settings.auth.registration
@@ -190,13 +191,13 @@ class AuthService:
 
     async def login(self, email: str, password: str, device_name: str | None, ip: str,
                     user_agent: str | None) -> dict:
-        wait = self.login_by_address.take(ip)
+        wait = await self.login_by_address.take_async(ip)
         if wait is not None:
             raise RateLimited(wait, "too many sign-in attempts from this address")
         # the attempt counts as a failure from the start and is forgiven on success: counted only
         # after the (slow) hash, a burst of parallel guesses would all slip in before the first
         # failure was recorded
-        wait = self.failures_by_account.take(email)
+        wait = await self.failures_by_account.take_async(email)
         if wait is not None:
             raise RateLimited(wait, "too many failed sign-ins for this account")
         user = await store.user_by_email(self.db, email)
@@ -208,7 +209,7 @@ class AuthService:
             raise Unauthenticated(BAD_CREDENTIALS)
         if user["disabled_at"]:
             raise Unauthenticated("this account is disabled")
-        self.failures_by_account.clear(email)
+        await self.failures_by_account.clear_async(email)
         new_hash = await self.passwords.hash(password) if self.passwords.needs_rehash(user["password_hash"]) else None
         refresh_token = opaque(REFRESH_PREFIX)
         ttl = self.settings.auth.refresh_token_ttl
@@ -224,7 +225,7 @@ class AuthService:
         return self._pair(user, session_id, refresh_token)
 
     async def refresh(self, refresh_token: str, ip: str) -> dict:
-        wait = self.refresh_by_address.take(ip)
+        wait = await self.refresh_by_address.take_async(ip)
         if wait is not None:
             raise RateLimited(wait, "too many token refreshes from this address")
         new_token = opaque(REFRESH_PREFIX)
@@ -285,13 +286,13 @@ class AuthService:
         wrong guesses count against the same per-account limit as sign-in."""
         if password is None:
             raise Forbidden(f"{why} needs your password", errors=[{"field": field, "message": "send your password"}])
-        wait = self.failures_by_account.take(principal.email)
+        wait = await self.failures_by_account.take_async(principal.email)
         if wait is not None:
             raise RateLimited(wait, "too many failed password checks for this account")
         user = await store.user_by_id(self.db, principal.user_id)
         if user is None or not await self.passwords.verify(user["password_hash"], password):
             raise Forbidden("the password is incorrect", errors=[{"field": field, "message": "is incorrect"}])
-        self.failures_by_account.clear(principal.email)
+        await self.failures_by_account.clear_async(principal.email)
 
     async def update_profile(self, principal: Principal, name: str | None, email: str | None,
                              current_password: str | None = None) -> dict:
@@ -316,13 +317,13 @@ class AuthService:
         self._check_password(new, "new_password")
         # guessing the current password with a stolen token counts against the same per-account
         # limit as guessing it at login
-        wait = self.failures_by_account.take(principal.email)
+        wait = await self.failures_by_account.take_async(principal.email)
         if wait is not None:
             raise RateLimited(wait, "too many failed password checks for this account")
         user = await store.user_by_id(self.db, principal.user_id)
         if not await self.passwords.verify(user["password_hash"], current):
             raise Forbidden("the current password is incorrect")
-        self.failures_by_account.clear(principal.email)
+        await self.failures_by_account.clear_async(principal.email)
         new_hash = await self.passwords.hash(new)
 
         def change(tx: Tx):

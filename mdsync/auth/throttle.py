@@ -1,13 +1,36 @@
-"""In-memory sliding-window counters for login, registration and refresh throttling.
+"""Sliding-window counters for login, registration and refresh throttling.
 
-Per process, which is the deployment unit (one `mdsync serve`); a restart forgets them.
+`Window` counts in this process's memory: on one node (one `mdsync serve`) that is the whole
+server; a restart forgets it. `SharedWindow` (several nodes, `cluster.redis_url`) counts in Redis,
+so that requests spread over the nodes meet one limit: one small Lua script drops the events
+older than the window, counts the rest and adds the new one if there is room, atomically in
+Redis, with the same semantics as `Window` (docs/operations.md "Limits and tickets on several
+nodes").
+
+When Redis does not answer, a `SharedWindow` counts on the node alone (its `Window`, which also
+saw every event this node let through): a Redis outage must not lock everyone out of signing in,
+and each node still holds its own limit, so at most (nodes × limit) attempts pass in a window
+while Redis is down. Every attempt also costs an argon2 hash, which bounds guessing further.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import itertools
+import logging
+import time
 from collections import deque
 
 from mdsync import clock
+
+log = logging.getLogger("mdsync.auth")
+
+# How long a node counts alone after a Redis error before it asks Redis again: a stopped Redis
+# (no answer until the socket timeout) must not hold every sign-in for seconds.
+REDIS_RETRY_SECONDS = 5.0
+# One throttle check waits at most this long for Redis before counting alone.
+REDIS_TIMEOUT_SECONDS = 1.0
 
 
 class Window:
@@ -45,8 +68,15 @@ class Window:
             self.hit(key)
         return wait
 
+    async def take_async(self, key: str) -> float | None:
+        """`take`, with the signature of `SharedWindow.take_async` (the caller need not know which)."""
+        return self.take(key)
+
     def clear(self, key: str) -> None:
         self._events.pop(key, None)
+
+    async def clear_async(self, key: str) -> None:
+        self.clear(key)
 
     def _sweep(self) -> None:
         horizon = clock.timestamp() - self.seconds
@@ -55,3 +85,83 @@ class Window:
         if len(self._events) >= self.max_keys:  # still full: forget the oldest half
             for key in list(self._events)[: self.max_keys // 2]:
                 del self._events[key]
+
+
+# KEYS[1]: the key's sorted set (member: one event, score: its time). ARGV: now, horizon (now -
+# seconds: events at or before it are out, as in Window._recent), limit, the window in ms, a
+# unique member. Returns nil when the event is counted, else the seconds to wait (as text: Lua
+# numbers become integers on the way out).
+_TAKE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[5])
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    return false
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return tostring(tonumber(oldest[2]) - tonumber(ARGV[2]))
+"""
+
+
+class SharedWindow:
+    """A `Window` counted in Redis for all nodes, `name` telling the windows apart; the node's own
+    `Window` takes over while Redis does not answer (see the module's docstring)."""
+
+    _events = itertools.count()
+
+    def __init__(self, cluster, name: str, limit: int, seconds: float):
+        self.cluster = cluster
+        self.name = name
+        self.limit, self.seconds = limit, seconds
+        self.local = Window(limit, seconds)
+        self._script = cluster.redis.register_script(_TAKE)
+        self._redis_after = 0.0  # time.monotonic() before which Redis is not asked (it failed)
+
+    def _key(self, key: str) -> str:
+        # keys are addresses and email addresses: hashed, so Redis holds no one's email
+        return self.cluster.key("throttle", self.name, hashlib.sha256(key.encode()).hexdigest()[:32])
+
+    def _redis_usable(self) -> bool:
+        return time.monotonic() >= self._redis_after
+
+    def _redis_failed(self, exc: BaseException) -> None:
+        if self._redis_usable():
+            log.warning("throttle %s: Redis did not answer (%s); this node counts alone for %.0f s",
+                        self.name, exc.__class__.__name__, REDIS_RETRY_SECONDS)
+        self._redis_after = time.monotonic() + REDIS_RETRY_SECONDS
+
+    async def take_async(self, key: str) -> float | None:
+        """Count one event for every node if allowed; else the seconds to wait (not counted)."""
+        if self._redis_usable():
+            now = clock.timestamp()
+            member = f"{now!r}:{self.cluster.node_id}:{next(self._events)}"
+            try:
+                wait = await _bounded(self._script(keys=[self._key(key)], args=[
+                    repr(now), repr(now - self.seconds), self.limit, int(self.seconds * 1000) + 1, member]))
+            except Exception as exc:  # Redis down, slow or refusing: count on this node
+                self._redis_failed(exc)
+            else:
+                if wait is None:
+                    self.local.hit(key)  # so that this node's count is ready if Redis goes away
+                    return None
+                return max(0.0, float(wait))
+        return self.local.take(key)
+
+    async def clear_async(self, key: str) -> None:
+        self.local.clear(key)
+        if self._redis_usable():
+            try:
+                await _bounded(self.cluster.redis.delete(self._key(key)))
+            except Exception as exc:
+                self._redis_failed(exc)
+
+
+async def _bounded(call):
+    return await asyncio.wait_for(call, REDIS_TIMEOUT_SECONDS)
+
+
+def window(cluster, name: str, limit: int, seconds: float) -> Window | SharedWindow:
+    """The throttle window for this server: in Redis when several nodes run, else in memory."""
+    if cluster is not None and cluster.enabled:
+        return SharedWindow(cluster, name, limit, seconds)
+    return Window(limit, seconds)

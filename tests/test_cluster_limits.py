@@ -1,0 +1,158 @@
+"""Limits that hold across several nodes (issue 21; docs/operations.md "Limits and tickets on
+several nodes"): three in-process nodes on one PostgreSQL database, one Redis and one S3 (moto),
+each a real app over real HTTP. Requests spread over the nodes meet one login throttle, one AI
+budget and one AI rate limit; a socket ticket from one node opens a socket once, on any node.
+With Redis stopped, sign-in still works and each node still throttles on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from mdsync.app import create_app
+from tests import engines, pgserver, redisserver
+from tests.ai_setup import OPENAI, team
+from tests.builders import PASSWORD, make_settings, register
+from tests.conftest import serve
+from tests.fake_ai_upstream import CHAT_USAGE, fake_ai  # noqa: F401
+from tests.prerequisites import requires
+from tests.redisserver import RedisServer
+from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+
+pytestmark = [requires(pgserver.missing_reason()), requires(redisserver.missing_reason())]
+
+BUCKET = "mdsync-cluster-limits"
+SECRET = "a-secret-all-nodes-share-" + "x" * 32
+CHAT = {"model": "gpt-fake", "max_tokens": 20, "messages": [{"role": "user", "content": "Say hello"}]}
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with S3Server(tmp_path_factory.mktemp("moto")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database(tmp_path):
+    name = "t_limits_" + uuid.uuid4().hex[:12]
+    url = engines.cluster().create_database(name, template=engines.TEMPLATE)
+    yield url
+    engines.cluster().drop_database(name)
+
+
+@pytest.fixture
+def nodes(s3, redis, database, aiohttp_client, tmp_path):
+    """`await nodes(3, **overrides)`: that many nodes of one cluster, each a test client."""
+    async def start(count: int = 3, **overrides) -> list:
+        clients = []
+        for n in range(count):
+            settings = make_settings(
+                tmp_path / f"node{n}", database__url=database, server__secret=SECRET,
+                cluster__redis_url=redis.url, storage__backend="s3", storage__s3__endpoint=s3.endpoint,
+                storage__s3__bucket=BUCKET, storage__s3__access_key_id=ACCESS_KEY,
+                storage__s3__secret_access_key=SECRET_KEY, storage__s3__path_style=True, **overrides)
+            clients.append(await serve(aiohttp_client, create_app(settings)))
+        return clients
+    return start
+
+
+async def login(client, email: str, password: str = PASSWORD) -> int:
+    resp = await client.post("/api/v1/auth/login", json={"email": email, "password": password})
+    await resp.read()
+    return resp.status
+
+
+def spread(nodes: list, count: int) -> list:
+    """`count` calls' nodes, round robin."""
+    return [nodes[n % len(nodes)] for n in range(count)]
+
+
+# -- login throttles -----------------------------------------------------------------------------
+async def test_wrong_passwords_spread_over_three_nodes_stop_at_the_account_limit(nodes):
+    a, b, c = await nodes(3, auth__login_failures_per_account=5, auth__login_attempts_per_address=1000)
+    account = await register(a)
+    statuses = await asyncio.gather(*(login(node, account.email, f"guess number {n}")
+                                      for n, node in enumerate(spread([a, b, c], 30))))
+    assert sorted(statuses).count(401) == 5, statuses
+    assert sorted(statuses).count(429) == 25, statuses
+    for node in (a, b, c):  # the right password waits too, on every node
+        assert await login(node, account.email) == 429
+    bystander = await register(b)
+    assert await login(c, bystander.email) == 200
+
+
+async def test_a_sign_in_on_one_node_forgives_the_failures_counted_on_the_others(nodes):
+    a, b, c = await nodes(3, auth__login_failures_per_account=3, auth__login_attempts_per_address=1000)
+    account = await register(a)
+    assert [await login(node, account.email, "wrong password!") for node in (a, b)] == [401, 401]
+    assert await login(c, account.email) == 200
+    assert [await login(node, account.email, "wrong password!") for node in (a, b, c)] == [401, 401, 401]
+    assert await login(a, account.email) == 429
+
+
+async def test_address_limits_hold_across_nodes(nodes):
+    a, b, c = await nodes(3, auth__login_attempts_per_address=7, auth__register_attempts_per_address=4)
+    statuses = await asyncio.gather(*(login(node, f"nobody{n}@example.com")
+                                      for n, node in enumerate(spread([a, b, c], 21))))
+    assert sorted(statuses).count(401) == 7 and sorted(statuses).count(429) == 14, statuses
+
+    async def register_on(node, n: int) -> int:
+        resp = await node.post("/api/v1/auth/register", json={
+            "email": f"new{n}-{uuid.uuid4().hex[:6]}@example.com", "password": PASSWORD, "name": "N"})
+        await resp.read()
+        return resp.status
+    statuses = await asyncio.gather(*(register_on(node, n) for n, node in enumerate(spread([a, b, c], 12))))
+    assert sorted(statuses).count(201) == 4 and sorted(statuses).count(429) == 8, statuses
+
+
+async def test_with_redis_stopped_sign_in_works_and_each_node_throttles_alone(nodes, redis):
+    a, b = await nodes(2, auth__login_failures_per_account=3, auth__login_attempts_per_address=1000)
+    account, other = await register(a), await register(a)
+    redis.pause()
+    try:
+        assert await asyncio.wait_for(login(b, other.email), 10) == 200  # not locked out
+        assert [await login(a, account.email, "wrong password!") for _ in range(4)] == [401, 401, 401, 429]
+        assert await login(a, account.email) == 429
+    finally:
+        redis.resume()
+
+
+# -- AI budgets and rate limits ------------------------------------------------------------------
+async def ai_call(node, t) -> int:
+    resp = await node.post(OPENAI + "/chat/completions", json=CHAT, headers=t.headers("editor"))
+    await resp.read()
+    return resp.status
+
+
+async def test_ai_requests_spread_over_nodes_never_pass_the_budget(nodes, fake_ai):
+    a, b, c = await nodes(3, **fake_ai.settings())
+    t = await team(a, "editor")
+    per_call = sum(CHAT_USAGE)
+    # each call reserves more than it spends (prompt estimate + max_tokens 20), so fewer may pass
+    await t.put_limits(tokens_per_month=10 * per_call)
+    statuses = await asyncio.gather(*(ai_call(node, t) for node in spread([a, b, c], 30)))
+    passed = statuses.count(200)
+    assert 1 <= passed <= 10 and statuses.count(429) == 30 - passed, statuses
+    spent = t.rows("SELECT tokens FROM ai_spend WHERE workspace_id = ? AND user_id = ''", (t.ws,))
+    assert spent[0]["tokens"] == passed * per_call <= 10 * per_call
+    assert sum(u["requests"] for u in await t.usage()) == passed
+
+
+async def test_ai_requests_per_minute_spread_over_nodes_stop_at_the_limit(nodes, fake_ai):
+    a, b, c = await nodes(3, **fake_ai.settings())
+    t = await team(a, "editor")
+    await t.put_limits(user_requests_per_minute=4)
+    statuses = await asyncio.gather(*(ai_call(node, t) for node in spread([a, b, c], 15)))
+    assert statuses.count(200) == 4 and statuses.count(429) == 11, statuses
+    for node in (a, b, c):
+        assert await ai_call(node, t) == 429
