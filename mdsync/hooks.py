@@ -55,6 +55,11 @@ ShareFilter = Callable[[str, Any], "str | Awaitable[str]"]
 # the event loop, in order: keep it cheap. Called by collab (RoomManager).
 RoomUpdate = Callable[["Room", bytes, "str | None"], Any]
 
+# (room, awareness message) after a room took awareness from one of this process's sockets (states
+# set, or a leaving socket's states removed), on the event loop: keep it cheap. Called by collab
+# (Room); the cluster's relay sends it to the other nodes (mdsync/cluster/awareness.py).
+RoomAwareness = Callable[["Room", bytes], Any]
+
 # awaited before a room unloads (grace period over, or shutdown). Called by collab.
 RoomClose = Callable[["Room"], Awaitable[Any]]
 
@@ -87,6 +92,7 @@ class Hooks:
     share_filters: list[ShareFilter] = field(default_factory=list)
     room_update: list[RoomUpdate] = field(default_factory=list)
     room_close: list[RoomClose] = field(default_factory=list)
+    room_awareness: list[RoomAwareness] = field(default_factory=list)
     accept_invitation: InvitationAccept = no_invitations
 
 

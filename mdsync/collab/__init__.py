@@ -34,6 +34,7 @@ def install(app: web.Application, settings: Settings) -> None:
     live sockets re-checked when sessions end or access changes; rooms flushed at shutdown."""
     from mdsync.api.routing import add_routes
     from mdsync.appkeys import DB
+    from mdsync.cluster import CLUSTER
     from mdsync.collab import http_routes, hocuspocus, routes, socket
     from mdsync.collab.rooms import ROOMS, ConnectionLimits, RoomManager, readings
     from mdsync.collab.tickets import Tickets
@@ -66,6 +67,11 @@ def install(app: web.Application, settings: Settings) -> None:
     hooks.document_purge.append(lambda tx, document_id: tx.after_commit(partial(manager.evict, document_id)))
     hooks.workspace_purge.append(lambda tx, workspace_id: tx.after_commit(manager.evict_gone_soon))
     app[METRICS].read_at_scrape(readings(manager))
+    if app[CLUSTER].enabled:
+        # several nodes: presence and awareness of every node's sockets (mdsync/cluster)
+        from mdsync.cluster import awareness, presence
+        presence.install(app, manager)
+        awareness.install(app, manager)
     app[YJS_PARTS] = _yjs_parts(app, settings)
     add_routes(app, routes.routes, http_routes.routes)
 

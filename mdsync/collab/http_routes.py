@@ -19,6 +19,7 @@ from mdsync.api.routing import Routes, read_body
 from mdsync.appkeys import SETTINGS
 from mdsync.api.models import Body
 from mdsync.collab.room import DocumentTooLarge
+from mdsync.cluster.presence import PRESENCE
 from mdsync.collab.rooms import ROOMS
 from mdsync.workspaces.access import require
 
@@ -86,6 +87,8 @@ async def post_yjs(request: web.Request) -> web.Response:
             response=PresenceOut)
 async def presence(request: web.Request) -> web.Response:
     access = await require(request, "viewer", document_id=request.match_info["doc"], share=True)
+    across = request.app.get(PRESENCE)  # several nodes: every node's users (mdsync/cluster/presence.py)
+    users = await across.users(access.document_id) if across else request.app[ROOMS].presence(access.document_id)
     items = [{"user_id": u["user_id"], "name": u["name"], "connections": u["connections"],
-              "read_only": not u["can_write"]} for u in request.app[ROOMS].presence(access.document_id)]
+              "read_only": not u["can_write"]} for u in users]
     return web.json_response({"items": items})

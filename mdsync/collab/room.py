@@ -29,6 +29,7 @@ from mdsync.collab import protocol as p
 from mdsync.collab import store, updates
 from mdsync.collab.protocol import ProtocolError
 from mdsync.db import IntegrityError
+from mdsync.hooks import call_each
 
 if TYPE_CHECKING:
     from mdsync.collab.connection import Connection
@@ -163,7 +164,8 @@ class Room:
             key = conn.user_id or f"share:{conn.share_link_id}"
             entry = by_user.get(key)
             if entry is None:
-                entry = by_user[key] = {"user_id": conn.user_id, "name": conn.name, "role": conn.role,
+                entry = by_user[key] = {"user_id": conn.user_id, "share_link_id": conn.share_link_id,
+                                        "name": conn.name, "role": conn.role,
                                         "can_write": not conn.read_only, "connections": 0,
                                         "connected_at": conn.connected_at}
             entry["connections"] += 1
@@ -198,8 +200,13 @@ class Room:
             if current is not None:
                 gone.append((client_id, current[0] + 1, p.NULL_STATE))
         conn.awareness_ids.clear()
-        if gone and self.conns:
-            self._fanout(p.awareness_message(gone), None)
+        if gone:
+            message = p.awareness_message(gone)
+            if self.conns:
+                self._fanout(message, None)
+            relays = self.manager.hooks.room_awareness
+            if relays:
+                call_each(relays, self, message)
 
     def receive(self, conn: Connection, frame: bytes) -> None:
         """Handle one binary frame from `conn`. Raises ProtocolError (garbage: close that socket)
@@ -254,9 +261,36 @@ class Room:
         # to everyone, the sender included: y-websocket clients reconnect after 30 s without any
         # message, and the echo of their own awareness renewal is what keeps a lone client alive
         self._fanout(frame, None)
+        relays = self.manager.hooks.room_awareness  # other nodes (empty on one node)
+        if relays:
+            call_each(relays, self, frame)
 
     def _awareness_states(self) -> bytes:
         return p.awareness_message([(cid, clock, state) for cid, (clock, state) in self.awareness.items()])
+
+    def receive_remote_awareness(self, message: bytes) -> list[tuple[int, int, str]]:
+        """An awareness message of another node's sockets (mdsync/cluster/awareness.py): its states
+        are kept by the same clock rule, for joiners here, and it goes to every socket here. Its
+        entries are returned; ProtocolError when it does not parse."""
+        entries = p.parse_awareness(message)
+        states = self.awareness
+        for client_id, clock, state in entries:
+            current = states.get(client_id)
+            if state == p.NULL_STATE:
+                if current is not None and clock >= current[0]:
+                    del states[client_id]
+            elif current is None or clock > current[0]:
+                states[client_id] = (clock, state)
+        if self.conns:
+            self._fanout(message, None)
+        return entries
+
+    def local_awareness(self) -> bytes | None:
+        """An awareness message of the states this process's sockets set (None: none), for a node
+        that just opened the document."""
+        entries = [(cid, *self.awareness[cid]) for conn in self.conns for cid in conn.awareness_ids
+                   if cid in self.awareness]
+        return p.awareness_message(entries) if entries else None
 
     # ---------------------------------------------------------------------------------------
     # The hot path
