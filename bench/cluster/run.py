@@ -3,7 +3,7 @@ scenario-params.sh) with the clients spread over 3 nodes vs all on 1 node, for m
 Hocuspocus with its Redis extension, in one run; the ratios into bench/README.md ("Several nodes").
 
     .venv/bin/python bench/cluster/run.py [--rounds 1] [--layouts mdsync-solo,mdsync-1,mdsync-3,...]
-        [--clients 50] [--edits 40] [--rate 2] [--no-readme]
+        [--clients 50] [--edits 40] [--rate 2] [--set collab.flush_delay_seconds=0.01 ...] [--no-readme]
 
 Started here and stopped by their pids at the end: one PostgreSQL with durable settings
 (bench/pgcluster.py: fsync, synchronous_commit on), one redis-server (tests/redisserver.py), moto's
@@ -180,7 +180,8 @@ def run_layout(layout: str, ctx: dict, extra: list[str], out: Path, round_no: in
     nodes: list[BenchServer] = []
     try:
         if server == "mdsync":
-            env = mdsync_env(ctx["db_url"], ctx["secret"], ctx["s3"], redis.url if clustered else None)
+            env = {**mdsync_env(ctx["db_url"], ctx["secret"], ctx["s3"], redis.url if clustered else None),
+                   **ctx["settings"]}
             for i in range(started):  # one after the other: the first migrates, the others find it done
                 nodes.append(BenchServer.mdsync(work / "nodes" / f"{layout}-{i}", **env))
             token = ctx["account"].token(nodes[0].base)
@@ -335,8 +336,16 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50, help="S1 clients (default: scenario-params.sh's 50)")
     parser.add_argument("--edits", type=int, default=40, help="edits per client (default 40)")
     parser.add_argument("--rate", type=float, default=2, help="edits/s per client (default 2)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an mdsync setting for every mdsync node (repeatable), e.g. collab.flush_delay_seconds=0.01")
     parser.add_argument("--no-readme", action="store_true")
     args = parser.parse_args()
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set {item}: expected SECTION.KEY=VALUE")
+        settings["MDSYNC_" + key.upper().replace(".", "__")] = value
     layouts = [name for name in args.layouts.split(",") if name]
     unknown = [name for name in layouts if name not in LAYOUTS]
     if unknown:
@@ -361,7 +370,7 @@ def main() -> None:
         s3.create_bucket(BUCKET)
         ctx = {"work": work, "redis": redis, "s3": s3, "db_url": engines.database("cluster"),
                "pg_pid": engines.cluster.proc.pid if engines.cluster else None,
-               "secret": secrets.token_urlsafe(32), "account": Account()}
+               "secret": secrets.token_urlsafe(32), "account": Account(), "settings": settings}
         log(f"PostgreSQL {ctx['pg_pid']}, redis {redis.proc.pid} ({redis.url}), moto {s3.proc.pid}; results {out}")
         for round_no in range(1, args.rounds + 1):
             for layout in layouts:
@@ -381,7 +390,8 @@ def main() -> None:
     load_text = "; ".join("/".join(f"{x:.1f}" for x in la) for la in loads)
     any_row = next((r for rows in by_layout.values() for r in rows), {})
     versions = any_row.get("versions", {})
-    cmd = "`.venv/bin/python bench/cluster/run.py" + (f" --rounds {args.rounds}" if args.rounds != 1 else "") + "`"
+    cmd = "`.venv/bin/python bench/cluster/run.py" + (f" --rounds {args.rounds}" if args.rounds != 1 else "") + \
+        "".join(f" --set {item}" for item in args.set) + "`"
     text = "\n".join([
         HEADING, "",
         f"{cmd} at {git_rev()}, {started}, {args.rounds} round(s) (each layout once per round, fresh server",
