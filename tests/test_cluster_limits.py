@@ -13,13 +13,17 @@ import pytest
 
 from mdsync.app import create_app
 from tests import engines, pgserver, redisserver
+from mdsync.appkeys import SETTINGS
 from tests.ai_setup import OPENAI, team
-from tests.builders import PASSWORD, make_settings, register
+from tests.builders import PASSWORD, make_settings, owned_document, register
 from tests.conftest import serve
 from tests.fake_ai_upstream import CHAT_USAGE, fake_ai  # noqa: F401
 from tests.prerequisites import requires
+from tests.readers import settings_rows
 from tests.redisserver import RedisServer
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.waiting import eventually
+from tests.yclient import YClient
 
 pytestmark = [requires(pgserver.missing_reason()), requires(redisserver.missing_reason())]
 
@@ -156,3 +160,68 @@ async def test_ai_requests_per_minute_spread_over_nodes_stop_at_the_limit(nodes,
     assert statuses.count(200) == 4 and statuses.count(429) == 11, statuses
     for node in (a, b, c):
         assert await ai_call(node, t) == 429
+
+
+# -- socket tickets ------------------------------------------------------------------------------
+async def ticket(node, doc_id: str, headers: dict) -> str:
+    resp = await node.post(f"/api/v1/documents/{doc_id}/ws-ticket", headers=headers)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["ticket"]
+
+
+async def opens(node, doc_id: str, token: str) -> bool:
+    """True when the socket syncs; False when it is closed 4401."""
+    sock = await YClient.connect(node, doc_id, token)
+    try:
+        done = asyncio.ensure_future(sock.wait_synced())
+        closed = asyncio.ensure_future(sock.wait_closed())
+        await asyncio.wait({done, closed}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if done.done() and not done.exception():
+            closed.cancel()
+            return True
+        assert closed.done() and closed.result() == 4401
+        done.cancel()
+        return False
+    finally:
+        await sock.close()
+
+
+async def test_a_ticket_from_one_node_opens_a_socket_once_on_any_node(nodes):
+    a, b, c = await nodes(3)
+    owner, _, doc_id = await owned_document(a, markdown="# Shared\n")
+    issued = await ticket(a, doc_id, owner.headers)
+    assert await opens(b, doc_id, issued)
+    assert not await opens(c, doc_id, issued)
+    assert not await opens(b, doc_id, issued)
+    assert not await opens(a, doc_id, issued)
+    # the database the nodes share never holds a ticket one could use
+    assert not engines_rows(a, "SELECT * FROM ws_tickets WHERE ticket_hash = ? OR principal LIKE ?",
+                            (issued, f"%{issued}%"))
+
+
+async def test_one_ticket_sent_to_every_node_at_once_opens_one_socket(nodes):
+    a, b, c = await nodes(3)
+    owner, _, doc_id = await owned_document(a, markdown="# Race\n")
+    for _ in range(3):
+        issued = await ticket(c, doc_id, owner.headers)
+        opened = await asyncio.gather(*(opens(node, doc_id, issued) for node in (a, b, c, a, b, c)))
+        assert opened.count(True) == 1, opened
+
+
+async def test_signing_out_on_one_node_voids_the_sessions_tickets_on_every_node(nodes):
+    a, b, c = await nodes(3)
+    owner, _, doc_id = await owned_document(a, markdown="# Gone\n")
+    resp = await c.post("/api/v1/auth/login", json={"email": owner.email, "password": PASSWORD})
+    laptop = {"Authorization": f"Bearer {(await resp.json())['access_token']}"}  # a second session
+    issued = [await ticket(a, doc_id, owner.headers) for _ in range(3)]
+    kept = await ticket(a, doc_id, laptop)
+    resp = await b.post("/api/v1/auth/logout", headers=owner.headers)
+    assert resp.status == 204
+    for node, token in zip((c, a, b), issued):
+        assert not await opens(node, doc_id, token)
+    assert await eventually(lambda: len(engines_rows(a, "SELECT 1 FROM ws_tickets WHERE user_id = ?", (owner.id,))) == 1)
+    assert await opens(b, doc_id, kept)  # the other session's ticket stays good
+
+
+def engines_rows(node, sql: str, params=()) -> list:
+    return settings_rows(node.app[SETTINGS], sql, params)

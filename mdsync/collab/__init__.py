@@ -37,7 +37,7 @@ def install(app: web.Application, settings: Settings) -> None:
     from mdsync.cluster import CLUSTER
     from mdsync.collab import http_routes, hocuspocus, routes, socket
     from mdsync.collab.rooms import ROOMS, ConnectionLimits, RoomManager, readings
-    from mdsync.collab.tickets import Tickets
+    from mdsync.collab.tickets import SharedTickets, Tickets
     from mdsync.hooks import HOOKS
     from mdsync.ops.metrics import METRICS
     from mdsync.workspaces import access
@@ -54,7 +54,8 @@ def install(app: web.Application, settings: Settings) -> None:
             reserved_for_writers=cfg.reserved_writer_connections),
     )
     app[ROOMS] = manager
-    tickets = app[socket.TICKETS] = Tickets()
+    # several nodes: a ticket asked for on one node is spent on another (collab/tickets.py)
+    tickets = app[socket.TICKETS] = SharedTickets(db) if settings.clustered else Tickets()
     app[hocuspocus.PREFIXES] = hocuspocus.Prefixes()
     hooks.sessions_revoked.append(manager.on_sessions_revoked)
     hooks.sessions_revoked.append(tickets.revoke)

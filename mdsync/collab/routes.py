@@ -38,5 +38,5 @@ async def ws_ticket(request: web.Request) -> web.Response:
     document_id = request.match_info["document_id"]
     await access.require(request, "viewer", document_id=document_id)
     tickets = request.app[socket.TICKETS]
-    ticket = tickets.issue(request[PRINCIPAL], document_id)
+    ticket = await tickets.issue(request[PRINCIPAL], document_id)
     return web.json_response({"ticket": ticket, "expires_in": int(tickets.ttl)}, status=201)

@@ -36,6 +36,7 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_LATER = 1013
 
+# Tickets on one node, SharedTickets (same methods) with several
 TICKETS: web.AppKey[Tickets] = web.AppKey("ws_tickets", Tickets)
 
 
@@ -57,7 +58,7 @@ async def authorize(request: web.Request, document_id: str) -> tuple[Any, Any]:
     principal = None
     if token:
         if token.startswith(TICKET_PREFIX):
-            principal = app[TICKETS].redeem(token, document_id)
+            principal = await app[TICKETS].redeem(token, document_id)
             if principal is not None and principal.session_id is not None:
                 row = await auth_store.session_state(db, principal.session_id)
                 if row is None or row["revoked_at"] or row["disabled_at"]:
