@@ -32,17 +32,24 @@ def pytest_configure(config):
                             "may be missing (tests/prerequisites.py: skipped here, failed in CI)")
     config.addinivalue_line("markers", "both_engines: run the module's tests on SQLite and on PostgreSQL "
                             "(tests/engines.py)")
-    config.addinivalue_line("markers", "serial: keeps promises in wall-clock time (a stop within 10 s): .ci/run "
-                            "runs these after the parallel part, alone on the machine")
+    config.addinivalue_line("markers", "postgresql_only: run the module's tests on PostgreSQL alone, as "
+                            "`test_x[postgresql]` (several nodes need it: tests/cluster.py)")
+    config.addinivalue_line("markers", "serial: keeps promises in wall-clock time (a stop within 10 s) or takes the "
+                            "whole machine (the several-node drill): .ci/run runs these after the parallel part, "
+                            "alone on the machine")
 
 
 def pytest_generate_tests(metafunc):
     if "engine" not in metafunc.fixturenames:
         return
-    if metafunc.definition.get_closest_marker("both_engines") is None:
-        return  # SQLite only (the `engine` fixture's default), under the test's plain name
     chosen = metafunc.config.getoption("engine")
-    names = list(engines.ENGINES) if chosen == "both" else [chosen]
+    if metafunc.definition.get_closest_marker("postgresql_only") is not None:
+        names = ["postgresql"] if chosen != "sqlite" else [
+            pytest.param("postgresql", marks=pytest.mark.skip(reason="PostgreSQL only, and --engine sqlite"))]
+    elif metafunc.definition.get_closest_marker("both_engines") is None:
+        return  # SQLite only (the `engine` fixture's default), under the test's plain name
+    else:
+        names = list(engines.ENGINES) if chosen == "both" else [chosen]
     metafunc.parametrize("engine", names, indirect=True, scope="function")
 
 

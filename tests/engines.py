@@ -2,7 +2,8 @@
 
 Test modules marked `both_engines` (pytestmark) run once per engine — `test_x[sqlite]` and
 `test_x[postgresql]` — the others on SQLite only (pure logic with no database, or what only SQLite
-has: its file, litestream). `pytest --engine sqlite|postgresql|both` (default both) chooses.
+has: its file, litestream); those marked `postgresql_only` (several nodes: tests/cluster.py) run
+as `test_x[postgresql]` alone. `pytest --engine sqlite|postgresql|both` (default both) chooses.
 
 On PostgreSQL each data dir a test uses gets its own database in one session-wide cluster
 (tests/pgserver.py), made from a template already migrated; `make_settings` and `subprocess_env`

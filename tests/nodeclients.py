@@ -7,6 +7,9 @@ Node by the interop tests: the scripts in tests/interop, run against a real serv
 Each script takes a scenario name and a JSON config, prints one JSON object as the last line of its
 stdout (`{"error": ...}` when the scenario failed) and stops itself at `config.timeoutMs`
 (tests/interop/harness.mjs); `run_node` also kills it at `timeout`.
+
+`Fleet` keeps many clients of tests/interop/fleet.mjs alive in one Node process, spread over several
+servers, and drives them command by command (type, move, state) while the test acts on the servers.
 """
 
 from __future__ import annotations
@@ -53,3 +56,60 @@ async def run_node(script: str, scenario: str, config: dict, timeout: float = 60
     result = json.loads(lines[-1])
     assert "error" not in result, f"{script} {scenario}: {lines[-1][-4000:]} {err.decode()[-2000:]}"
     return result
+
+
+class Fleet:
+    """Many npm clients in one Node process (tests/interop/fleet.mjs), spread over several servers
+    and driven one command at a time while the test does things to the servers:
+
+        async with Fleet([node.base for node in cluster.nodes]) as fleet:
+            await fleet.ask("open", clients=[{"id": "c0", "kind": "hp", "node": 0, "doc": d, "token": t}])
+            await fleet.ask("type", interval=300)
+            state = await fleet.ask("state")
+    """
+
+    def __init__(self, bases: list[str]):
+        self.bases = bases
+        self.proc: asyncio.subprocess.Process | None = None
+        self.asked = 0
+
+    async def __aenter__(self) -> Fleet:
+        config = json.dumps({"nodes": self.bases, "timeoutMs": 900_000})
+        self.proc = await asyncio.create_subprocess_exec(
+            "node", str(INTEROP / "fleet.mjs"), "fleet", config, cwd=INTEROP, limit=64 << 20,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert (await self._line(30)).get("ready"), "fleet.mjs did not start"
+        return self
+
+    async def _line(self, timeout: float) -> dict:
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"fleet.mjs said nothing in {timeout} s") from None
+        if not line:
+            err = await self.proc.stderr.read()
+            raise AssertionError(f"fleet.mjs ended (exit {await self.proc.wait()}): {err.decode()[-3000:]}")
+        return json.loads(line)
+
+    async def ask(self, cmd: str, timeout: float = 60.0, **args) -> dict:
+        """Send one command, wait for its answer (AssertionError on an error or a timeout)."""
+        self.asked += 1
+        self.proc.stdin.write((json.dumps({"re": self.asked, "cmd": cmd, **args}) + "\n").encode())
+        await self.proc.stdin.drain()
+        while True:
+            answer = await self._line(timeout)
+            if answer.get("re") == self.asked:
+                break
+        assert "error" not in answer, f"fleet {cmd}: {answer['error'][-3000:]}"
+        return answer
+
+    async def __aexit__(self, *exc) -> None:
+        if self.proc.returncode is None:
+            try:
+                await self.ask("close", timeout=10)
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except (AssertionError, TimeoutError, ConnectionError):
+                pass
+        if self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()

