@@ -7,6 +7,7 @@ With Redis stopped, sign-in still works and each node still throttles on its own
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 
 import pytest
@@ -129,6 +130,18 @@ async def test_with_redis_stopped_sign_in_works_and_each_node_throttles_alone(no
         assert await login(a, account.email) == 429
     finally:
         redis.resume()
+    # Redis back: within a few seconds the nodes count together again
+    probe = await register(a)
+    key = "mdsync:throttle:failures:" + hashlib.sha256(probe.email.encode()).hexdigest()[:32]
+    for _ in range(60):
+        await login(a, probe.email, "wrong password!")
+        if redis.command("EXISTS", key) == b":1":
+            break
+        await asyncio.sleep(0.25)
+    assert redis.command("EXISTS", key) == b":1"
+    fresh = await register(b)
+    statuses = [await login(node, fresh.email, "wrong password!") for node in (a, b, a, b)]
+    assert statuses == [401, 401, 401, 429]
 
 
 # -- AI budgets and rate limits ------------------------------------------------------------------

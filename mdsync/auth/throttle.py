@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import logging
 import time
+import weakref
 from collections import deque
 
 from mdsync import clock
@@ -103,43 +104,51 @@ return tostring(tonumber(oldest[2]) - tonumber(ARGV[2]))
 """
 
 
+class RedisHealth:
+    """Whether the throttles of one node ask Redis: after a failure they leave it alone for
+    REDIS_RETRY_SECONDS (one failure is enough for all of them: a sign-in checks three windows)."""
+
+    def __init__(self):
+        self.after = 0.0  # time.monotonic() before which Redis is not asked
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self.after
+
+    def failed(self, exc: BaseException) -> None:
+        if self.usable():
+            log.warning("throttles: Redis did not answer (%s); this node counts alone for %.0f s",
+                        exc.__class__.__name__, REDIS_RETRY_SECONDS)
+        self.after = time.monotonic() + REDIS_RETRY_SECONDS
+
+
 class SharedWindow:
     """A `Window` counted in Redis for all nodes, `name` telling the windows apart; the node's own
     `Window` takes over while Redis does not answer (see the module's docstring)."""
 
     _events = itertools.count()
 
-    def __init__(self, cluster, name: str, limit: int, seconds: float):
+    def __init__(self, cluster, name: str, limit: int, seconds: float, health: RedisHealth):
         self.cluster = cluster
         self.name = name
         self.limit, self.seconds = limit, seconds
         self.local = Window(limit, seconds)
+        self.health = health
         self._script = cluster.redis.register_script(_TAKE)
-        self._redis_after = 0.0  # time.monotonic() before which Redis is not asked (it failed)
 
     def _key(self, key: str) -> str:
         # keys are addresses and email addresses: hashed, so Redis holds no one's email
         return self.cluster.key("throttle", self.name, hashlib.sha256(key.encode()).hexdigest()[:32])
 
-    def _redis_usable(self) -> bool:
-        return time.monotonic() >= self._redis_after
-
-    def _redis_failed(self, exc: BaseException) -> None:
-        if self._redis_usable():
-            log.warning("throttle %s: Redis did not answer (%s); this node counts alone for %.0f s",
-                        self.name, exc.__class__.__name__, REDIS_RETRY_SECONDS)
-        self._redis_after = time.monotonic() + REDIS_RETRY_SECONDS
-
     async def take_async(self, key: str) -> float | None:
         """Count one event for every node if allowed; else the seconds to wait (not counted)."""
-        if self._redis_usable():
+        if self.health.usable():
             now = clock.timestamp()
             member = f"{now!r}:{self.cluster.node_id}:{next(self._events)}"
             try:
                 wait = await _bounded(self._script(keys=[self._key(key)], args=[
                     repr(now), repr(now - self.seconds), self.limit, int(self.seconds * 1000) + 1, member]))
             except Exception as exc:  # Redis down, slow or refusing: count on this node
-                self._redis_failed(exc)
+                self.health.failed(exc)
             else:
                 if wait is None:
                     self.local.hit(key)  # so that this node's count is ready if Redis goes away
@@ -149,19 +158,25 @@ class SharedWindow:
 
     async def clear_async(self, key: str) -> None:
         self.local.clear(key)
-        if self._redis_usable():
+        if self.health.usable():
             try:
                 await _bounded(self.cluster.redis.delete(self._key(key)))
             except Exception as exc:
-                self._redis_failed(exc)
+                self.health.failed(exc)
 
 
 async def _bounded(call):
     return await asyncio.wait_for(call, REDIS_TIMEOUT_SECONDS)
 
 
+_health: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # app[CLUSTER] -> its RedisHealth
+
+
 def window(cluster, name: str, limit: int, seconds: float) -> Window | SharedWindow:
     """The throttle window for this server: in Redis when several nodes run, else in memory."""
     if cluster is not None and cluster.enabled:
-        return SharedWindow(cluster, name, limit, seconds)
+        health = _health.get(cluster)
+        if health is None:
+            health = _health[cluster] = RedisHealth()
+        return SharedWindow(cluster, name, limit, seconds, health)
     return Window(limit, seconds)
