@@ -9,10 +9,13 @@ import uuid
 
 import pytest
 
+from pycrdt import Doc, Text
+
 from mdsync.app import create_app
 from tests import engines, pgserver, redisserver
 from tests.builders import API, join, make_settings, owned_document
 from tests.prerequisites import requires
+from tests.readers import db_rows, feed
 from tests.redisserver import RedisServer
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.waiting import eventually
@@ -40,22 +43,34 @@ def redis(tmp_path):
 
 
 @pytest.fixture
-async def nodes(aiohttp_client, tmp_path, redis, s3):
-    """Two nodes (in-process apps) sharing one PostgreSQL database and one Redis."""
-    name = "t_cluster_" + uuid.uuid4().hex[:12]
-    url = engines.cluster().create_database(name, template=engines.TEMPLATE)
-    clients = []
-    for node in ("a", "b"):
-        settings = make_settings(
-            tmp_path / f"node-{node}", database__url=url, server__secret=SECRET, cluster__redis_url=redis.url,
-            storage__backend="s3", storage__s3__endpoint=s3.endpoint, storage__s3__bucket=BUCKET,
-            storage__s3__access_key_id=ACCESS_KEY, storage__s3__secret_access_key=SECRET_KEY,
-            storage__s3__path_style=True)
-        clients.append(await aiohttp_client(create_app(settings)))
-    yield clients
-    for client in clients:
+async def make_nodes(aiohttp_client, tmp_path, redis, s3):
+    """`await make_nodes(**settings)`: two nodes (in-process apps) sharing one PostgreSQL database
+    and one Redis."""
+    made, clients = [], []
+
+    async def build(**overrides):
+        name = "t_cluster_" + uuid.uuid4().hex[:12]
+        url = engines.cluster().create_database(name, template=engines.TEMPLATE)
+        made.append(name)
+        for node in ("a", "b"):
+            settings = make_settings(
+                tmp_path / f"node-{node}", database__url=url, server__secret=SECRET, cluster__redis_url=redis.url,
+                storage__backend="s3", storage__s3__endpoint=s3.endpoint, storage__s3__bucket=BUCKET,
+                storage__s3__access_key_id=ACCESS_KEY, storage__s3__secret_access_key=SECRET_KEY,
+                storage__s3__path_style=True, **overrides)
+            clients.append(await aiohttp_client(create_app(settings)))
+        return clients[-2:]
+
+    yield build
+    for client in clients:  # stopped before their database goes
         await client.close()
-    engines.cluster().drop_database(name)
+    for name in made:
+        engines.cluster().drop_database(name)
+
+
+@pytest.fixture
+async def nodes(make_nodes):
+    return await make_nodes()
 
 
 async def presence(client, who, doc_id) -> dict:
@@ -165,3 +180,90 @@ async def test_awareness_reaches_sockets_on_the_other_node_and_late_joiners(node
     assert await eventually(lambda: alice.doc.client_id not in carol.awareness, timeout=5)
     for client in (bob, carol, dave, erin):
         await client.close()
+
+
+# -- the markdown projection and automatic versions: made once --------------------------------------
+
+def stored_markdown(client, doc_id) -> str:
+    return db_rows(client, "SELECT markdown FROM documents WHERE id = ?", (doc_id,))[0]["markdown"]
+
+
+def document_upserts(client, ws, doc_id) -> int:
+    return sum(1 for row in feed(client, ws) if row[:3] == ("document", doc_id, "upsert"))
+
+
+async def yjs_state(client, who, doc_id) -> Doc:
+    resp = await client.get(f"{API}/documents/{doc_id}/yjs", headers=who.headers)
+    assert resp.status == 200
+    doc = Doc()
+    doc.apply_update(await resp.read())
+    return doc
+
+
+def edit(doc: Doc, fn) -> bytes:
+    """The Yjs update of `fn(text)` on `doc`."""
+    captured = []
+    subscription = doc.observe(lambda event: captured.append(event.update))
+    fn(doc.get("markdown", type=Text))
+    doc.unobserve(subscription)
+    return captured[0]
+
+
+async def post_update(client, who, doc_id, update: bytes) -> None:
+    resp = await client.post(f"{API}/documents/{doc_id}/yjs", data=update,
+                             headers={**who.headers, "Content-Type": "application/octet-stream"})
+    assert resp.status == 204, await resp.text()
+
+
+async def test_a_node_behind_never_stores_an_older_projection_over_a_newer_one(make_nodes):
+    a, b = await make_nodes(collab__projection_debounce=0.2, collab__projection_max_delay=1.0)
+    owner, ws, doc_id = await owned_document(a, markdown="base\n")
+    local = await yjs_state(a, owner, doc_id)   # opens the room on A ...
+    await yjs_state(b, owner, doc_id)           # ... then on B (loaded from what A seeded)
+    first = edit(local, lambda text: text.insert(0, "one "))
+    second = edit(local, lambda text: text.insert(0, "two "))
+    before = document_upserts(a, ws, doc_id)
+
+    await post_update(a, owner, doc_id, first)
+    await post_update(a, owner, doc_id, second)
+    assert await eventually(lambda: stored_markdown(a, doc_id) == "two one base\n", timeout=10)
+    # B hears of the first edit only (as if its copy of the room lagged): its projection is older
+    await post_update(b, owner, doc_id, first)
+    deadline = asyncio.get_running_loop().time() + 2.0  # B's projection is due 0.2 s after its edit
+    while asyncio.get_running_loop().time() < deadline:
+        assert stored_markdown(b, doc_id) == "two one base\n"
+        await asyncio.sleep(0.05)
+    assert document_upserts(a, ws, doc_id) - before == 1
+
+
+async def test_two_nodes_editing_make_one_projection_and_one_automatic_version(make_nodes):
+    a, b = await make_nodes(collab__projection_debounce=0.2, collab__projection_max_delay=1.0,
+                            versions__idle_seconds=0.5, versions__max_interval_seconds=600)
+    alice, ws, doc_id = await owned_document(a, markdown="base\n")
+    bob = await join(a, alice, ws, "editor", name="Bob")
+    local = await yjs_state(a, alice, doc_id)
+    await yjs_state(b, bob, doc_id)
+    update = edit(local, lambda text: text.insert(0, "together "))
+    before = document_upserts(a, ws, doc_id)
+
+    # the same edit reaches both nodes from their own clients: both project it, both start a burst
+    await asyncio.gather(post_update(a, alice, doc_id, update), post_update(b, bob, doc_id, update))
+
+    async def versions() -> list[dict]:
+        resp = await b.get(f"{API}/documents/{doc_id}/versions", headers=alice.headers)
+        assert resp.status == 200
+        body = await resp.json()
+        return [v for v in (body["items"] if isinstance(body, dict) else body) if v["kind"] == "auto"]
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while asyncio.get_running_loop().time() < deadline:
+        autos = await versions()
+        if autos and {author["id"] for author in autos[0]["authors"]} == {alice.id, bob.id}:
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.5)  # three idle gaps: a second node's version would be there by now
+    autos = await versions()
+    assert len(autos) == 1
+    assert {author["id"] for author in autos[0]["authors"]} == {alice.id, bob.id}
+    assert stored_markdown(a, doc_id) == "together base\n"
+    assert document_upserts(a, ws, doc_id) - before == 1

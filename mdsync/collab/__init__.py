@@ -153,6 +153,7 @@ def yjs_content(app: web.Application, settings: Settings, make: Callable[[States
     tiptap/content.py: `tiptap`), with its markdown projection following every room of its model
     and its seed used when such a room loads fresh. After `install`."""
     from mdsync.appkeys import DB
+    from mdsync.cluster import CLUSTER
     from mdsync.collab.projection import Projector
     from mdsync.collab.rooms import ROOMS
     from mdsync.hooks import HOOKS
@@ -162,7 +163,8 @@ def yjs_content(app: web.Application, settings: Settings, make: Callable[[States
     model = content.model.name
     projector = Projector(app[DB], model, content, parts.states, parts.heads,
                           debounce=settings.collab.projection_debounce,
-                          max_delay=settings.collab.projection_max_delay, observe_lag=parts.observe_lag)
+                          max_delay=settings.collab.projection_max_delay, observe_lag=parts.observe_lag,
+                          clustered=app[CLUSTER].enabled)
     parts.projectors.append(projector)
     content.projector = projector
     hooks.room_update.append(projector.on_update)

@@ -18,6 +18,14 @@ debounce bounds it to a few per second per document) and hands the write to the 
 Along with the markdown, content_heads records the ETag and update-log seq it was made from, so
 REST reads of an unloaded document can tell whether the projection is exact (content.py);
 `Heads` keeps those ETags in memory, so document metadata shows them without loading a room.
+
+Several nodes (`clustered`): each node projects the edits of its own sockets, so two nodes may
+project one document. A projection also records what state it was made from
+(`content_heads.made_from`), and `store_projection` writes it under a per-document advisory lock
+only when it is new: not the state stored already, not older than it (docs/architecture.md "The
+projection and automatic versions across nodes"). A projection that lacks part of what was
+stored (the relay has not brought it yet), or that met another node storing, goes again after the
+debounce (at most `AGAIN` times in a row).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mdsync import clock
+from mdsync.cluster import once
 from mdsync.collab import store
 from mdsync.collab.etags import state_etag
 from mdsync.collab.room import Room
@@ -47,6 +56,15 @@ log = logging.getLogger("mdsync.collab.projection")
 # Due documents are looked for on a grid of this many seconds: those due within one step are
 # projected together (adds at most this much to the projection's lag; max_delay leaves room)
 SWEEP = 0.1
+# several nodes: a projection another node's stored one was ahead of is made again this often at most
+AGAIN = 20
+
+# what store_projection did
+STORED = "stored"      # the projection is this state's (written now, or already)
+GONE = "gone"          # the document is gone
+COVERED = "covered"    # several nodes: what is stored holds everything this state holds: nothing written
+PARTIAL = "partial"    # several nodes: written, but what was stored held edits this state lacks
+BUSY = "busy"          # several nodes: another node is storing this document's projection right now
 
 
 @dataclass
@@ -86,7 +104,8 @@ class Heads:
 
 class Projector:
     def __init__(self, db: Database, model: str, backend: YjsContent, states: States, heads: Heads, *,
-                 debounce: float, max_delay: float, observe_lag: Callable[[float], Any] | None = None):
+                 debounce: float, max_delay: float, observe_lag: Callable[[float], Any] | None = None,
+                 clustered: bool = False):
         self.db = db
         self.model = model
         self.backend = backend
@@ -98,6 +117,8 @@ class Projector:
         self._dirty: dict[str, _Dirty] = {}
         self._running: dict[str, asyncio.Task] = {}
         self._models: dict[str, str] = {}  # document id -> content model (it never changes)
+        self.clustered = clustered
+        self._again: dict[str, int] = {}   # several nodes: document -> projections made again in a row
         self._sweep: asyncio.TimerHandle | None = None   # the next look for due documents ...
         self._sweep_at: float | None = None              # ... and its loop time
 
@@ -177,50 +198,74 @@ class Projector:
                 room = entry.room
                 if room.closing or room.content_model != self.model:
                     continue  # a closing room's close hook stores the final projection
-                etag, seq = state_etag(room.doc), room.seq
+                etag, seq, made_from = state_etag(room.doc), room.seq, self._made_from(room)
                 text = await self.backend.room_markdown(room)  # reads the room before its first await
                 if text is not None:
-                    rows.append((room.document_id, text, etag, seq, entry.since))
+                    rows.append((room.document_id, text, etag, seq, made_from, entry))
             if not rows:
                 return
             try:
-                stored = await self.db.write(store_projections, [row[:4] for row in rows], clock.iso())
+                stored = await self.db.write(store_projections, [row[:5] for row in rows], clock.iso())
             except Exception:
                 stored = await self._store_alone(rows)
         except Exception:
             log.exception("could not store the markdown projections of %d documents", len(entries))
             return
         now = asyncio.get_running_loop().time()
-        for (document_id, _, etag, _, since), ok in zip(rows, stored):
-            if ok:
+        for (document_id, _, etag, _, _, entry), result in zip(rows, stored):
+            if result == STORED or result == PARTIAL:
                 self.heads.note(document_id, etag)
-            self.observe_lag(now - since)
+            self._follow(entry.room, result)
+            self.observe_lag(now - entry.since)
+
+    def _made_from(self, room: Room) -> bytes | None:
+        """Several nodes: the identity of the room's state (read with its ETag, at one instant)."""
+        return once.identity(room.doc) if self.clustered else None
+
+    def _follow(self, room: Room, result: str | None) -> None:
+        """Several nodes: project the room again after the debounce when this projection lacked
+        what another node had stored, or met that node storing."""
+        if result != PARTIAL and result != BUSY:
+            self._again.pop(room.document_id, None)
+            return
+        tries = self._again.get(room.document_id, 0) + 1
+        if tries > AGAIN or room.closing:
+            self._again.pop(room.document_id, None)
+            return
+        self._again[room.document_id] = tries
+        self.on_update(room, b"", None)
 
     async def _store_alone(self, rows: list[tuple]) -> list[bool]:
         """The shared job failed: each projection again as a job of its own, so that a document
         the database refuses (PostgreSQL holds no NUL character in text) fails alone."""
         now = clock.iso()
-        results = await asyncio.gather(*[self.db.write(store_projection, document_id, text, etag, seq, now)
-                                         for document_id, text, etag, seq, _ in rows], return_exceptions=True)
+        results = await asyncio.gather(*[self.db.write(store_projection, document_id, text, etag, seq, now, made_from)
+                                         for document_id, text, etag, seq, made_from, _ in rows],
+                                       return_exceptions=True)
         for (document_id, *_), result in zip(rows, results):
             if isinstance(result, BaseException):
                 log.error("could not store the markdown projection of %s: %s", document_id, result)
-        return [result is True for result in results]
+        return [None if isinstance(result, BaseException) else result for result in results]
 
     async def store(self, room: Room) -> tuple[str, str] | None:
         """Store the room's markdown now (text, ETag and log seq read at one instant); the
         (markdown, unquoted ETag) stored, or None."""
+        result, text, etag = await self._write(room)
+        return (text, etag) if result == STORED or result == PARTIAL else None
+
+    async def _write(self, room: Room) -> tuple[str | None, str, str]:
+        """(what `store_projection` did or None, markdown, ETag)."""
         if not await self.projects(room.document_id):
-            return None
-        etag, seq = state_etag(room.doc), room.seq
+            return None, "", ""
+        etag, seq, made_from = state_etag(room.doc), room.seq, self._made_from(room)
         text = await self.backend.room_markdown(room)  # reads the room before its first await: same instant
         if text is None:
-            return None
-        stored = await self.db.write(store_projection, room.document_id, text, etag, seq, clock.iso())
-        if not stored:
-            return None
-        self.heads.note(room.document_id, etag)
-        return text, etag
+            return None, "", ""
+        result = await self.db.write(store_projection, room.document_id, text, etag, seq, clock.iso(), made_from)
+        self._follow(room, result)
+        if result == STORED or result == PARTIAL:
+            self.heads.note(room.document_id, etag)
+        return result, text, etag
 
     async def _settle(self, room: Room) -> _Dirty | None:
         """Cancel the room's pending projection and wait for one being stored; returns what was
@@ -250,7 +295,11 @@ class Projector:
             await self.states.serve(room.document_id, room.doc, room.size, self.backend.model)
         except Exception:
             log.exception("could not record the final state of %s", room.document_id)
-        await self.store(room)
+        for _ in range(20):  # several nodes: another node storing this document's projection is done soon
+            result, _, _ = await self._write(room)
+            if result != BUSY:
+                break
+            await asyncio.sleep(0.1)
         if entry is not None:
             self.observe_lag(asyncio.get_running_loop().time() - entry.since)
 
@@ -278,22 +327,42 @@ class Projector:
             await asyncio.gather(*list(self._running.values()), return_exceptions=True)
 
 
-def store_projections(tx: Tx, rows: list[tuple[str, str, str, int]], now: str) -> list[bool]:
-    """`store_projection` for several documents: (document id, markdown, ETag, seq) rows."""
-    return [store_projection(tx, document_id, markdown, etag, seq, now) for document_id, markdown, etag, seq in rows]
+def store_projections(tx: Tx, rows: list[tuple], now: str) -> list[str]:
+    """`store_projection` for several documents: (document id, markdown, ETag, seq[, made_from]) rows."""
+    return [store_projection(tx, *row[:4], now, *row[4:]) for row in rows]
 
 
-def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_seq: int, now: str) -> bool:
+def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_seq: int, now: str,
+                     made_from: bytes | None = None) -> str:
     """Write the projection and its provenance. The markdown, its size, updated_at, the content
-    revision and a change-feed upsert only change when the markdown did. False when the document
-    is gone."""
+    revision and a change-feed upsert only change when the markdown did. STORED, or GONE when the
+    document is gone.
+
+    Several nodes (`made_from`, the identity of the state it was made from: mdsync/cluster/once.py):
+    under the document's advisory lock (BUSY when another node holds it), nothing is written when
+    the stored projection was made from this very state (STORED) or from one that holds all of
+    it (COVERED); PARTIAL when it is written over one that held edits this state lacks."""
     markdown = nul_free(markdown)  # rendered so already; the stored text must be so on both engines
+    result = STORED
+    if made_from is not None:
+        if not once.try_lock(tx, "projection", document_id):
+            return BUSY
+        head = tx.one("SELECT etag, made_from FROM content_heads WHERE document_id = ?", (document_id,))
+        if head is not None and head["etag"] == etag:
+            return STORED if tx.value("SELECT 1 FROM documents WHERE id = ?", (document_id,)) else GONE
+        if head is not None and head["made_from"] is not None:
+            stored, ours = once.decode(bytes(head["made_from"])), once.decode(made_from)
+            if once.covers(stored, ours):
+                return COVERED
+            if not once.covers(ours, stored):
+                result = PARTIAL
     row = tx.one("SELECT markdown = ? AS same FROM documents WHERE id = ?", (markdown, document_id))
     if row is None:
-        return False
+        return GONE
     if not row["same"]:
         store_markdown(tx, document_id, markdown, trashed=True)
-    tx.execute("INSERT INTO content_heads (document_id, etag, crdt_seq, updated_at) VALUES (?, ?, ?, ?)"
+    tx.execute("INSERT INTO content_heads (document_id, etag, crdt_seq, updated_at, made_from) VALUES (?, ?, ?, ?, ?)"
                " ON CONFLICT (document_id) DO UPDATE SET etag = excluded.etag, crdt_seq = excluded.crdt_seq,"
-               " updated_at = excluded.updated_at", (document_id, etag, crdt_seq, now))
-    return True
+               " updated_at = excluded.updated_at, made_from = excluded.made_from",
+               (document_id, etag, crdt_seq, now, made_from))
+    return result

@@ -68,6 +68,17 @@ class Bursts:
         for user_id in authors:
             burst.authors.setdefault(user_id, None)
 
+    def reopen(self, document_id: str, taken: Burst) -> None:
+        """Put back a burst taken by a version that could not be recorded now (several nodes:
+        another node was recording one): due again at the next look, merged with any burst
+        begun since."""
+        current = self.open.get(document_id)
+        if current is None:
+            self.open[document_id] = Burst(taken.first, taken.last, dict(taken.authors))
+            return
+        current.first = min(current.first, taken.first)
+        current.authors = {**taken.authors, **current.authors}
+
     def due(self, now: float, idle: float, max_interval: float) -> list[str]:
         return [doc for doc, b in self.open.items() if now - b.last >= idle or now - b.first >= max_interval]
 
@@ -96,9 +107,12 @@ class Scheduler:
     async def run_auto(self) -> None:
         while True:
             await asyncio.sleep(self.tick)
-            for document_id in self.versions.bursts.due(clock.timestamp(), self.idle, self.max_interval):
+            now = clock.timestamp()
+            for document_id in self.versions.bursts.due(now, self.idle, self.max_interval):
+                burst = self.versions.bursts.open.get(document_id)
+                continuing = burst is not None and now - burst.last < self.idle
                 try:
-                    await self.versions.record_auto(document_id)
+                    await self.versions.record_auto(document_id, continuing=continuing)
                 except Exception:
                     log.exception("automatic version of %s failed", document_id)
                     self.versions.bursts.take(document_id)  # do not retry a failing one every tick

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +31,7 @@ from mdsync.collab.yjs_markdown import nul_free
 from mdsync.documents.content import CONTENT
 from mdsync.db import Database, Tx
 from mdsync.versions import policy, store, textdiff
-from mdsync.versions.scheduler import Bursts
+from mdsync.versions.scheduler import Burst, Bursts
 
 log = logging.getLogger("mdsync.versions")
 
@@ -41,6 +41,9 @@ class Versions:
         self.app = app
         self.db = db
         self.bursts = Bursts()
+        from mdsync.cluster import CLUSTER
+        # several nodes: automatic versions recorded once, whichever node's sockets edited
+        self.clustered = CLUSTER in app and app[CLUSTER].enabled
         self._digests: dict[str, bytes] = {}  # document -> sha256 of its latest version's markdown
 
     @property
@@ -86,14 +89,18 @@ class Versions:
             self._digests[document_id] = _digest(markdown)
         return version
 
-    async def record_auto(self, document_id: str, room=None) -> dict[str, Any] | None:
+    async def record_auto(self, document_id: str, room=None, continuing: bool = False) -> dict[str, Any] | None:
         """An automatic version of the document's state now, unless its markdown equals the
-        previous version's (an edit undone, or only CRDT bookkeeping): then none."""
+        previous version's (an edit undone, or only CRDT bookkeeping): then none. `continuing`:
+        the burst is due because editing has gone on for max_interval_seconds (not idle)."""
+        burst = self.bursts.open.get(document_id)
         try:
             markdown, state, authors = await self._snapshot(document_id, room)
         except NotFound:
             self.bursts.take(document_id)
             return None
+        if self.clustered:
+            return await self._record_auto_once(document_id, markdown, state, authors, burst, continuing)
         digest = self._digests.get(document_id)
         if digest is None:
             previous = await store.latest_markdown(self.db, document_id)
@@ -105,6 +112,25 @@ class Versions:
             log.info("automatic version %s of document %s (authors %s)", version["id"], document_id,
                      ",".join(authors) or "-")
         return version
+
+    async def _record_auto_once(self, document_id: str, markdown: str, state: bytes, authors: list[str],
+                                burst: Burst | None, continuing: bool) -> dict[str, Any] | None:
+        """Several nodes: the version is recorded by one node (`store.insert_auto_once`); when
+        another node is recording one right now, the burst is put back and tried at the next tick."""
+        since = clock.iso(datetime.fromtimestamp(burst.first, UTC)) if burst is not None else None
+        outcome, version = await self.db.write(store.insert_auto_once, document_id, authors, markdown, state,
+                                               since, continuing)
+        if outcome == "busy":
+            if burst is not None:
+                self.bursts.reopen(document_id, burst)
+            return None
+        if outcome == "inserted":
+            log.info("automatic version %s of document %s (authors %s)", version["id"], document_id,
+                     ",".join(authors) or "-")
+        elif outcome == "joined":
+            log.info("automatic version %s of document %s, recorded by another node, has this node's authors (%s)",
+                     version["id"], document_id, ",".join(authors) or "-")
+        return version if outcome == "inserted" else None
 
     async def record(self, document_id: str, kind: str, label: str | None, user_id: str | None) -> dict[str, Any]:
         """A version of the current state, of kind named, restore or import (always recorded)."""

@@ -29,6 +29,39 @@ def insert(tx: Tx, document_id: str, kind: str, label: str | None, author_ids: l
     return meta_json(row)
 
 
+def insert_auto_once(tx: Tx, document_id: str, author_ids: list[str], markdown: str, state: bytes,
+                     burst_began: str | None, continuing: bool) -> tuple[str, dict[str, Any] | None]:
+    """Several nodes: an automatic version unless another node made it (docs/architecture.md "The
+    projection and automatic versions across nodes"): ("busy", None) when another node is
+    recording one of this document right now; ("joined", meta) when the newest automatic version
+    was taken during this burst (`burst_began` on) by another node and holds all of `state`, or
+    editing goes on (`continuing`: the burst is due by max_interval_seconds, not idle) — this
+    burst's authors are added to it; ("same", None) when the newest version has this markdown;
+    else ("inserted", meta) or ("gone", None)."""
+    from mdsync.cluster import once
+
+    if not once.try_lock(tx, "versions", document_id):
+        return "busy", None
+    if burst_began is not None:
+        auto = tx.one(f"SELECT {META}, state FROM versions WHERE document_id = ? AND kind = 'auto' AND created_at >= ?"
+                      " ORDER BY created_at DESC, id DESC LIMIT 1", (document_id, burst_began))
+        if auto is not None and (continuing or once.covers(once.of_state(bytes(auto["state"])), once.of_state(state))):
+            meta = meta_json(auto)
+            known = {author["id"] for author in meta["authors"]}
+            added = [user_id for user_id in author_ids if user_id not in known]
+            if added:
+                meta["authors"] += _authors(tx, added)
+                tx.execute("UPDATE versions SET authors = ? WHERE id = ?", (json.dumps(meta["authors"]), meta["id"]))
+                changes.record(tx, meta["workspace_id"], "version", meta["id"], "upsert")
+            return "joined", meta
+    newest = tx.one("SELECT markdown FROM versions WHERE document_id = ? ORDER BY created_at DESC, id DESC LIMIT 1",
+                    (document_id,))
+    if newest is not None and newest["markdown"] == markdown:
+        return "same", None
+    version = insert(tx, document_id, "auto", None, author_ids, None, markdown, state)
+    return ("inserted", version) if version is not None else ("gone", None)
+
+
 def _authors(tx: Tx, user_ids: list[str]) -> list[dict[str, str]]:
     """[{id, name}] in the order given (names as they are now; a deleted account keeps its id)."""
     if not user_ids:
