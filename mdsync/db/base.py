@@ -178,6 +178,12 @@ class Database:
         row = await self.one(sql, params)
         return None if row is None else row[0]
 
+    # -- other writers' commits --------------------------------------------------------------
+    def listener(self) -> Any:
+        """The `mdsync.db.notifications.Listener` of this database (started on first use), or
+        None where no other writer can be heard (SQLite: its features poll)."""
+        return None
+
     # -- the writer thread -----------------------------------------------------------------
     def _open_writer(self) -> Any:
         """Connect the writer and apply pending migrations (runs in the writer thread)."""

@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from mdsync.db.base import Database, Tx, run_job_alone
 from mdsync.db.migrate import apply_pg_migrations
+from mdsync.db.notifications import Listener
 
 log = logging.getLogger("mdsync.db")
 
@@ -184,6 +185,7 @@ class PostgresDatabase(Database):
         self.url = url
         self.statement_timeout = statement_timeout
         self._pool: AsyncConnectionPool | None = None
+        self._listener: Listener | None = None
 
     async def _open_readers(self) -> None:
         self._pool = AsyncConnectionPool(
@@ -193,6 +195,9 @@ class PostgresDatabase(Database):
         await self._pool.open(wait=True, timeout=30)
 
     async def _close_readers(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -213,6 +218,17 @@ class PostgresDatabase(Database):
             return await cursor.fetchall()
 
     lookup = one
+
+    def listener(self) -> Listener:
+        if self._listener is None:
+            self._listener = Listener(self._listen_connection)
+        return self._listener
+
+    async def _listen_connection(self) -> psycopg.AsyncConnection:
+        # TCP keepalives: a link that died silently is noticed even between pings
+        return await psycopg.AsyncConnection.connect(
+            self.url, autocommit=True, connect_timeout=10, keepalives=1, keepalives_idle=10,
+            keepalives_interval=5, keepalives_count=3, **connection_options(self.statement_timeout))
 
     def pool_stats(self) -> dict[str, int]:
         """The read pool's counters (psycopg_pool's get_stats: pool_size, pool_available, …)."""

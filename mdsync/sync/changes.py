@@ -1,6 +1,7 @@
 """Writing the change feed. Every feature calls `record(tx, ...)` inside the transaction that
 makes the change, so the feed is never rebuilt from guesses. Readers waiting on the feed are
-woken after the commit (`mdsync/sync/feed.py` reads it).
+woken after the commit (`mdsync/sync/feed.py` reads it); on PostgreSQL the same statement NOTIFYs
+other processes' feeds (db/notifications.py).
 
 The seq of a change is its position in the feed, and feed cursors rely on one rule: seqs become
 visible in increasing order, never a smaller one after a larger one. On SQLite AUTOINCREMENT
@@ -24,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 
 from mdsync import clock
 from mdsync.db import Tx
+from mdsync.db.notifications import CHANGES, ORIGIN
 
 Entity = Literal["document", "folder", "comment", "attachment", "member", "workspace", "version"]
 Op = Literal["upsert", "delete"]
@@ -82,17 +84,22 @@ def record(tx: Tx, workspace_id: str, entity: Entity, entity_id: str, op: Op, *,
            user_id: str | None = None) -> None:
     """Add one change. `user_id`: only that user sees it (None: every member of the workspace)."""
     # all(): the statement runs to its end (SQLite keeps a half-read RETURNING statement open)
-    seq = tx.all(_RECORD[tx.engine], (workspace_id, entity, entity_id, op, clock.iso(), user_id))[0][0]
+    params = (workspace_id, entity, entity_id, op, clock.iso(), user_id)
+    if tx.engine == "postgresql":
+        params += (ORIGIN,)
+    seq = tx.all(_RECORD[tx.engine], params)[0][0]
     tx.after_commit(partial(_wake, Wake(database_key(tx.conn), seq, workspace_id, entity, entity_id, user_id)))
 
 
 _RECORD = {
     "sqlite": "INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)"
               " RETURNING seq",
-    # the seq from changes_head, in the same statement (see the module's docstring)
+    # the seq from changes_head, in the same statement (see the module's docstring); other
+    # processes' feeds hear of it at commit (db/notifications.py: "origin seq workspace entity id user")
     "postgresql": "WITH head AS (UPDATE changes_head SET seq = seq + 1 RETURNING seq)"
                   " INSERT INTO changes (seq, workspace_id, entity, entity_id, op, at, user_id)"
-                  " SELECT seq, ?, ?, ?, ?, ?, ? FROM head RETURNING seq",
+                  " SELECT seq, ?, ?, ?, ?, ?, ? FROM head RETURNING seq, pg_notify('" + CHANGES + "',"
+                  " concat_ws(' ', ?::text, seq, workspace_id, entity, entity_id, coalesce(user_id, '-')))",
 }
 
 

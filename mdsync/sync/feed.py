@@ -15,8 +15,11 @@ Waiting: no reader polls the database. `changes.record` wakes this feed after ev
 head did not move, and wakes only the waiters the new changes may concern (their workspaces,
 rows addressed to them, and the user a `member` change is about: a join gives them a workspace
 they did not have). Each woken waiter re-reads once, however many commits arrived meanwhile.
-Commits of other processes (the admin CLI on a live data dir) reach no listener here: while
-anyone waits, one head check per feed every second notices them.
+Commits of other processes (other nodes, the admin CLI beside a server) call no listener here.
+On PostgreSQL their `record` NOTIFYs at commit (db/notifications.py) and the feed hears it on its
+database's LISTEN connection: the same targeted wake-up as for its own commits, at once. On SQLite,
+and on PostgreSQL while that connection is lost, one head check per feed every second notices them
+while anyone waits (and wakes every waiter); a LISTEN connection made again checks the head once.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 
 from mdsync.api.errors import Gone, ValidationFailed
 from mdsync.db import Database
+from mdsync.db.notifications import CHANGES, ORIGIN
 from mdsync.sync.changes import DATABASE_KEY, Wake
 
 log = logging.getLogger("mdsync.sync")
@@ -41,8 +45,9 @@ MAX_WAIT = 60.0        # seconds a long-poll may wait (docs/api.md "Change feed"
 HEARTBEAT = 15.0       # seconds between SSE comments on a quiet stream
 CHECK_EVERY = 1.0      # how often the feed looks whether waiting clients are still there (no query)
 ARMS_PER_QUERY = 200   # workspaces merged in one statement (SQLite allows 500 compound arms)
-# seconds between looks for commits of other processes (the admin CLI), while anyone waits: a
-# change made from the CLI reaches waiting clients within ~1.5 s, as a revocation does (auth/revocations.py)
+# seconds between looks for commits of other processes (the admin CLI on SQLite; on PostgreSQL only
+# while its LISTEN connection is lost), while anyone waits: such a change reaches waiting clients
+# within ~1.5 s
 OTHER_WRITERS_EVERY = 1.0
 WAKE_GRACE = 0.3            # how late an own commit's wake-up may be before it counts as someone else's
 
@@ -185,7 +190,8 @@ class Waiter:
 class FeedStats:
     """Counters for /metrics and tests: how much waking and re-reading the feed does."""
 
-    commits: int = 0        # Wake notices received (one per recorded change)
+    commits: int = 0        # Wake notices received (one per recorded change, ours or heard)
+    heard: int = 0          # of which other processes' (PostgreSQL NOTIFY)
     passes: int = 0         # coalesced wake passes run
     skipped: int = 0        # passes that found the head unmoved
     woken: int = 0          # waiter wake-ups handed out
@@ -198,8 +204,14 @@ class Feed:
     def __init__(self, db: Database):
         self.db = db
         self.database: str | None = None  # our database's key: commits of other apps' databases are ignored
-        self.head = 0                      # newest seq announced by a commit in this process
+        self.head = 0                      # newest seq announced by a commit (ours or heard)
+        # every seq up to `known` was announced (or covered by a head check that woke everyone);
+        # `_above`: those announced above it, out of order (other writers' arrive over the network)
+        self.known = 0
+        self._above: set[int] = set()
+        self.covered = 0                   # every waiter was woken when the head was this (head checks)
         self.closed = False
+        self.listener = None               # the database's LISTEN connection (PostgreSQL)
         self.stats = FeedStats()
         self._pending: list[Wake] = []
         self._scheduled = False
@@ -211,11 +223,16 @@ class Feed:
     async def start(self) -> None:
         """After the database opened: learn its key (as the writer gives it) and head."""
         self.database = await self.db.value(DATABASE_KEY[self.db.engine])
-        self.head = await self.db.value(HEAD[self.db.engine])
+        self.head = self.known = self.covered = await self.db.value(HEAD[self.db.engine])
+        self.listener = self.db.listener()
+        if self.listener is not None:
+            self.listener.subscribe(CHANGES, self.on_notify, self._check_head_soon)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch_other_writers()), loop.create_task(self._let_go_of_the_gone())]
 
     async def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.unsubscribe(self.on_notify, self._check_head_soon)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -233,30 +250,59 @@ class Feed:
                         waiter.event.set()
 
     async def _watch_other_writers(self) -> None:
-        """Commits of another process (the admin CLI writing to a live server's database) call
-        no listener here: while anyone waits, one query per interval for the whole feed notices
-        them and wakes every waiter (their rows are not known: each re-reads once). Commits of
-        this process never wait for it."""
+        """Commits of another process call no listener here: where nothing tells of them (SQLite,
+        or a lost LISTEN connection), one query per interval for the whole feed notices them
+        while anyone waits. Commits of this process never wait for it."""
         while True:
             await asyncio.sleep(OTHER_WRITERS_EVERY)
-            if not self._by_user or self._scheduled:
+            if not self._by_user:
+                # nobody to wake: a waiter's first read starts from the head, so no gap is owed
+                self._known_through(self.head)
                 continue
-            try:
-                head = (await self.db.lookup(HEAD[self.db.engine]))[0]   # one small read on the loop, no reader hop
-            except Exception:   # a closing database: the next round (or cleanup) settles it
-                log.debug("feed head check failed", exc_info=True)
+            if self._scheduled or (self.listener is not None and self.listener.connected):
                 continue
-            if head <= self.head:
-                continue
-            # our own commits become visible to readers a moment before their wake-ups arrive
-            await asyncio.sleep(WAKE_GRACE)
-            if head > self.head:
-                self.head = head
-                for waiters in list(self._by_user.values()):
-                    for waiter in waiters:
-                        if not waiter.event.is_set():
-                            self.stats.woken += 1
-                            waiter.event.set()
+            await self._check_head()
+
+    def _announced(self, seq: int) -> None:
+        if seq <= self.known:
+            return
+        self._above.add(seq)
+        while self.known + 1 in self._above:
+            self.known += 1
+            self._above.discard(self.known)
+
+    def _known_through(self, seq: int) -> None:
+        if seq > self.known:
+            self.known = seq
+            self._above = {s for s in self._above if s > seq}
+
+    def _check_head_soon(self) -> None:
+        """The LISTEN connection is back: what was committed while it was down is looked for once."""
+        self._tasks.append(asyncio.get_running_loop().create_task(self._check_head()))
+
+    async def _check_head(self) -> None:
+        """When the head moved past a seq this feed was not told of, wake every waiter (the rows
+        are not known: each re-reads once). Seqs have no holes on either engine (a rolled-back
+        change gives its number back), so a seq not announced is one committed by a process that
+        told nobody."""
+        try:
+            head = (await self.db.lookup(HEAD[self.db.engine]))[0]   # one small read on the loop, no reader hop
+        except Exception:   # a closing database: the next round (or cleanup) settles it
+            log.debug("feed head check failed", exc_info=True)
+            return
+        if head <= self.known:
+            return
+        # our own commits become visible to readers a moment before their wake-ups arrive
+        await asyncio.sleep(WAKE_GRACE)
+        if head > self.known:
+            self.head = max(self.head, head)
+            self.covered = max(self.covered, head)
+            self._known_through(head)
+            for waiters in list(self._by_user.values()):
+                for waiter in waiters:
+                    if not waiter.event.is_set():
+                        self.stats.woken += 1
+                        waiter.event.set()
 
     async def check_cursor(self, since: int, name: str = "since") -> None:
         """422 for a position this feed has not reached, 410 for one older than what it keeps
@@ -278,14 +324,28 @@ class Feed:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._wake_pass)
 
+    def on_notify(self, payload: str) -> None:
+        """A change another process committed (PostgreSQL NOTIFY, db/notifications.py): woken as
+        one of ours would be. Ours are skipped: `on_commit` had them at our commit."""
+        origin, seq, workspace_id, entity, entity_id, user_id = payload.split(" ")
+        if origin == ORIGIN:
+            return
+        self.stats.heard += 1
+        self.on_commit(Wake(self.database, int(seq), workspace_id, entity, entity_id,
+                            None if user_id == "-" else user_id))
+
     def _wake_pass(self) -> None:
         pending, self._pending, self._scheduled = self._pending, [], False
         self.stats.passes += 1
-        fresh = [c for c in pending if c.seq > self.head]
+        # not `seq > head`: with other writers, wake-ups do not arrive in seq order (ours at our
+        # commit, theirs over the network); only a head check that woke everyone covers a seq
+        fresh = [c for c in pending if c.seq > self.covered]
         if not fresh:
             self.stats.skipped += 1
             return
-        self.head = max(c.seq for c in fresh)
+        self.head = max(self.head, max(c.seq for c in fresh))
+        for change in fresh:
+            self._announced(change.seq)
         targets = set(self._unknown)
         for workspace_id in {c.workspace_id for c in fresh if c.user_id is None}:
             targets |= self._by_workspace.get(workspace_id, set())

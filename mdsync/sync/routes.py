@@ -160,4 +160,8 @@ def readings(feed: Feed) -> list:
          lambda: stats.woken),
         ("counter", "mdsync_feed_waiter_reads", "Pages read by waiting requests (first reads and re-reads)",
          lambda: stats.reads),
+        ("counter", "mdsync_feed_heard", "Changes other processes committed, heard over PostgreSQL LISTEN/NOTIFY",
+         lambda: stats.heard),
+        ("gauge", "mdsync_feed_listening", "1 while the LISTEN connection to PostgreSQL is up (0: head query once a"
+         " second; SQLite: always 0)", lambda: int(feed.listener is not None and feed.listener.connected)),
     ]
