@@ -24,18 +24,12 @@ from tests.builders import Account, join, make_workspace, register
 from tests.processes import ServerProcess, cli_async
 from tests.yclient import YClient
 
-pytestmark = pytest.mark.both_engines
+pytestmark = pytest.mark.postgresql_only
 
 API = "/api/v1"
 CHANGES = f"{API}/sync/changes"
 REVOKED_WITHIN = 2.0   # issue 21: "a role lowered on node A closes the socket on node B within 2 s"
 REACH = 10.0           # bound of the other waits
-
-
-@pytest.fixture(autouse=True)
-def _postgresql_only(engine):
-    if engine != "postgresql":
-        pytest.skip("several nodes share a PostgreSQL database")
 
 
 @pytest.fixture
