@@ -12,12 +12,12 @@ import uuid
 
 import pytest
 
+from mdsync import config
 from mdsync.app import create_app
-from tests import engines, pgserver, redisserver
+from tests import engines, redisserver
 from mdsync.appkeys import SETTINGS
 from tests.ai_setup import OPENAI, team
-from tests.builders import PASSWORD, make_settings, owned_document, register
-from tests.conftest import serve
+from tests.builders import FAST_AUTH, NO_AI_UPSTREAM, PASSWORD, owned_document, register
 from tests.fake_ai_upstream import CHAT_USAGE, fake_ai  # noqa: F401
 from tests.prerequisites import requires
 from tests.readers import settings_rows
@@ -26,7 +26,8 @@ from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.waiting import eventually
 from tests.yclient import YClient
 
-pytestmark = [requires(pgserver.missing_reason()), requires(redisserver.missing_reason())]
+# several nodes need PostgreSQL: `test_x[postgresql]` alone (tests/cluster.py)
+pytestmark = [pytest.mark.postgresql_only, requires(redisserver.missing_reason())]
 
 BUCKET = "mdsync-cluster-limits"
 SECRET = "a-secret-all-nodes-share-" + "x" * 32
@@ -48,25 +49,22 @@ def redis(tmp_path):
 
 
 @pytest.fixture
-def database(tmp_path):
-    name = "t_limits_" + uuid.uuid4().hex[:12]
-    url = engines.cluster().create_database(name, template=engines.TEMPLATE)
-    yield url
-    engines.cluster().drop_database(name)
+def nodes(s3, redis, aiohttp_client, tmp_path):
+    """`await nodes(3, **overrides)`: that many in-process nodes of one cluster, each a test client
+    with a data dir of its own, all on one database (dropped after the test), Redis and bucket."""
+    database = engines.database_url(tmp_path / "cluster")
 
-
-@pytest.fixture
-def nodes(s3, redis, database, aiohttp_client, tmp_path):
-    """`await nodes(3, **overrides)`: that many nodes of one cluster, each a test client."""
     async def start(count: int = 3, **overrides) -> list:
         clients = []
         for n in range(count):
-            settings = make_settings(
-                tmp_path / f"node{n}", database__url=database, server__secret=SECRET,
-                cluster__redis_url=redis.url, storage__backend="s3", storage__s3__endpoint=s3.endpoint,
-                storage__s3__bucket=BUCKET, storage__s3__access_key_id=ACCESS_KEY,
-                storage__s3__secret_access_key=SECRET_KEY, storage__s3__path_style=True, **overrides)
-            clients.append(await serve(aiohttp_client, create_app(settings)))
+            values = {"server.data_dir": tmp_path / f"node{n}", "auth.registration": "open", **FAST_AUTH,
+                      **NO_AI_UPSTREAM, "database.url": database, "server.secret": SECRET,
+                      "cluster.redis_url": redis.url, "storage.backend": "s3", "storage.s3.endpoint": s3.endpoint,
+                      "storage.s3.bucket": BUCKET, "storage.s3.access_key_id": ACCESS_KEY,
+                      "storage.s3.secret_access_key": SECRET_KEY, "storage.s3.path_style": True}
+            values.update({k.replace("__", "."): v for k, v in overrides.items()})
+            settings = config.load(None, environ={}, overrides=values)
+            clients.append(await aiohttp_client(create_app(settings)))
         return clients
     return start
 
