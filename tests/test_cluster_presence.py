@@ -12,7 +12,7 @@ import pytest
 from pycrdt import Doc, Text
 
 from mdsync.app import create_app
-from tests import engines, pgserver, redisserver
+from tests import pgserver, redisserver
 from tests.builders import API, join, make_settings, owned_document
 from tests.prerequisites import requires
 from tests.readers import db_rows, feed
@@ -21,7 +21,7 @@ from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.waiting import eventually
 from tests.yclient import YClient
 
-pytestmark = [requires(pgserver.missing_reason()), requires(redisserver.missing_reason())]
+pytestmark = [pytest.mark.postgresql_only, requires(pgserver.missing_reason()), requires(redisserver.missing_reason())]
 
 BUCKET = "mdsync-cluster"
 SECRET = "cluster-test-secret-0123456789abcdef-0123456789"
@@ -46,15 +46,14 @@ def redis(tmp_path):
 async def make_nodes(aiohttp_client, tmp_path, redis, s3):
     """`await make_nodes(**settings)`: two nodes (in-process apps) sharing one PostgreSQL database
     and one Redis."""
-    made, clients = [], []
+    clients = []
 
     async def build(**overrides):
-        name = "t_cluster_" + uuid.uuid4().hex[:12]
-        url = engines.cluster().create_database(name, template=engines.TEMPLATE)
-        made.append(name)
-        for node in ("a", "b"):
+        # one data dir, hence one database (tests/engines.py), for both; nothing else of it is used
+        data_dir = tmp_path / f"cluster-{uuid.uuid4().hex[:6]}"
+        for _node in ("a", "b"):
             settings = make_settings(
-                tmp_path / f"node-{node}", database__url=url, server__secret=SECRET, cluster__redis_url=redis.url,
+                data_dir, server__secret=SECRET, cluster__redis_url=redis.url,
                 storage__backend="s3", storage__s3__endpoint=s3.endpoint, storage__s3__bucket=BUCKET,
                 storage__s3__access_key_id=ACCESS_KEY, storage__s3__secret_access_key=SECRET_KEY,
                 storage__s3__path_style=True, **overrides)
@@ -62,10 +61,8 @@ async def make_nodes(aiohttp_client, tmp_path, redis, s3):
         return clients[-2:]
 
     yield build
-    for client in clients:  # stopped before their database goes
+    for client in clients:  # stopped before their database goes (the engine fixture's teardown)
         await client.close()
-    for name in made:
-        engines.cluster().drop_database(name)
 
 
 @pytest.fixture
