@@ -2,7 +2,8 @@
 several nodes"): three in-process nodes on one PostgreSQL database, one Redis and one S3 (moto),
 each a real app over real HTTP. Requests spread over the nodes meet one login throttle, one AI
 budget and one AI rate limit; a socket ticket from one node opens a socket once, on any node.
-With Redis stopped, sign-in still works and each node still throttles on its own."""
+With Redis stopped, sign-in still works and each node still throttles on its own. One test runs
+the throttle and AI limits over three `mdsync serve` processes (tests/cluster.py), as the drill."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import hashlib
 import uuid
 
+import aiohttp
 import pytest
 
 from mdsync import config
@@ -17,6 +19,7 @@ from mdsync.app import create_app
 from tests import engines, redisserver
 from mdsync.appkeys import SETTINGS
 from tests.ai_setup import OPENAI, team
+from tests.cluster import NodeCluster
 from tests.builders import FAST_AUTH, NO_AI_UPSTREAM, PASSWORD, owned_document, register
 from tests.fake_ai_upstream import CHAT_USAGE, fake_ai  # noqa: F401
 from tests.prerequisites import requires
@@ -143,8 +146,8 @@ async def test_with_redis_stopped_sign_in_works_and_each_node_throttles_alone(no
 
 
 # -- AI budgets and rate limits ------------------------------------------------------------------
-async def ai_call(node, t) -> int:
-    resp = await node.post(OPENAI + "/chat/completions", json=CHAT, headers=t.headers("editor"))
+async def ai_call(node, t, who: str = "editor") -> int:
+    resp = await node.post(OPENAI + "/chat/completions", json=CHAT, headers=t.headers(who))
     await resp.read()
     return resp.status
 
@@ -171,6 +174,34 @@ async def test_ai_requests_per_minute_spread_over_nodes_stop_at_the_limit(nodes,
     assert statuses.count(200) == 4 and statuses.count(429) == 11, statuses
     for node in (a, b, c):
         assert await ai_call(node, t) == 429
+
+
+# -- the same over `mdsync serve` processes, as the drill runs them ---------------------------------
+@pytest.mark.serial
+async def test_three_served_nodes_hold_the_login_throttle_and_the_ai_limits_together(tmp_path, fake_ai):
+    env = {**fake_ai.environment(), "MDSYNC_AUTH__LOGIN_ATTEMPTS_PER_ADDRESS": "1000"}
+    with NodeCluster(tmp_path / "cluster", nodes=3, env=env) as cluster:
+        sessions = [aiohttp.ClientSession(node.base) for node in cluster.nodes]
+        try:
+            victim = await register(sessions[0])
+            statuses = await asyncio.gather(*(login(node, victim.email, f"guess number {n}")
+                                              for n, node in enumerate(spread(sessions, 30))))
+            assert sorted(statuses).count(401) == 5 and sorted(statuses).count(429) == 25, statuses
+
+            t = await team(sessions[1], "editor")
+            await t.put_limits(user_requests_per_minute=4)
+            statuses = await asyncio.gather(*(ai_call(node, t) for node in spread(sessions, 15)))
+            assert statuses.count(200) == 4 and statuses.count(429) == 11, statuses
+            # 4 calls spent; room for 10 more (each reserves more than it spends: maybe fewer pass)
+            await t.put_limits(tokens_per_month=14 * sum(CHAT_USAGE))
+            statuses = await asyncio.gather(*(ai_call(node, t, "owner") for node in spread(sessions, 30)))
+            passed = statuses.count(200)
+            assert 1 <= passed <= 10 and statuses.count(429) == 30 - passed, statuses
+            spent = cluster.sql("SELECT tokens FROM ai_spend WHERE workspace_id = %s AND user_id = ''", (t.ws,))
+            assert spent[0][0] == (4 + passed) * sum(CHAT_USAGE) <= 14 * sum(CHAT_USAGE)
+        finally:
+            for session in sessions:
+                await session.close()
 
 
 # -- socket tickets ------------------------------------------------------------------------------
