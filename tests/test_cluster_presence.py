@@ -264,3 +264,27 @@ async def test_two_nodes_editing_make_one_projection_and_one_automatic_version(m
     assert {author["id"] for author in autos[0]["authors"]} == {alice.id, bob.id}
     assert stored_markdown(a, doc_id) == "together base\n"
     assert document_upserts(a, ws, doc_id) - before == 1
+
+
+async def test_document_metadata_on_one_node_shows_the_content_etag_after_an_edit_on_another(nodes):
+    a, b = nodes
+    owner, ws, doc_id = await owned_document(a, markdown="base\n")
+    first = await b.get(f"{API}/documents/{doc_id}", headers=owner.headers)
+    assert first.status == 200
+    old_etag = (await first.json())["etag"]
+    resp = await a.put(f"{API}/documents/{doc_id}/content", data="edited on A\n",
+                       headers={**owner.headers, "Content-Type": "text/markdown", "If-Match": old_etag})
+    assert resp.status == 200, await resp.text()
+    new_etag = resp.headers["ETag"]
+    assert new_etag != old_etag
+
+    async def etag_on_b() -> str:
+        resp = await b.get(f"{API}/documents/{doc_id}", headers=owner.headers)
+        return (await resp.json())["etag"]
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while await etag_on_b() != new_etag and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert await etag_on_b() == new_etag
+    content = await b.get(f"{API}/documents/{doc_id}/content", headers=owner.headers)
+    assert await content.text() == "edited on A\n" and content.headers["ETag"] == new_etag

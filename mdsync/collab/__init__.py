@@ -108,8 +108,10 @@ def _yjs_parts(app: web.Application, settings: Settings) -> YjsParts:
     import logging
 
     from mdsync.appkeys import DB
+    from mdsync.cluster import CLUSTER
     from mdsync.collab.projection import Heads
     from mdsync.collab.states import STATES, States
+    from mdsync.db.notifications import CHANGES
     from mdsync.ops.metrics import METRICS
 
     log = logging.getLogger("mdsync.collab")
@@ -127,6 +129,10 @@ def _yjs_parts(app: web.Application, settings: Settings) -> YjsParts:
 
     async def collector(app: web.Application):
         await heads.load()  # document metadata shows content ETags from the first request on
+        listener = db.listener() if app[CLUSTER].enabled else None
+        if listener is not None:
+            # several nodes: a projection another node stores makes this node's memory of it stale
+            listener.subscribe(CHANGES, heads.on_change, heads.clear)
 
         async def sweep():
             while True:
@@ -141,6 +147,8 @@ def _yjs_parts(app: web.Application, settings: Settings) -> YjsParts:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if listener is not None:
+            listener.unsubscribe(heads.on_change, heads.clear)
         for projector in parts.projectors:
             await projector.flush()  # rooms closed at shutdown have stored theirs; anything left goes now
 

@@ -93,6 +93,22 @@ class Heads:
         while len(self._etags) > self.KEPT:
             self._etags.popitem(last=False)
 
+    def forget(self, document_id: str) -> None:
+        self._etags.pop(document_id, None)
+
+    def on_change(self, payload: str) -> None:
+        """Several nodes: a change-feed row committed by any node (PostgreSQL NOTIFY,
+        db/notifications.py: "origin seq workspace entity id user"). Another node may have stored
+        a newer projection of a document: what this node remembers of it goes (the next read
+        asks the database)."""
+        parts = payload.split(" ")
+        if len(parts) >= 5 and parts[3] == "document":
+            self.forget(parts[4])
+
+    def clear(self) -> None:
+        """Several nodes: notifications may have been missed (the LISTEN connection (re)connected)."""
+        self._etags.clear()
+
     async def load(self) -> None:
         """At startup: the projections that are exactly their document's stored state."""
         rows = await self.db.all(
