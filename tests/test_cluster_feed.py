@@ -11,6 +11,8 @@ commits only through PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import collections
+import threading
 import time
 
 import aiohttp
@@ -125,7 +127,16 @@ async def test_while_the_listen_connection_is_lost_the_head_query_wakes_the_poll
     listener = feed_b.listener
     await until(lambda: listener.connected, "node B listens")
     connects = listener.connects
-    monkeypatch.setattr(notifications, "BACKOFF_FIRST", 3.0)   # stays deaf a while
+    monkeypatch.setattr(notifications, "BACKOFF_MAX", 0.5)
+    reachable = asyncio.Event()
+    connect = listener._connect
+
+    async def unreachable_for_now():
+        if not reachable.is_set():
+            raise OSError("PostgreSQL is unreachable (the test says so)")
+        return await connect()
+
+    monkeypatch.setattr(listener, "_connect", unreachable_for_now)
     # PostgreSQL ends the LISTEN session, as a network fault or a server restart would
     with psycopg.connect(node_b.server.app[DB].url, autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(?)".replace("?", "%s"), (listener._conn.info.backend_pid,))
@@ -139,6 +150,7 @@ async def test_while_the_listen_connection_is_lost_the_head_query_wakes_the_poll
     page = await asyncio.wait_for(poll, REACH)
     assert [(c["entity"], c["op"]) for c in page["changes"]] == [("workspace", "upsert")]
     assert feed_b.stats.heard == heard   # found by the head query
+    reachable.set()
     await until(lambda: listener.connected and listener.connects == connects + 1, "node B listens again")
 
     # and is told again
@@ -224,3 +236,55 @@ async def test_a_revocation_committed_after_a_newer_one_is_still_acted_on(nodes)
         assert bobs.close_code == 4401
     finally:
         await bobs.close()
+
+
+# -- a second writer -------------------------------------------------------------------------
+async def test_a_deadlock_between_two_writers_runs_the_losing_job_again_and_fails_nothing(tmp_path):
+    """Two databases (two nodes' writers) on one PostgreSQL, each with a batch of two jobs: a plain
+    insert, then one that locks two rows in the opposite order of the other's. PostgreSQL kills one
+    with a deadlock: that job runs again in a new transaction; the insert before it committed once."""
+    from mdsync.db.postgres import PostgresDatabase
+    from tests import engines
+
+    url = engines.database_url(tmp_path / "two-writers")
+    one, two = PostgresDatabase(url, readers=1), PostgresDatabase(url, readers=1)
+    await one.open()
+    await two.open()
+    try:
+        await one.write(lambda tx: tx.execute("CREATE TABLE crossing (id INT PRIMARY KEY, v INT NOT NULL);"
+                                              " CREATE TABLE written (name TEXT NOT NULL);"
+                                              " INSERT INTO crossing VALUES (1, 0), (2, 0)"))
+        runs: collections.Counter = collections.Counter()
+        both_hold_one = threading.Barrier(2, timeout=20)
+        gate = threading.Event()
+
+        def hold(tx) -> None:
+            gate.wait(20)
+
+        def insert(tx, name: str) -> None:
+            runs["insert " + name] += 1
+            tx.execute("INSERT INTO written (name) VALUES (?)", (name,))
+
+        def cross(tx, name: str, first: int, second: int) -> int:
+            runs[name] += 1
+            tx.execute("UPDATE crossing SET v = v + 1 WHERE id = ?", (first,))
+            if runs[name] == 1:
+                both_hold_one.wait()   # each holds its first row and now wants the other's
+            tx.execute("UPDATE crossing SET v = v + 1 WHERE id = ?", (second,))
+            return runs[name]
+
+        futures = []
+        for db, name, first, second in ((one, "one", 1, 2), (two, "two", 2, 1)):
+            db.submit(hold)   # the next two jobs queue up behind it: one batch
+            futures += [db.submit(insert, name), db.submit(cross, name, first, second)]
+        gate.set()
+        results = await asyncio.wait_for(asyncio.gather(*futures), 60)
+
+        assert sorted(results[1::2]) == [1, 2]   # the loser ran twice, and both succeeded
+        assert one.stats.retries + two.stats.retries == 1
+        assert await one.all("SELECT id, v FROM crossing ORDER BY id") == [(1, 2), (2, 2)]
+        assert sorted(r[0] for r in await one.all("SELECT name FROM written")) == ["one", "two"]
+        assert runs["insert one"] == runs["insert two"] == 1
+    finally:
+        await one.close()
+        await two.close()

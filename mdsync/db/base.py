@@ -3,7 +3,9 @@
 All writes go through one writer thread fed by a queue. Jobs that arrive together share one
 transaction (group commit), each inside its own savepoint so a failing job rolls back alone.
 A write job is a plain function `fn(tx, *args)` that runs SQL on a `Tx`; `await db.write(fn, ...)`
-returns its result once the transaction holding it has committed.
+returns its result once the transaction holding it has committed. A job that loses to another
+writer (PostgreSQL: a deadlock, a serialization failure) is undone and runs again in the next
+transaction: jobs change nothing outside their transaction but through `Tx.after_commit`.
 
 SQL is written once with `?` placeholders and runs on both engines; what differs between SQLite
 and PostgreSQL lives beside the store that needs it, chosen by `db.engine` / `tx.engine`.
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import queue
+import random
 import threading
 import time
 import uuid
@@ -87,13 +90,18 @@ class Tx:
 def run_job_alone(tx: Tx, begin: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Run one write job in a transaction of its own on `tx`'s connection (CLI commands: no
     writer thread); its after-commit callbacks run once it has committed."""
-    tx.conn.execute(begin)
-    try:
-        result = fn(tx, *args)
-        tx.conn.execute("COMMIT")
-    except BaseException:
-        tx.conn.execute("ROLLBACK")
-        raise
+    for attempt in range(RETRIES + 1):
+        tx._after = []
+        tx.conn.execute(begin)
+        try:
+            result = fn(tx, *args)
+            tx.conn.execute("COMMIT")
+            break
+        except BaseException as exc:
+            tx.conn.execute("ROLLBACK")
+            if attempt == RETRIES or not _conflict(exc):
+                raise
+        time.sleep(random.uniform(0.5, 1.5) * RETRY_PAUSE * 2 ** attempt)   # lost to a server's writer
     for callback in tx._after:
         callback()
     return result
@@ -231,11 +239,30 @@ class Database:
             conn.close()
 
     def _commit_batch(self, conn: Any, batch: list[_Job]) -> None:
+        """Commit `batch` in one transaction. A job that loses to another writer (a deadlock or
+        serialization failure, `_conflict`) is undone to its savepoint: the jobs before it commit,
+        and it and the jobs after it run again in a new transaction after a short jittered pause
+        (the other writer finishes meanwhile), in their order, at most `RETRIES` times; so a second
+        writer never fails a whole batch, and no job runs twice unless a COMMIT itself lost."""
+        jobs, retries = batch, 0
+        while jobs:
+            outcomes, jobs = self._try_batch(conn, jobs, last=retries >= RETRIES)
+            self._loop.call_soon_threadsafe(_settle_batch, outcomes)
+            if jobs:
+                retries += 1
+                self.stats.retries += 1
+                log.info("write batch: %d job(s) lost to another writer, again (%d/%d)",
+                         len(jobs), retries, RETRIES)
+                time.sleep(random.uniform(0.5, 1.5) * RETRY_PAUSE * 2 ** (retries - 1))
+
+    def _try_batch(self, conn: Any, batch: list[_Job], last: bool) -> tuple[list, list[_Job]]:
+        """One transaction: the settled outcomes, and the jobs to run again (none when `last`)."""
         started = time.perf_counter()
         outcomes: list[tuple[_Job, Any, BaseException | None, list]] = []
+        again: list[_Job] = []
         try:
             self._begin(conn)
-            for job in batch:
+            for i, job in enumerate(batch):
                 tx = self.tx_class(conn)
                 conn.execute("SAVEPOINT job")
                 try:
@@ -245,19 +272,44 @@ class Database:
                 except BaseException as exc:  # whatever a job raises, its caller hears it; the writer lives on
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    if not last and _conflict(exc):
+                        again = batch[i:]
+                        break
                     outcomes.append((job, None, exc, []))
             conn.execute("COMMIT")
         except Exception as exc:  # the commit itself failed: every job in the batch failed
-            log.error("write batch of %d failed: %s", len(batch), exc)
             try:
                 if self._in_transaction(conn):
                     conn.execute("ROLLBACK")
-            except Exception as again:  # a dead connection: the engine reconnects on the next batch
-                log.error("rollback failed: %s", again)
-            outcomes = [(job, None, exc, []) for job in batch]
+            except Exception as failed:  # a dead connection: the engine reconnects on the next batch
+                log.error("rollback failed: %s", failed)
+            if not last and _conflict(exc):
+                outcomes, again = [], batch   # nothing of it happened: all of it again
+            else:
+                log.error("write batch of %d failed: %s", len(batch), exc)
+                outcomes, again = [(job, None, exc, []) for job in batch], []
         done = time.perf_counter()
-        self.stats.record(len(batch), done - started, max(done - j.enqueued for j in batch))
-        self._loop.call_soon_threadsafe(_settle_batch, outcomes)
+        if outcomes:
+            self.stats.record(len(outcomes), done - started, max(done - job.enqueued for job, *_ in outcomes))
+        return outcomes, again
+
+
+# SQLSTATEs of a transaction that lost to another writer and may simply run again: deadlock
+# detected, serialization failure (PostgreSQL; SQLite has one writer)
+CONFLICTS = frozenset({"40P01", "40001"})
+RETRIES = 5          # new transactions a batch gets after conflicts, before the job fails with the error
+RETRY_PAUSE = 0.02   # seconds before the first one (doubled each time, jittered by +-50 %)
+
+
+def _conflict(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) is a conflict with another writer."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if getattr(exc, "sqlstate", None) in CONFLICTS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
@@ -287,6 +339,7 @@ class WriterStats:
         self.queued = 0
         self.jobs = 0
         self.batches = 0
+        self.retries = 0          # transactions run again after losing to another writer
         self.last_commit_seconds = 0.0
         self.max_wait_seconds = 0.0
         self.commit_seconds_total = 0.0

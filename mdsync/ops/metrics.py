@@ -187,6 +187,8 @@ def database_readings(db) -> list[Reading]:
         ("gauge", "mdsync_db_write_queue_depth", "Write jobs queued and not yet committed", lambda: max(stats.depth, 0)),
         ("counter", "mdsync_db_write_jobs", "Write jobs committed or failed", lambda: stats.jobs),
         ("counter", "mdsync_db_write_batches", "Write transactions (group commits)", lambda: stats.batches),
+        ("counter", "mdsync_db_write_retries", "Write transactions run again after losing to another writer"
+         " (PostgreSQL deadlock or serialization failure)", lambda: stats.retries),
         ("counter", "mdsync_db_commit_seconds", "Time spent running and committing write batches",
          lambda: stats.commit_seconds_total),
         ("gauge", "mdsync_db_last_commit_seconds", "Duration of the latest write batch",
