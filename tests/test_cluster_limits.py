@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
+import time
 import uuid
 
 import aiohttp
@@ -17,7 +19,9 @@ import pytest
 from mdsync import config
 from mdsync.app import create_app
 from tests import engines, redisserver
+from mdsync.ai.ledger import Ledger
 from mdsync.appkeys import SETTINGS
+from mdsync.db import database_for
 from tests.ai_setup import OPENAI, team
 from tests.cluster import NodeCluster
 from tests.builders import FAST_AUTH, NO_AI_UPSTREAM, PASSWORD, owned_document, register
@@ -174,6 +178,54 @@ async def test_ai_requests_per_minute_spread_over_nodes_stop_at_the_limit(nodes,
     assert statuses.count(200) == 4 and statuses.count(429) == 11, statuses
     for node in (a, b, c):
         assert await ai_call(node, t) == 429
+
+
+async def test_an_ai_reservation_aborted_by_a_deadlock_between_nodes_is_made_again(nodes):
+    """Node 1's batch holds the workspace's month row and then waits for a row that node 2's batch
+    took before its reservation, which waits for the month row: PostgreSQL aborts one of them (the
+    reservation, which waited first). The writer runs it again (docs/architecture.md "Databases"):
+    the request gets its reservation, not an error."""
+    a, = await nodes(1)
+    t = await team(a, "editor")
+    await t.put_limits(tokens_per_month=10_000)
+    dbs = [database_for(a.app[SETTINGS], readers=1) for _ in range(2)]
+    for db in dbs:
+        await db.open()
+    one, two = Ledger(dbs[0]), Ledger(dbs[1])
+    await one.reserve(t.ws, t.owner.id, "openai", "gpt-fake", 10)  # the month row exists
+    month_held, limits_held, go = threading.Event(), threading.Event(), threading.Event()
+    month = "UPDATE ai_spend SET tokens = tokens WHERE workspace_id = ? AND user_id = ''"
+    limits = "UPDATE ai_limits SET updated_at = updated_at WHERE workspace_id = ?"
+
+    def node_one(tx):
+        tx.execute(month, (t.ws,))
+        month_held.set()
+        limits_held.wait(10)
+        time.sleep(0.3)  # so that the reservation waits longer: PostgreSQL aborts it, not this
+        tx.execute(limits, (t.ws,))
+
+    def node_two_first(tx):
+        month_held.wait(10)
+        tx.execute(limits, (t.ws,))
+        limits_held.set()
+
+    try:
+        blocker = dbs[1].submit(lambda tx: go.wait(10))  # node 2's next batch: its first job + the reservation
+        held = dbs[0].submit(node_one)
+        first = dbs[1].submit(node_two_first)
+        queued = dbs[1].stats.queued
+        reservation = asyncio.ensure_future(two.reserve(t.ws, t.people["editor"].id, "openai", "gpt-fake", 10))
+        assert await eventually(lambda: dbs[1].stats.queued == queued + 1)
+        go.set()
+        await asyncio.wait_for(asyncio.gather(blocker, held, first), 30)
+        call_id = await asyncio.wait_for(reservation, 30)
+    finally:
+        go.set()
+        month_held.set()
+        limits_held.set()
+        for db in dbs:
+            await db.close()
+    assert t.rows("SELECT reserved FROM ai_calls WHERE id = ?", (call_id,))[0]["reserved"] == 10
 
 
 # -- the same over `mdsync serve` processes, as the drill runs them ---------------------------------
