@@ -253,6 +253,9 @@ def test_every_apply_update_in_mdsync_is_the_gate_or_on_the_servers_own_bytes():
         ("mdsync/syncclient/merge.py", "apply"): "the sync client applying its server's bytes",
         ("mdsync/collab/hocuspocus.py", "_contained"): "a copy of the room's state (the client's: the gate)",
         ("mdsync/transfer/export.py", "read_all"): "snapshot and log rows, gated when accepted",
+        # several nodes: rows another node committed (its gate checked them when it accepted them)
+        ("mdsync/collab/room.py", "_apply_row"): "a log row another node committed, gated when accepted",
+        ("mdsync/collab/room.py", "apply_stored"): "a snapshot another node stored",
     }
     found = set()
 

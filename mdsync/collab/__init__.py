@@ -3,7 +3,8 @@
 protocol.py (wire format) · connection.py (one socket, direct frame writes) · room.py (one open
 document: relay, awareness, persistence) · rooms.py (the manager: load/unload, presence, access
 changes, shutdown; `app[ROOMS]` is the API other features use) · socket.py (the aiohttp adapter)
-· store.py (SQL) · tickets.py (single-use socket tickets) · routes.py (the socket and ticket
+· store.py (SQL) · replication.py (several nodes: rows committed elsewhere, through Redis
+streams and PostgreSQL) · tickets.py (single-use socket tickets) · routes.py (the socket and ticket
 routes) · `install` below (the room manager and its hooks).
 
 Content model `text` as markdown over REST: content.py (`YjsTextContent`, the ContentBackend of
@@ -54,6 +55,7 @@ def install(app: web.Application, settings: Settings) -> None:
             reserved_for_writers=cfg.reserved_writer_connections),
     )
     app[ROOMS] = manager
+    _replicate(app, manager)
     # several nodes: a ticket asked for on one node is spent on another (collab/tickets.py)
     tickets = app[socket.TICKETS] = SharedTickets(db) if settings.clustered else Tickets()
     app[hocuspocus.PREFIXES] = hocuspocus.Prefixes()
@@ -81,6 +83,28 @@ def install(app: web.Application, settings: Settings) -> None:
 
     # on_shutdown runs before the cleanup contexts: every room is flushed while the database is open
     app.on_shutdown.append(flush_rooms)
+
+
+def _replicate(app: web.Application, manager) -> None:
+    """Several nodes: rows numbered at commit, published to Redis and read from the other nodes
+    (replication.py), started with the app and stopped after the rooms flushed at shutdown."""
+    from mdsync.cluster import CLUSTER
+    from mdsync.collab.replication import Replication
+    from mdsync.ops.metrics import METRICS
+
+    cluster = app[CLUSTER]
+    if not cluster.enabled:
+        return
+    replication = Replication(cluster, manager)
+    manager.replicate(replication)
+    app[METRICS].read_at_scrape(replication.readings())
+
+    async def replicating(app: web.Application):
+        replication.start()
+        yield
+        await replication.stop()
+
+    app.cleanup_ctx.append(replicating)
 
 
 class YjsParts:

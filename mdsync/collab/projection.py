@@ -214,7 +214,7 @@ class Projector:
                 room = entry.room
                 if room.closing or room.content_model != self.model:
                     continue  # a closing room's close hook stores the final projection
-                etag, seq, made_from = state_etag(room.doc), room.seq, self._made_from(room)
+                etag, seq, made_from = state_etag(room.doc), room.crdt_seq(), self._made_from(room)
                 text = await self.backend.room_markdown(room)  # reads the room before its first await
                 if text is not None:
                     rows.append((room.document_id, text, etag, seq, made_from, entry))
@@ -273,7 +273,7 @@ class Projector:
         """(what `store_projection` did or None, markdown, ETag)."""
         if not await self.projects(room.document_id):
             return None, "", ""
-        etag, seq, made_from = state_etag(room.doc), room.seq, self._made_from(room)
+        etag, seq, made_from = state_etag(room.doc), room.crdt_seq(), self._made_from(room)
         text = await self.backend.room_markdown(room)  # reads the room before its first await: same instant
         if text is None:
             return None, "", ""

@@ -9,6 +9,12 @@ through the database writer: the manager collects the pending updates of every r
 `flush_delay` and hands them over as one job (one commit for 500 busy documents, not 500); the
 log is compacted into a snapshot past a threshold.
 
+With several nodes (mdsync/collab/replication.py) the same room also takes in the updates other
+nodes committed (`apply_remote`, `apply_stored`): applied to the Doc and sent to this node's
+sockets, never logged again. `seq` then only numbers this node's own rows until they commit
+(the database gives them their real seqs) and counts every change; `known` is the highest seq up
+to which the Doc holds every committed row, and the snapshot a compaction writes is at `known`.
+
 Everything here runs on the event loop without awaiting (except `close`), so a room's state is
 never seen half-changed and a cancelled socket handler cannot leave it inconsistent.
 """
@@ -65,6 +71,10 @@ class Room:
         self.grace_timer: asyncio.TimerHandle | None = None
         # persistence
         self.seq = seq                      # last seq handed out (persisted or pending)
+        # several nodes: every committed row up to `known` is in the Doc; `_ahead` holds the rows
+        # seen past a gap (seq -> another node's update, waiting; None: this node's, in the Doc)
+        self.known = seq
+        self._ahead: dict[int, bytes | None] | None = None
         self.snapshot_bytes = snapshot_bytes
         self._log: list[bytes] = list(log_updates)   # updates since the snapshot (in the DB or pending)
         self._log_bytes = sum(len(u) for u in log_updates)
@@ -416,7 +426,7 @@ class Room:
         """Hand the pending updates to the database writer now, as a job of their own."""
         rows = self.take_pending()
         if rows:
-            self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
+            self._track(self.manager.db.submit(self.manager.append, self.document_id, rows), rows)
         self.compact_if_due()
 
     def take_pending(self) -> list[tuple[int, bytes, str | None]]:
@@ -445,6 +455,8 @@ class Room:
                 return
             if fut.exception() is None:
                 self._unsaved.pop(rows[0][0], None)
+                if self.manager.replication is not None:
+                    self._logged(rows, fut.result())
                 self._saved()
             elif not self.evicted:
                 self._retry(rows)
@@ -470,6 +482,8 @@ class Room:
                 stats.flush_seconds_total += time.perf_counter() - started
                 if rows:
                     self._unsaved.pop(rows[0][0], None)
+                    if self.manager.replication is not None:
+                        self._logged(rows, fut.result())
                 if covers is not None:
                     for first in [f for f in self._unsaved if f <= covers]:
                         del self._unsaved[first]
@@ -492,7 +506,7 @@ class Room:
         future.add_done_callback(done)
 
     def _retry(self, rows: list) -> None:
-        self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
+        self._track(self.manager.db.submit(self.manager.append, self.document_id, rows), rows)
 
     def _compact(self) -> None:
         """Fold the log into a snapshot: the live Doc's full state, which reflects exactly the
@@ -502,13 +516,19 @@ class Room:
             return
         if self._pending:
             rows, self._pending = self._pending, []
-            self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
+            self._track(self.manager.db.submit(self.manager.append, self.document_id, rows), rows)
         if not self._log:
             return
         state = self.doc.get_update()
-        seq = self.seq
         carried = self._not_integrated()
-        self._track(self.manager.db.submit(store.compact, self.document_id, seq, state), None, covers=seq)
+        if self.manager.replication is None:
+            seq = self.seq
+            self._track(self.manager.db.submit(store.compact, self.document_id, seq, state), None, covers=seq)
+        else:
+            # several nodes: the snapshot is at `known` (it holds more: harmless, rows are
+            # idempotent), under the document's advisory lock, and covers no row of this node's
+            # that is still on its way (another node's later snapshot need not hold it: its row must)
+            self._track(self.manager.db.submit(store.compact_locked, self.document_id, self.known, state), None)
         self.snapshot_bytes = len(state)
         self._log = []
         self._log_bytes = 0
@@ -520,7 +540,116 @@ class Room:
             self._log_bytes += len(update)
         if carried:
             rows, self._pending = self._pending, []
-            self._track(self.manager.db.submit(store.append, self.document_id, rows), rows)
+            self._track(self.manager.db.submit(self.manager.append, self.document_id, rows), rows)
+
+    # ---------------------------------------------------------------------------------------
+    # Several nodes: rows committed by the others, and the seqs of this node's own
+    # ---------------------------------------------------------------------------------------
+    def crdt_seq(self) -> int:
+        """The stored seq the live Doc is exactly once what is pending here commits (projection
+        provenance): `seq` on one node; with several, `known` when nothing of this node's is on
+        its way and nothing past a gap is held, else -1 (matches no stored seq)."""
+        if self.manager.replication is None:
+            return self.seq
+        if self._pending or self._unsaved or self._ahead:
+            return -1
+        return self.known
+
+    def apply_remote(self, seq: int, update: bytes) -> None:
+        """A row another node committed. The next one (`known` + 1) is applied to the Doc and
+        sent to every socket here, not logged again, not passed to the room_update hook; one past
+        a gap waits for the rows before it (its dependencies may be among them); one the Doc
+        holds already is skipped."""
+        if self.evicted or seq <= self.known:
+            return
+        if seq > self.known + 1:
+            if self._ahead is None:
+                self._ahead = {}
+            if seq not in self._ahead:
+                self._ahead[seq] = update
+                self.manager.replication.gap_seen(self)
+            return
+        self._apply_row(update)
+        self.known = seq
+        self._advance()
+
+    def _apply_row(self, update: bytes) -> None:
+        try:
+            self.doc.apply_update(update)
+        except Exception as exc:  # another node accepted it: nothing here can do better
+            log.error("could not apply an update of %s from another node: %s", self.document_id, exc)
+            return
+        self._fanout(p.update_message(update), None)
+        self._log.append(update)   # counts towards compaction; carried over if not integrated
+        self._log_bytes += len(update)
+        self.seq += 1  # a change: REST writes compare seq to see whether the room moved on
+        self.manager.stats.remote_updates += 1
+
+    def apply_stored(self, found: store.Since) -> None:
+        """What `store.since(known)` read: a snapshot past `known` (compacted by another node),
+        then the rows after it."""
+        if self.evicted:
+            return
+        if found.snapshot is not None and found.snapshot_seq > self.known:
+            before = self.doc.get_state()
+            try:
+                self.doc.apply_update(found.snapshot)
+            except Exception as exc:
+                log.error("could not apply the snapshot of %s: %s", self.document_id, exc)
+            else:
+                news = self.doc.get_update(before)
+                if news != p.EMPTY_UPDATE:
+                    self._fanout(p.update_message(news), None)
+            self.seq += 1
+            self.known = found.snapshot_seq
+            self._advance()
+        for seq, update in found.rows:
+            self.apply_remote(seq, update)
+
+    def gap(self) -> bool:
+        """Whether rows past `known` are held while one before them is missing."""
+        return bool(self._ahead)
+
+    def missing_up_to(self, head: int) -> bool:
+        """Whether some committed row up to `head` is not in the Doc."""
+        if head <= self.known:
+            return False
+        held = sum(1 for s in self._ahead if s <= head) if self._ahead else 0
+        return held < head - self.known
+
+    def _logged(self, rows: list, first: int | dict[str, int] | None) -> None:
+        """This node's `rows` committed with seqs from `first` on (a dict: a shared job's)."""
+        if isinstance(first, dict):
+            first = first.get(self.document_id)
+        if first is None:  # a job of one node's (a test's stand-in): nothing to number
+            log.error("rows of %s committed without their seqs", self.document_id)
+            return
+        if first == self.known + 1:
+            self.known = first + len(rows) - 1
+            self._advance()
+        else:
+            if self._ahead is None:
+                self._ahead = {}
+            for seq in range(max(first, self.known + 1), first + len(rows)):
+                self._ahead[seq] = None   # in the Doc already
+            if self._ahead:
+                self.manager.replication.gap_seen(self)
+        self.manager.replication.publish(
+            self.document_id, [(first + i, update) for i, (_, update, _) in enumerate(rows)])
+
+    def _advance(self) -> None:
+        """Past `known`: the rows held beyond it that now follow on (applied when another
+        node's, in the Doc already when this node's)."""
+        ahead = self._ahead
+        if not ahead:
+            return
+        while self.known + 1 in ahead:
+            self.known += 1
+            update = ahead.pop(self.known)
+            if update is not None:
+                self._apply_row(update)
+        for seq in [s for s in ahead if s <= self.known]:
+            del ahead[seq]
 
     def _not_integrated(self) -> list[bytes]:
         have = decode_state_vector(self.doc.get_state())

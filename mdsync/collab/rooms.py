@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pycrdt import Doc
@@ -37,6 +37,9 @@ from mdsync.collab.connection import Connection, slim_access
 from mdsync.collab.room import Room, seed_update
 from mdsync.db import Database
 from mdsync.hooks import Hooks
+
+if TYPE_CHECKING:
+    from mdsync.collab.replication import Replication
 
 log = logging.getLogger("mdsync.collab")
 
@@ -61,6 +64,7 @@ class CollabStats:
         self.flush_errors = 0
         self.flush_seconds_total = 0.0
         self.compactions = 0
+        self.remote_updates = 0  # rows committed by other nodes, applied here
         self.rooms_loaded = 0
         self.rooms_unloaded = 0
         self.connections_total = 0
@@ -120,6 +124,21 @@ class RoomManager:
         self.seeders: dict[str, Callable[[str], Awaitable[bytes]]] = {"text": _seed_text}
         self.stats = CollabStats()
         self.shutting_down = False
+        self.replication: Replication | None = None  # several nodes (`replicate`)
+
+    def replicate(self, replication: Replication) -> None:
+        """Several nodes: rows numbered at commit, published and read through `replication`."""
+        self.replication = replication
+
+    # the write jobs of the update log: rooms number their rows on one node; with several nodes
+    # the jobs number them in the committing transaction
+    @property
+    def append(self) -> Callable[..., Any]:
+        return store.append if self.replication is None else store.append_at_head
+
+    @property
+    def append_many(self) -> Callable[..., Any]:
+        return store.append_many if self.replication is None else store.append_many_at_head
 
     # -- rooms -----------------------------------------------------------------------------
     def loaded(self, document_id: str) -> Room | None:
@@ -197,6 +216,8 @@ class RoomManager:
                 await room.drain()
         self.rooms[document_id] = room
         self.stats.rooms_loaded += 1
+        if self.replication is not None:
+            self.replication.watch(room)
         self._arm_grace(room)  # unloads unless a joiner holds it by then
         return room
 
@@ -245,10 +266,10 @@ class RoomManager:
                 batches.append((room, rows))
         if len(batches) == 1:
             room, rows = batches[0]
-            future = self.db.submit(store.append, room.document_id, rows)
+            future = self.db.submit(self.append, room.document_id, rows)
             room._track(future, rows)
         elif batches:
-            future = self.db.submit(store.append_many, [(room.document_id, rows) for room, rows in batches])
+            future = self.db.submit(self.append_many, [(room.document_id, rows) for room, rows in batches])
             started = time.perf_counter()
             count = sum(len(rows) for _, rows in batches)
 
@@ -468,6 +489,8 @@ def readings(manager: RoomManager) -> list:
         ("counter", "mdsync_collab_flush_seconds", "Time from handing updates to the writer to their commit",
          lambda: s.flush_seconds_total),
         ("counter", "mdsync_collab_compactions", "Update logs folded into snapshots", lambda: s.compactions),
+        ("counter", "mdsync_collab_remote_updates", "Updates committed by other nodes and applied here",
+         lambda: s.remote_updates),
         ("counter", "mdsync_collab_rooms_loaded", "Rooms loaded", lambda: s.rooms_loaded),
         ("counter", "mdsync_collab_rooms_unloaded", "Rooms unloaded", lambda: s.rooms_unloaded),
     ]

@@ -3,6 +3,11 @@
 Write jobs (`append`, `compact`, `purge`) run in the database writer thread through
 `db.submit`/`db.write`; `load` reads through the reader pool. A document's state is its snapshot
 plus every logged update after the snapshot's seq.
+
+On one node the room numbers its rows (`append`, `compact`). With several nodes (PostgreSQL) the
+seqs are taken from the document's `doc_heads` row in the committing transaction
+(`append_at_head`, `append_many_at_head`), a compaction runs under the document's advisory lock
+(`compact_locked`), and a node that missed rows reads them back with `since`.
 """
 
 from __future__ import annotations
@@ -117,3 +122,93 @@ async def has_state(db: Database, document_id: str) -> bool:
         "SELECT EXISTS (SELECT 1 FROM doc_snapshots WHERE document_id = ?) "
         "OR EXISTS (SELECT 1 FROM doc_updates WHERE document_id = ?)", (document_id, document_id))
     return bool(row[0])
+
+
+# -- several nodes (PostgreSQL only) ----------------------------------------------------------------
+# pg_try_advisory_xact_lock(COMPACTION_LOCK, hashtext(document id)): one compaction of a document
+# at a time across the nodes (the first key keeps these locks apart from any other feature's)
+COMPACTION_LOCK = 0x6D640001
+
+
+def append_at_head(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | None]]) -> int:
+    """`append` with the seqs taken from the document's head row in this transaction (the rows'
+    own seqs, the room's local numbering, are ignored); the first seq given (the rest follow).
+
+    The head row stays locked until COMMIT, so another node appending to the same document waits
+    for this commit and numbers after it: per document, commits are in seq order. A head behind
+    the stored log (a document written by one node before the cluster, or never by a cluster)
+    starts from the stored seq."""
+    last = tx.value(
+        f"INSERT INTO doc_heads (document_id, seq) VALUES (?1, {stored_seq(tx.engine, '?1')} + ?2)"
+        " ON CONFLICT (document_id) DO UPDATE SET seq = greatest(doc_heads.seq + ?2, excluded.seq)"
+        " RETURNING seq", (document_id, len(rows)))
+    first = last - len(rows) + 1
+    now = clock.iso()
+    tx.executemany(
+        "INSERT INTO doc_updates (document_id, seq, data, user_id, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(document_id, first + i, data, user_id, now) for i, (_, data, user_id) in enumerate(rows)])
+    return first
+
+
+def append_many_at_head(tx: Tx, batches: list[tuple[str, list[tuple[int, bytes, str | None]]]]) -> dict[str, int]:
+    """`append_at_head` for several documents: {document id: first seq}. The head rows are locked
+    in document-id order, so two nodes' batches over the same documents cannot deadlock."""
+    firsts = {}
+    now = clock.iso()
+    values = []
+    for document_id, rows in sorted(batches, key=lambda batch: batch[0]):
+        last = tx.value(
+            f"INSERT INTO doc_heads (document_id, seq) VALUES (?1, {stored_seq(tx.engine, '?1')} + ?2)"
+            " ON CONFLICT (document_id) DO UPDATE SET seq = greatest(doc_heads.seq + ?2, excluded.seq)"
+            " RETURNING seq", (document_id, len(rows)))
+        first = firsts[document_id] = last - len(rows) + 1
+        values.extend((document_id, first + i, data, user_id, now) for i, (_, data, user_id) in enumerate(rows))
+    tx.executemany(
+        "INSERT INTO doc_updates (document_id, seq, data, user_id, created_at) VALUES (?, ?, ?, ?, ?)", values)
+    return firsts
+
+
+def compact_locked(tx: Tx, document_id: str, seq: int, state: bytes) -> bool:
+    """`compact` under the document's advisory lock (held to COMMIT); False, nothing done, when
+    another node holds it (it is compacting: this one skips this time). `seq` is the highest seq
+    up to which this node's Doc holds every row, so only rows it has integrated are deleted; a
+    snapshot older than the stored one is not written."""
+    if not tx.value("SELECT pg_try_advisory_xact_lock(?, hashtext(?))", (COMPACTION_LOCK, document_id)):
+        return False
+    compact(tx, document_id, seq, state)
+    return True
+
+
+@dataclass
+class Since:
+    snapshot: bytes | None   # the stored snapshot when its seq is past the one asked for
+    snapshot_seq: int
+    rows: list[tuple[int, bytes]]   # (seq, update) after the one asked for, in seq order
+
+
+async def since(db: Database, document_id: str, seq: int) -> Since:
+    """What was committed after `seq` (one statement: one consistent view): the rows, and the
+    snapshot too when a compaction folded rows past `seq` into it."""
+    rows = await db.all(
+        "SELECT 0 AS kind, seq, state AS data FROM doc_snapshots WHERE document_id = ?1 AND seq > ?2"
+        " UNION ALL SELECT 1, seq, data FROM doc_updates WHERE document_id = ?1 AND seq > ?2"
+        " ORDER BY kind, seq", (document_id, seq))
+    found = Since(None, 0, [])
+    for row in rows:
+        if row["kind"] == 0:
+            found.snapshot, found.snapshot_seq = bytes(row["data"]), row["seq"]
+        elif row["seq"] > found.snapshot_seq:
+            found.rows.append((row["seq"], bytes(row["data"])))
+    return found
+
+
+async def heads(db: Database, document_ids: list[str]) -> dict[str, int]:
+    """{document id: its head seq} for those of `document_ids` that have a head row."""
+    found = {}
+    for start in range(0, len(document_ids), 500):
+        batch = document_ids[start:start + 500]
+        marks = ",".join("?" * len(batch))
+        for row in await db.all(f"SELECT document_id, seq FROM doc_heads WHERE document_id IN ({marks})",
+                                tuple(batch)):
+            found[row["document_id"]] = row["seq"]
+    return found

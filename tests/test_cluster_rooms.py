@@ -1,0 +1,250 @@
+"""Several nodes, one document (issue 21, "Room updates across nodes"): two apps on one PostgreSQL
+and one Redis (real servers: tests/pgserver.py, tests/redisserver.py; attachments on moto's S3, as
+a cluster requires). Yjs clients on different nodes converge; a flushed or paused Redis costs
+latency, never an edit; nodes compacting the same document at once lose nothing; the log's seqs
+are the commit order, without holes or duplicates; a REST write answered on one node is in
+PostgreSQL and reaches the other node's room."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psycopg
+import pytest
+from pycrdt import Doc, Text
+
+from mdsync.app import create_app
+from mdsync.collab.rooms import ROOMS
+from mdsync import config
+from tests import engines, redisserver
+from tests.builders import FAST_AUTH, NO_AI_UPSTREAM, owned_document
+from tests.prerequisites import requires
+from tests.redisserver import RedisServer
+from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
+from tests.waiting import eventually
+from tests.yclient import YClient
+
+pytestmark = [pytest.mark.postgresql_only, requires(redisserver.missing_reason())]
+
+BUCKET = "mdsync-cluster"
+SECRET = "one-secret-for-every-node-of-the-test-cluster"   # tokens made on one node hold on the others
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    with S3Server(tmp_path_factory.mktemp("moto")) as server:
+        server.create_bucket(BUCKET)
+        yield server
+
+
+@pytest.fixture
+def redis(tmp_path):
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def database(tmp_path) -> str:
+    """The one PostgreSQL database every node of the test shares."""
+    return engines.database_url(tmp_path / "cluster")
+
+
+@pytest.fixture
+def nodes(aiohttp_client, tmp_path, redis, s3, database):
+    """`await nodes(2, collab__snapshot_after_updates=5)`: that many nodes (test clients on apps)."""
+    async def start(count: int, **overrides):
+        started = []
+        for i in range(count):
+            values = {"server.data_dir": tmp_path / f"node{i}", "auth.registration": "open", **FAST_AUTH,
+                      **NO_AI_UPSTREAM, "database.url": database, "server.secret": SECRET,
+                      "cluster.redis_url": redis.url, "storage.backend": "s3", "storage.s3.endpoint": s3.endpoint,
+                      "storage.s3.bucket": BUCKET, "storage.s3.access_key_id": ACCESS_KEY,
+                      "storage.s3.secret_access_key": SECRET_KEY, "storage.s3.path_style": True}
+            values.update({k.replace("__", "."): v for k, v in overrides.items()})
+            started.append(await aiohttp_client(create_app(config.load(None, environ={}, overrides=values))))
+        return started
+    return start
+
+
+def stored_text(url: str, document_id: str) -> str:
+    """The document as PostgreSQL holds it (snapshot + the rows after it), read without a node."""
+    doc = Doc()
+    with psycopg.connect(url) as conn:
+        snap = conn.execute("SELECT seq, state FROM doc_snapshots WHERE document_id = %s", (document_id,)).fetchone()
+        if snap is not None:
+            doc.apply_update(snap[1])
+        for (data,) in conn.execute("SELECT data FROM doc_updates WHERE document_id = %s AND seq > %s ORDER BY seq",
+                                    (document_id, snap[0] if snap else 0)):
+            doc.apply_update(data)
+    return str(doc.get("markdown", type=Text))
+
+
+def log_seqs(url: str, document_id: str) -> tuple[int, list[int]]:
+    """(snapshot seq, the seqs of the rows after it)."""
+    with psycopg.connect(url) as conn:
+        snap = conn.execute("SELECT seq FROM doc_snapshots WHERE document_id = %s", (document_id,)).fetchone()
+        rows = conn.execute("SELECT seq FROM doc_updates WHERE document_id = %s ORDER BY seq", (document_id,))
+        return (snap[0] if snap else 0), [seq for (seq,) in rows]
+
+
+async def content(node, owner, document_id: str) -> str:
+    resp = await node.get(f"/api/v1/documents/{document_id}/content", headers=owner.headers)
+    assert resp.status == 200, await resp.text()
+    return await resp.text()
+
+
+async def typists(nodes, owner, document_id):
+    """One y-websocket client per node, synced."""
+    clients = [await YClient.connect(node, document_id, owner.access_token) for node in nodes]
+    for client in clients:
+        await asyncio.wait_for(client.synced.wait(), 10)
+    return clients
+
+
+async def type_words(clients, words: int, tag: str, pause: float = 0.005) -> list[str]:
+    """Each client appends `words` words of its own, interleaved; every word typed."""
+    typed = []
+    for i in range(words):
+        for n, client in enumerate(clients):
+            word = f"{tag}{n}-{i} "
+            client.insert(len(client.text), word)
+            typed.append(word)
+        await asyncio.sleep(pause)
+    return typed
+
+
+def converged(clients, typed: list[str]) -> bool:
+    texts = {str(client.text) for client in clients}
+    return len(texts) == 1 and all(word in next(iter(texts)) for word in typed)
+
+
+async def close_all(clients) -> None:
+    for client in clients:
+        await client.close()
+
+
+async def test_clients_on_two_nodes_converge_and_the_log_is_the_commit_order(nodes, database):
+    a, b = await nodes(2)
+    owner, _, document_id = await owned_document(a, markdown="start\n")
+    clients = await typists([a, b, a, b], owner, document_id)
+    typed = await type_words(clients, 25, "w")
+    assert await eventually(lambda: converged(clients, typed), timeout=15), [str(c.text) for c in clients]
+    text = str(clients[0].text)
+    assert text.startswith("start")
+    # REST on either node answers the same text
+    assert await eventually(lambda: a.app[ROOMS].loaded(document_id).text() == text
+                            and b.app[ROOMS].loaded(document_id).text() == text, timeout=5)
+    assert await content(a, owner, document_id) == await content(b, owner, document_id)
+    # every update is in PostgreSQL, numbered 1..N without a hole or a duplicate
+    for room in (a.app[ROOMS].loaded(document_id), b.app[ROOMS].loaded(document_id)):
+        await room.drain()
+    snapshot_seq, seqs = log_seqs(database, document_id)
+    assert seqs == list(range(snapshot_seq + 1, snapshot_seq + 1 + len(seqs)))
+    assert stored_text(database, document_id) == text
+    # the remote rows were applied, not logged again: one row per update typed
+    # (+ the seed of each node that loaded the fresh document at once: the same bytes, merged)
+    assert len(seqs) + snapshot_seq <= len(typed) + 2
+    await close_all(clients)
+
+
+async def test_a_rest_write_on_one_node_is_stored_and_reaches_the_room_on_the_other(nodes, database):
+    a, b = await nodes(2)
+    owner, _, document_id = await owned_document(a, markdown="one\n")
+    [bob] = await typists([b], owner, document_id)
+    resp = await a.put(f"/api/v1/documents/{document_id}/content", data="one\ntwo\n", headers=owner.headers)
+    assert resp.status == 200, await resp.text()
+    assert "two" in stored_text(database, document_id)   # answered after commit: in PostgreSQL
+    assert await eventually(lambda: str(bob.text) == "one\ntwo\n", timeout=2)
+    assert await content(b, owner, document_id) == "one\ntwo\n"
+    await close_all([bob])
+
+
+async def test_a_flushed_redis_costs_no_edit(nodes, redis, database):
+    a, b = await nodes(2)
+    owner, _, document_id = await owned_document(a, markdown="")
+    clients = await typists([a, b], owner, document_id)
+    typed = await type_words(clients, 10, "before")
+    redis.flushall()
+    typed += await type_words(clients, 10, "during")
+    redis.flushall()
+    typed += await type_words(clients, 10, "after")
+    ok = await eventually(lambda: converged(clients, typed), timeout=15)
+    if not ok:
+        for node in (a, b):
+            room = node.app[ROOMS].loaded(document_id)
+            print("ROOM", room.known, room._ahead, room.text(), node.app[ROOMS].replication.stats)
+        print("SEQS", log_seqs(database, document_id))
+        print("STORED", stored_text(database, document_id))
+        print("CLIENTS", [str(c.text) for c in clients])
+        raise AssertionError("not converged")
+    for node in (a, b):
+        await node.app[ROOMS].loaded(document_id).drain()
+    assert stored_text(database, document_id) == str(clients[0].text)
+    await close_all(clients)
+
+
+async def test_a_paused_redis_costs_latency_not_data(nodes, redis, database):
+    a, b = await nodes(2)
+    owner, _, document_id = await owned_document(a, markdown="")
+    alice, bob = await typists([a, b], owner, document_id)
+    typed = await type_words([alice, bob], 5, "warm")
+    assert await eventually(lambda: converged([alice, bob], typed), timeout=10)
+    redis.pause()
+    try:
+        alice.insert(len(alice.text), "while-redis-sleeps ")
+        bob.insert(0, "bob-too ")
+        typed += ["while-redis-sleeps ", "bob-too "]
+        # the nodes' head check against PostgreSQL (every ~1 s) carries the edits meanwhile
+        assert await eventually(lambda: converged([alice, bob], typed), timeout=8), (str(alice.text), str(bob.text))
+    finally:
+        redis.resume()
+    typed += await type_words([alice, bob], 5, "resumed")
+    assert await eventually(lambda: converged([alice, bob], typed), timeout=15)
+    for node in (a, b):
+        await node.app[ROOMS].loaded(document_id).drain()
+    assert stored_text(database, document_id) == str(alice.text)
+    await close_all([alice, bob])
+
+
+async def test_nodes_compacting_the_same_document_at_once_lose_nothing(nodes, database):
+    a, b, c = await nodes(3, collab__snapshot_after_updates=4)
+    owner, _, document_id = await owned_document(a, markdown="")
+    clients = await typists([a, b, c], owner, document_id)
+    typed = []
+    for burst in range(6):
+        typed += await type_words(clients, 4, f"b{burst}-", pause=0)
+        await asyncio.sleep(0.03)
+        for node in (a, b, c):   # and every node compacts at the same instant
+            room = node.app[ROOMS].loaded(document_id)
+            room._compact()
+    assert await eventually(lambda: converged(clients, typed), timeout=15), [str(c.text) for c in clients]
+    for node in (a, b, c):
+        node.app[ROOMS].loaded(document_id)._compact()
+    for node in (a, b, c):
+        await node.app[ROOMS].loaded(document_id).drain()
+    assert node.app[ROOMS].stats.compactions > 0
+    text = str(clients[0].text)
+    assert stored_text(database, document_id) == text
+    snapshot_seq, seqs = log_seqs(database, document_id)
+    assert snapshot_seq > 0
+    assert seqs == list(range(snapshot_seq + 1, snapshot_seq + 1 + len(seqs)))
+    await close_all(clients)
+    # a node opening it afresh reads exactly that
+    [d] = await nodes(1)
+    assert await content(d, owner, document_id) == text
+
+
+async def test_a_room_opened_later_on_another_node_starts_from_postgresql(nodes, redis):
+    a, b = await nodes(2)
+    owner, _, document_id = await owned_document(a, markdown="")
+    [alice] = await typists([a], owner, document_id)
+    typed = await type_words([alice], 10, "early")
+    await a.app[ROOMS].loaded(document_id).drain()
+    redis.stop()   # no Redis at all from here on
+    [bob] = await typists([b], owner, document_id)
+    assert converged([alice, bob], typed)
+    bob.insert(0, "late ")
+    assert await eventually(lambda: converged([alice, bob], [*typed, "late "]), timeout=8)
+    await close_all([alice, bob])
+
