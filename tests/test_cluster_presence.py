@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import aiohttp
 import pytest
 
 from pycrdt import Doc, Text
 
 from mdsync.app import create_app
 from tests import pgserver, redisserver
-from tests.builders import API, join, make_settings, owned_document
+from tests.builders import API, join, make_settings, make_workspace, owned_document, register
+from tests.builders import document as new_document
+from tests.cluster import NodeCluster
+from tests.nodeclients import needs_node, run_node
 from tests.prerequisites import requires
 from tests.readers import db_rows, feed
 from tests.redisserver import RedisServer
@@ -288,3 +292,20 @@ async def test_document_metadata_on_one_node_shows_the_content_etag_after_an_edi
     assert await etag_on_b() == new_etag
     content = await b.get(f"{API}/documents/{doc_id}/content", headers=owner.headers)
     assert await content.text() == "edited on A\n" and content.headers["ETag"] == new_etag
+
+
+@pytest.mark.serial  # two `mdsync serve` nodes, Redis, S3 and npm clients: the drill's kind of test
+@needs_node
+async def test_real_clients_on_two_serve_nodes_see_each_others_awareness(tmp_path):
+    with NodeCluster(tmp_path / "cluster", nodes=2) as cluster:
+        a, b = cluster.nodes
+        async with aiohttp.ClientSession(a.base) as http:
+            owner = await register(http, name="Owner")
+            ws = await make_workspace(http, owner)
+            doc = await new_document(http, owner, ws, "Doc", markdown="hello\n")
+        ws_a, ws_b = (node.base.replace("http://", "ws://") for node in (a, b))
+        result = await run_node("cluster_awareness.mjs", "spread", {
+            "yurlA": f"{ws_a}/ws/docs", "yurlB": f"{ws_b}/ws/docs", "hurlB": f"{ws_b}/ws/hocuspocus",
+            "doc": doc["id"], "token": owner.access_token}, timeout=60)
+        assert (result["a"], result["b"], result["h"]) == ("A,B,H", "A,B,H", "A,B,H")
+        assert result["removed"] is True

@@ -9,7 +9,8 @@ a NUL byte, then
   late joiners, sent to their sockets), removals ("null" states of a leaving socket) alike;
 - `q`: a node just opened the room (or reconnected to Redis): the others answer with the states of
   their own sockets (`mdsync.collab.room.Room.local_awareness`), so its joiners see everyone at
-  once instead of at the next renewal.
+  once instead of at the next renewal. Its own sockets' states go with it: two nodes that open a
+  room at once may each have published them before the other listened.
 
 Sending never awaits on the room's path (`on_awareness` queues; one task publishes, a pipeline
 per batch; past `MAX_QUEUED` messages are dropped). One task listens: it subscribes to the rooms
@@ -127,6 +128,12 @@ class AwarenessRelay:
             await pubsub.subscribe(*(self.prefix + document_id for document_id in new))
             self._subscribed |= new
             for document_id in new:
+                # what our sockets set before we listened was sent to nobody who had subscribed
+                # yet: send it again (nodes that subscribe later ask for it themselves)
+                room = self.rooms.loaded(document_id)
+                mine = room.local_awareness() if room is not None else None
+                if mine is not None:
+                    self._send(document_id, b"a" + mine)
                 self._send(document_id, b"q")
         if gone:
             await pubsub.unsubscribe(*(self.prefix + document_id for document_id in gone))
