@@ -1,5 +1,9 @@
 """Accounts and sign-in over real HTTP (docs/api.md "Auth and accounts"): every flow end to end,
-forged and stale tokens, disabled users, throttling, personal access tokens and the audit log."""
+forged and stale tokens, disabled users, throttling, personal access tokens and the audit log.
+
+The server keeps who is behind a session or token for a second (mdsync/auth/principals.py): its
+own changes reach the very next request, another process's within a second (waited for here with
+a bound of a few seconds, OTHER_PROCESS)."""
 
 from __future__ import annotations
 
@@ -19,10 +23,12 @@ from mdsync.auth.routes import AUTH
 from mdsync.db import run_offline
 from tests.builders import PASSWORD, bearer, register
 from tests.processes import cli_async
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.both_engines
 
 PROBLEM = "application/problem+json"
+OTHER_PROCESS = 5.0  # bound for a change made by another process (the server sees it within ~1 s)
 
 
 async def problem(resp, status: int, slug: str) -> dict:
@@ -45,6 +51,18 @@ async def refresh(client, token: str):
 async def me_status(client, token: str) -> int:
     resp = await client.get("/api/v1/me", headers=bearer(token))
     return resp.status
+
+
+async def me_status_soon(client, token: str, expected: int) -> int:
+    """The status of GET /me once it is `expected`, or after OTHER_PROCESS seconds of asking."""
+    statuses = []
+
+    async def check() -> bool:
+        statuses.append(await me_status(client, token))
+        return statuses[-1] == expected
+
+    await eventually(check, timeout=OTHER_PROCESS, interval=0.05)
+    return statuses[-1]
 
 
 async def audit_actions(client) -> list[str]:
@@ -486,33 +504,36 @@ async def test_refresh_endpoint_refuses_an_access_token(client):
 # -- disabled users (admin CLI on the data dir of the running server) ----------------------------
 
 
-async def test_disabled_user_is_locked_out_at_once(client, settings):
+async def test_disabled_user_is_locked_out_within_a_second(client, settings):
     account = await register(client)
     pat = await create_pat(client, account)
+    assert await me_status(client, pat["token"]) == 200   # both known to the server
     code, out = await cli_async(settings.data_dir, "users", "disable", account.email)
     assert code == 0, out
-    assert await me_status(client, account.access_token) == 401
-    assert await me_status(client, pat["token"]) == 401
+    # sign-in and refresh read the database: refused at once
     await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")
     await problem(await login(client, account.email), 401, "unauthenticated")
+    assert await me_status_soon(client, account.access_token, 401) == 401
+    assert await me_status_soon(client, pat["token"], 401) == 401
 
     code, out = await cli_async(settings.data_dir, "users", "enable", account.email)
     assert code == 0, out
     assert (await login(client, account.email)).status == 200
-    assert await me_status(client, pat["token"]) == 200
+    assert await me_status_soon(client, pat["token"], 200) == 200
     # the sessions that the disable ended stay ended
     assert await me_status(client, account.access_token) == 401
 
 
-async def test_disabled_flag_alone_stops_every_token(client, settings):
+async def test_disabled_flag_alone_stops_every_token_within_a_second(client, settings):
     # whoever sets disabled_at (another admin tool, a future endpoint) need not also end sessions
     account = await register(client)
     pat = await create_pat(client, account)
+    assert await me_status(client, pat["token"]) == 200
     # another process's connection, beside the server's
     run_offline(settings, lambda tx: tx.execute(
         "UPDATE users SET disabled_at = '2026-01-01T00:00:00.000000Z' WHERE id = ?", (account.id,)))
-    assert await me_status(client, account.access_token) == 401
-    assert await me_status(client, pat["token"]) == 401
+    assert await me_status_soon(client, account.access_token, 401) == 401
+    assert await me_status_soon(client, pat["token"], 401) == 401
     await problem(await refresh(client, account.refresh_token), 401, "unauthenticated")
     await problem(await login(client, account.email), 401, "unauthenticated")
 
@@ -524,6 +545,92 @@ async def test_user_created_by_cli_can_sign_in_at_once(client, settings):
     resp = await login(client, "cli@example.com")
     assert resp.status == 200
     assert (await resp.json())["user"]["name"] == "From CLI"
+
+
+# -- who is behind a token, kept for a second (auth/principals.py) -------------------------------
+@pytest.fixture
+def cached_for_an_hour(client, monkeypatch):
+    """The server keeps what it read of sessions and tokens an hour instead of a second: only its
+    forgetting them on a change can make the change visible to the requests below."""
+    monkeypatch.setattr(client.app[AUTH].principals, "ttl", 3600.0)
+
+
+async def test_every_revocation_over_http_stops_a_known_token_at_the_very_next_request(client, cached_for_an_hour):
+    account = await register(client, device_name="desktop")
+    phone = await (await login(client, account.email, device_name="phone")).json()
+    laptop = await (await login(client, account.email, device_name="laptop")).json()
+    tablet = await (await login(client, account.email, device_name="tablet")).json()
+    pat, script = await create_pat(client, account), await create_pat(client, account)
+    everyone = [account.access_token, phone["access_token"], laptop["access_token"], tablet["access_token"],
+                pat["token"], script["token"]]
+    assert [await me_status(client, token) for token in everyone] == [200] * 6   # all known now
+
+    # sign-out
+    assert (await client.post("/api/v1/auth/logout", headers=bearer(laptop["access_token"]))).status == 204
+    assert await me_status(client, laptop["access_token"]) == 401
+    # a device signed out from another
+    listing = await (await client.get("/api/v1/auth/sessions", headers=account.headers)).json()
+    phone_id = next(s["id"] for s in listing["items"] if s["device_name"] == "phone")
+    assert (await client.delete(f"/api/v1/auth/sessions/{phone_id}", headers=account.headers)).status == 204
+    assert await me_status(client, phone["access_token"]) == 401
+    # a deleted personal access token
+    assert (await client.delete(f"/api/v1/me/tokens/{pat['id']}", headers=account.headers)).status == 204
+    assert await me_status(client, pat["token"]) == 401
+    assert [await me_status(client, t) for t in (account.access_token, tablet["access_token"], script["token"])] \
+        == [200, 200, 200]
+    # a password change: every other session and every token
+    resp = await client.post("/api/v1/me/password", headers=account.headers,
+                             json={"current_password": PASSWORD, "new_password": "a new password"})
+    assert resp.status == 204
+    assert await me_status(client, tablet["access_token"]) == 401
+    assert await me_status(client, script["token"]) == 401
+    assert await me_status(client, account.access_token) == 200
+
+
+async def test_account_changes_in_the_server_reach_the_very_next_request(client, cached_for_an_hour):
+    from mdsync.auth import admin
+
+    account = await register(client, name="Ada")
+    pat = await create_pat(client, account)
+    db = client.app[DB]
+    for token in (account.access_token, pat["token"]):
+        me = await (await client.get("/api/v1/me", headers=bearer(token))).json()
+        assert (me["name"], me["is_admin"]) == ("Ada", False)
+    resp = await client.patch("/api/v1/me", json={"name": "Ada L."}, headers=account.headers)
+    assert resp.status == 200
+    # the admin CLI's jobs, run by this process (as an admin endpoint would)
+    await db.write(lambda tx: admin.set_admin(tx, account.id, True, via="test"))
+    for token in (account.access_token, pat["token"]):
+        me = await (await client.get("/api/v1/me", headers=bearer(token))).json()
+        assert (me["name"], me["is_admin"]) == ("Ada L.", True)
+    await db.write(lambda tx: admin.set_disabled(tx, account.id, True, via="test"))
+    assert await me_status(client, account.access_token) == 401
+    assert await me_status(client, pat["token"]) == 401
+
+
+async def test_the_admin_cli_disabling_a_user_stops_a_known_token(client, settings, cached_for_an_hour):
+    # another process: the revocation it writes reaches the server through its watcher
+    account = await register(client)
+    pat = await create_pat(client, account)
+    assert [await me_status(client, t) for t in (account.access_token, pat["token"])] == [200, 200]
+    code, out = await cli_async(settings.data_dir, "users", "disable", account.email)
+    assert code == 0, out
+    assert await me_status_soon(client, account.access_token, 401) == 401
+    assert await me_status_soon(client, pat["token"], 401) == 401
+
+
+async def test_a_profile_changed_by_another_process_shows_within_a_second(client, settings):
+    account = await register(client, name="Ada")
+    pat = await create_pat(client, account)
+    for token in (account.access_token, pat["token"]):
+        assert (await (await client.get("/api/v1/me", headers=bearer(token))).json())["name"] == "Ada"
+    run_offline(settings, lambda tx: tx.execute("UPDATE users SET name = 'Grace', is_admin = 1 WHERE id = ?",
+                                                (account.id,)))
+    for token in (account.access_token, pat["token"]):
+        async def shows() -> bool:
+            me = await (await client.get("/api/v1/me", headers=bearer(token))).json()
+            return (me["name"], me["is_admin"]) == ("Grace", True)
+        assert await eventually(shows, timeout=OTHER_PROCESS, interval=0.05)
 
 
 # -- throttling ------------------------------------------------------------------------------------

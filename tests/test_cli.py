@@ -24,6 +24,7 @@ from tests.processes import MDSYNC, ROOT, subprocess_env
 from tests.processes import cli as run  # `cli` here is the package under test
 from tests.processes import cli_async as arun
 from tests.readers import settings_rows
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.both_engines
 
@@ -160,6 +161,20 @@ async def login(client, email: str, password: str = PASSWORD):
 
 
 async def test_admin_commands_take_effect_on_a_running_server(client, settings):
+    # the server sees another process's changes within a second (auth/principals.py): waited for
+    # with a bound of a few seconds
+    async def me_soon(headers, **expected) -> dict:
+        seen = {}
+
+        async def check() -> bool:
+            resp = await client.get("/api/v1/me", headers=headers)
+            seen.clear()
+            seen.update(await resp.json(), status=resp.status)
+            return all(seen.get(k) == v for k, v in expected.items())
+
+        await eventually(check, timeout=5.0, interval=0.05)
+        return {k: seen.get(k) for k in expected}
+
     data = settings.data_dir
     code, out = await arun(data, "users", "create", "ops@example.com", "--password-stdin", stdin=PASSWORD + "\n")
     assert code == 0, out
@@ -171,17 +186,17 @@ async def test_admin_commands_take_effect_on_a_running_server(client, settings):
 
     code, out = await arun(data, "users", "set-admin", "ops@example.com")
     assert code == 0 and "now a server admin" in out
-    assert (await (await client.get("/api/v1/me", headers=headers)).json())["is_admin"] is True
+    assert await me_soon(headers, is_admin=True) == {"is_admin": True}
     code, out = await arun(data, "users", "set-admin", "ops@example.com", "--revoke")
     assert code == 0 and "no longer" in out
-    assert (await (await client.get("/api/v1/me", headers=headers)).json())["is_admin"] is False
+    assert await me_soon(headers, is_admin=False) == {"is_admin": False}
 
     code, out = await arun(data, "users", "disable", "ops@example.com")
     assert code == 0, out
     code, out = await arun(data, "users", "list")
     assert "disabled" in next(line for line in out.splitlines() if "ops@example.com" in line)
     assert (await login(client, "ops@example.com")).status == 401
-    assert (await client.get("/api/v1/me", headers=headers)).status == 401
+    assert await me_soon(headers, status=401) == {"status": 401}
     code, out = await arun(data, "users", "enable", "ops@example.com")
     assert code == 0, out
     assert (await login(client, "ops@example.com")).status == 200

@@ -8,8 +8,9 @@ from mdsync.config import Settings
 
 
 def install(app: web.Application, settings: Settings) -> None:
-    """The sign-in service at app[AUTH], also the request authenticator, and the /auth and /me
-    routes; the revocations watcher (auth/revocations.py); password-hashing threads end at cleanup."""
+    """The sign-in service at app[AUTH], also the request authenticator (with its cache of
+    principals, auth/principals.py), and the /auth and /me routes; the revocations watcher
+    (auth/revocations.py); password-hashing threads end at cleanup."""
     import functools
 
     from mdsync.api.routing import AUTHENTICATOR, add_routes
@@ -26,6 +27,9 @@ def install(app: web.Application, settings: Settings) -> None:
     app[AUTH] = auth
     app[AUTHENTICATOR] = auth
     add_routes(app, routes)
+    # principals cached for a second (auth/principals.py) are forgotten when a revocation comes in,
+    # also from another process (this process's own changes empty the cache at their commit)
+    hooks.sessions_revoked.append(auth.principals.clear)
     # credentials ended and access changed, by this process or another (the admin CLI), reach the
     # live sockets, streams and tickets through the same hooks (once the database is open)
     revocations.install(app, app[DB], functools.partial(call_each, hooks.sessions_revoked),

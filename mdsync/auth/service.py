@@ -15,9 +15,10 @@ from aiohttp import web
 from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, NotFound, RateLimited, Unauthenticated, ValidationFailed
 from mdsync.auth import store
+from mdsync.auth.principals import Principals
 from mdsync.auth.passwords import Passwords
 from mdsync.auth.throttle import window
-from mdsync.auth.tokens import PAT_PREFIX, REFRESH_PREFIX, AccessTokens, Principal, opaque
+from mdsync.auth.tokens import PAT_PREFIX, REFRESH_PREFIX, AccessTokens, Principal, digest, opaque
 from mdsync.config import Settings
 from mdsync.db import Database, Tx
 from mdsync.hooks import Hooks
@@ -64,6 +65,7 @@ class AuthService:
         self.register_by_address = window(cluster, "register", cfg.register_attempts_per_address, 60)
         self.refresh_by_address = window(cluster, "refresh", cfg.refresh_attempts_per_address, 60)
         self.setup_token: str | None = None
+        self.principals = Principals()  # sessions and tokens read within the last second
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies]
 
     # -- request identity ------------------------------------------------------------------
@@ -108,32 +110,54 @@ class AuthService:
         return principal
 
     async def principal_from_token(self, token: str) -> Principal | None:
-        """The caller behind an access JWT or a personal access token, or None."""
+        """The caller behind an access JWT or a personal access token, or None. What the
+        database says of the session or token is kept for a second (auth/principals.py)."""
         if token.startswith(PAT_PREFIX):
             return await self._from_api_token(token)
         claims = self.access.verify(token)
         if claims is None:
             return None
-        row = await store.session_state(self.db, claims.session_id)
-        if row is None or row["user_id"] != claims.user_id or row["revoked_at"] or row["disabled_at"]:
+        session_id = claims.session_id
+        entry = self.principals.get(session_id)
+        if entry is None:
+            generation = self.principals.generation
+            row = await store.session_state(self.db, session_id)
+            if row is None:
+                return None
+            principal = None if row["revoked_at"] or row["disabled_at"] else Principal(
+                row["user_id"], row["name"], row["email"], bool(row["is_admin"]), session_id=session_id,
+                expires_at=claims.expires_at, user_created_at=row["created_at"])
+            entry = self.principals.put(session_id, generation, principal)
+        principal = entry[1]
+        if principal is None or principal.user_id != claims.user_id:
             return None
-        return Principal(claims.user_id, row["name"], row["email"], bool(row["is_admin"]),
-                         session_id=claims.session_id, expires_at=claims.expires_at, user_created_at=row["created_at"])
+        if principal.expires_at != claims.expires_at:   # another access token of the same session
+            principal = principal._replace(expires_at=claims.expires_at)
+        return principal
 
     async def _from_api_token(self, token: str) -> Principal | None:
-        row = await store.api_token_state(self.db, token)
-        if row is None or row["disabled_at"]:
-            return None
-        if row["expires_at"] and row["expires_at"] <= clock.iso():
+        key = digest(token)
+        entry = self.principals.get(key)
+        if entry is None:
+            generation = self.principals.generation
+            row = await store.api_token_state(self.db, key)
+            if row is None:
+                return None   # not kept: guesses would push out the tokens in use
+            principal = None if row["disabled_at"] else Principal(
+                row["user_id"], row["name"], row["email"], bool(row["is_admin"]), token_id=row["id"],
+                scopes=_scopes(row["scopes"]),
+                expires_at=clock.parse(row["expires_at"]).timestamp() if row["expires_at"] else None,
+                user_created_at=row["created_at"])
+            entry = self.principals.put(key, generation, principal, row["last_used_at"])
+        principal = entry[1]
+        if principal is None or (principal.expires_at is not None and principal.expires_at <= clock.timestamp()):
             return None
         # last_used_at to the minute is enough; do not queue a write for every request
-        last_used = row["last_used_at"]
+        last_used = entry[2]
         if not last_used or last_used < _a_minute_ago():
-            self.db.submit(store.touch_api_token, row["id"])
-        return Principal(row["user_id"], row["name"], row["email"], bool(row["is_admin"]),
-                         token_id=row["id"], scopes=_scopes(row["scopes"]),
-                         expires_at=clock.parse(row["expires_at"]).timestamp() if row["expires_at"] else None,
-                         user_created_at=row["created_at"])
+            entry[2] = clock.iso()
+            self.db.submit(store.touch_api_token, principal.token_id)
+        return principal
 
     # -- sign-in ---------------------------------------------------------------------------
     def _pair(self, user: Any, session_id: str, refresh_token: str) -> dict:

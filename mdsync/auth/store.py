@@ -1,7 +1,9 @@
 """SQL for users, sessions, refresh tokens and personal access tokens.
 
 Write functions take the writer's `Tx` and run inside its transaction; read functions take the
-`Database` and use a read connection.
+`Database` and use a read connection. Every write that changes what a request's principal is made
+of (a user row, a session ended, a token deleted) calls `principals.changed`: the principals
+cached in this process are forgotten when it commits.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 from typing import Any
 
 from mdsync import clock
-from mdsync.auth import revocations
+from mdsync.auth import principals, revocations
 from mdsync.auth.tokens import digest
 from mdsync.db import Database, IntegrityError, Tx, new_id
 
@@ -70,12 +72,14 @@ def update_user(tx: Tx, user_id: str, **fields) -> Any:
                            (*fields.values(), clock.iso(), user_id))
         except IntegrityError:
             raise EmailTaken(fields.get("email")) from None
+        principals.changed(tx)
     return user_by_id_tx(tx, user_id)
 
 
 def delete_user(tx: Tx, user_id: str) -> None:
     """Delete the account; its sessions and tokens go with it (their connections close)."""
     tx.execute("DELETE FROM users WHERE id = ?", (user_id,))
+    principals.changed(tx)
     revocations.credentials_ended(tx, user_id, None)
 
 
@@ -116,6 +120,7 @@ def revoke_session(tx: Tx, session_id: str) -> None:
     # all(): a RETURNING statement must run to its end before the job's savepoint is released
     for row in tx.all("UPDATE sessions SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL RETURNING user_id",
                       (clock.iso(), session_id)):
+        principals.changed(tx)
         revocations.credentials_ended(tx, row["user_id"], [session_id])
 
 
@@ -125,6 +130,8 @@ def revoke_sessions_of(tx: Tx, user_id: str, keep: str | None = None) -> list[st
     tx.execute("UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL AND id IS DISTINCT FROM ?",
                (clock.iso(), user_id, keep))
     ended = [row["id"] for row in rows]
+    if ended:
+        principals.changed(tx)
     revocations.credentials_ended(tx, user_id, ended)
     return ended
 
@@ -190,6 +197,7 @@ async def list_api_tokens(db: Database, user_id: str, after: tuple[str, str] | N
 def delete_api_token(tx: Tx, token_id: str, user_id: str) -> bool:
     if tx.execute("DELETE FROM api_tokens WHERE id = ? AND user_id = ?", (token_id, user_id)).rowcount == 0:
         return False
+    principals.changed(tx)
     revocations.credentials_ended(tx, user_id, [token_id])
     return True
 
@@ -198,6 +206,7 @@ def delete_api_tokens_of(tx: Tx, user_id: str) -> list[str]:
     """Revoke every personal access token of a user; returns their ids."""
     ended = [r[0] for r in tx.all("DELETE FROM api_tokens WHERE user_id = ? RETURNING id", (user_id,))]
     if ended:
+        principals.changed(tx)
         revocations.credentials_ended(tx, user_id, ended)
     return ended
 
@@ -207,10 +216,11 @@ async def session_signed_in_at(db: Database, session_id: str) -> str | None:
     return await db.value("SELECT created_at FROM sessions WHERE id = ?", (session_id,))
 
 
-async def api_token_state(db: Database, token: str) -> Any | None:
+async def api_token_state(db: Database, token_hash: str) -> Any | None:
+    """What every request with a personal access token needs, by the token's `digest`."""
     return await db.lookup(
         "SELECT t.id, t.user_id, t.scopes, t.expires_at, t.last_used_at, u.email, u.name, u.is_admin, u.disabled_at,"
-        " u.created_at FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (digest(token),))
+        " u.created_at FROM api_tokens t JOIN users u ON u.id = t.user_id WHERE t.token_hash = ?", (token_hash,))
 
 
 async def api_token_by_id(db: Database, token_id: str) -> Any | None:
