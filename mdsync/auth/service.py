@@ -15,8 +15,8 @@ from aiohttp import web
 from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, NotFound, RateLimited, Unauthenticated, ValidationFailed
 from mdsync.auth import store
-from mdsync.auth.principals import Principals
 from mdsync.auth.passwords import Passwords
+from mdsync.auth.principals import Principals
 from mdsync.auth.throttle import window
 from mdsync.auth.tokens import PAT_PREFIX, REFRESH_PREFIX, AccessTokens, Principal, digest, opaque
 from mdsync.config import Settings
