@@ -107,6 +107,7 @@ class Replication:
         """A room just loaded (its `known` from PostgreSQL): read its stream from a little before
         the load, so that nothing published during the load is missed (rows at or below `known`
         are skipped)."""
+        # the wall clock, not mdsync.clock: stream entry ids are Redis's milliseconds since 1970
         self._ids[room.document_id] = f"{int(time.time() * 1000) - START_BACK_MS}-0".encode()
 
     def gap_seen(self, room: Room) -> None:
