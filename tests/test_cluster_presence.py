@@ -309,3 +309,36 @@ async def test_real_clients_on_two_serve_nodes_see_each_others_awareness(tmp_pat
             "doc": doc["id"], "token": owner.access_token}, timeout=60)
         assert (result["a"], result["b"], result["h"]) == ("A,B,H", "A,B,H", "A,B,H")
         assert result["removed"] is True
+
+
+@pytest.mark.serial  # two `mdsync serve` nodes, one of them killed
+async def test_the_users_of_a_killed_node_leave_the_presence_lists_within_15_seconds(tmp_path):
+    with NodeCluster(tmp_path / "cluster", nodes=2) as cluster:
+        a, b = cluster.nodes
+        async with aiohttp.ClientSession(a.base) as http:
+            owner = await register(http, name="Owner")
+            ws = await make_workspace(http, owner)
+            doc = await new_document(http, owner, ws, "Doc", markdown="hello\n")
+            editor = await join(http, owner, ws, "editor", name="Eddie")
+        async with aiohttp.ClientSession() as http:
+            on_a = await http.ws_connect(a.url(f"/ws/docs/{doc['id']}?token={owner.access_token}"))
+            on_b = await http.ws_connect(b.url(f"/ws/docs/{doc['id']}?token={editor.access_token}"))
+
+            async def listed() -> set[str]:
+                async with http.get(b.url(f"{API}/documents/{doc['id']}/presence"), headers=owner.headers) as resp:
+                    assert resp.status == 200
+                    return {item["user_id"] for item in (await resp.json())["items"]}
+
+            async def until(check, timeout: float) -> set[str]:
+                deadline = asyncio.get_running_loop().time() + timeout
+                while not check(seen := await listed()) and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.2)
+                return seen
+
+            assert await until(lambda seen: seen == {owner.id, editor.id}, 10) == {owner.id, editor.id}
+            cluster.kill(0)  # no goodbye: its entry stays in Redis until it is read as expired
+            killed = asyncio.get_running_loop().time()
+            assert await until(lambda seen: seen == {editor.id}, 20) == {editor.id}
+            assert asyncio.get_running_loop().time() - killed < 17  # 15 s, and a look every 0.2 s
+            await on_a.close()
+            await on_b.close()
