@@ -198,7 +198,7 @@ async def test_reservations_a_stopped_process_held_are_released_at_start(client,
     t = await team(client)
     await t.put_limits(tokens_per_month=5000)
     ai = client.app[AI_KEY]
-    await ai.ledger.reserve(t.ws, t.owner.id, "openai", "gpt-fake", 4000)
+    await Ledger(ai.db, "an earlier run").reserve(t.ws, t.owner.id, "openai", "gpt-fake", 4000)
     resp = await client.post(OPENAI + "/chat/completions", json={**CHAT, "max_tokens": 2000}, headers=t.headers())
     assert resp.status == 429
     assert await ai.ledger.release_abandoned() == 1

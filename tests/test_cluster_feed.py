@@ -288,3 +288,51 @@ async def test_a_deadlock_between_two_writers_runs_the_losing_job_again_and_fail
     finally:
         await one.close()
         await two.close()
+
+
+# -- AI calls of other nodes -----------------------------------------------------------------
+async def test_a_starting_node_releases_the_ai_calls_of_dead_nodes_never_of_live_ones(make_client):
+    """Each node's heartbeat (cluster/nodes.py) tells the others it still runs its AI calls: a
+    node starting (and every lease after) releases only the reservations of nodes that stopped
+    beating (killed) or left (a clean stop), never a live node's call in progress."""
+    from mdsync import clock
+    from mdsync.ai.ledger import Ledger
+    from mdsync.ai.provider import Usage
+    from mdsync.cluster import nodes
+
+    client = await make_client()
+    ada = await register(client)
+    ws = await make_workspace(client, ada)
+    db = client.server.app[DB]
+
+    async def held() -> int:
+        return await db.value("SELECT coalesce(sum(tokens), 0) FROM ai_spend WHERE workspace_id = ? AND user_id = ''",
+                              (ws,))
+
+    live, killed = nodes.Heartbeat(db, "node-live"), nodes.Heartbeat(db, "node-killed")
+    await live.start()
+    await killed.start()
+    running = await Ledger(db, "node-live").reserve(ws, ada.id, "openai", "gpt-fake", 300)
+    await Ledger(db, "node-killed").reserve(ws, ada.id, "openai", "gpt-fake", 500)
+    await Ledger(db, "node-long-gone").reserve(ws, ada.id, "openai", "gpt-fake", 700)   # never beat
+    starting = Ledger(db, "node-new")
+    try:
+        assert await starting.release_abandoned(nodes.alive_after()) == 1
+        assert await held() == 800
+        # node-killed is killed (its heartbeat stops); node-live beats on
+        killed._task.cancel()
+        clock.advance(nodes.LEASE_SECONDS + 1)
+        await db.write(nodes._beat, "node-live", clock.timestamp())
+        assert await starting.release_abandoned(nodes.alive_after()) == 1
+        assert await held() == 300
+        # the live node's call ends as usual: its real usage counts, once
+        await Ledger(db, "node-live").settle(running, 200, Usage(100, 50, False))
+        assert await held() == 150
+        # a node that stops cleanly leaves at once: what it still held is released
+        await Ledger(db, "node-live").reserve(ws, ada.id, "openai", "gpt-fake", 400)
+        await live.stop()
+        assert await starting.release_abandoned(nodes.alive_after()) == 1
+        assert await held() == 150
+    finally:
+        await live.stop()
+        await killed.stop()

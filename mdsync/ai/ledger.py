@@ -65,8 +65,9 @@ def _add(tx: Tx, workspace_id: str, period: str, user_id: str, tokens: int) -> i
 
 
 class Ledger:
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, node_id: str = ""):
         self.db = db
+        self.node_id = node_id   # recorded on each call: who is running it (Cluster.node_id)
 
     # -- limits ----------------------------------------------------------------------------------
     async def limits(self, workspace_id: str) -> Limits:
@@ -90,15 +91,27 @@ class Ledger:
     # -- reserve, settle -------------------------------------------------------------------------
     async def reserve(self, workspace_id: str, user_id: str, provider: str, model: str, tokens: int) -> int:
         """Record the call and hold `tokens`; the call's id. Raises Forbidden or RateLimited."""
-        return await self.db.write(_reserve, workspace_id, user_id, provider, model, tokens, clock.timestamp())
+        return await self.db.write(_reserve, workspace_id, user_id, provider, model, tokens, clock.timestamp(),
+                                   self.node_id)
 
     async def settle(self, call_id: int, status: int, usage: Usage) -> None:
         await self.db.write(_settle, call_id, status, usage)
 
-    async def release_abandoned(self) -> int:
-        """At start: calls a stopped process never settled hold nothing any more."""
+    async def release_abandoned(self, alive_after: float | None = None) -> int:
+        """Calls no running node will settle hold nothing any more; how many were released. One
+        node (`alive_after` None), at start: every call of another process (an earlier run).
+        Several nodes (mdsync/cluster/nodes.py), at start and then every lease: the calls of nodes
+        whose heartbeat is not newer than `alive_after` — never those of a live node, which may
+        still be running them. A call released while its node was stalled past the lease and then
+        finished is not counted again (`_settle` claims a call once)."""
         def release(tx: Tx) -> int:
-            rows = tx.all("SELECT id FROM ai_calls WHERE settled_at IS NULL")
+            if alive_after is None:
+                rows = tx.all("SELECT id FROM ai_calls WHERE settled_at IS NULL AND (node IS NULL OR node <> ?)",
+                              (self.node_id,))
+            else:
+                rows = tx.all("SELECT id FROM ai_calls WHERE settled_at IS NULL AND (node IS NULL OR node <> ?"
+                              " AND node NOT IN (SELECT id FROM nodes WHERE seen_at > ?))",
+                              (self.node_id, alive_after))
             for row in rows:
                 _settle(tx, row["id"], 0, Usage(0, 0, True))
             return len(rows)
@@ -106,7 +119,8 @@ class Ledger:
         return await self.db.write(release)
 
 
-def _reserve(tx: Tx, workspace_id: str, user_id: str, provider: str, model: str, tokens: int, now: float) -> int:
+def _reserve(tx: Tx, workspace_id: str, user_id: str, provider: str, model: str, tokens: int, now: float,
+             node_id: str = "") -> int:
     moment = datetime.fromtimestamp(now, UTC)
     day, month = moment.strftime("%Y-%m-%d"), moment.strftime("%Y-%m")
     limits = _limits(tx.one("SELECT * FROM ai_limits WHERE workspace_id = ?", (workspace_id,)))
@@ -130,9 +144,9 @@ def _reserve(tx: Tx, workspace_id: str, user_id: str, provider: str, model: str,
         raise RateLimited((_month_start_after(moment) - moment).total_seconds(),
                           f"the workspace's AI budget of {limits.tokens_per_month} tokens this month is spent"
                           " (or held by requests in progress)", headers=NO_RETRY)
-    return tx.value("INSERT INTO ai_calls (workspace_id, user_id, provider, model, started, day, reserved)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                    (workspace_id, user_id, provider, model, now, day, tokens))
+    return tx.value("INSERT INTO ai_calls (workspace_id, user_id, provider, model, started, day, reserved, node)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (workspace_id, user_id, provider, model, now, day, tokens, node_id))
 
 
 def _settle(tx: Tx, call_id: int, status: int, usage: Usage) -> None:

@@ -14,6 +14,7 @@ from aiohttp import web
 from mdsync.ai.anthropic import Anthropic
 from mdsync.ai.keys import KeyStore
 from mdsync.ai.ledger import NO_RETRY, Ledger
+from mdsync.cluster import CLUSTER
 from mdsync.ai.openai import OpenAI
 from mdsync.ai.provider import Provider
 from mdsync.ai.proxy import AIProxy, Target
@@ -40,7 +41,7 @@ class AI:
         self.settings = settings.ai
         self.db = db
         self.keys = KeyStore(db, secret)
-        self.ledger = Ledger(db)
+        self.ledger = Ledger(db, app[CLUSTER].node_id)
         self.proxy = AIProxy(settings.ai, self.keys, self.ledger)
         self.providers: dict[str, Provider] = {"openai": OpenAI(), "anthropic": Anthropic()}
         calls = app[METRICS].counter("mdsync_ai_calls_total", "AI proxy calls by provider and outcome"

@@ -65,19 +65,27 @@ CLUSTER: web.AppKey[Cluster] = web.AppKey("cluster", Cluster)
 
 
 def install(app: web.Application, settings: Settings) -> None:
-    """app[CLUSTER], its Redis connection's lifecycle and its line on /readyz. A Redis that is down
-    at start is reported, not fatal: the nodes work on (slower) from PostgreSQL alone."""
+    """app[CLUSTER], its Redis connection's lifecycle, this node's heartbeat in the database, and its
+    line on /readyz. A Redis that is down at start is reported, not fatal: the nodes work on
+    (slower) from PostgreSQL alone."""
     from mdsync.appkeys import READINESS
 
     cluster = app[CLUSTER] = Cluster(settings)
     if not cluster.enabled:
         return
 
+    from mdsync.appkeys import DB
+    from mdsync.cluster.nodes import Heartbeat
+
+    heartbeat = Heartbeat(app[DB], cluster.node_id)   # which nodes are alive (cluster/nodes.py)
+
     async def lifecycle(app: web.Application):
         if not await cluster.redis_up():
             log.warning("cluster: Redis at %s does not answer; working from PostgreSQL alone until it does",
                         _safe_url(settings.cluster.redis_url))
+        await heartbeat.start()
         yield
+        await heartbeat.stop()
         await cluster.close()
 
     async def readiness() -> dict:
