@@ -11,7 +11,8 @@ whole key expires once no node refreshes it.
 Reading (`GET …/presence`) merges this node's own users (from its rooms, always fresh) with the
 other nodes' live fields: connections summed per user (or share link), writable if any of its
 sockets is. Redis down or slow: this node's users alone, never an error, after at most
-`READ_TIMEOUT`.
+`READ_TIMEOUT` — and at once for the next `PAUSE` seconds (the publisher asking again meanwhile
+ends the pause when Redis answers).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ log = logging.getLogger("mdsync.cluster")
 TICK = 0.5            # seconds between looks at this node's rooms
 REFRESH = 5.0         # an unchanged entry is written again this often ...
 TTL = 15.0            # ... and read as gone this long after its last write (a killed node)
-READ_TIMEOUT = 1.0    # a request waits this long for Redis before answering with local users
+READ_TIMEOUT = 1.0    # a request waits this long for Redis before answering with local users ...
+PAUSE = 5.0           # ... and after it did not answer, requests do not ask it for this long
 
 
 def _entries(users: list[dict]) -> list[dict]:
@@ -68,6 +70,7 @@ class Presence:
         self.rooms = rooms
         self._published: dict[str, tuple[str, float]] = {}  # document -> (users JSON, time written)
         self._failing = False
+        self._pause_until = 0.0   # monotonic: until then reads do not ask Redis
 
     def key(self, document_id: str) -> str:
         return self.cluster.key("presence", document_id)
@@ -75,9 +78,12 @@ class Presence:
     async def users(self, document_id: str) -> list[dict]:
         """Everyone connected to the document on any node (this node's alone when Redis fails)."""
         local = _entries(self.rooms.presence(document_id))
+        if time.monotonic() < self._pause_until:
+            return local
         try:
             fields = await asyncio.wait_for(self.cluster.redis.hgetall(self.key(document_id)), READ_TIMEOUT)
         except Exception as exc:
+            self._pause_until = time.monotonic() + PAUSE
             if not self._failing:
                 log.warning("presence: Redis did not answer (%s); this node's users only", type(exc).__name__)
                 self._failing = True  # said once per outage (the publisher says when it is back)
@@ -96,8 +102,9 @@ class Presence:
                 continue
         return merge([local, *others])
 
-    async def publish(self) -> None:
-        """Write what changed since the last successful publish (one pipeline)."""
+    async def publish(self) -> bool:
+        """Write what changed since the last successful publish (one pipeline); False when there
+        was nothing to write."""
         now = time.time()
         current: dict[str, str] = {}
         for document_id in list(self.rooms.rooms):
@@ -118,18 +125,20 @@ class Presence:
         for document_id in gone:
             pipe.hdel(self.key(document_id), node)
         if not writes and not gone:
-            return
+            return False
         await asyncio.wait_for(pipe.execute(), READ_TIMEOUT * 5)
         for document_id, users in writes.items():
             self._published[document_id] = (users, now)
         for document_id in gone:
             del self._published[document_id]
+        return True
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(TICK)
             try:
-                await self.publish()
+                if await self.publish():
+                    self._pause_until = 0.0  # Redis answered
                 if self._failing:
                     log.info("presence: Redis answers again")
                     self._failing = False
