@@ -15,6 +15,7 @@ from pycrdt import Doc, Text
 
 from mdsync.app import create_app
 from mdsync.collab.rooms import ROOMS
+from mdsync.hooks import HOOKS
 from mdsync import config
 from tests import engines, redisserver
 from tests.builders import FAST_AUTH, NO_AI_UPSTREAM, owned_document
@@ -152,11 +153,20 @@ async def test_a_rest_write_on_one_node_is_stored_and_reaches_the_room_on_the_ot
     a, b = await nodes(2)
     owner, _, document_id = await owned_document(a, markdown="one\n")
     [bob] = await typists([b], owner, document_id)
+    heard_on_b = []   # what node B's projection and versions would hear: its own updates only
+    b.app[HOOKS].room_update.append(lambda room, update, user_id: heard_on_b.append(update))
     resp = await a.put(f"/api/v1/documents/{document_id}/content", data="one\ntwo\n", headers=owner.headers)
     assert resp.status == 200, await resp.text()
     assert "two" in stored_text(database, document_id)   # answered after commit: in PostgreSQL
     assert await eventually(lambda: str(bob.text) == "one\ntwo\n", timeout=2)
     assert await content(b, owner, document_id) == "one\ntwo\n"
+    assert heard_on_b == [] and b.app[ROOMS].stats.remote_updates > 0
+    seqs_before = log_seqs(database, document_id)
+    bob.insert(0, "zero\n")   # and an edit on B is B's: heard there, logged once
+    assert await eventually(lambda: len(heard_on_b) == 1 and a.app[ROOMS].loaded(document_id).text()
+                            == "zero\none\ntwo\n", timeout=2)
+    await b.app[ROOMS].loaded(document_id).drain()
+    assert len(log_seqs(database, document_id)[1]) == len(seqs_before[1]) + 1
     await close_all([bob])
 
 
@@ -248,3 +258,29 @@ async def test_a_room_opened_later_on_another_node_starts_from_postgresql(nodes,
     assert await eventually(lambda: converged([alice, bob], [*typed, "late "]), timeout=8)
     await close_all([alice, bob])
 
+
+
+async def test_a_large_edit_goes_to_the_other_node_through_postgresql(nodes, redis):
+    """An update over 64 KiB is announced on the stream without its bytes (Redis holds about the
+    last 2 000 updates of each document): the other node reads it from PostgreSQL."""
+    a, b = await nodes(2)
+    owner, _, document_id = await owned_document(a, markdown="small\n")
+    [bob] = await typists([b], owner, document_id)
+    large = "small\n" + "".join(f"line {i} of a long paste\n" for i in range(8000))
+    assert len(large) > 100_000
+    resp = await a.put(f"/api/v1/documents/{document_id}/content", data=large, headers=owner.headers)
+    assert resp.status == 200, await resp.text()
+    assert await eventually(lambda: str(bob.text) == large, timeout=5)
+    assert all(len(entry[1].get(b"update", b"")) < 65536 for entry in await _stream(redis, document_id))
+    await close_all([bob])
+
+
+async def _stream(server: RedisServer, document_id: str) -> list:
+    """The entries of the document's stream, as Redis holds them."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        return await client.xrange(f"mdsync:doc:{document_id}")
+    finally:
+        await client.aclose()

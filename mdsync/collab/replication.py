@@ -5,7 +5,8 @@ PostgreSQL is the ordered, durable log: a node's rows get their seqs from the do
 visible in increasing order on every node. Redis carries notifications only:
 
 - after a commit, `publish` XADDs each row to the stream `mdsync:doc:{document_id}` (capped at
-  about STREAM_MAXLEN entries) with the fields `seq`, `node` and `update`;
+  about STREAM_MAXLEN entries) with the fields `seq`, `node` and `update` (not for an update
+  over STREAM_UPDATE_MAX: the readers take that one from PostgreSQL);
 - one reader task per node XREADs the streams of the rooms open here (re-evaluated every turn:
   rooms open and close; blocking at most BLOCK_MS so a room opened meanwhile is read soon) and
   hands each row to its room (`Room.apply_remote`): applied when the Doc lacks it, sent to this
@@ -40,6 +41,7 @@ log = logging.getLogger("mdsync.collab.replication")
 
 STREAM_MAXLEN = 2000          # entries kept per document stream (approximately: MAXLEN ~)
 STREAM_TTL_SECONDS = 86400    # a stream nobody writes to for a day goes
+STREAM_UPDATE_MAX = 64 << 10  # a larger update goes as its seq alone: the readers fetch it from PostgreSQL
 BLOCK_MS = 250                # the longest XREAD wait: rooms opened meanwhile join the next one
 READ_COUNT = 1000             # entries per stream per XREAD
 HEAD_CHECK_SECONDS = 1.0      # every open room's head against PostgreSQL, Redis or not
@@ -186,8 +188,10 @@ class Replication:
                 key = self.stream(document_id)
                 streams.add(key)
                 for seq, update in rows:
-                    pipe.xadd(key, {"seq": seq, "node": self.node, "update": update},
-                              maxlen=STREAM_MAXLEN, approximate=True)
+                    fields = {"seq": seq, "node": self.node}
+                    if len(update) <= STREAM_UPDATE_MAX:
+                        fields["update"] = update
+                    pipe.xadd(key, fields, maxlen=STREAM_MAXLEN, approximate=True)
                     count += 1
             for key in streams:
                 pipe.expire(key, STREAM_TTL_SECONDS)
@@ -236,11 +240,14 @@ class Replication:
                     if fields.get(b"node") == self.node:
                         continue
                     try:
-                        seq, update = int(fields[b"seq"]), fields[b"update"]
+                        seq, update = int(fields[b"seq"]), fields.get(b"update")
                     except (KeyError, ValueError):
                         continue
                     self.stats["read"] += 1
-                    room.apply_remote(seq, update)
+                    if update is not None:
+                        room.apply_remote(seq, update)
+                    elif seq > room.known:
+                        self.catch_up_soon(room)   # a large update: announced, read from PostgreSQL
 
     # -- the head check ----------------------------------------------------------------------
     async def _head_checker(self) -> None:
