@@ -270,6 +270,30 @@ async def test_two_nodes_editing_make_one_projection_and_one_automatic_version(m
     assert document_upserts(a, ws, doc_id) - before == 1
 
 
+async def test_typing_on_two_nodes_at_once_ends_with_the_projection_of_the_converged_text(make_nodes):
+    a, b = await make_nodes(collab__projection_debounce=0.2, collab__projection_max_delay=0.5)
+    alice, ws, doc_id = await owned_document(a, markdown="start\n")
+    bob = await join(a, alice, ws, "editor", name="Bob")
+    on_a = await YClient.connect(a, doc_id, alice.access_token)
+    await on_a.wait_synced()
+    on_b = await YClient.connect(b, doc_id, bob.access_token)
+    await on_b.wait_synced()
+    for i in range(40):  # both type at once for ~2 s: each node projects while the other's edits arrive
+        on_a.insert(0, f"a{i} ")
+        on_b.insert(len(str(on_b.text)), f" b{i}")
+        await asyncio.sleep(0.05)
+    assert await eventually(lambda: str(on_a.text) == str(on_b.text) and "a39" in str(on_b.text)
+                            and "b39" in str(on_a.text), timeout=10)
+    final = str(on_a.text)
+    assert await eventually(lambda: stored_markdown(a, doc_id) == final, timeout=10)
+    await asyncio.sleep(1.0)  # projections still due on either node would be stored by now
+    assert stored_markdown(b, doc_id) == final
+    for client, who in ((a, alice), (b, bob)):
+        resp = await client.get(f"{API}/documents/{doc_id}/content", headers=who.headers)
+        assert await resp.text() == final
+    await on_a.close()
+    await on_b.close()
+
 async def test_document_metadata_on_one_node_shows_the_content_etag_after_an_edit_on_another(nodes):
     a, b = nodes
     owner, ws, doc_id = await owned_document(a, markdown="base\n")
