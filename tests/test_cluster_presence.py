@@ -175,6 +175,10 @@ async def test_awareness_reaches_sockets_on_the_other_node_and_late_joiners(node
     erin = await YClient.connect(b, other_id, owner.access_token)
     assert await eventually(lambda: dave.doc.client_id in erin.awareness, timeout=5)
 
+    metrics = await (await b.get("/metrics")).text()
+    received = [line for line in metrics.splitlines() if line.startswith("mdsync_cluster_awareness_received_total ")]
+    assert received and float(received[0].split()[1]) >= 1
+
     # leaving removes the state on the other node
     await alice.close()
     assert await eventually(lambda: alice.doc.client_id not in bob.awareness, timeout=5)

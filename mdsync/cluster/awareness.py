@@ -56,7 +56,9 @@ class AwarenessRelay:
         self._subscribed: set[str] = set()
         # document -> client id -> time its state last came from another node
         self._remote: dict[str, dict[int, float]] = {}
-        self.dropped = 0
+        self.sent = 0        # messages published (ours, answers and questions)
+        self.received = 0    # awareness messages of other nodes applied to a room here
+        self.dropped = 0     # not published: the queue was full or Redis failed
         self._failing = False
 
     # -- out: the room_awareness hook --------------------------------------------------------
@@ -82,9 +84,11 @@ class AwarenessRelay:
                 pipe.publish(channel, data)
             try:
                 await asyncio.wait_for(pipe.execute(), SEND_TIMEOUT)
+                self.sent += len(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.dropped += len(batch)
                 self._trouble("cannot publish awareness", exc)  # dropped: clients renew it
 
     # -- in -----------------------------------------------------------------------------------
@@ -161,6 +165,7 @@ class AwarenessRelay:
         except ValueError:  # ProtocolError: not from a node of ours
             log.warning("awareness relay: a message for %s does not parse", room.document_id)
             return
+        self.received += 1
         seen = self._remote.setdefault(room.document_id, {})
         now = time.monotonic()
         for client_id, _clock, state in entries:
@@ -198,9 +203,19 @@ def install(app: web.Application, rooms: RoomManager) -> None:
     """The relay on the room_awareness hook, and its two tasks (clustered nodes only)."""
     from mdsync.cluster import CLUSTER
     from mdsync.hooks import HOOKS
+    from mdsync.ops.metrics import METRICS
 
     relay = AwarenessRelay(app[CLUSTER], rooms)
     app[HOOKS].room_awareness.append(relay.on_awareness)
+    app[METRICS].read_at_scrape([
+        ("counter", "mdsync_cluster_awareness_sent", "Awareness messages published to the other nodes",
+         lambda: relay.sent),
+        ("counter", "mdsync_cluster_awareness_received", "Awareness messages of other nodes applied to rooms here",
+         lambda: relay.received),
+        ("counter", "mdsync_cluster_awareness_dropped",
+         "Awareness messages not published (queue full or Redis failing: clients renew theirs)",
+         lambda: relay.dropped),
+    ])
 
     async def tasks(app: web.Application):
         running = [asyncio.create_task(relay.sender()), asyncio.create_task(relay.listener())]
