@@ -102,6 +102,44 @@ async def test_a_long_poll_on_one_node_wakes_for_a_commit_on_the_other(nodes):
     assert [(c["entity"], c["id"]) for c in page["changes"]] == [("document", made)]
 
 
+async def test_a_heard_change_that_arrives_after_a_newer_own_one_still_wakes_its_waiter(nodes, monkeypatch):
+    """Wake-ups do not come in seq order with two writers: A commits seq N, B commits N+1 and wakes
+    its own waiters at once, and only then does A's NOTIFY for N reach B. Its waiter still wakes
+    (from the NOTIFY: the head check that would find it late is kept out of the way)."""
+    from mdsync.db.notifications import CHANGES
+    from mdsync.sync import feed as feed_module
+
+    monkeypatch.setattr(feed_module, "LISTENING_CHECK_EVERY", 3600.0)
+
+    _, http_a, node_b = nodes
+    feed_b = node_b.server.app[FEED]
+    ada, bob, ws, _ = await team(http_a)
+    carol = await register(node_b)
+    other_ws = await make_workspace(node_b, carol, "Carol's")
+    await until(lambda: feed_b.listener.connected, "node B listens")
+    held: list[str] = []
+    feed_b.listener.unsubscribe(feed_b.on_notify)        # B's feed hears nothing for a moment...
+    feed_b.listener.subscribe(CHANGES, held.append)      # ...what it would have heard is kept here
+    try:
+        poll = asyncio.ensure_future(long_poll(node_b, bob, await cursor_now(node_b, bob)))
+        await until(lambda: feed_b.parked == 1, "the poll parks on node B")
+        resp = await http_a.post(f"{API}/workspaces/{ws}/documents", json={"title": "On A"}, headers=ada.headers)
+        made = (await resp.json())["id"]
+        await until(lambda: any(made in payload for payload in held), "node A's NOTIFY reaches node B")
+        resp = await node_b.patch(f"{API}/workspaces/{other_ws}", json={"name": "Newer, on B"},
+                                  headers=carol.headers)
+        assert resp.status == 200
+        await until(lambda: feed_b.head > int(next(p for p in held if made in p).split(" ")[1]), "B's own wake-up")
+        assert not poll.done()
+    finally:
+        feed_b.listener.unsubscribe(held.append)
+        feed_b.listener.subscribe(CHANGES, feed_b.on_notify)
+    for payload in held:          # now A's NOTIFY arrives, after B's newer own change
+        feed_b.on_notify(payload)
+    page = await asyncio.wait_for(poll, REACH)
+    assert [(c["entity"], c["id"]) for c in page["changes"]] == [("document", made)]
+
+
 async def test_a_change_from_the_cli_is_heard_by_both_nodes(nodes):
     node_a, http_a, node_b = nodes
     ada, bob, ws, _ = await team(http_a)

@@ -19,7 +19,8 @@ Commits of other processes (other nodes, the admin CLI beside a server) call no 
 On PostgreSQL their `record` NOTIFYs at commit (db/notifications.py) and the feed hears it on its
 database's LISTEN connection: the same targeted wake-up as for its own commits, at once. On SQLite,
 and on PostgreSQL while that connection is lost, one head check per feed every second notices them
-while anyone waits (and wakes every waiter); a LISTEN connection made again checks the head once.
+while anyone waits (and wakes every waiter); a LISTEN connection made again checks the head once,
+and one that is up every 10 s (a notification lost unnoticed costs a late wake-up, not a hang).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ ARMS_PER_QUERY = 200   # workspaces merged in one statement (SQLite allows 500 c
 # while its LISTEN connection is lost), while anyone waits: such a change reaches waiting clients
 # within ~1.5 s
 OTHER_WRITERS_EVERY = 1.0
+# while the LISTEN connection is up, the head is still checked this often: a seq nobody announced
+# (a notification lost in a way the connection did not notice) costs one late wake-up, not a hang
+LISTENING_CHECK_EVERY = 10.0
 WAKE_GRACE = 0.3            # how late an own commit's wake-up may be before it counts as someone else's
 
 _CURSOR_TAG = "f1:"
@@ -253,14 +257,20 @@ class Feed:
         """Commits of another process call no listener here: where nothing tells of them (SQLite,
         or a lost LISTEN connection), one query per interval for the whole feed notices them
         while anyone waits. Commits of this process never wait for it."""
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while True:
             await asyncio.sleep(OTHER_WRITERS_EVERY)
             if not self._by_user:
                 # nobody to wake: a waiter's first read starts from the head, so no gap is owed
                 self._known_through(self.head)
                 continue
-            if self._scheduled or (self.listener is not None and self.listener.connected):
+            if self._scheduled:
                 continue
+            if (self.listener is not None and self.listener.connected
+                    and loop.time() - checked < LISTENING_CHECK_EVERY):
+                continue
+            checked = loop.time()
             await self._check_head()
 
     def _announced(self, seq: int) -> None:
@@ -278,6 +288,7 @@ class Feed:
 
     def _check_head_soon(self) -> None:
         """The LISTEN connection is back: what was committed while it was down is looked for once."""
+        self._tasks = [task for task in self._tasks if not task.done()]
         self._tasks.append(asyncio.get_running_loop().create_task(self._check_head()))
 
     async def _check_head(self) -> None:
