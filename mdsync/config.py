@@ -60,7 +60,7 @@ class CorsSettings(Section):
 class DatabaseSettings(Section):
     # unset: SQLite in the data dir (mdsync.db); "postgresql://user:pass@host:5432/db": PostgreSQL
     url: str | None = None
-    pool_size: int = Field(8, ge=1, le=1000)  # PostgreSQL: read connections (the writer has its own)
+    pool_size: int = Field(8, ge=1, le=1000)  # PostgreSQL: read connections (the writer and LISTEN have their own)
     statement_timeout: float = Field(30.0, gt=0)  # PostgreSQL: seconds one statement may run
 
     @field_validator("url")
