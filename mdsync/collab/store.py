@@ -172,9 +172,12 @@ def compact_locked(tx: Tx, document_id: str, seq: int, state: bytes) -> bool:
     """`compact` under the document's advisory lock (held to COMMIT); False, nothing done, when
     another node holds it (it is compacting: this one skips this time). `seq` is the highest seq
     up to which this node's Doc holds every row, so only rows it has integrated are deleted; a
-    snapshot older than the stored one is not written."""
+    snapshot no newer than the stored one is not written."""
     if not tx.value("SELECT pg_try_advisory_xact_lock(?, hashtext(?))", (COMPACTION_LOCK, document_id)):
         return False
+    stored = tx.value("SELECT seq FROM doc_snapshots WHERE document_id = ?", (document_id,))
+    if stored is not None and stored >= seq:
+        return False  # another node's snapshot holds as much already
     compact(tx, document_id, seq, state)
     return True
 
