@@ -138,10 +138,17 @@ async def test_presence_answers_with_the_nodes_own_users_while_redis_is_stopped(
         items = await presence(b, owner, doc_id)
         assert set(items) == {editor.id}  # B's own user, no error
         assert asyncio.get_running_loop().time() - started < 5
+        await on_a.set_awareness('{"user":{"name":"during"}}', clock_=3)
+        await asyncio.sleep(7)  # longer than the Redis client's socket timeout
+        assert set(await presence(b, owner, doc_id)) == {editor.id}
     finally:
         redis.resume()
     items = await until_presence(b, owner, doc_id, lambda items: len(items) == 2)
     assert set(items) == {owner.id, editor.id}
+    # awareness goes between the nodes again too (the relay reconnects)
+    await on_a.set_awareness('{"user":{"name":"after"}}', clock_=5)
+    assert await eventually(lambda: on_b.awareness.get(on_a.doc.client_id) == '{"user":{"name":"after"}}',
+                            timeout=15)
     await on_a.close()
     await on_b.close()
 

@@ -59,7 +59,7 @@ class AwarenessRelay:
         self.sent = 0        # messages published (ours, answers and questions)
         self.received = 0    # awareness messages of other nodes applied to a room here
         self.dropped = 0     # not published: the queue was full or Redis failed
-        self._failing = False
+        self._failing: set[str] = set()   # "send", "listen": what is failing now (logged once)
 
     # -- out: the room_awareness hook --------------------------------------------------------
     def on_awareness(self, room: Room, message: bytes) -> None:
@@ -85,11 +85,12 @@ class AwarenessRelay:
             try:
                 await asyncio.wait_for(pipe.execute(), SEND_TIMEOUT)
                 self.sent += len(batch)
+                self._recovered("send")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.dropped += len(batch)
-                self._trouble("cannot publish awareness", exc)  # dropped: clients renew it
+                self._trouble("send", "cannot publish awareness", exc)  # dropped: clients renew it
 
     # -- in -----------------------------------------------------------------------------------
     async def listener(self) -> None:
@@ -110,13 +111,11 @@ class AwarenessRelay:
                     message = await pubsub.get_message(timeout=TICK)
                     if message is not None and message.get("type") == "message":
                         self._deliver(message)
-                    if self._failing:
-                        log.info("awareness relay: Redis answers again")
-                        self._failing = False
+                    self._recovered("listen")
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._trouble("awareness relay lost Redis", exc)
+                self._trouble("listen", "awareness relay lost Redis", exc)
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(Exception):
@@ -193,10 +192,15 @@ class AwarenessRelay:
             if gone:
                 room.receive_remote_awareness(p.awareness_message(gone))
 
-    def _trouble(self, what: str, exc: Exception) -> None:
-        if not self._failing:
+    def _trouble(self, part: str, what: str, exc: Exception) -> None:
+        if part not in self._failing:
             log.warning("%s (%s): awareness stays on this node until it is back", what, type(exc).__name__)
-            self._failing = True
+            self._failing.add(part)
+
+    def _recovered(self, part: str) -> None:
+        if part in self._failing:
+            log.info("awareness relay: Redis answers again")
+            self._failing.discard(part)
 
 
 def install(app: web.Application, rooms: RoomManager) -> None:
