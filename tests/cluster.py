@@ -21,6 +21,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import signal
+import threading
 import uuid
 from pathlib import Path
 
@@ -71,8 +72,8 @@ class NodeCluster:
                 data_dir = self.workdir / f"node{i}"
                 data_dir.mkdir()
                 self.nodes.append(ServerProcess(data_dir, self.env(), args=["--port", str(self.ports[i])]))
-            for node in self.nodes:
-                node.start()
+            for i in range(self.count):
+                self._start_node(i)
         except BaseException:
             self.stop()
             raise
@@ -121,9 +122,29 @@ class NodeCluster:
 
     def restart(self, i: int, timeout: float = 30.0) -> ServerProcess:
         """Node `i` again, on its data dir and port (a dead one is started, a live one stopped first)."""
-        node = self.nodes[i]
-        node.stop()
-        return node.start(timeout)
+        self.nodes[i].stop()
+        return self._start_node(i, timeout)
+
+    def _start_node(self, i: int, timeout: float = 30.0) -> ServerProcess:
+        """Start node `i`; what it prints from then on goes to `log(i)` (read by a thread: a full pipe
+        would stop a server that logs much, e.g. while Redis is away)."""
+        node = self.nodes[i].start(timeout)
+        log = open(self.workdir / f"node{i}.log", "a")
+        log.write("".join(node.output))
+
+        def drain(out=node.proc.stdout):
+            with log:
+                for line in out:
+                    log.write(line)
+                    log.flush()
+
+        threading.Thread(target=drain, daemon=True).start()
+        return node
+
+    def log(self, i: int, tail: int = 3000) -> str:
+        """The last `tail` characters node `i` printed (all its starts)."""
+        path = self.workdir / f"node{i}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
     def alive(self) -> list[ServerProcess]:
         return [node for node in self.nodes if node.proc is not None and node.proc.poll() is None]

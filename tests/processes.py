@@ -179,12 +179,14 @@ class ServerProcess(ChildProcess):
 
 
 class Caddy(ChildProcess):
-    """Caddy with the repository's Caddyfile on a free port, proxying to `upstream` (host:port)."""
+    """Caddy with the repository's Caddyfile (or `config`) on a free port, proxying to `upstream`
+    (host:port). Another `config` reads `{$MDSYNC_SITE}` and `{$MDSYNC_CADDY_ADMIN}` as it does."""
 
     what = "caddy"
 
-    def __init__(self, tmp_path: Path, upstream: str):
+    def __init__(self, tmp_path: Path, upstream: str = "", config: Path = ROOT / "Caddyfile"):
         super().__init__()
+        self.config = config
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         home = tmp_path / "caddy-home"
@@ -197,7 +199,7 @@ class Caddy(ChildProcess):
 
     def start(self, timeout: float = 20.0) -> Caddy:
         with open(self.log, "w") as out:
-            self.launch(["caddy", "run", "--config", str(ROOT / "Caddyfile"), "--adapter", "caddyfile"],
+            self.launch(["caddy", "run", "--config", str(self.config), "--adapter", "caddyfile"],
                         self.env, out)
         self.wait_ready(timeout)
         return self

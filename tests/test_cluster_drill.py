@@ -8,7 +8,10 @@ client ends with the text every node serves, and every acknowledged edit is in i
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import time
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -16,6 +19,8 @@ import pytest
 from tests.builders import API, bearer, document, join, make_workspace, register
 from tests.cluster import CLUSTER_MARKS, NodeCluster
 from tests.nodeclients import Fleet, needs_node
+from tests.prerequisites import program, requires
+from tests.processes import ROOT, Caddy
 
 pytestmark = [needs_node, *CLUSTER_MARKS]
 
@@ -27,7 +32,7 @@ NODE_ENV = {
 }
 TYPISTS = 30
 INTERVAL_MS = 300  # each typist inserts a marker this often: ~100 edits a second in all
-SETTLE_SECONDS = 20
+SETTLE_SECONDS = 45
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +102,8 @@ async def settled(cluster: NodeCluster, fleet: Fleet, team: Team, abandoned: dic
         if synced and len(texts) == 1 and all(s == texts[0] for s in served):
             break
         if time.monotonic() > deadline:
-            pytest.fail(f"no convergence in {SETTLE_SECONDS} s: {describe(state, served)}")
+            logs = "".join(f"\n--- node {i}:\n{cluster.log(i, 1500)}" for i in range(len(cluster.nodes)))
+            pytest.fail(f"no convergence in {SETTLE_SECONDS} s: {describe(state, served)}{logs}")
         await asyncio.sleep(0.5)
     text = texts[0]
     missing = {cid: [m for m in c["acked"] if m not in text] for cid, c in state["clients"].items()}
@@ -129,6 +135,19 @@ async def typing(fleet: Fleet, team: Team, seconds: float) -> None:
 
 
 # -- without faults --------------------------------------------------------------------------------
+async def test_clients_on_three_nodes_converge(cluster):
+    team = await make_team(cluster, editors=2)
+    async with Fleet([n.base for n in cluster.nodes]) as fleet:
+        await fleet.ask("open", clients=spread(team, 6))
+        await fleet.ask("type", interval=100)
+        await asyncio.sleep(3)
+        text = await settled(cluster, fleet, team)
+        state = await fleet.ask("state")
+    assert {c["node"] for c in state["clients"].values()} == {0, 1, 2}
+    for cid, c in state["clients"].items():
+        assert c["typed"] and all(m in text for m in c["typed"]), cid
+
+
 async def test_presence_on_any_node_lists_the_clients_of_every_node(cluster):
     team = await make_team(cluster, editors=2)
     # user k on node k: each node has one of them
@@ -189,3 +208,132 @@ async def test_login_throttle_of_an_account_holds_across_nodes(cluster):
                 statuses.append(r.status)
     assert statuses[:5] == [401] * 5, statuses
     assert statuses[5:] == [429] * 4, statuses
+
+
+# -- faults, each while 30 clients type ------------------------------------------------------------
+async def test_kill_9_of_a_node_loses_nothing_acknowledged(cluster):
+    team = await make_team(cluster)
+    async with Fleet([n.base for n in cluster.nodes]) as fleet:
+        await typing(fleet, team, 4)
+        on_node_1 = [c["id"] for c in spread(team, TYPISTS) if c["node"] == 1]
+        # a few of node 1's Hocuspocus clients go away with it (their tabs closed): what they saw
+        # acknowledged must survive from PostgreSQL alone; the rest reconnect to other nodes
+        gone = [cid for cid in on_node_1 if int(cid[1:]) % 2 == 0][:3]
+        killed = await fleet.ask("kill", pid=cluster.nodes[1].proc.pid, node=1, abandon=gone)
+        cluster.nodes[1].proc.wait(10)
+        assert any(c["acked"] for c in killed["abandoned"].values()), killed
+        await asyncio.sleep(4)
+        state = await fleet.ask("state")
+        moved = {cid: state["clients"][cid]["node"] for cid in on_node_1 if cid not in gone}
+        assert all(node != 1 for node in moved.values()), f"clients still on the dead node: {moved}"
+        cluster.restart(1)
+        await asyncio.sleep(1)
+        await settled(cluster, fleet, team, abandoned=killed["abandoned"])
+
+
+async def test_redis_stopped_10_s_then_resumed(cluster):
+    team = await make_team(cluster)
+    async with Fleet([n.base for n in cluster.nodes]) as fleet:
+        await typing(fleet, team, 3)
+        before = acked_total(await fleet.ask("state"))
+        cluster.redis.pause()
+        try:
+            await asyncio.sleep(1)
+            early = await fleet.ask("state")
+            await asyncio.sleep(9)
+            late = await fleet.ask("state")
+        finally:
+            cluster.redis.resume()
+        # while Redis answered nothing, edits went on being committed and acknowledged, and what
+        # was acknowledged on one node reached the clients of the others (from PostgreSQL)
+        assert acked_total(late) > acked_total(early) > before, (before, acked_total(early), acked_total(late))
+        acked = {m for c in early["clients"].values() if c["kind"] == "hp" for m in c["acked"]}
+        unseen = {cid: len([m for m in acked if m not in group["text"]])
+                  for group in late["texts"] for cid in group["ids"]}
+        assert not any(unseen.values()), f"edits acknowledged 8 s earlier, unseen per client: {unseen}"
+        await asyncio.sleep(3)
+        await settled(cluster, fleet, team)
+
+
+async def test_redis_flushall(cluster):
+    team = await make_team(cluster)
+    async with Fleet([n.base for n in cluster.nodes]) as fleet:
+        await typing(fleet, team, 3)
+        cluster.redis.flushall()
+        await asyncio.sleep(3)
+        await settled(cluster, fleet, team)
+
+
+async def test_all_nodes_compacting_the_same_document_at_once(cluster):
+    """collab.snapshot_after_updates is 100 on every node and all three have the room open: each
+    passes the threshold again and again while 30 clients type, at the same moments."""
+    team = await make_team(cluster)
+
+    def snapshot_seq() -> int:
+        rows = cluster.sql("SELECT seq FROM doc_snapshots WHERE document_id = %s", (team.doc_id,))
+        return rows[0][0] if rows else 0
+
+    async with Fleet([n.base for n in cluster.nodes]) as fleet:
+        await typing(fleet, team, 2)
+        seqs = [snapshot_seq()]
+        deadline = time.monotonic() + 20
+        while len(set(seqs) - {0}) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            seqs.append(snapshot_seq())
+        await settled(cluster, fleet, team)
+    assert len(set(seqs) - {0}) >= 3, f"the document was not compacted again and again: snapshot seqs {seqs}"
+    logged = cluster.sql("SELECT count(*) FROM doc_updates WHERE document_id = %s", (team.doc_id,))[0][0]
+    assert logged < 1000, f"the log was not compacted: {logged} rows"
+
+
+async def test_clients_moving_from_node_to_node_between_edits(cluster):
+    team = await make_team(cluster)
+    rand = random.Random(21)
+    async with Fleet([n.base for n in cluster.nodes]) as fleet:
+        await typing(fleet, team, 1)
+        for _ in range(30):
+            cid = f"c{rand.randrange(TYPISTS)}"
+            await fleet.ask("move", id=cid, node=rand.randrange(3))
+            await asyncio.sleep(0.2)
+        await settled(cluster, fleet, team)
+        state = await fleet.ask("state")
+    assert sum(c["opens"] for c in state["clients"].values()) >= TYPISTS + 20, "the clients did not move"
+
+
+def docs_caddyfile(cluster: NodeCluster, tmp_path) -> Path:
+    """The Caddyfile of docs/operations.md "Several nodes", its site and nodes made this cluster's."""
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text[text.index("## Several nodes"):]
+    block = re.search(r"```caddyfile\n(.*?)```", section, re.S).group(1)
+    addresses = re.findall(r"10\.0\.0\.\d+:8080", block)
+    assert len(addresses) == len(cluster.nodes), block
+    for address, node in zip(addresses, cluster.nodes, strict=True):
+        block = block.replace(address, node.base.removeprefix("http://"))
+    path = tmp_path / "Caddyfile"
+    path.write_text("{\n\tadmin {$MDSYNC_CADDY_ADMIN}\n}\n" + block.replace("docs.example.com", "{$MDSYNC_SITE}"))
+    return path
+
+
+@requires(program("caddy", ".ci/run installs Debian's caddy"))
+async def test_the_caddy_load_balancer_of_the_docs_spreads_requests_and_goes_around_a_dead_node(cluster, tmp_path):
+    caddy = Caddy(tmp_path, config=docs_caddyfile(cluster, tmp_path)).start()
+    try:
+        async with aiohttp.ClientSession(caddy.base) as http:
+            user = await register(http, name="Through Caddy")
+
+            async def node_of_one_request() -> str:
+                async with http.get("/readyz") as resp:
+                    assert resp.status == 200, await resp.text()
+                    node = (await resp.json())["checks"]["cluster"]["node"]
+                async with http.get(f"{API}/me", headers=user.headers) as resp:
+                    assert resp.status == 200, await resp.text()
+                return node
+
+            served = {await node_of_one_request() for _ in range(30)}
+            assert len(served) >= 2, f"every request went to one node: {served}"
+            cluster.kill(1)
+            # the dead node's requests are tried on another: nobody sees an error
+            for _ in range(30):
+                await node_of_one_request()
+    finally:
+        caddy.stop()

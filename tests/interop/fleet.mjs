@@ -127,7 +127,9 @@ const commands = {
   async move ({ id, node }) {
     const c = clients.get(id)
     c.node = node
-    if (c.socket) c.socket.close()
+    // an open socket is closed (the provider reconnects, to `node`); one still connecting finishes
+    // where it goes, and the next one goes to `node`
+    if (c.socket && c.socket.readyState === WebSocket.OPEN) c.socket.close()
     return { moved: id }
   },
   async kill ({ pid, node, abandon }) {
