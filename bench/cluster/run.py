@@ -151,7 +151,7 @@ def start_hocuspocus(work: Path, redis: RedisServer | None, index: int) -> Bench
 
 
 def run_cload(work: Path, label: str, kind: str, urls: list[str], pids: list[int], aux: dict[str, int],
-              extra: list[str], out: Path) -> dict | None:
+              extra: list[str]) -> dict | None:
     argv = ["node", str(work / "cload.mjs"), "--server-kind", kind, "--label", label, "--scenario", "s1", "--quiet",
             *[a for u in urls for a in ("--url", u)], *[a for p in pids for a in ("--server-pid", str(p))],
             *[a for n, p in aux.items() for a in ("--aux-pid", f"{n}={p}")], *extra]
@@ -167,8 +167,6 @@ def run_cload(work: Path, label: str, kind: str, urls: list[str], pids: list[int
         log(f"{label}: cload exited {proc.returncode} without a result: {stderr.strip()[-800:]}")
         return None
     row = json.loads(lines[-1])
-    with out.open("a") as f:
-        f.write(json.dumps(row) + "\n")
     if not row.get("ok"):
         log(f"{label}: not ok: {row.get('errors')}")
     return row
@@ -198,10 +196,11 @@ def run_layout(layout: str, ctx: dict, extra: list[str], out: Path, round_no: in
             urls = [n.base.replace("http://", "ws://") for n in nodes[:used]]
             args, aux, kind = list(extra), {"redis": redis.proc.pid}, "hocuspocus"
         log(f"{layout}: {started} node(s) up (pids {', '.join(str(n.pid) for n in nodes)}), clients on {used}")
-        row = run_cload(work, layout, kind, urls, [n.pid for n in nodes], aux, args, out)
+        row = run_cload(work, layout, kind, urls, [n.pid for n in nodes], aux, args)
         if row is not None:
-            row["round"] = round_no
-            row["nodes_started"] = started
+            row.update(round=round_no, nodes_started=started)
+            with out.open("a") as f:
+                f.write(json.dumps(row) + "\n")
         return row
     finally:
         for n in nodes:
