@@ -4,6 +4,7 @@ Hocuspocus with its Redis extension, in one run; the ratios into bench/README.md
 
     .venv/bin/python bench/cluster/run.py [--rounds 1] [--layouts mdsync-solo,mdsync-1,mdsync-3,...]
         [--clients 50] [--edits 40] [--rate 2] [--set collab.flush_delay_seconds=0.01 ...] [--no-readme]
+        [--profile]   # py-spy on node A of each mdsync layout (the `bench` extra), top frames printed
 
 Started here and stopped by their pids at the end: one PostgreSQL with durable settings
 (bench/pgcluster.py: fsync, synchronous_commit on), one redis-server (tests/redisserver.py), moto's
@@ -34,6 +35,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -196,7 +198,13 @@ def run_layout(layout: str, ctx: dict, extra: list[str], out: Path, round_no: in
             urls = [n.base.replace("http://", "ws://") for n in nodes[:used]]
             args, aux, kind = list(extra), {"redis": redis.proc.pid}, "hocuspocus"
         log(f"{layout}: {started} node(s) up (pids {', '.join(str(n.pid) for n in nodes)}), clients on {used}")
-        row = run_cload(work, layout, kind, urls, [n.pid for n in nodes], aux, args)
+        spy = profile_start(nodes[0].pid, work / "results" / f"profile-{layout}-r{round_no}.txt") \
+            if ctx["profile"] and server == "mdsync" else None
+        try:
+            row = run_cload(work, layout, kind, urls, [n.pid for n in nodes], aux, args)
+        finally:
+            if spy is not None:
+                profile_stop(*spy)
         if row is not None:
             row.update(round=round_no, nodes_started=started)
             with out.open("a") as f:
@@ -205,6 +213,30 @@ def run_layout(layout: str, ctx: dict, extra: list[str], out: Path, round_no: in
     finally:
         for n in nodes:
             n.stop(15)
+
+
+def profile_start(pid: int, out: Path) -> tuple[subprocess.Popen, Path]:
+    """py-spy (the `bench` extra) sampling node A until profile_stop; collapsed stacks into `out`."""
+    spy = Path(sys.executable).parent / "py-spy"
+    proc = subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+                             "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    return proc, out
+
+
+def profile_stop(proc: subprocess.Popen, out: Path) -> None:
+    proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if out.exists():
+        top = subprocess.run([sys.executable, str(PROJECT / "bench" / "collab" / "top_frames.py"), str(out),
+                              "--top", "25"], capture_output=True, text=True, timeout=60)
+        log(f"profile of node A: {out}\n{top.stdout}")
+    else:
+        log(f"py-spy wrote no profile ({out}): is it installed (the bench extra) and may it ptrace?")
 
 
 # ------------------------------------------------------------------ report ---
@@ -338,6 +370,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="an mdsync setting for every mdsync node (repeatable), e.g. collab.flush_delay_seconds=0.01")
     parser.add_argument("--no-readme", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="py-spy on node A of each mdsync layout")
     args = parser.parse_args()
     settings = {}
     for item in args.set:
@@ -369,7 +402,8 @@ def main() -> None:
         s3.create_bucket(BUCKET)
         ctx = {"work": work, "redis": redis, "s3": s3, "db_url": engines.database("cluster"),
                "pg_pid": engines.cluster.proc.pid if engines.cluster else None,
-               "secret": secrets.token_urlsafe(32), "account": Account(), "settings": settings}
+               "secret": secrets.token_urlsafe(32), "account": Account(), "settings": settings,
+               "profile": args.profile}
         log(f"PostgreSQL {ctx['pg_pid']}, redis {redis.proc.pid} ({redis.url}), moto {s3.proc.pid}; results {out}")
         for round_no in range(1, args.rounds + 1):
             for layout in layouts:
