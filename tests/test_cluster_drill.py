@@ -226,8 +226,14 @@ async def test_kill_9_of_a_node_loses_nothing_acknowledged(cluster):
         state = await fleet.ask("state")
         moved = {cid: state["clients"][cid]["node"] for cid in on_node_1 if cid not in gone}
         assert all(node != 1 for node in moved.values()), f"clients still on the dead node: {moved}"
+        # the two nodes left agree with every client, and hold everything acknowledged
+        await settled(cluster, fleet, team, abandoned=killed["abandoned"])
+        # node 1 back (it loads the document from PostgreSQL), its clients back on it, typing again
         cluster.restart(1)
-        await asyncio.sleep(1)
+        for cid in moved:
+            await fleet.ask("move", id=cid, node=1)
+        await fleet.ask("type", interval=INTERVAL_MS)
+        await asyncio.sleep(2)
         await settled(cluster, fleet, team, abandoned=killed["abandoned"])
 
 
