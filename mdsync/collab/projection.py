@@ -56,7 +56,7 @@ log = logging.getLogger("mdsync.collab.projection")
 # Due documents are looked for on a grid of this many seconds: those due within one step are
 # projected together (adds at most this much to the projection's lag; max_delay leaves room)
 SWEEP = 0.1
-# several nodes: a projection another node's stored one was ahead of is made again this often at most
+# several nodes: how many times in a row a document is projected again after a PARTIAL or BUSY result
 AGAIN = 20
 
 # what store_projection did
@@ -251,7 +251,7 @@ class Projector:
         self._again[room.document_id] = tries
         self.on_update(room, b"", None)
 
-    async def _store_alone(self, rows: list[tuple]) -> list[bool]:
+    async def _store_alone(self, rows: list[tuple]) -> list[str | None]:
         """The shared job failed: each projection again as a job of its own, so that a document
         the database refuses (PostgreSQL holds no NUL character in text) fails alone."""
         now = clock.iso()
