@@ -66,6 +66,7 @@ class Replication:
         self._tasks: list[asyncio.Task] = []
         self._redis_ok = True
         self._last_heads: dict[str, int] = {}   # the head check's previous reading
+        self._expires: dict[str, float] = {}     # stream key -> when to renew its TTL (monotonic)
         self.stats = {"published": 0, "read": 0, "catch_ups": 0, "redis_errors": 0}
 
     def readings(self) -> list:
@@ -193,14 +194,20 @@ class Replication:
                         fields["update"] = update
                     pipe.xadd(key, fields, maxlen=STREAM_MAXLEN, approximate=True)
                     count += 1
+            now = time.monotonic()
+            if len(self._expires) > 10000:
+                self._expires = {k: t for k, t in self._expires.items() if t > now}
             for key in streams:
-                pipe.expire(key, STREAM_TTL_SECONDS)
+                if self._expires.get(key, 0.0) <= now:   # the TTL renewed once a minute, not per update
+                    pipe.expire(key, STREAM_TTL_SECONDS)
+                    self._expires[key] = now + 60
             await pipe.execute()
             self.stats["published"] += count
             self._redis_back()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            self._expires.clear()   # Redis may have lost them: set them again
             self._redis_failed("publishing", exc)
 
     # -- reading -----------------------------------------------------------------------------
