@@ -365,6 +365,10 @@ def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_se
             return BUSY
         head = tx.one("SELECT etag, made_from FROM content_heads WHERE document_id = ?", (document_id,))
         if head is not None and head["etag"] == etag:
+            # the same state: only the log seq it ends at may be newer here (the other node
+            # projected it before its last rows committed), which makes reads know it is exact
+            tx.execute("UPDATE content_heads SET crdt_seq = ? WHERE document_id = ? AND crdt_seq < ?",
+                       (crdt_seq, document_id, crdt_seq))
             return STORED if tx.value("SELECT 1 FROM documents WHERE id = ?", (document_id,)) else GONE
         if head is not None and head["made_from"] is not None:
             stored, ours = once.decode(bytes(head["made_from"])), once.decode(made_from)
