@@ -62,13 +62,16 @@ class JsonFormatter(logging.Formatter):
     def access_line(self, created: float, request_id: str, method: str, path: str, status: int,
                     duration_ms: float, remote: str | None) -> str:
         """What `format` makes of an access record, without the record: the same keys in the same
-        order, the strings escaped by the same encoder."""
+        order, the strings escaped by the same encoder. One %-template; the message's escaped
+        text is the method's and the path's (escaping works character by character)."""
         method_s, path_s = encode_basestring(method), encode_basestring(path)
-        return (f'{{"ts": "{self._timestamp(created, (created - int(created)) * 1000)}", "level": "info", '
-                f'"logger": "{ACCESS_LOGGER}", "msg": {encode_basestring(f"{method} {path} {status}")}, '
-                f'"request_id": {encode_basestring(request_id)}, "method": {method_s}, "path": {path_s}, '
-                f'"status": {status}, "duration_ms": {duration_ms!r}, '
-                f'"remote": {"null" if remote is None else encode_basestring(remote)}}}')
+        return _ACCESS_TEMPLATE % (self._timestamp(created, (created - int(created)) * 1000), method_s[:-1],
+                                   path_s[1:-1], status, encode_basestring(request_id), method_s, path_s, status,
+                                   duration_ms, "null" if remote is None else encode_basestring(remote))
+
+
+_ACCESS_TEMPLATE = ('{"ts": "%s", "level": "info", "logger": "' + ACCESS_LOGGER + '", "msg": %s %s %d", '
+                    '"request_id": %s, "method": %s, "path": %s, "status": %d, "duration_ms": %r, "remote": %s}')
 
 
 class TextFormatter(logging.Formatter):

@@ -148,12 +148,17 @@ def without_nul(request: web.Request) -> web.Request:
     return request.clone(rel_url=request.raw_path.replace("%00", "%EF%BF%BD"))
 
 
+_JSON_TYPE = {"Content-Type": "application/json; charset=utf-8"}
+
+
 def json_response(data: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     """A JSON answer, as `web.json_response` makes it (application/json; charset=utf-8) but
     encoded by orjson: ~15x faster than json.dumps on GET /me's body, a tenth of that request's
-    cost (bench/README.md "REST per-request cost"). UTF-8 rather than \\u escapes, no spaces."""
-    return web.Response(body=orjson.dumps(data), status=status, headers=headers, content_type="application/json",
-                        charset="utf-8")
+    cost (bench/README.md "REST per-request cost"). UTF-8 rather than \\u escapes, no spaces. The
+    Content-Type header is given whole: aiohttp's content_type and charset arguments build it
+    per answer (0.6 µs)."""
+    return web.Response(body=orjson.dumps(data), status=status,
+                        headers=_JSON_TYPE if headers is None else {**headers, **_JSON_TYPE})
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
