@@ -619,6 +619,22 @@ async def test_the_admin_cli_disabling_a_user_stops_a_known_token(client, settin
     assert await me_status_soon(client, pat["token"], 401) == 401
 
 
+def test_the_principals_kept_are_bounded_and_a_read_overlapping_a_change_is_not_kept():
+    from mdsync.auth.principals import Principals
+
+    kept = Principals(ttl=3600.0, size=3)
+    for key in ("a", "b", "c", "d"):
+        kept.put(key, kept.generation, key.upper())
+    assert len(kept) == 3 and kept.get("a") is None and kept.get("d")[1] == "D"   # the oldest went
+    before = kept.generation
+    kept.clear()   # a change committed while "e" was being read
+    assert kept.put("e", before, "E")[1] == "E"   # answers this request
+    assert kept.get("e") is None and len(kept) == 0   # and is not kept for the next
+    stale = Principals(ttl=0.0)
+    stale.put("x", stale.generation, "X")
+    assert stale.get("x") is None
+
+
 async def test_a_profile_changed_by_another_process_shows_within_a_second(client, settings):
     account = await register(client, name="Ada")
     pat = await create_pat(client, account)
