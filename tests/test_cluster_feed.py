@@ -1,6 +1,7 @@
 """Two nodes on one PostgreSQL database: what one commits reaches the other's waiting clients at
 once (LISTEN/NOTIFY, db/notifications.py), with the head query as the fallback while the LISTEN
-connection is lost; revocations made on one node reach the sockets of the other within 2 s.
+connection is lost; revocations made on one node reach the sockets and the REST requests of the
+other within 2 s.
 
 Node A is a real `mdsync serve` child process, node B an app in this test process (so the test can
 look at its feed and watcher), both on the same data dir (the same secret: a token of one node is
@@ -21,8 +22,9 @@ import pytest
 
 from mdsync.appkeys import DB
 from mdsync.auth.revocations import WATCHER, Watcher
+from mdsync.auth.routes import AUTH
 from mdsync.sync.routes import FEED
-from tests.builders import Account, join, make_workspace, register
+from tests.builders import PASSWORD, Account, bearer, join, make_workspace, register
 from tests.processes import ServerProcess, cli_async
 from tests.yclient import YClient
 
@@ -200,6 +202,25 @@ async def test_while_the_listen_connection_is_lost_the_head_query_wakes_the_poll
 
 
 # -- revocations -----------------------------------------------------------------------------
+async def test_signing_out_on_one_node_stops_the_token_on_the_others_requests_within_2_s(nodes, monkeypatch):
+    node_a, http_a, node_b = nodes
+    # B keeps who is behind a token an hour instead of a second: only the revocation can stop it
+    monkeypatch.setattr(node_b.app[AUTH].principals, "ttl", 3600.0)
+    ada = await register(http_a)
+    resp = await http_a.post(f"{API}/auth/login", json={"email": ada.email, "password": PASSWORD})
+    phone = (await resp.json())["access_token"]
+    for token in (ada.access_token, phone):
+        assert (await node_b.get(f"{API}/me", headers=bearer(token))).status == 200   # known to B now
+    resp = await http_a.post(f"{API}/auth/logout", headers=bearer(phone))
+    assert resp.status == 204
+    started, status = time.monotonic(), 200
+    while status != 401 and time.monotonic() - started < REVOKED_WITHIN:
+        status = (await node_b.get(f"{API}/me", headers=bearer(phone))).status
+        await asyncio.sleep(0.02)
+    assert status == 401
+    assert (await node_b.get(f"{API}/me", headers=ada.headers)).status == 200
+
+
 async def test_access_lost_or_ended_on_one_node_closes_sockets_on_the_other_within_2_s(nodes):
     node_a, http_a, node_b = nodes
     ada, bob, ws, doc = await team(http_a)
