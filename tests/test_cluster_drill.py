@@ -1,6 +1,7 @@
 """Issue 21's drill: three real `mdsync serve` nodes sharing one PostgreSQL, one Redis and one S3
 bucket (tests/cluster.py), real npm y-websocket and Hocuspocus clients spread over them
-(tests/interop/fleet.mjs). Clients on different nodes converge, presence and the change feed hold
+(tests/interop/fleet.mjs) on two documents, the Hocuspocus ones two documents to a socket, as the
+provider multiplexes them. Clients on different nodes converge, presence and the change feed hold
 across nodes, and under each fault — `kill -9` of a node, Redis stopped 10 s, Redis emptied, every
 node compacting the same document, clients hopping between nodes — while 30 clients type, every
 client ends with the text every node serves, and every acknowledged edit is in it."""
@@ -52,10 +53,10 @@ def healthy(cluster):
 
 
 class Team:
-    """An owner, editors, one document, all made through node 0's API."""
+    """An owner, editors and two documents, all made through node 0's API."""
 
-    def __init__(self, owner, editors, doc_id):
-        self.owner, self.editors, self.doc_id = owner, editors, doc_id
+    def __init__(self, owner, editors, docs):
+        self.owner, self.editors, self.docs = owner, editors, docs
         self.users = [owner, *editors]
 
 
@@ -64,23 +65,26 @@ async def make_team(cluster: NodeCluster, editors: int = 5) -> Team:
         owner = await register(http, name="Owner")
         ws = await make_workspace(http, owner, "Drill")
         members = [await join(http, owner, ws, "editor", name=f"Editor {i}") for i in range(editors)]
-        doc = await document(http, owner, ws, "Drill", markdown="")
-    return Team(owner, members, doc["id"])
+        docs = [(await document(http, owner, ws, title, markdown=""))["id"] for title in ("One", "Two")]
+    return Team(owner, members, docs)
 
 
 def spread(team: Team, count: int) -> list[dict]:
-    """`count` clients, Hocuspocus and y-websocket in turn, over the nodes and the users."""
-    return [{"id": f"c{i}", "kind": "hp" if i % 2 == 0 else "yws", "node": i % 3, "doc": team.doc_id,
+    """`count` clients over the nodes, the users and both documents: Hocuspocus and y-websocket in
+    turn; the Hocuspocus ones in pairs on one socket carrying both documents (c0 and c2 on s0, on
+    node 0; c4 and c6 on s1, node 1; ...), as the provider multiplexes them."""
+    return [{"id": f"c{i}", "kind": "hp" if i % 2 == 0 else "yws", "node": i % 3,
+             "doc": team.docs[(i // 2) % 2], "socket": f"s{i // 4}" if i % 2 == 0 else None,
              "token": team.users[i % len(team.users)].access_token} for i in range(count)]
 
 
-async def contents(cluster: NodeCluster, team: Team) -> list[str | None]:
+async def contents(cluster: NodeCluster, team: Team, doc_id: str) -> list[str | None]:
     """GET content of the document on every live node (None: that node did not answer 200)."""
     texts = []
     async with aiohttp.ClientSession(headers=bearer(team.owner.access_token)) as http:
         for node in cluster.alive():
             try:
-                async with http.get(node.url(f"{API}/documents/{team.doc_id}/content"),
+                async with http.get(node.url(f"{API}/documents/{doc_id}/content"),
                                     timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     texts.append(await resp.text() if resp.status == 200 else None)
             except (aiohttp.ClientError, TimeoutError):
@@ -88,47 +92,51 @@ async def contents(cluster: NodeCluster, team: Team) -> list[str | None]:
     return texts
 
 
-async def settled(cluster: NodeCluster, fleet: Fleet, team: Team, abandoned: dict | None = None) -> str:
-    """Stop typing; wait (bounded) until every client is synced and holds one text that GET content
-    serves on every node; then every acknowledged edit — of the live clients and of those that went
-    away — is in it, and PostgreSQL holds it. The text."""
+async def settled(cluster: NodeCluster, fleet: Fleet, team: Team, abandoned: dict | None = None) -> dict[str, str]:
+    """Stop typing; wait (bounded) until every client is synced and, per document, every client of it
+    holds one text that GET content serves on every node; then every acknowledged edit — of the live
+    clients and of those that went away — is in its document's text, and PostgreSQL holds it.
+    {document id: text}."""
     await fleet.ask("stop")
     deadline = time.monotonic() + SETTLE_SECONDS
     while True:
         state = await fleet.ask("state")
-        served = await contents(cluster, team)
-        texts = [group["text"] for group in state["texts"]]
+        served = {doc: await contents(cluster, team, doc) for doc in team.docs}
+        texts = {doc: [g["text"] for g in state["texts"] if g["doc"] == doc] for doc in team.docs}
         synced = all(c["synced"] for c in state["clients"].values())
-        if synced and len(texts) == 1 and all(s == texts[0] for s in served):
+        if synced and all(len(texts[doc]) == 1 and all(s == texts[doc][0] for s in served[doc])
+                          for doc in team.docs):
             break
         if time.monotonic() > deadline:
             logs = "".join(f"\n--- node {i}:\n{cluster.log(i, 1500)}" for i in range(len(cluster.nodes)))
             pytest.fail(f"no convergence in {SETTLE_SECONDS} s: {describe(state, served)}{logs}")
         await asyncio.sleep(0.5)
-    text = texts[0]
-    missing = {cid: [m for m in c["acked"] if m not in text] for cid, c in state["clients"].items()}
-    missing.update({cid: [m for m in c["acked"] if m not in text] for cid, c in (abandoned or {}).items()})
+    text = {doc: texts[doc][0] for doc in team.docs}
+    everyone = {**state["clients"], **(abandoned or {})}
+    missing = {cid: [m for m in c["acked"] if m not in text[c["doc"]]] for cid, c in everyone.items()}
     missing = {cid: ms for cid, ms in missing.items() if ms}
     assert not missing, f"acknowledged edits lost: {missing}"
-    unheld = {cid: [m for m in c["typed"] if m not in text] for cid, c in state["clients"].items()}
+    unheld = {cid: [m for m in c["typed"] if m not in text[c["doc"]]] for cid, c in state["clients"].items()}
     assert not any(unheld.values()), f"edits of live clients lost: { {k: v for k, v in unheld.items() if v} }"
-    assert cluster.persisted_text(team.doc_id) == text, "PostgreSQL's snapshot + log differ from what is served"
+    for doc in team.docs:
+        assert cluster.persisted_text(doc) == text[doc], f"PostgreSQL's snapshot + log of {doc} differ from what is served"
     return text
 
 
-def describe(state: dict, served: list) -> str:
+def describe(state: dict, served: dict) -> str:
     unsynced = sorted((cid, c["node"], c["socket"], c["pending"]) for cid, c in state["clients"].items()
                       if not c["synced"])
-    groups = [(len(g["text"]), sorted(g["ids"])[:6]) for g in state["texts"]]
-    lengths = [None if s is None else len(s) for s in served]
-    return f"unsynced clients (id, node, socket state, pending) {unsynced}; client texts (length, ids) {groups}; served lengths per node {lengths}"
+    groups = [(g["doc"][:8], len(g["text"]), sorted(g["ids"])[:6]) for g in state["texts"]]
+    lengths = {doc[:8]: [None if s is None else len(s) for s in texts] for doc, texts in served.items()}
+    return (f"unsynced clients (id, node, socket state, pending) {unsynced}; client texts (document, length, ids) "
+            f"{groups}; served lengths per node {lengths}")
 
 
 def acked_total(state: dict) -> int:
     return sum(len(c["acked"]) for c in state["clients"].values() if c["kind"] == "hp")
 
 
-async def typing(fleet: Fleet, team: Team, seconds: float) -> None:
+async def start_typing(fleet: Fleet, team: Team, seconds: float) -> None:
     await fleet.ask("open", clients=spread(team, TYPISTS))
     await fleet.ask("type", interval=INTERVAL_MS)
     await asyncio.sleep(seconds)
@@ -138,20 +146,21 @@ async def typing(fleet: Fleet, team: Team, seconds: float) -> None:
 async def test_clients_on_three_nodes_converge(cluster):
     team = await make_team(cluster, editors=2)
     async with Fleet([n.base for n in cluster.nodes]) as fleet:
-        await fleet.ask("open", clients=spread(team, 6))
-        await fleet.ask("type", interval=100)
+        await fleet.ask("open", clients=spread(team, 12))
+        await fleet.ask("type", interval=200)
         await asyncio.sleep(3)
         text = await settled(cluster, fleet, team)
         state = await fleet.ask("state")
-    assert {c["node"] for c in state["clients"].values()} == {0, 1, 2}
+    for doc in team.docs:
+        assert {c["node"] for c in state["clients"].values() if c["doc"] == doc} == {0, 1, 2}
     for cid, c in state["clients"].items():
-        assert c["typed"] and all(m in text for m in c["typed"]), cid
+        assert c["typed"] and all(m in text[c["doc"]] for m in c["typed"]), cid
 
 
 async def test_presence_on_any_node_lists_the_clients_of_every_node(cluster):
     team = await make_team(cluster, editors=2)
     # user k on node k: each node has one of them
-    clients = [{"id": f"p{k}", "kind": "hp" if k % 2 else "yws", "node": k, "doc": team.doc_id,
+    clients = [{"id": f"p{k}", "kind": "hp" if k % 2 else "yws", "node": k, "doc": team.docs[0],
                 "token": team.users[k].access_token} for k in range(3)]
     wanted = sorted(u.id for u in team.users)
     async with Fleet([n.base for n in cluster.nodes]) as fleet, \
@@ -161,7 +170,7 @@ async def test_presence_on_any_node_lists_the_clients_of_every_node(cluster):
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             for i, node in enumerate(cluster.nodes):
-                async with http.get(node.url(f"{API}/documents/{team.doc_id}/presence")) as resp:
+                async with http.get(node.url(f"{API}/documents/{team.docs[0]}/presence")) as resp:
                     assert resp.status == 200, await resp.text()
                     seen[i] = sorted(item["user_id"] for item in (await resp.json())["items"])
             if all(ids == wanted for ids in seen.values()):
@@ -186,11 +195,11 @@ async def test_change_feed_long_poll_on_node_c_wakes_for_a_commit_on_node_a(clus
         waiting = asyncio.ensure_future(long_poll())
         await asyncio.sleep(1)  # the long poll is parked on node C
         assert not waiting.done(), "the long poll answered before anything changed"
-        async with http.put(a.url(f"{API}/documents/{team.doc_id}/content"), data="woken\n") as resp:
+        async with http.put(a.url(f"{API}/documents/{team.docs[0]}/content"), data="woken\n") as resp:
             assert resp.status == 200, await resp.text()
             committed = time.monotonic()
         body, answered = await asyncio.wait_for(waiting, 40)
-    assert [(ch["entity"], ch["id"]) for ch in body["changes"]] == [("document", team.doc_id)], body
+    assert [(ch["entity"], ch["id"]) for ch in body["changes"]] == [("document", team.docs[0])], body
     # it woke for the commit, not at the end of its 30 s wait
     assert answered - committed < 10, f"node C answered {answered - committed:.1f} s after the commit"
 
@@ -214,11 +223,12 @@ async def test_login_throttle_of_an_account_holds_across_nodes(cluster):
 async def test_kill_9_of_a_node_loses_nothing_acknowledged(cluster):
     team = await make_team(cluster)
     async with Fleet([n.base for n in cluster.nodes]) as fleet:
-        await typing(fleet, team, 4)
-        on_node_1 = [c["id"] for c in spread(team, TYPISTS) if c["node"] == 1]
+        await start_typing(fleet, team, 4)
+        before = (await fleet.ask("state"))["clients"]
+        on_node_1 = [cid for cid, c in before.items() if c["node"] == 1]
         # a few of node 1's Hocuspocus clients go away with it (their tabs closed): what they saw
         # acknowledged must survive from PostgreSQL alone; the rest reconnect to other nodes
-        gone = [cid for cid in on_node_1 if int(cid[1:]) % 2 == 0][:3]
+        gone = [cid for cid in on_node_1 if before[cid]["kind"] == "hp"][:3]
         killed = await fleet.ask("kill", pid=cluster.nodes[1].proc.pid, node=1, abandon=gone)
         cluster.nodes[1].proc.wait(10)
         assert any(c["acked"] for c in killed["abandoned"].values()), killed
@@ -240,7 +250,7 @@ async def test_kill_9_of_a_node_loses_nothing_acknowledged(cluster):
 async def test_redis_stopped_10_s_then_resumed(cluster):
     team = await make_team(cluster)
     async with Fleet([n.base for n in cluster.nodes]) as fleet:
-        await typing(fleet, team, 3)
+        await start_typing(fleet, team, 3)
         before = acked_total(await fleet.ask("state"))
         cluster.redis.pause()
         try:
@@ -253,8 +263,9 @@ async def test_redis_stopped_10_s_then_resumed(cluster):
         # while Redis answered nothing, edits went on being committed and acknowledged, and what
         # was acknowledged on one node reached the clients of the others (from PostgreSQL)
         assert acked_total(late) > acked_total(early) > before, (before, acked_total(early), acked_total(late))
-        acked = {m for c in early["clients"].values() if c["kind"] == "hp" for m in c["acked"]}
-        unseen = {cid: len([m for m in acked if m not in group["text"]])
+        acked = {doc: {m for c in early["clients"].values() if c["kind"] == "hp" and c["doc"] == doc
+                       for m in c["acked"]} for doc in team.docs}
+        unseen = {cid: len([m for m in acked[group["doc"]] if m not in group["text"]])
                   for group in late["texts"] for cid in group["ids"]}
         assert not any(unseen.values()), f"edits acknowledged 8 s earlier, unseen per client: {unseen}"
         await asyncio.sleep(3)
@@ -264,7 +275,7 @@ async def test_redis_stopped_10_s_then_resumed(cluster):
 async def test_redis_flushall(cluster):
     team = await make_team(cluster)
     async with Fleet([n.base for n in cluster.nodes]) as fleet:
-        await typing(fleet, team, 3)
+        await start_typing(fleet, team, 3)
         cluster.redis.flushall()
         await asyncio.sleep(3)
         await settled(cluster, fleet, team)
@@ -276,11 +287,11 @@ async def test_all_nodes_compacting_the_same_document_at_once(cluster):
     team = await make_team(cluster)
 
     def snapshot_seq() -> int:
-        rows = cluster.sql("SELECT seq FROM doc_snapshots WHERE document_id = %s", (team.doc_id,))
+        rows = cluster.sql("SELECT seq FROM doc_snapshots WHERE document_id = %s", (team.docs[0],))
         return rows[0][0] if rows else 0
 
     async with Fleet([n.base for n in cluster.nodes]) as fleet:
-        await typing(fleet, team, 2)
+        await start_typing(fleet, team, 2)
         seqs = [snapshot_seq()]
         deadline = time.monotonic() + 20
         while len(set(seqs) - {0}) < 3 and time.monotonic() < deadline:
@@ -288,7 +299,7 @@ async def test_all_nodes_compacting_the_same_document_at_once(cluster):
             seqs.append(snapshot_seq())
         await settled(cluster, fleet, team)
     assert len(set(seqs) - {0}) >= 3, f"the document was not compacted again and again: snapshot seqs {seqs}"
-    logged = cluster.sql("SELECT count(*) FROM doc_updates WHERE document_id = %s", (team.doc_id,))[0][0]
+    logged = cluster.sql("SELECT count(*) FROM doc_updates WHERE document_id = %s", (team.docs[0],))[0][0]
     assert logged < 1000, f"the log was not compacted: {logged} rows"
 
 
@@ -296,7 +307,7 @@ async def test_clients_moving_from_node_to_node_between_edits(cluster):
     team = await make_team(cluster)
     rand = random.Random(21)
     async with Fleet([n.base for n in cluster.nodes]) as fleet:
-        await typing(fleet, team, 1)
+        await start_typing(fleet, team, 1)
         for _ in range(30):
             cid = f"c{rand.randrange(TYPISTS)}"
             await fleet.ask("move", id=cid, node=rand.randrange(3))

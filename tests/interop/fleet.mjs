@@ -3,18 +3,20 @@
 //   node fleet.mjs fleet '{"nodes": ["http://127.0.0.1:P1", ...]}'
 // reads one JSON command per line on stdin and answers each with one JSON line on stdout
 // ({re: <the command's id>, ...}, or {re, error}):
-//   open   {clients: [{id, kind: "hp"|"yws", node: <index>, doc, token}]}  connects them; answers
-//          once all are synced
+//   open   {clients: [{id, kind: "hp"|"yws", node: <index>, doc, token, socket}]}  connects them;
+//          answers once all are synced. Hocuspocus clients naming the same `socket` share one
+//          socket (many documents on it, as the provider multiplexes them; the first one's node)
 //   type   {interval}   every client inserts a marker ⟦id.n⟧ every `interval` ms (at a marker
 //          boundary: markers never split, so "the text holds marker m" is exact)
 //   stop   {}           stops typing
-//   move   {id, node}   the client's next socket goes to that node; its current one is closed
+//   move   {id, node}   the client's socket (with every document on it) goes to that node: the open
+//          one is closed, the provider reconnects there
 //   kill   {pid, node, abandon: [ids]}  SIGKILLs the node's server from here and, in that same
 //          tick, destroys the clients `abandon` (a closed browser tab): what each had seen
 //          acknowledged is reported and must survive
 //   state  {}           per client: node, synced, what it typed, what was acknowledged (Hocuspocus:
 //          the markers typed before `unsyncedChanges` last reached 0, i.e. committed) or sent
-//          (y-websocket: typed while its socket was open); the distinct texts
+//          (y-websocket: typed while its socket was open); the distinct texts of each document
 //   close  {}           destroys every client and ends
 // A client's socket goes to its current node (a WebSocket class that rewrites the URL's host, the
 // part a load balancer plays); a socket that could not even open (the node is down) sends the
@@ -28,23 +30,28 @@ import { cfg, sleep, until } from './harness.mjs'
 
 const nodes = cfg.nodes.map((base) => new URL(base))
 const clients = new Map()
+const sharedLinks = new Map() // socket name -> the link its Hocuspocus documents share
 let typing = null
 
-function socketClass (c) {
-  return class NodeSocket extends WebSocket {
+// a client's way to the servers: the node its next socket goes to, the socket, how often one opened
+// (shared by the documents of one Hocuspocus socket)
+function link (node) {
+  const l = { node, socket: null, opens: 0, ws: null }
+  l.WS = class NodeSocket extends WebSocket {
     constructor (url, protocols) {
       const target = new URL(url)
-      target.host = nodes[c.node].host
+      target.host = nodes[l.node].host
       super(target.toString(), protocols)
-      c.socket = this
+      l.socket = this
       let opened = false
-      this.on('open', () => { opened = true; c.opens++ })
+      this.on('open', () => { opened = true; l.opens++ })
       this.on('close', () => {
-        if (!opened && c.socket === this) c.node = (c.node + 1) % nodes.length
+        if (!opened && l.socket === this) l.node = (l.node + 1) % nodes.length
       })
       this.on('error', () => {})
     }
   }
+  return l
 }
 
 function wsUrl (path) {
@@ -54,24 +61,33 @@ function wsUrl (path) {
   return u.toString().replace(/\/$/, '')
 }
 
-function connect ({ id, kind, node, doc, token }) {
+function hocuspocusLink (node, socket) {
+  const l = socket && sharedLinks.has(socket) ? sharedLinks.get(socket) : link(node)
+  if (!l.ws) {
+    l.ws = new HocuspocusProviderWebsocket({ url: wsUrl('/ws/hocuspocus'), WebSocketPolyfill: l.WS, delay: 100, minDelay: 100, maxDelay: 500 })
+    if (socket) sharedLinks.set(socket, l)
+  }
+  return l
+}
+
+function connect ({ id, kind, node, doc, token, socket }) {
   const ydoc = new Y.Doc()
   const c = {
-    id, kind, node, doc: ydoc, text: ydoc.getText('markdown'), typed: [], acked: 0, sent: 0,
-    opens: 0, socket: null, synced: false, gone: false, n: 0
+    id, kind, name: doc, doc: ydoc, text: ydoc.getText('markdown'), typed: [], acked: 0, sent: 0,
+    synced: false, gone: false, n: 0, shared: Boolean(socket)
   }
-  const WS = socketClass(c)
   if (kind === 'hp') {
-    c.ws = new HocuspocusProviderWebsocket({ url: wsUrl('/ws/hocuspocus'), WebSocketPolyfill: WS, delay: 100, minDelay: 100, maxDelay: 500 })
+    c.link = hocuspocusLink(node, socket)
     c.provider = new HocuspocusProvider({
-      websocketProvider: c.ws, name: doc, document: ydoc, token, onSynced: () => { c.synced = true }
+      websocketProvider: c.link.ws, name: doc, document: ydoc, token, onSynced: () => { c.synced = true }
     })
     c.provider.on('unsyncedChanges', ({ number }) => { if (number === 0) c.acked = c.typed.length })
     c.provider.attach()
     c.isSynced = () => c.synced && c.provider.unsyncedChanges === 0
   } else {
+    c.link = link(node)
     c.provider = new WebsocketProvider(wsUrl('/ws/docs'), doc, ydoc, {
-      WebSocketPolyfill: WS, params: { token }, disableBc: true, maxBackoffTime: 300
+      WebSocketPolyfill: c.link.WS, params: { token }, disableBc: true, maxBackoffTime: 300
     })
     c.provider.on('sync', (s) => { c.synced = s })
     c.isSynced = () => c.synced && c.provider.wsconnected
@@ -95,7 +111,7 @@ function typeOne (c) {
 function destroy (c) {
   c.gone = true
   c.provider.destroy()
-  if (c.ws) c.ws.destroy()
+  if (c.link.ws && ![...clients.values()].some((o) => !o.gone && o.link === c.link)) c.link.ws.destroy()
 }
 
 function live () {
@@ -125,11 +141,11 @@ const commands = {
     return { typing: false }
   },
   async move ({ id, node }) {
-    const c = clients.get(id)
-    c.node = node
-    // an open socket is closed (the provider reconnects, to `node`); one still connecting finishes
-    // where it goes, and the next one goes to `node`
-    if (c.socket && c.socket.readyState === WebSocket.OPEN) c.socket.close()
+    // the client's socket (with every document on it) goes to `node`: an open one is closed (the
+    // provider reconnects, there); one still connecting finishes where it goes, the next goes there
+    const l = clients.get(id).link
+    l.node = node
+    if (l.socket && l.socket.readyState === WebSocket.OPEN) l.socket.close()
     return { moved: id }
   },
   async kill ({ pid, node, abandon }) {
@@ -137,7 +153,7 @@ const commands = {
     const abandoned = {}
     for (const id of abandon || []) {
       const c = clients.get(id)
-      abandoned[id] = { node: c.node, acked: c.typed.slice(0, c.acked), typed: c.typed.length }
+      abandoned[id] = { doc: c.name, node: c.link.node, acked: c.typed.slice(0, c.acked), typed: c.typed.length }
       destroy(c)
     }
     return { killed: node, abandoned }
@@ -147,19 +163,21 @@ const commands = {
     const per = {}
     for (const c of live()) {
       const t = c.text.toString()
-      ;(texts[t] = texts[t] || []).push(c.id)
+      const key = JSON.stringify([c.name, t])
+      ;(texts[key] = texts[key] || { doc: c.name, text: t, ids: [] }).ids.push(c.id)
       per[c.id] = {
         kind: c.kind,
-        node: c.node,
+        doc: c.name,
+        node: c.link.node,
         synced: c.isSynced(),
-        opens: c.opens,
-        socket: c.socket ? c.socket.readyState : null,
+        opens: c.link.opens,
+        socket: c.link.socket ? c.link.socket.readyState : null,
         pending: c.kind === 'hp' ? c.provider.unsyncedChanges : (c.provider.wsconnected ? 0 : 1),
         typed: c.typed,
         acked: c.kind === 'hp' ? c.typed.slice(0, c.acked) : c.typed.slice(0, c.sent)
       }
     }
-    return { clients: per, texts: Object.entries(texts).map(([text, ids]) => ({ text, ids })) }
+    return { clients: per, texts: Object.values(texts) }
   },
   async close () {
     if (typing) clearInterval(typing)
