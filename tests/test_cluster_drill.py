@@ -108,8 +108,7 @@ async def settled(cluster: NodeCluster, fleet: Fleet, team: Team, abandoned: dic
                           for doc in team.docs):
             break
         if time.monotonic() > deadline:
-            logs = "".join(f"\n--- node {i}:\n{cluster.log(i, 1500)}" for i in range(len(cluster.nodes)))
-            pytest.fail(f"no convergence in {SETTLE_SECONDS} s: {describe(state, served)}{logs}")
+            pytest.fail(f"no convergence in {SETTLE_SECONDS} s: {describe(state, served)}{logs(cluster)}")
         await asyncio.sleep(0.5)
     text = {doc: texts[doc][0] for doc in team.docs}
     everyone = {**state["clients"], **(abandoned or {})}
@@ -123,6 +122,10 @@ async def settled(cluster: NodeCluster, fleet: Fleet, team: Team, abandoned: dic
     return text
 
 
+def logs(cluster: NodeCluster) -> str:
+    return "".join(f"\n--- node {i}:\n{cluster.log(i, 1500)}" for i in range(len(cluster.nodes)))
+
+
 def describe(state: dict, served: dict) -> str:
     unsynced = sorted((cid, c["node"], c["socket"], c["pending"]) for cid, c in state["clients"].items()
                       if not c["synced"])
@@ -132,8 +135,9 @@ def describe(state: dict, served: dict) -> str:
             f"{groups}; served lengths per node {lengths}")
 
 
-def acked_total(state: dict) -> int:
-    return sum(len(c["acked"]) for c in state["clients"].values() if c["kind"] == "hp")
+def acks(state: dict) -> int:
+    """The Hocuspocus acknowledgements (SyncStatus) the clients received so far."""
+    return sum(c["acks"] for c in state["clients"].values() if c["kind"] == "hp")
 
 
 async def start_typing(fleet: Fleet, team: Team, seconds: float) -> None:
@@ -251,7 +255,7 @@ async def test_redis_stopped_10_s_then_resumed(cluster):
     team = await make_team(cluster)
     async with Fleet([n.base for n in cluster.nodes]) as fleet:
         await start_typing(fleet, team, 3)
-        before = acked_total(await fleet.ask("state"))
+        before = acks(await fleet.ask("state"))
         cluster.redis.pause()
         try:
             await asyncio.sleep(1)
@@ -262,7 +266,9 @@ async def test_redis_stopped_10_s_then_resumed(cluster):
             cluster.redis.resume()
         # while Redis answered nothing, edits went on being committed and acknowledged, and what
         # was acknowledged on one node reached the clients of the others (from PostgreSQL)
-        assert acked_total(late) > acked_total(early) > before, (before, acked_total(early), acked_total(late))
+        assert acks(late) > acks(early) > before, (
+            f"acks before the pause {before}, 1 s into it {acks(early)}, 10 s into it {acks(late)}: "
+            f"{describe(late, {})}{logs(cluster)}")
         acked = {doc: {m for c in early["clients"].values() if c["kind"] == "hp" and c["doc"] == doc
                        for m in c["acked"]} for doc in team.docs}
         unseen = {cid: len([m for m in acked[group["doc"]] if m not in group["text"]])

@@ -16,7 +16,8 @@
 //          acknowledged is reported and must survive
 //   state  {}           per client: node, synced, what it typed, what was acknowledged (Hocuspocus:
 //          the markers typed before `unsyncedChanges` last reached 0, i.e. committed) or sent
-//          (y-websocket: typed while its socket was open); the distinct texts of each document
+//          (y-websocket: typed while its socket was open), the acknowledgements received
+//          (Hocuspocus SyncStatus); the distinct texts of each document
 //   close  {}           destroys every client and ends
 // A client's socket goes to its current node (a WebSocket class that rewrites the URL's host, the
 // part a load balancer plays); a socket that could not even open (the node is down) sends the
@@ -73,7 +74,7 @@ function hocuspocusLink (node, socket) {
 function connect ({ id, kind, node, doc, token, socket }) {
   const ydoc = new Y.Doc()
   const c = {
-    id, kind, name: doc, doc: ydoc, text: ydoc.getText('markdown'), typed: [], acked: 0, sent: 0,
+    id, kind, name: doc, doc: ydoc, text: ydoc.getText('markdown'), typed: [], acked: 0, sent: 0, acks: 0,
     synced: false, gone: false, n: 0, shared: Boolean(socket)
   }
   if (kind === 'hp') {
@@ -82,6 +83,9 @@ function connect ({ id, kind, node, doc, token, socket }) {
       websocketProvider: c.link.ws, name: doc, document: ydoc, token, onSynced: () => { c.synced = true }
     })
     c.provider.on('unsyncedChanges', ({ number }) => { if (number === 0) c.acked = c.typed.length })
+    // every SyncStatus "applied" the server sends (one per committed message), counted
+    const decrement = c.provider.decrementUnsyncedChanges.bind(c.provider)
+    c.provider.decrementUnsyncedChanges = () => { c.acks++; decrement() }
     c.provider.attach()
     c.isSynced = () => c.synced && c.provider.unsyncedChanges === 0
   } else {
@@ -173,6 +177,7 @@ const commands = {
         opens: c.link.opens,
         socket: c.link.socket ? c.link.socket.readyState : null,
         pending: c.kind === 'hp' ? c.provider.unsyncedChanges : (c.provider.wsconnected ? 0 : 1),
+        acks: c.acks,
         typed: c.typed,
         acked: c.kind === 'hp' ? c.typed.slice(0, c.acked) : c.typed.slice(0, c.sent)
       }
