@@ -305,8 +305,8 @@ def two_writers(count: int, seed: int) -> tuple[list[bytes], str]:
 
 async def test_rows_from_other_nodes_arriving_out_of_order_are_applied_in_seq_order(nodes):
     """Streams of two nodes interleave, and a flushed Redis loses entries: rows reach a room in
-    any order. pycrdt loses updates applied before their dependencies (docs/architecture.md,
-    'Facts'), so a room holds a row past a gap until the rows before it are in."""
+    any order. pycrdt loses updates applied before their dependencies (docs/architecture.md
+    "Facts the code relies on"), so a room holds a row past a gap until the rows before it are in."""
     [a] = await nodes(1)
     owner, ws = await owned_workspace(a)
     for seed in range(4):
@@ -320,3 +320,29 @@ async def test_rows_from_other_nodes_arriving_out_of_order_are_applied_in_seq_or
                 room.apply_remote(first + i, made[i])
             assert room.known == first + len(made) - 1 and not room.gap()
             assert room.text() == text
+
+
+async def test_rows_logged_after_rows_that_depend_on_them_are_still_applied_and_loaded(nodes, database):
+    """A node's append that fails outright is retried after its later rows may have committed:
+    the log then holds a row before one it depends on. A node reading that stretch from the
+    stream, and one loading it from PostgreSQL, still end with every word."""
+    a, b = await nodes(2)
+    owner, ws = await owned_workspace(a)
+    for seed in range(4):
+        document_id = (await document(a, owner, ws, f"Doc {seed}", markdown=""))["id"]
+        made, text = two_writers(20, seed)
+        order = list(range(len(made)))
+        random.Random(seed).shuffle(order)   # the seq order: not the order they were made in
+        async with a.app[ROOMS].use(document_id) as room:
+            first = room.known + 1
+            for n, i in enumerate(order):
+                room.apply_remote(first + n, made[i])
+            assert room.text() == text
+        with psycopg.connect(database) as conn:   # as the nodes had logged them
+            conn.execute("INSERT INTO doc_heads (document_id, seq) VALUES (%s, %s)",
+                         (document_id, first + len(made) - 1))
+            for n, i in enumerate(order):
+                conn.execute("INSERT INTO doc_updates (document_id, seq, data, created_at) VALUES (%s, %s, %s, 'x')",
+                             (document_id, first + n, made[i]))
+        async with b.app[ROOMS].use(document_id) as loaded:
+            assert loaded.text() == text

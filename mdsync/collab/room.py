@@ -75,6 +75,7 @@ class Room:
         # seen past a gap (seq -> another node's update, waiting; None: this node's, in the Doc)
         self.known = seq
         self._ahead: dict[int, bytes | None] | None = None
+        self._waiting: list[bytes] | None = None   # other nodes' rows the Doc has not integrated
         self.snapshot_bytes = snapshot_bytes
         self._log: list[bytes] = list(log_updates)   # updates since the snapshot (in the DB or pending)
         self._log_bytes = sum(len(u) for u in log_updates)
@@ -584,6 +585,16 @@ class Room:
         self._log_bytes += len(update)
         self.seq += 1  # a change: REST writes compare seq to see whether the room moved on
         self.manager.stats.remote_updates += 1
+        # rows come in seq order, but a retried append can log a row after one that depends on
+        # it, and pycrdt may then never integrate the earlier one (docs/architecture.md "Facts
+        # the code relies on"): such a row is applied again after the next, until the Doc holds it
+        if not missing_from(self.doc, [update]):
+            if self._waiting:
+                self._waiting = missing_from(self.doc, self._waiting, reapply=True) or None
+        elif self._waiting is None:
+            self._waiting = [update]
+        elif len(self._waiting) < 1000:   # beyond: in `_log` still, carried over by a compaction
+            self._waiting.append(update)
 
     def apply_stored(self, found: store.Since) -> None:
         """What `store.since(known)` read: a snapshot past `known` (compacted by another node),
@@ -600,6 +611,8 @@ class Room:
                 news = self.doc.get_update(before)
                 if news != p.EMPTY_UPDATE:
                     self._fanout(p.update_message(news), None)
+                if self._waiting:
+                    self._waiting = missing_from(self.doc, self._waiting, reapply=True) or None
             self.seq += 1
             self.known = found.snapshot_seq
             self._advance()
@@ -700,6 +713,28 @@ def decode_state_vector(sv: bytes) -> dict[int, int]:
         clock, pos = p.read_varuint(sv, pos)
         out[client] = clock
     return out
+
+
+def missing_from(doc: Doc, rows: list[bytes], *, reapply: bool = False) -> list[bytes]:
+    """The updates of `rows` whose structs `doc` does not hold (all of them applied to it again
+    first with `reapply`: pycrdt integrates an update whose dependencies came after it only when
+    it is applied again)."""
+    if reapply:
+        for update in rows:
+            try:
+                doc.apply_update(update)
+            except Exception:  # noqa: S112 - it did apply once; what it lacks stays listed
+                continue
+    have = decode_state_vector(doc.get_state())
+    missing = []
+    for update in rows:
+        try:
+            ends = updates.struct_ends(update)
+        except ProtocolError:
+            continue  # cannot tell: applied once, as any row
+        if any(have.get(client, 0) < end for client, end in ends.items()):
+            missing.append(update)
+    return missing
 
 
 def encode_state_vector(clocks: dict[int, int]) -> bytes:

@@ -34,7 +34,7 @@ from pycrdt import Doc
 
 from mdsync.collab import store
 from mdsync.collab.connection import Connection, slim_access
-from mdsync.collab.room import Room, seed_update
+from mdsync.collab.room import Room, missing_from, seed_update
 from mdsync.db import Database
 from mdsync.hooks import Hooks
 
@@ -205,6 +205,14 @@ class RoomManager:
             doc.apply_update(stored.snapshot)
         for update in stored.updates:
             doc.apply_update(update)
+        if self.replication is not None and stored.updates:
+            # several nodes: a retried append can log a row after one that depends on it (room.py
+            # missing_from): apply such rows again until the Doc holds them (at most twice more)
+            missing = missing_from(doc, stored.updates)
+            for _ in range(2):
+                if not missing:
+                    break
+                missing = missing_from(doc, missing, reapply=True)
         room = Room(self, document_id, doc, seq=stored.last_seq, snapshot_bytes=len(stored.snapshot or b""),
                     log_updates=stored.updates, content_model=stored.content_model)
         if stored.snapshot is None and not stored.updates:
