@@ -219,6 +219,10 @@ class Settings(Section):
         if self.cluster.redis_url is not None and self.database.url is None:
             raise ValueError("cluster.redis_url is set but database.url is not: several nodes share one "
                              "PostgreSQL database (a SQLite file belongs to one node); set database.url")
+        if self.cluster.redis_url is not None and not self.server.secret:
+            raise ValueError("cluster.redis_url is set but server.secret is not: every node must sign and "
+                             "check tokens with the same secret (a generated data_dir/secret is one node's); "
+                             "set server.secret to one long random value on every node")
         if self.cluster.redis_url is not None and self.storage.backend != "s3":
             raise ValueError("cluster.redis_url is set but storage.backend is \"local\": attachments "
                              "must be on S3 when several nodes run (each node would see only its own "

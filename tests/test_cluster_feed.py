@@ -339,8 +339,11 @@ async def test_a_deadlock_between_two_writers_runs_the_losing_job_again_and_fail
         gate.set()
         results = await asyncio.wait_for(asyncio.gather(*futures), 60)
 
-        assert sorted(results[1::2]) == [1, 2]   # the loser ran twice, and both succeeded
-        assert one.stats.retries + two.stats.retries == 1
+        # the winner ran once, the loser again (more than once if the loaded machine's lock waits
+        # crossed again), and both succeeded
+        winner, loser = sorted(results[1::2])
+        assert winner == 1 and loser >= 2
+        assert one.stats.retries + two.stats.retries == loser - 1
         assert await one.all("SELECT id, v FROM crossing ORDER BY id") == [(1, 2), (2, 2)]
         assert sorted(r[0] for r in await one.all("SELECT name FROM written")) == ["one", "two"]
         assert runs["insert one"] == runs["insert two"] == 1

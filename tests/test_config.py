@@ -209,14 +209,17 @@ def test_configured_secret_wins_and_writes_no_file(tmp_path):
 
 # -- several nodes (cluster.redis_url) ---------------------------------------------------------
 
-def test_a_cluster_needs_postgresql_and_s3_and_says_which_is_missing():
+def test_a_cluster_needs_postgresql_a_shared_secret_and_s3_and_says_which_is_missing():
     redis = {"MDSYNC_CLUSTER__REDIS_URL": "redis://127.0.0.1:6379/0"}
     with pytest.raises(config.ConfigError, match="database.url is not"):
         config.load(None, environ=redis)
+    redis["MDSYNC_DATABASE__URL"] = "postgresql://u@127.0.0.1/db"
+    with pytest.raises(config.ConfigError, match="server.secret is not"):
+        config.load(None, environ=redis)
+    redis["MDSYNC_SERVER__SECRET"] = "s" * 48
     with pytest.raises(config.ConfigError, match='storage.backend is "local"'):
-        config.load(None, environ={**redis, "MDSYNC_DATABASE__URL": "postgresql://u@127.0.0.1/db"})
-    settings = config.load(None, environ={**redis, "MDSYNC_DATABASE__URL": "postgresql://u@127.0.0.1/db",
-                                          "MDSYNC_STORAGE__BACKEND": "s3"})
+        config.load(None, environ=redis)
+    settings = config.load(None, environ={**redis, "MDSYNC_STORAGE__BACKEND": "s3"})
     assert settings.clustered
     assert not config.load(None, environ={"MDSYNC_CLUSTER__REDIS_URL": ""}).clustered
 
