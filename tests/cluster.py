@@ -28,13 +28,28 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from mdsync import config
 from tests import engines, pgserver, prerequisites, redisserver
+from tests.builders import make_settings
 from tests.processes import ServerProcess, free_port
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
 BUCKET = "mdsync-cluster"
+# what every in-process node of a test shares (`node_settings`): tokens made on one hold on the others
+SHARED_SECRET = "one-secret-for-every-node-of-the-test-cluster"
 # modules of several-node tests: PostgreSQL only, after the parallel part (see the docstring)
 CLUSTER_MARKS = [pytest.mark.postgresql_only, pytest.mark.serial]
+
+
+def node_settings(data_dir: Path, database_url: str, redis: redisserver.RedisServer, s3: S3Server,
+                  **overrides) -> config.Settings:
+    """Settings of an in-process node (an app of `create_app`) of a test cluster: its own data dir,
+    the shared database, Redis, secret and bucket (`BUCKET` on `s3`); `overrides` as
+    `tests.builders.make_settings` takes them (`collab__snapshot_after_updates=5`)."""
+    return make_settings(data_dir, database__url=database_url, server__secret=SHARED_SECRET,
+                         cluster__redis_url=redis.url, storage__backend="s3", storage__s3__endpoint=s3.endpoint,
+                         storage__s3__bucket=BUCKET, storage__s3__access_key_id=ACCESS_KEY,
+                         storage__s3__secret_access_key=SECRET_KEY, storage__s3__path_style=True, **overrides)
 
 
 def missing_reason() -> str | None:

@@ -16,10 +16,11 @@ import pytest
 
 from mdsync import clock, config
 from mdsync.app import create_app
-from tests import engines, pgserver, prerequisites
+from tests import cluster, engines, pgserver, prerequisites, redisserver
 from tests.authz_world import World, build_world
 from tests.builders import make_settings
 from tests.processes import ServerProcess
+from tests.s3server import S3Server
 
 
 def pytest_addoption(parser):
@@ -122,6 +123,24 @@ async def world(client) -> World:
     """A workspace with a member of every role, an outsider and a share-link holder
     (tests/authz_world.py), on the test's `client`."""
     return await build_world(client)
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """A Redis of the test's own (tests/redisserver.py), stopped by pid after it (resumed first if
+    the test paused it)."""
+    server = redisserver.RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_s3(tmp_path_factory):
+    """moto S3 with the bucket the in-process nodes of tests/cluster.py's `node_settings` use,
+    one per test module."""
+    with S3Server(tmp_path_factory.mktemp("moto")) as server:
+        server.create_bucket(cluster.BUCKET)
+        yield server
 
 
 @pytest.fixture

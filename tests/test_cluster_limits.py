@@ -16,63 +16,36 @@ import uuid
 import aiohttp
 import pytest
 
-from mdsync import config
 from mdsync.app import create_app
 from tests import engines, redisserver
 from mdsync.ai.ledger import Ledger
 from mdsync.appkeys import SETTINGS
 from mdsync.db import database_for
 from tests.ai_setup import OPENAI, team
-from tests.cluster import NodeCluster
-from tests.builders import FAST_AUTH, NO_AI_UPSTREAM, PASSWORD, owned_document, register
+from tests.cluster import NodeCluster, node_settings
+from tests.builders import PASSWORD, owned_document, register
 from tests.fake_ai_upstream import CHAT_USAGE, fake_ai  # noqa: F401
 from tests.prerequisites import requires
 from tests.readers import settings_rows
-from tests.redisserver import RedisServer
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.waiting import eventually
 from tests.yclient import YClient
 
 # several nodes need PostgreSQL: `test_x[postgresql]` alone (tests/cluster.py)
 pytestmark = [pytest.mark.postgresql_only, requires(redisserver.missing_reason())]
 
-BUCKET = "mdsync-cluster-limits"
-SECRET = "a-secret-all-nodes-share-" + "x" * 32
 CHAT = {"model": "gpt-fake", "max_tokens": 20, "messages": [{"role": "user", "content": "Say hello"}]}
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("moto")) as server:
-        server.create_bucket(BUCKET)
-        yield server
-
-
 @pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def nodes(s3, redis, aiohttp_client, tmp_path):
+def nodes(cluster_s3, redis, aiohttp_client, tmp_path):
     """`await nodes(3, **overrides)`: that many in-process nodes of one cluster, each a test client
     with a data dir of its own, all on one database (dropped after the test), Redis and bucket."""
     database = engines.database_url(tmp_path / "cluster")
 
     async def start(count: int = 3, **overrides) -> list:
-        clients = []
-        for n in range(count):
-            values = {"server.data_dir": tmp_path / f"node{n}", "auth.registration": "open", **FAST_AUTH,
-                      **NO_AI_UPSTREAM, "database.url": database, "server.secret": SECRET,
-                      "cluster.redis_url": redis.url, "storage.backend": "s3", "storage.s3.endpoint": s3.endpoint,
-                      "storage.s3.bucket": BUCKET, "storage.s3.access_key_id": ACCESS_KEY,
-                      "storage.s3.secret_access_key": SECRET_KEY, "storage.s3.path_style": True}
-            values.update({k.replace("__", "."): v for k, v in overrides.items()})
-            settings = config.load(None, environ={}, overrides=values)
-            clients.append(await aiohttp_client(create_app(settings)))
-        return clients
+        return [await aiohttp_client(create_app(node_settings(tmp_path / f"node{n}", database, redis, cluster_s3,
+                                                              **overrides)))
+                for n in range(count)]
     return start
 
 

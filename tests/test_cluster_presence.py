@@ -13,41 +13,22 @@ import pytest
 from pycrdt import Doc, Text
 
 from mdsync.app import create_app
-from tests import pgserver, redisserver
-from tests.builders import API, join, make_settings, make_workspace, owned_document, register
+from tests import engines, pgserver, redisserver
+from tests.builders import API, join, make_workspace, owned_document, register
 from tests.builders import document as new_document
-from tests.cluster import NodeCluster
+from tests.cluster import NodeCluster, node_settings
 from tests.nodeclients import needs_node, run_node
 from tests.prerequisites import requires
 from tests.readers import db_rows, feed
-from tests.redisserver import RedisServer
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.waiting import eventually
 from tests.yclient import YClient
 
 pytestmark = [pytest.mark.postgresql_only, requires(pgserver.missing_reason()), requires(redisserver.missing_reason())]
 
-BUCKET = "mdsync-cluster"
-SECRET = "cluster-test-secret-0123456789abcdef-0123456789"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("moto")) as server:
-        server.create_bucket(BUCKET)
-        yield server
 
 
 @pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.resume()  # a test that paused it may have failed before resuming
-    server.stop()
-
-
-@pytest.fixture
-async def make_nodes(aiohttp_client, tmp_path, redis, s3):
+async def make_nodes(aiohttp_client, tmp_path, redis, cluster_s3):
     """`await make_nodes(**settings)`: two nodes (in-process apps) sharing one PostgreSQL database
     and one Redis."""
     clients = []
@@ -56,11 +37,7 @@ async def make_nodes(aiohttp_client, tmp_path, redis, s3):
         # one data dir, hence one database (tests/engines.py), for both; nothing else of it is used
         data_dir = tmp_path / f"cluster-{uuid.uuid4().hex[:6]}"
         for _node in ("a", "b"):
-            settings = make_settings(
-                data_dir, server__secret=SECRET, cluster__redis_url=redis.url,
-                storage__backend="s3", storage__s3__endpoint=s3.endpoint, storage__s3__bucket=BUCKET,
-                storage__s3__access_key_id=ACCESS_KEY, storage__s3__secret_access_key=SECRET_KEY,
-                storage__s3__path_style=True, **overrides)
+            settings = node_settings(data_dir, engines.database_url(data_dir), redis, cluster_s3, **overrides)
             clients.append(await aiohttp_client(create_app(settings)))
         return clients[-2:]
 

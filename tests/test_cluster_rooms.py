@@ -17,33 +17,16 @@ from pycrdt import Doc, Text
 from mdsync.app import create_app
 from mdsync.collab.rooms import ROOMS
 from mdsync.hooks import HOOKS
-from mdsync import config
 from tests import engines, redisserver
-from tests.builders import FAST_AUTH, NO_AI_UPSTREAM, document, owned_document, owned_workspace
+from tests.builders import document, owned_document, owned_workspace
+from tests.cluster import node_settings
 from tests.prerequisites import requires
 from tests.redisserver import RedisServer
-from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 from tests.waiting import eventually
 from tests.yclient import YClient
 
 pytestmark = [pytest.mark.postgresql_only, requires(redisserver.missing_reason())]
 
-BUCKET = "mdsync-cluster"
-SECRET = "one-secret-for-every-node-of-the-test-cluster"   # tokens made on one node hold on the others
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    with S3Server(tmp_path_factory.mktemp("moto")) as server:
-        server.create_bucket(BUCKET)
-        yield server
-
-
-@pytest.fixture
-def redis(tmp_path):
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -53,19 +36,12 @@ def database(tmp_path) -> str:
 
 
 @pytest.fixture
-def nodes(aiohttp_client, tmp_path, redis, s3, database):
+def nodes(aiohttp_client, tmp_path, redis, cluster_s3, database):
     """`await nodes(2, collab__snapshot_after_updates=5)`: that many nodes (test clients on apps)."""
     async def start(count: int, **overrides):
-        started = []
-        for i in range(count):
-            values = {"server.data_dir": tmp_path / f"node{i}", "auth.registration": "open", **FAST_AUTH,
-                      **NO_AI_UPSTREAM, "database.url": database, "server.secret": SECRET,
-                      "cluster.redis_url": redis.url, "storage.backend": "s3", "storage.s3.endpoint": s3.endpoint,
-                      "storage.s3.bucket": BUCKET, "storage.s3.access_key_id": ACCESS_KEY,
-                      "storage.s3.secret_access_key": SECRET_KEY, "storage.s3.path_style": True}
-            values.update({k.replace("__", "."): v for k, v in overrides.items()})
-            started.append(await aiohttp_client(create_app(config.load(None, environ={}, overrides=values))))
-        return started
+        return [await aiohttp_client(create_app(node_settings(tmp_path / f"node{i}", database, redis, cluster_s3,
+                                                              **overrides)))
+                for i in range(count)]
     return start
 
 
