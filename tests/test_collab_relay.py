@@ -404,6 +404,50 @@ async def test_prebuilt_frames_reach_the_client_intact(collab, size):
     await ws.close()
 
 
+async def test_frames_of_one_loop_turn_reach_each_peer_in_order_without_its_own(collab):
+    """Updates accepted in one loop turn go out together at its end (one write per peer): each
+    peer still gets every update but its own, in order, and a frame sent to it directly in the
+    same turn comes after them."""
+    app = collab.server.app
+    alice = await register(collab)
+    _, doc_id = await make_document(app, alice.id)
+    sockets = []
+    for _ in range(2):
+        ws = await collab.ws_connect(f"/ws/docs/{doc_id}?token={alice.access_token}")
+        assert (await ws.receive(timeout=5)).data[:2] == b"\x00\x00"  # the server's sync step 1
+        sockets.append(ws)
+    await eventually(lambda: len(app[ROOMS].connections(doc_id)) == 2)
+    first, second = sorted(app[ROOMS].connections(doc_id), key=lambda c: c.connected_at)
+    room = first.room
+    source = Doc()
+    text = source.get("markdown", type=Text)
+    frames = []
+    for word in ("one ", "two "):
+        before = source.get_state()
+        text += word
+        frames.append(p.update_message(source.get_update(before)))
+    # all in one turn: two updates from the first socket, one server edit, then a direct frame
+    room.receive(first, frames[0])
+    room.receive(first, frames[1])
+    room.edit(lambda t: t.insert(len(str(t)), "four"))
+    second.send(p.ws_frame(b"direct"))
+    first.send(p.ws_frame(b"direct"))
+
+    async def received(ws, n):
+        return [(await ws.receive(timeout=5)).data for _ in range(n)]
+
+    got_first = await received(sockets[0], 2)
+    got_second = await received(sockets[1], 4)
+    assert got_second[:2] == frames[:2] and got_second[3] == b"direct"
+    assert got_first[1] == b"direct" and got_first[0] == got_second[2]  # the edit, not its own updates
+    check = Doc()
+    for message in got_second[:3]:
+        check.apply_update(p.sync_payload(message)[1])
+    assert str(check.get("markdown", type=Text)) == "one two four"
+    for ws in sockets:
+        await ws.close()
+
+
 async def test_slow_peer_is_closed_and_the_room_goes_on(make_client):
     client = await make_client(collab__slow_peer_bytes=65536, collab__slow_peer_seconds=0.3)
     app = client.server.app

@@ -69,17 +69,21 @@ for sc in $SCENARIOS; do
     --server-pid "$SERVER_PID" --scenario "$sc" --out "$OUT.jsonl" "${YLOAD_SCENARIO_ARGS[@]}" >/dev/null 2>"$OUT.log" &
   YLOAD_PID=$!
   until grep -q ": connected " "$OUT.log" || ! kill -0 "$YLOAD_PID" 2>/dev/null; do sleep 0.02; done
+  W0=$(awk '/^syscw/ {print $2}' "/proc/$SERVER_PID/io" 2>/dev/null)  # write system calls so far
   if [ "${SPY_ON:-1}" != 0 ]; then
     # shellcheck disable=SC2086
     "$SPY" record --pid "$SERVER_PID" --rate "$RATE" ${SPY_ARGS:---nonblocking} --format raw -o "$OUT.txt" >/dev/null 2>&1 &
     SPY_PID=$!
   fi
   until grep -q " deliveries in " "$OUT.log" || ! kill -0 "$YLOAD_PID" 2>/dev/null; do sleep 0.02; done
+  W1=$(awk '/^syscw/ {print $2}' "/proc/$SERVER_PID/io" 2>/dev/null)
   if [ -n "$SPY_PID" ]; then kill -INT "$SPY_PID"; wait "$SPY_PID" 2>/dev/null; SPY_PID=""; fi
   wait "$YLOAD_PID"; YLOAD_PID=""
   curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^mdsync_(collab|db)_' > "$OUT.metrics"
   stop "$SERVER_PID"; SERVER_PID=""
   echo "== $sc: $OUT.txt (load average $(cut -d' ' -f1-3 /proc/loadavg)); server: $("$PY" -c 'import json,sys; r = json.loads(open(sys.argv[1]).readline()); s = r["server"]; print(f"cpu_edit_s {s['"'"'cpu_edit_s'"'"']}, deliveries {r['"'"'deliveries_observed'"'"']}, {1e6 * s['"'"'cpu_edit_s'"'"'] / max(1, r['"'"'deliveries_observed'"'"']):.1f} us per delivery, p99 {r['"'"'latency_ms'"'"']['"'"'p99'"'"']} ms, rss/conn {s['"'"'rss_per_client_kb'"'"']} KB")' "$OUT.jsonl")"
-  grep -E 'flushes|flushed_updates|write_jobs|write_batches|projection_lag_seconds_count' "$OUT.metrics"
+  grep -E 'flushes|flushed_updates|write_jobs|write_batches|projection_lag_seconds_count|deliveries' "$OUT.metrics"
+  # every socket write is one write system call (the log's and the database's are a few hundred)
+  [ -n "$W0" ] && [ -n "$W1" ] && echo "write system calls in the edit phase: $((W1 - W0))"
   [ "${SPY_ON:-1}" = 0 ] || "$PY" "$HERE/top_frames.py" "$OUT.txt"
 done

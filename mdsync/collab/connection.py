@@ -1,7 +1,9 @@
 """One client socket in a room: who it is (from its token), what it may do, and how frames reach it.
 
 `send(framed)` writes an already-framed WebSocket message straight to the socket's transport
-(`write_frame`): the room frames an update once and hands the same bytes to every peer. A peer
+(`write_frame`): the room frames an update once and hands the same bytes to every peer — at the
+end of the loop turn, all the turn's frames for a peer in one write (`Room._fanout`), so `send`
+first writes out what the room still holds for this turn, and frames keep their order. A peer
 whose write buffer stays over `slow_peer_bytes` for `slow_peer_seconds` (or grows past four times
 that at once) is closed with 1013: one slow client never stalls the room, and it reconnects and
 resyncs instead of silently missing updates.
@@ -37,6 +39,8 @@ def transport_of(ws: web.WebSocketResponse) -> asyncio.Transport | None:
     writer = getattr(ws, "_writer", None)
     if writer is None or getattr(writer, "compress", 1) or getattr(writer, "use_mask", True):
         return None
+    if not hasattr(writer, "_closing") or not hasattr(ws, "_closed"):  # what write_frame reads
+        return None
     transport = getattr(writer, "transport", None)
     if transport is None or not hasattr(transport, "get_write_buffer_size"):
         return None
@@ -44,9 +48,9 @@ def transport_of(ws: web.WebSocketResponse) -> asyncio.Transport | None:
 
 
 def write_frame(ws: web.WebSocketResponse, transport: asyncio.Transport, framed: bytes) -> int:
-    """Write one pre-built frame (protocol.ws_frame) to the socket; the write-buffer size after it,
-    or -1 when the socket is closing (nothing written)."""
-    if ws.closed or transport.is_closing() or getattr(ws._writer, "_closing", False):  # noqa: SLF001
+    """Write pre-built frames (protocol.ws_frame, one or several joined) to the socket; the
+    write-buffer size after them, or -1 when the socket is closing (nothing written)."""
+    if ws._closed or transport.is_closing() or ws._writer._closing:  # noqa: SLF001 (transport_of checked them)
         return -1
     transport.write(framed)
     return transport.get_write_buffer_size()
@@ -67,7 +71,10 @@ class Connection:
     __slots__ = ("ws", "transport", "access", "user_id", "name", "session_id", "token_id",
                  "share_link_id", "workspace_id", "document_id", "role", "read_only", "awareness_ids",
                  "connected_at", "closing", "_slow_timer", "_bound", "_slow_seconds", "room", "_fallback",
-                 "expires_at", "_expiry")
+                 "expires_at", "_expiry", "joins")
+
+    # frames for this socket may be joined into one write (False: each goes through `send`)
+    JOINS_FRAMES = True
 
     def __init__(self, ws: web.WebSocketResponse, principal: Any, access: Any, *, read_only: bool,
                  slow_peer_bytes: int, slow_peer_seconds: float):
@@ -98,6 +105,8 @@ class Connection:
         self._bound = slow_peer_bytes
         self._slow_seconds = slow_peer_seconds
         self._fallback: list[asyncio.Task] | None = None if self.transport is not None else []
+        # the room writes the turn's frames for this socket joined, through `write` (Room._fanout)
+        self.joins = self.transport is not None and self.JOINS_FRAMES
 
     def arm_expiry(self) -> None:
         """Close with 4401 when the credential expires (called once the socket is admitted)."""
@@ -117,14 +126,28 @@ class Connection:
         self.close_soon(CLOSE_EXPIRED, "token expired")
 
     def send(self, framed: bytes) -> None:
-        """Queue a pre-built frame for this peer; never raises, never waits."""
+        """Queue a pre-built frame for this peer; never raises, never waits. What the room
+        still holds for this turn goes first."""
         if self.closing:
             return
-        transport = self.transport
-        if transport is None:
+        room = self.room
+        if room is not None and room.outbox:
+            room.flush_outbox()
+        if self.transport is None:
             self._send_fallback(framed)
+        else:
+            self.write(framed)
+
+    def write(self, framed: bytes) -> None:
+        """Write pre-built frames (one or several joined) to a socket with a transport, then the
+        slow-peer check: the whole per-peer cost of a delivery."""
+        transport = self.transport
+        ws = self.ws
+        # write_frame inlined: this runs once per peer per loop turn of a busy room
+        if self.closing or ws._closed or transport.is_closing() or ws._writer._closing:  # noqa: SLF001
             return
-        size = write_frame(self.ws, transport, framed)
+        transport.write(framed)
+        size = transport.get_write_buffer_size()
         if size > self._bound:
             self._over_bound(size)
 
@@ -164,6 +187,9 @@ class Connection:
         sending at once, send the close frame, drop the transport if the peer does not answer."""
         if self.closing:
             return
+        room = self.room
+        if room is not None and room.outbox:
+            room.flush_outbox()  # what the room sent before this decision still goes out first
         self.closing = True
         self.disarm_expiry()
         if self._slow_timer is not None:

@@ -168,6 +168,8 @@ class DocumentConnection(Connection):
 
     __slots__ = ("session", "key", "prefix", "step1_on_join")
 
+    JOINS_FRAMES = False  # each frame of the room gets this document's routing key (send)
+
     def __init__(self, session: Session, key: str, prefix: _Prefix, principal: Any, access: Any, *,
                  read_only: bool, slow_peer_bytes: int, slow_peer_seconds: float):
         super().__init__(session.ws, principal, access, read_only=read_only,

@@ -87,6 +87,8 @@ class Room:
         self._unsaved: dict[int, int] = {}
         self._when_saved: collections.deque | None = None   # (seq, callback), made on first use
         self._loop = asyncio.get_running_loop()
+        # (frame, socket not to send it to) sent at the end of this loop turn (_fanout)
+        self.outbox: list[tuple[bytes, Connection | None]] | None = None
         self.evicted = False  # the document was purged (evict): nothing is written any more
         # (seq, clocks, delete set as per-client sorted starts and ends) for `has_all`
         self._known: tuple[int, dict[int, int], dict[int, tuple[list[int], list[int]]]] | None = None
@@ -194,6 +196,8 @@ class Room:
     # ---------------------------------------------------------------------------------------
     def join(self, conn: Connection) -> None:
         """Add a socket: from now on it receives every update (its step 2 covers what came before)."""
+        if self.outbox:
+            self.flush_outbox()  # updates held for this turn went to the peers before this one
         self.conns.add(conn)
         if not conn.read_only:
             # ask for what the client has that we lack (offline edits)
@@ -365,12 +369,50 @@ class Room:
                 log.exception("update listener failed")
 
     def _fanout(self, message: bytes, exclude: Connection | None) -> None:
-        framed = p.ws_frame(message)
-        sent = 0
-        for conn in self.conns:
-            if conn is not exclude:
-                conn.send(framed)
-                sent += 1
+        """Send `message` to every socket but `exclude` at the end of this loop turn: the frames
+        of one turn (several clients' updates read in one poll) reach each peer in one write,
+        one system call instead of one per frame. A socket's own `send` writes what is held
+        here first, so no frame overtakes another."""
+        outbox = self.outbox
+        if outbox is None:
+            outbox = self.outbox = []
+            self._loop.call_soon(self.flush_outbox)
+        outbox.append((p.ws_frame(message), exclude))
+
+    def flush_outbox(self) -> None:
+        """Write what `_fanout` holds: per peer, one write of the frames meant for it."""
+        outbox = self.outbox
+        self.outbox = None
+        if not outbox:
+            return
+        conns = self.conns
+        if len(outbox) == 1:
+            framed, exclude = outbox[0]
+            frames = [framed]
+            whole = framed
+            excluded = {exclude}
+        else:
+            frames = [framed for framed, _ in outbox]
+            whole = b"".join(frames)
+            excluded = {exclude for _, exclude in outbox}
+        excluded.discard(None)
+        sent = len(frames) * len(conns)
+        for conn in conns:
+            if conn in excluded:
+                mine = [framed for framed, exclude in outbox if exclude is not conn]
+                sent -= len(frames) - len(mine)
+                if not mine:
+                    continue
+                if conn.joins:
+                    conn.write(b"".join(mine))
+                else:
+                    for framed in mine:
+                        conn.send(framed)
+            elif conn.joins:
+                conn.write(whole)
+            else:
+                for framed in frames:
+                    conn.send(framed)
         self.manager.stats.deliveries += sent
 
     # ---------------------------------------------------------------------------------------
