@@ -4,7 +4,8 @@ server), real `mdsync serve` subprocesses, and the authorization tables' world o
 Helpers live in modules of their own, never in a test file: tests/builders.py (state through the
 API), tests/readers.py (what the server holds), tests/processes.py (child processes: server, CLI,
 Caddy), tests/s3server.py (moto), tests/yclient.py (a Yjs socket client), tests/waiting.py,
-tests/authz_world.py, tests/nodeclients.py (the npm clients), tests/prerequisites.py."""
+tests/authz_world.py, tests/nodeclients.py (the npm clients), tests/prerequisites.py, tests/pgserver.py and
+tests/engines.py (PostgreSQL), tests/redisserver.py, tests/cluster.py (several nodes)."""
 
 from __future__ import annotations
 
