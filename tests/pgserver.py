@@ -14,7 +14,6 @@ full_page_writes on), so a commit waits for its WAL flush as SQLite's does.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pwd
 import shutil
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.processes import ChildProcess, free_port
+from tests.processes import ChildProcess, ends_with_parent, free_port
 
 BIN = Path(os.environ.get("MDSYNC_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 SUPERUSER = "postgres"
@@ -41,12 +40,6 @@ def missing_reason() -> str | None:
         except KeyError:
             return "running as root and there is no `postgres` user to run PostgreSQL as"
     return None
-
-
-def _end_with_parent() -> None:
-    """In the child before exec: SIGINT (PostgreSQL's fast shutdown) when the test process dies."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 class PostgresCluster(ChildProcess):
@@ -79,7 +72,7 @@ class PostgresCluster(ChildProcess):
         fast = [] if self.durable else ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
         self.launch([str(BIN / "postgres"), "-D", str(self.data), "-p", str(self.port), "-k", str(self.workdir),
                      "-c", "listen_addresses=127.0.0.1", *fast, "-c", "max_connections=400", "-c", "shared_buffers=64MB",
-                     "-c", "log_min_messages=warning"], env, log, preexec_fn=_end_with_parent, **self._as_user)
+                     "-c", "log_min_messages=warning"], env, log, preexec_fn=ends_with_parent(signal.SIGINT), **self._as_user)
         log.close()
         self.wait_ready(timeout)
         return self

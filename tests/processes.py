@@ -10,6 +10,7 @@ its pid (SIGTERM, then SIGKILL) — never by name.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -25,6 +27,15 @@ from tests.builders import NO_AI_UPSTREAM
 
 ROOT = Path(__file__).resolve().parent.parent
 MDSYNC = [sys.executable, "-m", "mdsync"]
+
+
+def ends_with_parent(sig: int) -> Callable[[], None]:
+    """A `preexec_fn`: the child gets `sig` when the test process dies, even by kill -9 (Linux's
+    PR_SET_PDEATHSIG), so a server the tests started never outlives them."""
+    def arm() -> None:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+    return arm
 
 
 def free_port() -> int:

@@ -9,14 +9,13 @@ free port, nothing saved to disk, stopped by its pid (and dying with the test pr
 
 from __future__ import annotations
 
-import ctypes
 import shutil
 import signal
 import socket
 import time
 from pathlib import Path
 
-from tests.processes import ChildProcess, free_port
+from tests.processes import ChildProcess, ends_with_parent, free_port
 
 
 def missing_reason() -> str | None:
@@ -24,12 +23,6 @@ def missing_reason() -> str | None:
     if shutil.which("redis-server") is None:
         return "redis-server is not installed (.ci/run installs the Debian package redis-server)"
     return None
-
-
-def _end_with_parent() -> None:
-    """In the child before exec: SIGTERM when the test process dies."""
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class RedisServer(ChildProcess):
@@ -50,7 +43,7 @@ class RedisServer(ChildProcess):
         log = open(self.log, "ab")
         self.launch(["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
                      "--appendonly", "no", "--dir", str(self.workdir), "--protected-mode", "yes"],
-                    {"PATH": "/usr/bin:/bin"}, log, preexec_fn=_end_with_parent)
+                    {"PATH": "/usr/bin:/bin"}, log, preexec_fn=ends_with_parent(signal.SIGTERM))
         log.close()
         self.wait_ready(timeout)
         return self
