@@ -261,24 +261,32 @@ class Room:
         # and every joiner, so one huge state would be multiplied across the whole room
         if any(len(state) > MAX_AWARENESS_STATE_CHARS for _, _, state in entries):
             raise ProtocolError(f"an awareness state is longer than {MAX_AWARENESS_STATE_CHARS} characters")
-        states = self.awareness
-        for client_id, clock, state in entries:
-            current = states.get(client_id)
-            if state == p.NULL_STATE:
-                if current is not None and clock >= current[0]:
-                    del states[client_id]
-                conn.awareness_ids.discard(client_id)
-            elif current is None or clock > current[0]:
-                if client_id not in conn.awareness_ids and len(conn.awareness_ids) >= MAX_AWARENESS_IDS:
-                    raise ProtocolError("too many awareness client ids on one socket")
-                states[client_id] = (clock, state)
-                conn.awareness_ids.add(client_id)
+        self._keep_awareness(entries, conn)
         # to everyone, the sender included: y-websocket clients reconnect after 30 s without any
         # message, and the echo of their own awareness renewal is what keeps a lone client alive
         self._fanout(frame, None)
         relays = self.manager.hooks.room_awareness  # other nodes (empty on one node)
         if relays:
             call_each(relays, self, frame)
+
+    def _keep_awareness(self, entries: list[tuple[int, int, str]], conn: Connection | None) -> None:
+        """Keep awareness states by the Yjs clock rule: a newer state replaces the one kept, a
+        "null" state at least as new removes it. `conn`: the socket here that sent them (its
+        client ids are tracked, for its leave, and capped); None for another node's."""
+        states = self.awareness
+        for client_id, clock, state in entries:
+            current = states.get(client_id)
+            if state == p.NULL_STATE:
+                if current is not None and clock >= current[0]:
+                    del states[client_id]
+                if conn is not None:
+                    conn.awareness_ids.discard(client_id)
+            elif current is None or clock > current[0]:
+                if conn is not None:
+                    if client_id not in conn.awareness_ids and len(conn.awareness_ids) >= MAX_AWARENESS_IDS:
+                        raise ProtocolError("too many awareness client ids on one socket")
+                    conn.awareness_ids.add(client_id)
+                states[client_id] = (clock, state)
 
     def _awareness_states(self) -> bytes:
         return p.awareness_message([(cid, clock, state) for cid, (clock, state) in self.awareness.items()])
@@ -288,14 +296,7 @@ class Room:
         are kept by the same clock rule, for joiners here, and it goes to every socket here. Its
         entries are returned; ProtocolError when it does not parse."""
         entries = p.parse_awareness(message)
-        states = self.awareness
-        for client_id, clock, state in entries:
-            current = states.get(client_id)
-            if state == p.NULL_STATE:
-                if current is not None and clock >= current[0]:
-                    del states[client_id]
-            elif current is None or clock > current[0]:
-                states[client_id] = (clock, state)
+        self._keep_awareness(entries, None)
         if self.conns:
             self._fanout(message, None)
         return entries
