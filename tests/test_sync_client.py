@@ -693,6 +693,52 @@ async def test_a_create_killed_after_its_post_is_adopted_not_duplicated(server, 
     assert again.returncode == 0 and actions(again) == []
 
 
+async def test_a_create_killed_after_its_post_then_edited_on_both_sides_is_adopted_and_merged(server, http, tmp_path):
+    user = await new_user(server, http)
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    (root / "New.md").write_text("first line\n\nsecond line\n")
+    assert crash_around_create(root, user.pat, "after") == 9
+    [created] = (await user.tree())["documents"]
+    # before the next pass: edited on the server (the text sent is no longer what it holds) ...
+    await user.call("PUT", f"/documents/{created['id']}/content", 200,
+                    data="first line from there\n\nsecond line\n\nthird from there\n",
+                    headers={"Content-Type": "text/markdown"})
+    # ... another device creates a document of the same name from other text ...
+    other = await user.doc("New", None, "another device's text\n")
+    # ... and the file is edited here
+    (root / "New.md").write_text("first line\n\nsecond line edited here\n")
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    adopted = [a for a in actions(result) if a["action"] == "create"]
+    assert [(a["path"], a["detail"]) for a in adopted] == [
+        ("New.md", "adopted: created by a pass that stopped before recording it")]
+    # the document this client created, no third one; both edits in it; the other device's untouched
+    assert sorted(d["id"] for d in (await user.tree())["documents"]) == sorted([created["id"], other])
+    merged = "first line from there\n\nsecond line edited here\n\nthird from there\n"
+    assert await user.content(created["id"]) == merged
+    assert await user.content(other) == "another device's text\n"
+    assert sorted(files(root).values()) == sorted([merged, "another device's text\n"])
+    assert files(root)["New.md"] == merged
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+
+    # killed before the POST left, while another device created that name and it was edited: not
+    # adopted (created from other text), the file is created
+    (root / "Later.md").write_text("mine\n")
+    assert crash_around_create(root, user.pat, "before") == 9
+    theirs = await user.doc("Later", None, "theirs\n")
+    await user.call("PUT", f"/documents/{theirs}/content", 200, data="theirs\nedited\n",
+                    headers={"Content-Type": "text/markdown"})
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert [(a["path"], a["detail"]) for a in actions(result) if a["action"] == "create"] == [("Later.md", None)]
+    later = [d["id"] for d in (await user.tree())["documents"] if d["title"] == "Later"]
+    assert len(later) == 2 and theirs in later
+    assert await user.content(theirs) == "theirs\nedited\n"
+    assert await user.content(next(i for i in later if i != theirs)) == "mine\n"
+
+
 async def test_a_document_purged_remotely_while_edited_here_is_created_again_with_the_local_text(server, http, tmp_path):
     user = await new_user(server, http)
     doc_id = await user.doc("Keep", None, "original\n")

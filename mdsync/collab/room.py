@@ -46,6 +46,7 @@ log = logging.getLogger("mdsync.collab")
 TEXT_NAME = "markdown"
 # The Yjs client id of the deterministic markdown seed: every server seeding the same markdown
 # produces byte-identical CRDT state, so two seeds of one document merge instead of duplicating.
+# The sync client recognises a document it created by this seed (syncclient/creates.py).
 SEED_CLIENT_ID = 0x6D64_7379  # "mdsy"
 
 

@@ -1,12 +1,22 @@
 """Files new in DIR become documents, each once.
 
-A create is recorded in the state (path, title, folder, hash of the text) and committed before
-its `POST …/documents`; the document is recorded and the create forgotten in one commit after the
-answer. A pass killed between the two (kill -9, a crash, the connection lost after the server
-acted) leaves the record behind, and the next pass adopts the document from the tree — a document
-no one here tracks, with that title, folder and text — instead of creating a second one
-(`adopt_pending`). A record matching nothing means the `POST` never arrived: it is forgotten and
-the file created again."""
+A create is recorded in the state (path, title, folder, the text sent and its hash) and committed
+before its `POST …/documents`; the document is recorded and the create forgotten in one commit
+after the answer. A pass killed between the two (kill -9, a crash, the connection lost after the
+server acted) leaves the record behind, and the next pass adopts the document from the tree
+instead of creating a second one (`adopt_pending`): a document no one here tracks, with that title
+and folder, created from that text — whatever was edited in it since (`created_from`). A record
+matching nothing means the `POST` never arrived: it is forgotten and the file created again.
+
+How a document shows the text it was created from: the server seeds a new document's CRDT state
+from its markdown deterministically (`mdsync.collab.room.seed_update`: a fixed client id, one
+insert), so the seed of the text sent is, item for item, the first state of the document this
+client created; later edits are other items beside it, and deletions keep its items' ids. A
+document whose seed has that length and whose every surviving seed character is the one sent was
+created from that text; a document created from other text (another device's create of the same
+name, say) is not. The adopted document is recorded at that seed, its synced text the text sent:
+the pass then syncs it as any document, so the remote edits are pulled and an edit of the file
+since the create is pushed, merged by the CRDT."""
 
 from __future__ import annotations
 
@@ -22,27 +32,50 @@ if TYPE_CHECKING:
     from mdsync.syncclient.engine import Pass
 
 
+def created_from(state: bytes, sent: str | None, digest: str) -> Replica | None:
+    """The replica to record for a document whose CRDT state is `state` when it was created from
+    the text sent (`sent`, with sha256 `digest`), else None: the seed of that text (the document as
+    it was created). A record an older client made holds no text: its document is recognised only
+    while it still holds the text sent, and recorded as it is."""
+    server = Replica(state)
+    if sent is None:
+        return server if text_hash(server.markdown()) == digest else None
+    from mdsync.collab.room import SEED_CLIENT_ID, decode_state_vector, seed_update  # only here: the server's imports
+    seed = seed_update(sent) if sent else b""  # an empty document is never seeded
+    base = Replica(seed)
+    seeded = decode_state_vector(server.state_vector()).get(SEED_CLIENT_ID, 0)
+    if seeded != decode_state_vector(base.state_vector()).get(SEED_CLIENT_ID, 0):
+        return None
+    # the server's state over the seed of the text sent: its seed items are the ones already there
+    # (same ids), so the text is the server's only when every seed character still in it is the one sent
+    over = Replica(seed)
+    over.apply(state)
+    return base if over.markdown() == server.markdown() else None
+
+
 def adopt_pending(p: Pass, tree: dict, docs: dict[str, Doc]) -> None:
-    """Creates a killed pass sent but never recorded: each tree document untracked here with the
-    recorded title, folder and text becomes the file's document (added to `docs`)."""
+    """Creates a killed pass sent but never recorded: the tree document untracked here with the
+    recorded title and folder, created from the recorded text, becomes the file's document (added
+    to `docs`, recorded at its creation, and in `p.changed` so the pass syncs it)."""
     pending = p.state.creates()
     if not pending or p.dry:
         return
-    for rel, (title, folder_id, digest) in sorted(pending.items()):
+    for rel, (title, folder_id, digest, sent) in sorted(pending.items()):
         candidates = [d for d in tree["documents"]
                       if d["id"] not in docs and d["title"] == title and d.get("folder_id") == folder_id]
         for d in candidates:
-            replica = Replica()
-            replica.apply(p.api.bytes("GET", f"/documents/{d['id']}/yjs"))
-            text = replica.markdown()
-            if text_hash(text) != digest:
+            replica = created_from(p.api.bytes("GET", f"/documents/{d['id']}/yjs"), sent, digest)
+            if replica is None:
                 continue
             try:
                 style = (p.read(rel) or ("", ""))[1]
             except UnicodeDecodeError:
                 style = ""
-            docs[d["id"]] = Doc(d["id"], rel, title, folder_id, "text", False, replica.state(), text, style, None)
+            docs[d["id"]] = Doc(d["id"], rel, title, folder_id, "text", False, replica.state(), replica.markdown(),
+                                style, None)
             p.save(docs[d["id"]])
+            if p.changed is not None:
+                p.changed.add(d["id"])
             p.report("create", rel, "adopted: created by a pass that stopped before recording it")
             break
         p.state.forget_create(rel)

@@ -2,7 +2,7 @@
 DIR is bound to, the change-feed cursor, and per document its id, path, Yjs replica, the text
 last synced (what the file held when it last agreed with the replica) and the Yjs update not yet
 acknowledged by the server (`pending`); each create not yet answered (`creates`: path, title,
-folder and hash of the text sent), recorded before its `POST` so that a run killed between the
+folder, the text sent and its hash), recorded before its `POST` so that a run killed between the
 `POST` and the commit of its answer adopts the document instead of creating it twice. Every step
 commits before the next one starts, so a killed run resumes where it stopped: a pending update
 is sent again (Yjs updates are idempotent).
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS attachments (id TEXT PRIMARY KEY, name TEXT NOT NULL,
 -- read their overflow pages to get to a column stored after them: ~1 GB for 10 000 documents)
 CREATE INDEX IF NOT EXISTS docs_light ON docs (id, path, title, folder_id, content_model, read_only, style, mtime_ns,
                                                size, has_pending);
-CREATE TABLE IF NOT EXISTS creates (path TEXT PRIMARY KEY, title TEXT NOT NULL, folder_id TEXT, text_sha256 TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS creates (path TEXT PRIMARY KEY, title TEXT NOT NULL, folder_id TEXT, text_sha256 TEXT NOT NULL,
+                                    text TEXT);
 """
 
 
@@ -49,7 +50,8 @@ def text_hash(text: str) -> str:
 
 # columns added since state.db first shipped: added to an older file when it is opened
 ADDED_COLUMNS = {"docs": (("mtime_ns", "INTEGER", ""), ("size", "INTEGER", ""),
-                          ("has_pending", "INTEGER NOT NULL DEFAULT 0", "UPDATE docs SET has_pending = pending IS NOT NULL"))}
+                          ("has_pending", "INTEGER NOT NULL DEFAULT 0", "UPDATE docs SET has_pending = pending IS NOT NULL")),
+                 "creates": (("text", "TEXT", ""),)}  # NULL in a record an older client made: only its hash
 
 
 @dataclass
@@ -164,13 +166,15 @@ class State:
         self.conn.execute("DELETE FROM attachments WHERE id = ?", (att_id,))
 
     # -- creates sent but not yet recorded as documents
-    def creates(self) -> dict[str, tuple[str, str | None, str]]:
-        """{path: (title, folder_id, sha256 of the text)}"""
-        return {r[0]: (r[1], r[2], r[3]) for r in self.conn.execute("SELECT path, title, folder_id, text_sha256 FROM creates")}
+    def creates(self) -> dict[str, tuple[str, str | None, str, str | None]]:
+        """{path: (title, folder_id, sha256 of the text, the text sent)}; the text is None in a
+        record an older client made."""
+        return {r[0]: (r[1], r[2], r[3], r[4])
+                for r in self.conn.execute("SELECT path, title, folder_id, text_sha256, text FROM creates")}
 
     def record_create(self, path: str, title: str, folder_id: str | None, text: str) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO creates (path, title, folder_id, text_sha256) VALUES (?, ?, ?, ?)",
-                          (path, title, folder_id, text_hash(text)))
+        self.conn.execute("INSERT OR REPLACE INTO creates (path, title, folder_id, text_sha256, text) VALUES (?, ?, ?, ?, ?)",
+                          (path, title, folder_id, text_hash(text), text))
 
     def forget_create(self, path: str) -> None:
         self.conn.execute("DELETE FROM creates WHERE path = ?", (path,))
