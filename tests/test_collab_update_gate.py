@@ -235,12 +235,32 @@ def test_a_nested_value_at_the_limit_passes():
     assert len(doc.get("attack", type=Array)) == 1
 
 
+def test_the_gate_integrates_like_pycrdt_and_commits():
+    """`updates.apply` calls yrs without pycrdt's Python transaction (pycrdt internals, pinned
+    below 0.15): the Doc ends as pycrdt's own path leaves it, observers hear of each update, and
+    no transaction is left open."""
+    produced = real_updates()
+    ours, theirs = Doc(), Doc()
+    heard = []
+    ours.observe(lambda event: heard.append(event.update))
+    for update in produced[:-1]:
+        updates.apply(ours, update)
+        theirs.apply_update(update)
+    assert ours._txn is None
+    assert ours.get_update() == theirs.get_update()
+    assert len(heard) == len(produced) - 1
+    with ours.transaction():  # inside a transaction someone holds: pycrdt's own path
+        updates.apply(ours, produced[0])
+    assert ours.get_update() == theirs.get_update()
+
+
 def test_every_apply_update_in_mdsync_is_the_gate_or_on_the_servers_own_bytes():
     """`updates.apply` is the one way a client's update reaches a Doc: any other `.apply_update(`
     call (but `room.apply_update`, which is `Room._accept`, the gate) must be listed here with
     why its bytes are not a client's."""
     trusted = {
         ("mdsync/collab/updates.py", "apply"): "the gate itself",
+        ("mdsync/collab/updates.py", "_integrate"): "the gate's call into pycrdt, after its check",
         ("mdsync/collab/rooms.py", "_load"): "snapshot and log rows, gated when accepted",
         ("mdsync/collab/states.py", "rebuild"): "content_states rows the server encoded",
         ("mdsync/collab/content.py", "_merge"): "a copy of a Doc the server holds",

@@ -19,7 +19,7 @@ WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/mdsync-collab-bench}
 SCENARIOS=${SCENARIOS:-"s1 s2"}
 RATE=${RATE:-250}
 PY=$PROJECT/.venv/bin/python
-SPY=$PROJECT/.venv/bin/py-spy
+SPY=${SPY:-$PROJECT/.venv/bin/py-spy}   # or another recorder taking py-spy's `record --pid P ... -o OUT`
 [ "${SPY_ON:-1}" = 0 ] || [ -x "$SPY" ] || { echo "profile.sh: $SPY missing (.venv/bin/pip install py-spy)" >&2; exit 1; }
 mkdir -p "$WORK/results"
 [ -f "$WORK/yload.mjs" ] || { for f in "$SHARED"/*; do cp -r "$f" "$WORK/"; done; chmod -R u+w "$WORK"; }
@@ -85,5 +85,5 @@ for sc in $SCENARIOS; do
   grep -E 'flushes|flushed_updates|write_jobs|write_batches|projection_lag_seconds_count|deliveries' "$OUT.metrics"
   # every socket write is one write system call (the log's and the database's are a few hundred)
   [ -n "$W0" ] && [ -n "$W1" ] && echo "write system calls in the edit phase: $((W1 - W0))"
-  [ "${SPY_ON:-1}" = 0 ] || "$PY" "$HERE/top_frames.py" "$OUT.txt"
+  [ "${SPY_ON:-1}" = 0 ] || [ ! -s "$OUT.txt" ] || "$PY" "$HERE/top_frames.py" "$OUT.txt"
 done

@@ -53,6 +53,8 @@ MAX_TYPE_REF = 6          # YArray, YMap, YText, YXmlElement, YXmlFragment, YXml
 
 # the tokens of a JSON text that matter for its depth: a string literal (to the end of the text
 # when unterminated, so no match is ever retried: linear time) or a bracket
+# one varint as lib0 writes it: up to 9 continuation bytes, then its last byte
+_VARUINT = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]")
 _JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
 
 
@@ -140,6 +142,14 @@ class _Reader:
             raise ProtocolError(f"unknown value type {kind}")
 
 
+def _skip_varuint(buf: bytes, pos: int) -> int:
+    """The position after the varint at `pos`, its value not decoded."""
+    found = _VARUINT.match(buf, pos)
+    if found is None:
+        raise ProtocolError("truncated or overlong varint")
+    return found.end()
+
+
 def _check_json_depth(text: str) -> None:
     depth = 0
     for match in _JSON_TOKEN.finditer(text):
@@ -211,25 +221,70 @@ class NotApplied(ProtocolError):
 
 def check(update: bytes) -> Covered:
     """Read all of a v1 update; raise ProtocolError for anything `apply` must not hand to pycrdt."""
-    r = _Reader(update)
+    try:
+        return _check(update)
+    except IndexError:  # the hot path indexes the bytes directly: a read past the end
+        raise ProtocolError("truncated update") from None
+
+
+def _check(buf: bytes) -> Covered:
+    # Every update every client sends passes here, so the struct headers are read with locals
+    # and one-byte varints inline (most counts, clocks and lengths of a typed edit); a longer
+    # varint goes through read_varuint, content other than a string through _Reader.
+    # A one-byte varint is at most 127: it needs no range check.
+    r = _Reader(buf)
+    pos = 0
     ends: dict[int, int] = {}
     starts: dict[int, int] = {}
-    for _ in range(r.uint()):
-        count = r.uint()
-        client = r.client()
-        clock = r.clock()
+    clients = buf[pos]
+    pos += 1
+    if clients > 127:
+        clients, pos = read_varuint(buf, pos - 1)
+    for _ in range(clients):
+        count = buf[pos]
+        pos += 1
+        if count > 127:
+            count, pos = read_varuint(buf, pos - 1)
+        client = buf[pos]
+        pos += 1
+        if client > 127:
+            client, pos = read_varuint(buf, pos - 1)
+            if client > MAX_CLIENT:
+                raise ProtocolError("client id out of range")
+        clock = buf[pos]
+        pos += 1
+        if clock > 127:
+            clock, pos = read_varuint(buf, pos - 1)
+            if clock > MAX_CLOCK:
+                raise ProtocolError("clock out of range")
         starts[client] = min(clock, starts.get(client, clock))
         end = None
         for _ in range(count):
-            info = r.byte()
+            info = buf[pos]
+            pos += 1
             ref = info & 0x1F
             if ref == 0 or ref == 10:          # GC or Skip: a length
-                length = r.uint()
+                length = buf[pos]
+                pos += 1
+                if length > 127:
+                    length, pos = read_varuint(buf, pos - 1)
             else:
-                if info & 0x80:
-                    r.client(); r.clock()      # left origin id
-                if info & 0x40:
-                    r.client(); r.clock()      # right origin id
+                for _ in range((info >> 7) + (info >> 6 & 1)):   # left, right origin ids
+                    # skipped, not decoded: a client id of up to 7 varint bytes (49 bits) and a
+                    # clock of up to 4 (28 bits) are in range
+                    at = pos
+                    pos = _skip_varuint(buf, pos)
+                    if pos - at > 7:
+                        r.pos = at
+                        r.client()
+                        pos = r.pos
+                    at = pos
+                    pos = _skip_varuint(buf, pos)
+                    if pos - at > 4:
+                        r.pos = at
+                        r.clock()
+                        pos = r.pos
+                r.pos = pos
                 if not info & 0xC0:
                     if r.uint() == 1:          # parent is a root type name
                         r.string()
@@ -237,7 +292,26 @@ def check(update: bytes) -> Covered:
                         r.client(); r.clock()
                     if info & 0x20:
                         r.string()             # parent sub (map key)
-                length = _content_length(r, ref)
+                if ref == 4:                   # a string, the usual edit: its UTF-16 length
+                    pos = r.pos
+                    n = buf[pos]
+                    pos += 1
+                    if n > 127:
+                        n, pos = read_varuint(buf, pos - 1)
+                    raw = buf[pos:pos + n]
+                    pos += n
+                    if len(raw) != n:
+                        raise ProtocolError("truncated update")
+                    if raw.isascii():
+                        length = n
+                    else:
+                        try:
+                            length = len(raw.decode("utf-8").encode("utf-16-le")) // 2
+                        except UnicodeDecodeError:
+                            raise ProtocolError("string is not UTF-8") from None
+                else:
+                    length = _content_length(r, ref)
+                    pos = r.pos
             if length < 1 or clock + length > MAX_CLOCK:
                 raise ProtocolError("struct length out of range")
             clock += length
@@ -246,6 +320,7 @@ def check(update: bytes) -> Covered:
         if end is not None:
             ends[client] = max(end, ends.get(client, 0))
     deleted: dict[int, list[tuple[int, int]]] = {}
+    r.pos = pos
     for _ in range(r.uint()):                  # the delete set
         ranges = deleted.setdefault(r.client(), [])
         for _ in range(r.uint()):
@@ -254,7 +329,7 @@ def check(update: bytes) -> Covered:
             if length < 1 or start + length > MAX_CLOCK:
                 raise ProtocolError("deleted range out of range")
             ranges.append((start, start + length))
-    if r.pos != len(update):
+    if r.pos != len(buf):
         raise ProtocolError("bytes after the update")
     return Covered(ends, deleted, starts)
 
@@ -264,13 +339,35 @@ def apply(doc: Doc, update: bytes) -> None:
     refused: NotApplied when pycrdt refused it, which may have integrated part of it."""
     covered = check(update)
     try:
-        doc.apply_update(update)
+        _integrate(doc, update)
     except (ValueError, RuntimeError) as exc:
         raise NotApplied(f"the update does not apply: {exc}", covered) from None
     except BaseException as exc:
         if type(exc).__name__ != "PanicException":   # pyo3's, made on the first Rust panic
             raise
         raise NotApplied("the update does not apply", covered) from None
+
+
+def _integrate(doc: Doc, update: bytes) -> None:
+    """`doc.apply_update(update)` in one yrs transaction of its own, without pycrdt's Python
+    `Transaction` around it (half the cost of applying a typed character, paid per update per
+    room). pycrdt's own path when that object matters: a transaction already open, a typed model,
+    or a Doc shared between threads. Observers (none on a room's Doc but inside `Room.edit`,
+    which does not apply client updates) would run at the commit without pycrdt's transaction
+    object; pycrdt is pinned below 0.15 for these internals (tests/test_collab_update_gate.py
+    checks them)."""
+    if doc._txn is not None or doc._Model is not None or doc._allow_multithreading:  # noqa: SLF001
+        doc.apply_update(update)
+        return
+    inner = doc._doc  # noqa: SLF001
+    txn = inner.create_transaction()
+    try:
+        inner.apply_update(txn, update)
+    finally:  # committed even when refused halfway, as pycrdt's own path does
+        try:
+            txn.commit()
+        finally:
+            txn.drop()
 
 
 def struct_ends(update: bytes) -> dict[int, int]:
