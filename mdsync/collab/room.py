@@ -80,6 +80,10 @@ class Room:
         self.snapshot_bytes = snapshot_bytes
         self._log: list[bytes] = list(log_updates)   # updates since the snapshot (in the DB or pending)
         self._log_bytes = sum(len(u) for u in log_updates)
+        # per client, the highest clock a client's update in `_log` reaches (`Covered.ends`): when
+        # the Doc's state vector is past all of them, every logged update is integrated and a
+        # compaction need not read them again (None: not known, they are read)
+        self._log_ends: dict[int, int] | None = None if log_updates else {}
         self._pending: list[tuple[int, bytes, str | None]] = []
         self.flush_queued = False           # in the manager's next group flush
         self._inflight: set[asyncio.Future] = set()
@@ -319,7 +323,7 @@ class Room:
             if self.snapshot_bytes + len(update) > limit:
                 raise DocumentTooLarge(f"the document would exceed {limit} bytes")
         try:
-            updates.apply(self.doc, update)  # the gate: checked whole before pycrdt sees it
+            covered = updates.apply(self.doc, update)  # the gate: checked whole before pycrdt sees it
         except updates.NotApplied as exc:
             integrated = self._integrated_part(exc.covered)
             if integrated is not None:
@@ -327,7 +331,7 @@ class Room:
                 # so the live Doc never holds state that was not persisted
                 self._after_apply(integrated, user_id, None, None)
             raise
-        self._after_apply(update, user_id, sender, message)
+        self._after_apply(update, user_id, sender, message, covered.ends)
 
     def _integrated_part(self, covered: updates.Covered) -> bytes | None:
         """After pycrdt refused an update carrying `covered`: an update holding whatever of it
@@ -343,7 +347,9 @@ class Room:
         return self.doc.get_update(encode_state_vector(since))
 
     def _after_apply(self, update: bytes, user_id: str | None, sender: Connection | None,
-                     message: bytes | None) -> None:
+                     message: bytes | None, ends: dict[int, int] | None = None) -> None:
+        """Send, log and announce an update the Doc holds. `ends`: its `Covered.ends` when a
+        client sent it; None when the Doc made it (integrated by construction)."""
         if self.evicted:
             return  # the document is gone: nobody is to hear of it, nothing is to be written
         self._fanout(message or p.update_message(update), sender)
@@ -355,6 +361,11 @@ class Room:
         self._pending.append((self.seq, update, user_id))
         self._log.append(update)
         self._log_bytes += len(update)
+        log_ends = self._log_ends
+        if ends and log_ends is not None:
+            for client, end in ends.items():
+                if end > log_ends.get(client, 0):
+                    log_ends[client] = end
         if not self.flush_queued:
             # group commit window: one writer job per window for every room, not one per update
             self.flush_queued = True
@@ -464,6 +475,7 @@ class Room:
         self._pending = []
         self._log = []
         self._log_bytes = 0
+        self._log_ends = {}
         self.update_listeners.clear()
         self.closed.set()
 
@@ -577,6 +589,7 @@ class Room:
         self.snapshot_bytes = len(state)
         self._log = []
         self._log_bytes = 0
+        self._log_ends = None if carried else {}
         self.manager.stats.compactions += 1
         for update in carried:
             self.seq += 1
@@ -627,6 +640,7 @@ class Room:
         self._fanout(p.update_message(update), None)
         self._log.append(update)   # counts towards compaction; carried over if not integrated
         self._log_bytes += len(update)
+        self._log_ends = None
         self.seq += 1  # a change: REST writes compare seq to see whether the room moved on
         self.manager.stats.remote_updates += 1
         # rows come in seq order, but a retried append can log a row after one that depends on
@@ -717,6 +731,9 @@ class Room:
 
     def _not_integrated(self) -> list[bytes]:
         have = decode_state_vector(self.doc.get_state())
+        ends = self._log_ends
+        if ends is not None and all(have.get(client, 0) >= end for client, end in ends.items()):
+            return []  # every struct logged is below the Doc's state vector: all integrated
         missing = []
         for update in self._log:
             try:

@@ -334,9 +334,10 @@ def _check(buf: bytes) -> Covered:
     return Covered(ends, deleted, starts)
 
 
-def apply(doc: Doc, update: bytes) -> None:
-    """Apply a client's update to `doc` after `check`. Raises ProtocolError (a ValueError) when
-    refused: NotApplied when pycrdt refused it, which may have integrated part of it."""
+def apply(doc: Doc, update: bytes) -> Covered:
+    """Apply a client's update to `doc` after `check`, and answer what it covers. Raises
+    ProtocolError (a ValueError) when refused: NotApplied when pycrdt refused it, which may have
+    integrated part of it."""
     covered = check(update)
     try:
         _integrate(doc, update)
@@ -346,6 +347,7 @@ def apply(doc: Doc, update: bytes) -> None:
         if type(exc).__name__ != "PanicException":   # pyo3's, made on the first Rust panic
             raise
         raise NotApplied("the update does not apply", covered) from None
+    return covered
 
 
 def _integrate(doc: Doc, update: bytes) -> None:
