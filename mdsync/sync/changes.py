@@ -81,19 +81,21 @@ def _wake(change: Wake) -> None:
 
 
 def record(tx: Tx, workspace_id: str, entity: Entity, entity_id: str, op: Op, *,
-           user_id: str | None = None) -> None:
-    """Add one change. `user_id`: only that user sees it (None: every member of the workspace)."""
-    # all(): the statement runs to its end (SQLite keeps a half-read RETURNING statement open)
-    params = (workspace_id, entity, entity_id, op, clock.iso(), user_id)
+           user_id: str | None = None, at: str | None = None) -> None:
+    """Add one change. `user_id`: only that user sees it (None: every member of the workspace).
+    `at`: its time, when the caller has taken it already (default: the clock's now)."""
+    params = (workspace_id, entity, entity_id, op, at or clock.iso(), user_id)
     if tx.engine == "postgresql":
-        params += (ORIGIN,)
-    seq = tx.all(_RECORD[tx.engine], params)[0][0]
+        # all(): the statement runs to its end
+        seq = tx.all(_RECORD[tx.engine], params + (ORIGIN,))[0][0]
+    else:
+        # the AUTOINCREMENT rowid is the seq: no RETURNING (~3 µs less per change)
+        seq = tx.execute(_RECORD[tx.engine], params).lastrowid
     tx.after_commit(partial(_wake, Wake(database_key(tx.conn), seq, workspace_id, entity, entity_id, user_id)))
 
 
 _RECORD = {
-    "sqlite": "INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)"
-              " RETURNING seq",
+    "sqlite": "INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)",
     # the seq from changes_head, in the same statement (see the module's docstring); other
     # processes' feeds hear of it at commit (db/notifications.py: "origin seq workspace entity id user")
     "postgresql": "WITH head AS (UPDATE changes_head SET seq = seq + 1 RETURNING seq)"
