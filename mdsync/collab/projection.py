@@ -344,12 +344,25 @@ class Projector:
 
 
 def store_projections(tx: Tx, rows: list[tuple], now: str) -> list[str]:
-    """`store_projection` for several documents: (document id, markdown, ETag, seq[, made_from]) rows."""
-    return [store_projection(tx, *row[:4], now, *row[4:]) for row in rows]
+    """`store_projection` for several documents: (document id, markdown, ETag, seq[, made_from]) rows.
+    One node (no made_from), each document once: the content_heads rows of the job go in one
+    executemany at its end (nothing in the job reads them)."""
+    if any(len(row) > 4 and row[4] is not None for row in rows) or len({row[0] for row in rows}) < len(rows):
+        return [store_projection(tx, *row[:4], now, *row[4:]) for row in rows]
+    heads: list[tuple] = []
+    results = [store_projection(tx, *row[:4], now, heads=heads) for row in rows]
+    if heads:
+        tx.executemany(_HEADS, heads)
+    return results
+
+
+_HEADS = ("INSERT INTO content_heads (document_id, etag, crdt_seq, updated_at, made_from) VALUES (?, ?, ?, ?, ?)"
+          " ON CONFLICT (document_id) DO UPDATE SET etag = excluded.etag, crdt_seq = excluded.crdt_seq,"
+          " updated_at = excluded.updated_at, made_from = excluded.made_from")
 
 
 def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_seq: int, now: str,
-                     made_from: bytes | None = None) -> str:
+                     made_from: bytes | None = None, *, heads: list[tuple] | None = None) -> str:
     """Write the projection and its provenance. The markdown, its size, updated_at, the content
     revision and a change-feed upsert only change when the markdown did. STORED, or GONE when the
     document is gone.
@@ -376,13 +389,13 @@ def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_se
                 return COVERED
             if not once.covers(ours, stored):
                 result = PARTIAL
-    row = tx.one("SELECT markdown = ? AS same FROM documents WHERE id = ?", (markdown, document_id))
-    if row is None:
-        return GONE
-    if not row["same"]:
-        store_markdown(tx, document_id, markdown, trashed=True)
-    tx.execute("INSERT INTO content_heads (document_id, etag, crdt_seq, updated_at, made_from) VALUES (?, ?, ?, ?, ?)"
-               " ON CONFLICT (document_id) DO UPDATE SET etag = excluded.etag, crdt_seq = excluded.crdt_seq,"
-               " updated_at = excluded.updated_at, made_from = excluded.made_from",
-               (document_id, etag, crdt_seq, now, made_from))
+    # one statement when the markdown changed (as it mostly has); a second only when it wrote nothing
+    if store_markdown(tx, document_id, markdown, trashed=True, if_changed=True, now=now) is None:
+        if tx.value("SELECT 1 FROM documents WHERE id = ?", (document_id,)) is None:
+            return GONE
+    head = (document_id, etag, crdt_seq, now, made_from)
+    if heads is not None:
+        heads.append(head)  # `store_projections` writes them together
+    else:
+        tx.execute(_HEADS, head)
     return result

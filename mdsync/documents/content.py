@@ -113,19 +113,30 @@ def etag_matches(if_match: str | None, current: str) -> bool:
 
 
 # -- the one writer of documents.markdown -------------------------------------------------------------
-def store_markdown(tx: Tx, doc_id: str, markdown: str, *, trashed: bool = False) -> int | None:
+def store_markdown(tx: Tx, doc_id: str, markdown: str, *, trashed: bool = False, if_changed: bool = False,
+                   now: str | None = None) -> int | None:
     """Write a document's markdown (content or projection) with its size, a new content revision
     and updated_at, and the change-feed upsert, in the caller's transaction. `trashed=True` also
     writes a trashed document's (silently: it keeps its text for a restore, and the feed shows it
-    deleted). Returns the new revision, or None when there is no such document (or it is trashed)."""
-    row = tx.one("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ?"
-                 " WHERE id = ? AND (? OR deleted_at IS NULL) RETURNING seq, workspace_id, deleted_at",
-                 (markdown, len(markdown.encode("utf-8")), clock.iso(), doc_id, trashed))
+    deleted). `if_changed=True`: nothing is written when the stored markdown is this text already
+    (the same statement compares). `now`: the time to record (the job's; default the clock's).
+    Returns the new revision, or None when nothing was written (no such document, it is trashed,
+    or, with `if_changed`, its markdown is the same)."""
+    now = now or clock.iso()
+    row = tx.one(_STORE_CHANGED if if_changed else _STORE,
+                 (markdown, len(markdown.encode("utf-8")), now, doc_id, trashed, markdown) if if_changed
+                 else (markdown, len(markdown.encode("utf-8")), now, doc_id, trashed))
     if row is None:
         return None
     if row["deleted_at"] is None:
-        changes.record(tx, row["workspace_id"], "document", doc_id, "upsert")
+        changes.record(tx, row["workspace_id"], "document", doc_id, "upsert", at=now)
     return row["seq"]
+
+
+_STORE = ("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ?"
+          " WHERE id = ? AND (? OR deleted_at IS NULL) RETURNING seq, workspace_id, deleted_at")
+_STORE_CHANGED = ("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ?"
+                  " WHERE id = ? AND (? OR deleted_at IS NULL) AND markdown <> ? RETURNING seq, workspace_id, deleted_at")
 
 
 CONTENT: web.AppKey[ContentModels] = web.AppKey("content", ContentModels)
