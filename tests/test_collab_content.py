@@ -415,7 +415,15 @@ async def test_a_projection_the_database_refuses_holds_back_no_other_document(ma
             raise ValueError("simulated: the database refuses this projection")
         return store_projection(tx, document_id, *args)
 
+    store_changed = projection.store_changed_markdowns
+
+    def refuse_batch(tx, docs, *args):  # the job's one statement for all documents
+        if any(document_id == bad for document_id, _ in docs):
+            raise ValueError("simulated: the database refuses this projection")
+        return store_changed(tx, docs, *args)
+
     monkeypatch.setattr(projection, "store_projection", refuse_one)
+    monkeypatch.setattr(projection, "store_changed_markdowns", refuse_batch)
     for n, room in enumerate(rooms):
         room.edit(lambda text, n=n: text.insert(0, f"edit\x00{n} " if n == 1 else f"edit {n} "), alice.id)
     db = app[DB]

@@ -9,6 +9,7 @@ import pytest
 import asyncio
 import sqlite3
 
+from mdsync import clock
 from mdsync.collab import projection, store
 from mdsync.collab.rooms import ROOMS
 from mdsync.appkeys import DB
@@ -110,6 +111,39 @@ async def test_documents_due_together_are_projected_in_one_writer_job(make_clien
     assert jobs == [[room.document_id for room in rooms]]
     for room in rooms:
         app[ROOMS].release(room)
+
+
+async def test_one_projection_job_writes_each_document_as_if_alone(make_client):
+    """`store_projections` writes all documents of a job in a few statements; each document still
+    gets what a projection of its own would give: a new revision and its own change-feed row (in
+    the job's order) only when its markdown changed, a trashed one's text without a feed row, a
+    content_heads row, GONE for a document that is not there."""
+    client = await make_client()
+    app = client.server.app
+    db = app[DB]
+    alice = await register(client)
+    ids = [(await make_document(app, alice.id, markdown=f"doc {n}\n"))[1] for n in range(4)]
+    changed_a, same, trashed, changed_b = ids
+    await db.write(lambda tx: tx.execute("UPDATE documents SET deleted_at = ? WHERE id = ?", (clock.iso(), trashed)))
+    before = {row["id"]: row["seq"] for row in await db.all("SELECT id, seq FROM documents")}
+    feed_from = await db.value("SELECT max(seq) FROM changes")
+    rows = [(changed_b, "new b\n", "yB", 1), (same, "doc 1\n", "yS", 2), ("no-such-document", "x", "yX", 3),
+            (trashed, "new t\n", "yT", 4), (changed_a, "new a\n", "yA", 5)]
+    results = await db.write(projection.store_projections, rows, clock.iso())
+    assert results == [projection.STORED, projection.STORED, projection.GONE, projection.STORED, projection.STORED]
+    docs = {row["id"]: row for row in await db.all("SELECT id, markdown, size, seq FROM documents")}
+    assert [docs[i]["markdown"] for i in ids] == ["new a\n", "doc 1\n", "new t\n", "new b\n"]
+    assert [docs[i]["seq"] - before[i] for i in ids] == [1, 0, 1, 1]
+    assert docs[changed_a]["size"] == len("new a\n")
+    feed = await db.all("SELECT seq, entity, entity_id, op FROM changes WHERE seq > ? ORDER BY seq", (feed_from,))
+    assert [(row["entity"], row["entity_id"], row["op"]) for row in feed] == [
+        ("document", changed_b, "upsert"), ("document", changed_a, "upsert")]
+    heads = {row["document_id"]: (row["etag"], row["crdt_seq"]) for row in await db.all("SELECT * FROM content_heads")}
+    assert heads[changed_b] == ("yB", 1) and heads[same] == ("yS", 2) and heads[trashed] == ("yT", 4)
+    assert "no-such-document" not in heads
+    if db.engine == "sqlite":  # the FTS5 index, kept by a trigger (PostgreSQL indexes the column itself)
+        hits = await db.all("SELECT rowid FROM docs_fts WHERE docs_fts MATCH 'new'")
+        assert len(hits) == 2  # both live documents' new text, not the trashed one's
 
 
 async def test_an_acknowledgement_waited_for_flushes_without_waiting_out_the_window(make_client):

@@ -46,7 +46,7 @@ from mdsync.collab.room import Room
 from mdsync.collab.states import States
 from mdsync.collab.yjs_markdown import nul_free
 from mdsync.db import Database, Tx
-from mdsync.documents.content import store_markdown
+from mdsync.documents.content import CHUNK, store_changed_markdowns, store_markdown
 
 if TYPE_CHECKING:
     from mdsync.collab.content import YjsContent
@@ -345,15 +345,23 @@ class Projector:
 
 def store_projections(tx: Tx, rows: list[tuple], now: str) -> list[str]:
     """`store_projection` for several documents: (document id, markdown, ETag, seq[, made_from]) rows.
-    One node (no made_from), each document once: the content_heads rows of the job go in one
-    executemany at its end (nothing in the job reads them)."""
+    One node (no made_from), each document once: the same writes in a few statements for the
+    whole job (`store_changed_markdowns`: one UPDATE and one change-feed insert per chunk of
+    documents; the content_heads rows in one executemany), not four per document."""
     if any(len(row) > 4 and row[4] is not None for row in rows) or len({row[0] for row in rows}) < len(rows):
         return [store_projection(tx, *row[:4], now, *row[4:]) for row in rows]
-    heads: list[tuple] = []
-    results = [store_projection(tx, *row[:4], now, heads=heads) for row in rows]
+    docs = [(row[0], nul_free(row[1])) for row in rows]
+    written = store_changed_markdowns(tx, docs, now)
+    unwritten = [doc_id for doc_id, _ in docs if doc_id not in written]
+    gone = set(unwritten)
+    for start in range(0, len(unwritten), CHUNK):  # written nothing: the same markdown, or gone
+        chunk = unwritten[start:start + CHUNK]
+        gone.difference_update(row[0] for row in tx.all(
+            "SELECT id FROM documents WHERE id IN (" + ", ".join(["?"] * len(chunk)) + ")", chunk))
+    heads = [(row[0], row[2], row[3], now, None) for row in rows if row[0] not in gone]
     if heads:
         tx.executemany(_HEADS, heads)
-    return results
+    return [GONE if row[0] in gone else STORED for row in rows]
 
 
 _HEADS = ("INSERT INTO content_heads (document_id, etag, crdt_seq, updated_at, made_from) VALUES (?, ?, ?, ?, ?)"
@@ -362,7 +370,7 @@ _HEADS = ("INSERT INTO content_heads (document_id, etag, crdt_seq, updated_at, m
 
 
 def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_seq: int, now: str,
-                     made_from: bytes | None = None, *, heads: list[tuple] | None = None) -> str:
+                     made_from: bytes | None = None) -> str:
     """Write the projection and its provenance. The markdown, its size, updated_at, the content
     revision and a change-feed upsert only change when the markdown did. STORED, or GONE when the
     document is gone.
@@ -393,9 +401,5 @@ def store_projection(tx: Tx, document_id: str, markdown: str, etag: str, crdt_se
     if store_markdown(tx, document_id, markdown, trashed=True, if_changed=True, now=now) is None:
         if tx.value("SELECT 1 FROM documents WHERE id = ?", (document_id,)) is None:
             return GONE
-    head = (document_id, etag, crdt_seq, now, made_from)
-    if heads is not None:
-        heads.append(head)  # `store_projections` writes them together
-    else:
-        tx.execute(_HEADS, head)
+    tx.execute(_HEADS, (document_id, etag, crdt_seq, now, made_from))
     return result

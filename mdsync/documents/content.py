@@ -133,6 +133,32 @@ def store_markdown(tx: Tx, doc_id: str, markdown: str, *, trashed: bool = False,
     return row["seq"]
 
 
+def store_changed_markdowns(tx: Tx, docs: list[tuple[str, str]], now: str) -> dict[str, int]:
+    """`store_markdown(tx, id, markdown, trashed=True, if_changed=True, now=now)` for several
+    documents (distinct ids) in a few statements (one UPDATE and one change-feed insert per
+    `CHUNK` documents, not two statements each): the projection's writer job. Each written
+    document gets its own revision and its own feed row, as one at a time. Returns document id ->
+    new revision, for the documents written (those that exist and whose markdown differed)."""
+    written: dict[str, int] = {}
+    for start in range(0, len(docs), CHUNK):
+        chunk = docs[start:start + CHUNK]
+        params: list[Any] = [now]
+        for doc_id, markdown in chunk:
+            params += (doc_id, markdown, len(markdown.encode("utf-8")))
+        rows = tx.all("UPDATE documents SET markdown = v.column2, size = v.column3, seq = documents.seq + 1,"
+                      " updated_at = ? FROM (VALUES " + ", ".join(["(?, ?, CAST(? AS INTEGER))"] * len(chunk)) + ") AS v"
+                      " WHERE documents.id = v.column1 AND documents.markdown <> v.column2"
+                      " RETURNING documents.id, documents.seq, documents.workspace_id, documents.deleted_at", params)
+        order = {doc_id: i for i, (doc_id, _) in enumerate(chunk)}
+        rows.sort(key=lambda row: order[row[0]])  # the feed rows in the job's order
+        changes.record_many(tx, [(row[2], "document", row[0], "upsert") for row in rows if row[3] is None], at=now)
+        written.update((row[0], row[1]) for row in rows)
+    return written
+
+
+CHUNK = 200  # documents per statement (3 parameters each: far below either engine's limit)
+
+
 _STORE = ("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ?"
           " WHERE id = ? AND (? OR deleted_at IS NULL) RETURNING seq, workspace_id, deleted_at")
 _STORE_CHANGED = ("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ?"

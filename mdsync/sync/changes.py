@@ -94,6 +94,28 @@ def record(tx: Tx, workspace_id: str, entity: Entity, entity_id: str, op: Op, *,
     tx.after_commit(partial(_wake, Wake(database_key(tx.conn), seq, workspace_id, entity, entity_id, user_id)))
 
 
+def record_many(tx: Tx, rows: list[tuple[str, Entity, str, Op]], *, at: str | None = None) -> None:
+    """`record` for several changes (workspace id, entity, entity id, op; seen by every member),
+    each its own row and seq, in this order. On SQLite one statement: the one writer numbers the
+    rows consecutively (AUTOINCREMENT), the last one is `last_insert_rowid()`."""
+    if not rows:
+        return
+    at = at or clock.iso()
+    if tx.engine != "sqlite":
+        for workspace_id, entity, entity_id, op in rows:
+            record(tx, workspace_id, entity, entity_id, op, at=at)
+        return
+    params: list[Any] = []
+    for workspace_id, entity, entity_id, op in rows:
+        params += (workspace_id, entity, entity_id, op, at)
+    tx.execute("INSERT INTO changes (workspace_id, entity, entity_id, op, at) VALUES "
+               + ", ".join(["(?, ?, ?, ?, ?)"] * len(rows)), params)
+    first = tx.value("SELECT last_insert_rowid()") - len(rows) + 1
+    key = database_key(tx.conn)
+    for seq, (workspace_id, entity, entity_id, _) in enumerate(rows, first):
+        tx.after_commit(partial(_wake, Wake(key, seq, workspace_id, entity, entity_id, None)))
+
+
 _RECORD = {
     "sqlite": "INSERT INTO changes (workspace_id, entity, entity_id, op, at, user_id) VALUES (?, ?, ?, ?, ?, ?)",
     # the seq from changes_head, in the same statement (see the module's docstring); other
