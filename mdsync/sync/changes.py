@@ -10,7 +10,7 @@ not enough: it hands out numbers outside transactions, so a reader could see the
 feed's head) move before the row it numbers is committed. There the seq is taken from the one
 row of `changes_head`, updated in the same statement as the insert: it moves with the commit,
 and its row lock makes any other writer wait until this transaction ends (docs/architecture.md
-"Databases": the change feed). So rows enter `changes` through `record` only: on PostgreSQL a row
+"Databases": the change feed). So rows enter `changes` through `record` (or `record_many`, which is a loop of it there) only: on PostgreSQL a row
 inserted otherwise takes a number from the column's identity, which the head knows nothing of
 (readers would not see it, and a later `record` could clash with it). This costs ~40 µs more
 per change than the identity would (one statement either way; 140 against 100 µs, fsync off).
