@@ -178,6 +178,30 @@ async def test_password_hashing_runs_off_the_loop_at_a_lower_priority():
         passwords.close()
 
 
+def test_a_hash_in_progress_does_not_keep_a_stopping_process_alive():
+    """A registration the shutdown gave up on may still be hashing: the process exits anyway
+    (a ThreadPoolExecutor's threads would be joined at exit, for as long as the hash takes)."""
+    import subprocess
+
+    child = """
+import asyncio, threading
+from mdsync.auth.passwords import Passwords
+
+async def main():
+    passwords = Passwords(time_cost=1_000_000, memory_cost=1024, parallelism=1)  # hours of hashing
+    asyncio.get_running_loop().create_task(passwords.hash("x"))
+    while not any(t.name.startswith("argon2") for t in threading.enumerate()):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)
+    passwords.close()
+    print("leaving", flush=True)
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "leaving\n", done.stderr
+
+
 # -- refresh, reuse, logout ----------------------------------------------------------------------
 async def test_refresh_rotates_and_spends_the_old_token(client):
     account = await register(client)
