@@ -142,6 +142,23 @@ class _Reader:
             raise ProtocolError(f"unknown value type {kind}")
 
 
+def _in_range(buf: bytes, pos: int, limit: int, what: str) -> tuple[int, int]:
+    """(the varint at `pos`, the position after it); ProtocolError past `limit`."""
+    value, pos = read_varuint(buf, pos)
+    if value > limit:
+        raise ProtocolError(f"{what} out of range")
+    return value, pos
+
+
+def _skip_in_range(buf: bytes, pos: int, short: int, limit: int, what: str) -> int:
+    """The position after the varint at `pos`, not decoded when at most `short` bytes long
+    (then its length keeps it under `limit`), else checked against `limit`."""
+    end = _skip_varuint(buf, pos)
+    if end - pos > short:
+        end = _in_range(buf, pos, limit, what)[1]
+    return end
+
+
 def _skip_varuint(buf: bytes, pos: int) -> int:
     """The position after the varint at `pos`, its value not decoded."""
     found = _VARUINT.match(buf, pos)
@@ -245,18 +262,8 @@ def _check(buf: bytes) -> Covered:
         pos += 1
         if count > 127:
             count, pos = read_varuint(buf, pos - 1)
-        client = buf[pos]
-        pos += 1
-        if client > 127:
-            client, pos = read_varuint(buf, pos - 1)
-            if client > MAX_CLIENT:
-                raise ProtocolError("client id out of range")
-        clock = buf[pos]
-        pos += 1
-        if clock > 127:
-            clock, pos = read_varuint(buf, pos - 1)
-            if clock > MAX_CLOCK:
-                raise ProtocolError("clock out of range")
+        client, pos = _in_range(buf, pos, MAX_CLIENT, "client id")
+        clock, pos = _in_range(buf, pos, MAX_CLOCK, "clock")
         starts[client] = min(clock, starts.get(client, clock))
         end = None
         for _ in range(count):
@@ -270,20 +277,8 @@ def _check(buf: bytes) -> Covered:
                     length, pos = read_varuint(buf, pos - 1)
             else:
                 for _ in range((info >> 7) + (info >> 6 & 1)):   # left, right origin ids
-                    # skipped, not decoded: a client id of up to 7 varint bytes (49 bits) and a
-                    # clock of up to 4 (28 bits) are in range
-                    at = pos
-                    pos = _skip_varuint(buf, pos)
-                    if pos - at > 7:
-                        r.pos = at
-                        r.client()
-                        pos = r.pos
-                    at = pos
-                    pos = _skip_varuint(buf, pos)
-                    if pos - at > 4:
-                        r.pos = at
-                        r.clock()
-                        pos = r.pos
+                    pos = _skip_in_range(buf, pos, 7, MAX_CLIENT, "client id")   # 7 varint bytes: 49 bits
+                    pos = _skip_in_range(buf, pos, 4, MAX_CLOCK, "clock")        # 4: 28 bits
                 r.pos = pos
                 if not info & 0xC0:
                     if r.uint() == 1:          # parent is a root type name
