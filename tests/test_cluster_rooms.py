@@ -252,6 +252,33 @@ async def test_a_large_edit_goes_to_the_other_node_through_postgresql(nodes, red
     await close_all([bob])
 
 
+async def test_a_stream_entry_that_fails_the_gate_is_read_from_postgresql_instead(nodes, redis, database):
+    """Redis carries the bytes of small updates, but it is not the log: an entry at the next seq
+    that fails the update gate (written by something else than a node) never reaches the room;
+    the row PostgreSQL holds at that seq does, and the node goes on."""
+    import redis.asyncio as aioredis
+
+    a, b = await nodes(2)
+    owner, _, document_id = await owned_document(a, markdown="start\n")
+    [bob] = await typists([b], owner, document_id)
+    head = b.app[ROOMS].rooms[document_id].known
+    forged = Doc()
+    forged.get("markdown", type=Text).insert(0, "INTRUDER ")
+    client = aioredis.Redis.from_url(redis.url)
+    try:   # a valid update with a byte after it: the gate refuses it, pycrdt would not
+        await client.xadd(f"mdsync:doc:{document_id}",
+                          {"seq": head + 1, "node": "elsewhere", "update": forged.get_update() + b"\x00"})
+    finally:
+        await client.aclose()
+    assert await eventually(lambda: b.app[ROOMS].replication.stats["refused"] == 1, timeout=5)
+    resp = await a.put(f"/api/v1/documents/{document_id}/content", data="start\nreal edit\n", headers=owner.headers)
+    assert resp.status == 200, await resp.text()
+    assert await eventually(lambda: str(bob.text) == "start\nreal edit\n", timeout=5)
+    assert await content(b, owner, document_id) == "start\nreal edit\n"
+    assert stored_text(database, document_id) == "start\nreal edit\n"
+    await close_all([bob])
+
+
 async def _stream(server: RedisServer, document_id: str) -> list:
     """The entries of the document's stream, as Redis holds them."""
     import redis.asyncio as aioredis

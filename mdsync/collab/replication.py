@@ -9,8 +9,9 @@ visible in increasing order on every node. Redis carries notifications only:
   over STREAM_UPDATE_MAX: the readers take that one from PostgreSQL);
 - one reader task per node XREADs the streams of the rooms open here (re-evaluated every turn:
   rooms open and close; blocking at most BLOCK_MS so a room opened meanwhile is read soon) and
-  hands each row to its room (`Room.apply_remote`): applied when the Doc lacks it, sent to this
-  node's sockets, never logged again, never passed to the room_update hook;
+  hands each row to its room (`Room.apply_remote`), after the update gate's check (Redis is not
+  the log: an entry that fails it is read from PostgreSQL instead): applied when the Doc lacks
+  it, sent to this node's sockets, never logged again, never passed to the room_update hook;
 - a row past a gap (a seq missing before it) still missing GAP_WAIT_SECONDS later, Redis
   answering again after an error, and a head check of every open room against `doc_heads` each
   HEAD_CHECK_SECONDS (rows committed by the previous check, or by now while Redis fails, and
@@ -30,7 +31,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from mdsync.collab import store
+from mdsync.collab import store, updates
+from mdsync.collab.protocol import ProtocolError
 
 if TYPE_CHECKING:
     from mdsync.cluster import Cluster
@@ -67,7 +69,7 @@ class Replication:
         self._redis_ok = True
         self._last_heads: dict[str, int] = {}   # the head check's previous reading
         self._expires: dict[str, float] = {}     # stream key -> when to renew its TTL (monotonic)
-        self.stats = {"published": 0, "read": 0, "catch_ups": 0, "redis_errors": 0}
+        self.stats = {"published": 0, "read": 0, "refused": 0, "catch_ups": 0, "redis_errors": 0}
 
     def readings(self) -> list:
         """/metrics rows (`Metrics.read_at_scrape`)."""
@@ -77,6 +79,8 @@ class Replication:
              lambda: s["published"]),
             ("counter", "mdsync_cluster_updates_read", "Updates of other nodes read from the document streams",
              lambda: s["read"]),
+            ("counter", "mdsync_cluster_updates_refused", "Stream entries that failed the update gate (read"
+             " from PostgreSQL instead)", lambda: s["refused"]),
             ("counter", "mdsync_cluster_catch_ups", "Rooms caught up from PostgreSQL (a gap, a missed"
              " notification, Redis back)", lambda: s["catch_ups"]),
             ("counter", "mdsync_cluster_redis_errors", "Redis calls of the document streams that failed",
@@ -251,10 +255,25 @@ class Replication:
                     except (KeyError, ValueError):
                         continue
                     self.stats["read"] += 1
+                    if update is not None and not self._passes_gate(document_id, update):
+                        update = None   # what PostgreSQL holds at that seq is read instead
                     if update is not None:
                         room.apply_remote(seq, update)
                     elif seq > room.known:
                         self.catch_up_soon(room)   # a large update: announced, read from PostgreSQL
+
+    def _passes_gate(self, document_id: str, update: bytes) -> bool:
+        """The gate's check (mdsync/collab/updates.py) on a stream entry's bytes: the node that
+        accepted the update checked it, but the bytes here come from Redis, and whatever can write
+        there must not be able to crash this node's yrs. PostgreSQL's rows are not checked again."""
+        try:
+            updates.check(update)
+        except ProtocolError as exc:
+            self.stats["refused"] += 1
+            log.error("a stream entry of document %s failed the update gate (%s): reading PostgreSQL"
+                      " instead; is something else writing to this cluster's Redis?", document_id, exc)
+            return False
+        return True
 
     # -- the head check ----------------------------------------------------------------------
     async def _head_checker(self) -> None:
