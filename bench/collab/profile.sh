@@ -6,6 +6,11 @@
 #   SPY_ARGS=--native bench/collab/profile.sh   # with C/Rust frames (stops the server per sample)
 #   SPY_ON=0 bench/collab/profile.sh               # no profiler: the bench's numbers and /metrics only
 #   SERVE=".venv/bin/python bench/collab/volatile_serve.py" ...   # another server command
+#   SPY=/path/to/recorder ...   # another profiler taking py-spy's `record --pid P ... -o OUT` (e.g. a
+#                               # wrapper around `perf record -g -p P -o OUT.perf`)
+#
+# Besides the profile it prints the edit phase's numbers: CPU per delivery, write system calls,
+# and the CPU of each server thread (user and system; "main" is the event loop's).
 #
 # Needs py-spy in the venv (`.venv/bin/pip install py-spy`: bench tooling, not a dependency) and
 # permission to ptrace the server (root, or kernel.yama.ptrace_scope 0). Writes, per scenario,
@@ -45,6 +50,12 @@ cleanup() {
   rm -rf "$RUN"
 }
 trap cleanup EXIT
+threads_cpu() { # "tid name utime stime" of each of the server's threads (clock ticks; the loop's is "main")
+  for t in /proc/"$SERVER_PID"/task/*/stat; do
+    awk '{ line = $0; sub(/^[0-9]+ \(/, "", line); name = line; sub(/\) .*/, "", name); gsub(/ /, "_", name)
+           rest = $0; sub(/^.*\) /, "", rest); split(rest, f, " "); print $1 " " ($1 == pid ? "main" : name "-" $1) " " f[12] " " f[13] }' pid="$SERVER_PID" "$t" 2>/dev/null
+  done
+}
 start_server() {
   PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
   ( cd "$RUN" && exec env -u MDSYNC_DB__URL MDSYNC_AUTH__REGISTRATION=open MDSYNC_AUTH__ACCESS_TOKEN_TTL=3600 \
@@ -70,6 +81,7 @@ for sc in $SCENARIOS; do
   YLOAD_PID=$!
   until grep -q ": connected " "$OUT.log" || ! kill -0 "$YLOAD_PID" 2>/dev/null; do sleep 0.02; done
   W0=$(awk '/^syscw/ {print $2}' "/proc/$SERVER_PID/io" 2>/dev/null)  # write system calls so far
+  T0=$(threads_cpu)
   if [ "${SPY_ON:-1}" != 0 ]; then
     # shellcheck disable=SC2086
     "$SPY" record --pid "$SERVER_PID" --rate "$RATE" ${SPY_ARGS:---nonblocking} --format raw -o "$OUT.txt" >/dev/null 2>&1 &
@@ -77,6 +89,7 @@ for sc in $SCENARIOS; do
   fi
   until grep -q " deliveries in " "$OUT.log" || ! kill -0 "$YLOAD_PID" 2>/dev/null; do sleep 0.02; done
   W1=$(awk '/^syscw/ {print $2}' "/proc/$SERVER_PID/io" 2>/dev/null)
+  T1=$(threads_cpu)
   if [ -n "$SPY_PID" ]; then kill -INT "$SPY_PID"; wait "$SPY_PID" 2>/dev/null; SPY_PID=""; fi
   wait "$YLOAD_PID"; YLOAD_PID=""
   curl -s "http://127.0.0.1:$PORT/metrics" | grep -E '^mdsync_(collab|db)_' > "$OUT.metrics"
@@ -85,5 +98,10 @@ for sc in $SCENARIOS; do
   grep -E 'flushes|flushed_updates|write_jobs|write_batches|projection_lag_seconds_count|deliveries' "$OUT.metrics"
   # every socket write is one write system call (the log's and the database's are a few hundred)
   [ -n "$W0" ] && [ -n "$W1" ] && echo "write system calls in the edit phase: $((W1 - W0))"
+  # per thread (name, user and system clock ticks): the loop's thread, the database writer, ...
+  join -a2 <(echo "$T0" | sort) <(echo "$T1" | sort) | awk -v hz="$(getconf CLK_TCK)" \
+    '{ if (NF == 7) { u = $6 - $3; k = $7 - $4 } else { u = $3; k = $4 }
+       if (u + k > 0) printf "edit-phase CPU of thread %s: user %.2f s, system %.2f s\n", $2, u / hz, k / hz }'
+
   [ "${SPY_ON:-1}" = 0 ] || [ ! -s "$OUT.txt" ] || "$PY" "$HERE/top_frames.py" "$OUT.txt"
 done
