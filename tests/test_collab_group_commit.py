@@ -165,3 +165,15 @@ async def test_an_acknowledgement_waited_for_flushes_without_waiting_out_the_win
     assert await doc_text_in_db(app, quiet.document_id) == "typed doc 0\n"  # went along in that flush
     for room in (quiet, acked):
         manager.release(room)
+
+
+def test_a_projection_job_s_statements_hold_a_bounded_amount_of_text():
+    """A job of many large documents is written in several statements (at most CHUNK documents
+    and about CHUNK_CHARS characters each; a larger document alone), in the job's order."""
+    from mdsync.documents import content
+
+    docs = [(str(n), "x" * size) for n, size in enumerate([10] * 450 + [3_000_000, 3_000_000, 5_000_000, 1])]
+    chunks = content._chunks(docs)
+    assert [len(chunk) for chunk in chunks] == [200, 200, 51, 1, 1, 1]
+    assert [doc for chunk in chunks for doc in chunk] == docs
+    assert content._chunks([]) == []

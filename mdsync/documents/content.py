@@ -140,8 +140,7 @@ def store_changed_markdowns(tx: Tx, docs: list[tuple[str, str]], now: str) -> di
     document gets its own revision and its own feed row, as one at a time. Returns document id ->
     new revision, for the documents written (those that exist and whose markdown differed)."""
     written: dict[str, int] = {}
-    for start in range(0, len(docs), CHUNK):
-        chunk = docs[start:start + CHUNK]
+    for chunk in _chunks(docs):
         params: list[Any] = [now]
         for doc_id, markdown in chunk:
             params += (doc_id, markdown, len(markdown.encode("utf-8")))
@@ -156,7 +155,21 @@ def store_changed_markdowns(tx: Tx, docs: list[tuple[str, str]], now: str) -> di
     return written
 
 
-CHUNK = 200  # documents per statement (3 parameters each: far below either engine's limit)
+CHUNK = 200  # documents per statement (3 parameters each: far below either engine's limit) ...
+CHUNK_CHARS = 4_000_000  # ... and at most about this much text (large documents: fewer at a time)
+
+
+def _chunks(docs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """`docs` in runs of at most CHUNK documents and (unless one alone is larger) CHUNK_CHARS."""
+    chunks: list[list[tuple[str, str]]] = [[]]
+    chars = 0
+    for doc in docs:
+        if chunks[-1] and (len(chunks[-1]) >= CHUNK or chars + len(doc[1]) > CHUNK_CHARS):
+            chunks.append([])
+            chars = 0
+        chunks[-1].append(doc)
+        chars += len(doc[1])
+    return [chunk for chunk in chunks if chunk]
 
 
 _STORE = ("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ?"
