@@ -13,6 +13,7 @@ from mdsync import clock
 from mdsync.collab import projection, store
 from mdsync.collab.rooms import ROOMS
 from mdsync.appkeys import DB
+from mdsync.sync import changes
 from tests.builders import make_document, register
 from tests.readers import doc_text_in_db
 
@@ -129,7 +130,12 @@ async def test_one_projection_job_writes_each_document_as_if_alone(make_client):
     feed_from = await db.value("SELECT max(seq) FROM changes")
     rows = [(changed_b, "new b\n", "yB", 1), (same, "doc 1\n", "yS", 2), ("no-such-document", "x", "yX", 3),
             (trashed, "new t\n", "yT", 4), (changed_a, "new a\n", "yA", 5)]
-    results = await db.write(projection.store_projections, rows, clock.iso())
+    wakes = []
+    changes.listeners.add(wakes.append)
+    try:
+        results = await db.write(projection.store_projections, rows, clock.iso())
+    finally:
+        changes.listeners.discard(wakes.append)
     assert results == [projection.STORED, projection.STORED, projection.GONE, projection.STORED, projection.STORED]
     docs = {row["id"]: row for row in await db.all("SELECT id, markdown, size, seq FROM documents")}
     assert [docs[i]["markdown"] for i in ids] == ["new a\n", "doc 1\n", "new t\n", "new b\n"]
@@ -138,6 +144,8 @@ async def test_one_projection_job_writes_each_document_as_if_alone(make_client):
     feed = await db.all("SELECT seq, entity, entity_id, op FROM changes WHERE seq > ? ORDER BY seq", (feed_from,))
     assert [(row["entity"], row["entity_id"], row["op"]) for row in feed] == [
         ("document", changed_b, "upsert"), ("document", changed_a, "upsert")]
+    # the feed's readers are woken with each row's own seq
+    assert [(wake.seq, wake.entity_id) for wake in wakes] == [(row["seq"], row["entity_id"]) for row in feed]
     heads = {row["document_id"]: (row["etag"], row["crdt_seq"]) for row in await db.all("SELECT * FROM content_heads")}
     assert heads[changed_b] == ("yB", 1) and heads[same] == ("yS", 2) and heads[trashed] == ("yT", 4)
     assert "no-such-document" not in heads
