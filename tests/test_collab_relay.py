@@ -448,6 +448,40 @@ async def test_frames_of_one_loop_turn_reach_each_peer_in_order_without_its_own(
         await ws.close()
 
 
+async def test_a_peer_that_reads_late_gets_every_frame_in_order(make_client):
+    """Frames go to the socket directly while its transport holds nothing, through the transport
+    once the kernel stops taking them (a peer that does not read): the peer, reading again, gets
+    every frame in order and ends with the writer's text."""
+    client = await make_client(collab__slow_peer_bytes=64 << 20, collab__slow_peer_seconds=60)
+    app = client.server.app
+    alice = await register(client)
+    _, doc_id = await make_document(app, alice.id)
+    writer = await YClient.connect(client, doc_id, alice.access_token)
+    late = await YClient.connect(client, doc_id, alice.access_token)
+    await writer.wait_synced()
+    await late.wait_synced()
+    conns = app[ROOMS].loaded(doc_id).conns
+    assert all(conn.fd is not None for conn in conns)  # the direct write is what is tested here
+    late.ws._response.connection.transport.pause_reading()
+    held, sent, more = 0, 0, 20
+    while more and sent < 600:  # until the transport held some for a while (the kernel's buffers are full)
+        writer.insert(len(str(writer.text)), f"<{sent}>" + "z" * 30_000)
+        sent += 1
+        await asyncio.sleep(0.002)
+        held = max(held, max(conn.transport.get_write_buffer_size() for conn in conns))
+        more -= held > 0
+    assert held > 0
+    late.ws._response.connection.transport.resume_reading()
+    for _ in range(40):  # while the transport drains: the kernel takes bytes again, the transport holds some
+        writer.insert(len(str(writer.text)), f"<{sent}>" + "z" * 30_000)
+        sent += 1
+        await asyncio.sleep(0)
+    assert await eventually(lambda: str(late.text) == str(writer.text), timeout=30)
+    assert all(f"<{i}>" in str(late.text) for i in range(sent))
+    await writer.close()
+    await late.close()
+
+
 async def test_slow_peer_is_closed_and_the_room_goes_on(make_client):
     client = await make_client(collab__slow_peer_bytes=65536, collab__slow_peer_seconds=0.3)
     app = client.server.app

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import time
 from typing import Any
 
@@ -47,6 +48,21 @@ def transport_of(ws: web.WebSocketResponse) -> asyncio.Transport | None:
     return transport
 
 
+# plain stream transports (uvloop's, asyncio's) whose socket holds exactly the bytes written to them
+_PLAIN_TRANSPORTS = frozenset({"TCPTransport", "UnixTransport", "_SelectorSocketTransport"})
+
+
+def socket_fd(transport: asyncio.Transport | None) -> int | None:
+    """The file descriptor `Connection.write` may write frames to itself, in one system call, when
+    the transport holds nothing: a plain TCP or Unix stream's, never one under TLS. None: always
+    through the transport."""
+    if (transport is None or type(transport).__name__ not in _PLAIN_TRANSPORTS
+            or transport.get_extra_info("sslcontext") is not None):
+        return None
+    sock = transport.get_extra_info("socket")
+    return None if sock is None else sock.fileno()
+
+
 def write_frame(ws: web.WebSocketResponse, transport: asyncio.Transport, framed: bytes) -> int:
     """Write pre-built frames (protocol.ws_frame, one or several joined) to the socket; the
     write-buffer size after them, or -1 when the socket is closing (nothing written)."""
@@ -71,7 +87,7 @@ class Connection:
     __slots__ = ("ws", "transport", "access", "user_id", "name", "session_id", "token_id",
                  "share_link_id", "workspace_id", "document_id", "role", "read_only", "awareness_ids",
                  "connected_at", "closing", "_slow_timer", "_bound", "_slow_seconds", "room", "_fallback",
-                 "expires_at", "_expiry", "joins")
+                 "expires_at", "_expiry", "joins", "fd")
 
     # frames for this socket may be joined into one write (False: each goes through `send`)
     JOINS_FRAMES = True
@@ -80,6 +96,7 @@ class Connection:
                  slow_peer_bytes: int, slow_peer_seconds: float):
         self.ws = ws
         self.transport = transport_of(ws)
+        self.fd = socket_fd(self.transport)
         access = slim_access(access)
         self.access = access
         self.user_id: str | None = getattr(principal, "user_id", None)
@@ -140,12 +157,28 @@ class Connection:
 
     def write(self, framed: bytes) -> None:
         """Write pre-built frames (one or several joined) to a socket with a transport, then the
-        slow-peer check: the whole per-peer cost of a delivery."""
+        slow-peer check: the whole per-peer cost of a delivery.
+
+        When the transport holds nothing (the usual case: the kernel takes every frame), the
+        frames go to the socket in one `os.write`, past the event loop's write machinery (its
+        buffer list and write context cost more than the system call's Python side); whatever
+        the kernel does not take, and every frame while the transport holds something, goes
+        through the transport, so bytes keep their order and the slow-peer bound still counts
+        them. An error (the peer gone) is left to the transport to meet and close on."""
         transport = self.transport
         ws = self.ws
         # write_frame inlined: this runs once per peer per loop turn of a busy room
         if self.closing or ws._closed or transport.is_closing() or ws._writer._closing:  # noqa: SLF001
             return
+        fd = self.fd
+        if fd is not None and not transport.get_write_buffer_size():
+            try:
+                sent = os.write(fd, framed)
+            except OSError:   # EAGAIN (nothing taken), or the peer gone: the transport's to meet
+                sent = 0
+            if sent == len(framed):
+                return        # nothing held back: under any slow-peer bound
+            framed = framed[sent:]
         transport.write(framed)
         size = transport.get_write_buffer_size()
         if size > self._bound:
