@@ -167,7 +167,8 @@ class Connection:
         them. An error (the peer gone) is left to the transport to meet and close on."""
         transport = self.transport
         ws = self.ws
-        # write_frame inlined: this runs once per peer per loop turn of a busy room
+        # write_frame inlined: this runs once per peer per loop turn of a busy room. A closing
+        # transport is never written to: its fd may be closed, even reused by another socket, soon
         if self.closing or ws._closed or transport.is_closing() or ws._writer._closing:  # noqa: SLF001
             return
         fd = self.fd
