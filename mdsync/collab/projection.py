@@ -143,8 +143,7 @@ class Projector:
         entry = self._dirty.get(room.document_id)
         if entry is None and room.content_model != self.model:
             return  # a document of another content model: not projected here
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = room.loop.time()
         if entry is None:
             self._dirty[room.document_id] = _Dirty(room, now, now)
             self._wake_at(now + min(self.debounce, self.max_delay))

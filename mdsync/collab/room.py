@@ -91,7 +91,9 @@ class Room:
         # waiting for a retry, or lost until a snapshot holds them): what `saved_seq` is below
         self._unsaved: dict[int, int] = {}
         self._when_saved: collections.deque | None = None   # (seq, callback), made on first use
-        self._loop = asyncio.get_running_loop()
+        # the room's loop, for callers on the hot path: in Python 3.11 each
+        # asyncio.get_running_loop() costs a getpid() system call (its fork check)
+        self.loop = asyncio.get_running_loop()
         # (frame, socket not to send it to) sent at the end of this loop turn (_fanout)
         self.outbox: list[tuple[bytes, Connection | None]] | None = None
         self.evicted = False  # the document was purged (evict): nothing is written any more
@@ -389,7 +391,7 @@ class Room:
         outbox = self.outbox
         if outbox is None:
             outbox = self.outbox = []
-            self._loop.call_soon(self.flush_outbox)
+            self.loop.call_soon(self.flush_outbox)
         outbox.append((p.ws_frame(message), exclude))
 
     def flush_outbox(self) -> None:
@@ -549,7 +551,7 @@ class Room:
             stats.flush_errors += 1
             if rows and not isinstance(exc, IntegrityError):
                 log.error("could not append %d updates of %s (%s): retrying in 1 s", len(rows), self.document_id, exc)
-                self._loop.call_later(1.0, self._retry, rows)
+                self.loop.call_later(1.0, self._retry, rows)
             elif rows:
                 # these rows will never be in the log: the live Doc holds them, so a snapshot of it
                 # does (their updates stay unsaved, and unacknowledged, until it commits)
