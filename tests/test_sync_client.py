@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiohttp
@@ -998,3 +999,161 @@ async def test_watch_pushes_a_save_of_tracked_files_without_a_full_pass(server, 
     assert result.returncode == 0
     assert sorted((a["action"], a["path"]) for a in actions(result)) == [("create", "New.md"),
                                                                          ("move", "Quick.md → Renamed.md")]
+
+
+# -- kept-alive connections ------------------------------------------------------------------------
+class CountingProxy:
+    """A TCP relay on 127.0.0.1 in front of the server: counts the connections clients open,
+    and can cut them all (as a server's idle timeout or restart does)."""
+
+    def __init__(self, target: str):
+        self.target_port = int(target.rsplit(":", 1)[1])
+        self.accepted = 0
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> CountingProxy:
+        self.server = await asyncio.start_server(self.relay, "127.0.0.1", 0)
+        self.base = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        self.cut()
+        await self.server.wait_closed()
+
+    async def relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                dst.close()
+                self.writers.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for writer in list(self.writers):
+            writer.close()
+        self.writers.clear()
+
+
+async def test_a_pull_of_many_documents_reuses_a_few_connections(server, http, tmp_path):
+    from mdsync.syncclient.engine import CONCURRENCY
+    user = await new_user(server, http)
+    texts = {f"Doc {i}": f"# Doc {i}\n\nbody {i}\n" for i in range(40)}
+    for title, text in texts.items():
+        await user.doc(title, None, text)
+    tiptap = await user.call("POST", f"/workspaces/{user.ws}/documents", 201,
+                             json={"title": "Rich", "content_model": "tiptap", "markdown": "# Rich\n\nbold **x**\n"})
+    root = tmp_path / "w"
+    async with CountingProxy(server.base) as proxy:
+        result = await asyncio.to_thread(run_sync, root, "--json", "--server", proxy.base, "--workspace", "Notes",
+                                         token=user.pat)
+        assert result.returncode == 0, result.stderr
+        # without keep-alive: a connection per request, two a document (86); now one per fetching thread
+        # and one for the pass
+        assert proxy.accepted <= CONCURRENCY + 1, proxy.accepted
+    got = files(root)
+    assert {k: v for k, v in got.items() if k != "Rich.md"} == {f"{t}.md": v for t, v in texts.items()}
+    assert got["Rich.md"] == await user.content(tiptap["id"])
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_a_retry(
+        server_process, http, tmp_path, monkeypatch):
+    from mdsync.syncclient import http as client_http
+    data_dir = tmp_path / "data"
+    env = {"MDSYNC_AUTH__REGISTRATION": "open"}
+    first = server_process(data_dir, env)
+    port = first.base.rsplit(":", 1)[1]
+    user = await new_user(first, http)
+    doc_id = await user.doc("Kept", None, "kept\n")
+    monkeypatch.setattr(client_http, "RETRIES", 0)  # a failed attempt is an error: no retry hides one
+    one_thread = ThreadPoolExecutor(1)  # connections are kept per thread
+
+    def call(fn, *args):
+        return asyncio.get_running_loop().run_in_executor(one_thread, fn, *args)
+
+    async with CountingProxy(first.base) as proxy:
+        api = client_http.Api(proxy.base, user.pat)
+        try:
+            for _ in range(3):
+                assert await call(api.bytes, "GET", f"/documents/{doc_id}/yjs")
+            assert proxy.accepted == 1
+            # the server restarted between two requests: the idle connection is gone
+            assert first.terminate() == 0
+            proxy.target_port = int(port)
+            second = server_process(data_dir, env, ["--port", port])
+            assert second.base.endswith(f":{port}")
+            proxy.cut()
+            await asyncio.sleep(0.2)
+            assert (await call(api.json, "GET", "/workspaces"))["items"]
+            assert proxy.accepted == 2
+            # closed once the request is on its way (the check before sending saw nothing): sent again, once
+            proxy.cut()
+            await asyncio.sleep(0.2)
+            monkeypatch.setattr(client_http, "_closed_by_peer", lambda conn: False)
+            assert (await call(api.json, "GET", "/workspaces"))["items"]
+            assert proxy.accepted == 3
+            assert not api.down
+        finally:
+            await call(api.close)
+            one_thread.shutdown()
+
+
+async def test_an_https_server_is_verified_and_its_connection_kept_alive(tmp_path, monkeypatch):
+    import shutil
+    import ssl
+
+    from aiohttp import web
+
+    from mdsync.syncclient import http as client_http
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    seen: list[int] = []
+
+    async def workspaces(request: web.Request) -> web.Response:
+        seen.append(id(request.transport))
+        assert request.headers["Authorization"] == "Bearer mds_t"
+        return web.json_response({"items": []})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/workspaces", workspaces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
+    await site.start()
+    base = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    monkeypatch.setattr(client_http, "RETRIES", 0)
+    one_thread = ThreadPoolExecutor(1)
+
+    def call(fn, *args, **kw):
+        return asyncio.get_running_loop().run_in_executor(one_thread, lambda: fn(*args, **kw))
+
+    try:
+        untrusted = client_http.Api(base, "mds_t")
+        with pytest.raises(client_http.HttpError, match="server unreachable: .*CERTIFICATE_VERIFY_FAILED"):
+            await call(untrusted.json, "GET", "/workspaces")
+        assert seen == []
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the self-signed certificate trusted
+        api = client_http.Api(base, "mds_t")
+        for _ in range(3):
+            assert await call(api.json, "GET", "/workspaces") == {"items": []}
+        assert len(seen) == 3 and len(set(seen)) == 1  # one TLS connection for the three
+        await call(api.close)
+    finally:
+        one_thread.shutdown()
+        await runner.cleanup()

@@ -47,6 +47,7 @@ from mdsync.tiptap.parse import TooDeep
 
 FEED_PAGES = 10_000   # pages of the change feed read in one pass at most
 CONCURRENCY = 8       # documents new on the server fetched at once (the initial pull)
+LIST_PAGE = 200       # documents in one page of the workspace's document listing (the API's most)
 BATCH_SECONDS = 0.5   # documents pulled are committed together at most this often
 WRITE_BACK_TRIES = 5  # a file edited while its merge is written: folded in again at most this often
 READ_ONLY_ROLES = ("viewer", "commenter")
@@ -251,7 +252,7 @@ class Pass:
         adopt_pending(self, tree, docs)
         claimed = {d.path for d in docs.values()}
         new = [d for d in tree["documents"] if d["id"] not in docs]
-        fetched = self.fetch_all(new)
+        fetched = self.fetch_all(new, self.content_models(new, len(tree["documents"])) if new else {})
         if self.changed is None:
             self.report.start_bar(len(new))
         try:
@@ -291,13 +292,32 @@ class Pass:
             self.report("error", path, str(exc))
             self.recheck.add(doc_id)
 
-    def fetch_all(self, ds: Iterable[dict]) -> Iterator[Future]:
-        """Each document's (metadata, Yjs state) fetched `CONCURRENCY` at a time, in order, at
-        most twice that many held at once; a failure is raised by its own future."""
+    def content_models(self, new: list[dict], total: int) -> dict[str, str]:
+        """{document id: content model} from the workspace's document listing, when its pages
+        are fewer than the documents new here (the initial pull: 50 requests instead of 10 000
+        `GET /documents/{id}`); else {}. A content model never changes; a document the listing
+        missed (created since) is asked for on its own."""
+        if len(new) <= -(-total // LIST_PAGE):
+            return {}
+        models: dict[str, str] = {}
+        cursor = None
+        for _ in range(FEED_PAGES):
+            page = self.api.json("GET", f"/workspaces/{self.ws}/documents", params={"limit": LIST_PAGE, "cursor": cursor})
+            models.update((d["id"], d["content_model"]) for d in page["items"])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        return models
+
+    def fetch_all(self, ds: Iterable[dict], models: dict[str, str]) -> Iterator[Future]:
+        """Each document's (content model, Yjs state) fetched `CONCURRENCY` at a time, in order,
+        at most twice that many held at once; a failure is raised by its own future. The content
+        model from `models`, else from the document's metadata."""
         pool = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="mdsync-sync-fetch")
 
-        def fetch(doc_id: str) -> tuple[dict, bytes]:
-            return (self.api.json("GET", f"/documents/{doc_id}"), self.api.bytes("GET", f"/documents/{doc_id}/yjs"))
+        def fetch(doc_id: str) -> tuple[str, bytes]:
+            model = models.get(doc_id) or self.api.json("GET", f"/documents/{doc_id}")["content_model"]
+            return model, self.api.bytes("GET", f"/documents/{doc_id}/yjs")
 
         try:
             it = iter(ds)
@@ -379,9 +399,9 @@ class Pass:
         self.commit()
 
     def new_remote(self, d: dict, path: str, claimed: set[str], fetched: Future) -> None:
-        meta, state = fetched.result()
+        content_model, state = fetched.result()
         read_only = self.read_only_ws
-        replica = replica_of(meta["content_model"])
+        replica = replica_of(content_model)
         replica.apply(state)
         text = replica.markdown()
         path = self.free_path(path, text, claimed)
@@ -395,7 +415,7 @@ class Pass:
         self.write(path, text, style, read_only)
         self.report.advance(len(state))
         claimed.add(path)
-        doc = Doc(d["id"], path, d["title"], d.get("folder_id"), meta["content_model"], read_only,
+        doc = Doc(d["id"], path, d["title"], d.get("folder_id"), content_model, read_only,
                   replica.state(), text, style, None)
         if not self.dry:
             self.save(doc)
@@ -524,7 +544,11 @@ def sync_once(root: Path, server: str | None, workspace: str | None, token: str,
         server = server or state.get("server")
         if not server:
             raise UsageError("--server is needed for the first sync of a directory")
-        Pass(root, Api(server, token), state, report, dry_run).run(server, workspace)
+        api = Api(server, token)
+        try:
+            Pass(root, api, state, report, dry_run).run(server, workspace)
+        finally:
+            api.close()
     except Unauthorized as exc:
         raise Refused(f"the token was refused: {exc.detail}") from None
     finally:

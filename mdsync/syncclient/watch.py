@@ -104,6 +104,7 @@ def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids:
     is new here, renamed, moved or trashed on the server, DIR was never synced, or an item
     failed (the full pass retries it). The cursor is left to the next full pass."""
     state = State(root)
+    api: Api | None = None
     try:
         docs = state.docs()
         by_path = {d.path: d for d in docs.values()}
@@ -112,7 +113,8 @@ def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids:
                 or any(i not in docs for i in doc_ids)):
             return False
         failed = len(report.failed)
-        p = Pass(root, Api(server, token), state, report, False)
+        api = Api(server, token)
+        p = Pass(root, api, state, report, False)
         p.ws, p.read_only_ws, p.changed = ws, read_only == "1", set(doc_ids)
         for doc_id in sorted(doc_ids):
             try:
@@ -135,6 +137,8 @@ def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids:
     except Unauthorized as exc:
         raise Refused(f"the token was refused: {exc.detail}") from None
     finally:
+        if api is not None:
+            api.close()
         state.close()
 
 
