@@ -57,6 +57,10 @@ def _detail(body: bytes) -> str:
 def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
     """An idle kept-alive connection the server has closed (or written to out of turn): readable."""
     try:
+        if hasattr(select, "poll"):  # any descriptor number (select() stops at 1024)
+            poller = select.poll()
+            poller.register(conn.sock, select.POLLIN)
+            return bool(poller.poll(0))
         return bool(select.select([conn.sock], [], [], 0)[0])
     except (OSError, ValueError):
         return True
