@@ -518,7 +518,7 @@ class _TokenRequest:
         self.query = {"token": token} if token else {}
 
 
-async def websocket(request: web.Request) -> web.StreamResponse:
+async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
     manager = request.app[ROOMS]
     ws = await y_socket.accept(request)
     if ws.closed:

@@ -503,24 +503,24 @@ class Room:
 
     def written(self, future: asyncio.Future, rows: list) -> None:
         """`rows` (from `take_pending`) are in `future`, a write job shared with other rooms
-        (RoomManager.flush_rooms): saved when it commits; when it fails they are written again
-        as a job of their own, which fails or succeeds for this room alone."""
+        (RoomManager.flush_rooms), which calls `settled` once it is done (one callback for the
+        job, not one per room)."""
         self._inflight.add(future)
         self._unsaved[rows[0][0]] = rows[-1][0]
 
-        def done(fut: asyncio.Future) -> None:
-            self._inflight.discard(fut)
-            if fut.cancelled():
-                return
-            if fut.exception() is None:
-                self._unsaved.pop(rows[0][0], None)
-                if self.manager.replication is not None:
-                    self._logged(rows, fut.result())
-                self._saved()
-            elif not self.evicted:
-                self._retry(rows)
-
-        future.add_done_callback(done)
+    def settled(self, fut: asyncio.Future, rows: list) -> None:
+        """The shared job holding `rows` is done: saved when it committed; when it failed they
+        are written again as a job of their own, which fails or succeeds for this room alone."""
+        self._inflight.discard(fut)
+        if fut.cancelled():
+            return
+        if fut.exception() is None:
+            self._unsaved.pop(rows[0][0], None)
+            if self.manager.replication is not None:
+                self._logged(rows, fut.result())
+            self._saved()
+        elif not self.evicted:
+            self._retry(rows)
 
     def _track(self, future: asyncio.Future, rows: list | None, covers: int | None = None) -> None:
         """Follow a write: `rows` appended, or a snapshot that `covers` every update up to a seq."""

@@ -286,10 +286,15 @@ class RoomManager:
                     self.stats.flushes += 1
                     self.stats.flushed_updates += count
                     self.stats.flush_seconds_total += time.perf_counter() - started
+                for room, rows in batches:
+                    try:
+                        room.settled(fut, rows)
+                    except Exception:  # one room's trouble is not the others'
+                        log.exception("settling the update log rows of %s failed", room.document_id)
 
-            future.add_done_callback(done)
             for room, rows in batches:
                 room.written(future, rows)
+            future.add_done_callback(done)
         if batches:
             self._log_writes += 1
             future.add_done_callback(self._log_written)

@@ -18,17 +18,14 @@ class TicketOut(Out):
     expires_in: int
 
 
-@routes.get("/ws/docs/{document_id}",
-            "Real-time editing over the y-websocket protocol (upgrade; token in ?token=)", auth="none")
-async def document_socket(request: web.Request) -> web.StreamResponse:
-    return await socket.websocket(request)
-
-
-@routes.get("/ws/hocuspocus",
-            "Real-time editing over the Hocuspocus provider protocol, many documents per socket"
-            " (upgrade; each document's token in its Auth message)", auth="none")
-async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
-    return await hocuspocus.websocket(request)
+# the socket handlers themselves, not wrappers awaiting them: a handler's coroutine frame lives as
+# long as its socket (hours), one per connection
+routes.get("/ws/docs/{document_id}",
+           "Real-time editing over the y-websocket protocol (upgrade; token in ?token=)",
+           auth="none")(socket.document_socket)
+routes.get("/ws/hocuspocus",
+           "Real-time editing over the Hocuspocus provider protocol, many documents per socket"
+           " (upgrade; each document's token in its Auth message)", auth="none")(hocuspocus.hocuspocus_socket)
 
 
 @routes.post("/api/v1/documents/{document_id}/ws-ticket",

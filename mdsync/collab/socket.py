@@ -112,7 +112,7 @@ def oversized(ws: web.WebSocketResponse, msg) -> bool:
     return getattr(msg.data, "code", None) == CLOSE_TOO_BIG or ws.close_code == CLOSE_TOO_BIG
 
 
-async def websocket(request: web.Request) -> web.StreamResponse:
+async def document_socket(request: web.Request) -> web.StreamResponse:
     cfg = request.app[SETTINGS].collab
     manager = request.app[ROOMS]
     document_id = request.match_info["document_id"]
@@ -182,4 +182,4 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-__all__ = ["websocket", "authorize", "TICKETS", "CLOSE_FORBIDDEN"]
+__all__ = ["document_socket", "authorize", "TICKETS", "CLOSE_FORBIDDEN"]
