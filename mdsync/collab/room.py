@@ -64,8 +64,6 @@ class Room:
         self.conns: set[Connection] = set()
         # client id -> (clock, JSON state); "null" states are removed
         self.awareness: dict[int, tuple[int, str]] = {}
-        # called with (update bytes, user id or None) after each accepted update, on the loop
-        self.update_listeners: list[Callable[[bytes, str | None], Any]] = []
         self.holds = 0
         self.closing = False
         self._closed: asyncio.Event | None = None  # see `closed`
@@ -372,11 +370,6 @@ class Room:
             # group commit window: one writer job per window for every room, not one per update
             self.flush_queued = True
             self.manager.queue_flush(self)
-        for listener in self.update_listeners:
-            try:
-                listener(update, user_id)
-            except Exception:
-                log.exception("update listener failed")
         for listener in self.manager.hooks.room_update:
             try:
                 listener(self, update, user_id)
@@ -478,7 +471,6 @@ class Room:
         self._log = []
         self._log_bytes = 0
         self._log_ends = {}
-        self.update_listeners.clear()
         self.closed.set()
 
     def flush(self) -> None:
