@@ -51,10 +51,10 @@ MAX_CLOCK = 2**32 - 1     # yrs clocks are u32: a struct must end at or before t
 MAX_CLIENT = 2**53 - 1    # Yjs client ids are JavaScript numbers
 MAX_TYPE_REF = 6          # YArray, YMap, YText, YXmlElement, YXmlFragment, YXmlHook, YXmlText
 
-# the tokens of a JSON text that matter for its depth: a string literal (to the end of the text
-# when unterminated, so no match is ever retried: linear time) or a bracket
 # one varint as lib0 writes it: up to 9 continuation bytes, then its last byte
 _VARUINT = re.compile(rb"[\x80-\xff]{0,9}[\x00-\x7f]")
+# the tokens of a JSON text that matter for its depth: a string literal (to the end of the text
+# when unterminated, so no match is ever retried: linear time) or a bracket
 _JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
 
 
@@ -142,20 +142,14 @@ class _Reader:
             raise ProtocolError(f"unknown value type {kind}")
 
 
-def _in_range(buf: bytes, pos: int, limit: int, what: str) -> tuple[int, int]:
-    """(the varint at `pos`, the position after it); ProtocolError past `limit`."""
-    value, pos = read_varuint(buf, pos)
-    if value > limit:
-        raise ProtocolError(f"{what} out of range")
-    return value, pos
-
-
 def _skip_in_range(buf: bytes, pos: int, short: int, limit: int, what: str) -> int:
     """The position after the varint at `pos`, not decoded when at most `short` bytes long
     (then its length keeps it under `limit`), else checked against `limit`."""
     end = _skip_varuint(buf, pos)
     if end - pos > short:
-        end = _in_range(buf, pos, limit, what)[1]
+        value, end = read_varuint(buf, pos)
+        if value > limit:
+            raise ProtocolError(f"{what} out of range")
     return end
 
 
@@ -191,7 +185,13 @@ def _content_length(r: _Reader, ref: int) -> int:
         r.bytes_()
         return 1
     if ref == 4:                               # string: length in UTF-16 code units
-        return len(r.string().encode("utf-16-le")) // 2
+        raw = r.bytes_()
+        if raw.isascii():                      # the usual typed text: one unit a byte
+            return len(raw)
+        try:
+            return len(raw.decode("utf-8").encode("utf-16-le")) // 2
+        except UnicodeDecodeError:
+            raise ProtocolError("string is not UTF-8") from None
     if ref == 5:                               # embed
         r.json()
         return 1
@@ -238,47 +238,27 @@ class NotApplied(ProtocolError):
 
 def check(update: bytes) -> Covered:
     """Read all of a v1 update; raise ProtocolError for anything `apply` must not hand to pycrdt."""
-    try:
-        return _check(update)
-    except IndexError:  # the hot path indexes the bytes directly: a read past the end
-        raise ProtocolError("truncated update") from None
-
-
-def _check(buf: bytes) -> Covered:
-    # Every update every client sends passes here, so the struct headers are read with locals
-    # and one-byte varints inline (most counts, clocks and lengths of a typed edit); a longer
-    # varint goes through read_varuint, content other than a string through _Reader.
-    # A one-byte varint is at most 127: it needs no range check.
-    r = _Reader(buf)
-    pos = 0
+    # Every update every client sends passes here: a struct's header is read with locals (its
+    # origin ids skipped, not decoded, when short enough to be in range); the rest through _Reader.
+    r = _Reader(update)
     ends: dict[int, int] = {}
     starts: dict[int, int] = {}
-    clients = buf[pos]
-    pos += 1
-    if clients > 127:
-        clients, pos = read_varuint(buf, pos - 1)
-    for _ in range(clients):
-        count = buf[pos]
-        pos += 1
-        if count > 127:
-            count, pos = read_varuint(buf, pos - 1)
-        client, pos = _in_range(buf, pos, MAX_CLIENT, "client id")
-        clock, pos = _in_range(buf, pos, MAX_CLOCK, "clock")
+    for _ in range(r.uint()):
+        count = r.uint()
+        client = r.client()
+        clock = r.clock()
         starts[client] = min(clock, starts.get(client, clock))
         end = None
         for _ in range(count):
-            info = buf[pos]
-            pos += 1
+            info = r.byte()
             ref = info & 0x1F
             if ref == 0 or ref == 10:          # GC or Skip: a length
-                length = buf[pos]
-                pos += 1
-                if length > 127:
-                    length, pos = read_varuint(buf, pos - 1)
+                length = r.uint()
             else:
+                pos = r.pos
                 for _ in range((info >> 7) + (info >> 6 & 1)):   # left, right origin ids
-                    pos = _skip_in_range(buf, pos, 7, MAX_CLIENT, "client id")   # 7 varint bytes: 49 bits
-                    pos = _skip_in_range(buf, pos, 4, MAX_CLOCK, "clock")        # 4: 28 bits
+                    pos = _skip_in_range(update, pos, 7, MAX_CLIENT, "client id")   # 7 varint bytes: 49 bits
+                    pos = _skip_in_range(update, pos, 4, MAX_CLOCK, "clock")        # 4: 28 bits
                 r.pos = pos
                 if not info & 0xC0:
                     if r.uint() == 1:          # parent is a root type name
@@ -287,26 +267,7 @@ def _check(buf: bytes) -> Covered:
                         r.client(); r.clock()
                     if info & 0x20:
                         r.string()             # parent sub (map key)
-                if ref == 4:                   # a string, the usual edit: its UTF-16 length
-                    pos = r.pos
-                    n = buf[pos]
-                    pos += 1
-                    if n > 127:
-                        n, pos = read_varuint(buf, pos - 1)
-                    raw = buf[pos:pos + n]
-                    pos += n
-                    if len(raw) != n:
-                        raise ProtocolError("truncated update")
-                    if raw.isascii():
-                        length = n
-                    else:
-                        try:
-                            length = len(raw.decode("utf-8").encode("utf-16-le")) // 2
-                        except UnicodeDecodeError:
-                            raise ProtocolError("string is not UTF-8") from None
-                else:
-                    length = _content_length(r, ref)
-                    pos = r.pos
+                length = _content_length(r, ref)
             if length < 1 or clock + length > MAX_CLOCK:
                 raise ProtocolError("struct length out of range")
             clock += length
@@ -315,7 +276,6 @@ def _check(buf: bytes) -> Covered:
         if end is not None:
             ends[client] = max(end, ends.get(client, 0))
     deleted: dict[int, list[tuple[int, int]]] = {}
-    r.pos = pos
     for _ in range(r.uint()):                  # the delete set
         ranges = deleted.setdefault(r.client(), [])
         for _ in range(r.uint()):
@@ -324,7 +284,7 @@ def _check(buf: bytes) -> Covered:
             if length < 1 or start + length > MAX_CLOCK:
                 raise ProtocolError("deleted range out of range")
             ranges.append((start, start + length))
-    if r.pos != len(buf):
+    if r.pos != len(update):
         raise ProtocolError("bytes after the update")
     return Covered(ends, deleted, starts)
 
