@@ -724,20 +724,13 @@ class Room:
             del ahead[seq]
 
     def _not_integrated(self) -> list[bytes]:
-        have = decode_state_vector(self.doc.get_state())
         ends = self._log_ends
-        if ends is not None and all(have.get(client, 0) >= end for client, end in ends.items()):
-            return []  # every struct logged is below the Doc's state vector: all integrated
-        missing = []
-        for update in self._log:
-            try:
-                ends = updates.struct_ends(update)
-            except ProtocolError:
-                missing.append(update)  # cannot tell: keeping it costs a few bytes, losing it an edit
-                continue
-            if any(have.get(client, 0) < end for client, end in ends.items()):
-                missing.append(update)
-        return missing
+        if ends is not None:
+            have = decode_state_vector(self.doc.get_state())
+            if all(have.get(client, 0) >= end for client, end in ends.items()):
+                return []  # every struct logged is below the Doc's state vector: all integrated
+        # one that cannot be read is kept: keeping it costs a few bytes, losing it an edit
+        return missing_from(self.doc, self._log, unreadable_missing=True)
 
     async def close(self) -> None:
         """Flush and compact, then wait until every write of this room has committed."""
@@ -770,10 +763,11 @@ def decode_state_vector(sv: bytes) -> dict[int, int]:
     return out
 
 
-def missing_from(doc: Doc, rows: list[bytes], *, reapply: bool = False) -> list[bytes]:
+def missing_from(doc: Doc, rows: list[bytes], *, reapply: bool = False,
+                 unreadable_missing: bool = False) -> list[bytes]:
     """The updates of `rows` whose structs `doc` does not hold (all of them applied to it again
     first with `reapply`: pycrdt integrates an update whose dependencies came after it only when
-    it is applied again)."""
+    it is applied again). One whose structs cannot be read is listed with `unreadable_missing`."""
     if reapply:
         for update in rows:
             try:
@@ -786,7 +780,9 @@ def missing_from(doc: Doc, rows: list[bytes], *, reapply: bool = False) -> list[
         try:
             ends = updates.struct_ends(update)
         except ProtocolError:
-            continue  # cannot tell: applied once, as any row
+            if unreadable_missing:
+                missing.append(update)
+            continue  # else: cannot tell, applied once as any row
         if any(have.get(client, 0) < end for client, end in ends.items()):
             missing.append(update)
     return missing
