@@ -20,45 +20,13 @@ def state_etag(doc: Doc) -> str:
     """The (unquoted) ETag of a Doc's current state: sha256 of its state vector and delete set,
     both sorted (yrs encodes them from hash maps, so two equal states may differ in byte order)."""
     sv = doc.get_state()
-    h = hashlib.sha256(b"".join([b"%d:%d," % pair for pair in sorted(_state_vector(sv).items())]) + b"|")
+    h = hashlib.sha256(b"".join([b"%d:%d," % pair for pair in sorted(decode_state_vector(sv).items())]) + b"|")
     update = doc.get_update(sv)
     h.update(b"[]" if update == _NO_DELETES else _canonical_delete_set(update))
     return "y" + base64.urlsafe_b64encode(h.digest()[:18]).decode()
 
 
 _NO_DELETES = b"\x00\x00"  # an update of no structs and an empty delete set (canonically "[]")
-
-
-def _state_vector(sv: bytes) -> dict[int, int]:
-    """`decode_state_vector`, its varints read inline (the projection reads one per document it
-    stores); anything unusual (a truncated or over-long varint, a count that does not match) is
-    left to `decode_state_vector`, which says what is wrong."""
-    values = []
-    append = values.append
-    pos, end = 0, len(sv)
-    try:
-        while pos < end:
-            byte = sv[pos]
-            pos += 1
-            if byte < 0x80:
-                append(byte)
-                continue
-            value, shift = byte & 0x7F, 7
-            while True:
-                byte = sv[pos]
-                pos += 1
-                value |= (byte & 0x7F) << shift
-                if byte < 0x80:
-                    break
-                shift += 7
-                if shift > 49:
-                    raise IndexError
-            append(value)
-    except IndexError:
-        return decode_state_vector(sv)
-    if not values or len(values) != 2 * values[0] + 1:
-        return decode_state_vector(sv)
-    return dict(zip(values[1::2], values[2::2]))
 
 
 def _canonical_delete_set(update: bytes) -> bytes:
