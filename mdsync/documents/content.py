@@ -123,9 +123,8 @@ def store_markdown(tx: Tx, doc_id: str, markdown: str, *, trashed: bool = False,
     Returns the new revision, or None when nothing was written (no such document, it is trashed,
     or, with `if_changed`, its markdown is the same)."""
     now = now or clock.iso()
-    row = tx.one(_STORE_CHANGED if if_changed else _STORE,
-                 (markdown, len(markdown.encode("utf-8")), now, doc_id, trashed, markdown) if if_changed
-                 else (markdown, len(markdown.encode("utf-8")), now, doc_id, trashed))
+    params = (markdown, len(markdown.encode("utf-8")), now, doc_id, trashed)
+    row = tx.one(_STORE_CHANGED, params + (markdown,)) if if_changed else tx.one(_STORE, params)
     if row is None:
         return None
     if row["deleted_at"] is None:
@@ -173,9 +172,8 @@ def _chunks(docs: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
 
 
 _STORE = ("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ?"
-          " WHERE id = ? AND (? OR deleted_at IS NULL) RETURNING seq, workspace_id, deleted_at")
-_STORE_CHANGED = ("UPDATE documents SET markdown = ?, size = ?, seq = seq + 1, updated_at = ?"
-                  " WHERE id = ? AND (? OR deleted_at IS NULL) AND markdown <> ? RETURNING seq, workspace_id, deleted_at")
+          " WHERE id = ? AND (? OR deleted_at IS NULL){} RETURNING seq, workspace_id, deleted_at")
+_STORE, _STORE_CHANGED = _STORE.format(""), _STORE.format(" AND markdown <> ?")
 
 
 CONTENT: web.AppKey[ContentModels] = web.AppKey("content", ContentModels)
