@@ -13,6 +13,7 @@ import re
 import sqlite3
 import uuid
 
+import psycopg
 import pytest
 
 from mdsync.api.errors import ValidationFailed
@@ -146,6 +147,40 @@ async def test_hostile_queries_are_200_or_422_never_500(server_process):
         async with http.get(server.url("/healthz")) as resp:
             assert resp.status == 200
     assert server.terminate() == 0
+
+
+@pytest.mark.postgresql_only
+async def test_a_statement_past_statement_timeout_is_503_never_500(make_client, caplog):
+    """PostgreSQL cancels a statement that runs past `database.statement_timeout` (here: one that
+    waits for a lock another connection holds). The error middleware answers it 503
+    `database-timeout` with Retry-After, on any route (a search, a write through the writer), and
+    logs it without what was searched for."""
+    client = await make_client(database__statement_timeout=0.5)
+    ada = await register(client, name="Ada")
+    ws = await make_workspace(client, ada, "A")
+    doc = await document(client, ada, ws, "Pelican", markdown="a pelican\n")
+    url = client.app[SETTINGS].database.url
+    caplog.set_level(logging.WARNING, logger="mdsync.http")
+    with psycopg.connect(url) as blocker:  # its transaction holds the locks until the block ends
+        blocker.execute("LOCK TABLE docs_search IN ACCESS EXCLUSIVE MODE")
+        blocker.execute("SELECT 1 FROM documents WHERE id = %s FOR UPDATE", (doc["id"],))
+        resp = await client.get(f"{API}/search", params={"q": "pelicansecret"}, headers=ada.headers)
+        body = await resp.json()
+        assert resp.status == 503, body
+        assert resp.content_type == "application/problem+json"
+        assert body["type"] == "urn:mdsync:error:database-timeout" and body["status"] == 503
+        assert int(resp.headers["Retry-After"]) > 0
+        resp = await client.patch(f"{API}/documents/{doc['id']}", json={"title": "Renamed"}, headers=ada.headers)
+        body = await resp.json()
+        assert resp.status == 503, body
+        assert body["type"] == "urn:mdsync:error:database-timeout" and "Retry-After" in resp.headers
+    logged = [r for r in caplog.records if r.name == "mdsync.http"]
+    assert logged and all(r.levelno == logging.WARNING and not r.exc_info for r in logged)
+    assert "pelicansecret" not in caplog.text and "SELECT" not in caplog.text
+    # the locks gone, both answer again
+    assert titles(await search(client, ada, "pelican")) == ["Pelican"]
+    resp = await client.patch(f"{API}/documents/{doc['id']}", json={"title": "Renamed"}, headers=ada.headers)
+    assert resp.status == 200, await resp.text()
 
 
 async def test_missing_or_empty_q_is_422(client, two_teams):

@@ -91,6 +91,19 @@ class Upstream(ApiError):
     status, slug, title = 502, "upstream", "Upstream error"
 
 
+class DatabaseTimeout(ApiError):
+    """The database cancelled a statement of the request (PostgreSQL's `database.statement_timeout`):
+    the request may well succeed later, so 503 with `Retry-After`, never 500. The error middleware
+    makes it from the database's error, for every route (`mdsync.db.cancelled`)."""
+
+    status, slug, title = 503, "database-timeout", "The database took too long"
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, detail: str | None = None, **kwargs):
+        super().__init__(detail or "the database did not answer in time; try again later", **kwargs)
+        self.headers["Retry-After"] = str(self.RETRY_AFTER_SECONDS)
+
+
 class Internal(ApiError):
     status, slug, title = 500, "internal", "Internal server error"
 

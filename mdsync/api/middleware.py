@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from mdsync.api import errors
+from mdsync.db import cancelled
 
 log = logging.getLogger("mdsync.http")
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -96,7 +97,8 @@ def _from_http_exception(exc: web.HTTPException) -> errors.ApiError:
 def build(cors_origins: list[str], observe: Callable[[web.Request, int, float], None] | None = None):
     """The one middleware every request passes through. In order: the request id; a CORS
     preflight is answered here; the handler runs and any exception becomes problem+json (stack
-    traces stay in the server log); `observe(request, status, seconds)` (the metrics) sees every
+    traces stay in the server log; a statement the database cancelled at its statement_timeout is
+    503 `database-timeout`, on every route); `observe(request, status, seconds)` (the metrics) sees every
     answer, mapped errors and preflights included. One middleware rather than a chain of them:
     each link cost a coroutine and a wrapper per request (bench/README.md, "REST per-request cost")."""
     origins = frozenset(cors_origins)
@@ -150,9 +152,17 @@ def build(cors_origins: list[str], observe: Callable[[web.Request, int, float], 
                 log.info("connection lost during %s %s: %s", request.method, loggable_path(request),
                          exc.__class__.__name__)
                 raise
-            except Exception:
-                log.exception("unhandled error in %s %s", request.method, loggable_path(request))
-                response = problem_response(errors.Internal("an unexpected error occurred; see the server log"), rid)
+            except Exception as exc:
+                if cancelled(exc):
+                    # statement_timeout: the database was slow or a row locked, the code is not
+                    # wrong. The log line names the request, never the statement or its values.
+                    log.warning("database statement timed out in %s %s (%s)", request.method,
+                                loggable_path(request), exc.__class__.__name__)
+                    error = errors.DatabaseTimeout()
+                else:
+                    log.exception("unhandled error in %s %s", request.method, loggable_path(request))
+                    error = errors.Internal("an unexpected error occurred; see the server log")
+                response = problem_response(error, rid)
             status = response.status
             return response
         except web.HTTPException as exc:  # a 101 upgrade and friends, raised past the error mapping

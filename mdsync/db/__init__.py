@@ -17,13 +17,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from mdsync.db.migrate import Migration, apply_migrations, apply_pg_migrations
-from mdsync.db.base import MAX_BATCH, Database, Tx, WriterStats, new_id
+from mdsync.db.base import MAX_BATCH, Database, Tx, WriterStats, cancelled, new_id
 from mdsync.db.sqlite import SqliteDatabase, connect
 
 if TYPE_CHECKING:
     from mdsync.config import Settings
 
-__all__ = ["MAX_BATCH", "Database", "IntegrityError", "SqliteDatabase", "Tx", "WriterStats", "connect",
+__all__ = ["MAX_BATCH", "Database", "IntegrityError", "SqliteDatabase", "Tx", "WriterStats", "cancelled", "connect",
            "database_for", "describe", "migrate", "new_id", "read_only", "run_offline"]
 
 # a unique, foreign-key or check constraint refused a statement, on either engine

@@ -301,15 +301,31 @@ RETRIES = 5          # new transactions a batch gets after conflicts, before the
 RETRY_PAUSE = 0.02   # seconds before the first one (doubled each time, jittered by +-50 %)
 
 
-def _conflict(exc: BaseException) -> bool:
-    """Whether `exc` (or what it was raised from) is a conflict with another writer."""
+# SQLSTATE of a statement the server cancelled (PostgreSQL: `database.statement_timeout` ran out,
+# or an administrator's pg_cancel_backend): nothing is wrong with the request, the server was slow
+CANCELLED = frozenset({"57014"})
+
+
+def _sqlstate_in(exc: BaseException | None, codes: frozenset[str]) -> bool:
+    """Whether `exc` (or what it was raised from) carries one of the SQLSTATEs `codes`."""
     seen = 0
     while exc is not None and seen < 5:
-        if getattr(exc, "sqlstate", None) in CONFLICTS:
+        if getattr(exc, "sqlstate", None) in codes:
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return False
+
+
+def _conflict(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) is a conflict with another writer."""
+    return _sqlstate_in(exc, CONFLICTS)
+
+
+def cancelled(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) is a statement the database cancelled
+    (PostgreSQL's `statement_timeout`): the error middleware answers it 503, not 500."""
+    return _sqlstate_in(exc, CANCELLED)
 
 
 def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> None:
