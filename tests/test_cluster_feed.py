@@ -352,6 +352,94 @@ async def test_a_deadlock_between_two_writers_runs_the_losing_job_again_and_fail
         await two.close()
 
 
+def _meet(mine: threading.Event, theirs: threading.Event, url: str) -> None:
+    """A job's rendezvous with the other writer's batch: tell it this batch holds its first rows,
+    then wait until it holds its own (`theirs`) or someone waits for a row lock (then it never
+    will: it waits for ours)."""
+    mine.set()
+    deadline = time.monotonic() + 20
+    with psycopg.connect(url, autocommit=True) as conn:
+        while not theirs.wait(0.02):
+            waiting = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                   " AND wait_event_type = 'Lock'").fetchone()[0]
+            if waiting:
+                return
+            assert time.monotonic() < deadline, "the other writer's batch neither held its rows nor waited"
+
+
+async def test_two_writers_batches_of_appends_and_feed_changes_never_deadlock(tmp_path):
+    """Two nodes' writers on one PostgreSQL commit batches that cross: update-log appends
+    (store.append_at_head, append_many_at_head: `doc_heads` rows) and a change-feed record
+    (`changes_head`), append first on one node and record first on the other; then appends to two
+    documents in opposite orders across each batch's jobs. Each batch waits, in the middle, until
+    the other holds its first rows. The writer locks a batch's head rows ahead of its jobs, in
+    document-id order: one batch waits for the other's commit instead of a deadlock; no job runs
+    again, and every row lands with its seqs in order."""
+    from mdsync.collab import store
+    from mdsync.db.postgres import PostgresDatabase
+    from mdsync.sync import changes
+    from tests import engines
+
+    url = engines.database_url(tmp_path / "two-writers")
+    one, two = PostgresDatabase(url, readers=1), PostgresDatabase(url, readers=1)
+    await one.open()
+    await two.open()
+    now = "2026-01-01T00:00:00Z"
+
+    def setup(tx) -> None:
+        tx.execute("INSERT INTO users (id, email, name, password_hash, created_at, updated_at)"
+                   " VALUES ('u', 'u@example.com', 'U', 'x', ?1, ?1)", (now,))
+        tx.execute("INSERT INTO workspaces (id, name, slug, created_at, updated_at) VALUES ('ws', 'W', 'w', ?1, ?1)",
+                   (now,))
+        for doc in ("doc-x", "doc-y"):
+            tx.execute("INSERT INTO documents (id, workspace_id, title, created_at, updated_at)"
+                       " VALUES (?, 'ws', 'D', ?, ?)", (doc, now, now))
+
+    def row(tag: str) -> list:
+        return [(0, tag.encode(), None)]
+
+    async def cross(jobs_one, jobs_two) -> None:
+        gate = threading.Event()
+        futures = []
+        for db, jobs in ((one, jobs_one), (two, jobs_two)):
+            db.submit(lambda tx: gate.wait(20))   # the jobs queue up behind it: one batch
+            futures += [db.submit(fn, *args) for fn, *args in jobs]
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*futures), 60)
+        assert one.stats.retries == two.stats.retries == 0   # no deadlock: nothing ran again
+
+    try:
+        await one.write(setup)
+        base = await one.value("SELECT seq FROM changes_head")
+        # an append then the feed's head on one node; the feed's head then an append on the other
+        held_one, held_two = threading.Event(), threading.Event()
+        await cross(
+            [(store.append_at_head, "doc-x", row("one")), (lambda tx: _meet(held_one, held_two, url),),
+             (lambda tx: changes.record(tx, "ws", "document", "doc-x", "upsert"),)],
+            [(lambda tx: _meet(held_two, held_one, url),),
+             (lambda tx: changes.record(tx, "ws", "document", "doc-y", "upsert"),),
+             (store.append_many_at_head, [("doc-x", row("two"))])])
+        # appends to two documents, in opposite orders across the jobs of each batch
+        held_one, held_two = threading.Event(), threading.Event()
+        await cross(
+            [(store.append_at_head, "doc-x", row("one")), (lambda tx: _meet(held_one, held_two, url),),
+             (store.append_at_head, "doc-y", row("one"))],
+            [(store.append_at_head, "doc-y", row("two")), (lambda tx: _meet(held_two, held_one, url),),
+             (store.append_many_at_head, [("doc-x", row("two"))])])
+
+        logged = await one.all("SELECT document_id, seq FROM doc_updates ORDER BY document_id, seq")
+        assert [tuple(r) for r in logged] == [("doc-x", 1), ("doc-x", 2), ("doc-x", 3), ("doc-x", 4),
+                                              ("doc-y", 1), ("doc-y", 2)]
+        assert await one.all("SELECT document_id, seq FROM doc_heads ORDER BY document_id") == [
+            ("doc-x", 4), ("doc-y", 2)]
+        fed = await one.all("SELECT seq, entity_id FROM changes WHERE seq > ? ORDER BY seq", (base,))
+        assert [r["seq"] for r in fed] == [base + 1, base + 2]
+        assert sorted(r["entity_id"] for r in fed) == ["doc-x", "doc-y"]
+    finally:
+        await one.close()
+        await two.close()
+
+
 # -- AI calls of other nodes -----------------------------------------------------------------
 async def test_a_starting_node_releases_the_ai_calls_of_dead_nodes_never_of_live_ones(make_client):
     """Each node's heartbeat (cluster/nodes.py) tells the others it still runs its AI calls: a

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from mdsync import clock
 from mdsync.db import Database, Tx
+from mdsync.db.base import locks_first
 
 
 @dataclass
@@ -130,6 +131,26 @@ async def has_state(db: Database, document_id: str) -> bool:
 COMPACTION_LOCK = 0x6D640001
 
 
+def _take_head(engine: str) -> str:
+    """SQL moving document ?1's head row on by ?2 seqs (made at the stored seq + ?2 if missing, or
+    moved there if behind it), locking it to COMMIT; returns the new head."""
+    return (f"INSERT INTO doc_heads (document_id, seq) VALUES (?1, {stored_seq(engine, '?1')} + ?2)"
+            " ON CONFLICT (document_id) DO UPDATE SET seq = greatest(doc_heads.seq + ?2, excluded.seq)"
+            " RETURNING seq")
+
+
+def lock_heads(tx: Tx, document_ids: list[str]) -> None:
+    """Lock the `doc_heads` rows of `document_ids`, in this order, for the writer ahead of a batch
+    of appends (`locks_first`): a batch's head rows are locked in document-id order, across its
+    jobs too, and before the change feed's head row (`changes_head`) that other jobs of the batch
+    take; so two nodes' batches never wait for each other's rows in opposite orders. Moving a
+    head on by 0 seqs leaves the appends' numbering as it was."""
+    sql = _take_head(tx.engine)
+    for document_id in document_ids:
+        tx.value(sql, (document_id, 0))
+
+
+@locks_first(lock_heads, lambda document_id, rows: (document_id,))
 def append_at_head(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | None]]) -> int:
     """`append` with the seqs taken from the document's head row in this transaction (the rows'
     own seqs, the room's local numbering, are ignored); the first seq given (the rest follow).
@@ -138,10 +159,7 @@ def append_at_head(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | 
     for this commit and numbers after it: per document, commits are in seq order. A head behind
     the stored log (a document written by one node before the cluster, or never by a cluster)
     starts from the stored seq."""
-    last = tx.value(
-        f"INSERT INTO doc_heads (document_id, seq) VALUES (?1, {stored_seq(tx.engine, '?1')} + ?2)"
-        " ON CONFLICT (document_id) DO UPDATE SET seq = greatest(doc_heads.seq + ?2, excluded.seq)"
-        " RETURNING seq", (document_id, len(rows)))
+    last = tx.value(_take_head(tx.engine), (document_id, len(rows)))
     first = last - len(rows) + 1
     now = clock.iso()
     tx.executemany(
@@ -150,17 +168,16 @@ def append_at_head(tx: Tx, document_id: str, rows: list[tuple[int, bytes, str | 
     return first
 
 
+@locks_first(lock_heads, lambda batches: [document_id for document_id, _ in batches])
 def append_many_at_head(tx: Tx, batches: list[tuple[str, list[tuple[int, bytes, str | None]]]]) -> dict[str, int]:
     """`append_at_head` for several documents: {document id: first seq}. The head rows are locked
-    in document-id order, so two nodes' batches over the same documents cannot deadlock."""
+    in document-id order (the writer has locked them ahead already: `lock_heads`)."""
     firsts = {}
     now = clock.iso()
     values = []
+    sql = _take_head(tx.engine)
     for document_id, rows in sorted(batches, key=lambda batch: batch[0]):
-        last = tx.value(
-            f"INSERT INTO doc_heads (document_id, seq) VALUES (?1, {stored_seq(tx.engine, '?1')} + ?2)"
-            " ON CONFLICT (document_id) DO UPDATE SET seq = greatest(doc_heads.seq + ?2, excluded.seq)"
-            " RETURNING seq", (document_id, len(rows)))
+        last = tx.value(sql, (document_id, len(rows)))
         first = firsts[document_id] = last - len(rows) + 1
         values.extend((document_id, first + i, data, user_id, now) for i, (_, data, user_id) in enumerate(rows))
     tx.executemany(
