@@ -1068,6 +1068,8 @@ async def test_a_pull_of_many_documents_reuses_a_few_connections(server, http, t
 
 async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_a_retry(
         server_process, http, tmp_path, monkeypatch):
+    import urllib3
+
     from mdsync.syncclient import http as client_http
     data_dir = tmp_path / "data"
     env = {"MDSYNC_AUTH__REGISTRATION": "open"}
@@ -1099,7 +1101,7 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_a_r
             # closed once the request is on its way (the check before sending saw nothing): sent again, once
             proxy.cut()
             await asyncio.sleep(0.2)
-            monkeypatch.setattr(client_http, "_closed_by_peer", lambda conn: False)
+            monkeypatch.setattr(urllib3.connectionpool, "is_connection_dropped", lambda conn: False)
             assert (await call(api.json, "GET", "/workspaces"))["items"]
             assert proxy.accepted == 3
             assert not api.down

@@ -1,34 +1,32 @@
-"""The sync client's HTTP: a few blocking calls with a PAT (http.client; the client runs one pass
-at a time, so nothing here needs an event loop). Connections are kept alive: one per thread and
-per server (the initial pull fetches on a small thread pool), reused by the next request; one the
-server closed meanwhile (its idle timeout, a restart) is replaced without counting as a failure.
-Transient failures (connection refused, 502-504) are retried a bounded number of times; every
-other answer is returned or raised as `HttpError`. Once a request has given up on an unreachable
-server, the next ones try once each (no backoff) until one gets through: a server that died
-mid-pass fails the rest of the pass's items in moments, each named, instead of minutes of retries
-per item. As urllib did before: the proxy named by `https_proxy` / `http_proxy` (`no_proxy`
-honoured), and redirects followed for GET."""
+"""The sync client's HTTP: a few blocking calls with a PAT, on urllib3 (the client runs one pass
+at a time, so nothing here needs an event loop). An `Api` keeps its connections alive in a pool
+per server, shared by its threads (the initial pull's fetching threads; with --watch, every pass
+and the change feed's long-poll); one the server closed while idle (its idle timeout, a restart)
+is replaced before it is used, and one it closes just as a request leaves is sent again once,
+neither counting as a failure. Transient failures (connection refused, reset, timed out, TLS,
+502-504) are retried a bounded number of times; every other answer is returned or raised as
+`HttpError`. Once a request has given up on an unreachable server, the next ones try once each
+(no backoff) until one gets through: a server that died mid-pass fails the rest of the pass's
+items in moments, each named, instead of seconds of retries per item. As urllib did before: the
+proxy named by `https_proxy` / `http_proxy` (`no_proxy` honoured), redirects followed for GET
+(the token not sent to another server), https verified against the system's CA certificates."""
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import select
-import ssl
-import threading
-import time
 import urllib.parse
 import urllib.request
 from typing import Any
 
+import urllib3
+from urllib3.exceptions import MaxRetryError, ProtocolError
+
 RETRIES = 4            # attempts after the first for a transient failure
-BACKOFF = 0.5          # seconds before the first retry, doubled each time
+BACKOFF = 0.5          # urllib3's backoff factor: the first retry at once, then after 1, 2, 4 s
 TIMEOUT = 90.0         # seconds for one request (a long-poll asks for less)
 REDIRECTS = 10         # redirects followed for one GET at most (urllib's limit)
+POOL = 10              # connections kept per server: the initial pull's 8 threads, the pass's, the feed's
 USER_AGENT = "mdsync-sync"
-
-Origin = tuple[str, str, int]  # scheme, host, port
 
 
 class HttpError(Exception):
@@ -54,31 +52,51 @@ def _detail(body: bytes) -> str:
     return "; ".join([text, *fields]) if fields else text
 
 
-def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
-    """An idle kept-alive connection the server has closed (or written to out of turn): readable."""
-    try:
-        if hasattr(select, "poll"):  # any descriptor number (select() stops at 1024)
-            poller = select.poll()
-            poller.register(conn.sock, select.POLLIN)
-            return bool(poller.poll(0))
-        return bool(select.select([conn.sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
+class _Retry(urllib3.util.Retry):
+    """urllib3's retries, plus one resend, not counted, of a request the server hung up on
+    unanswered: a kept-alive connection it closed just as the request left (urllib3 checks an
+    idle connection before reusing it, but that check can lose the race). http.client's
+    RemoteDisconnected is a ConnectionResetError."""
+
+    def __init__(self, *args, resent: bool = False, **kw):
+        super().__init__(*args, **kw)
+        self.resent = resent
+
+    def new(self, **kw) -> _Retry:
+        return super().new(**{"resent": self.resent, **kw})
+
+    def increment(self, method=None, url=None, response=None, error=None, **kw) -> _Retry:
+        if (not self.resent and isinstance(error, ProtocolError) and error.args
+                and isinstance(error.args[-1], (ConnectionResetError, BrokenPipeError))):
+            return self.new(resent=True)
+        return super().increment(method, url, response, error, **kw)
 
 
-def _proxy_for(scheme: str, host: str) -> tuple[str, int, dict[str, str]] | None:
-    """(host, port, headers) of the proxy urllib would use for this server, or None."""
-    proxy = urllib.request.getproxies().get(scheme)
-    if not proxy or urllib.request.proxy_bypass(host):
-        return None
+def _retries(attempts: int) -> _Retry:
+    """`attempts` retries of each kind of transient failure; redirects counted apart."""
+    return _Retry(total=None, connect=attempts, read=attempts, status=attempts, other=attempts, redirect=REDIRECTS,
+                  status_forcelist=(502, 503, 504), allowed_methods=None, backoff_factor=BACKOFF,
+                  raise_on_redirect=False, raise_on_status=False, respect_retry_after_header=False)
+
+
+def _pools(url: str) -> urllib3.PoolManager:
+    """urllib3's pools for the server at `url`, through the proxy urllib would use for it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise HttpError(0, f"not an http:// or https:// URL: {url}")
+    kw: dict[str, Any] = {"maxsize": POOL}
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname):
+        return urllib3.PoolManager(**kw)
     if "://" not in proxy:
         proxy = "http://" + proxy
-    parts = urllib.parse.urlsplit(proxy)
-    headers = {}
-    if parts.username is not None:
-        creds = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode("ascii")
-    return parts.hostname or "", parts.port or 80, headers
+    auth = urllib3.util.parse_url(proxy).auth
+    if auth:
+        kw["proxy_headers"] = urllib3.make_headers(proxy_basic_auth=urllib.parse.unquote(auth))
+    try:
+        return urllib3.proxy_from_url(proxy, **kw)
+    except urllib3.exceptions.HTTPError as exc:  # a socks:// proxy, say
+        raise HttpError(0, f"proxy {proxy}: {exc!r}") from None
 
 
 class Api:
@@ -86,99 +104,12 @@ class Api:
         self.base = server.rstrip("/") + "/api/v1"
         self.token = token
         self.down = False  # the last request gave up on an unreachable server
-        self._local = threading.local()  # .conns: {origin: HTTPConnection} of this thread
-        self._lock = threading.Lock()
-        self._all: list[http.client.HTTPConnection] = []  # every thread's, for close()
-        self._tls: ssl.SSLContext | None = None
-        self._proxies: dict[Origin, tuple[str, int, dict[str, str]] | None] = {}
-
-    # -- connections ---------------------------------------------------------------------------
-    def _conns(self) -> dict[Origin, http.client.HTTPConnection]:
-        conns = getattr(self._local, "conns", None)
-        if conns is None:
-            conns = self._local.conns = {}
-        return conns
-
-    def _connect(self, origin: Origin, timeout: float) -> http.client.HTTPConnection:
-        scheme, host, port = origin
-        proxy = self._proxy(origin)
-        conn: http.client.HTTPConnection
-        if scheme == "https":
-            if self._tls is None:
-                self._tls = ssl.create_default_context()
-            if proxy:
-                conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=timeout, context=self._tls)
-                conn.set_tunnel(host, port, headers=proxy[2])
-            else:
-                conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self._tls)
-        else:
-            conn = http.client.HTTPConnection(*(proxy[:2] if proxy else (host, port)), timeout=timeout)
-        with self._lock:
-            self._all.append(conn)
-        return conn
-
-    def _proxy(self, origin: Origin) -> tuple[str, int, dict[str, str]] | None:
-        if origin not in self._proxies:
-            self._proxies[origin] = _proxy_for(origin[0], origin[1])
-        return self._proxies[origin]
-
-    def _drop(self, origin: Origin) -> None:
-        conn = self._conns().pop(origin, None)
-        if conn is not None:
-            conn.close()
-            with self._lock:
-                if conn in self._all:
-                    self._all.remove(conn)
+        self._http = _pools(self.base)
 
     def close(self) -> None:
-        """Close every thread's kept-alive connection."""
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+        """Close the kept-alive connections."""
+        self._http.clear()
 
-    def _exchange(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                  timeout: float) -> tuple[int, bytes, http.client.HTTPMessage]:
-        """One request and its whole answer on this thread's connection to the URL's server: a
-        kept-alive one the server closed is replaced, also when that shows only once the request
-        is sent (the server closed it meanwhile: it never read the request)."""
-        parts = urllib.parse.urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise HttpError(0, f"not an http:// or https:// URL: {url}")
-        origin = (scheme, parts.hostname, parts.port or (443 if scheme == "https" else 80))
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        conns = self._conns()
-        conn = conns.get(origin)
-        if conn is not None and (conn.sock is None or _closed_by_peer(conn)):
-            self._drop(origin)
-            conn = None
-        reused = conn is not None
-        if conn is None:
-            conn = conns[origin] = self._connect(origin, timeout)
-        proxy = self._proxy(origin)
-        if proxy is not None and scheme == "http":  # a plain-http proxy takes the absolute URL
-            target, headers = url, {**headers, **proxy[2]}
-        try:
-            conn.timeout = timeout
-            if conn.sock is not None:
-                conn.sock.settimeout(timeout)
-            conn.request(method, target, body=body, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-            self._drop(origin)
-            if reused:
-                return self._exchange(method, url, body, headers, timeout)  # on a new connection, once
-            raise
-        except BaseException:
-            self._drop(origin)
-            raise
-        if resp.will_close:
-            self._drop(origin)
-        return resp.status, data, resp.headers
-
-    # -- requests ------------------------------------------------------------------------------
     def request(self, method: str, path: str, *, params: dict | None = None, body: bytes | None = None,
                 content_type: str | None = None, timeout: float = TIMEOUT) -> tuple[int, bytes, Any]:
         url = self.base + path
@@ -187,43 +118,21 @@ class Api:
         headers = {"Authorization": f"Bearer {self.token}", "User-Agent": USER_AGENT}
         if content_type:
             headers["Content-Type"] = content_type
-        delay = BACKOFF
-        retries = 0 if self.down else RETRIES
-        for attempt in range(retries + 1):
-            try:
-                status, data, resp_headers = self._follow(method, url, body, headers, timeout)
-            except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, TLS, DNS
-                if attempt < retries:
-                    time.sleep(delay)
-                    delay *= 2
-                    continue
-                self.down = True
-                raise HttpError(0, f"server unreachable: {exc}") from None
-            self.down = False
-            if 200 <= status < 300:
-                return status, data, resp_headers
-            if status in (502, 503, 504) and attempt < retries:
-                time.sleep(delay)
-                delay *= 2
-                continue
-            if status == 401:
-                raise Unauthorized(401, _detail(data))
-            raise HttpError(status, _detail(data))
-        raise AssertionError("unreachable")
-
-    def _follow(self, method: str, url: str, body: bytes | None, headers: dict[str, str],
-                timeout: float) -> tuple[int, bytes, http.client.HTTPMessage]:
-        """The answer, past the redirects of a GET (the token kept for the same host only)."""
-        host = urllib.parse.urlsplit(url).hostname
-        for _ in range(REDIRECTS + 1):
-            status, data, resp_headers = self._exchange(method, url, body, headers, timeout)
-            location = resp_headers.get("Location")
-            if method not in ("GET", "HEAD") or status not in (301, 302, 303, 307, 308) or not location:
-                return status, data, resp_headers
-            url = urllib.parse.urljoin(url, location)
-            if urllib.parse.urlsplit(url).hostname != host:
-                headers = {k: v for k, v in headers.items() if k != "Authorization"}
-        return status, data, resp_headers
+        try:
+            resp = self._http.request(method, url, body=body, headers=headers, timeout=timeout,
+                                      retries=_retries(0 if self.down else RETRIES),
+                                      redirect=method in ("GET", "HEAD"))
+        except MaxRetryError as exc:  # refused, reset, timed out, TLS, DNS: after the retries
+            self.down = True
+            raise HttpError(0, f"server unreachable: {exc.reason}") from None
+        except urllib3.exceptions.HTTPError as exc:  # a redirect to a URL that is not one, ...
+            raise HttpError(0, str(exc)) from None
+        self.down = False
+        if 200 <= resp.status < 300:
+            return resp.status, resp.data, resp.headers
+        if resp.status == 401:
+            raise Unauthorized(401, _detail(resp.data))
+        raise HttpError(resp.status, _detail(resp.data))
 
     def json(self, method: str, path: str, payload: Any = None, **kw) -> Any:
         body = None if payload is None else json.dumps(payload).encode("utf-8")
