@@ -973,8 +973,9 @@ async def test_watch_pushes_a_save_of_tracked_files_without_a_full_pass(server, 
     (root / "Quick.md").write_text("one saved\n\ntwo\n")
     (root / "New.md").write_text("new\n")
     report = Report(as_json=True)
+    api = engine.Api(server.base, user.pat)
     # a file no document has yet needs the full pass (nothing is done here)
-    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, {"Quick.md", "New.md"})
+    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), api, report, {"Quick.md", "New.md"})
     assert (root / "Quick.md").read_text() == "one saved\n\ntwo\n"
     tree_reads = []
     real = engine.Api.json
@@ -984,17 +985,18 @@ async def test_watch_pushes_a_save_of_tracked_files_without_a_full_pass(server, 
         return real(self, method, path, payload, **kw)
 
     monkeypatch.setattr(engine.Api, "json", json_)
-    assert await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, {"Quick.md"})
+    assert await asyncio.to_thread(watch.sync_files, root.resolve(), api, report, {"Quick.md"})
     assert tree_reads == []
     assert (root / "Quick.md").read_text() == await user.content(doc_id) == "one saved\n\ntwo remote\n"
     # a document the feed names: pulled alone, unless its place changed (then the tree decides)
     await user.call("PUT", f"/documents/{doc_id}/content", 200, data="one saved\n\ntwo remote again\n",
                     headers={"Content-Type": "text/markdown"})
-    assert await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, set(), {doc_id})
+    assert await asyncio.to_thread(watch.sync_files, root.resolve(), api, report, set(), {doc_id})
     assert tree_reads == [] and (root / "Quick.md").read_text() == "one saved\n\ntwo remote again\n"
     await user.call("PATCH", f"/documents/{doc_id}", 200, json={"title": "Renamed"})
-    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, set(), {doc_id})
-    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), user.pat, report, set(), {"unknown-id"})
+    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), api, report, set(), {doc_id})
+    assert not await asyncio.to_thread(watch.sync_files, root.resolve(), api, report, set(), {"unknown-id"})
+    api.close()
     result = run_sync(root, "--json", token=user.pat)
     assert result.returncode == 0
     assert sorted((a["action"], a["path"]) for a in actions(result)) == [("create", "New.md"),
@@ -1108,6 +1110,34 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_a_r
         finally:
             await call(api.close)
             one_thread.shutdown()
+
+
+async def test_watch_saves_reuse_the_kept_alive_connections(server, http, tmp_path):
+    import signal
+    user = await new_user(server, http)
+    doc_id = await user.doc("Saved", None, "save 0\n")
+    root = tmp_path / "w"
+    env = subprocess_env(root)
+    env["MDSYNC_TOKEN"] = user.pat
+    async with CountingProxy(server.base) as proxy:
+        proc = subprocess.Popen([*MDSYNC, "sync", str(root), "--watch", "--server", proxy.base, "--workspace", "Notes"],
+                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            path = root / "Saved.md"
+            await asyncio.to_thread(wait_file, path, lambda t: t == "save 0\n", "the initial pull", proc)
+            for i in range(1, 7):
+                path.write_text(f"save {i}\n")
+                await wait_content(user, doc_id, lambda t, i=i: t == f"save {i}\n", f"save {i} on the server")
+                if i == 2:  # the first pass's connection, then the change feed's and the passes' (shared)
+                    opened = proxy.accepted
+            # a connection per save before: the later saves reuse the kept-alive ones
+            assert proxy.accepted == opened, (opened, proxy.accepted)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(proc.wait, 20) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 async def test_an_https_server_is_verified_and_its_connection_kept_alive(tmp_path, monkeypatch):

@@ -537,18 +537,21 @@ class Pass:
 
 
 def sync_once(root: Path, server: str | None, workspace: str | None, token: str, report: Report,
-              dry_run: bool = False) -> int:
-    """One pass; the exit code (0 in sync, 1 some items failed)."""
+              dry_run: bool = False, api: Api | None = None) -> int:
+    """One pass; the exit code (0 in sync, 1 some items failed). On the caller's `api` (--watch
+    keeps one for all its passes, their connections kept alive), else on one of its own."""
     state = State(root, in_memory=dry_run and not (root / STATE_DIR / "state.db").exists())
     try:
         server = server or state.get("server")
         if not server:
             raise UsageError("--server is needed for the first sync of a directory")
-        api = Api(server, token)
+        own = api is None
+        api = api or Api(server, token)
         try:
             Pass(root, api, state, report, dry_run).run(server, workspace)
         finally:
-            api.close()
+            if own:
+                api.close()
     except Unauthorized as exc:
         raise Refused(f"the token was refused: {exc.detail}") from None
     finally:

@@ -4,9 +4,9 @@ file and a rename is one change), or when the change feed (long-polled in a thre
 change in the workspace. When all that changed is tracked documents' files saved here and tracked
 documents' content on the server, only those are pushed and merged (`sync_files`: no tree,
 no walk of DIR; each save's own echo in the feed costs one small pull, not a full pass), else a
-full pass runs. A
-signal lets the pass in flight finish (its state is committed step by step), then the loop ends
-with exit 0."""
+full pass runs. The passes after the first, the files synced alone and the change feed share one
+`Api`, so a save reuses a kept-alive connection instead of opening one. A signal lets the pass in
+flight finish (its state is committed step by step), then the loop ends with exit 0."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class FeedWatcher(threading.Thread):
                 self.stop.wait(RETRY_AFTER)
 
 
-def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids: set[str] = frozenset()) -> bool:
+def sync_files(root: Path, api: Api, report: Report, paths: set[str], doc_ids: set[str] = frozenset()) -> bool:
     """--watch, when all that changed is these files saved here (`paths`) and these documents'
     content on the server (`doc_ids`, from the change feed): each pushed and merged as a full
     pass would (`sync_known`), without reading the tree or walking DIR — over 10 000 files a full
@@ -104,7 +104,6 @@ def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids:
     is new here, renamed, moved or trashed on the server, DIR was never synced, or an item
     failed (the full pass retries it). The cursor is left to the next full pass."""
     state = State(root)
-    api: Api | None = None
     try:
         docs = state.docs()
         by_path = {d.path: d for d in docs.values()}
@@ -113,7 +112,6 @@ def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids:
                 or any(i not in docs for i in doc_ids)):
             return False
         failed = len(report.failed)
-        api = Api(server, token)
         p = Pass(root, api, state, report, False)
         p.ws, p.read_only_ws, p.changed = ws, read_only == "1", set(doc_ids)
         for doc_id in sorted(doc_ids):
@@ -137,15 +135,14 @@ def sync_files(root: Path, token: str, report: Report, paths: set[str], doc_ids:
     except Unauthorized as exc:
         raise Refused(f"the token was refused: {exc.detail}") from None
     finally:
-        if api is not None:
-            api.close()
         state.close()
 
 
-def _pass(root: Path, server, workspace, token: str, report: Report, stop: threading.Event) -> bool:
+def _pass(root: Path, server, workspace, token: str, report: Report, stop: threading.Event,
+          api: Api | None = None) -> bool:
     """One pass; False when it failed as a whole (the server unreachable): try again later."""
     try:
-        sync_once(root, server, workspace, token, report)
+        sync_once(root, server, workspace, token, report, api=api)
     except Unauthorized:
         raise
     except HttpError as exc:
@@ -156,11 +153,11 @@ def _pass(root: Path, server, workspace, token: str, report: Report, stop: threa
     return True
 
 
-def _files(root: Path, token: str, report: Report, saved: set[str], ids: set[str]) -> bool:
+def _files(root: Path, api: Api, report: Report, saved: set[str], ids: set[str]) -> bool:
     """Only the files saved here and the documents changed there; False when a full pass is
     needed instead."""
     try:
-        done = sync_files(root, token, report, saved, ids)
+        done = sync_files(root, api, report, saved, ids)
     except HttpError:
         return False
     report.failed.clear()
@@ -176,6 +173,7 @@ def watch(root: Path, server: str | None, workspace: str | None, token: str, rep
         wake.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    api: Api | None = None
     try:
         while not stop.is_set() and not _pass(root, server, workspace, token, report, stop):
             pass  # the first pass failed as a whole (server down): tried again
@@ -186,7 +184,8 @@ def watch(root: Path, server: str | None, workspace: str | None, token: str, rep
             bound_server, bound_ws = state.get("server"), state.get("workspace_id")
         finally:
             state.close()
-        feed = FeedWatcher(Api(bound_server, token), bound_ws, wake, stop)
+        api = Api(bound_server, token)
+        feed = FeedWatcher(api, bound_ws, wake, stop)
         feed.start()
         # one watcher for the whole run: changes made during a pass wait in it for the next one
         dirty = True  # a pass once watching has begun: catches what changed before it began
@@ -206,11 +205,13 @@ def watch(root: Path, server: str | None, workspace: str | None, token: str, rep
                 ids, other = feed.take()
                 dirty = dirty or other
             if not dirty and (saved or ids):
-                dirty = not _files(root, token, report, saved, ids)
+                dirty = not _files(root, api, report, saved, ids)
             if dirty:
-                dirty = not _pass(root, server, workspace, token, report, stop)
+                dirty = not _pass(root, server, workspace, token, report, stop, api)
     finally:
         stop.set()
+        if api is not None:
+            api.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
