@@ -694,6 +694,30 @@ async def test_a_create_killed_after_its_post_is_adopted_not_duplicated(server, 
     assert again.returncode == 0 and actions(again) == []
 
 
+async def test_a_create_killed_after_its_post_then_its_file_renamed_here_is_adopted_and_renamed(server, http, tmp_path):
+    user = await new_user(server, http)
+    sub = await user.folder("Sub")
+    root = tmp_path / "w"
+    assert run_sync(root, token=user.pat, server=server, workspace="Notes").returncode == 0
+    (root / "New.md").write_text("brand new\n")
+    assert crash_around_create(root, user.pat, "after") == 9
+    [created] = (await user.tree())["documents"]
+    (root / "New.md").rename(root / "Sub" / "Renamed.md")  # before the next pass
+    result = run_sync(root, "--json", token=user.pat)
+    assert result.returncode == 0, result.stderr
+    assert [(a["action"], a["path"]) for a in actions(result)] == [("create", "New.md"),
+                                                                   ("rename", "New.md → Sub/Renamed.md")]
+    # the document created, renamed and moved as its file was: not a second one from the renamed file
+    assert [(d["id"], d["title"], d["folder_id"]) for d in (await user.tree())["documents"]] == [
+        (created["id"], "Renamed", sub)]
+    assert files(root) == {"Sub/Renamed.md": "brand new\n"}
+    again = run_sync(root, "--json", token=user.pat)
+    assert again.returncode == 0 and actions(again) == []
+    (root / "Sub" / "Renamed.md").write_text("brand new\nedited\n")
+    assert run_sync(root, token=user.pat).returncode == 0
+    assert await user.content(created["id"]) == "brand new\nedited\n"
+
+
 async def test_a_create_killed_after_its_post_then_edited_on_both_sides_is_adopted_and_merged(server, http, tmp_path):
     user = await new_user(server, http)
     root = tmp_path / "w"

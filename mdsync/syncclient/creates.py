@@ -6,7 +6,11 @@ after the answer. A pass killed between the two (kill -9, a crash, the connectio
 server acted) leaves the record behind, and the next pass adopts the document from the tree
 instead of creating a second one (`adopt_pending`): a document no one here tracks, with that title
 and folder, created from that text — whatever was edited in it since (`created_from`). A record
-matching nothing means the `POST` never arrived: it is forgotten and the file created again.
+matching nothing means the `POST` never arrived: it is forgotten and the file created again. A
+record whose file is gone while an untracked file holds the text sent was renamed or moved here
+meanwhile (`moved_creates`): the document is adopted, then renamed or moved as the file was (one
+`PATCH`, as for a tracked document's file), instead of being adopted where the file was while the
+renamed file became a second document.
 
 How a document shows the text it was created from: the server seeds a new document's CRDT state
 from its markdown deterministically (`mdsync.collab.room.seed_update`: a fixed client id, one
@@ -53,13 +57,32 @@ def created_from(state: bytes, sent: str | None, digest: str) -> Replica | None:
     return base if over.markdown() == server.markdown() else None
 
 
-def adopt_pending(p: Pass, tree: dict, docs: dict[str, Doc]) -> None:
+def moved_creates(p: Pass, pending: dict[str, tuple], docs: dict[str, Doc]) -> dict[str, str]:
+    """{recorded path: the file's path now} for the creates whose file is gone while an untracked
+    file holds the text sent (its sha256): renamed or moved before this pass."""
+    gone = {rel: digest for rel, (_, _, digest, _) in pending.items() if not (p.root / rel).is_file()}
+    if not gone:
+        return {}
+    by_hash: dict[str, str] = {}
+    for rel in sorted(layout.local_files(p.root) - {d.path for d in docs.values()} - set(pending)):
+        try:
+            got = p.read(rel)
+        except UnicodeDecodeError:
+            continue
+        if got is not None:
+            by_hash.setdefault(text_hash(got[0]), rel)
+    return {rel: by_hash.pop(digest) for rel, digest in sorted(gone.items()) if digest in by_hash}
+
+
+def adopt_pending(p: Pass, tree: dict, docs: dict[str, Doc]) -> bool:
     """Creates a killed pass sent but never recorded: the tree document untracked here with the
     recorded title and folder, created from the recorded text, becomes the file's document (added
-    to `docs`, recorded at its creation, and in `p.changed` so the pass syncs it)."""
+    to `docs`, recorded at its creation, and in `p.changed` so the pass syncs it); renamed or moved
+    on the server as its file was here meanwhile. True when one was (the tree is stale)."""
     pending = p.state.creates()
     if not pending or p.dry:
-        return
+        return False
+    moved, renamed = moved_creates(p, pending, docs), False
     for rel, (title, folder_id, digest, sent) in sorted(pending.items()):
         candidates = [d for d in tree["documents"]
                       if d["id"] not in docs and d["title"] == title and d.get("folder_id") == folder_id]
@@ -68,18 +91,22 @@ def adopt_pending(p: Pass, tree: dict, docs: dict[str, Doc]) -> None:
             if replica is None:
                 continue
             try:
-                style = (p.read(rel) or ("", ""))[1]
+                style = (p.read(moved.get(rel, rel)) or ("", ""))[1]
             except UnicodeDecodeError:
                 style = ""
-            docs[d["id"]] = Doc(d["id"], rel, title, folder_id, "text", False, replica.state(), replica.markdown(),
-                                style, None)
-            p.save(docs[d["id"]])
+            doc = docs[d["id"]] = Doc(d["id"], rel, title, folder_id, "text", False, replica.state(),
+                                      replica.markdown(), style, None)
+            p.save(doc)
             if p.changed is not None:
                 p.changed.add(d["id"])
             p.report("create", rel, "adopted: created by a pass that stopped before recording it")
+            if rel in moved:
+                p.local_move(doc, moved[rel])
+                renamed = True
             break
         p.state.forget_create(rel)
         p.commit()
+    return renamed
 
 
 def local_creates(p: Pass) -> None:

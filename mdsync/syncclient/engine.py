@@ -10,7 +10,7 @@
    the server changed it meanwhile (the edit wins: restored); a deleted directory's folder is
    deleted once nothing in it is left;
 4. the tree, placed as the export places it (layout.py); creates a killed pass sent but never
-   recorded are adopted (creates.py); remote renames and moves move the file; each tracked
+   recorded are adopted (creates.py; renamed or moved as their file was meanwhile); remote renames and moves move the file; each tracked
    document: a local edit is pushed as a Yjs update (saved as pending first), the remote changes
    pulled with the replica's state vector and merged, the file replaced only while it still holds
    the last synced text (merge.py; `text` and `tiptap` documents alike); documents new on the
@@ -241,6 +241,9 @@ class Pass:
         tree = self.api.json("GET", f"/workspaces/{self.ws}/tree")
         if gone_dirs and local_folder_deletes(self, gone_dirs, tree):
             tree = self.api.json("GET", f"/workspaces/{self.ws}/tree")
+        docs = self.state.docs()
+        if adopt_pending(self, tree, docs):  # an adopted document renamed or moved as its file was
+            tree = self.api.json("GET", f"/workspaces/{self.ws}/tree")
         before = set(self.folder_paths.values())
         self.folder_paths, remote_paths = layout.remote_layout(tree)
         if not self.dry:
@@ -248,8 +251,6 @@ class Pass:
                 (self.root / path).mkdir(parents=True, exist_ok=True)
             self.state.save_folders(self.folder_paths)
             self.commit()
-        docs = self.state.docs()
-        adopt_pending(self, tree, docs)
         claimed = {d.path for d in docs.values()}
         new = [d for d in tree["documents"] if d["id"] not in docs]
         fetched = self.fetch_all(new, self.content_models(new, len(tree["documents"])) if new else {})
