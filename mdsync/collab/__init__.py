@@ -48,6 +48,7 @@ def install(app: web.Application, settings: Settings) -> None:
         db, grace_seconds=cfg.room_grace_seconds, snapshot_after_updates=cfg.snapshot_after_updates,
         snapshot_after_bytes=cfg.snapshot_after_bytes, max_document_bytes=settings.limits.max_document_bytes,
         flush_delay=cfg.flush_delay_seconds, access_recheck=lambda a: access.recheck(db, a), hooks=hooks,
+        heartbeat_seconds=cfg.heartbeat_seconds,
         limits=ConnectionLimits(
             per_user=cfg.max_connections_per_user, per_document=cfg.max_connections_per_document,
             per_user_per_document=cfg.max_connections_per_user_per_document,

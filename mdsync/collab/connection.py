@@ -9,9 +9,9 @@ that at once) is closed with 1013: one slow client never stalls the room, and it
 resyncs instead of silently missing updates.
 
 A socket opened with an expiring credential (an access JWT, a personal access token with an
-expiry, a ticket traded for either, or a share link with an expiry) ends when it does: one timer
-per socket (`loop.call_at`, armed when the manager admits it) closes it with 4401 at that moment,
-and the client reconnects with a fresh token.
+expiry, a ticket traded for either, or a share link with an expiry) ends when it does: the
+manager's `Deadlines` (keepalive.py: one timer for every socket, armed when the manager admits
+it) closes it with 4401 at that moment, and the client reconnects with a fresh token.
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from mdsync import clock
+
+if TYPE_CHECKING:
+    from mdsync.collab.keepalive import Deadlines
 
 log = logging.getLogger("mdsync.collab")
 
@@ -109,7 +112,7 @@ class Connection:
         if link_expires:
             at = clock.parse(link_expires).timestamp()
             self.expires_at = at if self.expires_at is None else min(self.expires_at, at)
-        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry: int | None = None   # its key in the manager's Deadlines
         self.workspace_id: str = access.workspace_id
         self.document_id: str = access.document_id
         self.role: str = access.role
@@ -125,16 +128,15 @@ class Connection:
         # the room writes the turn's frames for this socket joined, through `write` (Room._fanout)
         self.joins = self.transport is not None and self.JOINS_FRAMES
 
-    def arm_expiry(self) -> None:
+    def arm_expiry(self, deadlines: Deadlines) -> None:
         """Close with 4401 when the credential expires (called once the socket is admitted)."""
         if self.expires_at is None or self.closing:
             return
-        loop = asyncio.get_running_loop()
-        self._expiry = loop.call_at(loop.time() + max(0.0, self.expires_at - clock.timestamp()), self._expired)
+        self._expiry = deadlines.add(self, self.expires_at, clock.timestamp())
 
-    def disarm_expiry(self) -> None:
+    def disarm_expiry(self, deadlines: Deadlines) -> None:
         if self._expiry is not None:
-            self._expiry.cancel()
+            deadlines.remove(self._expiry)
             self._expiry = None
 
     def _expired(self) -> None:
@@ -224,8 +226,7 @@ class Connection:
         room = self.room
         if room is not None and room.outbox:
             room.flush_outbox()  # what the room sent before this decision still goes out first
-        self.closing = True
-        self.disarm_expiry()
+        self.closing = True   # an expiry due now passes it by (keepalive.Deadlines)
         if self._slow_timer is not None:
             self._slow_timer.cancel()
             self._slow_timer = None

@@ -526,11 +526,13 @@ async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
     session = Session(request, ws)
     session._transport = transport_of(ws)  # noqa: SLF001
     stats = manager.stats
+    pulse = manager.pings.watch(ws)
     try:
         session.start_pings()
         loop = asyncio.get_running_loop()
         async for msg in ws:
             session.last_seen = loop.time()
+            pulse.quiet = 0
             if session.closing:
                 continue
             if msg.type == WSMsgType.BINARY:
@@ -542,6 +544,8 @@ async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
                 stats.garbage_frames += 1
                 log.warning("text frame on a hocuspocus socket; closing that socket")
                 session.close_soon(y_socket.CLOSE_UNSUPPORTED, "binary frames only", abort_after=2.0)
+            elif await y_socket.answered_ping(ws, msg):
+                continue
             elif msg.type == WSMsgType.ERROR:
                 if y_socket.oversized(ws, msg):
                     stats.oversized_closed += 1
@@ -554,5 +558,6 @@ async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
             log.exception("hocuspocus socket failed")
             await ws.close(code=1011, message=b"internal error")
     finally:
+        manager.pings.forget(pulse)
         session.detach_all()
     return ws

@@ -34,6 +34,7 @@ from pycrdt import Doc
 
 from mdsync.collab import store
 from mdsync.collab.connection import Connection, slim_access
+from mdsync.collab.keepalive import Deadlines, Pings
 from mdsync.collab.room import Room, missing_from, seed_update
 from mdsync.db import Database
 from mdsync.hooks import Hooks
@@ -97,7 +98,7 @@ class RoomManager:
     def __init__(self, db: Database, *, grace_seconds: float = 10.0, snapshot_after_updates: int = 1000,
                  snapshot_after_bytes: int = 1 << 20, max_document_bytes: int = 16 << 20,
                  flush_delay: float = 0.05, access_recheck: Callable[[Any], Awaitable[Any]] | None = None,
-                 limits: ConnectionLimits = ConnectionLimits(), hooks: Hooks):
+                 limits: ConnectionLimits = ConnectionLimits(), hooks: Hooks, heartbeat_seconds: float = 30.0):
         self.db = db
         self.limits = limits
         self.hooks = hooks  # calls room_update after every accepted update, room_close
@@ -125,6 +126,9 @@ class RoomManager:
         self.stats = CollabStats()
         self.shutting_down = False
         self.replication: Replication | None = None  # several nodes (`replicate`)
+        # one timer each for every socket: pings, credential expiries (keepalive.py)
+        self.pings = Pings(heartbeat_seconds)
+        self.deadlines = Deadlines()
 
     def replicate(self, replication: Replication) -> None:
         """Several nodes: rows numbered at commit, published and read through `replication`."""
@@ -376,12 +380,12 @@ class RoomManager:
             self._per_link[conn.share_link_id] = self._per_link.get(conn.share_link_id, 0) + 1
         self.by_document.setdefault(conn.document_id, set()).add(conn)
         self.stats.connections_total += 1
-        conn.arm_expiry()
+        conn.arm_expiry(self.deadlines)
         return True
 
     def dismiss(self, conn: Connection) -> None:
         """Uncount a socket (safe to call for one never admitted, or twice)."""
-        conn.disarm_expiry()
+        conn.disarm_expiry(self.deadlines)
         doc_conns = self.by_document.get(conn.document_id)
         if doc_conns is None or conn not in doc_conns:
             return
@@ -454,6 +458,8 @@ class RoomManager:
         """SIGTERM: close every socket with 1012 (clients reconnect to the next process), then
         flush every room (update log, close hooks) before the database closes."""
         self.shutting_down = True
+        self.pings.stop()
+        self.deadlines.stop()
         conns = self.connections()
         for conn in conns:
             conn.read_only = True

@@ -90,20 +90,38 @@ async def authorize(request: web.Request, document_id: str) -> tuple[Any, Any]:
 
 async def accept(request: web.Request) -> web.WebSocketResponse:
     """The upgrade both socket kinds share (/ws/docs here, /ws/hocuspocus in hocuspocus.py): the
-    message size limit, no compression, the heartbeat; a request that is not an upgrade is 400.
-    While the server shuts down the socket is closed at once with 1012: check `ws.closed`."""
+    message size limit, no compression; a request that is not an upgrade is 400. While the server
+    shuts down the socket is closed at once with 1012: check `ws.closed`.
+
+    Pings are the handler's: the manager's `Pings` (keepalive.py) pings quiet sockets, and
+    the handler answers the client's pings (`answered_ping`) and marks every message heard."""
     settings = request.app[SETTINGS]
     ws = web.WebSocketResponse(
         max_msg_size=settings.limits.max_ws_message_bytes,
         compress=False,  # frames are built once for all peers; deflate would cost a compression per peer
-        heartbeat=settings.collab.heartbeat_seconds or None,
+        heartbeat=None,  # keepalive.Pings: one timer for every socket, not one each
+        autoping=False,  # pongs reach the handler: they are what shows a quiet client is there
     )
     if not ws.can_prepare(request).ok:
         raise web.HTTPBadRequest(text="expected a WebSocket upgrade")
     await ws.prepare(request)
+    # the 101's headers are on the wire: nothing reads them again, and they would stay with
+    # the socket for its lifetime (~1.7 KB of the security headers, serialized and parsed)
+    ws.headers.clear()
     if request.app[ROOMS].shutting_down:
         await ws.close(code=CLOSE_RESTART, message=b"server restarting")
     return ws
+
+
+async def answered_ping(ws: web.WebSocketResponse, msg) -> bool:
+    """Whether `msg` was a ping (answered now) or a pong: nothing more to do with it."""
+    if msg.type == WSMsgType.PING:
+        try:
+            await ws.pong(msg.data)
+        except ConnectionResetError:
+            pass  # the peer is gone: the next read ends the handler
+        return True
+    return msg.type == WSMsgType.PONG
 
 
 def oversized(ws: web.WebSocketResponse, msg) -> bool:
@@ -135,12 +153,14 @@ async def document_socket(request: web.Request) -> web.StreamResponse:
         await ws.close(code=CLOSE_TRY_LATER, message=b"too many connections")
         return ws
     room = None
+    pulse = manager.pings.watch(ws)
     try:
         room = await manager.acquire(document_id)  # loaded from snapshot + log before serving
         conn.room = room
         room.join(conn)
         stats = manager.stats
         async for msg in ws:
+            pulse.quiet = 0
             if conn.closing:
                 continue  # revoked or closing: nothing more lands
             if msg.type == WSMsgType.BINARY:
@@ -160,6 +180,8 @@ async def document_socket(request: web.Request) -> web.StreamResponse:
                 log.warning("text frame on document %s from user %s; closing that socket", document_id, conn.user_id)
                 await ws.close(code=CLOSE_UNSUPPORTED, message=b"binary frames only")
                 break
+            elif await answered_ping(ws, msg):
+                continue
             elif msg.type == WSMsgType.ERROR:
                 if oversized(ws, msg):
                     stats.oversized_closed += 1
@@ -175,6 +197,7 @@ async def document_socket(request: web.Request) -> web.StreamResponse:
     finally:
         # synchronous on purpose: runs completely even when aiohttp cancels this handler
         conn.closing = True
+        manager.pings.forget(pulse)
         if room is not None:
             room.leave(conn)
             manager.release(room)
