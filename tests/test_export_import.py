@@ -455,6 +455,101 @@ async def test_an_export_that_fails_midway_is_never_a_valid_zip(client):
         zipfile.ZipFile(io.BytesIO(out.getvalue()))
 
 
+class _CountingConnection:
+    """A database connection that counts the statements run on it (PostgreSQL: one round trip each)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.statements = 0
+
+    def execute(self, *args, **kwargs):
+        self.statements += 1
+        return self.conn.execute(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+async def test_an_export_reads_its_documents_in_batches_and_writes_the_same_bytes(client, monkeypatch):
+    """The export of 450 documents (in a folder and at the top; some with Yjs state, a snapshot,
+    versions) reads their stored markdown, Yjs state and versions a batch of documents per
+    statement (`export.BATCH`): a bounded number of statements, however many documents (before:
+    one or two per document each way, a round trip each on PostgreSQL). Its bytes are the same as
+    when it reads one document at a time (BATCH = 1), for the CLI's reader and the HTTP route's."""
+    from pycrdt import Doc, Text
+
+    from mdsync import clock
+    from mdsync.appkeys import DB
+    from mdsync.collab.room import TEXT_NAME
+    from mdsync.documents.content import CONTENT
+    from mdsync.transfer import export
+
+    owner, ws = await owned_workspace(client)
+    sub = await folder(client, owner, ws, "Sub")
+
+    def yjs(text: str) -> bytes:
+        doc = Doc()
+        doc.get(TEXT_NAME, type=Text).insert(0, text)
+        return doc.get_update()
+
+    def create(tx) -> list[str]:
+        ids, now = [], clock.iso()
+        for i in range(450):
+            doc_id = f"doc-{i:03d}"
+            markdown = f"# Note {i}\n\n" + "words and more words\n" * (i % 7)
+            tx.execute("INSERT INTO documents (id, workspace_id, folder_id, title, markdown, size, position,"
+                       " created_by, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (doc_id, ws, sub if i % 2 else None, f"Note {i % 300}", markdown, len(markdown.encode()),
+                        i % 5, owner.id, now, now))
+            ids.append(doc_id)
+        tx.execute("INSERT INTO doc_snapshots (document_id, seq, state, updated_at) VALUES (?, 1, ?, ?)",
+                   ("doc-010", yjs("from a snapshot\n"), now))
+        for n, doc_id in enumerate(("doc-011", "doc-250", "doc-449")):
+            tx.execute("INSERT INTO doc_updates (document_id, seq, data, created_at) VALUES (?, 1, ?, ?)",
+                       (doc_id, yjs(f"live text {n}\n"), now))
+        return ids
+
+    ids = await client.app[DB].write(create)
+    for doc_id in ("doc-000", "doc-011", "doc-301"):
+        resp = await client.post(f"{API}/documents/{doc_id}/versions", json={"label": "kept"}, headers=owner.headers)
+        assert resp.status == 201, await resp.text()
+    exported_at = clock.iso()
+    iso = clock.iso
+    monkeypatch.setattr(clock, "iso", lambda moment=None: iso(moment) if moment is not None else exported_at)
+    loop = asyncio.get_running_loop()
+    readers = {"stored": export.stored_reader,
+               "loop": lambda tx: export.loop_reader(loop, client.app[CONTENT], tx, threading.Event())}
+
+    async def exported(reader: str) -> tuple[bytes, int]:
+        tx = export.open_snapshot(client.app[SETTINGS])
+        counted = tx.conn = _CountingConnection(tx.conn)
+        out = io.BytesIO()
+        try:
+            summary = await asyncio.to_thread(export.write_export, out, tx, ws, readers[reader](tx))
+        finally:
+            counted.conn.close()
+        assert summary.documents == 450
+        return out.getvalue(), counted.statements
+
+    for reader in readers:
+        batched, statements = await exported(reader)
+        assert statements <= 30, statements   # 450 documents, 2 folders
+        files = entries(batched)
+        assert files["Note 10.md"].endswith(b"from a snapshot\n")
+        assert files["Sub/Note 11.md"].endswith(b"live text 0\n") and files["Note 250.md"].endswith(b"live text 1\n")
+        assert files["Note 12.md"].endswith(b"# Note 12\n\n" + b"words and more words\n" * 5)
+        manifest = json.loads(files["mdsync.json"])
+        assert sorted(d["id"] for d in manifest["documents"]) == ids
+        assert {d["id"] for d in manifest["documents"] if d["versions"]} == {"doc-000", "doc-011", "doc-301"}
+        batch = export.BATCH
+        export.BATCH = 1
+        try:
+            one_at_a_time, _ = await exported(reader)
+        finally:
+            export.BATCH = batch
+        assert batched == one_at_a_time
+
+
 # -- the layout's building blocks -------------------------------------------------------------------
 @pytest.mark.parametrize("title", ["plain", 'q"uote\\', "new\nline", "\u0085\u2028 odd", "emoji 😀", ": colon #hash",
                                    "'single'", "  spaced  ", "---"])

@@ -5,8 +5,10 @@ it reads metadata from its own database connection (`open_snapshot`) inside ONE 
 (a consistent snapshot of the tree, however long the export takes: on SQLite a deferred read
 transaction, on PostgreSQL a REPEATABLE READ, READ ONLY one), asks `read_markdown` for each document's
 current markdown, and writes zip entries to `out`, a non-seekable writer (zipfile then uses data
-descriptors), so nothing but one document at a time is ever held. `mdsync.json` is written last,
-by a second pass over the same snapshot.
+descriptors), so nothing but one document's entry at a time is ever held, and what is read per
+document (stored markdown, Yjs state, versions) is read for a batch of documents in one statement
+(`BATCH`, `BATCH_BYTES`: a round trip per batch on PostgreSQL, not per document). `mdsync.json` is
+written last, by a second pass over the same snapshot.
 
 `stream_export` runs it for the HTTP route: the zip goes to the response chunk by chunk through
 a small bounded pipe (the thread waits when the client reads slowly), and the markdown comes
@@ -55,6 +57,14 @@ DOCS_IN_FOLDER = _DOC_COLUMNS + "d.folder_id = ? ORDER BY d.position, d.title, d
 DOCS_AT_TOP = _DOC_COLUMNS + ("(d.folder_id IS NULL OR NOT EXISTS (SELECT 1 FROM folders f WHERE f.id = d.folder_id"
                               " AND f.workspace_id = d.workspace_id AND f.deleted_at IS NULL))"
                               " ORDER BY d.position, d.title, d.id")
+# What is read per document — stored markdown, Yjs state, versions — is read for a batch of
+# documents in one statement (on PostgreSQL each statement is a round trip): up to BATCH documents,
+# and no more of their text (documents.size) or Yjs state than about BATCH_BYTES held at once. Small
+# notes go 200 a statement; big ones, whose transfer outweighs a round trip, fewer. (The budget is
+# what the export's flat memory allows: 1 MiB batches grew the server by ~3 MiB more in
+# tests/test_export_import.py's 5 000-document export.)
+BATCH = 200
+BATCH_BYTES = 128 * 1024
 CHUNK_BYTES = 256 * 1024
 PIPE_DEPTH = 4          # chunks between the zip thread and the response: at most ~1 MiB in flight
 READ_AHEAD = 16         # documents whose markdown is being read ahead of the zip writer
@@ -159,21 +169,89 @@ def _placed(tx: Tx, workspace_id: str, folders: dict[str, archive.FolderPath]) -
             yield Placed(doc, directory, f"{directory}/{name}" if directory else name, bool(row["has_state"]))
 
 
-def _version_lister(tx: Tx) -> Callable[[str], list[dict]]:
-    """The versions of a document as listed in mdsync.json, oldest first (the API's order, read
-    backwards)."""
-    wanted = ("id", "created_at", "kind", "label", "size")
-    sql = f"SELECT {', '.join(wanted)} FROM versions WHERE document_id = ? ORDER BY created_at, id"
+def _batches(items: Iterable[Any], weight: Callable[[Any], int]) -> Iterator[list[Any]]:
+    """`items` in consecutive lists of at most BATCH, and of a total `weight` (bytes to be read
+    for them) of at most BATCH_BYTES unless one item alone weighs more."""
+    batch: list[Any] = []
+    held = 0
+    for item in items:
+        heavy = weight(item)
+        if batch and (len(batch) >= BATCH or held + heavy > BATCH_BYTES):
+            yield batch
+            batch, held = [], 0
+        batch.append(item)
+        held += heavy
+    if batch:
+        yield batch
 
-    def versions(doc_id: str) -> list[dict]:
-        return [dict(zip(wanted, row, strict=True)) for row in tx.all(sql, (doc_id,))]
 
-    return versions
+def _marks(ids: list[str]) -> str:
+    return ", ".join("?" * len(ids))
+
+
+_VERSION_COLUMNS = ("id", "created_at", "kind", "label", "size")
+
+
+def _versions(tx: Tx, doc_ids: list[str]) -> dict[str, list[dict]]:
+    """{document id: its versions as listed in mdsync.json, oldest first (the API's order, read
+    backwards)} for `doc_ids`, in one statement."""
+    found: dict[str, list[dict]] = {doc_id: [] for doc_id in doc_ids}
+    for row in tx.all(f"SELECT document_id, {', '.join(_VERSION_COLUMNS)} FROM versions"
+                      f" WHERE document_id IN ({_marks(doc_ids)}) ORDER BY created_at, id", doc_ids):
+        found[row[0]].append(dict(zip(_VERSION_COLUMNS, tuple(row)[1:], strict=True)))
+    return found
 
 
 def stored_markdown(tx: Tx, doc_id: str) -> str:
     markdown = tx.value("SELECT markdown FROM documents WHERE id = ?", (doc_id,))
     return "" if markdown is None else markdown
+
+
+def stored_markdowns(tx: Tx, doc_ids: list[str]) -> dict[str, str]:
+    """`stored_markdown` of each of `doc_ids`, in one statement."""
+    if not doc_ids:
+        return {}
+    return {row[0]: row[1] for row in tx.all(f"SELECT id, markdown FROM documents WHERE id IN ({_marks(doc_ids)})",
+                                               doc_ids)}
+
+
+class _StoredBatch:
+    """`stored_markdowns` of a batch of documents, read when the first of them is wanted (not when
+    the batch enters the read-ahead: the text is held from the zip writer's need of it on), each
+    given away once taken."""
+
+    __slots__ = ("tx", "ids", "found")
+
+    def __init__(self, tx: Tx, ids: list[str]):
+        self.tx, self.ids, self.found = tx, ids, None
+
+    def take(self, doc_id: str) -> str:
+        if self.found is None:
+            self.found = stored_markdowns(self.tx, self.ids)
+        return self.found.pop(doc_id, "")
+
+
+def _yjs_states(tx: Tx, doc_ids: list[str]) -> Iterator[dict[str, list[bytes]]]:
+    """The Yjs state of `doc_ids` ({document id: its snapshot, then its updates in seq order}), in
+    parts of `doc_ids` (in their order) of about BATCH_BYTES of state each: one statement for the
+    sizes, one per part."""
+    if not doc_ids:
+        return
+    marks = _marks(doc_ids)
+    sizes = {row[0]: row[1] or 0 for row in tx.all(
+        "SELECT document_id, sum(n) FROM ("
+        f"SELECT document_id, length(state) AS n FROM doc_snapshots WHERE document_id IN ({marks})"
+        f" UNION ALL SELECT document_id, length(data) FROM doc_updates WHERE document_id IN ({marks})"
+        ") AS parts GROUP BY document_id", doc_ids + doc_ids)}
+    for part in _batches(doc_ids, lambda doc_id: sizes.get(doc_id, 0)):
+        marks = _marks(part)
+        found: dict[str, list[bytes]] = {doc_id: [] for doc_id in part}
+        for row in tx.all(
+                f"SELECT 0 AS kind, document_id, 0 AS seq, state FROM doc_snapshots WHERE document_id IN ({marks})"
+                f" UNION ALL SELECT 1, document_id, seq, data FROM doc_updates WHERE document_id IN ({marks})"
+                " ORDER BY kind, seq", part + part):
+            found[row[1]].append(row[3])
+        yield found
 
 
 # storage key -> the file's bytes, chunk by chunk
@@ -273,14 +351,24 @@ def _write_manifest(out: Any, tx: Tx, ws: Any, folder_rows: list[Any],
                                         "path": f.path, "created_at": row["created_at"],
                                         "updated_at": row["updated_at"]}, ensure_ascii=False))
     put('],"documents":[')
-    versions = _version_lister(tx)
-    for n, placed in enumerate(_placed(tx, ws["id"], folders)):
-        d = placed.doc
-        put(("," if n else "") + dumps({
-            "id": d["id"], "title": d["title"], "folder_id": placed.doc["folder_id"] if placed.directory else None,
-            "position": d["position"], "kind": d["kind"], "content_model": d["content_model"], "path": placed.path,
-            "created_at": d["created_at"], "updated_at": d["updated_at"], "versions": versions(d["id"])},
-            ensure_ascii=False))
+
+    def entries() -> Iterator[tuple[str, str]]:
+        """(document id, its entry as JSON text up to its versions): a batch of them is held while
+        their versions are read, so each is kept as the short text it will be"""
+        for placed in _placed(tx, ws["id"], folders):
+            d = placed.doc
+            yield d["id"], dumps({
+                "id": d["id"], "title": d["title"], "folder_id": placed.doc["folder_id"] if placed.directory else None,
+                "position": d["position"], "kind": d["kind"], "content_model": d["content_model"],
+                "path": placed.path, "created_at": d["created_at"], "updated_at": d["updated_at"]},
+                ensure_ascii=False)[:-1]
+
+    n = 0
+    for batch in _batches(entries(), lambda entry: 0):
+        versions = _versions(tx, [doc_id for doc_id, _ in batch])
+        for doc_id, entry in batch:
+            put(("," if n else "") + entry + ', "versions": ' + dumps(versions[doc_id], ensure_ascii=False) + "}")
+            n += 1
     put('],"attachments":[')
     for n, a in enumerate(attachments):
         put(("," if n else "") + dumps(a, ensure_ascii=False))
@@ -299,22 +387,31 @@ def stored_reader(tx: Tx) -> MarkdownReader:
     from mdsync.tiptap import yxml
     from mdsync.tiptap.render import render
 
+    def from_state(placed: Placed) -> bool:
+        return placed.has_state and placed.doc["content_model"] in ("text", "tiptap")
+
     def read_all(items: Iterable[Placed]) -> Iterator[tuple[Placed, str]]:
-        for placed in items:
-            doc_id = placed.doc["id"]
-            markdown = None
-            if placed.has_state and placed.doc["content_model"] in ("text", "tiptap"):
-                snap = tx.one("SELECT state FROM doc_snapshots WHERE document_id = ?", (doc_id,))
-                updates = tx.all("SELECT data FROM doc_updates WHERE document_id = ? ORDER BY seq", (doc_id,))
-                if snap is not None or updates:
+        for batch in _batches(items, lambda placed: 0 if from_state(placed) else placed.doc["size"]):
+            stored = stored_markdowns(tx, [placed.doc["id"] for placed in batch if not from_state(placed)])
+            states = _yjs_states(tx, [placed.doc["id"] for placed in batch if from_state(placed)])
+            part: dict[str, list[bytes]] = {}
+            for placed in batch:
+                doc_id = placed.doc["id"]
+                if not from_state(placed):
+                    yield placed, stored.get(doc_id, "")
+                    continue
+                if doc_id not in part:
+                    part = next(states)   # the next part of the batch's states holds it
+                markdown = None
+                if part[doc_id]:
                     ydoc = Doc()
-                    for update in ([snap[0]] if snap is not None else []) + [u[0] for u in updates]:
+                    for update in part.pop(doc_id):
                         ydoc.apply_update(update)
                     if placed.doc["content_model"] == "text":
                         markdown = str(ydoc.get(TEXT_NAME, type=Text))
                     else:
                         markdown = render(yxml.read_blocks(yxml.fragment(ydoc)))
-            yield placed, markdown if markdown is not None else stored_markdown(tx, doc_id)
+                yield placed, markdown if markdown is not None else stored_markdown(tx, doc_id)
 
     return read_all
 
@@ -329,9 +426,9 @@ def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, tx: Tx,
     A document deleted since the snapshot was taken is exported as the snapshot holds it, so
     mdsync.json and the files agree."""
 
-    def wait(placed: Placed, future) -> tuple[Placed, str]:
+    def wait(placed: Placed, future, stored: _StoredBatch | None) -> tuple[Placed, str]:
         if future is None:
-            return placed, stored_markdown(tx, placed.doc["id"])
+            return placed, stored.take(placed.doc["id"])
         while True:
             try:
                 return placed, future.result(timeout=0.5)
@@ -345,13 +442,15 @@ def loop_reader(loop: asyncio.AbstractEventLoop, content: Any, tx: Tx,
     read = content.markdown
     def read_all(items: Iterable[Placed]) -> Iterator[tuple[Placed, str]]:
         pending: deque = deque()
-        for placed in items:
-            if stop.is_set():
-                raise ExportCancelled()
-            future = asyncio.run_coroutine_threadsafe(read(placed.doc), loop) if placed.has_state else None
-            pending.append((placed, future))
-            if len(pending) >= READ_AHEAD:
-                yield wait(*pending.popleft())
+        for batch in _batches(items, lambda placed: 0 if placed.has_state else placed.doc["size"]):
+            stored = _StoredBatch(tx, [placed.doc["id"] for placed in batch if not placed.has_state])
+            for placed in batch:
+                if stop.is_set():
+                    raise ExportCancelled()
+                future = asyncio.run_coroutine_threadsafe(read(placed.doc), loop) if placed.has_state else None
+                pending.append((placed, future, None if placed.has_state else stored))
+                if len(pending) >= READ_AHEAD:
+                    yield wait(*pending.popleft())
         while pending:
             yield wait(*pending.popleft())
 
