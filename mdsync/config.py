@@ -51,6 +51,7 @@ class AuthSettings(Section):
     argon2_memory_cost: int = Field(65536, ge=8)
     argon2_parallelism: int = Field(4, ge=1)
     recent_sign_in_seconds: int = Field(300, ge=0)
+    setup_token_ttl: int = Field(86400, gt=0)
 
 
 class CorsSettings(Section):

@@ -19,6 +19,7 @@ from aiohttp.web_protocol import RequestHandler
 from mdsync import logs
 from mdsync.app import create_app
 from mdsync.auth.routes import AUTH
+from mdsync.auth.setup_token import NEW_TOKEN_COMMAND, minute
 from mdsync.config import Settings
 
 log = logging.getLogger("mdsync.serve")
@@ -95,6 +96,29 @@ class _Runner(web.AppRunner):
 FAILED_START_CLEANUP = 10  # seconds
 
 
+def _first_admin_banner(settings: Settings, token: str | None, pending) -> str | None:
+    """What a server without users prints: how to create the first admin, with the setup token
+    this process made (`token`; `pending` is its row), or where and when the valid one another
+    process made was printed (`pending` alone: only that process could print the token). None
+    once the server has users."""
+    if pending is None:
+        return None
+    cli = f"--data-dir {settings.data_dir}"
+    lines = ["mdsync: this server has no users yet. Create the first admin with either:",
+             f"  mdsync users create you@example.com --admin {cli}"]
+    if token is not None:
+        lines += [f'  or POST /api/v1/auth/setup with {{"setup_token": "{token}", "email": …, "password": …, "name": …}}',
+                  f"  (the setup token works once, on any node of this database, until {minute(pending['expires_at'])};",
+                  f"  `{NEW_TOKEN_COMMAND} {cli}` prints a new one instead)"]
+    else:
+        lines += [f"  or POST /api/v1/auth/setup with the setup token {pending['made_by']} printed at"
+                  f" {minute(pending['created_at'])}",
+                  "  (in that process's output: the database keeps only its hash; it works once, on any node of this"
+                  f" database, until {minute(pending['expires_at'])}).",
+                  f"  Out of reach? `{NEW_TOKEN_COMMAND} {cli}` prints a new one, and the earlier one stops working."]
+    return "\n".join(lines)
+
+
 async def serve(settings: Settings) -> None:
     app = create_app(settings)
     runner = _Runner(app, access_log_class=logs.AccessLogger, handle_signals=False,
@@ -111,18 +135,15 @@ async def serve(settings: Settings) -> None:
         # asked before the socket opens: between binding and the ready line nothing may await,
         # so the ready line is out before /healthz can answer anyone
         setup_token = await app[AUTH].prepare_setup()
+        banner = _first_admin_banner(settings, setup_token, await app[AUTH].pending_setup())
         site = web.TCPSite(runner, settings.server.host, settings.server.port,
                            shutdown_timeout=settings.server.shutdown_timeout, reuse_address=True)
         await site.start()
         host, port = settings.server.host, settings.server.port
         if port == 0:
             port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 (the only way to learn an ephemeral port)
-        if setup_token:
-            print("mdsync: this server has no users yet. Create the first admin with either:\n"
-                  f"  mdsync users create you@example.com --admin --data-dir {settings.data_dir}\n"
-                  f"  or POST /api/v1/auth/setup with {{\"setup_token\": \"{setup_token}\", \"email\": …, "
-                  "\"password\": …, \"name\": …}\n"
-                  "  (the setup token works once, until this process stops)", flush=True)
+        if banner:
+            print(banner, flush=True)
         # everything imported and built at start lives as long as the process: move it out of the
         # collector's reach, so a full collection under load scans only what requests allocate
         gc.freeze()

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import sys
+import time
 from datetime import timedelta
 
 import jwt
@@ -473,6 +474,80 @@ async def test_setup_is_a_conflict_once_users_exist(client):
     resp = await client.post("/api/v1/auth/setup", json={"setup_token": "anything", "email": "r@example.com",
                                                          "password": PASSWORD, "name": "R"})
     await problem(resp, 409, "conflict")
+
+
+async def two_nodes(make_client, data_dir) -> tuple:
+    """Two servers on one database, as several nodes behind a load balancer are (on SQLite: two
+    processes on one data dir)."""
+    return await make_client(data_dir=data_dir), await make_client(data_dir=data_dir)
+
+
+async def test_a_setup_token_one_node_printed_works_once_on_another(make_client, tmp_path):
+    """The setup token is the database's, not the process's: node B accepts the token node A
+    printed, once; B makes no competing token at its start but says where the valid one came from."""
+    a, b = await two_nodes(make_client, tmp_path / "shared")
+    token = await a.app[AUTH].prepare_setup(maker="node A")   # what node A prints
+    assert token
+    assert await b.app[AUTH].prepare_setup(maker="node B") is None
+    pending = await b.app[AUTH].pending_setup()   # what node B prints instead of a token
+    assert pending["made_by"] == "node A"
+    assert pending["expires_at"] > clock.iso()
+    admin = {"email": "root@example.com", "password": PASSWORD, "name": "Root"}
+    resp = await b.post("/api/v1/auth/setup", json={**admin, "setup_token": token})
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["user"]["is_admin"] is True
+    for node in (a, b):
+        resp = await node.post("/api/v1/auth/setup", json={**admin, "email": "two@example.com", "setup_token": token})
+        await problem(resp, 409, "conflict")
+    assert await a.app[DB].value("SELECT count(*) FROM users") == 1
+    # only its hash was ever stored, and it is spent
+    assert await a.app[DB].value("SELECT count(*) FROM setup_token") == 0
+    assert await a.app[AUTH].pending_setup() is None
+
+
+async def test_setups_racing_on_two_nodes_create_one_admin(make_client, tmp_path, monkeypatch):
+    """Six setups with the one token, spread over two nodes at once: one admin, five 409. Each
+    transaction is held open a moment after its user's insert, so the two nodes' transactions
+    overlap (on PostgreSQL, without the token's row lock both would count no user and commit)."""
+    from mdsync.auth import store
+
+    a, b = await two_nodes(make_client, tmp_path / "shared")
+    token = await a.app[AUTH].prepare_setup()
+    racers = [a, b] * 3
+
+    def insert_then_linger(*args, original=store.insert_user, **kwargs):
+        row = original(*args, **kwargs)
+        time.sleep(0.3)   # in the writer thread, inside the transaction
+        return row
+
+    monkeypatch.setattr(store, "insert_user", insert_then_linger)
+
+    async def setup(node, n):
+        resp = await node.post("/api/v1/auth/setup", json={"setup_token": token, "email": f"admin{n}@example.com",
+                                                           "password": PASSWORD, "name": f"Admin {n}"})
+        await resp.read()
+        return resp.status
+
+    statuses = await asyncio.gather(*(setup(node, n) for n, node in enumerate(racers)))
+    assert sorted(statuses) == [201, 409, 409, 409, 409, 409], statuses
+    assert await a.app[DB].value("SELECT count(*) FROM users") == 1
+    assert (await audit_actions(a)).count("admin.setup") == 1
+
+
+async def test_an_expired_setup_token_is_refused_and_the_next_start_makes_a_new_one(make_client):
+    client = await make_client(auth__setup_token_ttl=600)
+    auth = client.app[AUTH]
+    token = await auth.prepare_setup()
+    admin = {"email": "root@example.com", "password": PASSWORD, "name": "Root"}
+    clock.advance(601)
+    assert await auth.pending_setup() is None
+    body = await problem(await client.post("/api/v1/auth/setup", json={**admin, "setup_token": token}), 403, "forbidden")
+    assert "expired" in body["detail"] and "mdsync users setup-token" in body["detail"]
+    fresh = await auth.prepare_setup()   # a node starting now: the expired token is no reason to wait
+    assert fresh and fresh != token
+    await problem(await client.post("/api/v1/auth/setup", json={**admin, "setup_token": token}), 403, "forbidden")
+    resp = await client.post("/api/v1/auth/setup", json={**admin, "setup_token": fresh})
+    assert resp.status == 201, await resp.text()
 
 
 # -- forged, stale and misused tokens ------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pty
+import re
 import select
 import sqlite3
 import subprocess
@@ -224,6 +225,26 @@ async def test_admin_commands_take_effect_on_a_running_server(client, settings):
         assert expected in actions
     assert all("cli" in (detail or "") for action, detail in audit(data) if action.startswith("admin."))
     assert all(PASSWORD not in (detail or "") and "brand new" not in (detail or "") for _, detail in audit(data))
+
+
+async def test_users_setup_token_prints_one_that_replaces_the_served_one(client, settings):
+    """`mdsync users setup-token`: the way to a setup token when the output of the node that printed
+    one is out of reach. The new one works on the running server; the one it replaced stops working."""
+    from mdsync.auth.routes import AUTH
+
+    served = await client.app[AUTH].prepare_setup()   # what `mdsync serve` printed
+    code, out = await arun(settings.data_dir, "users", "setup-token")
+    assert code == 0, out
+    token = re.search(r'"setup_token": "([A-Za-z0-9_-]{20,})"', out).group(1)
+    assert "`mdsync serve` on" in out and "no longer works" in out   # names the one it replaced
+    admin = {"email": "root@example.com", "password": PASSWORD, "name": "Root"}
+    resp = await client.post("/api/v1/auth/setup", json={**admin, "setup_token": served})
+    assert resp.status == 403
+    resp = await client.post("/api/v1/auth/setup", json={**admin, "setup_token": token})
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["user"]["is_admin"] is True
+    code, out = await arun(settings.data_dir, "users", "setup-token")
+    assert code == 1 and "setup is done" in out and "setup_token" not in out
 
 
 @pytest.mark.parametrize("command", ["disable", "enable", "reset-password", "set-admin", "delete"])

@@ -274,8 +274,8 @@ def _sqlite_schema() -> dict:
     for table in tables:
         for _, name, kind, notnull, default, pk in conn.execute(f"PRAGMA table_info({table})"):
             # a rowid alias, numbered when omitted (an identity on PostgreSQL), but for the one-row
-            # changes_trimmed whose id is always 1, written explicitly
-            autoincrement = pk == 1 and kind == "INTEGER" and table != "changes_trimmed"
+            # tables (changes_trimmed, setup_token) whose id is always 1, written explicitly
+            autoincrement = pk == 1 and kind == "INTEGER" and table not in ("changes_trimmed", "setup_token")
             columns.add((table, name, types[kind], bool(notnull or pk), default is not None or autoincrement, pk))
         for _, index, unique, origin, _ in conn.execute(f"PRAGMA index_list({table})"):
             if unique and origin == "u":

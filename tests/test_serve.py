@@ -133,6 +133,23 @@ def test_setup_token_printed_by_serve_creates_the_admin_once(tmp_path, server_pr
     assert status == 200
 
 
+def test_a_restart_before_setup_keeps_the_printed_setup_token(tmp_path, server_process):
+    """The setup token belongs to the database, not to the process: a restart before anyone used it
+    makes no new one (the one in the earlier output keeps working); the new process says which
+    process printed it, and how to get another."""
+    first = server_process(tmp_path / "data")
+    token = re.search(r'"setup_token": "([A-Za-z0-9_-]+)"', "".join(first.output)).group(1)
+    first_pid = first.proc.pid
+    assert first.terminate() == 0
+    again = server_process(tmp_path / "data")
+    printed = "".join(again.output)
+    assert '"setup_token"' not in printed
+    assert f"(pid {first_pid}) printed at" in printed and "mdsync users setup-token" in printed
+    admin = {"email": "root@example.com", "password": PASSWORD, "name": "Root"}
+    status, body = call("POST", again.url("/api/v1/auth/setup"), {**admin, "setup_token": token})
+    assert status == 201, body
+
+
 def test_restart_keeps_the_secret_and_old_tokens(tmp_path, server_process):
     data = tmp_path / "data"
     env = {"MDSYNC_AUTH__REGISTRATION": "open"}

@@ -3,7 +3,6 @@ personal access tokens, first-admin setup, and authenticating each request."""
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
@@ -14,6 +13,7 @@ from aiohttp import web
 
 from mdsync import audit, clock
 from mdsync.api.errors import Conflict, Forbidden, NotFound, RateLimited, Unauthenticated, ValidationFailed
+from mdsync.auth import setup_token
 from mdsync.auth import store
 from mdsync.auth.passwords import Passwords
 from mdsync.auth.principals import Principals
@@ -64,7 +64,6 @@ class AuthService:
         self.failures_by_account = window(cluster, "failures", cfg.login_failures_per_account, ACCOUNT_WINDOW)
         self.register_by_address = window(cluster, "register", cfg.register_attempts_per_address, 60)
         self.refresh_by_address = window(cluster, "refresh", cfg.refresh_attempts_per_address, 60)
-        self.setup_token: str | None = None
         self.principals = Principals()  # sessions and tokens read within the last second
         self._trusted = [ipaddress.ip_network(p, strict=False) for p in settings.server.trusted_proxies]
 
@@ -188,17 +187,19 @@ class AuthService:
 
     async def _create_account(self, email: str, password: str, name: str, *, ip: str, user_agent: str | None,
                               device_name: str | None, invitation: str | None = None,
-                              first_admin: bool = False) -> dict:
-        """An account, its first session and the token pair: registration, and with
-        `first_admin` the setup of a server without users (refused once it has one)."""
+                              first_admin_token: str | None = None) -> dict:
+        """An account, its first session and the token pair: registration, and with the setup
+        token `first_admin_token` the first admin of a server without users (the token spent in
+        the same transaction: refused once the server has a user, or when it is not valid)."""
+        first_admin = first_admin_token is not None
         self._check_password(password)
         password_hash = await self.passwords.hash(password)
         refresh_token = opaque(REFRESH_PREFIX)
         ttl = self.settings.auth.refresh_token_ttl
 
         def create(tx: Tx):
-            if first_admin and store.count_users(tx):
-                raise Conflict("setup is done: this server already has users")
+            if first_admin:
+                setup_token.consume(tx, first_admin_token)
             try:
                 user = store.insert_user(tx, email, name, password_hash, is_admin=first_admin)
             except store.EmailTaken:
@@ -395,24 +396,31 @@ class AuthService:
         if not await self.db.write(delete):
             raise NotFound("no such token")
 
-    # -- first admin -----------------------------------------------------------------------
-    async def prepare_setup(self) -> str | None:
-        """A one-time setup token when the server has no user yet (printed by `serve`)."""
-        if await self.db.value("SELECT count(*) FROM users") == 0:
-            self.setup_token = opaque()
-        return self.setup_token
+    # -- first admin ---------------------------------------------------------------------------
+    async def prepare_setup(self, maker: str = "") -> str | None:
+        """A new one-time setup token when the server has no user and no valid unused setup
+        token (printed by `serve`); None otherwise (`pending_setup` says then whether one exists).
+        Only its hash is stored, with who printed it (`maker`; auth/setup_token.py)."""
+        if await self.db.value("SELECT count(*) FROM users"):
+            return None
+        token = opaque()
+        try:
+            stored = await self.db.write(setup_token.mint, token, self.settings.auth.setup_token_ttl,
+                                         maker or setup_token.made_by("mdsync serve"))
+        except Conflict:   # a user came meanwhile
+            return None
+        return token if stored else None
 
-    async def setup(self, setup_token: str, email: str, password: str, name: str, ip: str,
+    async def pending_setup(self) -> Any:
+        """The valid unused setup token's row (made_by, created_at, expires_at) while the server
+        has no user, else None."""
+        return await setup_token.pending(self.db)
+
+    async def setup(self, token: str, email: str, password: str, name: str, ip: str,
                     user_agent: str | None) -> dict:
-        expected = self.setup_token
-        if not expected or not hmac.compare_digest(expected.encode(), setup_token.encode("utf-8", "surrogatepass")):
-            if await self.db.value("SELECT count(*) FROM users"):
-                raise Conflict("setup is done: this server already has users")
-            raise Forbidden("the setup token is not valid; it is printed by `mdsync serve` on a server without users")
-        pair = await self._create_account(email, password, name, ip=ip, user_agent=user_agent, device_name="setup",
-                                          first_admin=True)
-        self.setup_token = None
-        return pair
+        await setup_token.check(self.db, token)   # a wrong token is refused before the password is hashed
+        return await self._create_account(email, password, name, ip=ip, user_agent=user_agent, device_name="setup",
+                                          first_admin_token=token)
 
     def close(self) -> None:
         self.passwords.close()

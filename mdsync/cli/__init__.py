@@ -1,7 +1,8 @@
 """The `mdsync` command: serve, migrate, and the admin commands, one module per command group.
 
 - `serve.py`       serve, migrate
-- `users.py`       users create / list / disable / enable / reset-password / set-admin / delete
+- `users.py`       users create / list / disable / enable / reset-password / set-admin / delete /
+                   setup-token
 - `workspaces.py`  workspaces list / create / add-member / remove-member
 - `ops.py`         backup, restore, doctor, migrate-db (SQLite → PostgreSQL)
 - `transfer.py`    export, import

@@ -1,5 +1,6 @@
 """`mdsync users ...`: create, list, disable, enable, reset-password, set-admin, delete accounts
-(the write jobs are in auth/admin.py)."""
+(the write jobs are in auth/admin.py), and setup-token: a new one-time setup token for the first
+admin (auth/setup_token.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import sys
 import click
 
 from mdsync.api.models import Email, Name
-from mdsync.auth import admin
+from mdsync.auth import admin, setup_token
 from mdsync.auth import store as user_store
 from mdsync.auth.passwords import Passwords
+from mdsync.auth.tokens import opaque
 from mdsync.cli.datadir import fail, offline, settings_options, user_or_fail, valid
 from mdsync.workspaces.service import sole_owner_workspaces
 
@@ -58,6 +60,22 @@ def users_create(email, name, make_admin, password_stdin, settings) -> None:
 
     user = offline(settings, create)
     click.echo(f"created {'admin ' if make_admin else ''}user {user['email']} ({user['id']})")
+
+
+@users.command("setup-token")
+@settings_options
+def users_setup_token(settings) -> None:
+    """Print a new one-time setup token for the first admin (POST /api/v1/auth/setup), on a
+    server without users. It replaces the one `mdsync serve` printed, which stops working."""
+    token = opaque()
+    expires, replaced = offline(settings, setup_token.replace, token, settings.auth.setup_token_ttl,
+                                setup_token.made_by("mdsync users setup-token"))
+    click.echo(f'POST /api/v1/auth/setup with {{"setup_token": "{token}", "email": …, "password": …, "name": …}}')
+    click.echo(f"creates the first admin: the setup token works once, on any node of this database, until "
+               f"{setup_token.minute(expires)}")
+    if replaced is not None:
+        click.echo(f"(the setup token {replaced['made_by']} printed at {setup_token.minute(replaced['created_at'])}"
+                   " no longer works)")
 
 
 @users.command("list")
