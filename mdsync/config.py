@@ -151,7 +151,7 @@ class CollabSettings(Section):
     slow_peer_seconds: float = Field(10.0, gt=0)
     heartbeat_seconds: float = Field(30.0, ge=0)
     hocuspocus_ping_seconds: float = Field(20.0, ge=0)
-    projection_debounce: float = Field(0.5, ge=0)
+    projection_debounce: float = Field(1.0, ge=0)
     projection_max_delay: float = Field(1.5, gt=0, le=2.0)
 
 
