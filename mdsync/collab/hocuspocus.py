@@ -233,6 +233,7 @@ class Session:
         self._ping: asyncio.TimerHandle | None = None
         self._ping_idle = self.cfg.hocuspocus_ping_seconds
         self.last_seen = 0.0  # loop time of the last frame received
+        self.loop = asyncio.get_running_loop()
         self._transport = None
 
     # -- frames in ------------------------------------------------------------------------
@@ -518,6 +519,23 @@ class _TokenRequest:
         self.query = {"token": token} if token else {}
 
 
+def _direct_frame(session: Session, data: bytes) -> None:
+    """A binary message straight from the socket's reader (socket.FrameQueue.direct)."""
+    session.last_seen = session.loop.time()
+    if session.closing:
+        return
+    try:
+        session.receive(data)
+    except ProtocolError as exc:
+        session.garbage(exc)
+    except Exception:
+        if session.manager.shutting_down:
+            session.close_soon(CLOSE_RESTART, "server restarting")
+        else:
+            log.exception("hocuspocus socket failed")
+            session.close_soon(1011, "internal error")
+
+
 async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
     manager = request.app[ROOMS]
     ws = await y_socket.accept(request)
@@ -527,9 +545,13 @@ async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
     session._transport = transport_of(ws)  # noqa: SLF001
     stats = manager.stats
     pulse = manager.pings.watch(ws)
+    queue = y_socket.frames_of(ws)
+    if queue is not None:
+        queue.pulse = pulse
     try:
         session.start_pings()
-        loop = asyncio.get_running_loop()
+        loop = session.loop
+        y_socket.go_direct(queue, _direct_frame, session)
         async for msg in ws:
             session.last_seen = loop.time()
             pulse.quiet = 0
@@ -540,12 +562,13 @@ async def hocuspocus_socket(request: web.Request) -> web.StreamResponse:
                     session.receive(msg.data)
                 except ProtocolError as exc:
                     session.garbage(exc)
+                y_socket.go_direct(queue, _direct_frame, session)
             elif msg.type == WSMsgType.TEXT:
                 stats.garbage_frames += 1
                 log.warning("text frame on a hocuspocus socket; closing that socket")
                 session.close_soon(y_socket.CLOSE_UNSUPPORTED, "binary frames only", abort_after=2.0)
             elif await y_socket.answered_ping(ws, msg):
-                continue
+                y_socket.go_direct(queue, _direct_frame, session)
             elif msg.type == WSMsgType.ERROR:
                 if y_socket.oversized(ws, msg):
                     stats.oversized_closed += 1

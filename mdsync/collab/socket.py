@@ -15,7 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, web, web_ws
+from aiohttp._websocket.reader import WebSocketDataQueue
 
 from mdsync import clock
 from mdsync.api.errors import NotFound
@@ -88,6 +89,62 @@ async def authorize(request: web.Request, document_id: str) -> tuple[Any, Any]:
                       "invalid share link") from None
 
 
+class FrameQueue(WebSocketDataQueue):
+    """aiohttp's queue of the messages read from one socket, with a short cut: once the handler
+    sets `direct`, each binary message goes to `direct(owner, data)` at once, from the
+    protocol's `data_received`, instead of waiting in the queue for the handler's task to wake up
+    and read it (a future, a task step through five coroutine frames and a loop turn per
+    message). Every message marks the socket's `pulse` heard. Other messages (close, ping, pong,
+    text, errors) are queued for the handler as before, and so is everything before the handler
+    sets `direct` (`go_direct`: only with nothing queued, so order holds). `direct` must not
+    raise: it runs inside aiohttp's frame reader."""
+
+    __slots__ = ("direct", "owner", "pulse")
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.direct: Any = None
+        self.owner: Any = None
+        self.pulse: Any = None
+
+    def feed_data(self, data: Any, size: int) -> None:
+        pulse = self.pulse
+        if pulse is not None:
+            pulse.quiet = 0
+        direct = self.direct
+        if direct is not None and data.type is WSMsgType.BINARY:
+            direct(self.owner, data.data)
+        else:
+            WebSocketDataQueue.feed_data(self, data, size)
+
+
+class Socket(web.WebSocketResponse):
+    """A server WebSocket whose messages arrive through a `FrameQueue`."""
+
+    def _post_start(self, request: web.BaseRequest, protocol: Any, writer: Any) -> None:
+        # aiohttp makes the queue here, by the module's name for the class: that name is
+        # FrameQueue for the length of this synchronous call (if aiohttp ever makes it some other
+        # way, `frames_of` finds no FrameQueue and the handlers read every message themselves)
+        web_ws.WebSocketDataQueue = FrameQueue
+        try:
+            super()._post_start(request, protocol, writer)
+        finally:
+            web_ws.WebSocketDataQueue = WebSocketDataQueue
+
+
+def frames_of(ws: web.WebSocketResponse) -> FrameQueue | None:
+    reader = getattr(ws, "_reader", None)
+    return reader if isinstance(reader, FrameQueue) else None
+
+
+def go_direct(queue: FrameQueue | None, direct: Any, owner: Any) -> None:
+    """From now on binary messages go to `direct(owner, data)` as they are read, once nothing
+    read before is still queued (call again after handling each queued message)."""
+    if queue is not None and queue.direct is None and not queue._buffer:  # noqa: SLF001
+        queue.owner = owner
+        queue.direct = direct
+
+
 async def accept(request: web.Request) -> web.WebSocketResponse:
     """The upgrade both socket kinds share (/ws/docs here, /ws/hocuspocus in hocuspocus.py): the
     message size limit, no compression; a request that is not an upgrade is 400. While the server
@@ -96,7 +153,7 @@ async def accept(request: web.Request) -> web.WebSocketResponse:
     Pings are the handler's: the manager's `Pings` (keepalive.py) pings quiet sockets, and
     the handler answers the client's pings (`answered_ping`) and marks every message heard."""
     settings = request.app[SETTINGS]
-    ws = web.WebSocketResponse(
+    ws = Socket(
         max_msg_size=settings.limits.max_ws_message_bytes,
         compress=False,  # frames are built once for all peers; deflate would cost a compression per peer
         heartbeat=None,  # keepalive.Pings: one timer for every socket, not one each
@@ -130,6 +187,36 @@ def oversized(ws: web.WebSocketResponse, msg) -> bool:
     return getattr(msg.data, "code", None) == CLOSE_TOO_BIG or ws.close_code == CLOSE_TOO_BIG
 
 
+def _binary(conn: Connection, data: bytes) -> tuple[int, str] | None:
+    """Hand a binary message to the socket's room; the close (code, reason) it calls for."""
+    try:
+        conn.room.receive(conn, data)
+    except ProtocolError as exc:
+        conn.room.manager.stats.garbage_frames += 1
+        log.warning("malformed frame on document %s from user %s: %s; closing that socket",
+                    conn.document_id, conn.user_id, exc)
+        return CLOSE_PROTOCOL, "malformed message"
+    except DocumentTooLarge as exc:
+        return CLOSE_TOO_BIG, str(exc)
+    return None
+
+
+def _direct_frame(conn: Connection, data: bytes) -> None:
+    """A binary message straight from the socket's reader (FrameQueue.direct)."""
+    if conn.closing:
+        return
+    try:
+        close = _binary(conn, data)
+    except Exception:
+        if conn.room.manager.shutting_down:
+            close = CLOSE_RESTART, "server restarting"
+        else:
+            log.exception("socket on document %s failed", conn.document_id)
+            close = 1011, "internal error"
+    if close is not None:
+        conn.close_soon(close[0], close[1], abort_after=2.0)
+
+
 async def document_socket(request: web.Request) -> web.StreamResponse:
     cfg = request.app[SETTINGS].collab
     manager = request.app[ROOMS]
@@ -159,29 +246,27 @@ async def document_socket(request: web.Request) -> web.StreamResponse:
         conn.room = room
         room.join(conn)
         stats = manager.stats
+        queue = frames_of(ws)
+        if queue is not None:
+            queue.pulse = pulse
+        go_direct(queue, _direct_frame, conn)
         async for msg in ws:
             pulse.quiet = 0
             if conn.closing:
                 continue  # revoked or closing: nothing more lands
             if msg.type == WSMsgType.BINARY:
-                try:
-                    room.receive(conn, msg.data)
-                except ProtocolError as exc:
-                    stats.garbage_frames += 1
-                    log.warning("malformed frame on document %s from user %s: %s; closing that socket",
-                                document_id, conn.user_id, exc)
-                    await ws.close(code=CLOSE_PROTOCOL, message=b"malformed message")
+                close = _binary(conn, msg.data)
+                if close is not None:
+                    await ws.close(code=close[0], message=close[1].encode()[:120])
                     break
-                except DocumentTooLarge as exc:
-                    await ws.close(code=CLOSE_TOO_BIG, message=str(exc).encode()[:120])
-                    break
+                go_direct(queue, _direct_frame, conn)
             elif msg.type == WSMsgType.TEXT:
                 stats.garbage_frames += 1
                 log.warning("text frame on document %s from user %s; closing that socket", document_id, conn.user_id)
                 await ws.close(code=CLOSE_UNSUPPORTED, message=b"binary frames only")
                 break
             elif await answered_ping(ws, msg):
-                continue
+                go_direct(queue, _direct_frame, conn)
             elif msg.type == WSMsgType.ERROR:
                 if oversized(ws, msg):
                     stats.oversized_closed += 1
