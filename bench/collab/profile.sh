@@ -19,7 +19,11 @@
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd -P)
 PROJECT=$(cd "$HERE/../.." && pwd -P)
-SHARED=${SHARED_BENCH:-$(cd "$PROJECT/../shared/bench" && pwd -P)}
+# ../shared/bench beside the project; from a git worktree, beside its main checkout
+MAIN=$(cd "$(git -C "$PROJECT" rev-parse --path-format=absolute --git-common-dir 2>/dev/null)/.." 2>/dev/null && pwd -P)
+SHARED=${SHARED_BENCH:-$(cd "$PROJECT/../shared/bench" 2>/dev/null && pwd -P)}
+[ -n "$SHARED" ] || SHARED=$(cd "$MAIN/../shared/bench" 2>/dev/null && pwd -P)
+[ -n "$SHARED" ] && [ -f "$SHARED/yload.mjs" ] || { echo "$(basename "$0"): no ../shared/bench (set SHARED_BENCH)" >&2; exit 1; }
 WORK=${BENCH_WORK:-${TMPDIR:-/tmp}/mdsync-collab-bench}
 SCENARIOS=${SCENARIOS:-"s1 s2"}
 RATE=${RATE:-250}
