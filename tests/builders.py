@@ -15,6 +15,7 @@ Reading back what the server holds (database rows, the tree, content) is tests/r
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import io
@@ -82,6 +83,15 @@ async def register(client, email: str | None = None, name: str = "Test User", pa
 
 
 # -- workspaces and members ------------------------------------------------------------------------
+async def expiring_token(client, account: Account, seconds: float) -> str:
+    """A personal access token of `account` that expires in `seconds`."""
+    expires = clock.now() + datetime.timedelta(seconds=seconds)
+    resp = await client.post("/api/v1/me/tokens", json={"name": "short", "expires_at": expires.isoformat()},
+                             headers=account.headers)
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["token"]
+
+
 async def make_workspace(client, owner: Account, name: str = "Team") -> str:
     resp = await client.post(f"{API}/workspaces", json={"name": name}, headers=owner.headers)
     assert resp.status == 201, await resp.text()

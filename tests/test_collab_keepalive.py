@@ -13,8 +13,7 @@ import pytest
 from mdsync.collab import hocuspocus as hp
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
-from tests.builders import make_document, register
-from tests.test_collab_lifecycle import personal_token
+from tests.builders import expiring_token, make_document, register
 from tests.waiting import eventually
 from tests.yclient import YClient
 
@@ -90,8 +89,8 @@ async def test_sockets_close_each_at_their_own_credentials_expiry(client):
     alice = await register(client)
     app = client.server.app
     _, doc_id = await make_document(app, alice.id, markdown="later\n")
-    soon, later, gone = (await personal_token(client, alice, 2), await personal_token(client, alice, 5),
-                         await personal_token(client, alice, 1))
+    soon, later, gone = (await expiring_token(client, alice, 2), await expiring_token(client, alice, 5),
+                         await expiring_token(client, alice, 1))
     first = await YClient.connect(client, doc_id, soon)
     second = await YClient.connect(client, doc_id, later)
     left = await YClient.connect(client, doc_id, gone)

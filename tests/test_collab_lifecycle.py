@@ -9,7 +9,6 @@ tests/test_admin_changes_live.py.
 from __future__ import annotations
 
 import asyncio
-import datetime
 
 import pytest
 
@@ -18,7 +17,7 @@ from mdsync.collab import hocuspocus as hp
 from mdsync.collab import protocol as p
 from mdsync.collab.rooms import ROOMS
 from mdsync.collab.socket import TICKETS
-from tests.builders import bearer, make_document, register
+from tests.builders import bearer, expiring_token, make_document, register
 from tests.hpclient import HPClient
 from tests.waiting import eventually
 from tests.yclient import YClient
@@ -32,14 +31,6 @@ async def ticket(client, doc_id: str, headers: dict) -> str:
     resp = await client.post(f"/api/v1/documents/{doc_id}/ws-ticket", headers=headers)
     assert resp.status == 201, await resp.text()
     return (await resp.json())["ticket"]
-
-
-async def personal_token(client, account, seconds: float) -> str:
-    expires = clock.now() + datetime.timedelta(seconds=seconds)
-    resp = await client.post("/api/v1/me/tokens", json={"name": "short", "expires_at": expires.isoformat()},
-                             headers=account.headers)
-    assert resp.status == 201, await resp.text()
-    return (await resp.json())["token"]
 
 
 async def stream_ends(resp, timeout: float = 10.0) -> bool:
@@ -78,7 +69,7 @@ async def test_expiring_personal_token_ends_its_socket_and_its_event_stream(clie
     alice = await register(client)
     app = client.server.app
     _, doc_id = await make_document(app, alice.id, markdown="pat\n")
-    token = await personal_token(client, alice, 3)
+    token = await expiring_token(client, alice, 3)
     sock = await YClient.connect(client, doc_id, token)
     await sock.wait_synced()
     async with client.get(EVENTS, params={"since": "now"}, headers=bearer(token)) as resp:

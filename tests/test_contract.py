@@ -176,8 +176,10 @@ async def settle(client, timeout: float = 8.0) -> None:
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    # quiet for longer than the projection debounce (and its 0.1 s sweep grid)
+    quiet = int(client.server.app[SETTINGS].collab.projection_debounce / 0.25) + 2
     last, stable = snapshot(client), 0
-    while loop.time() < deadline and stable < 3:  # quiet for longer than the projection debounce
+    while loop.time() < deadline and stable < quiet:
         await asyncio.sleep(0.25)
         now = snapshot(client)
         stable = stable + 1 if now == last else 0
