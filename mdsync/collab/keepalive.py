@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from mdsync.collab.connection import transport_of, write_frame
+
 if TYPE_CHECKING:
     from mdsync.collab.connection import Connection
 
@@ -83,13 +85,15 @@ class Pings:
 
 
 def _ping(ws: web.WebSocketResponse) -> None:
-    writer = ws._writer  # noqa: SLF001 (a ping is a pre-built frame, as connection.write_frame writes)
-    if ws.closed or writer is None or writer.transport is None or writer.transport.is_closing():
+    """A pre-built ping frame, written as the room writes its frames (through `ws.ping()` where
+    frames cannot be written directly)."""
+    if ws.closed:
         return
-    if getattr(writer, "compress", 0) or getattr(writer, "use_mask", False):
+    transport = transport_of(ws)
+    if transport is None:
         asyncio.ensure_future(_ping_through(ws))
     else:
-        writer.transport.write(PING_FRAME)
+        write_frame(ws, transport, PING_FRAME)   # nothing when the socket is closing
 
 
 async def _ping_through(ws: web.WebSocketResponse) -> None:
