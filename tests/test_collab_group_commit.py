@@ -58,6 +58,24 @@ async def test_one_group_flush_writes_the_updates_of_every_room(client):
         app[ROOMS].release(room)
 
 
+async def test_edits_typed_within_the_default_window_make_one_commit(client):
+    # one node: the window is 0.2 s (config.CollabSettings.flush_delay), so a document typed in
+    # at a few keystrokes a second costs the writer a commit per 0.2 s, not one per keystroke
+    app = client.server.app
+    alice = await register(client)
+    [room] = await open_rooms(app, alice.id, 1)
+    stats = app[ROOMS].stats
+    flushes, flushed = stats.flushes, stats.flushed_updates
+    for n in range(3):
+        room.edit(lambda text, n=n: text.insert(0, f"{n}"), alice.id)
+        await asyncio.sleep(0.04)   # 0.12 s in all: past the old 0.05 s window, within 0.2 s
+    await saved([room])
+    assert (stats.flushes - flushes, stats.flushed_updates - flushed) == (1, 3)
+    assert room.manager.flush_delay == 0.2
+    assert await doc_text_in_db(app, room.document_id) == "210doc 0\n"
+    app[ROOMS].release(room)
+
+
 async def test_a_failing_shared_flush_fails_only_for_its_own_room(client, monkeypatch):
     app = client.server.app
     alice = await register(client)

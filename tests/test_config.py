@@ -224,6 +224,18 @@ def test_a_cluster_needs_postgresql_a_shared_secret_and_s3_and_says_which_is_mis
     assert not config.load(None, environ={"MDSYNC_CLUSTER__REDIS_URL": ""}).clustered
 
 
+def test_the_group_commit_window_is_wider_on_one_node_than_across_several():
+    one = config.load(None, environ={})
+    assert one.collab.flush_delay_seconds is None
+    assert one.collab.flush_delay(one.clustered) == 0.2
+    several = config.load(None, environ={
+        "MDSYNC_CLUSTER__REDIS_URL": "redis://127.0.0.1:6379/0", "MDSYNC_DATABASE__URL": "postgresql://u@127.0.0.1/db",
+        "MDSYNC_SERVER__SECRET": "s" * 48, "MDSYNC_STORAGE__BACKEND": "s3"})
+    assert several.collab.flush_delay(several.clustered) == 0.05  # the floor of cross-node latency
+    chosen = config.load(None, environ={"MDSYNC_COLLAB__FLUSH_DELAY_SECONDS": "0.01"})
+    assert chosen.collab.flush_delay(False) == chosen.collab.flush_delay(True) == 0.01
+
+
 def test_a_cluster_redis_url_must_be_a_redis_url():
     with pytest.raises(config.ConfigError, match="cluster.redis_url"):
         config.load(None, environ={"MDSYNC_CLUSTER__REDIS_URL": "http://127.0.0.1:6379"})

@@ -47,7 +47,7 @@ def install(app: web.Application, settings: Settings) -> None:
     manager = RoomManager(
         db, grace_seconds=cfg.room_grace_seconds, snapshot_after_updates=cfg.snapshot_after_updates,
         snapshot_after_bytes=cfg.snapshot_after_bytes, max_document_bytes=settings.limits.max_document_bytes,
-        flush_delay=cfg.flush_delay_seconds, access_recheck=lambda a: access.recheck(db, a), hooks=hooks,
+        flush_delay=cfg.flush_delay(settings.clustered), access_recheck=lambda a: access.recheck(db, a), hooks=hooks,
         heartbeat_seconds=cfg.heartbeat_seconds,
         limits=ConnectionLimits(
             per_user=cfg.max_connections_per_user, per_document=cfg.max_connections_per_document,
