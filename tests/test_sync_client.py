@@ -6,6 +6,7 @@ renames, moves and deletes both ways, read-only documents, bad input and exit co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from tests.builders import PASSWORD
 from tests.nodeclients import needs_node, run_node
@@ -1213,3 +1215,72 @@ async def test_an_https_server_is_verified_and_its_connection_kept_alive(tmp_pat
     finally:
         one_thread.shutdown()
         await runner.cleanup()
+
+
+# -- a busy server: Retry-After honoured, capped ---------------------------------------------------
+@contextlib.asynccontextmanager
+async def refusing_front(server: ServerProcess, http: aiohttp.ClientSession, refuse):
+    """An HTTP server on 127.0.0.1 in front of the real one: `refuse(request)` answers a request
+    itself (a response) or lets it through (None)."""
+    async def front(request: web.Request) -> web.StreamResponse:
+        answer = refuse(request)
+        if answer is not None:
+            return answer
+        headers = {k: v for k, v in request.headers.items() if k in ("Authorization", "Content-Type")}
+        async with http.request(request.method, server.url(request.rel_url.path_qs), headers=headers,
+                                data=await request.read()) as resp:
+            return web.Response(status=resp.status, body=await resp.read(),
+                                headers={"Content-Type": resp.headers.get("Content-Type", "application/octet-stream")})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", front)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_busy_server_is_waited_for_capped_and_a_refused_create_is_sent_again_once(
+        server, http, tmp_path, capsys):
+    from mdsync.syncclient import engine
+    from mdsync.syncclient import http as client_http
+    from mdsync.syncclient.report import Report
+    user = await new_user(server, http)
+    await user.doc("Old", None, "old\n")
+    root = tmp_path / "w"
+    root.mkdir()
+    (root / "New.md").write_text("new\n")
+    tree_answers = iter(["5", "86400"])  # the database timed out; then a server asking for a day
+    creates: list[int] = []
+
+    def refuse(request: web.Request) -> web.Response | None:
+        if request.method == "GET" and request.path == f"{API}/workspaces/{user.ws}/tree":
+            wait = next(tree_answers, None)
+            if wait is not None:
+                return web.json_response({"detail": "the database did not answer in time"}, status=503,
+                                         headers={"Retry-After": wait})
+        if request.method == "POST" and request.path == f"{API}/workspaces/{user.ws}/documents":
+            creates.append(1)
+            if len(creates) == 1:
+                return web.json_response({"detail": "too many requests"}, status=429, headers={"Retry-After": "3"})
+        return None
+
+    sleeps: list[float] = []
+    report = Report()
+    async with refusing_front(server, http, refuse) as front:
+        api = client_http.Api(front, user.pat, notify=report.notice, sleep=sleeps.append)
+        code = await asyncio.to_thread(engine.sync_once, root.resolve(), front, "Notes", user.pat, report, api=api)
+        await asyncio.to_thread(api.close)
+    assert code == 0
+    assert sleeps == [5, client_http.RETRY_AFTER_MAX, 3]
+    assert len(creates) == 2  # refused once, then sent again
+    assert sorted(d["title"] for d in (await user.tree())["documents"]) == ["New", "Old"]  # created once
+    assert files(root) == {"New.md": "new\n", "Old.md": "old\n"}
+    err = capsys.readouterr().err
+    assert "… server busy (503), retrying in 5 s" in err
+    assert f"… server busy (503), retrying in {client_http.RETRY_AFTER_MAX:.0f} s" in err
+    assert "… rate limited (429), retrying in 3 s" in err

@@ -11,6 +11,7 @@
 - `layout.py`  where documents and folders go (named as the export names them)
 - `state.py`   DIR/.mdsync/state.db: binding, cursor, replicas, last synced texts, pending updates
                and creates
-- `http.py`    the HTTP calls with the token (urllib3: kept-alive connections, bounded retries)
+- `http.py`    the HTTP calls with the token (urllib3: kept-alive connections, bounded retries, a
+               busy server's Retry-After waited out, capped)
 - `report.py`  one line (or JSON object) per action; the initial pull's bar on a terminal
 """

@@ -111,7 +111,8 @@ def sync_attachments(p, remote: dict[str, str]) -> None:
             if p.dry:
                 continue
             query = urllib.parse.urlencode({"filename": name})
-            meta = p.api.json_body("POST", f"/workspaces/{p.ws}/attachments?{query}", (directory / name).read_bytes())
+            meta = p.api.json_body("POST", f"/workspaces/{p.ws}/attachments?{query}", (directory / name).read_bytes(),
+                                 creates=True)
             st.save_attachment(meta["id"], name, meta["sha256"])
             known_shas.add(meta["sha256"])
             p.commit()

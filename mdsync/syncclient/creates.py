@@ -129,7 +129,7 @@ def local_creates(p: Pass) -> None:
             p.state.record_create(rel, title, folder_id, text)
             p.commit()
             created = p.api.json("POST", f"/workspaces/{p.ws}/documents",
-                                 {"title": title, "folder_id": folder_id, "markdown": text})
+                                 {"title": title, "folder_id": folder_id, "markdown": text}, creates=True)
             replica = Replica()
             replica.apply(p.api.bytes("GET", f"/documents/{created['id']}/yjs"))
             doc = Doc(created["id"], rel, created["title"], folder_id, created.get("content_model", "text"), False,

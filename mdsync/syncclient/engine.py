@@ -547,7 +547,7 @@ def sync_once(root: Path, server: str | None, workspace: str | None, token: str,
         if not server:
             raise UsageError("--server is needed for the first sync of a directory")
         own = api is None
-        api = api or Api(server, token)
+        api = api or Api(server, token, notify=report.notice)
         try:
             Pass(root, api, state, report, dry_run).run(server, workspace)
         finally:

@@ -35,7 +35,8 @@ def folder_for(p: Pass, directory: str) -> str | None:
     if p.dry:
         fid = f"dry-run:{directory}"
     else:
-        fid = p.api.json("POST", f"/workspaces/{p.ws}/folders", {"name": name, "parent_id": parent})["id"]
+        fid = p.api.json("POST", f"/workspaces/{p.ws}/folders", {"name": name, "parent_id": parent},
+                           creates=True)["id"]
     p.folder_paths[fid] = directory
     return fid
 

@@ -1,7 +1,8 @@
 """What a pass tells its user: one line per action (`↓ a.md`, `↑ b.md merged`, `✗ c.md: 413 too
 large`), or with --json one object per line ({"action", "path", "detail"}); failures are counted
 for the exit code. On a terminal (and without -q or --json) the initial pull shows a progress
-bar on stderr instead of a line per document: documents, MB and rate (`bar_line`)."""
+bar on stderr instead of a line per document: documents, MB and rate (`bar_line`). A wait for a
+busy server is a line on stderr (`notice`: `… server busy (503), retrying in 5 s`)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,17 @@ class Report:
         if self.bar is not None:
             sys.stderr.write("\r\033[K")  # the line goes above the bar, which is drawn again
         print(line, file=sys.stderr if failure else sys.stdout, flush=True)
+        if self.bar is not None:
+            self.draw(force=True)
+
+    def notice(self, text: str) -> None:
+        """What the pass is waiting for (a busy server): on stderr, neither an action nor a
+        failure (stdout stays one line or JSON object per action); not with -q."""
+        if self.quiet:
+            return
+        if self.bar is not None:
+            sys.stderr.write("\r\033[K")
+        print(f"… {text}", file=sys.stderr, flush=True)
         if self.bar is not None:
             self.draw(force=True)
 

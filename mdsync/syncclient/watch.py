@@ -184,7 +184,7 @@ def watch(root: Path, server: str | None, workspace: str | None, token: str, rep
             bound_server, bound_ws = state.get("server"), state.get("workspace_id")
         finally:
             state.close()
-        api = Api(bound_server, token)
+        api = Api(bound_server, token, notify=report.notice)
         feed = FeedWatcher(api, bound_ws, wake, stop)
         feed.start()
         # one watcher for the whole run: changes made during a pass wait in it for the next one
