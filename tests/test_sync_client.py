@@ -1284,3 +1284,36 @@ async def test_a_busy_server_is_waited_for_capped_and_a_refused_create_is_sent_a
     assert "… server busy (503), retrying in 5 s" in err
     assert f"… server busy (503), retrying in {client_http.RETRY_AFTER_MAX:.0f} s" in err
     assert "… rate limited (429), retrying in 3 s" in err
+
+
+async def test_watch_stops_at_sigterm_while_it_waits_out_a_busy_server(server, http, tmp_path):
+    # a wait for a busy server's Retry-After (up to 30 s a retry, 4 retries) ends at the signal
+    import signal
+    user = await new_user(server, http)
+    await user.doc("Old", None, "old\n")
+    root = tmp_path / "w"
+    env = subprocess_env(root)
+    env["MDSYNC_TOKEN"] = user.pat
+
+    def busy(request: web.Request) -> web.Response | None:
+        if request.path == f"{API}/workspaces/{user.ws}/tree":
+            return web.json_response({"detail": "the database did not answer in time"}, status=503,
+                                     headers={"Retry-After": "30"})
+        return None
+
+    async with refusing_front(server, http, busy) as front:
+        proc = subprocess.Popen([*MDSYNC, "sync", str(root), "--watch", "--server", front, "--workspace", "Notes"],
+                                env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            while not any("server busy (503), retrying in 30 s" in line for line in seen):
+                seen.append(await asyncio.to_thread(proc.stderr.readline))
+                assert seen[-1] and len(seen) < 20, seen  # the first pass waits out the busy server
+            proc.send_signal(signal.SIGTERM)
+            # not after the wait and the three more it would make (2 minutes): at the signal
+            assert await asyncio.to_thread(proc.wait, 15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not (root / "Old.md").exists()  # nothing was pulled: the tree never came

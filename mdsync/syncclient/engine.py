@@ -31,7 +31,7 @@ import os
 import shutil
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -538,16 +538,17 @@ class Pass:
 
 
 def sync_once(root: Path, server: str | None, workspace: str | None, token: str, report: Report,
-              dry_run: bool = False, api: Api | None = None) -> int:
+              dry_run: bool = False, api: Api | None = None, sleep: Callable[[float], None] = time.sleep) -> int:
     """One pass; the exit code (0 in sync, 1 some items failed). On the caller's `api` (--watch
-    keeps one for all its passes, their connections kept alive), else on one of its own."""
+    keeps one for all its passes, their connections kept alive), else on one of its own, whose
+    waits before a retry are `sleep`'s."""
     state = State(root, in_memory=dry_run and not (root / STATE_DIR / "state.db").exists())
     try:
         server = server or state.get("server")
         if not server:
             raise UsageError("--server is needed for the first sync of a directory")
         own = api is None
-        api = api or Api(server, token, notify=report.notice)
+        api = api or Api(server, token, notify=report.notice, sleep=sleep)
         try:
             Pass(root, api, state, report, dry_run).run(server, workspace)
         finally:

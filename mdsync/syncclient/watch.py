@@ -6,7 +6,9 @@ documents' content on the server, only those are pushed and merged (`sync_files`
 no walk of DIR; each save's own echo in the feed costs one small pull, not a full pass), else a
 full pass runs. The passes after the first, the files synced alone and the change feed share one
 `Api`, so a save reuses a kept-alive connection instead of opening one. A signal lets the pass in
-flight finish (its state is committed step by step), then the loop ends with exit 0."""
+flight finish (its state is committed step by step), then the loop ends with exit 0; a wait for a
+busy server (its Retry-After, up to 30 s a retry) ends at the signal: that request fails as
+"stopping" and the pass ends in moments instead of after its waits."""
 
 from __future__ import annotations
 
@@ -138,11 +140,19 @@ def sync_files(root: Path, api: Api, report: Report, paths: set[str], doc_ids: s
         state.close()
 
 
+def _until(stop: threading.Event):
+    """The waits before a retry (http.Api's `sleep`): over at `stop`, failing the request."""
+    def sleep(seconds: float) -> None:
+        if stop.wait(seconds):
+            raise HttpError(0, "stopping")
+    return sleep
+
+
 def _pass(root: Path, server, workspace, token: str, report: Report, stop: threading.Event,
           api: Api | None = None) -> bool:
     """One pass; False when it failed as a whole (the server unreachable): try again later."""
     try:
-        sync_once(root, server, workspace, token, report, api=api)
+        sync_once(root, server, workspace, token, report, api=api, sleep=_until(stop))
     except Unauthorized:
         raise
     except HttpError as exc:
@@ -184,7 +194,7 @@ def watch(root: Path, server: str | None, workspace: str | None, token: str, rep
             bound_server, bound_ws = state.get("server"), state.get("workspace_id")
         finally:
             state.close()
-        api = Api(bound_server, token, notify=report.notice)
+        api = Api(bound_server, token, notify=report.notice, sleep=_until(stop))
         feed = FeedWatcher(api, bound_ws, wake, stop)
         feed.start()
         # one watcher for the whole run: changes made during a pass wait in it for the next one
