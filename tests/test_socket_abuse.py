@@ -282,9 +282,11 @@ async def test_hocuspocus_socket_garbage_closes_only_that_socket(room):
                 msg = await ws.receive(timeout=0.5)
                 if msg.type.name in ("CLOSE", "CLOSED", "CLOSING", "ERROR"):
                     break
+            code = ws.close_code
         except TimeoutError:
-            pass
-        code = ws.close_code
+            # not closed (yet: a loaded machine): aiohttp's client marks its own receive timeout
+            # 1006, which is not the server's doing
+            code = None
         await ws.close()
         assert code in (None, *ABUSE_CODES), (frame[:40], code)
     await room.still_syncing("after hocuspocus garbage")
