@@ -20,7 +20,7 @@ from mdsync.collab.rooms import RoomManager
 def _drop_pending(self: Room) -> list:
     if self._pending:
         self._pending = []
-        self._loop.call_soon(self._saved)
+        self.loop.call_soon(self._saved)
     return []
 
 
