@@ -1312,6 +1312,8 @@ async def test_watch_stops_at_sigterm_while_it_waits_out_a_busy_server(server, h
             proc.send_signal(signal.SIGTERM)
             # not after the wait and the three more it would make (2 minutes): at the signal
             assert await asyncio.to_thread(proc.wait, 15) == 0
+            rest = await asyncio.to_thread(proc.stderr.read)
+            assert "stopping" not in rest, rest   # a stop is not reported as a failed pass
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -156,8 +156,9 @@ def _pass(root: Path, server, workspace, token: str, report: Report, stop: threa
     except Unauthorized:
         raise
     except HttpError as exc:
-        report("error", str(root), f"{exc}; retrying")
-        stop.wait(RETRY_AFTER)
+        if not stop.is_set():   # stopping (a signal ended a wait): nothing to report or retry
+            report("error", str(root), f"{exc}; retrying")
+            stop.wait(RETRY_AFTER)
         return False
     report.failed.clear()
     return True
